@@ -1,0 +1,156 @@
+//! `pgredact.toml`: where to listen, where PostgreSQL is, where the policies are.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    #[serde(default = "default_policies")]
+    pub policies: PathBuf,
+    pub upstream: Upstream,
+    #[serde(default)]
+    pub tls: Option<Tls>,
+    #[serde(default)]
+    pub admin: Option<Admin>,
+    #[serde(default)]
+    pub secrets: Secrets,
+    /// Seconds between periodic catalog refreshes.
+    #[serde(default = "default_refresh")]
+    pub catalog_refresh_secs: u64,
+    /// Seconds between policy directory re-reads (hot reload).
+    #[serde(default = "default_reload")]
+    pub policy_reload_secs: u64,
+    /// Directory of the file this was loaded from (policies and other paths are relative to it).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    #[serde(default = "default_host")]
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    pub user: String,
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// Database the control-plane connection uses when none is implied.
+    #[serde(default)]
+    pub database: Option<String>,
+    #[serde(default = "default_sslmode")]
+    pub sslmode: String,
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    #[serde(default)]
+    pub require: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+    #[serde(default = "default_token_env")]
+    pub token_env: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Secrets {
+    #[serde(default = "default_hash_key_env")]
+    pub hash_key_env: String,
+}
+
+impl Default for Secrets {
+    fn default() -> Self {
+        Secrets {
+            hash_key_env: default_hash_key_env(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:6432".into()
+}
+fn default_policies() -> PathBuf {
+    "policies".into()
+}
+fn default_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_port() -> u16 {
+    5432
+}
+fn default_sslmode() -> String {
+    "disable".into()
+}
+fn default_admin_listen() -> String {
+    "127.0.0.1:9187".into()
+}
+fn default_token_env() -> String {
+    "PGREDACT_ADMIN_TOKEN".into()
+}
+fn default_hash_key_env() -> String {
+    "PGREDACT_HASH_KEY".into()
+}
+fn default_refresh() -> u64 {
+    60
+}
+fn default_reload() -> u64 {
+    5
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, String> {
+        let mut cfg: Config = toml::from_str(text)
+            .map_err(|e| crate::policy::toml_error(path, text, &e))?;
+        if !matches!(cfg.upstream.sslmode.as_str(), "disable") {
+            return Err(format!(
+                "{}: upstream.sslmode = {:?}: only \"disable\" is implemented in this version",
+                path.display(),
+                cfg.upstream.sslmode
+            ));
+        }
+        cfg.base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Ok(cfg)
+    }
+
+    pub fn policies_dir(&self) -> PathBuf {
+        self.base_dir.join(&self.policies)
+    }
+
+    pub fn upstream_password(&self) -> Option<String> {
+        self.upstream
+            .password_env
+            .as_ref()
+            .and_then(|v| std::env::var(v).ok())
+    }
+
+    /// The key for `hash` masks and the forget list, from the environment.
+    pub fn hash_key(&self) -> Option<Vec<u8>> {
+        std::env::var(&self.secrets.hash_key_env)
+            .ok()
+            .filter(|k| !k.is_empty())
+            .map(String::into_bytes)
+    }
+}

@@ -1,0 +1,54 @@
+//! The `pgredact` control schema inside each protected database: the HMAC key (readable only by
+//! the control-plane role) and the SECURITY DEFINER functions that use it. Masked sessions reach
+//! these functions only through SQL the rewriter writes: a user-written reference to schema
+//! `pgredact` is refused.
+
+use tokio_postgres::Client;
+
+pub const SCHEMA: &str = "pgredact";
+
+/// Creates or updates the control schema and stores the HMAC key (as its padded halves).
+/// Idempotent; runs as the control-plane role, which owns the schema.
+pub async fn ensure(client: &Client, hash_key: Option<&[u8]>) -> Result<(), tokio_postgres::Error> {
+    // One DDL script; serialized with an advisory lock so two instances can start at once.
+    client
+        .batch_execute(
+            r#"
+SELECT pg_catalog.pg_advisory_lock(7320451);
+CREATE SCHEMA IF NOT EXISTS pgredact;
+REVOKE ALL ON SCHEMA pgredact FROM PUBLIC;
+GRANT USAGE ON SCHEMA pgredact TO PUBLIC;
+CREATE TABLE IF NOT EXISTS pgredact.hash_key (
+    id boolean PRIMARY KEY DEFAULT true CHECK (id),
+    ipad bytea NOT NULL,
+    opad bytea NOT NULL
+);
+REVOKE ALL ON pgredact.hash_key FROM PUBLIC;
+CREATE OR REPLACE FUNCTION pgredact.hmac_hex(v text) RETURNS text
+LANGUAGE sql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+  SELECT pg_catalog.encode(pg_catalog.sha256(k.opad OPERATOR(pg_catalog.||)
+         pg_catalog.sha256(k.ipad OPERATOR(pg_catalog.||) pg_catalog.convert_to(v, 'UTF8'))), 'hex')
+  FROM pgredact.hash_key k
+$f$;
+CREATE OR REPLACE FUNCTION pgredact.mask_hash(v text) RETURNS text
+LANGUAGE sql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+  SELECT pg_catalog.left(pgredact.hmac_hex(v), 16)
+$f$;
+REVOKE ALL ON FUNCTION pgredact.hmac_hex(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pgredact.mask_hash(text) TO PUBLIC;
+SELECT pg_catalog.pg_advisory_unlock(7320451);
+"#,
+        )
+        .await?;
+    if let Some(key) = hash_key {
+        let (ipad, opad) = crate::policy::hmac_pads(key);
+        client
+            .execute(
+                "INSERT INTO pgredact.hash_key (id, ipad, opad) VALUES (true, $1, $2) \
+                 ON CONFLICT (id) DO UPDATE SET ipad = EXCLUDED.ipad, opad = EXCLUDED.opad",
+                &[&ipad, &opad],
+            )
+            .await?;
+    }
+    Ok(())
+}

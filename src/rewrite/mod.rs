@@ -1,0 +1,1258 @@
+//! The rewriter: a pure function from (SQL text, the database's protections, the session's
+//! search path) to a decision for a masked session: pass the text through unchanged, send a
+//! rewritten text, or refuse (SQLSTATE 42501). No I/O, no async.
+//!
+//! How reads are masked: every reference to a masked relation, wherever sqlparser puts a table
+//! factor, is replaced by a derived table that projects the masked columns under the original
+//! names and alias (see `protect.rs`). Everything above it sees only masked values.
+//!
+//! How it fails closed:
+//! - unparsable text, unknown statement kinds, unknown or dangerous functions, identity and
+//!   search_path changes are refused;
+//! - after rewriting, an independent audit walks every relation the final statement names and
+//!   refuses unless each masked one is either inside a derived table we built or an approved
+//!   write target;
+//! - a statement passed through verbatim must not mention a protected name more often than the
+//!   parsed statement does (a parser differential would show up there); otherwise the parsed
+//!   statement's own text is sent instead, so PostgreSQL runs exactly what was checked.
+
+pub mod protect;
+pub mod rules;
+
+pub use protect::{MaskedRel, Protection, Protections};
+
+use sqlparser::ast::{
+    AssignmentTarget, BinaryOperator, ConflictTarget, CopySource, CopyTarget, Expr, FromTable,
+    FunctionArg, FunctionArgExpr, FunctionArguments, Ident, ObjectName, ObjectNamePart,
+    OnConflictAction, OnInsert, Query, Reset, Select, SelectItem, SelectItemQualifiedWildcardKind,
+    Set, Statement, TableAlias, TableFactor, TableInheritance, TableObject, Visit, VisitMut,
+    Visitor, VisitorMut,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+use std::collections::{HashMap, HashSet};
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+/// The reason a statement was refused. Always SQLSTATE 42501 (insufficient_privilege).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+pub const REFUSAL_SQLSTATE: &str = "42501";
+
+impl Refusal {
+    fn new(message: impl Into<String>) -> Refusal {
+        Refusal {
+            message: format!("pgredact: {}", message.into()),
+            hint: None,
+        }
+    }
+    fn hint(mut self, h: impl Into<String>) -> Refusal {
+        self.hint = Some(h.into());
+        self
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Send the client's bytes unchanged.
+    Pass,
+    /// Send this text instead.
+    Rewrite(String),
+    Refuse(Refusal),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub decision: Decision,
+    /// Some name was not in the catalog snapshot: refresh it and rewrite again.
+    pub unknown_names: bool,
+}
+
+/// What the rewriter knows about the session.
+pub struct SessionCtx<'a> {
+    pub prot: &'a Protections,
+    /// `current_schemas(true)` of the session, in order.
+    pub search_path: &'a [String],
+}
+
+/// Maximum nesting depth the parser accepts (sqlparser's default, 50, is too low for real SQL).
+const RECURSION_LIMIT: usize = 400;
+
+/// Rewrites one Query or Parse text for a masked session.
+pub fn rewrite(sql: &str, ctx: &SessionCtx) -> Outcome {
+    let mut st = State::new(ctx);
+    let decision = match st.run(sql) {
+        Ok(d) => d,
+        Err(r) => Decision::Refuse(r),
+    };
+    Outcome {
+        decision,
+        unknown_names: st.unknown,
+    }
+}
+
+/// Lower-cases an identifier the way PostgreSQL folds unquoted names.
+fn fold(id: &Ident) -> String {
+    if id.quote_style.is_some() {
+        id.value.clone()
+    } else {
+        id.value.to_ascii_lowercase()
+    }
+}
+
+fn name_parts(name: &ObjectName) -> Option<Vec<String>> {
+    name.0
+        .iter()
+        .map(|p| match p {
+            ObjectNamePart::Identifier(i) => Some(fold(i)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn has_unicode_escape(sql: &str) -> bool {
+    let b = sql.as_bytes();
+    b.windows(3)
+        .any(|w| (w[0] == b'u' || w[0] == b'U') && w[1] == b'&' && (w[2] == b'\'' || w[2] == b'"'))
+}
+
+/// Words of the text as PostgreSQL could read identifiers, lower-cased.
+fn words(sql: &str) -> impl Iterator<Item = String> + '_ {
+    sql.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+        .filter(|w| !w.is_empty())
+        .map(|w| w.to_lowercase())
+}
+
+/// The write target of an INSERT/UPDATE/DELETE on a masked relation.
+struct Target {
+    names: Vec<String>,
+    rel: Arc<MaskedRel>,
+    /// INSERT: `excluded` also names the proposed row.
+    excluded: bool,
+}
+
+struct State<'a> {
+    ctx: &'a SessionCtx<'a>,
+    unknown: bool,
+    changed: bool,
+    /// Masked-relation references we replaced by derived tables or approved as write targets.
+    expected_masked_refs: usize,
+    /// Lower-case names seen in relation or function position (for the lexical cross-check).
+    analyzed: HashMap<String, usize>,
+    /// Extra words that must not appear in text passed verbatim (PII columns of write targets).
+    extra_sensitive: HashSet<String>,
+    cte_names: HashSet<String>,
+}
+
+enum Resolved<'c> {
+    Rel(&'c crate::catalog::Relation),
+    Unknown,
+}
+
+impl<'a> State<'a> {
+    fn new(ctx: &'a SessionCtx<'a>) -> Self {
+        State {
+            ctx,
+            unknown: false,
+            changed: false,
+            expected_masked_refs: 0,
+            analyzed: HashMap::new(),
+            extra_sensitive: HashSet::new(),
+            cte_names: HashSet::new(),
+        }
+    }
+
+    fn run(&mut self, sql: &str) -> Result<Decision, Refusal> {
+        if has_unicode_escape(sql) {
+            return Err(Refusal::new(
+                "Unicode-escaped names and strings (U&\"...\", U&'...') are not accepted for masked roles",
+            )
+            .hint("write the name or string directly in UTF-8"));
+        }
+        let parse = |text: &str| {
+            Parser::new(&PostgreSqlDialect {})
+                .with_recursion_limit(RECURSION_LIMIT)
+                .try_with_sql(text)
+                .and_then(|mut p| p.parse_statements())
+        };
+        let mut parsed = parse(sql);
+        if parsed.is_err() {
+            // `TABLE name` (sqlparser does not read it) is exactly `SELECT * FROM name`.
+            if let Some(rest) = table_statement(sql) {
+                parsed = parse(&format!("SELECT * FROM {rest}"));
+                self.changed = true;
+            }
+        }
+        let mut stmts = match parsed {
+            Ok(s) => s,
+            Err(e) => {
+                return Err(Refusal::new(format!(
+                    "statement refused for a masked role: pgredact could not parse it, so it cannot prove it safe ({e})"
+                ))
+                .hint("simplify the statement or ask a DBA; unparsable statements are never passed through"))
+            }
+        };
+        if stmts.is_empty() {
+            return Ok(Decision::Pass);
+        }
+        for s in &stmts {
+            self.count_names(s);
+        }
+        for s in &mut stmts {
+            self.statement(s)?;
+        }
+        // Independent audit of the final statements.
+        for s in &stmts {
+            self.audit(s)?;
+        }
+        if self.changed || !self.lexically_explained(sql) {
+            let text = stmts
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(";\n");
+            return Ok(Decision::Rewrite(text));
+        }
+        Ok(Decision::Pass)
+    }
+
+    /// Every sensitive word in the raw text must be explained by a name the parser saw in a
+    /// relation or function position.
+    fn lexically_explained(&self, sql: &str) -> bool {
+        let sens = &self.ctx.prot.sensitive_words;
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for w in words(sql) {
+            if sens.contains(&w) || self.extra_sensitive.contains(&w) {
+                *counts.entry(w).or_default() += 1;
+            }
+        }
+        counts
+            .iter()
+            .all(|(w, n)| self.analyzed.get(w).copied().unwrap_or(0) >= *n && !self.extra_sensitive.contains(w))
+    }
+
+    /// Counts the names the parser saw in relation and function positions.
+    fn count_names(&mut self, s: &Statement) {
+        struct N<'x, 'y>(&'x mut State<'y>);
+        impl Visitor for N<'_, '_> {
+            type Break = ();
+            fn pre_visit_relation(&mut self, r: &ObjectName) -> ControlFlow<()> {
+                self.0.note_name(r);
+                ControlFlow::Continue(())
+            }
+            fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+                if let Expr::Function(f) = e {
+                    self.0.note_name(&f.name);
+                }
+                ControlFlow::Continue(())
+            }
+            fn pre_visit_table_factor(&mut self, tf: &TableFactor) -> ControlFlow<()> {
+                if let TableFactor::Function { name, .. } = tf {
+                    self.0.note_name(name);
+                }
+                ControlFlow::Continue(())
+            }
+        }
+        let _ = s.visit(&mut N(self));
+    }
+
+    fn note_name(&mut self, name: &ObjectName) {
+        if let Some(ObjectNamePart::Identifier(i)) = name.0.last() {
+            *self.analyzed.entry(i.value.to_lowercase()).or_default() += 1;
+        }
+    }
+
+    fn resolve(&mut self, name: &ObjectName) -> Result<Resolved<'a>, Refusal> {
+        let cat: &'a crate::catalog::Catalog = &self.ctx.prot.catalog;
+        let parts = name_parts(name)
+            .ok_or_else(|| Refusal::new(format!("unsupported relation name {name}")))?;
+        let found = match parts.as_slice() {
+            [t] => cat.resolve(self.ctx.search_path, t),
+            [s, t] | [_, s, t] => cat.lookup(s, t),
+            _ => return Err(Refusal::new(format!("unsupported relation name {name}"))),
+        };
+        match found {
+            Some(r) => Ok(Resolved::Rel(r)),
+            None => {
+                self.unknown = true;
+                Ok(Resolved::Unknown)
+            }
+        }
+    }
+
+    fn protection(&mut self, name: &ObjectName) -> Result<Option<Protection>, Refusal> {
+        match self.resolve(name)? {
+            Resolved::Rel(r) => Ok(self.ctx.prot.get(r).cloned()),
+            Resolved::Unknown => Ok(None),
+        }
+    }
+
+    // ---------- statements ----------
+
+    fn statement(&mut self, s: &mut Statement) -> Result<(), Refusal> {
+        self.collect_ctes(s);
+        match s {
+            Statement::Query(q) => {
+                self.check(&**q, None)?;
+                self.substitute(&mut **q, None)?;
+            }
+            Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_) => self.write(s)?,
+            Statement::Copy { .. } => self.copy(s)?,
+            Statement::Explain { statement, .. } => {
+                if matches!(**statement, Statement::Explain { .. }) {
+                    return Err(Refusal::new("nested EXPLAIN is not supported"));
+                }
+                self.statement(statement)?
+            }
+            Statement::Prepare { statement, .. } => {
+                if !matches!(
+                    **statement,
+                    Statement::Query(_)
+                        | Statement::Insert(_)
+                        | Statement::Update(_)
+                        | Statement::Delete(_)
+                ) {
+                    return Err(Refusal::new("PREPARE of this statement kind is not supported for masked roles"));
+                }
+                self.statement(statement)?
+            }
+            Statement::Execute { .. } | Statement::Deallocate { .. } => self.check(&*s, None)?,
+            Statement::Declare { stmts, .. } => {
+                for d in stmts.iter_mut() {
+                    match d.for_query.as_mut() {
+                        Some(q) => {
+                            self.check(&**q, None)?;
+                            self.substitute(&mut **q, None)?;
+                        }
+                        None => return Err(Refusal::new("only DECLARE ... CURSOR FOR <query> is supported for masked roles")),
+                    }
+                }
+            }
+            Statement::Fetch { .. }
+            | Statement::Close { .. }
+            | Statement::StartTransaction { .. }
+            | Statement::Commit { .. }
+            | Statement::Rollback { .. }
+            | Statement::Savepoint { .. }
+            | Statement::ReleaseSavepoint { .. }
+            | Statement::ShowVariable { .. }
+            | Statement::UNLISTEN { .. } => {}
+            Statement::NOTIFY { .. } => self.check(&*s, None)?,
+            Statement::Set(set) => self.set(set)?,
+            Statement::Reset(r) => match &r.reset {
+                Reset::ALL => {
+                    return Err(Refusal::new(
+                        "RESET ALL is not allowed for masked roles: it would reset settings the masking depends on",
+                    ))
+                }
+                Reset::SessionAuthorization => return Err(identity_refusal("RESET SESSION AUTHORIZATION")),
+                Reset::ConfigurationParameter(p) => {
+                    let n = p.to_string().to_ascii_lowercase();
+                    if !rules::setting_allowed(&n) {
+                        return Err(setting_refusal(&n, "RESET"));
+                    }
+                }
+            },
+            Statement::Discard { object_type } => {
+                if object_type.to_string().eq_ignore_ascii_case("ALL") {
+                    return Err(Refusal::new(
+                        "DISCARD ALL is not allowed for masked roles: it would reset settings the masking depends on",
+                    ));
+                }
+            }
+            Statement::CreateTable(ct) => {
+                if ct.like.is_some() || ct.clone.is_some() || ct.inherits.is_some() || ct.partition_of.is_some() {
+                    return Err(Refusal::new(
+                        "CREATE TABLE with LIKE, INHERITS or PARTITION OF is not allowed for masked roles",
+                    ));
+                }
+                self.check(&*ct, None)?;
+                if let Some(q) = ct.query.as_mut() {
+                    self.substitute(&mut **q, None)?;
+                }
+            }
+            Statement::Drop { .. } | Statement::Truncate(_) => {}
+            Statement::LISTEN { .. } => {
+                return Err(Refusal::new(
+                    "LISTEN is not allowed for masked roles: notification payloads from other sessions are not masked",
+                ))
+            }
+            Statement::Merge(_) => {
+                return Err(Refusal::new(
+                    "MERGE is not supported for masked roles: use INSERT ... ON CONFLICT or UPDATE on non-PII columns",
+                ))
+            }
+            Statement::Call(_) => {
+                return Err(Refusal::new(
+                    "CALL is not allowed for masked roles: procedures may read PII internally",
+                ))
+            }
+            other => {
+                let kind = statement_kind(other);
+                return Err(Refusal::new(format!(
+                    "{kind} is not allowed for masked roles: pgredact only lets through statements it can prove do not reveal PII"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn set(&mut self, set: &Set) -> Result<(), Refusal> {
+        match set {
+            Set::SetRole { .. } => Err(identity_refusal("SET ROLE")),
+            Set::SetSessionAuthorization(_) => Err(identity_refusal("SET SESSION AUTHORIZATION")),
+            Set::SingleAssignment {
+                variable, values, ..
+            } => self.set_one(&variable.to_string(), values),
+            Set::ParenthesizedAssignments { variables, values } => {
+                for v in variables {
+                    self.set_one(&v.to_string(), values)?;
+                }
+                Ok(())
+            }
+            Set::MultipleAssignments { assignments } => {
+                for a in assignments {
+                    self.set_one(&a.name.to_string(), std::slice::from_ref(&a.value))?;
+                }
+                Ok(())
+            }
+            Set::SetTimeZone { .. } | Set::SetTransaction { .. } => Ok(()),
+            Set::SetNames { charset_name, .. } => {
+                let v = charset_name.to_string().trim_matches('\'').to_ascii_lowercase();
+                if rules::pinned_setting("client_encoding").is_some_and(|ok| ok.contains(&v.as_str())) {
+                    Ok(())
+                } else {
+                    Err(Refusal::new("masked sessions must use client_encoding UTF8"))
+                }
+            }
+            _ => Err(Refusal::new(format!("{set} is not allowed for masked roles"))),
+        }
+    }
+
+    fn set_one(&mut self, var: &str, values: &[Expr]) -> Result<(), Refusal> {
+        let name = var.to_ascii_lowercase();
+        if name == "role" || name == "session_authorization" {
+            return Err(identity_refusal("SET ROLE"));
+        }
+        if let Some(allowed) = rules::pinned_setting(&name) {
+            let ok = values.len() == 1 && {
+                let v = values[0].to_string();
+                let v = v.trim_matches('\'').to_ascii_lowercase();
+                allowed.contains(&v.as_str())
+            };
+            return if ok {
+                Ok(())
+            } else {
+                Err(Refusal::new(format!(
+                    "SET {name} to that value is not allowed for masked roles: the masking reads SQL with {name} = {}",
+                    allowed[0]
+                )))
+            };
+        }
+        if !rules::setting_allowed(&name) {
+            return Err(setting_refusal(&name, "SET"));
+        }
+        for v in values {
+            self.check(v, None)?;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, s: &mut Statement) -> Result<(), Refusal> {
+        // Find the target and its protection.
+        let (tname, alias): (ObjectName, Option<Ident>) = match &*s {
+            Statement::Insert(i) => match &i.table {
+                TableObject::TableName(n) => (n.clone(), i.table_alias.as_ref().map(|a| a.alias.clone())),
+                _ => return Err(Refusal::new("INSERT INTO a table function is not supported")),
+            },
+            Statement::Update(u) => {
+                if !u.table.joins.is_empty() {
+                    return Err(Refusal::new("UPDATE with joins in the target is not supported"));
+                }
+                match &u.table.relation {
+                    TableFactor::Table { name, alias, .. } => {
+                        (name.clone(), alias.as_ref().map(|a| a.name.clone()))
+                    }
+                    _ => return Err(Refusal::new("UPDATE of a derived table is not supported")),
+                }
+            }
+            Statement::Delete(d) => {
+                let from = match &d.from {
+                    FromTable::WithFromKeyword(v) | FromTable::WithoutKeyword(v) => v,
+                };
+                if !d.tables.is_empty() || from.len() != 1 || !from[0].joins.is_empty() {
+                    return Err(Refusal::new("DELETE from several tables is not supported"));
+                }
+                match &from[0].relation {
+                    TableFactor::Table { name, alias, .. } => {
+                        (name.clone(), alias.as_ref().map(|a| a.name.clone()))
+                    }
+                    _ => return Err(Refusal::new("DELETE from a derived table is not supported")),
+                }
+            }
+            _ => return Ok(()),
+        };
+        let prot = self.protection(&tname)?;
+        let target = match prot {
+            Some(Protection::Refuse(reason)) => {
+                return Err(Refusal::new(format!("writing to {tname} is not allowed for masked roles: {reason}")))
+            }
+            Some(Protection::Mask(rel)) => {
+                self.expected_masked_refs += 1;
+                let mut names = vec![];
+                match &alias {
+                    Some(a) => names.push(fold(a)),
+                    None => {
+                        if let Some(last) = name_parts(&tname).and_then(|p| p.last().cloned()) {
+                            names.push(last);
+                        }
+                    }
+                }
+                for c in rel.masks.keys() {
+                    self.extra_sensitive.insert(c.to_lowercase());
+                }
+                Some(Target {
+                    names,
+                    rel,
+                    excluded: matches!(s, Statement::Insert(_)),
+                })
+            }
+            None => None,
+        };
+        if let Some(t) = &target {
+            self.check_written_columns(s, t)?;
+        }
+        // Expressions (functions, operators, and PII reads of the target).
+        self.check(&*s, target.as_ref())?;
+        // Mask reads in subqueries, FROM/USING and INSERT sources (never the target itself).
+        match s {
+            Statement::Insert(i) => {
+                if let Some(src) = i.source.as_mut() {
+                    self.substitute(&mut **src, None)?;
+                }
+                if let Some(on) = i.on.as_mut() {
+                    self.substitute(on, None)?;
+                }
+                if let Some(r) = i.returning.as_mut() {
+                    self.substitute(r, None)?;
+                }
+            }
+            Statement::Update(u) => {
+                let skip = &u.table.relation as *const TableFactor;
+                self.substitute(u, Some(skip))?;
+            }
+            Statement::Delete(d) => {
+                let skip = match &d.from {
+                    FromTable::WithFromKeyword(v) | FromTable::WithoutKeyword(v) => {
+                        &v[0].relation as *const TableFactor
+                    }
+                };
+                self.substitute(d, Some(skip))?;
+            }
+            _ => {}
+        }
+        if let Some(t) = &target {
+            self.rewrite_returning(s, t)?;
+        }
+        Ok(())
+    }
+
+    fn check_written_columns(&mut self, s: &Statement, t: &Target) -> Result<(), Refusal> {
+        let table = format!("{}.{}", t.rel.schema, t.rel.name);
+        let refuse_col = |c: &str, what: &str| {
+            Refusal::new(format!(
+                "{what} column {c} of {table}, which holds PII (policy {}), is not allowed for masked roles",
+                t.rel.policy_table
+            ))
+        };
+        match s {
+            Statement::Insert(i) => {
+                if i.columns.is_empty() {
+                    return Err(Refusal::new(format!(
+                        "INSERT into {table} without a column list writes every column, including PII columns"
+                    ))
+                    .hint("list the non-PII columns you insert"));
+                }
+                for c in &i.columns {
+                    let n = c.0.last().and_then(|p| p.as_ident()).map(fold).unwrap_or_default();
+                    if t.rel.is_pii(&n) {
+                        return Err(refuse_col(&n, "writing"));
+                    }
+                }
+                if let Some(OnInsert::OnConflict(oc)) = &i.on {
+                    if let Some(ConflictTarget::Columns { columns: cols, .. }) = &oc.conflict_target {
+                        for c in cols {
+                            if t.rel.is_pii(&fold(c)) {
+                                return Err(refuse_col(&fold(c), "using"));
+                            }
+                        }
+                    }
+                    if let Some(ConflictTarget::OnConstraint(_)) = &oc.conflict_target {
+                        return Err(Refusal::new(
+                            "ON CONFLICT ON CONSTRAINT is not supported for masked roles on tables with PII; name the columns",
+                        ));
+                    }
+                    if let OnConflictAction::DoUpdate(du) = &oc.action {
+                        for a in &du.assignments {
+                            for n in assignment_columns(&a.target) {
+                                if t.rel.is_pii(&n) {
+                                    return Err(refuse_col(&n, "writing"));
+                                }
+                            }
+                        }
+                    }
+                } else if i.on.is_some() {
+                    return Err(Refusal::new("this INSERT form is not supported"));
+                }
+            }
+            Statement::Update(u) => {
+                for a in &u.assignments {
+                    for n in assignment_columns(&a.target) {
+                        if t.rel.is_pii(&n) {
+                            return Err(refuse_col(&n, "writing"));
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn rewrite_returning(&mut self, s: &mut Statement, t: &Target) -> Result<(), Refusal> {
+        let returning = match s {
+            Statement::Insert(i) => i.returning.as_mut(),
+            Statement::Update(u) => u.returning.as_mut(),
+            Statement::Delete(d) => d.returning.as_mut(),
+            _ => None,
+        };
+        let Some(items) = returning else { return Ok(()) };
+        let qualifier = t.names.first().cloned().unwrap_or_default();
+        let mut out = Vec::with_capacity(items.len());
+        let mut changed = false;
+        for it in items.drain(..) {
+            let whole = match &it {
+                SelectItem::Wildcard(_) => true,
+                SelectItem::QualifiedWildcard(SelectItemQualifiedWildcardKind::ObjectName(n), _) => {
+                    name_parts(n)
+                        .and_then(|p| p.last().cloned())
+                        .is_some_and(|l| t.names.contains(&l))
+                }
+                _ => false,
+            };
+            if whole {
+                let list = t.rel.masked_select_list(Some(&qualifier));
+                let q = parse_select_items(&list)
+                    .ok_or_else(|| Refusal::new("could not build the masked RETURNING list"))?;
+                out.extend(q);
+                changed = true;
+            } else {
+                out.push(it);
+            }
+        }
+        *items = out;
+        if changed {
+            self.changed = true;
+        }
+        Ok(())
+    }
+
+    fn copy(&mut self, s: &mut Statement) -> Result<(), Refusal> {
+        let Statement::Copy {
+            source, to, target, ..
+        } = s
+        else {
+            return Ok(());
+        };
+        if *to {
+            if !matches!(target, CopyTarget::Stdout) {
+                return Err(Refusal::new("COPY TO a file or program is not allowed for masked roles"));
+            }
+            match source {
+                CopySource::Query(q) => {
+                    self.check(&**q, None)?;
+                    self.substitute(&mut **q, None)?;
+                }
+                CopySource::Table {
+                    table_name,
+                    columns,
+                } => {
+                    self.note_name(table_name);
+                    match self.protection(table_name)? {
+                        None => {}
+                        Some(Protection::Refuse(r)) => {
+                            return Err(Refusal::new(format!("COPY {table_name} TO is not allowed: {r}")))
+                        }
+                        Some(Protection::Mask(_)) => {
+                            let cols = if columns.is_empty() {
+                                "*".to_string()
+                            } else {
+                                columns.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", ")
+                            };
+                            let sql = format!("SELECT {cols} FROM {table_name}");
+                            let mut q = parse_query(&sql)
+                                .ok_or_else(|| Refusal::new("could not rewrite COPY into a masked query"))?;
+                            self.substitute(&mut q, None)?;
+                            *source = CopySource::Query(Box::new(q));
+                            self.changed = true;
+                        }
+                    }
+                }
+            }
+        } else {
+            if !matches!(target, CopyTarget::Stdin) {
+                return Err(Refusal::new("COPY FROM a file or program is not allowed for masked roles"));
+            }
+            let CopySource::Table {
+                table_name,
+                columns,
+            } = source
+            else {
+                return Err(Refusal::new("unsupported COPY form"));
+            };
+            self.note_name(table_name);
+            match self.protection(table_name)? {
+                None => {}
+                Some(Protection::Refuse(r)) => {
+                    return Err(Refusal::new(format!("COPY {table_name} FROM is not allowed: {r}")))
+                }
+                Some(Protection::Mask(rel)) => {
+                    if columns.is_empty() {
+                        return Err(Refusal::new(format!(
+                            "COPY {table_name} FROM without a column list writes PII columns"
+                        ))
+                        .hint("list the non-PII columns you load"));
+                    }
+                    for c in columns.iter() {
+                        if rel.is_pii(&fold(c)) {
+                            return Err(Refusal::new(format!(
+                                "COPY into PII column {} of {}.{} is not allowed for masked roles",
+                                fold(c),
+                                rel.schema,
+                                rel.name
+                            )));
+                        }
+                    }
+                    for c in rel.masks.keys() {
+                        self.extra_sensitive.insert(c.to_lowercase());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn collect_ctes(&mut self, s: &Statement) {
+        struct C<'x>(&'x mut HashSet<String>);
+        impl Visitor for C<'_> {
+            type Break = ();
+            fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+                if let Some(w) = &q.with {
+                    for c in &w.cte_tables {
+                        self.0.insert(fold(&c.alias.name));
+                    }
+                }
+                ControlFlow::Continue(())
+            }
+        }
+        let _ = s.visit(&mut C(&mut self.cte_names));
+    }
+
+    // ---------- expression checks ----------
+
+    fn check<V: Visit + ?Sized>(&mut self, node: &V, target: Option<&Target>) -> Result<(), Refusal> {
+        let mut c = Checker {
+            st: self,
+            target,
+            err: None,
+        };
+        let _ = node.visit(&mut c);
+        match c.err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn check_function(&mut self, name: &ObjectName) -> Result<(), Refusal> {
+        let parts = name_parts(name)
+            .ok_or_else(|| Refusal::new(format!("unsupported function name {name}")))?;
+        let cat = &self.ctx.prot.catalog;
+        let (schema, fname) = match parts.as_slice() {
+            [f] => (None, f.as_str()),
+            [s, f] => (Some(s.as_str()), f.as_str()),
+            _ => return Err(Refusal::new(format!("unsupported function name {name}"))),
+        };
+        let denied = || {
+            Refusal::new(format!(
+                "function {fname} is not allowed for masked roles: it can run SQL given as text, read relations by name, files, large objects or settings, bypassing masking"
+            ))
+        };
+        let user_defined = |s: &str| {
+            Refusal::new(format!(
+                "function {s}.{fname} is not allowed for masked roles: user-defined functions may read PII internally"
+            ))
+            .hint("a DBA can allow it by name in the policy's allowed_functions")
+        };
+        match schema {
+            Some(s) if s == crate::control::SCHEMA => Err(Refusal::new(format!(
+                "schema {s} belongs to pgredact and is not accessible to masked roles"
+            ))),
+            Some(s) if rules::is_system_schema(s) => {
+                if rules::DENIED_FUNCTIONS.contains(&fname) {
+                    return Err(denied());
+                }
+                if cat.functions.get(fname).is_some_and(|v| v.iter().any(|x| x == s)) {
+                    Ok(())
+                } else {
+                    self.unknown = true;
+                    Err(Refusal::new(format!("function {s}.{fname} is not known to pgredact")))
+                }
+            }
+            Some(s) => {
+                if self.ctx.prot.allowed_functions.contains(&format!("{s}.{fname}")) {
+                    Ok(())
+                } else {
+                    Err(user_defined(s))
+                }
+            }
+            None => {
+                if rules::KEYWORD_FUNCTIONS.contains(&fname) {
+                    return Ok(());
+                }
+                if rules::DENIED_FUNCTIONS.contains(&fname) {
+                    return Err(denied());
+                }
+                let Some(schemas) = cat.functions.get(fname) else {
+                    self.unknown = true;
+                    return Err(Refusal::new(format!(
+                        "function {fname} is not known to pgredact, so it cannot prove it safe"
+                    )));
+                };
+                for s in self.ctx.search_path {
+                    if rules::is_system_schema(s) {
+                        continue;
+                    }
+                    if schemas.iter().any(|x| x == s)
+                        && !self.ctx.prot.allowed_functions.contains(&format!("{s}.{fname}"))
+                    {
+                        return Err(user_defined(s));
+                    }
+                }
+                if schemas.iter().any(|x| rules::is_system_schema(x)) {
+                    Ok(())
+                } else {
+                    // Only defined in schemas off the search path: PostgreSQL will not find it.
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    // ---------- read substitution ----------
+
+    fn substitute<V: VisitMut + ?Sized>(&mut self, node: &mut V, skip: Option<*const TableFactor>) -> Result<(), Refusal> {
+        let mut s = Substituter {
+            st: self,
+            skip,
+            err: None,
+        };
+        let _ = node.visit(&mut s);
+        match s.err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn substitute_factor(&mut self, tf: &mut TableFactor) -> Result<(), Refusal> {
+        let TableFactor::Table {
+            name,
+            alias,
+            args,
+            with_hints,
+            version,
+            partitions,
+            json_path,
+            sample,
+            index_directives,
+            inheritance,
+            with_ordinality: _,
+        } = tf
+        else {
+            if let TableFactor::Function { name, .. } = tf {
+                let n = name.clone();
+                self.check_function(&n)?;
+            }
+            return Ok(());
+        };
+        if args.is_some() {
+            // A table function: checked as a function.
+            let n = name.clone();
+            return self.check_function(&n);
+        }
+        let parts = name_parts(name).unwrap_or_default();
+        let is_cte = parts.len() == 1 && self.cte_names.contains(&parts[0]);
+        let prot = self.protection(name)?;
+        if is_cte {
+            if prot.is_some() {
+                return Err(Refusal::new(format!(
+                    "the WITH query {} has the name of a protected relation; rename it",
+                    parts[0]
+                )));
+            }
+            return Ok(());
+        }
+        let rel = match prot {
+            None => return Ok(()),
+            Some(Protection::Refuse(reason)) => {
+                return Err(Refusal::new(format!("reading {name} is not allowed for masked roles: {reason}")))
+            }
+            Some(Protection::Mask(rel)) => rel,
+        };
+        if !with_hints.is_empty()
+            || version.is_some()
+            || !partitions.is_empty()
+            || json_path.is_some()
+            || sample.is_some()
+            || !index_directives.is_empty()
+        {
+            return Err(Refusal::new(format!(
+                "this form of reading {name} (TABLESAMPLE or a non-PostgreSQL table modifier) is not supported for masked roles"
+            )));
+        }
+        let only = matches!(inheritance, Some(TableInheritance::Only { .. }));
+        let alias = alias.take().unwrap_or_else(|| TableAlias {
+            explicit: true,
+            name: Ident::with_quote('"', parts.last().cloned().unwrap_or_default()),
+            columns: vec![],
+            at: None,
+        });
+        let subquery = if only {
+            rel.derived_only.clone()
+        } else {
+            rel.derived.clone()
+        };
+        *tf = TableFactor::Derived {
+            lateral: false,
+            subquery,
+            alias: Some(alias),
+            sample: None,
+        };
+        self.expected_masked_refs += 1;
+        self.changed = true;
+        Ok(())
+    }
+
+    // ---------- audit ----------
+
+    fn audit(&mut self, s: &Statement) -> Result<(), Refusal> {
+        struct A<'x, 'y> {
+            st: &'x mut State<'y>,
+            masked: usize,
+            err: Option<Refusal>,
+        }
+        impl Visitor for A<'_, '_> {
+            type Break = ();
+            fn pre_visit_relation(&mut self, rel: &ObjectName) -> ControlFlow<()> {
+                let parts = name_parts(rel).unwrap_or_default();
+                if parts.len() == 1 && self.st.cte_names.contains(&parts[0]) {
+                    return ControlFlow::Continue(());
+                }
+                match self.st.protection(rel) {
+                    Ok(Some(Protection::Mask(_))) => self.masked += 1,
+                    Ok(Some(Protection::Refuse(r))) => {
+                        self.err = Some(Refusal::new(format!("{rel} is not accessible to masked roles: {r}")));
+                        return ControlFlow::Break(());
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.err = Some(e);
+                        return ControlFlow::Break(());
+                    }
+                }
+                ControlFlow::Continue(())
+            }
+        }
+        let mut a = A {
+            st: self,
+            masked: 0,
+            err: None,
+        };
+        let _ = s.visit(&mut a);
+        if let Some(e) = a.err {
+            return Err(e);
+        }
+        let masked = a.masked;
+        if masked > self.expected_masked_refs {
+            return Err(Refusal::new(
+                "statement refused: it references a masked table in a position pgredact does not handle",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn assignment_columns(t: &AssignmentTarget) -> Vec<String> {
+    let last = |n: &ObjectName| n.0.last().and_then(|p| p.as_ident()).map(fold).unwrap_or_default();
+    match t {
+        AssignmentTarget::ColumnName(n) => vec![last(n)],
+        AssignmentTarget::Tuple(v) => v.iter().map(last).collect(),
+    }
+}
+
+/// For `TABLE [ONLY] name[;]`, the part after `TABLE`.
+fn table_statement(sql: &str) -> Option<&str> {
+    let t = sql.trim().trim_end_matches(';').trim_end();
+    let head = t.get(..6)?;
+    if !head.eq_ignore_ascii_case("table ") {
+        return None;
+    }
+    let rest = t[6..].trim();
+    let simple = rest
+        .chars()
+        .all(|c| c.is_alphanumeric() || matches!(c, '_' | '.' | '"' | ' ' | '$'));
+    (simple && !rest.is_empty()).then_some(rest)
+}
+
+fn identity_refusal(what: &str) -> Refusal {
+    Refusal::new(format!(
+        "{what} is not allowed for masked roles: a masked session cannot change its identity"
+    ))
+}
+
+fn setting_refusal(name: &str, verb: &str) -> Refusal {
+    Refusal::new(format!(
+        "{verb} {name} is not allowed for masked roles: only settings that cannot affect masking may be changed"
+    ))
+}
+
+fn parse_query(sql: &str) -> Option<Query> {
+    let mut stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    match stmts.pop()? {
+        Statement::Query(q) => Some(*q),
+        _ => None,
+    }
+}
+
+fn parse_select_items(list: &str) -> Option<Vec<SelectItem>> {
+    let q = parse_query(&format!("SELECT {list}"))?;
+    match *q.body {
+        sqlparser::ast::SetExpr::Select(s) => Some(s.projection),
+        _ => None,
+    }
+}
+
+fn statement_kind(s: &Statement) -> String {
+    let text = s.to_string();
+    let mut w = text.split_whitespace();
+    let first = w.next().unwrap_or("this statement").to_ascii_uppercase();
+    match first.as_str() {
+        "CREATE" | "ALTER" | "DROP" | "GRANT" | "REVOKE" | "COMMENT" => {
+            format!("{first} {}", w.next().unwrap_or("").to_ascii_uppercase())
+        }
+        _ => first,
+    }
+}
+
+struct Checker<'x, 'y, 't> {
+    st: &'x mut State<'y>,
+    target: Option<&'t Target>,
+    err: Option<Refusal>,
+}
+
+impl Checker<'_, '_, '_> {
+    fn fail(&mut self, r: Refusal) -> ControlFlow<()> {
+        self.err = Some(r);
+        ControlFlow::Break(())
+    }
+
+    fn pii_read(&self, col: &str) -> Refusal {
+        let t = self.target.map(|t| format!("{}.{}", t.rel.schema, t.rel.name)).unwrap_or_default();
+        Refusal::new(format!(
+            "reading PII column {col} of {t} in a write statement is not allowed for masked roles: it would reveal PII through row counts or copies"
+        ))
+    }
+
+    fn target_names(&self) -> Vec<String> {
+        match self.target {
+            Some(t) => {
+                let mut v = t.names.clone();
+                if t.excluded {
+                    v.push("excluded".into());
+                }
+                v
+            }
+            None => vec![],
+        }
+    }
+}
+
+impl Visitor for Checker<'_, '_, '_> {
+    type Break = ();
+
+    fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+        match e {
+            Expr::Function(f) => {
+                if let Err(r) = self.st.check_function(&f.name) {
+                    return self.fail(r);
+                }
+                if let Some(t) = self.target {
+                    if let FunctionArguments::List(l) = &f.args {
+                        for a in &l.args {
+                            let ae = match a {
+                                FunctionArg::Unnamed(x) => x,
+                                FunctionArg::Named { arg, .. } | FunctionArg::ExprNamed { arg, .. } => arg,
+                            };
+                            match ae {
+                                FunctionArgExpr::QualifiedWildcard(n) => {
+                                    let last = name_parts(n).and_then(|p| p.last().cloned()).unwrap_or_default();
+                                    if self.target_names().contains(&last) {
+                                        let r = Refusal::new(format!(
+                                            "{last}.* reads every column of {}.{}, including PII, in a write statement",
+                                            t.rel.schema, t.rel.name
+                                        ));
+                                        return self.fail(r);
+                                    }
+                                }
+                                FunctionArgExpr::Wildcard | FunctionArgExpr::WildcardWithOptions(_) => {
+                                    // count(*) and friends: no column values.
+                                }
+                                FunctionArgExpr::Expr(_) => {}
+                            }
+                        }
+                    }
+                }
+            }
+            Expr::BinaryOp { op, .. } => {
+                let ops = &self.st.ctx.prot.catalog.user_operators;
+                match op {
+                    BinaryOperator::PGCustomBinaryOperator(parts) => {
+                        let ok = parts.len() == 2 && parts[0].eq_ignore_ascii_case("pg_catalog");
+                        if !ok && parts.last().is_some_and(|p| ops.contains(p)) || parts.len() > 2 {
+                            return self.fail(Refusal::new(format!(
+                                "operator {op} is user-defined and may read PII; not allowed for masked roles"
+                            )));
+                        }
+                    }
+                    other => {
+                        if ops.contains(&other.to_string()) {
+                            return self.fail(Refusal::new(format!(
+                                "operator {other} has a user-defined variant that may read PII; not allowed for masked roles"
+                            )));
+                        }
+                    }
+                }
+            }
+            Expr::UnaryOp { op, .. } => {
+                if self.st.ctx.prot.catalog.user_operators.contains(&op.to_string()) {
+                    return self.fail(Refusal::new(format!(
+                        "operator {op} has a user-defined variant; not allowed for masked roles"
+                    )));
+                }
+            }
+            Expr::Identifier(id) => {
+                if let Some(t) = self.target {
+                    let f = fold(id);
+                    if t.rel.is_pii(&f) {
+                        let r = self.pii_read(&f);
+                        return self.fail(r);
+                    }
+                    if self.target_names().contains(&f) {
+                        let r = Refusal::new(format!(
+                            "the whole-row reference {f} reads every column of {}.{}, including PII, in a write statement",
+                            t.rel.schema, t.rel.name
+                        ));
+                        return self.fail(r);
+                    }
+                }
+            }
+            Expr::CompoundIdentifier(ids) => {
+                if let Some(t) = self.target {
+                    let names = self.target_names();
+                    let parts: Vec<String> = ids.iter().map(fold).collect();
+                    for w in parts.windows(2) {
+                        if names.contains(&w[0]) && t.rel.is_pii(&w[1]) {
+                            let r = self.pii_read(&w[1]);
+                            return self.fail(r);
+                        }
+                    }
+                    if parts.len() == 1 && names.contains(&parts[0]) {
+                        let r = self.pii_read("*");
+                        return self.fail(r);
+                    }
+                }
+            }
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_select(&mut self, s: &Select) -> ControlFlow<()> {
+        if let Some(t) = self.target {
+            let names = self.target_names();
+            for it in &s.projection {
+                if let SelectItem::QualifiedWildcard(SelectItemQualifiedWildcardKind::ObjectName(n), _) = it {
+                    let last = name_parts(n).and_then(|p| p.last().cloned()).unwrap_or_default();
+                    if names.contains(&last) {
+                        let r = Refusal::new(format!(
+                            "{last}.* reads every column of {}.{}, including PII, in a write statement",
+                            t.rel.schema, t.rel.name
+                        ));
+                        return self.fail(r);
+                    }
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(&mut self, tf: &TableFactor) -> ControlFlow<()> {
+        if let TableFactor::Function { name, .. } = tf {
+            if let Err(r) = self.st.check_function(name) {
+                return self.fail(r);
+            }
+        }
+        if let TableFactor::Table {
+            name, args: Some(_), ..
+        } = tf
+        {
+            if let Err(r) = self.st.check_function(name) {
+                return self.fail(r);
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+struct Substituter<'x, 'y> {
+    st: &'x mut State<'y>,
+    skip: Option<*const TableFactor>,
+    err: Option<Refusal>,
+}
+
+impl VisitorMut for Substituter<'_, '_> {
+    type Break = ();
+
+    fn post_visit_table_factor(&mut self, tf: &mut TableFactor) -> ControlFlow<()> {
+        if self.skip == Some(tf as *const TableFactor) {
+            return ControlFlow::Continue(());
+        }
+        if let TableFactor::Table { args: Some(_), .. } | TableFactor::Function { .. } = tf {
+            // Table functions were checked by the Checker.
+            return ControlFlow::Continue(());
+        }
+        match self.st.substitute_factor(tf) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(r) => {
+                self.err = Some(r);
+                ControlFlow::Break(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,270 @@
+//! What each relation means for a masked session, computed once per (policy, catalog) pair:
+//! masked (with its ready-made masking derived table) or refused (with the reason).
+
+use crate::catalog::{Catalog, Relation};
+use crate::policy::{mask_sql, quote_ident, DatabasePolicy, Mask};
+use sqlparser::ast::Query;
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+/// A relation whose PII columns are masked for masked sessions.
+#[derive(Debug)]
+pub struct MaskedRel {
+    pub schema: String,
+    pub name: String,
+    /// The policy table whose masks apply (itself, or the ancestor a partition/child inherits from).
+    pub policy_table: String,
+    /// PII column -> mask, with the column's type.
+    pub masks: BTreeMap<String, (Mask, crate::policy::ColType)>,
+    /// All columns in order.
+    pub columns: Vec<String>,
+    /// `SELECT <masked columns> FROM schema.name` and the `FROM ONLY` variant.
+    pub derived: Box<Query>,
+    pub derived_only: Box<Query>,
+}
+
+impl MaskedRel {
+    pub fn is_pii(&self, col: &str) -> bool {
+        self.masks.contains_key(col)
+    }
+
+    /// The select list that masks every column, each column read through `qualifier.`.
+    pub fn masked_select_list(&self, qualifier: Option<&str>) -> String {
+        let q = |c: &str| match qualifier {
+            Some(a) => format!("{}.{}", quote_ident(a), quote_ident(c)),
+            None => quote_ident(c),
+        };
+        self.columns
+            .iter()
+            .map(|c| match self.masks.get(c) {
+                Some((m, ty)) => format!("{} AS {}", mask_sql(m, &q(c), ty), quote_ident(c)),
+                None => q(c),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Protection {
+    Mask(Arc<MaskedRel>),
+    Refuse(String),
+}
+
+/// Everything the rewriter needs to know about one database for masked sessions.
+#[derive(Debug, Default)]
+pub struct Protections {
+    pub by_oid: HashMap<u32, Protection>,
+    /// Lower-case names of protected relations and of functions a masked session may not call,
+    /// for the lexical cross-check of statements passed through verbatim.
+    pub sensitive_words: HashSet<String>,
+    /// `schema.name` of user-defined functions the policy allows.
+    pub allowed_functions: HashSet<String>,
+    pub catalog: Arc<Catalog>,
+    /// Non-fatal problems found while building (policy columns missing from the table, ...).
+    pub warnings: Vec<String>,
+}
+
+/// pg_catalog relations that hold data values, not schema.
+pub const DENIED_CATALOG_RELATIONS: &[&str] = &[
+    "pg_stats",
+    "pg_stats_ext",
+    "pg_stats_ext_exprs",
+    "pg_statistic",
+    "pg_statistic_ext_data",
+    "pg_stat_activity",
+    "pg_largeobject",
+    "pg_authid",
+    "pg_shadow",
+    "pg_user_mapping",
+    "pg_user_mappings",
+];
+
+/// Relation names refused in any schema (extensions that expose query texts with literals).
+pub const DENIED_ANY_SCHEMA_RELATIONS: &[&str] = &["pg_stat_statements", "pg_stat_statements_info"];
+
+impl Protections {
+    pub fn build(policy: &DatabasePolicy, catalog: Arc<Catalog>) -> Protections {
+        let mut by_oid: HashMap<u32, Protection> = HashMap::new();
+        let mut warnings = Vec::new();
+        // 1. Policy tables and their descendants (partitions, inheritance children).
+        let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+        for (c, ps) in &catalog.parents {
+            for p in ps {
+                children.entry(*p).or_default().push(*c);
+            }
+        }
+        for tp in policy.tables.values() {
+            let Some(rel) = catalog.lookup(&tp.schema, &tp.name) else {
+                continue;
+            };
+            let mut stack = vec![rel.oid];
+            let mut seen = HashSet::new();
+            while let Some(oid) = stack.pop() {
+                if !seen.insert(oid) {
+                    continue;
+                }
+                let Some(r) = catalog.relations.get(&oid) else {
+                    continue;
+                };
+                // A descendant with its own policy entry keeps its own masks.
+                let own = policy.table(&r.schema, &r.name).is_some();
+                if oid == rel.oid || !own {
+                    match masked_rel(r, tp, &mut warnings) {
+                        Some(m) => {
+                            by_oid.insert(oid, Protection::Mask(Arc::new(m)));
+                        }
+                        None => {
+                            by_oid.insert(
+                                oid,
+                                Protection::Refuse(format!(
+                                    "pgredact could not build the masking query for {}.{}",
+                                    r.schema, r.name
+                                )),
+                            );
+                        }
+                    }
+                }
+                if let Some(cs) = children.get(&oid) {
+                    stack.extend(cs.iter().copied());
+                }
+            }
+        }
+        // 2. Catalog relations that hold data values, the control schema, foreign tables.
+        for r in catalog.relations.values() {
+            if by_oid.contains_key(&r.oid) {
+                continue;
+            }
+            let reason = if r.schema == "pg_catalog" && DENIED_CATALOG_RELATIONS.contains(&r.name.as_str()) {
+                Some(format!(
+                    "{}.{} holds data values (statistics, query texts or secrets), not just schema",
+                    r.schema, r.name
+                ))
+            } else if DENIED_ANY_SCHEMA_RELATIONS.contains(&r.name.as_str()) {
+                Some(format!("{}.{} holds query texts with literal values", r.schema, r.name))
+            } else if r.schema == crate::control::SCHEMA {
+                Some(format!("{}.{} is pgredact's own control data", r.schema, r.name))
+            } else if r.kind == 'f' {
+                Some(format!(
+                    "{}.{} is a foreign table: pgredact cannot see or mask the remote data",
+                    r.schema, r.name
+                ))
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                by_oid.insert(r.oid, Protection::Refuse(reason));
+            }
+        }
+        // 3. Views and materialized views reading any protected relation (transitively).
+        loop {
+            let mut added = false;
+            for (view, deps) in &catalog.view_deps {
+                if by_oid.contains_key(view) {
+                    continue;
+                }
+                let Some(v) = catalog.relations.get(view) else {
+                    continue;
+                };
+                if let Some(src) = deps.iter().find(|d| by_oid.contains_key(d)) {
+                    let src_name = catalog
+                        .relations
+                        .get(src)
+                        .map(|s| format!("{}.{}", s.schema, s.name))
+                        .unwrap_or_else(|| "a protected relation".into());
+                    let what = if v.kind == 'm' { "materialized view" } else { "view" };
+                    by_oid.insert(
+                        *view,
+                        Protection::Refuse(format!(
+                            "{what} {}.{} reads {src_name}, which holds PII; query the table instead so pgredact can mask it",
+                            v.schema, v.name
+                        )),
+                    );
+                    added = true;
+                }
+            }
+            if !added {
+                break;
+            }
+        }
+        let mut sensitive_words: HashSet<String> = HashSet::new();
+        for oid in by_oid.keys() {
+            if let Some(r) = catalog.relations.get(oid) {
+                sensitive_words.insert(r.name.to_lowercase());
+            }
+        }
+        for f in super::rules::DENIED_FUNCTIONS {
+            sensitive_words.insert((*f).to_string());
+        }
+        for (name, schemas) in &catalog.functions {
+            if schemas.iter().any(|s| !super::rules::is_system_schema(s)) {
+                sensitive_words.insert(name.to_lowercase());
+            }
+        }
+        sensitive_words.insert(crate::control::SCHEMA.to_string());
+        Protections {
+            by_oid,
+            sensitive_words,
+            allowed_functions: policy.allowed_functions.iter().cloned().collect(),
+            catalog,
+            warnings,
+        }
+    }
+
+    pub fn get(&self, rel: &Relation) -> Option<&Protection> {
+        self.by_oid.get(&rel.oid)
+    }
+}
+
+fn masked_rel(
+    r: &Relation,
+    tp: &crate::policy::TablePolicy,
+    warnings: &mut Vec<String>,
+) -> Option<MaskedRel> {
+    let mut masks = BTreeMap::new();
+    for (col, cp) in &tp.columns {
+        match r.columns.iter().find(|c| &c.name == col) {
+            Some(c) => {
+                masks.insert(col.clone(), (cp.mask.clone(), c.ty.clone()));
+            }
+            None => warnings.push(format!(
+                "policy {}: column {col} not found in {}.{}",
+                tp.qualified(),
+                r.schema,
+                r.name
+            )),
+        }
+    }
+    let columns: Vec<String> = r.columns.iter().map(|c| c.name.clone()).collect();
+    if columns.is_empty() {
+        return None;
+    }
+    let mut m = MaskedRel {
+        schema: r.schema.clone(),
+        name: r.name.clone(),
+        policy_table: tp.qualified(),
+        masks,
+        columns,
+        derived: Box::new(empty_query()),
+        derived_only: Box::new(empty_query()),
+    };
+    let list = m.masked_select_list(None);
+    let target = format!("{}.{}", quote_ident(&r.schema), quote_ident(&r.name));
+    m.derived = Box::new(parse_query(&format!("SELECT {list} FROM {target}"))?);
+    m.derived_only = Box::new(parse_query(&format!("SELECT {list} FROM ONLY {target}"))?);
+    Some(m)
+}
+
+fn parse_query(sql: &str) -> Option<Query> {
+    let mut stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    match stmts.pop()? {
+        sqlparser::ast::Statement::Query(q) => Some(*q),
+        _ => None,
+    }
+}
+
+fn empty_query() -> Query {
+    parse_query("SELECT 1").unwrap_or_else(|| unreachable!("SELECT 1 parses"))
+}

@@ -1,0 +1,340 @@
+use super::*;
+use crate::catalog::{Catalog, Column, Relation};
+use crate::policy::{parse_policy, ColType};
+use std::path::Path;
+
+fn ty(sql: &str, base: &str, cat: char) -> ColType {
+    ColType {
+        sql: sql.into(),
+        base: base.into(),
+        category: cat,
+    }
+}
+
+fn cols(spec: &[(&str, ColType)]) -> Vec<Column> {
+    spec.iter()
+        .map(|(n, t)| Column {
+            name: (*n).into(),
+            ty: t.clone(),
+        })
+        .collect()
+}
+
+pub(crate) fn fixture() -> Protections {
+    let text = ty("text", "text", 'S');
+    let big = ty("bigint", "int8", 'N');
+    let mut c = Catalog::default();
+    let rel = |oid, schema: &str, name: &str, kind, columns| Relation {
+        oid,
+        schema: schema.into(),
+        name: name.into(),
+        kind,
+        columns,
+    };
+    c.add_relation(rel(
+        1,
+        "public",
+        "customers",
+        'r',
+        cols(&[
+            ("customer_id", big.clone()),
+            ("first_name", text.clone()),
+            ("email", ty("character varying(255)", "varchar", 'S')),
+            ("phone", text.clone()),
+            ("birth_date", ty("date", "date", 'D')),
+            ("tier", text.clone()),
+        ]),
+    ));
+    c.add_relation(rel(
+        2,
+        "public",
+        "customer_events",
+        'p',
+        cols(&[("event_id", big.clone()), ("customer_id", big.clone()), ("ip_address", ty("inet", "inet", 'I'))]),
+    ));
+    c.add_relation(rel(
+        3,
+        "public",
+        "customer_events_2024",
+        'r',
+        cols(&[("event_id", big.clone()), ("customer_id", big.clone()), ("ip_address", ty("inet", "inet", 'I'))]),
+    ));
+    c.parents.insert(3, vec![2]);
+    c.add_relation(rel(4, "public", "orders", 'r', cols(&[("order_id", big.clone()), ("customer_id", big.clone()), ("amount", ty("numeric(12,2)", "numeric", 'N'))])));
+    c.add_relation(rel(5, "public", "customer_emails", 'v', cols(&[("email", text.clone())])));
+    c.view_deps.insert(5, vec![1]);
+    c.add_relation(rel(6, "public", "order_totals", 'v', cols(&[("total", big.clone())])));
+    c.view_deps.insert(6, vec![4]);
+    c.add_relation(rel(7, "crm", "Contacts", 'r', cols(&[("id", big.clone()), ("Email", text.clone())])));
+    c.add_relation(rel(100, "pg_catalog", "pg_stats", 'v', vec![]));
+    c.add_relation(rel(101, "pg_catalog", "pg_class", 'r', vec![]));
+    c.add_relation(rel(102, "pgredact", "hash_key", 'r', cols(&[("ipad", ty("bytea", "bytea", 'U'))])));
+    for f in [
+        "upper", "lower", "count", "sum", "now", "length", "left", "right", "concat", "substr", "strpos",
+        "date_trunc", "row_to_json", "query_to_xml", "set_config", "generate_series", "md5", "avg",
+        "row_number", "current_setting", "to_char", "encode", "jsonb_build_object", "string_agg",
+        "pg_sleep", "max", "min", "format",
+    ] {
+        c.add_function("pg_catalog", f);
+    }
+    c.add_function("public", "leak_fn");
+    c.add_function("public", "safe_fn");
+    c.add_function("pgredact", "mask_hash");
+    c.user_operators.insert("===".into());
+    let pol = parse_policy(
+        r#"
+database = "app"
+unmasked_roles = ["dba"]
+allowed_functions = ["public.safe_fn"]
+[tables."public.customers"]
+subject = "customer_id"
+columns.email = "email"
+columns.first_name = "null"
+columns.phone = { mask = "partial", keep_last = 2 }
+columns.birth_date = "year"
+[tables."public.customer_events"]
+subject = "customer_id"
+columns.ip_address = "null"
+[tables.'crm."Contacts"']
+columns.Email = "redact"
+"#,
+        Path::new("t.toml"),
+    )
+    .unwrap();
+    Protections::build(&pol, Arc::new(c))
+}
+
+pub(crate) fn path() -> Vec<String> {
+    vec!["pg_catalog".into(), "public".into()]
+}
+
+fn run(sql: &str) -> Outcome {
+    let p = fixture();
+    let sp = path();
+    rewrite(sql, &SessionCtx { prot: &p, search_path: &sp })
+}
+
+fn rewritten(sql: &str) -> String {
+    match run(sql).decision {
+        Decision::Rewrite(s) => s,
+        other => panic!("expected rewrite of {sql:?}, got {other:?}"),
+    }
+}
+
+fn refused(sql: &str) -> String {
+    match run(sql).decision {
+        Decision::Refuse(r) => r.message,
+        other => panic!("expected refusal of {sql:?}, got {other:?}"),
+    }
+}
+
+fn passes(sql: &str) {
+    assert_eq!(run(sql).decision, Decision::Pass, "{sql}");
+}
+
+#[test]
+fn plain_select_is_masked_in_place() {
+    let out = rewritten("SELECT * FROM customers WHERE customer_id = 7");
+    assert!(out.contains("FROM \"public\".\"customers\") AS \"customers\""), "{out}");
+    assert!(out.contains("AS \"email\""), "{out}");
+    assert!(out.contains("WHERE customer_id = 7"), "{out}");
+    // The derived table is the only reference to the table.
+    assert_eq!(out.matches("customers\"").count(), 2, "{out}");
+}
+
+#[test]
+fn alias_and_positions() {
+    for sql in [
+        "SELECT c.email FROM customers c",
+        "SELECT email FROM public.customers",
+        "SELECT email FROM app.public.customers",
+        "SELECT email FROM \"customers\"",
+        "SELECT email FROM PUBLIC.CUSTOMERS",
+        "SELECT * FROM orders o JOIN customers c ON c.customer_id = o.customer_id",
+        "SELECT * FROM orders WHERE customer_id IN (SELECT customer_id FROM customers WHERE email LIKE 'a%')",
+        "WITH x AS (SELECT * FROM customers) SELECT * FROM x",
+        "SELECT * FROM orders o, LATERAL (SELECT email FROM customers c WHERE c.customer_id = o.customer_id) l",
+        "SELECT email FROM customers UNION SELECT 'x'",
+        "SELECT EXISTS (SELECT 1 FROM customers WHERE email = 'a@b.c')",
+        "INSERT INTO orders (customer_id) SELECT customer_id FROM customers WHERE email = 'x'",
+        "CREATE TABLE t AS SELECT * FROM customers",
+        "SELECT * INTO t2 FROM customers",
+        "COPY (SELECT * FROM customers) TO STDOUT",
+        "SELECT (SELECT max(email) FROM customers)",
+        "SELECT row_to_json(c) FROM customers c",
+        "EXPLAIN ANALYZE SELECT * FROM customers",
+        "PREPARE p(bigint) AS SELECT * FROM customers WHERE customer_id = $1",
+        "DECLARE cur CURSOR FOR SELECT * FROM customers",
+        "SELECT * FROM ONLY customers",
+        "SELECT * FROM customer_events_2024",
+        "SELECT * FROM crm.\"Contacts\"",
+        "SELECT 1; SELECT email FROM customers",
+    ] {
+        let out = rewritten(sql);
+        assert!(out.contains("CASE WHEN") || out.contains("CAST(NULL"), "no mask in {out}");
+    }
+}
+
+#[test]
+fn only_and_children_and_quoted() {
+    assert!(rewritten("SELECT * FROM ONLY customers").contains("FROM ONLY \"public\".\"customers\""));
+    let out = rewritten("SELECT * FROM customer_events_2024");
+    assert!(out.contains("CAST(NULL AS inet) AS \"ip_address\""), "{out}");
+    let out = rewritten("SELECT * FROM crm.\"Contacts\"");
+    assert!(out.contains("'****'"), "{out}");
+    // Different case, quoted: a different (unknown) table, not the policy one.
+    assert!(matches!(run("SELECT * FROM crm.contacts").decision, Decision::Pass));
+}
+
+#[test]
+fn copy_table_to_becomes_query() {
+    let out = rewritten("COPY customers (customer_id, email) TO STDOUT WITH (FORMAT csv)");
+    assert!(out.starts_with("COPY (SELECT customer_id, email FROM (SELECT"), "{out}");
+    assert!(refused("COPY customers TO '/tmp/x'").contains("file or program"));
+    assert!(refused("COPY customers FROM STDIN").contains("without a column list"));
+    assert!(refused("COPY customers (customer_id, email) FROM STDIN").contains("PII column email"));
+    passes("COPY customers (customer_id, tier) FROM STDIN");
+}
+
+#[test]
+fn non_pii_writes_pass_verbatim() {
+    passes("UPDATE customers SET tier = 'gold' WHERE customer_id = 42");
+    passes("update customers set tier='gold', segment = NULL where customer_id in (1,2,3)");
+    passes("INSERT INTO customers (customer_id, tier) VALUES (1, 'x') ON CONFLICT (customer_id) DO UPDATE SET tier = EXCLUDED.tier");
+    passes("DELETE FROM orders WHERE amount < 0");
+    passes("UPDATE orders SET amount = 0 WHERE order_id = 1");
+    passes("SELECT 1");
+    passes("SELECT * FROM orders WHERE customer_id = $1");
+    passes("BEGIN");
+    passes("SET application_name = 'x'");
+    passes("SHOW search_path");
+}
+
+#[test]
+fn pii_writes_and_reads_in_writes_are_refused() {
+    for (sql, want) in [
+        ("UPDATE customers SET email = 'x' WHERE customer_id = 1", "column email"),
+        ("UPDATE customers SET tier = 'x' WHERE email LIKE 'a%'", "PII column email"),
+        ("UPDATE customers c SET tier = 'x' WHERE c.email LIKE 'a%'", "PII column email"),
+        ("UPDATE customers SET tier = first_name", "PII column first_name"),
+        ("UPDATE customers c SET tier = c::text", "whole-row"),
+        ("UPDATE customers c SET tier = row_to_json(c.*)::text", "c.*"),
+        ("DELETE FROM customers WHERE phone = '1'", "PII column phone"),
+        ("INSERT INTO customers VALUES (1)", "without a column list"),
+        ("INSERT INTO customers (customer_id, email) VALUES (1, 'x')", "column email"),
+        ("INSERT INTO customers (customer_id) VALUES (1) ON CONFLICT (customer_id) DO UPDATE SET tier = EXCLUDED.email", "PII column email"),
+        ("INSERT INTO customers (customer_id) VALUES (1) ON CONFLICT (email) DO NOTHING", "column email"),
+        ("UPDATE customers SET tier = 'x' RETURNING email", "PII column email"),
+        ("UPDATE orders SET amount = 1 FROM customers c WHERE c.customer_id = orders.customer_id AND c.email = 'x'", "__rewritten__"),
+        ("MERGE INTO customers c USING orders o ON c.customer_id = o.customer_id WHEN MATCHED THEN UPDATE SET tier = 'x'", "MERGE"),
+        ("UPDATE customer_events_2024 SET customer_id = 1 WHERE ip_address IS NULL", "PII column ip_address"),
+    ] {
+        if want == "__rewritten__" {
+            // reads of other masked tables in a write are masked, not refused
+            let out = rewritten(sql);
+            assert!(out.contains("CASE WHEN"), "{out}");
+            continue;
+        }
+        let m = refused(sql);
+        assert!(m.contains(want), "{sql}: {m}");
+    }
+}
+
+#[test]
+fn returning_star_is_masked() {
+    let out = rewritten("UPDATE customers SET tier = 'x' WHERE customer_id = 1 RETURNING *");
+    assert!(out.contains("RETURNING \"customers\".\"customer_id\""), "{out}");
+    assert!(out.contains("AS \"email\""), "{out}");
+    let out = rewritten("DELETE FROM customers c WHERE customer_id = 1 RETURNING c.*");
+    assert!(out.contains("\"c\".\"email\""), "{out}");
+}
+
+#[test]
+fn identity_and_settings() {
+    assert!(refused("SET ROLE dba").contains("identity"));
+    assert!(refused("SET SESSION AUTHORIZATION dba").contains("identity"));
+    assert!(refused("RESET ROLE").contains("RESET role"));
+    assert!(refused("SELECT set_config('role', 'dba', false)").contains("set_config"));
+    assert!(refused("SET search_path = evil, public").contains("search_path"));
+    assert!(refused("SET standard_conforming_strings = off").contains("standard_conforming_strings"));
+    passes("SET standard_conforming_strings = on");
+    assert!(refused("SET client_encoding = 'LATIN1'").contains("client_encoding"));
+    passes("SET client_encoding = 'UTF8'");
+    assert!(refused("RESET ALL").contains("RESET ALL"));
+    assert!(refused("SET row_security = off").contains("row_security"));
+    passes("SET statement_timeout = '5s'");
+    passes("SET TIME ZONE 'UTC'");
+}
+
+#[test]
+fn dangerous_functions_and_relations() {
+    assert!(refused("SELECT query_to_xml('select * from customers', true, false, '')").contains("query_to_xml"));
+    assert!(refused("SELECT pg_catalog.query_to_xml('x', true, false, '')").contains("query_to_xml"));
+    assert!(refused("SELECT leak_fn(1)").contains("user-defined"));
+    assert!(refused("SELECT public.leak_fn(1)").contains("user-defined"));
+    passes("SELECT safe_fn(1)");
+    assert!(refused("SELECT * FROM leak_fn()").contains("user-defined"));
+    assert!(refused("SELECT pgredact.mask_hash('x')").contains("pgredact"));
+    assert!(refused("SELECT * FROM pgredact.hash_key").contains("control data"));
+    assert!(refused("SELECT * FROM pg_stats WHERE tablename = 'customers'").contains("data values"));
+    assert!(refused("SELECT * FROM pg_catalog.pg_stats").contains("data values"));
+    assert!(refused("SELECT * FROM customer_emails").contains("view"));
+    passes("SELECT * FROM order_totals");
+    passes("SELECT relname FROM pg_class");
+    assert!(refused("SELECT totally_unknown_fn(1)").contains("not known"));
+    // Operators sqlparser cannot read are refused (parse failure), never passed.
+    assert!(refused("SELECT 1 WHERE 'a' === 'b'").contains("pgredact"));
+    assert!(refused("DO $$ BEGIN END $$").contains("parse") || refused("DO $$ BEGIN END $$").contains("not allowed"));
+    assert!(refused("CALL p()").contains("CALL"));
+    assert!(refused("LISTEN ch").contains("LISTEN"));
+    assert!(refused("CREATE FUNCTION f() RETURNS int AS 'select 1' LANGUAGE sql").contains("not allowed"));
+    assert!(refused("GRANT SELECT ON customers TO support").contains("not allowed"));
+    assert!(refused("SELECT * FROM U&\"cust\\006fmers\"").contains("Unicode"));
+    assert!(refused("SELEC 1").contains("could not parse"));
+}
+
+#[test]
+fn ctes_named_like_protected_tables_are_refused() {
+    assert!(refused("WITH customers AS (SELECT 1 AS email) SELECT * FROM customers").contains("WITH query"));
+    passes("WITH x AS (SELECT 1) SELECT * FROM x");
+}
+
+#[test]
+fn lexical_cross_check_falls_back_to_parsed_text() {
+    // 'customers' in a literal or comment: not a reference; the parsed text is sent instead.
+    let out = rewritten("SELECT 'customers' /* customers */");
+    assert_eq!(out, "SELECT 'customers'");
+    // A PII column name in a literal of a write to a masked table.
+    let out = rewritten("UPDATE customers SET tier = 'email' WHERE customer_id = 1");
+    assert!(out.starts_with("UPDATE customers SET tier = 'email'"), "{out}");
+}
+
+#[test]
+fn unknown_relations_ask_for_refresh() {
+    let o = run("SELECT * FROM brand_new_table");
+    assert!(o.unknown_names);
+    assert_eq!(o.decision, Decision::Pass);
+}
+
+#[test]
+fn deep_nesting_is_parsed() {
+    let mut sql = String::from("SELECT email FROM customers");
+    for _ in 0..40 {
+        sql = format!("SELECT * FROM ({sql}) s");
+    }
+    assert!(rewritten(&sql).contains("CASE WHEN"));
+}
+
+#[test]
+fn placeholders_survive() {
+    let out = rewritten("SELECT * FROM customers WHERE customer_id = $1 AND tier = $2");
+    assert!(out.contains("customer_id = $1 AND tier = $2"), "{out}");
+}
+
+#[test]
+fn table_statement_is_read_as_select_star() {
+    let out = rewritten("TABLE customers");
+    assert!(out.starts_with("SELECT * FROM (SELECT"), "{out}");
+    let out = rewritten("table only public.customers;");
+    assert!(out.contains("FROM ONLY"), "{out}");
+}
