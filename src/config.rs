@@ -119,8 +119,8 @@ impl Config {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Config, String> {
-        let mut cfg: Config = toml::from_str(text)
-            .map_err(|e| crate::policy::toml_error(path, text, &e))?;
+        let mut cfg: Config =
+            toml::from_str(text).map_err(|e| crate::policy::toml_error(path, text, &e))?;
         if !matches!(cfg.upstream.sslmode.as_str(), "disable") {
             return Err(format!(
                 "{}: upstream.sslmode = {:?}: only \"disable\" is implemented in this version",

@@ -1,1 +1,83 @@
-fn main() {}
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// pgredact: a PostgreSQL wire-protocol proxy that masks PII for every role a policy does not exempt.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the proxy.
+    Serve {
+        #[arg(long, default_value = "pgredact.toml")]
+        config: PathBuf,
+    },
+    /// Validate the config and policies (and against the live schema when reachable); exits 1 on errors.
+    Check {
+        #[arg(long, default_value = "pgredact.toml")]
+        config: PathBuf,
+    },
+    /// Start a throwaway PostgreSQL with sample customer data and pgredact in front of it.
+    Demo {
+        /// Where pgredact listens.
+        #[arg(long, default_value = "127.0.0.1:6432")]
+        listen: String,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PGREDACT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pgredact: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let res: Result<(), String> = rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Serve { config } => {
+                let cfg = pgredact::config::Config::load(&config)?;
+                pgredact::proxy::serve(cfg).await
+            }
+            Cmd::Check { config } => {
+                let cfg = pgredact::config::Config::load(&config)?;
+                let (lines, failed) = pgredact::check::run(&cfg).await;
+                for l in lines {
+                    println!("{l}");
+                }
+                if failed {
+                    Err("policy check failed".into())
+                } else {
+                    Ok(())
+                }
+            }
+            Cmd::Demo { listen } => pgredact::demo::run(&listen).await,
+        }
+    });
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgredact: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -203,16 +203,21 @@ pub fn split_qualified(name: &str) -> Result<(String, String), String> {
             let t = parts.remove(1);
             Ok((parts.remove(0), t))
         }
-        _ => Err(format!(
-            "invalid table name {name:?}: use \"schema.table\""
-        )),
+        _ => Err(format!("invalid table name {name:?}: use \"schema.table\"")),
     }
 }
 
 fn parse_mask(raw: RawColumn) -> Result<(Mask, Option<String>), String> {
     let (kind, kf, kl, pad, value, forget) = match raw {
         RawColumn::Kind(k) => (k, None, None, None, None, None),
-        RawColumn::Full(f) => (f.mask, f.keep_first, f.keep_last, f.padding, f.value, f.forget),
+        RawColumn::Full(f) => (
+            f.mask,
+            f.keep_first,
+            f.keep_last,
+            f.padding,
+            f.value,
+            f.forget,
+        ),
     };
     let only_partial = kf.is_some() || kl.is_some() || pad.is_some();
     let mask = match kind.as_str() {
@@ -241,7 +246,9 @@ fn parse_mask(raw: RawColumn) -> Result<(Mask, Option<String>), String> {
         ));
     }
     if value.is_some() && !matches!(mask, Mask::Constant(_)) {
-        return Err(format!("`value` only applies to mask \"constant\", not {kind:?}"));
+        return Err(format!(
+            "`value` only applies to mask \"constant\", not {kind:?}"
+        ));
     }
     Ok((mask, forget))
 }
@@ -253,9 +260,13 @@ fn is_sql_name(s: &str) -> bool {
 /// Parses one policy file's text.
 pub fn parse_policy(text: &str, path: &Path) -> Result<DatabasePolicy, String> {
     let raw: RawFile = toml::from_str(text).map_err(|e| toml_error(path, text, &e))?;
-    let at = |off: usize, msg: String| format!("{}:{}: {}", path.display(), line_of(text, off), msg);
+    let at =
+        |off: usize, msg: String| format!("{}:{}: {}", path.display(), line_of(text, off), msg);
     if raw.database.is_empty() {
-        return Err(format!("{}:1: `database` must not be empty", path.display()));
+        return Err(format!(
+            "{}:1: `database` must not be empty",
+            path.display()
+        ));
     }
     let mut tables = BTreeMap::new();
     for (tname, spanned) in raw.tables {
@@ -385,9 +396,12 @@ pub fn mask_fits(mask: &Mask, ty: &ColType) -> Result<(), String> {
             mask.kind(),
             ty.sql
         )),
-        Mask::Year if !matches!(ty.base.as_str(), "date" | "timestamp" | "timestamptz") => Err(
-            format!("mask \"year\" needs a date or timestamp column, not {}", ty.sql),
-        ),
+        Mask::Year if !matches!(ty.base.as_str(), "date" | "timestamp" | "timestamptz") => {
+            Err(format!(
+                "mask \"year\" needs a date or timestamp column, not {}",
+                ty.sql
+            ))
+        }
         _ => Ok(()),
     }
 }
@@ -396,7 +410,8 @@ pub fn mask_fits(mask: &Mask, ty: &ColType) -> Result<(), String> {
 /// Uses only schema-qualified built-ins (and `pgredact.mask_hash` for `hash`).
 pub fn mask_sql(mask: &Mask, col: &str, ty: &ColType) -> String {
     let t = &ty.sql;
-    let guard = |expr: String| format!("CASE WHEN {col} IS NULL THEN NULL ELSE CAST({expr} AS {t}) END");
+    let guard =
+        |expr: String| format!("CASE WHEN {col} IS NULL THEN NULL ELSE CAST({expr} AS {t}) END");
     match mask {
         Mask::Null => format!("CAST(NULL AS {t})"),
         Mask::Redact => {
@@ -431,7 +446,9 @@ pub fn mask_sql(mask: &Mask, col: &str, ty: &ColType) -> String {
                 keep_first + keep_last
             ))
         }
-        Mask::Hash => guard(format!("pgredact.mask_hash(CAST({col} AS pg_catalog.text))")),
+        Mask::Hash => guard(format!(
+            "pgredact.mask_hash(CAST({col} AS pg_catalog.text))"
+        )),
         Mask::Year => match ty.base.as_str() {
             "date" => guard(format!(
                 "pg_catalog.date_trunc('year', CAST({col} AS pg_catalog.timestamp))"
@@ -509,7 +526,8 @@ columns.ip_address = "null"
 
     #[test]
     fn errors_name_file_and_line() {
-        let e = p("database = \"app\"\n\n[tables.\"public.c\"]\ncolumns.email = \"emial\"\n").unwrap_err();
+        let e = p("database = \"app\"\n\n[tables.\"public.c\"]\ncolumns.email = \"emial\"\n")
+            .unwrap_err();
         assert!(e.starts_with("policies/app.toml:4:"), "{e}");
         assert!(e.contains("unknown mask kind"), "{e}");
         let e = p("database = \"app\"\nunmasked_role = [\"dba\"]\n").unwrap_err();
@@ -517,15 +535,24 @@ columns.ip_address = "null"
         assert!(e.contains("unknown field"), "{e}");
         let e = p("database = \"app\"\n[tables.\"public.c\"]\ncolumns.x = { mask = \"null\", keep_last = 2 }\n")
             .unwrap_err();
-        assert!(e.contains(":3:") && e.contains("only apply to mask \"partial\""), "{e}");
+        assert!(
+            e.contains(":3:") && e.contains("only apply to mask \"partial\""),
+            "{e}"
+        );
         let e = p("database = [\n").unwrap_err();
         assert!(e.starts_with("policies/app.toml:1:"), "{e}");
     }
 
     #[test]
     fn qualified_names() {
-        assert_eq!(split_qualified("customers").unwrap(), ("public".into(), "customers".into()));
-        assert_eq!(split_qualified("CRM.Customers").unwrap(), ("crm".into(), "customers".into()));
+        assert_eq!(
+            split_qualified("customers").unwrap(),
+            ("public".into(), "customers".into())
+        );
+        assert_eq!(
+            split_qualified("CRM.Customers").unwrap(),
+            ("crm".into(), "customers".into())
+        );
         assert_eq!(
             split_qualified("\"My Schema\".\"T\"").unwrap(),
             ("My Schema".into(), "T".into())
@@ -536,8 +563,16 @@ columns.ip_address = "null"
 
     #[test]
     fn mask_type_fit() {
-        let int = ColType { sql: "integer".into(), base: "int4".into(), category: 'N' };
-        let date = ColType { sql: "date".into(), base: "date".into(), category: 'D' };
+        let int = ColType {
+            sql: "integer".into(),
+            base: "int4".into(),
+            category: 'N',
+        };
+        let date = ColType {
+            sql: "date".into(),
+            base: "date".into(),
+            category: 'D',
+        };
         assert!(mask_fits(&Mask::Email, &int).is_err());
         assert!(mask_fits(&Mask::Year, &date).is_ok());
         assert!(mask_fits(&Mask::Year, &int).is_err());
@@ -552,6 +587,9 @@ columns.ip_address = "null"
         m.update(b"what do ya want for nothing?");
         let full = hex::encode(m.finalize().into_bytes());
         assert!(full.starts_with("5bdcc146bf60754e"));
-        assert_eq!(hash_pseudonym(b"Jefe", "what do ya want for nothing?"), "5bdcc146bf60754e");
+        assert_eq!(
+            hash_pseudonym(b"Jefe", "what do ya want for nothing?"),
+            "5bdcc146bf60754e"
+        );
     }
 }

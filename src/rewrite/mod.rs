@@ -230,9 +230,9 @@ impl<'a> State<'a> {
                 *counts.entry(w).or_default() += 1;
             }
         }
-        counts
-            .iter()
-            .all(|(w, n)| self.analyzed.get(w).copied().unwrap_or(0) >= *n && !self.extra_sensitive.contains(w))
+        counts.iter().all(|(w, n)| {
+            self.analyzed.get(w).copied().unwrap_or(0) >= *n && !self.extra_sensitive.contains(w)
+        })
     }
 
     /// Counts the names the parser saw in relation and function positions.
@@ -422,14 +422,23 @@ impl<'a> State<'a> {
             }
             Set::SetTimeZone { .. } | Set::SetTransaction { .. } => Ok(()),
             Set::SetNames { charset_name, .. } => {
-                let v = charset_name.to_string().trim_matches('\'').to_ascii_lowercase();
-                if rules::pinned_setting("client_encoding").is_some_and(|ok| ok.contains(&v.as_str())) {
+                let v = charset_name
+                    .to_string()
+                    .trim_matches('\'')
+                    .to_ascii_lowercase();
+                if rules::pinned_setting("client_encoding")
+                    .is_some_and(|ok| ok.contains(&v.as_str()))
+                {
                     Ok(())
                 } else {
-                    Err(Refusal::new("masked sessions must use client_encoding UTF8"))
+                    Err(Refusal::new(
+                        "masked sessions must use client_encoding UTF8",
+                    ))
                 }
             }
-            _ => Err(Refusal::new(format!("{set} is not allowed for masked roles"))),
+            _ => Err(Refusal::new(format!(
+                "{set} is not allowed for masked roles"
+            ))),
         }
     }
 
@@ -466,12 +475,20 @@ impl<'a> State<'a> {
         // Find the target and its protection.
         let (tname, alias): (ObjectName, Option<Ident>) = match &*s {
             Statement::Insert(i) => match &i.table {
-                TableObject::TableName(n) => (n.clone(), i.table_alias.as_ref().map(|a| a.alias.clone())),
-                _ => return Err(Refusal::new("INSERT INTO a table function is not supported")),
+                TableObject::TableName(n) => {
+                    (n.clone(), i.table_alias.as_ref().map(|a| a.alias.clone()))
+                }
+                _ => {
+                    return Err(Refusal::new(
+                        "INSERT INTO a table function is not supported",
+                    ))
+                }
             },
             Statement::Update(u) => {
                 if !u.table.joins.is_empty() {
-                    return Err(Refusal::new("UPDATE with joins in the target is not supported"));
+                    return Err(Refusal::new(
+                        "UPDATE with joins in the target is not supported",
+                    ));
                 }
                 match &u.table.relation {
                     TableFactor::Table { name, alias, .. } => {
@@ -499,7 +516,9 @@ impl<'a> State<'a> {
         let prot = self.protection(&tname)?;
         let target = match prot {
             Some(Protection::Refuse(reason)) => {
-                return Err(Refusal::new(format!("writing to {tname} is not allowed for masked roles: {reason}")))
+                return Err(Refusal::new(format!(
+                    "writing to {tname} is not allowed for masked roles: {reason}"
+                )))
             }
             Some(Protection::Mask(rel)) => {
                 self.expected_masked_refs += 1;
@@ -578,13 +597,18 @@ impl<'a> State<'a> {
                     .hint("list the non-PII columns you insert"));
                 }
                 for c in &i.columns {
-                    let n = c.0.last().and_then(|p| p.as_ident()).map(fold).unwrap_or_default();
+                    let n =
+                        c.0.last()
+                            .and_then(|p| p.as_ident())
+                            .map(fold)
+                            .unwrap_or_default();
                     if t.rel.is_pii(&n) {
                         return Err(refuse_col(&n, "writing"));
                     }
                 }
                 if let Some(OnInsert::OnConflict(oc)) = &i.on {
-                    if let Some(ConflictTarget::Columns { columns: cols, .. }) = &oc.conflict_target {
+                    if let Some(ConflictTarget::Columns { columns: cols, .. }) = &oc.conflict_target
+                    {
                         for c in cols {
                             if t.rel.is_pii(&fold(c)) {
                                 return Err(refuse_col(&fold(c), "using"));
@@ -630,18 +654,21 @@ impl<'a> State<'a> {
             Statement::Delete(d) => d.returning.as_mut(),
             _ => None,
         };
-        let Some(items) = returning else { return Ok(()) };
+        let Some(items) = returning else {
+            return Ok(());
+        };
         let qualifier = t.names.first().cloned().unwrap_or_default();
         let mut out = Vec::with_capacity(items.len());
         let mut changed = false;
         for it in items.drain(..) {
             let whole = match &it {
                 SelectItem::Wildcard(_) => true,
-                SelectItem::QualifiedWildcard(SelectItemQualifiedWildcardKind::ObjectName(n), _) => {
-                    name_parts(n)
-                        .and_then(|p| p.last().cloned())
-                        .is_some_and(|l| t.names.contains(&l))
-                }
+                SelectItem::QualifiedWildcard(
+                    SelectItemQualifiedWildcardKind::ObjectName(n),
+                    _,
+                ) => name_parts(n)
+                    .and_then(|p| p.last().cloned())
+                    .is_some_and(|l| t.names.contains(&l)),
                 _ => false,
             };
             if whole {
@@ -670,7 +697,9 @@ impl<'a> State<'a> {
         };
         if *to {
             if !matches!(target, CopyTarget::Stdout) {
-                return Err(Refusal::new("COPY TO a file or program is not allowed for masked roles"));
+                return Err(Refusal::new(
+                    "COPY TO a file or program is not allowed for masked roles",
+                ));
             }
             match source {
                 CopySource::Query(q) => {
@@ -685,17 +714,24 @@ impl<'a> State<'a> {
                     match self.protection(table_name)? {
                         None => {}
                         Some(Protection::Refuse(r)) => {
-                            return Err(Refusal::new(format!("COPY {table_name} TO is not allowed: {r}")))
+                            return Err(Refusal::new(format!(
+                                "COPY {table_name} TO is not allowed: {r}"
+                            )))
                         }
                         Some(Protection::Mask(_)) => {
                             let cols = if columns.is_empty() {
                                 "*".to_string()
                             } else {
-                                columns.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", ")
+                                columns
+                                    .iter()
+                                    .map(|c| c.to_string())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
                             };
                             let sql = format!("SELECT {cols} FROM {table_name}");
-                            let mut q = parse_query(&sql)
-                                .ok_or_else(|| Refusal::new("could not rewrite COPY into a masked query"))?;
+                            let mut q = parse_query(&sql).ok_or_else(|| {
+                                Refusal::new("could not rewrite COPY into a masked query")
+                            })?;
                             self.substitute(&mut q, None)?;
                             *source = CopySource::Query(Box::new(q));
                             self.changed = true;
@@ -705,7 +741,9 @@ impl<'a> State<'a> {
             }
         } else {
             if !matches!(target, CopyTarget::Stdin) {
-                return Err(Refusal::new("COPY FROM a file or program is not allowed for masked roles"));
+                return Err(Refusal::new(
+                    "COPY FROM a file or program is not allowed for masked roles",
+                ));
             }
             let CopySource::Table {
                 table_name,
@@ -718,7 +756,9 @@ impl<'a> State<'a> {
             match self.protection(table_name)? {
                 None => {}
                 Some(Protection::Refuse(r)) => {
-                    return Err(Refusal::new(format!("COPY {table_name} FROM is not allowed: {r}")))
+                    return Err(Refusal::new(format!(
+                        "COPY {table_name} FROM is not allowed: {r}"
+                    )))
                 }
                 Some(Protection::Mask(rel)) => {
                     if columns.is_empty() {
@@ -764,7 +804,11 @@ impl<'a> State<'a> {
 
     // ---------- expression checks ----------
 
-    fn check<V: Visit + ?Sized>(&mut self, node: &V, target: Option<&Target>) -> Result<(), Refusal> {
+    fn check<V: Visit + ?Sized>(
+        &mut self,
+        node: &V,
+        target: Option<&Target>,
+    ) -> Result<(), Refusal> {
         let mut c = Checker {
             st: self,
             target,
@@ -805,15 +849,26 @@ impl<'a> State<'a> {
                 if rules::DENIED_FUNCTIONS.contains(&fname) {
                     return Err(denied());
                 }
-                if cat.functions.get(fname).is_some_and(|v| v.iter().any(|x| x == s)) {
+                if cat
+                    .functions
+                    .get(fname)
+                    .is_some_and(|v| v.iter().any(|x| x == s))
+                {
                     Ok(())
                 } else {
                     self.unknown = true;
-                    Err(Refusal::new(format!("function {s}.{fname} is not known to pgredact")))
+                    Err(Refusal::new(format!(
+                        "function {s}.{fname} is not known to pgredact"
+                    )))
                 }
             }
             Some(s) => {
-                if self.ctx.prot.allowed_functions.contains(&format!("{s}.{fname}")) {
+                if self
+                    .ctx
+                    .prot
+                    .allowed_functions
+                    .contains(&format!("{s}.{fname}"))
+                {
                     Ok(())
                 } else {
                     Err(user_defined(s))
@@ -837,7 +892,11 @@ impl<'a> State<'a> {
                         continue;
                     }
                     if schemas.iter().any(|x| x == s)
-                        && !self.ctx.prot.allowed_functions.contains(&format!("{s}.{fname}"))
+                        && !self
+                            .ctx
+                            .prot
+                            .allowed_functions
+                            .contains(&format!("{s}.{fname}"))
                     {
                         return Err(user_defined(s));
                     }
@@ -854,7 +913,11 @@ impl<'a> State<'a> {
 
     // ---------- read substitution ----------
 
-    fn substitute<V: VisitMut + ?Sized>(&mut self, node: &mut V, skip: Option<*const TableFactor>) -> Result<(), Refusal> {
+    fn substitute<V: VisitMut + ?Sized>(
+        &mut self,
+        node: &mut V,
+        skip: Option<*const TableFactor>,
+    ) -> Result<(), Refusal> {
         let mut s = Substituter {
             st: self,
             skip,
@@ -908,7 +971,9 @@ impl<'a> State<'a> {
         let rel = match prot {
             None => return Ok(()),
             Some(Protection::Refuse(reason)) => {
-                return Err(Refusal::new(format!("reading {name} is not allowed for masked roles: {reason}")))
+                return Err(Refusal::new(format!(
+                    "reading {name} is not allowed for masked roles: {reason}"
+                )))
             }
             Some(Protection::Mask(rel)) => rel,
         };
@@ -964,7 +1029,9 @@ impl<'a> State<'a> {
                 match self.st.protection(rel) {
                     Ok(Some(Protection::Mask(_))) => self.masked += 1,
                     Ok(Some(Protection::Refuse(r))) => {
-                        self.err = Some(Refusal::new(format!("{rel} is not accessible to masked roles: {r}")));
+                        self.err = Some(Refusal::new(format!(
+                            "{rel} is not accessible to masked roles: {r}"
+                        )));
                         return ControlFlow::Break(());
                     }
                     Ok(None) => {}
@@ -996,7 +1063,12 @@ impl<'a> State<'a> {
 }
 
 fn assignment_columns(t: &AssignmentTarget) -> Vec<String> {
-    let last = |n: &ObjectName| n.0.last().and_then(|p| p.as_ident()).map(fold).unwrap_or_default();
+    let last = |n: &ObjectName| {
+        n.0.last()
+            .and_then(|p| p.as_ident())
+            .map(fold)
+            .unwrap_or_default()
+    };
     match t {
         AssignmentTarget::ColumnName(n) => vec![last(n)],
         AssignmentTarget::Tuple(v) => v.iter().map(last).collect(),
@@ -1070,7 +1142,10 @@ impl Checker<'_, '_, '_> {
     }
 
     fn pii_read(&self, col: &str) -> Refusal {
-        let t = self.target.map(|t| format!("{}.{}", t.rel.schema, t.rel.name)).unwrap_or_default();
+        let t = self
+            .target
+            .map(|t| format!("{}.{}", t.rel.schema, t.rel.name))
+            .unwrap_or_default();
         Refusal::new(format!(
             "reading PII column {col} of {t} in a write statement is not allowed for masked roles: it would reveal PII through row counts or copies"
         ))
@@ -1104,11 +1179,14 @@ impl Visitor for Checker<'_, '_, '_> {
                         for a in &l.args {
                             let ae = match a {
                                 FunctionArg::Unnamed(x) => x,
-                                FunctionArg::Named { arg, .. } | FunctionArg::ExprNamed { arg, .. } => arg,
+                                FunctionArg::Named { arg, .. }
+                                | FunctionArg::ExprNamed { arg, .. } => arg,
                             };
                             match ae {
                                 FunctionArgExpr::QualifiedWildcard(n) => {
-                                    let last = name_parts(n).and_then(|p| p.last().cloned()).unwrap_or_default();
+                                    let last = name_parts(n)
+                                        .and_then(|p| p.last().cloned())
+                                        .unwrap_or_default();
                                     if self.target_names().contains(&last) {
                                         let r = Refusal::new(format!(
                                             "{last}.* reads every column of {}.{}, including PII, in a write statement",
@@ -1117,7 +1195,8 @@ impl Visitor for Checker<'_, '_, '_> {
                                         return self.fail(r);
                                     }
                                 }
-                                FunctionArgExpr::Wildcard | FunctionArgExpr::WildcardWithOptions(_) => {
+                                FunctionArgExpr::Wildcard
+                                | FunctionArgExpr::WildcardWithOptions(_) => {
                                     // count(*) and friends: no column values.
                                 }
                                 FunctionArgExpr::Expr(_) => {}
@@ -1146,12 +1225,18 @@ impl Visitor for Checker<'_, '_, '_> {
                     }
                 }
             }
-            Expr::UnaryOp { op, .. } => {
-                if self.st.ctx.prot.catalog.user_operators.contains(&op.to_string()) {
-                    return self.fail(Refusal::new(format!(
-                        "operator {op} has a user-defined variant; not allowed for masked roles"
-                    )));
-                }
+            Expr::UnaryOp { op, .. }
+                if self
+                    .st
+                    .ctx
+                    .prot
+                    .catalog
+                    .user_operators
+                    .contains(&op.to_string()) =>
+            {
+                return self.fail(Refusal::new(format!(
+                    "operator {op} has a user-defined variant; not allowed for masked roles"
+                )));
             }
             Expr::Identifier(id) => {
                 if let Some(t) = self.target {
@@ -1194,8 +1279,14 @@ impl Visitor for Checker<'_, '_, '_> {
         if let Some(t) = self.target {
             let names = self.target_names();
             for it in &s.projection {
-                if let SelectItem::QualifiedWildcard(SelectItemQualifiedWildcardKind::ObjectName(n), _) = it {
-                    let last = name_parts(n).and_then(|p| p.last().cloned()).unwrap_or_default();
+                if let SelectItem::QualifiedWildcard(
+                    SelectItemQualifiedWildcardKind::ObjectName(n),
+                    _,
+                ) = it
+                {
+                    let last = name_parts(n)
+                        .and_then(|p| p.last().cloned())
+                        .unwrap_or_default();
                     if names.contains(&last) {
                         let r = Refusal::new(format!(
                             "{last}.* reads every column of {}.{}, including PII, in a write statement",
@@ -1216,7 +1307,9 @@ impl Visitor for Checker<'_, '_, '_> {
             }
         }
         if let TableFactor::Table {
-            name, args: Some(_), ..
+            name,
+            args: Some(_),
+            ..
         } = tf
         {
             if let Err(r) = self.st.check_function(name) {

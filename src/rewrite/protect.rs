@@ -137,15 +137,23 @@ impl Protections {
             if by_oid.contains_key(&r.oid) {
                 continue;
             }
-            let reason = if r.schema == "pg_catalog" && DENIED_CATALOG_RELATIONS.contains(&r.name.as_str()) {
+            let reason = if r.schema == "pg_catalog"
+                && DENIED_CATALOG_RELATIONS.contains(&r.name.as_str())
+            {
                 Some(format!(
                     "{}.{} holds data values (statistics, query texts or secrets), not just schema",
                     r.schema, r.name
                 ))
             } else if DENIED_ANY_SCHEMA_RELATIONS.contains(&r.name.as_str()) {
-                Some(format!("{}.{} holds query texts with literal values", r.schema, r.name))
+                Some(format!(
+                    "{}.{} holds query texts with literal values",
+                    r.schema, r.name
+                ))
             } else if r.schema == crate::control::SCHEMA {
-                Some(format!("{}.{} is pgredact's own control data", r.schema, r.name))
+                Some(format!(
+                    "{}.{} is pgredact's own control data",
+                    r.schema, r.name
+                ))
             } else if r.kind == 'f' {
                 Some(format!(
                     "{}.{} is a foreign table: pgredact cannot see or mask the remote data",
@@ -174,7 +182,11 @@ impl Protections {
                         .get(src)
                         .map(|s| format!("{}.{}", s.schema, s.name))
                         .unwrap_or_else(|| "a protected relation".into());
-                    let what = if v.kind == 'm' { "materialized view" } else { "view" };
+                    let what = if v.kind == 'm' {
+                        "materialized view"
+                    } else {
+                        "view"
+                    };
                     by_oid.insert(
                         *view,
                         Protection::Refuse(format!(

@@ -88,6 +88,7 @@ pub const KEYWORD_FUNCTIONS: &[&str] = &[
     "current_schema",
     "system_user",
     "row",
+    "array",
     "grouping",
     "xmlconcat",
     "xmlelement",

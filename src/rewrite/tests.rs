@@ -50,30 +50,96 @@ pub(crate) fn fixture() -> Protections {
         "public",
         "customer_events",
         'p',
-        cols(&[("event_id", big.clone()), ("customer_id", big.clone()), ("ip_address", ty("inet", "inet", 'I'))]),
+        cols(&[
+            ("event_id", big.clone()),
+            ("customer_id", big.clone()),
+            ("ip_address", ty("inet", "inet", 'I')),
+        ]),
     ));
     c.add_relation(rel(
         3,
         "public",
         "customer_events_2024",
         'r',
-        cols(&[("event_id", big.clone()), ("customer_id", big.clone()), ("ip_address", ty("inet", "inet", 'I'))]),
+        cols(&[
+            ("event_id", big.clone()),
+            ("customer_id", big.clone()),
+            ("ip_address", ty("inet", "inet", 'I')),
+        ]),
     ));
     c.parents.insert(3, vec![2]);
-    c.add_relation(rel(4, "public", "orders", 'r', cols(&[("order_id", big.clone()), ("customer_id", big.clone()), ("amount", ty("numeric(12,2)", "numeric", 'N'))])));
-    c.add_relation(rel(5, "public", "customer_emails", 'v', cols(&[("email", text.clone())])));
+    c.add_relation(rel(
+        4,
+        "public",
+        "orders",
+        'r',
+        cols(&[
+            ("order_id", big.clone()),
+            ("customer_id", big.clone()),
+            ("amount", ty("numeric(12,2)", "numeric", 'N')),
+        ]),
+    ));
+    c.add_relation(rel(
+        5,
+        "public",
+        "customer_emails",
+        'v',
+        cols(&[("email", text.clone())]),
+    ));
     c.view_deps.insert(5, vec![1]);
-    c.add_relation(rel(6, "public", "order_totals", 'v', cols(&[("total", big.clone())])));
+    c.add_relation(rel(
+        6,
+        "public",
+        "order_totals",
+        'v',
+        cols(&[("total", big.clone())]),
+    ));
     c.view_deps.insert(6, vec![4]);
-    c.add_relation(rel(7, "crm", "Contacts", 'r', cols(&[("id", big.clone()), ("Email", text.clone())])));
+    c.add_relation(rel(
+        7,
+        "crm",
+        "Contacts",
+        'r',
+        cols(&[("id", big.clone()), ("Email", text.clone())]),
+    ));
     c.add_relation(rel(100, "pg_catalog", "pg_stats", 'v', vec![]));
     c.add_relation(rel(101, "pg_catalog", "pg_class", 'r', vec![]));
-    c.add_relation(rel(102, "pgredact", "hash_key", 'r', cols(&[("ipad", ty("bytea", "bytea", 'U'))])));
+    c.add_relation(rel(
+        102,
+        "pgredact",
+        "hash_key",
+        'r',
+        cols(&[("ipad", ty("bytea", "bytea", 'U'))]),
+    ));
     for f in [
-        "upper", "lower", "count", "sum", "now", "length", "left", "right", "concat", "substr", "strpos",
-        "date_trunc", "row_to_json", "query_to_xml", "set_config", "generate_series", "md5", "avg",
-        "row_number", "current_setting", "to_char", "encode", "jsonb_build_object", "string_agg",
-        "pg_sleep", "max", "min", "format",
+        "upper",
+        "lower",
+        "count",
+        "sum",
+        "now",
+        "length",
+        "left",
+        "right",
+        "concat",
+        "substr",
+        "strpos",
+        "date_trunc",
+        "row_to_json",
+        "query_to_xml",
+        "set_config",
+        "generate_series",
+        "md5",
+        "avg",
+        "row_number",
+        "current_setting",
+        "to_char",
+        "encode",
+        "jsonb_build_object",
+        "string_agg",
+        "pg_sleep",
+        "max",
+        "min",
+        "format",
     ] {
         c.add_function("pg_catalog", f);
     }
@@ -111,7 +177,13 @@ pub(crate) fn path() -> Vec<String> {
 fn run(sql: &str) -> Outcome {
     let p = fixture();
     let sp = path();
-    rewrite(sql, &SessionCtx { prot: &p, search_path: &sp })
+    rewrite(
+        sql,
+        &SessionCtx {
+            prot: &p,
+            search_path: &sp,
+        },
+    )
 }
 
 fn rewritten(sql: &str) -> String {
@@ -135,7 +207,10 @@ fn passes(sql: &str) {
 #[test]
 fn plain_select_is_masked_in_place() {
     let out = rewritten("SELECT * FROM customers WHERE customer_id = 7");
-    assert!(out.contains("FROM \"public\".\"customers\") AS \"customers\""), "{out}");
+    assert!(
+        out.contains("FROM \"public\".\"customers\") AS \"customers\""),
+        "{out}"
+    );
     assert!(out.contains("AS \"email\""), "{out}");
     assert!(out.contains("WHERE customer_id = 7"), "{out}");
     // The derived table is the only reference to the table.
@@ -177,19 +252,30 @@ fn alias_and_positions() {
 
 #[test]
 fn only_and_children_and_quoted() {
-    assert!(rewritten("SELECT * FROM ONLY customers").contains("FROM ONLY \"public\".\"customers\""));
+    assert!(
+        rewritten("SELECT * FROM ONLY customers").contains("FROM ONLY \"public\".\"customers\"")
+    );
     let out = rewritten("SELECT * FROM customer_events_2024");
-    assert!(out.contains("CAST(NULL AS inet) AS \"ip_address\""), "{out}");
+    assert!(
+        out.contains("CAST(NULL AS inet) AS \"ip_address\""),
+        "{out}"
+    );
     let out = rewritten("SELECT * FROM crm.\"Contacts\"");
     assert!(out.contains("'****'"), "{out}");
     // Different case, quoted: a different (unknown) table, not the policy one.
-    assert!(matches!(run("SELECT * FROM crm.contacts").decision, Decision::Pass));
+    assert!(matches!(
+        run("SELECT * FROM crm.contacts").decision,
+        Decision::Pass
+    ));
 }
 
 #[test]
 fn copy_table_to_becomes_query() {
     let out = rewritten("COPY customers (customer_id, email) TO STDOUT WITH (FORMAT csv)");
-    assert!(out.starts_with("COPY (SELECT customer_id, email FROM (SELECT"), "{out}");
+    assert!(
+        out.starts_with("COPY (SELECT customer_id, email FROM (SELECT"),
+        "{out}"
+    );
     assert!(refused("COPY customers TO '/tmp/x'").contains("file or program"));
     assert!(refused("COPY customers FROM STDIN").contains("without a column list"));
     assert!(refused("COPY customers (customer_id, email) FROM STDIN").contains("PII column email"));
@@ -243,7 +329,10 @@ fn pii_writes_and_reads_in_writes_are_refused() {
 #[test]
 fn returning_star_is_masked() {
     let out = rewritten("UPDATE customers SET tier = 'x' WHERE customer_id = 1 RETURNING *");
-    assert!(out.contains("RETURNING \"customers\".\"customer_id\""), "{out}");
+    assert!(
+        out.contains("RETURNING \"customers\".\"customer_id\""),
+        "{out}"
+    );
     assert!(out.contains("AS \"email\""), "{out}");
     let out = rewritten("DELETE FROM customers c WHERE customer_id = 1 RETURNING c.*");
     assert!(out.contains("\"c\".\"email\""), "{out}");
@@ -256,7 +345,9 @@ fn identity_and_settings() {
     assert!(refused("RESET ROLE").contains("RESET role"));
     assert!(refused("SELECT set_config('role', 'dba', false)").contains("set_config"));
     assert!(refused("SET search_path = evil, public").contains("search_path"));
-    assert!(refused("SET standard_conforming_strings = off").contains("standard_conforming_strings"));
+    assert!(
+        refused("SET standard_conforming_strings = off").contains("standard_conforming_strings")
+    );
     passes("SET standard_conforming_strings = on");
     assert!(refused("SET client_encoding = 'LATIN1'").contains("client_encoding"));
     passes("SET client_encoding = 'UTF8'");
@@ -268,15 +359,22 @@ fn identity_and_settings() {
 
 #[test]
 fn dangerous_functions_and_relations() {
-    assert!(refused("SELECT query_to_xml('select * from customers', true, false, '')").contains("query_to_xml"));
-    assert!(refused("SELECT pg_catalog.query_to_xml('x', true, false, '')").contains("query_to_xml"));
+    assert!(
+        refused("SELECT query_to_xml('select * from customers', true, false, '')")
+            .contains("query_to_xml")
+    );
+    assert!(
+        refused("SELECT pg_catalog.query_to_xml('x', true, false, '')").contains("query_to_xml")
+    );
     assert!(refused("SELECT leak_fn(1)").contains("user-defined"));
     assert!(refused("SELECT public.leak_fn(1)").contains("user-defined"));
     passes("SELECT safe_fn(1)");
     assert!(refused("SELECT * FROM leak_fn()").contains("user-defined"));
     assert!(refused("SELECT pgredact.mask_hash('x')").contains("pgredact"));
     assert!(refused("SELECT * FROM pgredact.hash_key").contains("control data"));
-    assert!(refused("SELECT * FROM pg_stats WHERE tablename = 'customers'").contains("data values"));
+    assert!(
+        refused("SELECT * FROM pg_stats WHERE tablename = 'customers'").contains("data values")
+    );
     assert!(refused("SELECT * FROM pg_catalog.pg_stats").contains("data values"));
     assert!(refused("SELECT * FROM customer_emails").contains("view"));
     passes("SELECT * FROM order_totals");
@@ -284,10 +382,16 @@ fn dangerous_functions_and_relations() {
     assert!(refused("SELECT totally_unknown_fn(1)").contains("not known"));
     // Operators sqlparser cannot read are refused (parse failure), never passed.
     assert!(refused("SELECT 1 WHERE 'a' === 'b'").contains("pgredact"));
-    assert!(refused("DO $$ BEGIN END $$").contains("parse") || refused("DO $$ BEGIN END $$").contains("not allowed"));
+    assert!(
+        refused("DO $$ BEGIN END $$").contains("parse")
+            || refused("DO $$ BEGIN END $$").contains("not allowed")
+    );
     assert!(refused("CALL p()").contains("CALL"));
     assert!(refused("LISTEN ch").contains("LISTEN"));
-    assert!(refused("CREATE FUNCTION f() RETURNS int AS 'select 1' LANGUAGE sql").contains("not allowed"));
+    assert!(
+        refused("CREATE FUNCTION f() RETURNS int AS 'select 1' LANGUAGE sql")
+            .contains("not allowed")
+    );
     assert!(refused("GRANT SELECT ON customers TO support").contains("not allowed"));
     assert!(refused("SELECT * FROM U&\"cust\\006fmers\"").contains("Unicode"));
     assert!(refused("SELEC 1").contains("could not parse"));
@@ -295,7 +399,10 @@ fn dangerous_functions_and_relations() {
 
 #[test]
 fn ctes_named_like_protected_tables_are_refused() {
-    assert!(refused("WITH customers AS (SELECT 1 AS email) SELECT * FROM customers").contains("WITH query"));
+    assert!(
+        refused("WITH customers AS (SELECT 1 AS email) SELECT * FROM customers")
+            .contains("WITH query")
+    );
     passes("WITH x AS (SELECT 1) SELECT * FROM x");
 }
 
@@ -306,7 +413,10 @@ fn lexical_cross_check_falls_back_to_parsed_text() {
     assert_eq!(out, "SELECT 'customers'");
     // A PII column name in a literal of a write to a masked table.
     let out = rewritten("UPDATE customers SET tier = 'email' WHERE customer_id = 1");
-    assert!(out.starts_with("UPDATE customers SET tier = 'email'"), "{out}");
+    assert!(
+        out.starts_with("UPDATE customers SET tier = 'email'"),
+        "{out}"
+    );
 }
 
 #[test]

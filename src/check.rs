@@ -1,0 +1,106 @@
+//! `pgredact check`: validates the config and every policy file, and, when PostgreSQL is
+//! reachable, each policy against the live schema (tables, columns, mask/type fit).
+
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::policy::{self, mask_fits};
+
+/// Returns the report lines and whether any is an error.
+pub async fn run(cfg: &Config) -> (Vec<String>, bool) {
+    let mut out = Vec::new();
+    let mut failed = false;
+    let set = match policy::load_dir(&cfg.policies_dir(), 1) {
+        Ok(s) => s,
+        Err(e) => return (vec![format!("error: {e}")], true),
+    };
+    if set.by_database.is_empty() {
+        out.push(format!(
+            "warning: no policy files in {}: every masked role will be refused",
+            cfg.policies_dir().display()
+        ));
+    }
+    let mut dbs: Vec<_> = set.by_database.values().cloned().collect();
+    dbs.sort_by(|a, b| a.database.cmp(&b.database));
+    for p in dbs {
+        let file = p.file.display().to_string();
+        out.push(format!(
+            "{file}: database {:?}, {} tables, unmasked roles {:?}",
+            p.database,
+            p.tables.len(),
+            p.unmasked_roles
+        ));
+        if p.uses_hash() && cfg.hash_key().is_none() {
+            out.push(format!(
+                "error: {file}: uses the hash mask but ${} is not set",
+                cfg.secrets.hash_key_env
+            ));
+            failed = true;
+        }
+        let shared = crate::proxy::Shared::new(cfg.clone(), Default::default());
+        let client = match shared.control_connect(&p.database).await {
+            Ok(c) => c,
+            Err(e) => {
+                out.push(format!(
+                    "warning: {file}: not checked against the live schema: {e}"
+                ));
+                continue;
+            }
+        };
+        let cat = match Catalog::load(&client).await {
+            Ok(c) => c,
+            Err(e) => {
+                out.push(format!("error: {file}: reading the catalog: {e}"));
+                failed = true;
+                continue;
+            }
+        };
+        for t in p.tables.values() {
+            let Some(rel) = cat.lookup(&t.schema, &t.name) else {
+                out.push(format!(
+                    "error: {file}:{}: table {} does not exist in database {:?}",
+                    t.line,
+                    t.qualified(),
+                    p.database
+                ));
+                failed = true;
+                continue;
+            };
+            if let Some(s) = &t.subject {
+                if !rel.columns.iter().any(|c| &c.name == s) {
+                    out.push(format!(
+                        "error: {file}:{}: subject column {s} does not exist in {}",
+                        t.line,
+                        t.qualified()
+                    ));
+                    failed = true;
+                }
+            }
+            for (col, cp) in &t.columns {
+                match rel.columns.iter().find(|c| &c.name == col) {
+                    None => {
+                        out.push(format!(
+                            "error: {file}:{}: column {col} does not exist in {}",
+                            cp.line,
+                            t.qualified()
+                        ));
+                        failed = true;
+                    }
+                    Some(c) => {
+                        if let Err(e) = mask_fits(&cp.mask, &c.ty) {
+                            out.push(format!(
+                                "error: {file}:{}: {}.{col}: {e}",
+                                cp.line,
+                                t.qualified()
+                            ));
+                            failed = true;
+                        }
+                    }
+                }
+            }
+        }
+        if !failed {
+            out.push(format!("{file}: ok against the live schema"));
+        }
+    }
+    (out, failed)
+}

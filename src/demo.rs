@@ -1,0 +1,81 @@
+//! `pgredact demo`: a throwaway PostgreSQL with the sample customer data platform, the example
+//! policy, and pgredact in front of it, until Ctrl-C.
+
+use crate::config::Config;
+use crate::pgcluster::{Auth, Cluster, ClusterOptions, DEMO_SCHEMA_SQL};
+use std::path::PathBuf;
+
+/// The example policy shipped in `policies/app.toml`.
+pub const EXAMPLE_POLICY: &str = include_str!("../policies/app.toml");
+
+pub async fn run(listen: &str) -> Result<(), String> {
+    println!("pgredact demo: starting a throwaway PostgreSQL...");
+    let cluster = tokio::task::spawn_blocking(|| -> Result<Cluster, String> {
+        let c = Cluster::start(ClusterOptions {
+            auth: Auth::Scram,
+            ..Default::default()
+        })?;
+        c.create_database("app")?;
+        println!("pgredact demo: loading sample data (10,000 customers, 50,000 events, 20,000 orders)...");
+        c.superuser_psql("app", DEMO_SCHEMA_SQL)?;
+        Ok(c)
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    let dir = tempfile_dir()?;
+    let pol_dir = dir.join("policies");
+    std::fs::create_dir_all(&pol_dir).map_err(|e| e.to_string())?;
+    std::fs::write(pol_dir.join("app.toml"), EXAMPLE_POLICY).map_err(|e| e.to_string())?;
+    let key: String = (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
+    let cfg_text = format!(
+        "listen = \"{listen}\"\npolicies = \"policies\"\n[upstream]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"pgredact\"\npassword_env = \"PGREDACT_DEMO_UPSTREAM_PASSWORD\"\n[secrets]\nhash_key_env = \"PGREDACT_DEMO_HASH_KEY\"\n",
+        cluster.port
+    );
+    let cfg_path = dir.join("pgredact.toml");
+    std::fs::write(&cfg_path, &cfg_text).map_err(|e| e.to_string())?;
+    // SAFETY of set_var: done before any other thread reads the environment in this process's
+    // demo path (the runtime threads only read it later through Config).
+    unsafe {
+        std::env::set_var("PGREDACT_DEMO_UPSTREAM_PASSWORD", "pgredact");
+        std::env::set_var("PGREDACT_DEMO_HASH_KEY", &key);
+    }
+    let cfg = Config::load(&cfg_path)?;
+    let (listener, shared) = crate::proxy::bind(cfg).await?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let (host, port) = (addr.ip(), addr.port());
+    println!();
+    println!(
+        "pgredact is listening on {addr}, in front of PostgreSQL on 127.0.0.1:{}.",
+        cluster.port
+    );
+    println!("Connect as a masked support user (password: support):");
+    println!("  psql \"host={host} port={port} dbname=app user=support password=support\"");
+    println!("As the masked data solutions team (password: solutions):");
+    println!("  psql \"host={host} port={port} dbname=app user=solutions password=solutions\"");
+    println!("As a DBA, who sees raw data (password: dba):");
+    println!("  psql \"host={host} port={port} dbname=app user=dba password=dba\"");
+    println!();
+    println!("Try:  SELECT * FROM customers ORDER BY customer_id LIMIT 5;");
+    println!(
+        "      UPDATE customers SET tier = 'gold' WHERE customer_id = 1;   -- as solutions: passes"
+    );
+    println!("      UPDATE customers SET email = 'x' WHERE customer_id = 1;     -- as solutions: refused");
+    println!("Policy in use: {}", dir.join("policies/app.toml").display());
+    println!("Press Ctrl-C to stop and delete everything.");
+    tokio::select! {
+        _ = crate::proxy::run(listener, shared) => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    println!("\npgredact demo: stopping PostgreSQL and cleaning up.");
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn tempfile_dir() -> Result<PathBuf, String> {
+    let d = std::env::temp_dir().join(format!("pgredact-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+    Ok(d)
+}

@@ -1,0 +1,401 @@
+//! PostgreSQL protocol framing: we split frames ourselves (tag + bounded length), decode only the
+//! few messages we act on, and build the few we send. Everything else is relayed as raw bytes.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Largest regular message we accept (PostgreSQL's own limit for most messages is 1 GiB).
+pub const MAX_MESSAGE: usize = 256 * 1024 * 1024;
+/// Largest startup packet (PostgreSQL: 10,000 bytes).
+pub const MAX_STARTUP: usize = 10_000;
+
+pub const SSL_REQUEST: i32 = 80877103;
+pub const GSSENC_REQUEST: i32 = 80877104;
+pub const CANCEL_REQUEST: i32 = 80877102;
+pub const PROTOCOL_3: i32 = 196608;
+
+#[derive(Debug)]
+pub enum FrameError {
+    Io(std::io::Error),
+    Protocol(String),
+}
+
+impl From<std::io::Error> for FrameError {
+    fn from(e: std::io::Error) -> Self {
+        FrameError::Io(e)
+    }
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameError::Io(e) => write!(f, "{e}"),
+            FrameError::Protocol(m) => write!(f, "protocol error: {m}"),
+        }
+    }
+}
+
+/// A buffered reader of tagged frames. A frame is returned whole: tag byte, length, body.
+pub struct FrameReader<R> {
+    inner: R,
+    buf: BytesMut,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(inner: R) -> Self {
+        FrameReader {
+            inner,
+            buf: BytesMut::with_capacity(16 * 1024),
+        }
+    }
+
+    pub fn with_buffer(inner: R, buf: BytesMut) -> Self {
+        FrameReader { inner, buf }
+    }
+
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
+    /// Whether a complete frame is already buffered.
+    pub fn has_frame(&self) -> bool {
+        if self.buf.len() < 5 {
+            return false;
+        }
+        let len = i32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
+        len >= 4 && self.buf.len() > len as usize
+    }
+
+    pub fn into_parts(self) -> (R, BytesMut) {
+        (self.inner, self.buf)
+    }
+
+    /// A complete frame already in the buffer, without reading.
+    pub fn try_frame(&mut self) -> Result<Option<Bytes>, FrameError> {
+        if self.buf.len() < 5 {
+            return Ok(None);
+        }
+        let len = i32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
+        if len < 4 || len as usize > MAX_MESSAGE {
+            return Err(FrameError::Protocol(format!(
+                "invalid message length {len} for message type {:?}",
+                self.buf[0] as char
+            )));
+        }
+        let total = 1 + len as usize;
+        if self.buf.len() < total {
+            self.buf.reserve(total - self.buf.len());
+            return Ok(None);
+        }
+        Ok(Some(self.buf.split_to(total).freeze()))
+    }
+
+    /// The next frame, or None at a clean end of stream.
+    pub async fn next(&mut self) -> Result<Option<Bytes>, FrameError> {
+        loop {
+            if let Some(f) = self.try_frame()? {
+                return Ok(Some(f));
+            }
+            let n = self.inner.read_buf(&mut self.buf).await?;
+            if n == 0 {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                return Err(FrameError::Protocol(
+                    "connection closed in the middle of a message".into(),
+                ));
+            }
+        }
+    }
+}
+
+/// Reads an untagged startup-phase packet (length includes itself).
+pub async fn read_startup<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Bytes>, FrameError> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let n = i32::from_be_bytes(len);
+    if n < 8 || n as usize > MAX_STARTUP {
+        return Err(FrameError::Protocol(format!(
+            "invalid startup packet length {n}"
+        )));
+    }
+    let mut buf = BytesMut::with_capacity(n as usize);
+    buf.put_slice(&len);
+    buf.resize(n as usize, 0);
+    r.read_exact(&mut buf[4..]).await?;
+    Ok(Some(buf.freeze()))
+}
+
+/// Startup message parameters (after the protocol code).
+pub fn startup_params(pkt: &[u8]) -> Result<Vec<(String, String)>, FrameError> {
+    let mut body = &pkt[8..];
+    let mut out = Vec::new();
+    loop {
+        let k = take_cstr(&mut body)?;
+        if k.is_empty() {
+            break;
+        }
+        let v = take_cstr(&mut body)?;
+        out.push((k, v));
+    }
+    if !body.is_empty() {
+        return Err(FrameError::Protocol(
+            "trailing bytes after startup parameters".into(),
+        ));
+    }
+    Ok(out)
+}
+
+/// Takes a NUL-terminated UTF-8 string from the front of `b`.
+pub fn take_cstr(b: &mut &[u8]) -> Result<String, FrameError> {
+    let pos = b
+        .iter()
+        .position(|c| *c == 0)
+        .ok_or_else(|| FrameError::Protocol("missing string terminator".into()))?;
+    let s = std::str::from_utf8(&b[..pos])
+        .map_err(|_| FrameError::Protocol("string is not valid UTF-8".into()))?
+        .to_string();
+    *b = &b[pos + 1..];
+    Ok(s)
+}
+
+/// Body of a frame (after tag and length).
+pub fn body(frame: &[u8]) -> &[u8] {
+    &frame[5..]
+}
+
+/// Decodes Query: exactly one string, nothing after it.
+pub fn decode_query(frame: &[u8]) -> Result<String, FrameError> {
+    let mut b = body(frame);
+    let s = take_cstr(&mut b)?;
+    if !b.is_empty() {
+        return Err(FrameError::Protocol(
+            "trailing bytes in Query message".into(),
+        ));
+    }
+    Ok(s)
+}
+
+/// A decoded Parse message.
+pub struct ParseMsg {
+    pub name: String,
+    pub query: String,
+    pub param_types: Vec<u32>,
+}
+
+pub fn decode_parse(frame: &[u8]) -> Result<ParseMsg, FrameError> {
+    let mut b = body(frame);
+    let name = take_cstr(&mut b)?;
+    let query = take_cstr(&mut b)?;
+    if b.len() < 2 {
+        return Err(FrameError::Protocol("Parse message too short".into()));
+    }
+    let n = b.get_i16();
+    if n < 0 || b.len() != n as usize * 4 {
+        return Err(FrameError::Protocol(
+            "bad parameter count in Parse message".into(),
+        ));
+    }
+    let param_types = (0..n).map(|_| b.get_u32()).collect();
+    Ok(ParseMsg {
+        name,
+        query,
+        param_types,
+    })
+}
+
+fn put_cstr(out: &mut BytesMut, s: &str) {
+    out.put_slice(s.as_bytes());
+    out.put_u8(0);
+}
+
+fn finish(out: &mut BytesMut, start: usize) {
+    let len = (out.len() - start - 1) as i32;
+    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+}
+
+pub fn encode_query(out: &mut BytesMut, sql: &str) {
+    let start = out.len();
+    out.put_u8(b'Q');
+    out.put_i32(0);
+    put_cstr(out, sql);
+    finish(out, start);
+}
+
+pub fn encode_parse(out: &mut BytesMut, p: &ParseMsg) {
+    let start = out.len();
+    out.put_u8(b'P');
+    out.put_i32(0);
+    put_cstr(out, &p.name);
+    put_cstr(out, &p.query);
+    out.put_i16(p.param_types.len() as i16);
+    for t in &p.param_types {
+        out.put_u32(*t);
+    }
+    finish(out, start);
+}
+
+/// An ErrorResponse/NoticeResponse as a list of (field code, value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorFields(pub Vec<(u8, String)>);
+
+impl ErrorFields {
+    pub fn new(severity: &str, code: &str, message: &str) -> Self {
+        ErrorFields(vec![
+            (b'S', severity.into()),
+            (b'V', severity.into()),
+            (b'C', code.into()),
+            (b'M', message.into()),
+        ])
+    }
+    pub fn with(mut self, field: u8, v: Option<&str>) -> Self {
+        if let Some(v) = v {
+            self.0.push((field, v.into()));
+        }
+        self
+    }
+    pub fn get(&self, field: u8) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(f, _)| *f == field)
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn decode(frame: &[u8]) -> Result<Self, FrameError> {
+        let mut b = body(frame);
+        let mut v = Vec::new();
+        loop {
+            if b.is_empty() {
+                return Err(FrameError::Protocol("unterminated error fields".into()));
+            }
+            let code = b[0];
+            b = &b[1..];
+            if code == 0 {
+                break;
+            }
+            // Lossy: server text may be in a non-UTF-8 encoding.
+            let pos = b
+                .iter()
+                .position(|c| *c == 0)
+                .ok_or_else(|| FrameError::Protocol("missing string terminator".into()))?;
+            v.push((code, String::from_utf8_lossy(&b[..pos]).into_owned()));
+            b = &b[pos + 1..];
+        }
+        Ok(ErrorFields(v))
+    }
+    pub fn encode(&self, tag: u8, out: &mut BytesMut) {
+        let start = out.len();
+        out.put_u8(tag);
+        out.put_i32(0);
+        for (f, s) in &self.0 {
+            out.put_u8(*f);
+            put_cstr(out, s);
+        }
+        out.put_u8(0);
+        finish(out, start);
+    }
+}
+
+pub fn encode_ready(out: &mut BytesMut, status: u8) {
+    out.put_u8(b'Z');
+    out.put_i32(5);
+    out.put_u8(status);
+}
+
+/// Writes a FATAL error to a client during startup (best effort).
+pub async fn send_fatal<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    code: &str,
+    msg: &str,
+    hint: Option<&str>,
+) {
+    let mut out = BytesMut::new();
+    ErrorFields::new("FATAL", code, msg)
+        .with(b'H', hint)
+        .encode(b'E', &mut out);
+    let _ = w.write_all(&out).await;
+    let _ = w.flush().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_split_under_partial_reads_and_pipelining() {
+        let mut all = BytesMut::new();
+        encode_query(&mut all, "SELECT 1");
+        encode_query(&mut all, "SELECT 2");
+        let (mut a, b) = tokio::io::duplex(3);
+        let data = all.clone();
+        tokio::spawn(async move {
+            for chunk in data.chunks(2) {
+                a.write_all(chunk).await.unwrap();
+            }
+        });
+        let mut r = FrameReader::new(b);
+        let f1 = r.next().await.unwrap().unwrap();
+        let f2 = r.next().await.unwrap().unwrap();
+        assert_eq!(decode_query(&f1).unwrap(), "SELECT 1");
+        assert_eq!(decode_query(&f2).unwrap(), "SELECT 2");
+        assert!(r.next().await.unwrap().is_none());
+    }
+
+    #[test]
+    fn malformed_query_is_rejected_not_overread() {
+        // Query missing its NUL, followed by another message: must not swallow it.
+        let mut f = BytesMut::new();
+        f.put_u8(b'Q');
+        f.put_i32(4 + 3);
+        f.put_slice(b"abc");
+        assert!(decode_query(&f).is_err());
+        let mut g = BytesMut::new();
+        encode_query(&mut g, "x");
+        g.put_u8(b'!');
+        let mut h = BytesMut::new();
+        h.put_u8(b'Q');
+        h.put_i32(4 + 3);
+        h.put_slice(b"x\0!");
+        assert!(decode_query(&h).is_err(), "trailing bytes");
+    }
+
+    #[test]
+    fn bad_lengths() {
+        let (_a, b) = tokio::io::duplex(8);
+        let mut r = FrameReader::new(b);
+        r.buf.put_u8(b'Q');
+        r.buf.put_i32(2);
+        assert!(r.try_frame().is_err());
+        r.buf.clear();
+        r.buf.put_u8(b'Q');
+        r.buf.put_i32(i32::MAX);
+        assert!(r.try_frame().is_err());
+    }
+
+    #[test]
+    fn parse_roundtrip() {
+        let p = ParseMsg {
+            name: "s1".into(),
+            query: "SELECT $1".into(),
+            param_types: vec![23],
+        };
+        let mut out = BytesMut::new();
+        encode_parse(&mut out, &p);
+        let d = decode_parse(&out).unwrap();
+        assert_eq!(
+            (d.name, d.query, d.param_types),
+            ("s1".into(), "SELECT $1".into(), vec![23])
+        );
+    }
+
+    #[test]
+    fn error_roundtrip() {
+        let e = ErrorFields::new("ERROR", "42501", "no").with(b'H', Some("h"));
+        let mut out = BytesMut::new();
+        e.encode(b'E', &mut out);
+        assert_eq!(ErrorFields::decode(&out).unwrap(), e);
+    }
+}

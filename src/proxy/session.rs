@@ -1,0 +1,758 @@
+//! One client session: startup (SSL/GSS answers, cancel routing, startup packet checks, role
+//! lookup, authentication relayed to PostgreSQL), then the relay.
+//!
+//! Unmasked sessions are relayed as raw bytes in both directions, never parsed.
+//! Masked sessions are relayed frame by frame: Query and Parse go through the rewriter; a refused
+//! statement is replaced by a sentinel that makes PostgreSQL fail it in order (so transaction
+//! state and pipelining stay exact) and the server's error is swapped for the refusal.
+
+use super::frame::{self, ErrorFields, FrameError, FrameReader};
+use super::state::{DbState, Shared};
+use crate::rewrite::{Decision, Refusal, REFUSAL_SQLSTATE};
+use bytes::{Bytes, BytesMut};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::TcpStream;
+
+/// The statement text sent in place of a refused one. It fails in PostgreSQL's parser with a
+/// syntax error naming this word, which the server-side relay recognizes and replaces.
+const SENTINEL: &str = "pgredact_refused_statement_5f2c9a";
+
+pub async fn handle(shared: Arc<Shared>, mut client: TcpStream) {
+    let _ = client.set_nodelay(true);
+    // Startup phase: at most one SSLRequest/GSSENCRequest before the StartupMessage.
+    let mut negotiations = 0;
+    let pkt = loop {
+        let pkt = match frame::read_startup(&mut client).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return,
+            Err(e) => {
+                frame::send_fatal(&mut client, "08P01", &format!("pgredact: {e}"), None).await;
+                return;
+            }
+        };
+        let code = i32::from_be_bytes([pkt[4], pkt[5], pkt[6], pkt[7]]);
+        match code {
+            frame::SSL_REQUEST | frame::GSSENC_REQUEST if pkt.len() == 8 && negotiations < 2 => {
+                negotiations += 1;
+                if client.write_all(b"N").await.is_err() {
+                    return;
+                }
+            }
+            frame::CANCEL_REQUEST if pkt.len() == 16 => {
+                let pid = i32::from_be_bytes([pkt[8], pkt[9], pkt[10], pkt[11]]);
+                let key = i32::from_be_bytes([pkt[12], pkt[13], pkt[14], pkt[15]]);
+                cancel(&shared, pid, key).await;
+                return;
+            }
+            frame::PROTOCOL_3 => break pkt,
+            _ => {
+                frame::send_fatal(
+                    &mut client,
+                    "08P01",
+                    &format!("pgredact: unsupported frontend protocol or request code {code}"),
+                    None,
+                )
+                .await;
+                return;
+            }
+        }
+    };
+    let params = match frame::startup_params(&pkt) {
+        Ok(p) => p,
+        Err(e) => {
+            frame::send_fatal(&mut client, "08P01", &format!("pgredact: {e}"), None).await;
+            return;
+        }
+    };
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let Some(user) = get("user") else {
+        frame::send_fatal(
+            &mut client,
+            "28000",
+            "pgredact: no user name in the startup packet",
+            None,
+        )
+        .await;
+        return;
+    };
+    let database = get("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| user.clone());
+    let db = match shared.db(&database).await {
+        Ok(d) => d,
+        Err(e) => {
+            frame::send_fatal(&mut client, "08006", &format!("pgredact: {e}"), None).await;
+            return;
+        }
+    };
+    let unmasked = match db.is_unmasked(&shared, &user).await {
+        Ok(u) => u,
+        Err(e) => {
+            frame::send_fatal(&mut client, "08006", &format!("pgredact: {e}"), None).await;
+            return;
+        }
+    };
+    if !unmasked {
+        if db.snapshot().policy.is_none() {
+            frame::send_fatal(
+                &mut client,
+                REFUSAL_SQLSTATE,
+                &format!(
+                    "pgredact: database {database:?} has no masking policy, so masked roles such as {user:?} may not connect"
+                ),
+                Some("a DBA must add a policy file for this database"),
+            )
+            .await;
+            return;
+        }
+        if let Err(m) = check_masked_startup(&params) {
+            frame::send_fatal(
+                &mut client,
+                REFUSAL_SQLSTATE,
+                &format!("pgredact: {m}"),
+                None,
+            )
+            .await;
+            return;
+        }
+    }
+    let upstream_addr = format!("{}:{}", shared.cfg.upstream.host, shared.cfg.upstream.port);
+    let mut server = match TcpStream::connect(&upstream_addr).await {
+        Ok(s) => s,
+        Err(e) => {
+            frame::send_fatal(
+                &mut client,
+                "08006",
+                &format!("pgredact: cannot connect to PostgreSQL at {upstream_addr}: {e}"),
+                None,
+            )
+            .await;
+            return;
+        }
+    };
+    let _ = server.set_nodelay(true);
+    if server.write_all(&pkt).await.is_err() {
+        return;
+    }
+    let mut sreader = FrameReader::new(server);
+    let mut creader = FrameReader::new(client);
+    let keys = match authenticate(&shared, &mut creader, &mut sreader).await {
+        Ok(Some(k)) => k,
+        _ => return,
+    };
+    let guard = CancelGuard {
+        shared: shared.clone(),
+        key: keys.client_key,
+    };
+    tracing::info!(user = %user, database = %database, masked = !unmasked, "session started");
+    if unmasked {
+        // Raw relay, both directions. Flush what the startup readers had buffered first.
+        let (mut c, cbuf) = creader.into_parts();
+        let (mut s, sbuf) = sreader.into_parts();
+        if c.write_all(&keys.ready).await.is_err() {
+            return;
+        }
+        if !sbuf.is_empty() && c.write_all(&sbuf).await.is_err() {
+            return;
+        }
+        if !cbuf.is_empty() && s.write_all(&cbuf).await.is_err() {
+            return;
+        }
+        let _ = tokio::io::copy_bidirectional(&mut c, &mut s).await;
+    } else {
+        masked_session(shared.clone(), db, creader, sreader, keys.ready).await;
+    }
+    drop(guard);
+}
+
+struct Keys {
+    client_key: (i32, i32),
+    /// The ReadyForQuery that ends startup, held back until the session is ready.
+    ready: Bytes,
+}
+
+struct CancelGuard {
+    shared: Arc<Shared>,
+    key: (i32, i32),
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.shared.cancels.lock() {
+            m.remove(&self.key);
+        }
+    }
+}
+
+async fn cancel(shared: &Shared, pid: i32, key: i32) {
+    let target = shared
+        .cancels
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&(pid, key)).copied());
+    let Some((upid, ukey)) = target else { return };
+    let addr = format!("{}:{}", shared.cfg.upstream.host, shared.cfg.upstream.port);
+    if let Ok(mut s) = TcpStream::connect(addr).await {
+        let mut p = Vec::with_capacity(16);
+        p.extend_from_slice(&16i32.to_be_bytes());
+        p.extend_from_slice(&frame::CANCEL_REQUEST.to_be_bytes());
+        p.extend_from_slice(&upid.to_be_bytes());
+        p.extend_from_slice(&ukey.to_be_bytes());
+        let _ = s.write_all(&p).await;
+        let _ = s.shutdown().await;
+    }
+}
+
+/// Startup parameters a masked session may set: anything that could change identity,
+/// search_path or how SQL is read is refused.
+fn check_masked_startup(params: &[(String, String)]) -> Result<(), String> {
+    for (k, v) in params {
+        match k.as_str() {
+            "user" | "database" | "application_name" | "fallback_application_name" => {}
+            "client_encoding" => {
+                let v = v.to_ascii_lowercase();
+                if !["utf8", "unicode", "utf-8"].contains(&v.as_str()) {
+                    return Err(format!(
+                        "masked sessions must use client_encoding UTF8, not {v}"
+                    ));
+                }
+            }
+            "replication" => {
+                return Err("replication connections are not allowed for masked roles".into())
+            }
+            "options" => {
+                for opt in parse_options(v) {
+                    let (name, value) = opt?;
+                    check_startup_setting(&name, &value)?;
+                }
+            }
+            k if k.starts_with("_pq_.") => {}
+            other => check_startup_setting(other, v)?,
+        }
+    }
+    Ok(())
+}
+
+fn check_startup_setting(name: &str, value: &str) -> Result<(), String> {
+    let n = name.to_ascii_lowercase().replace('-', "_");
+    if let Some(allowed) = crate::rewrite::rules::pinned_setting(&n) {
+        if allowed.contains(&value.to_ascii_lowercase().as_str()) {
+            return Ok(());
+        }
+    } else if crate::rewrite::rules::setting_allowed(&n) {
+        return Ok(());
+    }
+    Err(format!(
+        "the startup setting {name}={value} is not allowed for masked roles"
+    ))
+}
+
+/// Splits a libpq `options` string into `-c name=value` / `--name=value` pairs.
+fn parse_options(s: &str) -> Vec<Result<(String, String), String>> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut esc = false;
+    for ch in s.chars() {
+        if esc {
+            cur.push(ch);
+            esc = false;
+        } else if ch == '\\' {
+            esc = true;
+        } else if ch.is_whitespace() {
+            if !cur.is_empty() {
+                words.push(std::mem::take(&mut cur));
+            }
+        } else {
+            cur.push(ch);
+        }
+    }
+    if !cur.is_empty() {
+        words.push(cur);
+    }
+    let mut out = Vec::new();
+    let mut it = words.into_iter();
+    while let Some(w) = it.next() {
+        let kv = if w == "-c" {
+            it.next()
+        } else if let Some(r) = w.strip_prefix("--") {
+            Some(r.to_string())
+        } else if let Some(r) = w.strip_prefix("-c") {
+            Some(r.to_string())
+        } else {
+            out.push(Err(format!(
+                "startup option {w:?} is not allowed for masked roles"
+            )));
+            continue;
+        };
+        match kv.as_deref().and_then(|kv| kv.split_once('=')) {
+            Some((k, v)) => out.push(Ok((k.to_string(), v.to_string()))),
+            None => out.push(Err("malformed startup option".into())),
+        }
+    }
+    out
+}
+
+/// Relays authentication until PostgreSQL says ReadyForQuery. Replaces the backend key with a
+/// proxy-issued one. Returns None when the session ended (auth failure, disconnect).
+async fn authenticate(
+    shared: &Shared,
+    client: &mut FrameReader<TcpStream>,
+    server: &mut FrameReader<TcpStream>,
+) -> Result<Option<Keys>, FrameError> {
+    let mut client_key = (0, 0);
+    loop {
+        let Some(f) = server.next().await? else {
+            return Ok(None);
+        };
+        match f[0] {
+            b'R' => {
+                if f.len() < 9 {
+                    return Err(FrameError::Protocol("short authentication message".into()));
+                }
+                let code = i32::from_be_bytes([f[5], f[6], f[7], f[8]]);
+                write_raw(client, &f).await?;
+                // 3 cleartext, 5 md5, 10 SASL, 11 SASL continue: the client answers.
+                if matches!(code, 3 | 5 | 10 | 11) {
+                    let Some(resp) = client.next().await? else {
+                        return Ok(None);
+                    };
+                    if resp[0] != b'p' {
+                        return Err(FrameError::Protocol("expected a password message".into()));
+                    }
+                    write_raw(server, &resp).await?;
+                } else if code != 0 && code != 12 {
+                    // GSS/SSPI and others are not relayed.
+                    send_error(
+                        client,
+                        "28000",
+                        "pgredact: this authentication method is not supported through pgredact",
+                    )
+                    .await;
+                    return Ok(None);
+                }
+            }
+            b'K' => {
+                if f.len() != 13 {
+                    return Err(FrameError::Protocol("bad BackendKeyData".into()));
+                }
+                let upid = i32::from_be_bytes([f[5], f[6], f[7], f[8]]);
+                let ukey = i32::from_be_bytes([f[9], f[10], f[11], f[12]]);
+                client_key = new_cancel_key(shared, (upid, ukey));
+                let mut out = BytesMut::with_capacity(13);
+                out.extend_from_slice(&f[..5]);
+                out.extend_from_slice(&client_key.0.to_be_bytes());
+                out.extend_from_slice(&client_key.1.to_be_bytes());
+                write_raw(client, &out).await?;
+            }
+            b'Z' => {
+                return Ok(Some(Keys {
+                    client_key,
+                    ready: f,
+                }))
+            }
+            b'E' => {
+                write_raw(client, &f).await?;
+                return Ok(None);
+            }
+            _ => write_raw(client, &f).await?,
+        }
+    }
+}
+
+fn new_cancel_key(shared: &Shared, upstream: (i32, i32)) -> (i32, i32) {
+    let Ok(mut m) = shared.cancels.lock() else {
+        return upstream;
+    };
+    loop {
+        let k: (i32, i32) = (rand::random::<i32>() & 0x3fff_ffff, rand::random());
+        if let std::collections::hash_map::Entry::Vacant(e) = m.entry(k) {
+            e.insert(upstream);
+            return k;
+        }
+    }
+}
+
+async fn write_raw(r: &mut FrameReader<TcpStream>, b: &[u8]) -> Result<(), FrameError> {
+    r.get_mut().write_all(b).await.map_err(FrameError::Io)
+}
+
+async fn send_error(r: &mut FrameReader<TcpStream>, code: &str, msg: &str) {
+    let mut out = BytesMut::new();
+    ErrorFields::new("FATAL", code, msg).encode(b'E', &mut out);
+    let _ = write_raw(r, &out).await;
+}
+
+// ---------- masked relay ----------
+
+/// One request/response unit: everything up to a Query, Sync or FunctionCall, answered by one
+/// ReadyForQuery.
+#[derive(Default)]
+struct Unit {
+    rewritten: bool,
+    refusals: VecDeque<Refusal>,
+    closed: bool,
+}
+
+#[derive(Default)]
+struct Pending {
+    units: VecDeque<Unit>,
+}
+
+impl Pending {
+    fn open(&mut self) -> &mut Unit {
+        if self.units.back().is_none_or(|u| u.closed) {
+            self.units.push_back(Unit::default());
+        }
+        // Just ensured a back element exists.
+        let n = self.units.len() - 1;
+        &mut self.units[n]
+    }
+}
+
+async fn masked_session(
+    shared: Arc<Shared>,
+    db: Arc<DbState>,
+    creader: FrameReader<TcpStream>,
+    sreader: FrameReader<TcpStream>,
+    ready: Bytes,
+) {
+    let (cstream, cbuf) = creader.into_parts();
+    let (sstream, sbuf) = sreader.into_parts();
+    let (crd, cwr) = cstream.into_split();
+    let (srd, mut swr) = sstream.into_split();
+    let mut srd = FrameReader::with_buffer(srd, sbuf);
+    let mut cwr = BufWriter::with_capacity(64 * 1024, cwr);
+    // Learn the session's search path on its own connection before the client gets control.
+    let search_path = match session_search_path(&mut swr, &mut srd).await {
+        Ok(p) => p,
+        Err(e) => {
+            let mut out = BytesMut::new();
+            ErrorFields::new(
+                "FATAL",
+                "08006",
+                &format!("pgredact: could not read the session's search_path: {e}"),
+            )
+            .encode(b'E', &mut out);
+            let _ = cwr.write_all(&out).await;
+            let _ = cwr.flush().await;
+            return;
+        }
+    };
+    if cwr.write_all(&ready).await.is_err() || cwr.flush().await.is_err() {
+        return;
+    }
+    let path_id = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        search_path.hash(&mut h);
+        h.finish()
+    };
+    let pending = Arc::new(Mutex::new(Pending::default()));
+    let reading_safe = Arc::new(AtomicBool::new(true));
+    let up = tokio::spawn(client_to_server(
+        shared,
+        db,
+        FrameReader::with_buffer(crd, cbuf),
+        swr,
+        pending.clone(),
+        reading_safe.clone(),
+        search_path,
+        path_id,
+    ));
+    let down = server_to_client(srd, cwr, pending, reading_safe).await;
+    if let Err(e) = down {
+        tracing::debug!("server side ended: {e}");
+    }
+    up.abort();
+}
+
+async fn session_search_path(
+    swr: &mut tokio::net::tcp::OwnedWriteHalf,
+    srd: &mut FrameReader<tokio::net::tcp::OwnedReadHalf>,
+) -> Result<Vec<String>, String> {
+    let mut q = BytesMut::new();
+    frame::encode_query(
+        &mut q,
+        "SELECT pg_catalog.unnest(pg_catalog.current_schemas(true))::pg_catalog.text",
+    );
+    swr.write_all(&q).await.map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let mut err = None;
+    loop {
+        let f = srd
+            .next()
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("connection closed")?;
+        match f[0] {
+            b'D' => {
+                // DataRow with one column: i16 count, i32 len, bytes.
+                let b = &f[5..];
+                if b.len() >= 6 {
+                    let len = i32::from_be_bytes([b[2], b[3], b[4], b[5]]);
+                    if len >= 0 && b.len() >= 6 + len as usize {
+                        out.push(String::from_utf8_lossy(&b[6..6 + len as usize]).into_owned());
+                    }
+                }
+            }
+            b'E' => {
+                err = ErrorFields::decode(&f)
+                    .ok()
+                    .and_then(|e| e.get(b'M').map(String::from))
+            }
+            b'Z' => break,
+            _ => {}
+        }
+    }
+    match err {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn client_to_server(
+    shared: Arc<Shared>,
+    db: Arc<DbState>,
+    mut crd: FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    swr: tokio::net::tcp::OwnedWriteHalf,
+    pending: Arc<Mutex<Pending>>,
+    reading_safe: Arc<AtomicBool>,
+    search_path: Vec<String>,
+    path_id: u64,
+) {
+    let mut swr = BufWriter::with_capacity(64 * 1024, swr);
+    let mut out = BytesMut::with_capacity(8 * 1024);
+    loop {
+        let f = match crd.next().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => {
+                // Protocol error: tell the server we are leaving; the client gets the error from
+                // the server side's closing.
+                tracing::info!("closing masked session: {e}");
+                let _ = swr.write_all(&[b'X', 0, 0, 0, 4]).await;
+                let _ = swr.flush().await;
+                break;
+            }
+        };
+        out.clear();
+        let tag = f[0];
+        let res: Result<(), FrameError> = match tag {
+            b'Q' => match frame::decode_query(&f) {
+                Ok(sql) => {
+                    let d = decide(&shared, &db, &sql, path_id, &search_path, &reading_safe).await;
+                    let mut p = lock(&pending);
+                    let unit = p.open();
+                    match &*d {
+                        Decision::Pass => out.extend_from_slice(&f),
+                        Decision::Rewrite(s) => {
+                            unit.rewritten = true;
+                            frame::encode_query(&mut out, s);
+                        }
+                        Decision::Refuse(r) => {
+                            unit.refusals.push_back(r.clone());
+                            frame::encode_query(&mut out, SENTINEL);
+                        }
+                    }
+                    unit.closed = true;
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+            b'P' => match frame::decode_parse(&f) {
+                Ok(mut pm) => {
+                    let d = decide(
+                        &shared,
+                        &db,
+                        &pm.query,
+                        path_id,
+                        &search_path,
+                        &reading_safe,
+                    )
+                    .await;
+                    let mut p = lock(&pending);
+                    let unit = p.open();
+                    match &*d {
+                        Decision::Pass => out.extend_from_slice(&f),
+                        Decision::Rewrite(s) => {
+                            unit.rewritten = true;
+                            pm.query = s.clone();
+                            frame::encode_parse(&mut out, &pm);
+                        }
+                        Decision::Refuse(r) => {
+                            unit.refusals.push_back(r.clone());
+                            pm.query = SENTINEL.to_string();
+                            frame::encode_parse(&mut out, &pm);
+                        }
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+            b'F' => {
+                // FunctionCall: refused; a failing Query stands in so the reply order holds.
+                let mut p = lock(&pending);
+                let unit = p.open();
+                unit.refusals.push_back(Refusal {
+                    message: "pgredact: the FunctionCall protocol message is not allowed for masked roles".into(),
+                    hint: None,
+                });
+                unit.closed = true;
+                frame::encode_query(&mut out, SENTINEL);
+                Ok(())
+            }
+            b'S' => {
+                let mut p = lock(&pending);
+                p.open().closed = true;
+                out.extend_from_slice(&f);
+                Ok(())
+            }
+            b'B' | b'E' | b'D' | b'C' | b'H' => {
+                lock(&pending).open();
+                out.extend_from_slice(&f);
+                Ok(())
+            }
+            b'd' | b'c' | b'f' | b'X' | b'p' => {
+                out.extend_from_slice(&f);
+                Ok(())
+            }
+            other => Err(FrameError::Protocol(format!(
+                "unexpected message type {:?} from a masked session",
+                other as char
+            ))),
+        };
+        if let Err(e) = res {
+            tracing::info!("closing masked session: {e}");
+            let _ = swr.write_all(&[b'X', 0, 0, 0, 4]).await;
+            let _ = swr.flush().await;
+            break;
+        }
+        if swr.write_all(&out).await.is_err() {
+            break;
+        }
+        if tag == b'X' {
+            let _ = swr.flush().await;
+            break;
+        }
+        // Flush when the client has nothing more buffered (keeps pipelined batches together).
+        if !crd.has_frame() && swr.flush().await.is_err() {
+            break;
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+async fn decide(
+    shared: &Arc<Shared>,
+    db: &Arc<DbState>,
+    sql: &str,
+    path_id: u64,
+    search_path: &[String],
+    reading_safe: &AtomicBool,
+) -> Arc<Decision> {
+    if !reading_safe.load(Ordering::Relaxed) {
+        return Arc::new(Decision::Refuse(Refusal {
+            message: "pgredact: this session's client_encoding or standard_conforming_strings changed; masked sessions require UTF8 and on".into(),
+            hint: None,
+        }));
+    }
+    let snap = db.snapshot();
+    let (d, unknown) = snap.decide(sql, path_id, search_path);
+    if unknown && db.refresh_throttled(shared).await {
+        let snap = db.snapshot();
+        return snap.decide(sql, path_id, search_path).0;
+    }
+    d
+}
+
+async fn server_to_client(
+    mut srd: FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    mut cwr: BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+    pending: Arc<Mutex<Pending>>,
+    reading_safe: Arc<AtomicBool>,
+) -> Result<(), FrameError> {
+    let mut out = BytesMut::with_capacity(8 * 1024);
+    loop {
+        let f = match srd.try_frame()? {
+            Some(f) => f,
+            None => {
+                cwr.flush().await?;
+                match srd.next().await? {
+                    Some(f) => f,
+                    None => return Ok(()),
+                }
+            }
+        };
+        match f[0] {
+            b'E' | b'N' => {
+                let mut e = ErrorFields::decode(&f)?;
+                let rewritten;
+                let mut refusal = None;
+                {
+                    let mut p = lock(&pending);
+                    let front = p.units.front_mut();
+                    rewritten = front.as_ref().is_some_and(|u| u.rewritten);
+                    if f[0] == b'E' && e.get(b'M').is_some_and(|m| m.contains(SENTINEL)) {
+                        refusal = front.and_then(|u| u.refusals.pop_front());
+                    }
+                }
+                if let Some(r) = refusal {
+                    e = ErrorFields::new("ERROR", REFUSAL_SQLSTATE, &r.message)
+                        .with(b'H', r.hint.as_deref());
+                } else {
+                    scrub(&mut e, rewritten);
+                }
+                out.clear();
+                e.encode(f[0], &mut out);
+                cwr.write_all(&out).await?;
+            }
+            b'Z' => {
+                lock(&pending).units.pop_front();
+                cwr.write_all(&f).await?;
+            }
+            b'S' => {
+                // ParameterStatus: the rewriter's reading of SQL depends on these two.
+                let mut b = frame::body(&f);
+                if let (Ok(k), Ok(v)) = (frame::take_cstr(&mut b), frame::take_cstr(&mut b)) {
+                    let v = v.to_ascii_lowercase();
+                    match k.as_str() {
+                        "client_encoding" if v != "utf8" => {
+                            reading_safe.store(false, Ordering::Relaxed)
+                        }
+                        "standard_conforming_strings" if v != "on" => {
+                            reading_safe.store(false, Ordering::Relaxed)
+                        }
+                        _ => {}
+                    }
+                }
+                cwr.write_all(&f).await?;
+            }
+            b'A' => {
+                // NotificationResponse: payloads from other sessions are not masked; dropped.
+            }
+            _ => cwr.write_all(&f).await?,
+        }
+    }
+}
+
+/// Removes from an error what could point into text the client never sent or echo raw values.
+fn scrub(e: &mut ErrorFields, rewritten: bool) {
+    let code = e.get(b'C').unwrap_or("").to_string();
+    e.0.retain(|(f, _)| {
+        let position = matches!(f, b'P' | b'p' | b'q');
+        // Class 22 (data exception) and 23 (integrity constraint) details can echo row values
+        // ("Failing row contains (...)", "Key (...)=(...)").
+        let value_detail = matches!(f, b'D') && (code.starts_with("22") || code.starts_with("23"));
+        !(value_detail || position && rewritten)
+    });
+}

@@ -1,0 +1,39 @@
+//! Shared helpers for the integration tests: throwaway PostgreSQL clusters with the demo data.
+//! Each test binary includes this with `mod common;`; not every binary uses every helper.
+#![allow(dead_code)]
+
+use pgredact::pgcluster::{Cluster, ClusterOptions, DEMO_SCHEMA_SQL};
+
+/// The database the demo schema is loaded into.
+pub const DEMO_DB: &str = "app";
+
+/// Row counts the demo schema produces.
+pub const DEMO_ROW_COUNTS: [(&str, i64); 4] = [
+    ("customers", 10_000),
+    ("customer_events", 50_000),
+    ("orders", 20_000),
+    ("customer_history", 10_000),
+];
+
+/// Starts a cluster, creates database `app` and loads the demo schema into it as the superuser.
+/// Panics with the server log on failure.
+pub fn demo_cluster(opts: ClusterOptions) -> Cluster {
+    let cluster = Cluster::start(opts).unwrap_or_else(|e| panic!("starting a cluster: {e}"));
+    load_demo(&cluster, DEMO_DB);
+    cluster
+}
+
+/// Creates database `db` in `cluster` and loads the demo schema into it as the superuser.
+pub fn load_demo(cluster: &Cluster, db: &str) {
+    cluster
+        .create_database(db)
+        .unwrap_or_else(|e| panic!("creating database {db}: {e}\n{}", cluster.read_log()));
+    cluster
+        .superuser_psql(db, DEMO_SCHEMA_SQL)
+        .unwrap_or_else(|e| panic!("loading the demo schema into {db}: {e}"));
+}
+
+/// `demo_cluster` with the default options (trust authentication).
+pub fn default_demo_cluster() -> Cluster {
+    demo_cluster(ClusterOptions::default())
+}
