@@ -1,7 +1,14 @@
 //! pgredact: a PostgreSQL wire-protocol proxy that masks PII for every role a policy does not exempt.
-pub mod config;
-pub mod policy;
-pub mod control;
+//!
+//! Modules: `config` (pgredact.toml), `policy` (policy files, masks as SQL), `catalog` (live
+//! schema snapshot), `rewrite` (the pure masking rewriter), `proxy` (listener, startup, relay),
+//! `control` (the in-database control schema), `check`, `demo`, `pgcluster` (throwaway clusters).
 pub mod catalog;
-pub mod rewrite;
+pub mod check;
+pub mod config;
+pub mod control;
+pub mod demo;
 pub mod pgcluster;
+pub mod policy;
+pub mod proxy;
+pub mod rewrite;
