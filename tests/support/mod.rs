@@ -1,0 +1,191 @@
+//! The proxy under test: a real PostgreSQL cluster with the demo schema, the real pgredact proxy
+//! in front of it (in-process, on a free port), and helpers to talk to both with real clients.
+#![allow(dead_code)]
+
+use pgredact::config::Config;
+use pgredact::pgcluster::{Auth, Cluster, ClusterOptions, DEMO_SCHEMA_SQL};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use tokio_postgres::{Client, NoTls};
+
+pub const HASH_KEY: &str = "pgredact-test-hash-key";
+pub const DB: &str = "app";
+
+pub struct Env {
+    pub cluster: Cluster,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    pub shared: std::sync::Arc<pgredact::proxy::Shared>,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn set_env() {
+    // Same values in every test of the process, so concurrent writes are harmless.
+    unsafe {
+        std::env::set_var("PGREDACT_TEST_UPSTREAM_PASSWORD", "pgredact");
+        std::env::set_var("PGREDACT_TEST_HASH_KEY", HASH_KEY);
+    }
+}
+
+pub fn config_text(listen: &str, upstream_port: u16) -> String {
+    format!(
+        "listen = \"{listen}\"\npolicies = \"policies\"\npolicy_reload_secs = 1\n[upstream]\nhost = \"127.0.0.1\"\nport = {upstream_port}\nuser = \"pgredact\"\npassword_env = \"PGREDACT_TEST_UPSTREAM_PASSWORD\"\n[secrets]\nhash_key_env = \"PGREDACT_TEST_HASH_KEY\"\n"
+    )
+}
+
+/// Starts a cluster with the demo schema (plus `extra_sql` as superuser) and the proxy with `policy`.
+pub async fn start(policy: &str, opts: ClusterOptions, extra_sql: &str) -> Env {
+    set_env();
+    let extra = extra_sql.to_string();
+    let cluster = tokio::task::spawn_blocking(move || {
+        let c = Cluster::start(opts).unwrap_or_else(|e| panic!("cluster: {e}"));
+        c.create_database(DB).unwrap_or_else(|e| panic!("createdb: {e}"));
+        c.superuser_psql(DB, DEMO_SCHEMA_SQL).unwrap_or_else(|e| panic!("schema: {e}"));
+        if !extra.is_empty() {
+            c.superuser_psql(DB, &extra).unwrap_or_else(|e| panic!("extra sql: {e}"));
+        }
+        c
+    })
+    .await
+    .expect("cluster task");
+    let dir = std::env::temp_dir().join(format!(
+        "pgredact-test-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(dir.join("policies")).expect("mkdir");
+    std::fs::write(dir.join("policies/app.toml"), policy).expect("policy");
+    let cfg_path = dir.join("pgredact.toml");
+    std::fs::write(&cfg_path, config_text("127.0.0.1:0", cluster.port)).expect("config");
+    let cfg = Config::load(&cfg_path).expect("config loads");
+    let (listener, shared) = pgredact::proxy::bind(cfg).await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(pgredact::proxy::run(listener, shared.clone()));
+    Env {
+        cluster,
+        addr,
+        dir,
+        shared,
+    }
+}
+
+pub async fn start_default() -> Env {
+    start(
+        pgredact::demo::EXAMPLE_POLICY,
+        ClusterOptions {
+            auth: Auth::Scram,
+            log_statements: true,
+            ..Default::default()
+        },
+        "",
+    )
+    .await
+}
+
+fn rand_suffix() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The password of each demo role is its name.
+pub fn password(user: &str) -> &str {
+    match user {
+        "postgres" => "postgres",
+        other => other,
+    }
+}
+
+impl Env {
+    pub fn proxy_connstr(&self, user: &str, db: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={user} password={} dbname={db} application_name=pgredact-test",
+            self.addr.port(),
+            password(user)
+        )
+    }
+
+    pub async fn proxy(&self, user: &str) -> Client {
+        self.try_proxy(user, DB).await.unwrap_or_else(|e| panic!("connect {user}: {e}"))
+    }
+
+    pub async fn try_proxy(&self, user: &str, db: &str) -> Result<Client, tokio_postgres::Error> {
+        let (c, conn) = tokio_postgres::connect(&self.proxy_connstr(user, db), NoTls).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(c)
+    }
+
+    /// A direct connection to PostgreSQL (bypassing the proxy).
+    pub async fn direct(&self, user: &str) -> Client {
+        self.cluster
+            .connect(user, Some(password(user)), DB)
+            .await
+            .unwrap_or_else(|e| panic!("direct connect: {e}"))
+    }
+
+    /// Runs psql against the proxy; returns (success, stdout, stderr).
+    pub fn psql(&self, user: &str, sql: &str) -> (bool, String, String) {
+        psql_at(self.addr.port(), user, DB, sql)
+    }
+}
+
+pub fn psql_at(port: u16, user: &str, db: &str, sql: &str) -> (bool, String, String) {
+    let bin = Cluster::bin_dir().map(|d| d.join("psql")).unwrap_or_else(|_| "psql".into());
+    let bin = if bin.exists() { bin } else { PathBuf::from("psql") };
+    let out = Command::new(bin)
+        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+        .arg(format!("host=127.0.0.1 port={port} user={user} dbname={db}"))
+        .env("PGPASSWORD", password(user))
+        .env_remove("PGSERVICE")
+        .env("PGCONNECT_TIMEOUT", "30")
+        .arg("-c")
+        .arg(sql)
+        .output()
+        .expect("run psql");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The SQLSTATE of an error, or "" for none.
+pub fn code(e: &tokio_postgres::Error) -> String {
+    e.code().map(|c| c.code().to_string()).unwrap_or_default()
+}
+
+/// Asserts that `r` is a 42501 refusal whose message contains `want`.
+pub fn assert_refused<T: std::fmt::Debug>(r: Result<T, tokio_postgres::Error>, want: &str, what: &str) {
+    match r {
+        Ok(v) => panic!("{what}: expected a refusal, got {v:?}"),
+        Err(e) => {
+            let msg = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
+            assert_eq!(code(&e), "42501", "{what}: {msg}");
+            assert!(msg.contains(want), "{what}: message {msg:?} lacks {want:?}");
+        }
+    }
+}
+
+/// Text of all simple-query rows, cells joined by '|'.
+pub async fn rows(c: &Client, sql: &str) -> Result<Vec<String>, tokio_postgres::Error> {
+    let msgs = c.simple_query(sql).await?;
+    Ok(msgs
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("NULL").to_string())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            ),
+            _ => None,
+        })
+        .collect())
+}
