@@ -106,6 +106,8 @@ pub struct Cluster {
     run_as: Option<(u32, u32)>,
     auth: Auth,
     running: bool,
+    /// Stops the server and removes `root_dir` if this process dies without dropping us.
+    watchdog: Option<std::process::Child>,
 }
 
 impl Cluster {
@@ -174,7 +176,9 @@ impl Cluster {
             run_as,
             auth: opts.auth,
             running: false,
+            watchdog: None,
         };
+        cluster.watchdog = cluster.spawn_watchdog();
         cluster.initdb()?;
         cluster.write_file(
             &cluster.data_dir.join("pg_hba.conf"),
@@ -430,6 +434,43 @@ impl Cluster {
         }
     }
 
+    /// Starts `sh` (in its own process group, as the server user) blocked on reading a pipe
+    /// whose write end only this process holds. If this process dies without running `Drop`
+    /// (SIGKILL, SIGINT from Ctrl-C, SIGTERM from a timeout), the read returns and the watchdog
+    /// stops the server and removes the directory, so no postmaster outlives its owner
+    /// (pg_ctl detaches the postmaster into its own session, so it would otherwise keep running).
+    /// Best effort: without `/bin/sh` there is no watchdog.
+    fn spawn_watchdog(&self) -> Option<std::process::Child> {
+        const SCRIPT: &str = "read _ignored; \"$1\" stop -D \"$2\" -m immediate -w >/dev/null 2>&1; rm -rf -- \"$3\"";
+        let mut cmd = Command::new("/bin/sh");
+        clear_pg_env(&mut cmd);
+        cmd.arg("-c")
+            .arg(SCRIPT)
+            .arg("pgredact-pgcluster-watchdog")
+            .arg(self.bin_dir.join("pg_ctl"))
+            .arg(&self.data_dir)
+            .arg(&self.root_dir)
+            .current_dir("/")
+            .env("LC_ALL", "C")
+            .process_group(0)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some((uid, gid)) = self.run_as {
+            cmd.uid(uid).gid(gid);
+        }
+        match cmd.spawn() {
+            Ok(child) => Some(child),
+            Err(e) => {
+                tracing::warn!(
+                    "no watchdog for the throwaway cluster in {}: {e}",
+                    self.root_dir.display()
+                );
+                None
+            }
+        }
+    }
+
     fn initdb(&self) -> Result<(), String> {
         let pwfile = self.root_dir.join("initdb.pw");
         self.write_file(&pwfile, &format!("{SUPERUSER_PASSWORD}\n"))?;
@@ -565,6 +606,10 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if let Some(mut watchdog) = self.watchdog.take() {
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
+        }
         self.stop();
         if let Err(e) = fs::remove_dir_all(&self.root_dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -805,6 +850,7 @@ mod tests {
             run_as: None,
             auth: Auth::Trust,
             running: false,
+            watchdog: None,
         };
         let s = c.connstr("us er", Some("p'w\\d x"), "my db");
         let config: tokio_postgres::Config = s.parse().expect("connstr parses");

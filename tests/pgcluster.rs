@@ -499,3 +499,68 @@ fn a_taken_port_is_detected() {
         "1"
     );
 }
+
+/// Not a test on its own: `a_killed_owner_leaves_no_cluster_behind` runs it in a child process.
+#[test]
+#[ignore = "helper, run by a_killed_owner_leaves_no_cluster_behind"]
+fn helper_start_a_cluster_and_hang() {
+    if std::env::var_os("PGREDACT_PGCLUSTER_HELPER").is_none() {
+        return;
+    }
+    let cluster = start(ClusterOptions::default());
+    println!(
+        "PGREDACT_HELPER {} {}",
+        cluster.port,
+        cluster.socket_dir().display()
+    );
+    use std::io::Write;
+    std::io::stdout().flush().expect("flush");
+    std::thread::sleep(std::time::Duration::from_secs(120));
+}
+
+#[test]
+fn a_killed_owner_leaves_no_cluster_behind() {
+    use std::io::BufRead;
+    let exe = std::env::current_exe().expect("test binary");
+    let mut child = std::process::Command::new(exe)
+        .args([
+            "--exact",
+            "helper_start_a_cluster_and_hang",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("PGREDACT_PGCLUSTER_HELPER", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn helper");
+    let stdout = child.stdout.take().expect("helper stdout");
+    let mut line = String::new();
+    let mut reader = std::io::BufReader::new(stdout);
+    let (port, dir) = loop {
+        line.clear();
+        let n = reader.read_line(&mut line).expect("read helper stdout");
+        assert!(n > 0, "helper exited before starting a cluster");
+        if let Some(rest) = line.trim_end().strip_prefix("PGREDACT_HELPER ") {
+            let (port, dir) = rest.split_once(' ').expect("port and dir");
+            break (
+                port.parse::<u16>().expect("port"),
+                std::path::PathBuf::from(dir),
+            );
+        }
+    };
+    assert!(dir.exists(), "{}", dir.display());
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+
+    child.kill().expect("SIGKILL the helper"); // no Drop runs in the helper
+    child.wait().expect("reap the helper");
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while dir.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(!dir.exists(), "{} outlived its owner", dir.display());
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the server on port {port} outlived its owner"
+    );
+}

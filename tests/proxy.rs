@@ -21,8 +21,13 @@ async fn masks_exactly_as_specified_and_dba_sees_raw() {
     let support = env.proxy("support").await;
     let q = "SELECT customer_id, first_name, last_name, email, phone, address, birth_date::text, tier FROM customers WHERE customer_id <= 50 ORDER BY customer_id";
     let raw = dba.query(q, &[]).await.expect("dba query");
-    let masked = support.query(q, &[]).await.expect("support query (extended protocol)");
-    let masked_simple = rows(&support, q).await.expect("support query (simple protocol)");
+    let masked = support
+        .query(q, &[])
+        .await
+        .expect("support query (extended protocol)");
+    let masked_simple = rows(&support, q)
+        .await
+        .expect("support query (simple protocol)");
     assert_eq!(raw.len(), 50);
     assert_eq!(masked.len(), 50);
     assert_eq!(masked_simple.len(), 50);
@@ -31,9 +36,17 @@ async fn masks_exactly_as_specified_and_dba_sees_raw() {
         let id: i64 = r.get(0);
         assert_eq!(id, m.get::<_, i64>(0));
         let first: String = r.get(1);
-        assert_eq!(m.get::<_, String>(1), format!("{}***", first.chars().next().unwrap()), "first_name partial");
+        assert_eq!(
+            m.get::<_, String>(1),
+            format!("{}***", first.chars().next().unwrap()),
+            "first_name partial"
+        );
         let last: String = r.get(2);
-        assert_eq!(m.get::<_, String>(2), hash_pseudonym(HASH_KEY.as_bytes(), &last), "last_name hash");
+        assert_eq!(
+            m.get::<_, String>(2),
+            hash_pseudonym(HASH_KEY.as_bytes(), &last),
+            "last_name hash"
+        );
         let email: String = r.get(3);
         assert_eq!(m.get::<_, String>(3), expected_email(&email), "email");
         let phone: Option<String> = r.get(4);
@@ -42,12 +55,27 @@ async fn masks_exactly_as_specified_and_dba_sees_raw() {
             None => assert!(mphone.is_none()),
             Some(p) if p.chars().count() <= 2 => assert_eq!(mphone.as_deref(), Some("****")),
             Some(p) => {
-                let last2: String = p.chars().rev().take(2).collect::<Vec<_>>().into_iter().rev().collect();
-                assert_eq!(mphone, Some(format!("****{last2}")), "phone partial keep_last=2");
+                let last2: String = p
+                    .chars()
+                    .rev()
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                assert_eq!(
+                    mphone,
+                    Some(format!("****{last2}")),
+                    "phone partial keep_last=2"
+                );
             }
         }
         let addr: Option<String> = r.get(5);
-        assert_eq!(m.get::<_, Option<String>>(5), addr.map(|_| "****".to_string()), "address redact");
+        assert_eq!(
+            m.get::<_, Option<String>>(5),
+            addr.map(|_| "****".to_string()),
+            "address redact"
+        );
         let bd: Option<String> = r.get(6);
         let mbd: Option<String> = m.get(6);
         match bd {
@@ -57,23 +85,58 @@ async fn masks_exactly_as_specified_and_dba_sees_raw() {
             }
             Some(b) => assert_eq!(mbd, Some(format!("{}-01-01", &b[..4])), "birth_date year"),
         }
-        assert_eq!(r.get::<_, String>(7), m.get::<_, String>(7), "non-PII untouched");
+        assert_eq!(
+            r.get::<_, String>(7),
+            m.get::<_, String>(7),
+            "non-PII untouched"
+        );
     }
     let _ = saw_null_birth;
     // Types in RowDescription are unchanged.
-    let s1 = dba.prepare("SELECT * FROM customers").await.expect("prepare dba");
-    let s2 = support.prepare("SELECT * FROM customers").await.expect("prepare support");
-    let t1: Vec<_> = s1.columns().iter().map(|c| (c.name().to_string(), c.type_().clone())).collect();
-    let t2: Vec<_> = s2.columns().iter().map(|c| (c.name().to_string(), c.type_().clone())).collect();
+    let s1 = dba
+        .prepare("SELECT * FROM customers")
+        .await
+        .expect("prepare dba");
+    let s2 = support
+        .prepare("SELECT * FROM customers")
+        .await
+        .expect("prepare support");
+    let t1: Vec<_> = s1
+        .columns()
+        .iter()
+        .map(|c| (c.name().to_string(), c.type_().clone()))
+        .collect();
+    let t2: Vec<_> = s2
+        .columns()
+        .iter()
+        .map(|c| (c.name().to_string(), c.type_().clone()))
+        .collect();
     assert_eq!(t1, t2);
     // Expressions, predicates and aggregates only ever see masked values.
-    let leak = rows(&support, "SELECT count(*) FROM customers WHERE email LIKE 'david.%'").await.unwrap();
-    assert_eq!(leak, vec!["0"], "predicate on a masked column must see the mask");
-    let up = rows(&support, "SELECT upper(email) FROM customers WHERE customer_id = 1").await.unwrap();
+    let leak = rows(
+        &support,
+        "SELECT count(*) FROM customers WHERE email LIKE 'david.%'",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        leak,
+        vec!["0"],
+        "predicate on a masked column must see the mask"
+    );
+    let up = rows(
+        &support,
+        "SELECT upper(email) FROM customers WHERE customer_id = 1",
+    )
+    .await
+    .unwrap();
     assert!(up[0].starts_with(&expected_email(&raw[0].get::<_, String>(3)).to_uppercase()[..1]));
     assert!(up[0].contains("***@"), "{up:?}");
     // Placeholders work through the rewrite (prepared, extended protocol).
-    let st = support.prepare("SELECT email FROM customers WHERE customer_id = $1").await.unwrap();
+    let st = support
+        .prepare("SELECT email FROM customers WHERE customer_id = $1")
+        .await
+        .unwrap();
     for id in [1i64, 2, 3] {
         let r = support.query_one(&st, &[&id]).await.unwrap();
         assert!(r.get::<_, String>(0).contains("***@"));
@@ -88,12 +151,25 @@ async fn writes_of_non_pii_pass_byte_for_byte_and_pii_writes_are_refused() {
     let n = sol.execute(marker, &[]).await.expect("non-PII update");
     assert_eq!(n, 1);
     let simple = "update customers set segment='vip',   tier = 'platinum' where customer_id in (8, 9) -- trailing comment";
-    sol.simple_query(simple).await.expect("simple non-PII update");
+    sol.simple_query(simple)
+        .await
+        .expect("simple non-PII update");
     let log = env.cluster.read_log();
-    assert!(log.contains(marker), "the extended-protocol statement must arrive unchanged");
-    assert!(log.contains(simple), "the simple-protocol statement must arrive unchanged");
+    assert!(
+        log.contains(marker),
+        "the extended-protocol statement must arrive unchanged"
+    );
+    assert!(
+        log.contains(simple),
+        "the simple-protocol statement must arrive unchanged"
+    );
     let dba = env.proxy("dba").await;
-    let tiers = rows(&dba, "SELECT tier FROM customers WHERE customer_id IN (7,8,9) ORDER BY 1").await.unwrap();
+    let tiers = rows(
+        &dba,
+        "SELECT tier FROM customers WHERE customer_id IN (7,8,9) ORDER BY 1",
+    )
+    .await
+    .unwrap();
     assert_eq!(tiers, vec!["gold", "platinum", "platinum"]);
     for (sql, want) in [
         ("UPDATE customers SET email = 'x@y.z' WHERE customer_id = 1", "column email"),
@@ -109,16 +185,30 @@ async fn writes_of_non_pii_pass_byte_for_byte_and_pii_writes_are_refused() {
         assert_refused(sol.simple_query(sql).await, want, sql);
     }
     // Nothing refused reached the database.
-    let raw = rows(&dba, "SELECT email FROM customers WHERE customer_id = 1").await.unwrap();
+    let raw = rows(&dba, "SELECT email FROM customers WHERE customer_id = 1")
+        .await
+        .unwrap();
     assert_ne!(raw, vec!["x@y.z"]);
     // RETURNING * comes back masked.
-    let r = rows(&sol, "UPDATE customers SET tier = 'gold' WHERE customer_id = 1 RETURNING *").await.unwrap();
+    let r = rows(
+        &sol,
+        "UPDATE customers SET tier = 'gold' WHERE customer_id = 1 RETURNING *",
+    )
+    .await
+    .unwrap();
     assert!(r[0].contains("***@"), "{r:?}");
     // Session remains usable after refusals, inside and outside transactions.
     sol.simple_query("BEGIN").await.unwrap();
-    assert!(sol.simple_query("UPDATE customers SET email = 'x'").await.is_err());
+    assert!(sol
+        .simple_query("UPDATE customers SET email = 'x'")
+        .await
+        .is_err());
     let e = sol.simple_query("SELECT 1").await.unwrap_err();
-    assert_eq!(code(&e), "25P02", "a refusal aborts the transaction like any error");
+    assert_eq!(
+        code(&e),
+        "25P02",
+        "a refusal aborts the transaction like any error"
+    );
     sol.simple_query("ROLLBACK").await.unwrap();
     assert_eq!(rows(&sol, "SELECT 1").await.unwrap(), vec!["1"]);
 }
@@ -132,10 +222,19 @@ async fn refusals_for_identity_dynamic_sql_and_catalog_leaks() {
         ("SET SESSION AUTHORIZATION dba", "identity"),
         ("RESET ROLE", "role"),
         ("SELECT set_config('role', 'dba', false)", "set_config"),
-        ("SELECT query_to_xml('select * from customers', true, false, '')", "query_to_xml"),
-        ("SELECT * FROM table_to_xml('customers', true, false, '')", "table_to_xml"),
+        (
+            "SELECT query_to_xml('select * from customers', true, false, '')",
+            "query_to_xml",
+        ),
+        (
+            "SELECT * FROM table_to_xml('customers', true, false, '')",
+            "table_to_xml",
+        ),
         ("DO $$ BEGIN PERFORM 1; END $$", "pgredact"),
-        ("SELECT most_common_vals FROM pg_stats WHERE tablename = 'customers'", "pg_stats"),
+        (
+            "SELECT most_common_vals FROM pg_stats WHERE tablename = 'customers'",
+            "pg_stats",
+        ),
         ("SELECT * FROM pg_catalog.pg_statistic", "pgredact"),
         ("SET search_path = pg_catalog", "search_path"),
         ("SELEKT 1", "could not parse"),
@@ -144,11 +243,23 @@ async fn refusals_for_identity_dynamic_sql_and_catalog_leaks() {
     ] {
         assert_refused(s.simple_query(sql).await, want, sql);
     }
-    assert_refused(s.prepare("SELECT query_to_xml($1, true, false, '')").await, "query_to_xml", "extended");
+    assert_refused(
+        s.prepare("SELECT query_to_xml($1, true, false, '')").await,
+        "query_to_xml",
+        "extended",
+    );
     // The session is still usable.
-    assert_eq!(rows(&s, "SELECT current_user").await.unwrap(), vec!["support"]);
+    assert_eq!(
+        rows(&s, "SELECT current_user").await.unwrap(),
+        vec!["support"]
+    );
     // Multi-statement: each statement masked.
-    let r = rows(&s, "SELECT 1; SELECT email FROM customers WHERE customer_id = 1").await.unwrap();
+    let r = rows(
+        &s,
+        "SELECT 1; SELECT email FROM customers WHERE customer_id = 1",
+    )
+    .await
+    .unwrap();
     assert_eq!(r.len(), 2);
     assert!(r[1].contains("***@"));
 }
@@ -172,11 +283,22 @@ async fn partitions_children_views_and_new_tables_follow_the_policy() {
     let r = rows(&s, "SELECT email FROM vip_customers").await.unwrap();
     assert_eq!(r, vec!["v***@example.com"]);
     // Reading the parent includes the child's row, masked.
-    let r = rows(&s, "SELECT email FROM customers WHERE customer_id = 900001").await.unwrap();
+    let r = rows(&s, "SELECT email FROM customers WHERE customer_id = 900001")
+        .await
+        .unwrap();
     assert_eq!(r, vec!["v***@example.com"]);
-    let r = rows(&s, "SELECT count(*) FROM ONLY customers WHERE customer_id = 900001").await.unwrap();
+    let r = rows(
+        &s,
+        "SELECT count(*) FROM ONLY customers WHERE customer_id = 900001",
+    )
+    .await
+    .unwrap();
     assert_eq!(r, vec!["0"]);
-    assert_refused(s.simple_query("SELECT * FROM customer_emails").await, "view", "view over PII");
+    assert_refused(
+        s.simple_query("SELECT * FROM customer_emails").await,
+        "view",
+        "view over PII",
+    );
     // A table created after the proxy started is picked up (catalog refresh on unknown names).
     let dba_direct = env.direct("postgres").await;
     dba_direct
@@ -195,13 +317,20 @@ async fn partitions_children_views_and_new_tables_follow_the_policy() {
         }
     }
     assert_eq!(got, Some(vec!["l***@example.com".to_string()]));
-    assert_refused(s.simple_query("SELECT * FROM late_view").await, "view", "late view");
+    assert_refused(
+        s.simple_query("SELECT * FROM late_view").await,
+        "view",
+        "late view",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_sees_masks_copy_is_masked_and_meta_commands_work() {
     let env = start_default().await;
-    let (ok, out, err) = env.psql("support", "SELECT email FROM customers WHERE customer_id = 1");
+    let (ok, out, err) = env.psql(
+        "support",
+        "SELECT email FROM customers WHERE customer_id = 1",
+    );
     assert!(ok, "{err}");
     assert!(out.trim().contains("***@example.com"), "{out}");
     let (ok, out, err) = env.psql("support", "COPY (SELECT customer_id, email FROM customers WHERE customer_id <= 3 ORDER BY 1) TO STDOUT WITH (FORMAT csv)");
@@ -211,13 +340,19 @@ async fn psql_sees_masks_copy_is_masked_and_meta_commands_work() {
     let (ok, out, err) = env.psql("support", "COPY customers TO STDOUT");
     assert!(ok, "{err}");
     assert_eq!(out.lines().count(), 10_000);
-    assert!(!out.contains(".muller") && !out.contains(".walker"), "raw local parts must not appear");
+    assert!(
+        !out.contains(".muller") && !out.contains(".walker"),
+        "raw local parts must not appear"
+    );
     let (ok, out, err) = env.psql("support", "\\d customers");
     assert!(ok, "{err}");
     assert!(out.contains("email"), "{out}");
     let (ok, _out, err) = env.psql("support", "SET ROLE dba");
     assert!(!ok);
-    assert!(err.contains("pgredact") && err.contains("identity"), "{err}");
+    assert!(
+        err.contains("pgredact") && err.contains("identity"),
+        "{err}"
+    );
     let (ok, out, _) = env.psql("dba", "SELECT email FROM customers WHERE customer_id = 1");
     assert!(ok);
     assert!(!out.contains("***"), "dba sees raw: {out}");
@@ -227,53 +362,110 @@ async fn psql_sees_masks_copy_is_masked_and_meta_commands_work() {
 async fn error_positions_never_point_into_rewritten_text() {
     let env = start_default().await;
     let s = env.proxy("support").await;
-    let e = s.simple_query("SELECT emali FROM customers").await.unwrap_err();
+    let e = s
+        .simple_query("SELECT emali FROM customers")
+        .await
+        .unwrap_err();
     let db = e.as_db_error().expect("db error");
     assert_eq!(db.code().code(), "42703");
-    assert!(db.position().is_none(), "position into rewritten text must be dropped");
+    assert!(
+        db.position().is_none(),
+        "position into rewritten text must be dropped"
+    );
     // A statement passed verbatim keeps its position.
-    let e = s.simple_query("SELECT nosuchcol FROM pg_catalog.pg_class").await.unwrap_err();
+    let e = s
+        .simple_query("SELECT nosuchcol FROM pg_catalog.pg_class")
+        .await
+        .unwrap_err();
     assert!(e.as_db_error().and_then(|d| d.position()).is_some());
     // Integrity errors do not echo row values.
     let sol = env.proxy("solutions").await;
-    let e = sol.simple_query("INSERT INTO customers (customer_id, tier) VALUES (1, 'x')").await.unwrap_err();
+    let e = sol
+        .simple_query("INSERT INTO customers (customer_id, tier) VALUES (1, 'x')")
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), "23505");
-    assert!(e.as_db_error().and_then(|d| d.detail()).is_none(), "no Key (...)=(...) detail");
+    assert!(
+        e.as_db_error().and_then(|d| d.detail()).is_none(),
+        "no Key (...)=(...) detail"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_methods_cancel_and_connect_time_refusals() {
     for auth in [Auth::Md5, Auth::Trust] {
-        let env = start(pgredact::demo::EXAMPLE_POLICY, ClusterOptions { auth, ..Default::default() }, "").await;
+        let env = start(
+            pgredact::demo::EXAMPLE_POLICY,
+            ClusterOptions {
+                auth,
+                ..Default::default()
+            },
+            "",
+        )
+        .await;
         let c = env.proxy("support").await;
-        assert_eq!(rows(&c, "SELECT email FROM customers WHERE customer_id = 2").await.unwrap().len(), 1);
+        assert_eq!(
+            rows(&c, "SELECT email FROM customers WHERE customer_id = 2")
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
         if auth == Auth::Md5 {
-            let bad = format!("host=127.0.0.1 port={} user=support password=wrong dbname=app", env.addr.port());
-            let e = tokio_postgres::connect(&bad, tokio_postgres::NoTls).await.err().expect("wrong password refused");
+            let bad = format!(
+                "host=127.0.0.1 port={} user=support password=wrong dbname=app",
+                env.addr.port()
+            );
+            let e = tokio_postgres::connect(&bad, tokio_postgres::NoTls)
+                .await
+                .err()
+                .expect("wrong password refused");
             assert_eq!(code(&e), "28P01");
         }
     }
     let env = start_default().await;
     // Wrong SCRAM password.
-    let bad = format!("host=127.0.0.1 port={} user=support password=wrong dbname=app", env.addr.port());
-    let e = tokio_postgres::connect(&bad, tokio_postgres::NoTls).await.err().expect("wrong password refused");
+    let bad = format!(
+        "host=127.0.0.1 port={} user=support password=wrong dbname=app",
+        env.addr.port()
+    );
+    let e = tokio_postgres::connect(&bad, tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("wrong password refused");
     assert_eq!(code(&e), "28P01");
     // Cancel is routed to the right backend.
     let c = env.proxy("support").await;
     let token = c.cancel_token();
     let h = tokio::spawn(async move { c.simple_query("SELECT pg_sleep(60)").await });
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    token.cancel_query(tokio_postgres::NoTls).await.expect("cancel sent");
+    token
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("cancel sent");
     let r = h.await.unwrap();
     assert_eq!(code(&r.unwrap_err()), "57014");
     // Masked role on a database without a policy: refused at connect.
-    let e = env.try_proxy("support", "postgres").await.err().expect("refused");
+    let e = env
+        .try_proxy("support", "postgres")
+        .await
+        .err()
+        .expect("refused");
     assert_eq!(code(&e), "42501");
-    let msg = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();
+    let msg = e
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_default();
     assert!(msg.contains("no masking policy"), "{msg}");
     // A forbidden startup setting for a masked role.
-    let cs = format!("{} options='-c search_path=evil'", env.proxy_connstr("support", DB));
-    let e = tokio_postgres::connect(&cs, tokio_postgres::NoTls).await.err().expect("refused");
+    let cs = format!(
+        "{} options='-c search_path=evil'",
+        env.proxy_connstr("support", DB)
+    );
+    let e = tokio_postgres::connect(&cs, tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("refused");
     assert_eq!(code(&e), "42501");
 }
 
@@ -283,7 +475,9 @@ async fn protocol_errors_close_only_that_session() {
     let good = env.proxy("support").await;
     // A raw client: startup as trust-less scram user would need SCRAM; use a garbage startup instead.
     let mut raw = tokio::net::TcpStream::connect(env.addr).await.unwrap();
-    raw.write_all(&[0, 0, 0, 8, 0x7f, 0x7f, 0x7f, 0x7f]).await.unwrap();
+    raw.write_all(&[0, 0, 0, 8, 0x7f, 0x7f, 0x7f, 0x7f])
+        .await
+        .unwrap();
     let mut buf = vec![0u8; 1024];
     let n = raw.read(&mut buf).await.unwrap();
     assert!(n > 0 && buf[0] == b'E', "an ErrorResponse, then close");

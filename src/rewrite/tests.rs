@@ -448,4 +448,3 @@ fn table_statement_is_read_as_select_star() {
     let out = rewritten("table only public.customers;");
     assert!(out.contains("FROM ONLY"), "{out}");
 }
-

@@ -45,10 +45,13 @@ pub async fn start(policy: &str, opts: ClusterOptions, extra_sql: &str) -> Env {
     let extra = extra_sql.to_string();
     let cluster = tokio::task::spawn_blocking(move || {
         let c = Cluster::start(opts).unwrap_or_else(|e| panic!("cluster: {e}"));
-        c.create_database(DB).unwrap_or_else(|e| panic!("createdb: {e}"));
-        c.superuser_psql(DB, DEMO_SCHEMA_SQL).unwrap_or_else(|e| panic!("schema: {e}"));
+        c.create_database(DB)
+            .unwrap_or_else(|e| panic!("createdb: {e}"));
+        c.superuser_psql(DB, DEMO_SCHEMA_SQL)
+            .unwrap_or_else(|e| panic!("schema: {e}"));
         if !extra.is_empty() {
-            c.superuser_psql(DB, &extra).unwrap_or_else(|e| panic!("extra sql: {e}"));
+            c.superuser_psql(DB, &extra)
+                .unwrap_or_else(|e| panic!("extra sql: {e}"));
         }
         c
     })
@@ -111,7 +114,9 @@ impl Env {
     }
 
     pub async fn proxy(&self, user: &str) -> Client {
-        self.try_proxy(user, DB).await.unwrap_or_else(|e| panic!("connect {user}: {e}"))
+        self.try_proxy(user, DB)
+            .await
+            .unwrap_or_else(|e| panic!("connect {user}: {e}"))
     }
 
     pub async fn try_proxy(&self, user: &str, db: &str) -> Result<Client, tokio_postgres::Error> {
@@ -137,11 +142,19 @@ impl Env {
 }
 
 pub fn psql_at(port: u16, user: &str, db: &str, sql: &str) -> (bool, String, String) {
-    let bin = Cluster::bin_dir().map(|d| d.join("psql")).unwrap_or_else(|_| "psql".into());
-    let bin = if bin.exists() { bin } else { PathBuf::from("psql") };
+    let bin = Cluster::bin_dir()
+        .map(|d| d.join("psql"))
+        .unwrap_or_else(|_| "psql".into());
+    let bin = if bin.exists() {
+        bin
+    } else {
+        PathBuf::from("psql")
+    };
     let out = Command::new(bin)
         .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
-        .arg(format!("host=127.0.0.1 port={port} user={user} dbname={db}"))
+        .arg(format!(
+            "host=127.0.0.1 port={port} user={user} dbname={db}"
+        ))
         .env("PGPASSWORD", password(user))
         .env_remove("PGSERVICE")
         .env("PGCONNECT_TIMEOUT", "30")
@@ -162,11 +175,18 @@ pub fn code(e: &tokio_postgres::Error) -> String {
 }
 
 /// Asserts that `r` is a 42501 refusal whose message contains `want`.
-pub fn assert_refused<T: std::fmt::Debug>(r: Result<T, tokio_postgres::Error>, want: &str, what: &str) {
+pub fn assert_refused<T: std::fmt::Debug>(
+    r: Result<T, tokio_postgres::Error>,
+    want: &str,
+    what: &str,
+) {
     match r {
         Ok(v) => panic!("{what}: expected a refusal, got {v:?}"),
         Err(e) => {
-            let msg = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
+            let msg = e
+                .as_db_error()
+                .map(|d| d.message().to_string())
+                .unwrap_or_else(|| e.to_string());
             assert_eq!(code(&e), "42501", "{what}: {msg}");
             assert!(msg.contains(want), "{what}: message {msg:?} lacks {want:?}");
         }
