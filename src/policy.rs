@@ -539,8 +539,8 @@ columns.ip_address = "null"
             e.contains(":3:") && e.contains("only apply to mask \"partial\""),
             "{e}"
         );
-        let e = p("database = [\n").unwrap_err();
-        assert!(e.starts_with("policies/app.toml:1:"), "{e}");
+        let e = p("database = \"app\"\nunmasked_roles = [\"a\" \"b\"]\n").unwrap_err();
+        assert!(e.starts_with("policies/app.toml:2:"), "{e}");
     }
 
     #[test]

@@ -120,6 +120,33 @@ fn has_unicode_escape(sql: &str) -> bool {
         .any(|w| (w[0] == b'u' || w[0] == b'U') && w[1] == b'&' && (w[2] == b'\'' || w[2] == b'"'))
 }
 
+/// Whether the text avoids the lexical features where two SQL readers most easily disagree
+/// (backslash escapes, E'' strings, dollar quoting). A write to a masked table is passed through
+/// verbatim only when it does; otherwise PostgreSQL gets the parsed statement's own text.
+fn lexically_plain(sql: &str) -> bool {
+    let b = sql.as_bytes();
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'\\' => return false,
+            b'$' => {
+                if let Some(&n) = b.get(i + 1) {
+                    if n == b'$' || n.is_ascii_alphabetic() || n == b'_' || n >= 0x80 {
+                        return false;
+                    }
+                }
+            }
+            b'\'' if i > 0 && (b[i - 1] == b'e' || b[i - 1] == b'E') => {
+                let before = if i >= 2 { b[i - 2] } else { b' ' };
+                if !(before.is_ascii_alphanumeric() || before == b'_' || before >= 0x80) {
+                    return false;
+                }
+            }
+            _ => {}
+        }
+    }
+    true
+}
+
 /// Words of the text as PostgreSQL could read identifiers, lower-cased.
 fn words(sql: &str) -> impl Iterator<Item = String> + '_ {
     sql.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
@@ -209,12 +236,23 @@ impl<'a> State<'a> {
         for s in &stmts {
             self.audit(s)?;
         }
-        if self.changed || !self.lexically_explained(sql) {
+        let verbatim_ok = self.lexically_explained(sql)
+            && (self.expected_masked_refs == 0 || lexically_plain(sql));
+        if self.changed || !verbatim_ok {
             let text = stmts
                 .iter()
                 .map(|s| s.to_string())
                 .collect::<Vec<_>>()
                 .join(";\n");
+            // PostgreSQL will run this text: it must read back as exactly what was checked.
+            match parse(&text) {
+                Ok(again) if again == stmts => {}
+                _ => {
+                    return Err(Refusal::new(
+                        "statement refused: its rewritten form does not read back identically, so pgredact cannot prove it safe",
+                    ))
+                }
+            }
             return Ok(Decision::Rewrite(text));
         }
         Ok(Decision::Pass)

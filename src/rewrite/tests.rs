@@ -448,3 +448,19 @@ fn table_statement_is_read_as_select_star() {
     let out = rewritten("table only public.customers;");
     assert!(out.contains("FROM ONLY"), "{out}");
 }
+
+#[test]
+fn writes_with_escape_prone_lexemes_are_sent_as_parsed() {
+    // Dollar quotes, E'' strings and backslashes in a write to a masked table: the parsed text is
+    // sent, never the raw one.
+    for sql in [
+        "UPDATE customers SET tier = $$gold$$ WHERE customer_id = 1",
+        "UPDATE customers SET tier = E'gold\\n' WHERE customer_id = 1",
+        "UPDATE customers c SET tier = $t$x$t$ WHERE c.customer_id = 1",
+    ] {
+        assert!(matches!(run(sql).decision, Decision::Rewrite(_)), "{sql}");
+    }
+    passes("UPDATE customers SET tier = 'gold' WHERE customer_id = $1");
+    // Placeholders and plain strings on non-masked tables are unaffected.
+    passes("UPDATE orders SET amount = $1 WHERE order_id = $2");
+}
