@@ -1386,4 +1386,6 @@ impl VisitorMut for Substituter<'_, '_> {
 }
 
 #[cfg(test)]
+mod props;
+#[cfg(test)]
 mod tests;
