@@ -416,10 +416,9 @@ async fn auth_methods_cancel_and_connect_time_refusals() {
                 "host=127.0.0.1 port={} user=support password=wrong dbname=app",
                 env.addr.port()
             );
-            let e = tokio_postgres::connect(&bad, tokio_postgres::NoTls)
-                .await
-                .err()
-                .expect("wrong password refused");
+            let Err(e) = tokio_postgres::connect(&bad, tokio_postgres::NoTls).await else {
+                panic!("wrong password refused");
+            };
             assert_eq!(code(&e), "28P01");
         }
     }
@@ -429,10 +428,9 @@ async fn auth_methods_cancel_and_connect_time_refusals() {
         "host=127.0.0.1 port={} user=support password=wrong dbname=app",
         env.addr.port()
     );
-    let e = tokio_postgres::connect(&bad, tokio_postgres::NoTls)
-        .await
-        .err()
-        .expect("wrong password refused");
+    let Err(e) = tokio_postgres::connect(&bad, tokio_postgres::NoTls).await else {
+        panic!("wrong password refused");
+    };
     assert_eq!(code(&e), "28P01");
     // Cancel is routed to the right backend.
     let c = env.proxy("support").await;
@@ -446,11 +444,9 @@ async fn auth_methods_cancel_and_connect_time_refusals() {
     let r = h.await.unwrap();
     assert_eq!(code(&r.unwrap_err()), "57014");
     // Masked role on a database without a policy: refused at connect.
-    let e = env
-        .try_proxy("support", "postgres")
-        .await
-        .err()
-        .expect("refused");
+    let Err(e) = env.try_proxy("support", "postgres").await else {
+        panic!("refused");
+    };
     assert_eq!(code(&e), "42501");
     let msg = e
         .as_db_error()
@@ -462,10 +458,9 @@ async fn auth_methods_cancel_and_connect_time_refusals() {
         "{} options='-c search_path=evil'",
         env.proxy_connstr("support", DB)
     );
-    let e = tokio_postgres::connect(&cs, tokio_postgres::NoTls)
-        .await
-        .err()
-        .expect("refused");
+    let Err(e) = tokio_postgres::connect(&cs, tokio_postgres::NoTls).await else {
+        panic!("refused");
+    };
     assert_eq!(code(&e), "42501");
 }
 
