@@ -17,6 +17,11 @@
 //! the `postgres` OS user (through `CommandExt::uid`/`gid`, no shell) and the whole temporary
 //! directory is owned by `postgres` (mode 0700; root can still read and remove it).
 //!
+//! `pg_ctl` detaches the postmaster, so a process killed without unwinding (SIGKILL, Ctrl-C,
+//! a test timeout) would leave its servers running: each cluster therefore has a small `sh`
+//! watchdog, in its own process group, that stops the server and removes the directory when the
+//! owning process goes away without dropping the `Cluster`.
+//!
 //! Every cluster has a superuser [`SUPERUSER`] whose password is [`SUPERUSER_PASSWORD`], so the
 //! superuser can log in over TCP whatever the [`Auth`] method. Local (unix socket) connections
 //! always use `trust`.
