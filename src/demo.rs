@@ -64,9 +64,12 @@ pub async fn run(listen: &str) -> Result<(), String> {
     println!("      UPDATE customers SET email = 'x' WHERE customer_id = 1;     -- as solutions: refused");
     println!("Policy in use: {}", dir.join("policies/app.toml").display());
     println!("Press Ctrl-C to stop and delete everything.");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
     tokio::select! {
         _ = crate::proxy::run(listener, shared) => {}
         _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
     println!("\npgredact demo: stopping PostgreSQL and cleaning up.");
     drop(cluster);

@@ -28,7 +28,8 @@ pub struct Snapshot {
     pub policy: Option<Arc<DatabasePolicy>>,
     pub policy_version: u64,
     pub prot: Protections,
-    cache: Mutex<HashMap<(u64, String), Arc<Decision>>>,
+    /// search-path id -> SQL text -> decision.
+    cache: RwLock<HashMap<u64, HashMap<String, Arc<Decision>>>>,
 }
 
 pub struct DbState {
@@ -147,7 +148,7 @@ fn build_snapshot(
         policy,
         policy_version: version,
         prot,
-        cache: Mutex::new(HashMap::new()),
+        cache: RwLock::new(HashMap::new()),
     }
 }
 
@@ -252,9 +253,8 @@ impl DbState {
 impl Snapshot {
     /// The decision for `sql` in a session with this search path, cached.
     pub fn decide(&self, sql: &str, path_id: u64, search_path: &[String]) -> (Arc<Decision>, bool) {
-        let key = (path_id, sql.to_string());
-        if let Ok(c) = self.cache.lock() {
-            if let Some(d) = c.get(&key) {
+        if let Ok(c) = self.cache.read() {
+            if let Some(d) = c.get(&path_id).and_then(|m| m.get(sql)) {
                 return (d.clone(), false);
             }
         }
@@ -267,11 +267,12 @@ impl Snapshot {
         );
         let d = Arc::new(out.decision);
         if !out.unknown_names {
-            if let Ok(mut c) = self.cache.lock() {
-                if c.len() >= CACHE_LIMIT {
-                    c.clear();
+            if let Ok(mut c) = self.cache.write() {
+                let m = c.entry(path_id).or_default();
+                if m.len() >= CACHE_LIMIT {
+                    m.clear();
                 }
-                c.insert(key, d.clone());
+                m.insert(sql.to_string(), d.clone());
             }
         }
         (d, out.unknown_names)
