@@ -228,6 +228,7 @@ impl<'a> State<'a> {
         }
         for s in &stmts {
             self.count_names(s);
+            structure_check(s)?;
         }
         for s in &mut stmts {
             self.statement(s)?;
@@ -253,6 +254,7 @@ impl<'a> State<'a> {
                     ))
                 }
             }
+            self.final_words_explained(&text, &stmts)?;
             return Ok(Decision::Rewrite(text));
         }
         Ok(Decision::Pass)
@@ -271,6 +273,46 @@ impl<'a> State<'a> {
         counts.iter().all(|(w, n)| {
             self.analyzed.get(w).copied().unwrap_or(0) >= *n && !self.extra_sensitive.contains(w)
         })
+    }
+
+    /// In the text sent to PostgreSQL, every identifier that names a protected relation or a
+    /// sensitive function must stand where the checks looked: a relation or function name, or an
+    /// alias. Anything else (a name in a position this code does not analyse) is refused.
+    fn final_words_explained(&self, text: &str, stmts: &[Statement]) -> Result<(), Refusal> {
+        use sqlparser::tokenizer::{Token, Tokenizer};
+        let toks = Tokenizer::new(&PostgreSqlDialect {}, text)
+            .tokenize()
+            .map_err(|e| Refusal::new(format!("statement refused: {e}")))?;
+        let sens = &self.ctx.prot.sensitive_words;
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for t in toks {
+            if let Token::Word(w) = t {
+                let v = if w.quote_style.is_some() {
+                    w.value.clone()
+                } else {
+                    w.value.to_ascii_lowercase()
+                };
+                let v = v.to_lowercase();
+                if sens.contains(&v) {
+                    *seen.entry(v).or_default() += 1;
+                }
+            }
+        }
+        if seen.is_empty() {
+            return Ok(());
+        }
+        let mut explained: HashMap<String, usize> = HashMap::new();
+        for s in stmts {
+            count_positions(s, &mut explained);
+        }
+        for (w, n) in seen {
+            if explained.get(&w).copied().unwrap_or(0) < n {
+                return Err(Refusal::new(format!(
+                    "statement refused: it names {w} in a position pgredact does not analyse"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Counts the names the parser saw in relation and function positions.
@@ -309,7 +351,29 @@ impl<'a> State<'a> {
         let parts = name_parts(name)
             .ok_or_else(|| Refusal::new(format!("unsupported relation name {name}")))?;
         let found = match parts.as_slice() {
-            [t] => cat.resolve(self.ctx.search_path, t),
+            [t] => {
+                // The first match along the path is what PostgreSQL reads today; if a later schema
+                // has a protected relation of that name, a DROP could make PostgreSQL read it
+                // before pgredact's snapshot notices: refuse the ambiguity.
+                let all: Vec<_> = self
+                    .ctx
+                    .search_path
+                    .iter()
+                    .filter_map(|s| cat.lookup(s, t))
+                    .collect();
+                if let Some(first) = all.first() {
+                    if self.ctx.prot.get(first).is_none()
+                        && all[1..].iter().any(|r| self.ctx.prot.get(r).is_some())
+                    {
+                        return Err(Refusal::new(format!(
+                            "the name {t} is ambiguous: {}.{t} shadows a protected relation of the same name",
+                            first.schema
+                        ))
+                        .hint("qualify the name with its schema"));
+                    }
+                }
+                all.first().copied()
+            }
             [s, t] | [_, s, t] => cat.lookup(s, t),
             _ => return Err(Refusal::new(format!("unsupported relation name {name}"))),
         };
@@ -1111,6 +1175,106 @@ fn assignment_columns(t: &AssignmentTarget) -> Vec<String> {
         AssignmentTarget::ColumnName(n) => vec![last(n)],
         AssignmentTarget::Tuple(v) => v.iter().map(last).collect(),
     }
+}
+
+/// Refuses query shapes whose relations are not visible as table factors: `TABLE t` inside a
+/// set operation, and data-modifying statements inside WITH.
+fn structure_check(s: &Statement) -> Result<(), Refusal> {
+    struct S(Option<Refusal>);
+    fn walk(se: &sqlparser::ast::SetExpr) -> Option<Refusal> {
+        use sqlparser::ast::SetExpr;
+        match se {
+            SetExpr::SetOperation { left, right, .. } => walk(left).or_else(|| walk(right)),
+            SetExpr::Table(_) => Some(Refusal::new(
+                "TABLE inside a set operation is not supported for masked roles; write SELECT * FROM",
+            )),
+            SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_) => {
+                Some(Refusal::new(
+                    "data-modifying statements inside WITH are not supported for masked roles",
+                ))
+            }
+            _ => None,
+        }
+    }
+    impl Visitor for S {
+        type Break = ();
+        fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+            if let Some(r) = walk(&q.body) {
+                self.0 = Some(r);
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut v = S(None);
+    let _ = s.visit(&mut v);
+    match v.0 {
+        Some(r) => Err(r),
+        None => Ok(()),
+    }
+}
+
+/// Counts, per lower-case name, the identifiers standing in relation or function names or aliases.
+fn count_positions(s: &Statement, out: &mut HashMap<String, usize>) {
+    struct N<'x>(&'x mut HashMap<String, usize>);
+    impl N<'_> {
+        fn name(&mut self, n: &ObjectName) {
+            for p in &n.0 {
+                if let ObjectNamePart::Identifier(i) = p {
+                    *self.0.entry(fold(i).to_lowercase()).or_default() += 1;
+                }
+            }
+        }
+    }
+    impl Visitor for N<'_> {
+        type Break = ();
+        fn pre_visit_relation(&mut self, r: &ObjectName) -> ControlFlow<()> {
+            self.name(r);
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+            match e {
+                Expr::Function(f) => self.name(&f.name),
+                // Qualifiers name FROM items, which are analysed where they are defined.
+                Expr::CompoundIdentifier(ids) => {
+                    for i in &ids[..ids.len().saturating_sub(1)] {
+                        *self.0.entry(fold(i).to_lowercase()).or_default() += 1;
+                    }
+                }
+                _ => {}
+            }
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_select(&mut self, s: &Select) -> ControlFlow<()> {
+            for it in &s.projection {
+                if let SelectItem::QualifiedWildcard(
+                    SelectItemQualifiedWildcardKind::ObjectName(n),
+                    _,
+                ) = it
+                {
+                    self.name(n);
+                }
+            }
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_table_factor(&mut self, tf: &TableFactor) -> ControlFlow<()> {
+            let alias = match tf {
+                TableFactor::Function { name, alias, .. } => {
+                    self.name(name);
+                    alias.as_ref()
+                }
+                TableFactor::Table { alias, .. } | TableFactor::Derived { alias, .. } => {
+                    alias.as_ref()
+                }
+                _ => None,
+            };
+            if let Some(a) = alias {
+                *self.0.entry(fold(&a.name).to_lowercase()).or_default() += 1;
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let _ = s.visit(&mut N(out));
 }
 
 /// For `TABLE [ONLY] name[;]`, the part after `TABLE`.

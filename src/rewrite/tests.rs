@@ -464,3 +464,43 @@ fn writes_with_escape_prone_lexemes_are_sent_as_parsed() {
     // Placeholders and plain strings on non-masked tables are unaffected.
     passes("UPDATE orders SET amount = $1 WHERE order_id = $2");
 }
+
+#[test]
+fn relations_outside_table_factors_are_refused() {
+    assert!(refused("SELECT 1 UNION TABLE customers").contains("TABLE inside"));
+    assert!(
+        refused("SELECT * FROM orders UNION ALL TABLE public.customers").contains("TABLE inside")
+    );
+    assert!(refused(
+        "WITH u AS (UPDATE customers SET tier = 'x' WHERE email LIKE 'a%' RETURNING 1) SELECT count(*) FROM u"
+    )
+    .contains("data-modifying"));
+    assert!(refused("WITH u AS (INSERT INTO customers (customer_id, email) VALUES (1, 'a') RETURNING 1) SELECT 1")
+        .contains("data-modifying"));
+}
+
+#[test]
+fn shadowed_names_are_refused_as_ambiguous() {
+    let mut p = fixture();
+    let mut cat = (*p.catalog).clone();
+    cat.add_relation(crate::catalog::Relation {
+        oid: 500,
+        schema: "support".into(),
+        name: "customers".into(),
+        kind: 'r',
+        columns: vec![],
+    });
+    p.catalog = Arc::new(cat);
+    let sp: Vec<String> = vec!["pg_catalog".into(), "support".into(), "public".into()];
+    let out = rewrite(
+        "SELECT * FROM customers",
+        &SessionCtx {
+            prot: &p,
+            search_path: &sp,
+        },
+    );
+    match out.decision {
+        Decision::Refuse(r) => assert!(r.message.contains("ambiguous"), "{r:?}"),
+        d => panic!("{d:?}"),
+    }
+}
