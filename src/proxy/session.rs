@@ -666,13 +666,21 @@ async fn decide(
             hint: None,
         }));
     }
+    let t0 = std::time::Instant::now();
     let snap = db.snapshot();
     let (d, unknown) = snap.decide(sql, path_id, search_path);
-    if unknown && db.refresh_throttled(shared).await {
-        let snap = db.snapshot();
-        return snap.decide(sql, path_id, search_path).0;
+    if !unknown {
+        return d;
     }
-    d
+    // A name the snapshot does not know: decide again on a catalog read after this statement
+    // arrived (a relation created a moment ago may be a view over PII). Fail closed otherwise.
+    match db.refresh_since(shared, t0).await {
+        Ok(()) => db.snapshot().decide(sql, path_id, search_path).0,
+        Err(e) => Arc::new(Decision::Refuse(Refusal {
+            message: format!("pgredact: the statement names an object pgredact does not know and the catalog could not be re-read: {e}"),
+            hint: None,
+        })),
+    }
 }
 
 async fn server_to_client(

@@ -7,13 +7,11 @@ use crate::policy::{DatabasePolicy, PolicySet};
 use crate::rewrite::{self, Decision, Protections, SessionCtx};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio_postgres::{Client, NoTls};
 
 /// Rewrites cached per snapshot; cleared when the snapshot changes.
 const CACHE_LIMIT: usize = 20_000;
-/// Minimum time between catalog refreshes triggered by unknown names.
-const REFRESH_THROTTLE: Duration = Duration::from_secs(2);
 
 pub struct Shared {
     pub cfg: Config,
@@ -181,7 +179,18 @@ impl DbState {
 
     /// Re-reads the catalog and rebuilds the snapshot. Reconnects the control connection if needed.
     pub async fn refresh(&self, shared: &Shared) -> Result<(), String> {
+        self.refresh_since(shared, Instant::now()).await
+    }
+
+    /// Makes sure the snapshot reflects the database as of `t0` or later: refreshes unless a
+    /// refresh that started after `t0` already completed (concurrent callers share one load).
+    pub async fn refresh_since(&self, shared: &Shared, t0: Instant) -> Result<(), String> {
         let mut guard = self.control.lock().await;
+        let fresh = self.last_refresh.lock().map(|t| *t >= t0).unwrap_or(false);
+        if fresh {
+            return Ok(());
+        }
+        let started = Instant::now();
         if guard.as_ref().is_none_or(|c| c.is_closed()) {
             *guard = Some(shared.control_connect(&self.name).await?);
         }
@@ -191,35 +200,16 @@ impl DbState {
         let cat = Catalog::load(client)
             .await
             .map_err(|e| format!("catalog refresh of {:?} failed: {e}", self.name))?;
-        drop(guard);
         match self.catalog.write() {
             Ok(mut g) => *g = Arc::new(cat),
             Err(p) => *p.into_inner() = Arc::new(cat),
         }
-        if let Ok(mut t) = self.last_refresh.lock() {
-            *t = Instant::now();
-        }
         self.rebuild(&shared.policy_set());
+        if let Ok(mut t) = self.last_refresh.lock() {
+            *t = started;
+        }
+        drop(guard);
         Ok(())
-    }
-
-    /// Refreshes unless one happened very recently. Returns whether it refreshed.
-    pub async fn refresh_throttled(&self, shared: &Shared) -> bool {
-        let recent = self
-            .last_refresh
-            .lock()
-            .map(|t| t.elapsed() < REFRESH_THROTTLE)
-            .unwrap_or(true);
-        if recent {
-            return false;
-        }
-        match self.refresh(shared).await {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!("{e}");
-                false
-            }
-        }
     }
 
     /// Whether `user` is a member (direct or inherited) of an unmasked role, or a superuser.
