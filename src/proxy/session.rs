@@ -452,6 +452,7 @@ async fn masked_session(
     };
     let pending = Arc::new(Mutex::new(Pending::default()));
     let reading_safe = Arc::new(AtomicBool::new(true));
+    let protocol_error = Arc::new(Mutex::new(None::<String>));
     let up = tokio::spawn(client_to_server(
         shared,
         db,
@@ -461,12 +462,21 @@ async fn masked_session(
         reading_safe.clone(),
         search_path,
         path_id,
+        protocol_error.clone(),
     ));
-    let down = server_to_client(srd, cwr, pending, reading_safe).await;
+    let down = server_to_client(srd, &mut cwr, pending, reading_safe).await;
     if let Err(e) = down {
         tracing::debug!("server side ended: {e}");
     }
     up.abort();
+    // A client protocol error ends only this session, with an ErrorResponse saying why.
+    let err = lock(&protocol_error).take();
+    if let Some(msg) = err {
+        let mut out = BytesMut::new();
+        ErrorFields::new("FATAL", "08P01", &format!("pgredact: {msg}")).encode(b'E', &mut out);
+        let _ = cwr.write_all(&out).await;
+        let _ = cwr.flush().await;
+    }
 }
 
 async fn session_search_path(
@@ -523,6 +533,7 @@ async fn client_to_server(
     reading_safe: Arc<AtomicBool>,
     search_path: Vec<String>,
     path_id: u64,
+    protocol_error: Arc<Mutex<Option<String>>>,
 ) {
     let mut swr = BufWriter::with_capacity(64 * 1024, swr);
     let mut out = BytesMut::with_capacity(8 * 1024);
@@ -531,9 +542,9 @@ async fn client_to_server(
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(e) => {
-                // Protocol error: tell the server we are leaving; the client gets the error from
-                // the server side's closing.
+                // Protocol error: record it for the client, then tell the server we are leaving.
                 tracing::info!("closing masked session: {e}");
+                *lock(&protocol_error) = Some(e.to_string());
                 let _ = swr.write_all(&[b'X', 0, 0, 0, 4]).await;
                 let _ = swr.flush().await;
                 break;
@@ -627,6 +638,7 @@ async fn client_to_server(
         };
         if let Err(e) = res {
             tracing::info!("closing masked session: {e}");
+            *lock(&protocol_error) = Some(e.to_string());
             let _ = swr.write_all(&[b'X', 0, 0, 0, 4]).await;
             let _ = swr.flush().await;
             break;
@@ -685,7 +697,7 @@ async fn decide(
 
 async fn server_to_client(
     mut srd: FrameReader<tokio::net::tcp::OwnedReadHalf>,
-    mut cwr: BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+    cwr: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>,
     pending: Arc<Mutex<Pending>>,
     reading_safe: Arc<AtomicBool>,
 ) -> Result<(), FrameError> {
