@@ -209,3 +209,5 @@ pub async fn rows(c: &Client, sql: &str) -> Result<Vec<String>, tokio_postgres::
         })
         .collect())
 }
+pub mod adv;
+pub mod wire;
