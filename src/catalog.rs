@@ -32,10 +32,24 @@ pub struct Catalog {
     pub parents: HashMap<u32, Vec<u32>>,
     /// view/matview oid -> oids of the relations its definition reads.
     pub view_deps: HashMap<u32, Vec<u32>>,
-    /// function name -> schemas that define a function of that name.
-    pub functions: HashMap<String, Vec<String>>,
-    /// Names of operators defined outside pg_catalog.
-    pub user_operators: HashSet<String>,
+    /// function name -> (schema, built-in) for each schema that defines a function of that name.
+    /// Built-in means every overload there shipped with PostgreSQL (oid below 16384).
+    pub functions: HashMap<String, Vec<(String, bool)>>,
+    /// Operators implemented by user code: name -> type categories of their left argument
+    /// ('_' for prefix operators).
+    pub user_operators: HashMap<String, HashSet<char>>,
+    /// Return type categories of every function name (for guessing operand types).
+    pub function_categories: HashMap<String, HashSet<char>>,
+    /// Type categories of every column name in user schemas (for guessing operand types).
+    pub column_categories: HashMap<String, HashSet<char>>,
+    /// Types (lower-case name, unqualified) that run user code written in a procedural language
+    /// when cast to: targets of such casts, domains whose constraints call such functions.
+    pub risky_types: HashSet<String>,
+    /// Views/matviews whose definition calls a function that is not built in, or a built-in that
+    /// runs SQL given as text: oid -> the function.
+    pub view_functions: HashMap<u32, String>,
+    /// Relations whose column defaults call user code, or with a column of a risky type.
+    pub risky_writes: HashMap<u32, String>,
 }
 
 impl Catalog {
@@ -57,10 +71,16 @@ impl Catalog {
         self.relations.insert(rel.oid, rel);
     }
 
+    /// Adds a built-in function (used by tests and fixtures).
     pub fn add_function(&mut self, schema: &str, name: &str) {
+        self.add_function_entry(schema, name, true);
+    }
+
+    pub fn add_function_entry(&mut self, schema: &str, name: &str, builtin: bool) {
         let v = self.functions.entry(name.to_string()).or_default();
-        if !v.iter().any(|s| s == schema) {
-            v.push(schema.to_string());
+        match v.iter_mut().find(|(s, _)| s == schema) {
+            Some(e) => e.1 &= builtin,
+            None => v.push((schema.to_string(), builtin)),
         }
     }
 
@@ -143,25 +163,144 @@ impl Catalog {
         }
         for r in client
             .query(
-                "SELECT DISTINCT n.nspname::text, p.proname::text FROM pg_catalog.pg_proc p \
-                 JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace",
+                "SELECT n.nspname::text, p.proname::text, pg_catalog.bool_and(p.oid < 16384), \
+                        pg_catalog.string_agg(DISTINCT t.typcategory::text, '') \
+                 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+                 LEFT JOIN pg_catalog.pg_type t ON t.oid = p.prorettype \
+                 GROUP BY 1, 2",
                 &[],
             )
             .await?
         {
-            let (s, f): (String, String) = (r.get(0), r.get(1));
-            cat.add_function(&s, &f);
+            let (s, f, b): (String, String, bool) = (r.get(0), r.get(1), r.get(2));
+            let cats: Option<String> = r.get(3);
+            cat.function_categories
+                .entry(f.clone())
+                .or_default()
+                .extend(cats.unwrap_or_default().chars());
+            cat.add_function_entry(&s, &f, b);
+        }
+        // "User code": functions that are not built in and not written in C (C functions come
+        // from extensions; procedural-language functions can run any query).
+        const USER_CODE: &str = "(SELECT p.oid FROM pg_catalog.pg_proc p \
+             JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
+             WHERE p.oid >= 16384 AND l.lanname NOT IN ('internal', 'c'))";
+        for r in client
+            .query(
+                &format!(
+                    "SELECT DISTINCT o.oprname::text, COALESCE(t.typcategory::text, '_') \
+                     FROM pg_catalog.pg_operator o LEFT JOIN pg_catalog.pg_type t ON t.oid = o.oprleft \
+                     WHERE o.oprcode::pg_catalog.oid IN {USER_CODE}"
+                ),
+                &[],
+            )
+            .await?
+        {
+            let (name, c): (String, String) = (r.get(0), r.get(1));
+            cat.user_operators
+                .entry(name)
+                .or_default()
+                .insert(c.chars().next().unwrap_or('_'));
         }
         for r in client
             .query(
-                "SELECT DISTINCT o.oprname::text FROM pg_catalog.pg_operator o \
-                 JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace \
-                 WHERE n.nspname <> 'pg_catalog'",
+                &format!(
+                    "SELECT t.typname::text FROM pg_catalog.pg_cast c \
+                       JOIN pg_catalog.pg_type t ON t.oid = c.casttarget \
+                     WHERE c.castfunc IN {USER_CODE} \
+                     UNION \
+                     SELECT t.typname::text FROM pg_catalog.pg_constraint k \
+                       JOIN pg_catalog.pg_type t ON t.oid = k.contypid \
+                       JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass \
+                        AND d.objid = k.oid AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
+                     WHERE d.refobjid IN {USER_CODE}"
+                ),
                 &[],
             )
             .await?
         {
-            cat.user_operators.insert(r.get(0));
+            let t: String = r.get(0);
+            cat.risky_types.insert(t.to_lowercase());
+        }
+        for r in client
+            .query(
+                "SELECT DISTINCT r.ev_class::int8, n.nspname::text || '.' || p.proname::text \
+                 FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_depend d \
+                   ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = r.oid \
+                  AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
+                 JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+                 WHERE p.oid >= 16384 OR p.proname = ANY($1::text[])",
+                &[&crate::rewrite::rules::DENIED_FUNCTIONS],
+            )
+            .await?
+        {
+            let (v, f): (i64, String) = (r.get(0), r.get(1));
+            cat.view_functions.insert(v as u32, f);
+        }
+        // Built-in functions are pinned and have no pg_depend entries: find views calling a
+        // denied built-in (query_to_xml, ...) from their definition text.
+        for r in client
+            .query(
+                "SELECT c.oid::int8, pg_catalog.pg_get_viewdef(c.oid) FROM pg_catalog.pg_class c \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind IN ('v', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
+                &[],
+            )
+            .await?
+        {
+            let (v, def): (i64, Option<String>) = (r.get(0), r.get(1));
+            let def = def.unwrap_or_default().to_lowercase();
+            let hit = def
+                .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .find(|w| crate::rewrite::rules::DENIED_FUNCTIONS.contains(w));
+            if let Some(f) = hit {
+                cat.view_functions.entry(v as u32).or_insert_with(|| f.to_string());
+            }
+        }
+        for r in client
+            .query(
+                &format!(
+                    "SELECT a.adrelid::int8, 'the default of a column calls ' || p.proname::text \
+                     FROM pg_catalog.pg_attrdef a JOIN pg_catalog.pg_depend d \
+                       ON d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND d.objid = a.oid \
+                      AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
+                     JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid \
+                     WHERE d.refobjid IN {USER_CODE}"
+                ),
+                &[],
+            )
+            .await?
+        {
+            let (rel, why): (i64, String) = (r.get(0), r.get(1));
+            cat.risky_writes.insert(rel as u32, why);
+        }
+        for rel in cat.relations.values() {
+            for c in &rel.columns {
+                cat.column_categories
+                    .entry(c.name.clone())
+                    .or_default()
+                    .insert(c.ty.category);
+            }
+        }
+        // Columns of a risky type (a domain whose CHECK runs user code).
+        let mut risky_cols = Vec::new();
+        for rel in cat.relations.values() {
+            if let Some(c) = rel.columns.iter().find(|c| {
+                cat.risky_types.contains(&c.ty.base.to_lowercase())
+                    || cat.risky_types.contains(&c.ty.sql.to_lowercase())
+            }) {
+                risky_cols.push((
+                    rel.oid,
+                    format!(
+                        "column {} has type {}, which runs user code",
+                        c.name, c.ty.sql
+                    ),
+                ));
+            }
+        }
+        for (oid, why) in risky_cols {
+            cat.risky_writes.entry(oid).or_insert(why);
         }
         Ok(cat)
     }

@@ -20,6 +20,9 @@ pub struct Config {
     /// Seconds between periodic catalog refreshes.
     #[serde(default = "default_refresh")]
     pub catalog_refresh_secs: u64,
+    /// Seconds between re-checks of an unmasked session's role membership.
+    #[serde(default = "default_recheck")]
+    pub membership_recheck_secs: u64,
     /// Seconds between policy directory re-reads (hot reload).
     #[serde(default = "default_reload")]
     pub policy_reload_secs: u64,
@@ -105,7 +108,10 @@ fn default_hash_key_env() -> String {
     "PGREDACT_HASH_KEY".into()
 }
 fn default_refresh() -> u64 {
-    60
+    5
+}
+fn default_recheck() -> u64 {
+    5
 }
 fn default_reload() -> u64 {
     5

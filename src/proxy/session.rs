@@ -161,7 +161,30 @@ pub async fn handle(shared: Arc<Shared>, mut client: TcpStream) {
         if !cbuf.is_empty() && s.write_all(&cbuf).await.is_err() {
             return;
         }
-        let _ = tokio::io::copy_bidirectional(&mut c, &mut s).await;
+        // Membership can be revoked while the session is open: re-check it periodically and end
+        // the session when the role is no longer exempt.
+        let period = std::time::Duration::from_secs(shared.cfg.membership_recheck_secs.max(1));
+        let watch = async {
+            loop {
+                tokio::time::sleep(period).await;
+                if let Ok(false) = db.is_unmasked(&shared, &user).await {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut c, &mut s) => {}
+            _ = watch => {
+                tracing::info!(user = %user, "membership in an unmasked role was revoked: ending the session");
+                frame::send_fatal(
+                    &mut c,
+                    "57P01",
+                    "pgredact: this role is no longer exempt from masking; reconnect",
+                    None,
+                )
+                .await;
+            }
+        }
     } else {
         masked_session(shared.clone(), db, creader, sreader, keys.ready).await;
     }
@@ -765,14 +788,26 @@ async fn server_to_client(
     }
 }
 
-/// Removes from an error what could point into text the client never sent or echo raw values.
+/// Removes from an error or notice what could point into text the client never sent or echo
+/// raw values:
+/// - positions into a rewritten statement;
+/// - the DETAIL of data-exception and integrity errors ("Key (...)=(...)", "Failing row contains");
+/// - the message, detail and hint of anything raised inside a function or trigger (it has a
+///   CONTEXT, or is a RAISE: class P0), since user code may put any column value there.
 fn scrub(e: &mut ErrorFields, rewritten: bool) {
     let code = e.get(b'C').unwrap_or("").to_string();
+    let from_user_code = code.starts_with("P0") || e.get(b'W').is_some();
     e.0.retain(|(f, _)| {
         let position = matches!(f, b'P' | b'p' | b'q');
-        // Class 22 (data exception) and 23 (integrity constraint) details can echo row values
-        // ("Failing row contains (...)", "Key (...)=(...)").
         let value_detail = matches!(f, b'D') && (code.starts_with("22") || code.starts_with("23"));
-        !(value_detail || position && rewritten)
+        let user_text = from_user_code && matches!(f, b'D' | b'H' | b'W');
+        !(value_detail || user_text || position && rewritten)
     });
+    if from_user_code {
+        for (f, v) in e.0.iter_mut() {
+            if *f == b'M' {
+                *v = "pgredact: a message raised inside a function or trigger was hidden from this masked session (it may contain PII)".into();
+            }
+        }
+    }
 }

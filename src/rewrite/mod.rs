@@ -95,13 +95,28 @@ pub fn rewrite(sql: &str, ctx: &SessionCtx) -> Outcome {
     }
 }
 
-/// Lower-cases an identifier the way PostgreSQL folds unquoted names.
+/// PostgreSQL keeps at most this many bytes of an identifier (NAMEDATALEN - 1).
+const MAX_IDENT: usize = 63;
+
+/// Truncates a name the way PostgreSQL does (at a character boundary, at most 63 bytes).
+fn truncate_ident(mut s: String) -> String {
+    if s.len() > MAX_IDENT {
+        let mut n = MAX_IDENT;
+        while !s.is_char_boundary(n) {
+            n -= 1;
+        }
+        s.truncate(n);
+    }
+    s
+}
+
+/// Lower-cases and truncates an identifier the way PostgreSQL reads names.
 fn fold(id: &Ident) -> String {
-    if id.quote_style.is_some() {
+    truncate_ident(if id.quote_style.is_some() {
         id.value.clone()
     } else {
         id.value.to_ascii_lowercase()
-    }
+    })
 }
 
 fn name_parts(name: &ObjectName) -> Option<Vec<String>> {
@@ -151,7 +166,7 @@ fn lexically_plain(sql: &str) -> bool {
 fn words(sql: &str) -> impl Iterator<Item = String> + '_ {
     sql.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
         .filter(|w| !w.is_empty())
-        .map(|w| w.to_lowercase())
+        .map(|w| truncate_ident(w.to_lowercase()))
 }
 
 /// The write target of an INSERT/UPDATE/DELETE on a masked relation.
@@ -178,6 +193,8 @@ struct State<'a> {
 enum Resolved<'c> {
     Rel(&'c crate::catalog::Relation),
     Unknown,
+    /// Names another database: PostgreSQL refuses it.
+    Foreign,
 }
 
 impl<'a> State<'a> {
@@ -374,7 +391,14 @@ impl<'a> State<'a> {
                 }
                 all.first().copied()
             }
-            [s, t] | [_, s, t] => cat.lookup(s, t),
+            [s, t] => cat.lookup(s, t),
+            [d, s, t] => {
+                if *d != self.ctx.prot.database {
+                    // PostgreSQL rejects cross-database references itself.
+                    return Ok(Resolved::Foreign);
+                }
+                cat.lookup(s, t)
+            }
             _ => return Err(Refusal::new(format!("unsupported relation name {name}"))),
         };
         match found {
@@ -386,10 +410,25 @@ impl<'a> State<'a> {
         }
     }
 
+    /// Like `protection`, for a read or write that includes descendants (no ONLY): a parent whose
+    /// partitions or children are protected differently is refused.
+    fn protection_with_descendants(
+        &mut self,
+        name: &ObjectName,
+    ) -> Result<Option<Protection>, Refusal> {
+        if let Resolved::Rel(r) = self.resolve(name)? {
+            if let Some(h) = self.ctx.prot.parent_hazard.get(&r.oid) {
+                return Ok(Some(Protection::Refuse(h.clone())));
+            }
+            return Ok(self.ctx.prot.get(r).cloned());
+        }
+        Ok(None)
+    }
+
     fn protection(&mut self, name: &ObjectName) -> Result<Option<Protection>, Refusal> {
         match self.resolve(name)? {
             Resolved::Rel(r) => Ok(self.ctx.prot.get(r).cloned()),
-            Resolved::Unknown => Ok(None),
+            Resolved::Unknown | Resolved::Foreign => Ok(None),
         }
     }
 
@@ -471,6 +510,13 @@ impl<'a> State<'a> {
                     return Err(Refusal::new(
                         "CREATE TABLE with LIKE, INHERITS or PARTITION OF is not allowed for masked roles",
                     ));
+                }
+                for c in &ct.columns {
+                    if let Some(t) = risky_type(&self.ctx.prot.catalog, &c.data_type) {
+                        return Err(Refusal::new(format!(
+                            "a column of type {t} is not allowed for masked roles: its constraints run user code that may read PII"
+                        )));
+                    }
                 }
                 self.check(&*ct, None)?;
                 if let Some(q) = ct.query.as_mut() {
@@ -575,11 +621,13 @@ impl<'a> State<'a> {
 
     fn write(&mut self, s: &mut Statement) -> Result<(), Refusal> {
         // Find the target and its protection.
-        let (tname, alias): (ObjectName, Option<Ident>) = match &*s {
+        let (tname, alias, only): (ObjectName, Option<Ident>, bool) = match &*s {
             Statement::Insert(i) => match &i.table {
-                TableObject::TableName(n) => {
-                    (n.clone(), i.table_alias.as_ref().map(|a| a.alias.clone()))
-                }
+                TableObject::TableName(n) => (
+                    n.clone(),
+                    i.table_alias.as_ref().map(|a| a.alias.clone()),
+                    i.on.is_none(),
+                ),
                 _ => {
                     return Err(Refusal::new(
                         "INSERT INTO a table function is not supported",
@@ -593,9 +641,16 @@ impl<'a> State<'a> {
                     ));
                 }
                 match &u.table.relation {
-                    TableFactor::Table { name, alias, .. } => {
-                        (name.clone(), alias.as_ref().map(|a| a.name.clone()))
-                    }
+                    TableFactor::Table {
+                        name,
+                        alias,
+                        inheritance,
+                        ..
+                    } => (
+                        name.clone(),
+                        alias.as_ref().map(|a| a.name.clone()),
+                        matches!(inheritance, Some(TableInheritance::Only { .. })),
+                    ),
                     _ => return Err(Refusal::new("UPDATE of a derived table is not supported")),
                 }
             }
@@ -607,15 +662,33 @@ impl<'a> State<'a> {
                     return Err(Refusal::new("DELETE from several tables is not supported"));
                 }
                 match &from[0].relation {
-                    TableFactor::Table { name, alias, .. } => {
-                        (name.clone(), alias.as_ref().map(|a| a.name.clone()))
-                    }
+                    TableFactor::Table {
+                        name,
+                        alias,
+                        inheritance,
+                        ..
+                    } => (
+                        name.clone(),
+                        alias.as_ref().map(|a| a.name.clone()),
+                        matches!(inheritance, Some(TableInheritance::Only { .. })),
+                    ),
                     _ => return Err(Refusal::new("DELETE from a derived table is not supported")),
                 }
             }
             _ => return Ok(()),
         };
-        let prot = self.protection(&tname)?;
+        let prot = if only {
+            self.protection(&tname)?
+        } else {
+            self.protection_with_descendants(&tname)?
+        };
+        if let Resolved::Rel(r) = self.resolve(&tname)? {
+            if let Some(why) = self.ctx.prot.catalog.risky_writes.get(&r.oid) {
+                return Err(Refusal::new(format!(
+                    "writing to {tname} is not allowed for masked roles: {why}, which may read PII"
+                )));
+            }
+        }
         let target = match prot {
             Some(Protection::Refuse(reason)) => {
                 return Err(Refusal::new(format!(
@@ -813,7 +886,7 @@ impl<'a> State<'a> {
                     columns,
                 } => {
                     self.note_name(table_name);
-                    match self.protection(table_name)? {
+                    match self.protection_with_descendants(table_name)? {
                         None => {}
                         Some(Protection::Refuse(r)) => {
                             return Err(Refusal::new(format!(
@@ -855,6 +928,13 @@ impl<'a> State<'a> {
                 return Err(Refusal::new("unsupported COPY form"));
             };
             self.note_name(table_name);
+            if let Resolved::Rel(r) = self.resolve(table_name)? {
+                if let Some(why) = self.ctx.prot.catalog.risky_writes.get(&r.oid) {
+                    return Err(Refusal::new(format!(
+                        "COPY into {table_name} is not allowed for masked roles: {why}, which may read PII"
+                    )));
+                }
+            }
             match self.protection(table_name)? {
                 None => {}
                 Some(Protection::Refuse(r)) => {
@@ -943,37 +1023,34 @@ impl<'a> State<'a> {
             ))
             .hint("a DBA can allow it by name in the policy's allowed_functions")
         };
+        let allowed = |s: &str| {
+            self.ctx
+                .prot
+                .allowed_functions
+                .contains(&format!("{s}.{fname}"))
+        };
         match schema {
             Some(s) if s == crate::control::SCHEMA => Err(Refusal::new(format!(
                 "schema {s} belongs to pgredact and is not accessible to masked roles"
             ))),
-            Some(s) if rules::is_system_schema(s) => {
-                if rules::DENIED_FUNCTIONS.contains(&fname) {
+            Some(s) => {
+                if rules::is_system_schema(s) && rules::DENIED_FUNCTIONS.contains(&fname) {
                     return Err(denied());
                 }
-                if cat
+                match cat
                     .functions
                     .get(fname)
-                    .is_some_and(|v| v.iter().any(|x| x == s))
+                    .and_then(|v| v.iter().find(|(x, _)| x == s))
                 {
-                    Ok(())
-                } else {
-                    self.unknown = true;
-                    Err(Refusal::new(format!(
-                        "function {s}.{fname} is not known to pgredact"
-                    )))
-                }
-            }
-            Some(s) => {
-                if self
-                    .ctx
-                    .prot
-                    .allowed_functions
-                    .contains(&format!("{s}.{fname}"))
-                {
-                    Ok(())
-                } else {
-                    Err(user_defined(s))
+                    Some((_, true)) => Ok(()),
+                    Some(_) if allowed(s) => Ok(()),
+                    Some(_) => Err(user_defined(s)),
+                    None => {
+                        self.unknown = true;
+                        Err(Refusal::new(format!(
+                            "function {s}.{fname} is not known to pgredact, so it cannot prove it safe"
+                        )))
+                    }
                 }
             }
             None => {
@@ -983,32 +1060,22 @@ impl<'a> State<'a> {
                 if rules::DENIED_FUNCTIONS.contains(&fname) {
                     return Err(denied());
                 }
-                let Some(schemas) = cat.functions.get(fname) else {
+                let Some(entries) = cat.functions.get(fname) else {
                     self.unknown = true;
                     return Err(Refusal::new(format!(
                         "function {fname} is not known to pgredact, so it cannot prove it safe"
                     )));
                 };
+                // Overload resolution may pick any schema on the path: every candidate must be
+                // built in or allowed.
                 for s in self.ctx.search_path {
-                    if rules::is_system_schema(s) {
-                        continue;
-                    }
-                    if schemas.iter().any(|x| x == s)
-                        && !self
-                            .ctx
-                            .prot
-                            .allowed_functions
-                            .contains(&format!("{s}.{fname}"))
-                    {
-                        return Err(user_defined(s));
+                    if let Some((_, builtin)) = entries.iter().find(|(x, _)| x == s) {
+                        if !builtin && !allowed(s) {
+                            return Err(user_defined(s));
+                        }
                     }
                 }
-                if schemas.iter().any(|x| rules::is_system_schema(x)) {
-                    Ok(())
-                } else {
-                    // Only defined in schemas off the search path: PostgreSQL will not find it.
-                    Ok(())
-                }
+                Ok(())
             }
         }
     }
@@ -1060,7 +1127,12 @@ impl<'a> State<'a> {
         }
         let parts = name_parts(name).unwrap_or_default();
         let is_cte = parts.len() == 1 && self.cte_names.contains(&parts[0]);
-        let prot = self.protection(name)?;
+        let only = matches!(inheritance, Some(TableInheritance::Only { .. }));
+        let prot = if only {
+            self.protection(name)?
+        } else {
+            self.protection_with_descendants(name)?
+        };
         if is_cte {
             if prot.is_some() {
                 return Err(Refusal::new(format!(
@@ -1090,7 +1162,6 @@ impl<'a> State<'a> {
                 "this form of reading {name} (TABLESAMPLE or a non-PostgreSQL table modifier) is not supported for masked roles"
             )));
         }
-        let only = matches!(inheritance, Some(TableInheritance::Only { .. }));
         let alias = alias.take().unwrap_or_else(|| TableAlias {
             explicit: true,
             name: Ident::with_quote('"', parts.last().cloned().unwrap_or_default()),
@@ -1162,6 +1233,113 @@ impl<'a> State<'a> {
         }
         Ok(())
     }
+}
+
+/// The operators an expression invokes (explicitly or through syntax such as LIKE, IN,
+/// BETWEEN, CASE x WHEN) and its left operand.
+fn operators_of(e: &Expr) -> (Vec<String>, Option<&Expr>) {
+    let v = |ops: &[&str]| ops.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    match e {
+        Expr::BinaryOp { left, op, .. } => (vec![op.to_string()], Some(&**left)),
+        Expr::UnaryOp { op, .. } => (vec![op.to_string()], None),
+        Expr::Like { expr, .. } => (v(&["~~", "!~~"]), Some(&**expr)),
+        Expr::ILike { expr, .. } => (v(&["~~*", "!~~*"]), Some(&**expr)),
+        Expr::SimilarTo { expr, .. } | Expr::RLike { expr, .. } => {
+            (v(&["~", "!~", "~*", "!~*"]), Some(&**expr))
+        }
+        Expr::In { expr, .. } => (v(&["=", "<>"]), Some(&**expr)),
+        Expr::IsDistinctFrom(l, _) | Expr::IsNotDistinctFrom(l, _) => (v(&["=", "<>"]), Some(&**l)),
+        Expr::Between { expr, .. } => (v(&[">=", "<=", ">", "<"]), Some(&**expr)),
+        Expr::Case {
+            operand: Some(o), ..
+        } => (v(&["="]), Some(&**o)),
+        Expr::AnyOp {
+            left, compare_op, ..
+        }
+        | Expr::AllOp {
+            left, compare_op, ..
+        } => (vec![compare_op.to_string()], Some(&**left)),
+        Expr::Function(f) => {
+            let n = f.name.to_string().to_ascii_lowercase();
+            match n.rsplit('.').next().unwrap_or("") {
+                "nullif" => (v(&["="]), None),
+                "greatest" | "least" => (v(&["<", ">"]), None),
+                _ => (vec![], None),
+            }
+        }
+        _ => (vec![], None),
+    }
+}
+
+/// Type categories an operand may have, when that can be told from its form; None if unknown.
+fn guess_categories(cat: &crate::catalog::Catalog, e: &Expr) -> Option<HashSet<char>> {
+    use sqlparser::ast::Value;
+    let one = |c: char| Some(HashSet::from([c]));
+    match e {
+        Expr::Nested(x) => guess_categories(cat, x),
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(_)
+            | Value::DollarQuotedString(_)
+            | Value::EscapedStringLiteral(_) => one('S'),
+            Value::Number(..) => one('N'),
+            Value::Boolean(_) => one('B'),
+            _ => None,
+        },
+        Expr::Cast { data_type, .. } => {
+            let t = data_type.to_string().to_lowercase();
+            if t.starts_with("text")
+                || t.starts_with("varchar")
+                || t.starts_with("character")
+                || t.starts_with("char")
+            {
+                one('S')
+            } else if [
+                "int", "bigint", "smallint", "integer", "numeric", "decimal", "real", "double",
+            ]
+            .iter()
+            .any(|p| t.starts_with(p))
+            {
+                one('N')
+            } else {
+                None
+            }
+        }
+        Expr::Identifier(i) => cat.column_categories.get(&fold(i)).cloned(),
+        Expr::CompoundIdentifier(ids) => ids
+            .last()
+            .and_then(|i| cat.column_categories.get(&fold(i)).cloned()),
+        Expr::Function(f) => {
+            let n = f.name.to_string().to_ascii_lowercase();
+            let n = n
+                .rsplit('.')
+                .next()
+                .unwrap_or("")
+                .trim_matches('"')
+                .to_string();
+            cat.function_categories
+                .get(&n)
+                .filter(|c| !c.is_empty())
+                .cloned()
+        }
+        _ => None,
+    }
+}
+
+/// The risky type a cast names, if any.
+fn risky_type(cat: &crate::catalog::Catalog, dt: &sqlparser::ast::DataType) -> Option<String> {
+    if cat.risky_types.is_empty() {
+        return None;
+    }
+    let t = dt.to_string().to_lowercase();
+    let base = t
+        .split('(')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .trim_end_matches("[]")
+        .trim();
+    let last = base.rsplit('.').next().unwrap_or("").trim_matches('"');
+    cat.risky_types.contains(last).then(|| last.to_string())
 }
 
 fn assignment_columns(t: &AssignmentTarget) -> Vec<String> {
@@ -1371,6 +1549,26 @@ impl Visitor for Checker<'_, '_, '_> {
     type Break = ();
 
     fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+        let cat = &self.st.ctx.prot.catalog;
+        if !cat.user_operators.is_empty() {
+            let (names, left) = operators_of(e);
+            for op in names {
+                let Some(cats) = cat.user_operators.get(&op) else {
+                    continue;
+                };
+                // The user-defined variant can be chosen only if the left operand may have one
+                // of its argument types (unknown operand types count as "may").
+                let may = match left.map(|l| guess_categories(cat, l)) {
+                    Some(Some(lc)) => lc.iter().any(|c| cats.contains(c)),
+                    _ => true,
+                };
+                if may {
+                    return self.fail(Refusal::new(format!(
+                        "this expression uses operator {op}, which has a user-defined variant that may read PII; not allowed for masked roles"
+                    )));
+                }
+            }
+        }
         match e {
             Expr::Function(f) => {
                 if let Err(r) = self.st.check_function(&f.name) {
@@ -1407,37 +1605,35 @@ impl Visitor for Checker<'_, '_, '_> {
                     }
                 }
             }
-            Expr::BinaryOp { op, .. } => {
-                let ops = &self.st.ctx.prot.catalog.user_operators;
-                match op {
-                    BinaryOperator::PGCustomBinaryOperator(parts) => {
-                        let ok = parts.len() == 2 && parts[0].eq_ignore_ascii_case("pg_catalog");
-                        if !ok && parts.last().is_some_and(|p| ops.contains(p)) || parts.len() > 2 {
-                            return self.fail(Refusal::new(format!(
-                                "operator {op} is user-defined and may read PII; not allowed for masked roles"
-                            )));
-                        }
-                    }
-                    other => {
-                        if ops.contains(&other.to_string()) {
-                            return self.fail(Refusal::new(format!(
-                                "operator {other} has a user-defined variant that may read PII; not allowed for masked roles"
-                            )));
-                        }
+            Expr::Cast { data_type, .. }
+            | Expr::TypedString(sqlparser::ast::TypedString { data_type, .. }) => {
+                if let Some(t) = risky_type(&self.st.ctx.prot.catalog, data_type) {
+                    return self.fail(Refusal::new(format!(
+                        "casting to {t} is not allowed for masked roles: the cast or the type's constraints run user code that may read PII"
+                    )));
+                }
+            }
+            Expr::QualifiedWildcard(n, _) => {
+                if let Some(t) = self.target {
+                    let last = name_parts(n)
+                        .and_then(|p| p.last().cloned())
+                        .unwrap_or_default();
+                    if self.target_names().contains(&last) {
+                        let r = Refusal::new(format!(
+                            "{last}.* reads every column of {}.{}, including PII, in a write statement",
+                            t.rel.schema, t.rel.name
+                        ));
+                        return self.fail(r);
                     }
                 }
             }
-            Expr::UnaryOp { op, .. }
-                if self
-                    .st
-                    .ctx
-                    .prot
-                    .catalog
-                    .user_operators
-                    .contains(&op.to_string()) =>
-            {
+            Expr::BinaryOp {
+                op: BinaryOperator::PGCustomBinaryOperator(parts),
+                ..
+            } if !(parts.len() == 2 && parts[0].eq_ignore_ascii_case("pg_catalog")) => {
                 return self.fail(Refusal::new(format!(
-                    "operator {op} has a user-defined variant; not allowed for masked roles"
+                    "OPERATOR({}) outside pg_catalog may run user code; not allowed for masked roles",
+                    parts.join(".")
                 )));
             }
             Expr::Identifier(id) => {

@@ -63,6 +63,11 @@ pub struct Protections {
     /// `schema.name` of user-defined functions the policy allows.
     pub allowed_functions: HashSet<String>,
     pub catalog: Arc<Catalog>,
+    /// The database these protections are for (catalog-qualified names must name it).
+    pub database: String,
+    /// Relations whose partitions or inheritance children are protected differently: reading
+    /// them without ONLY would return the descendants' rows unmasked. oid -> reason.
+    pub parent_hazard: HashMap<u32, String>,
     /// Non-fatal problems found while building (policy columns missing from the table, ...).
     pub warnings: Vec<String>,
 }
@@ -154,6 +159,11 @@ impl Protections {
                     "{}.{} is pgredact's own control data",
                     r.schema, r.name
                 ))
+            } else if let Some(f) = catalog.view_functions.get(&r.oid) {
+                Some(format!(
+                    "{}.{} calls function {f}, which may read PII",
+                    r.schema, r.name
+                ))
             } else if r.kind == 'f' {
                 Some(format!(
                     "{}.{} is a foreign table: pgredact cannot see or mask the remote data",
@@ -201,8 +211,63 @@ impl Protections {
                 break;
             }
         }
+        // 4. Parents of protected descendants.
+        let mut parent_hazard = HashMap::new();
+        for r in catalog.relations.values() {
+            let Some(_) = children.get(&r.oid) else {
+                continue;
+            };
+            let own = by_oid.get(&r.oid);
+            let mut stack: Vec<u32> = children.get(&r.oid).cloned().unwrap_or_default();
+            let mut seen = HashSet::new();
+            while let Some(d) = stack.pop() {
+                if !seen.insert(d) {
+                    continue;
+                }
+                let Some(dr) = catalog.relations.get(&d) else {
+                    continue;
+                };
+                let hazard = match (by_oid.get(&d), own) {
+                    (None, _) => None,
+                    (Some(Protection::Refuse(why)), _) => Some(why.clone()),
+                    (Some(Protection::Mask(dm)), Some(Protection::Mask(pm))) => dm
+                        .masks
+                        .iter()
+                        .find(|(c, (m, _))| {
+                            r.columns.iter().any(|rc| &rc.name == *c)
+                                && pm.masks.get(*c).map(|(pmk, _)| pmk) != Some(m)
+                        })
+                        .map(|(c, _)| {
+                            format!(
+                                "its descendant {}.{} masks column {c} differently",
+                                dr.schema, dr.name
+                            )
+                        }),
+                    (Some(Protection::Mask(dm)), _) => dm
+                        .masks
+                        .keys()
+                        .find(|c| r.columns.iter().any(|rc| &rc.name == *c))
+                        .map(|c| {
+                            format!("its descendant {}.{} masks column {c}", dr.schema, dr.name)
+                        }),
+                };
+                if let Some(h) = hazard {
+                    parent_hazard.insert(
+                        r.oid,
+                        format!(
+                            "{}.{} includes rows of protected partitions or children ({h}); query them directly, use ONLY, or add the parent to the policy",
+                            r.schema, r.name
+                        ),
+                    );
+                    break;
+                }
+                if let Some(cs) = children.get(&d) {
+                    stack.extend(cs.iter().copied());
+                }
+            }
+        }
         let mut sensitive_words: HashSet<String> = HashSet::new();
-        for oid in by_oid.keys() {
+        for oid in by_oid.keys().chain(parent_hazard.keys()) {
             if let Some(r) = catalog.relations.get(oid) {
                 sensitive_words.insert(r.name.to_lowercase());
             }
@@ -210,14 +275,16 @@ impl Protections {
         for f in super::rules::DENIED_FUNCTIONS {
             sensitive_words.insert((*f).to_string());
         }
-        for (name, schemas) in &catalog.functions {
-            if schemas.iter().any(|s| !super::rules::is_system_schema(s)) {
+        for (name, entries) in &catalog.functions {
+            if entries.iter().any(|(_, builtin)| !builtin) {
                 sensitive_words.insert(name.to_lowercase());
             }
         }
         sensitive_words.insert(crate::control::SCHEMA.to_string());
         Protections {
             by_oid,
+            database: policy.database.clone(),
+            parent_hazard,
             sensitive_words,
             allowed_functions: policy.allowed_functions.iter().cloned().collect(),
             catalog,

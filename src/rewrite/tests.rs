@@ -1,6 +1,7 @@
 use super::*;
 use crate::catalog::{Catalog, Column, Relation};
 use crate::policy::{parse_policy, ColType};
+use std::collections::HashSet;
 use std::path::Path;
 
 fn ty(sql: &str, base: &str, cat: char) -> ColType {
@@ -143,10 +144,22 @@ pub(crate) fn fixture() -> Protections {
     ] {
         c.add_function("pg_catalog", f);
     }
-    c.add_function("public", "leak_fn");
-    c.add_function("public", "safe_fn");
-    c.add_function("pgredact", "mask_hash");
-    c.user_operators.insert("===".into());
+    c.add_function_entry("public", "leak_fn", false);
+    c.add_function_entry("public", "safe_fn", false);
+    c.add_function_entry("pgredact", "mask_hash", false);
+    c.add_function_entry("pg_catalog", "sneaky_fn", false);
+    c.risky_types.insert("zq_contact".into());
+    c.user_operators.insert("===".into(), HashSet::from(['S']));
+    c.function_categories.insert("upper".into(), HashSet::from(['S']));
+    for (rel, cols) in [
+        ("email", 'S'),
+        ("tier", 'S'),
+        ("customer_id", 'N'),
+        ("amount", 'N'),
+    ] {
+        c.column_categories
+            .insert(rel.into(), HashSet::from([cols]));
+    }
     let pol = parse_policy(
         r#"
 database = "app"
@@ -395,6 +408,61 @@ fn dangerous_functions_and_relations() {
     assert!(refused("GRANT SELECT ON customers TO support").contains("not allowed"));
     assert!(refused("SELECT * FROM U&\"cust\\006fmers\"").contains("Unicode"));
     assert!(refused("SELEC 1").contains("could not parse"));
+}
+
+#[test]
+fn user_code_behind_builtin_looking_names_is_refused() {
+    assert!(refused("SELECT sneaky_fn(1)").contains("user-defined"));
+    assert!(refused("SELECT pg_catalog.sneaky_fn(1)").contains("user-defined"));
+    assert!(refused("SELECT CAST(1 AS zq_contact)").contains("zq_contact"));
+    assert!(refused("SELECT (1::zq_contact).email").contains("zq_contact"));
+    // Operators reached through syntax (LIKE, IN, BETWEEN, CASE x WHEN) are checked too.
+    let mut p = fixture();
+    let mut cat = (*p.catalog).clone();
+    cat.user_operators.insert("~~".into(), HashSet::from(['N']));
+    p.catalog = Arc::new(cat);
+    let sp = path();
+    for sql in [
+        "SELECT 1 WHERE 777::bigint LIKE 'b'",
+        "SELECT count(*) FROM customers WHERE customer_id LIKE 'x'",
+        "SELECT count(*) FROM orders WHERE 1 LIKE 'x'",
+    ] {
+        let d = rewrite(
+            sql,
+            &SessionCtx {
+                prot: &p,
+                search_path: &sp,
+            },
+        )
+        .decision;
+        assert!(
+            matches!(&d, Decision::Refuse(r) if r.message.contains("~~")),
+            "{sql}: {d:?}"
+        );
+    }
+    for sql in [
+        "SELECT 1 WHERE 'a' LIKE 'b'",
+        "SELECT count(*) FROM orders WHERE upper('x') LIKE 'b'",
+    ] {
+        let d = rewrite(
+            sql,
+            &SessionCtx {
+                prot: &p,
+                search_path: &sp,
+            },
+        )
+        .decision;
+        assert!(!matches!(d, Decision::Refuse(_)), "{sql}: {d:?}");
+    }
+    let d = rewrite(
+        "SELECT email FROM customers WHERE email LIKE 'a%'",
+        &SessionCtx {
+            prot: &p,
+            search_path: &sp,
+        },
+    )
+    .decision;
+    assert!(matches!(d, Decision::Rewrite(_)), "{d:?}");
 }
 
 #[test]
