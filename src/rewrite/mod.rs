@@ -640,19 +640,7 @@ impl<'a> State<'a> {
                         "UPDATE with joins in the target is not supported",
                     ));
                 }
-                match &u.table.relation {
-                    TableFactor::Table {
-                        name,
-                        alias,
-                        inheritance,
-                        ..
-                    } => (
-                        name.clone(),
-                        alias.as_ref().map(|a| a.name.clone()),
-                        matches!(inheritance, Some(TableInheritance::Only { .. })),
-                    ),
-                    _ => return Err(Refusal::new("UPDATE of a derived table is not supported")),
-                }
+                write_target(&u.table.relation, "UPDATE")?
             }
             Statement::Delete(d) => {
                 let from = match &d.from {
@@ -661,19 +649,7 @@ impl<'a> State<'a> {
                 if !d.tables.is_empty() || from.len() != 1 || !from[0].joins.is_empty() {
                     return Err(Refusal::new("DELETE from several tables is not supported"));
                 }
-                match &from[0].relation {
-                    TableFactor::Table {
-                        name,
-                        alias,
-                        inheritance,
-                        ..
-                    } => (
-                        name.clone(),
-                        alias.as_ref().map(|a| a.name.clone()),
-                        matches!(inheritance, Some(TableInheritance::Only { .. })),
-                    ),
-                    _ => return Err(Refusal::new("DELETE from a derived table is not supported")),
-                }
+                write_target(&from[0].relation, "DELETE")?
             }
             _ => return Ok(()),
         };
@@ -1340,6 +1316,28 @@ fn risky_type(cat: &crate::catalog::Catalog, dt: &sqlparser::ast::DataType) -> O
         .trim();
     let last = base.rsplit('.').next().unwrap_or("").trim_matches('"');
     cat.risky_types.contains(last).then(|| last.to_string())
+}
+
+/// Name, alias and ONLY-ness of the target of an UPDATE or DELETE.
+fn write_target(
+    tf: &TableFactor,
+    verb: &str,
+) -> Result<(ObjectName, Option<Ident>, bool), Refusal> {
+    match tf {
+        TableFactor::Table {
+            name,
+            alias,
+            inheritance,
+            ..
+        } => Ok((
+            name.clone(),
+            alias.as_ref().map(|a| a.name.clone()),
+            matches!(inheritance, Some(TableInheritance::Only { .. })),
+        )),
+        _ => Err(Refusal::new(format!(
+            "{verb} of a derived table is not supported"
+        ))),
+    }
 }
 
 fn assignment_columns(t: &AssignmentTarget) -> Vec<String> {
