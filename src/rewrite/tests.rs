@@ -150,7 +150,8 @@ pub(crate) fn fixture() -> Protections {
     c.add_function_entry("pg_catalog", "sneaky_fn", false);
     c.risky_types.insert("zq_contact".into());
     c.user_operators.insert("===".into(), HashSet::from(['S']));
-    c.function_categories.insert("upper".into(), HashSet::from(['S']));
+    c.function_categories
+        .insert("upper".into(), HashSet::from(['S']));
     for (rel, cols) in [
         ("email", 'S'),
         ("tier", 'S'),
