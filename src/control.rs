@@ -7,14 +7,49 @@ use tokio_postgres::Client;
 
 pub const SCHEMA: &str = "pgredact";
 
+/// The configured hash key differs from the one stored in the database.
+#[derive(Debug)]
+pub struct KeyMismatch;
+
+#[derive(Debug)]
+pub enum ControlError {
+    Db(tokio_postgres::Error),
+    KeyMismatch,
+}
+
+impl From<tokio_postgres::Error> for ControlError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        ControlError::Db(e)
+    }
+}
+
+impl From<KeyMismatch> for ControlError {
+    fn from(_: KeyMismatch) -> Self {
+        ControlError::KeyMismatch
+    }
+}
+
+impl std::fmt::Display for ControlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ControlError::Db(e) => write!(f, "{e}"),
+            ControlError::KeyMismatch => write!(
+                f,
+                "the hash key in the environment differs from the one stored in the database (pgredact.hash_key); hash pseudonyms and the forget list depend on it, so it is not replaced"
+            ),
+        }
+    }
+}
+
 /// Creates or updates the control schema and stores the HMAC key (as its padded halves).
 /// Idempotent; runs as the control-plane role, which owns the schema.
-pub async fn ensure(client: &Client, hash_key: Option<&[u8]>) -> Result<(), tokio_postgres::Error> {
-    // One DDL script; serialized with an advisory lock so two instances can start at once.
+pub async fn ensure(client: &Client, hash_key: Option<&[u8]>) -> Result<(), ControlError> {
+    // One DDL script, run as one (implicit or the caller's) transaction and serialized with a
+    // transaction-level advisory lock, so two instances can start at once.
     client
         .batch_execute(
             r#"
-SELECT pg_catalog.pg_advisory_lock(7320451);
+SELECT pg_catalog.pg_advisory_xact_lock(7320451);
 CREATE SCHEMA IF NOT EXISTS pgredact;
 REVOKE ALL ON SCHEMA pgredact FROM PUBLIC;
 GRANT USAGE ON SCHEMA pgredact TO PUBLIC;
@@ -36,19 +71,27 @@ LANGUAGE sql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_tem
 $f$;
 REVOKE ALL ON FUNCTION pgredact.hmac_hex(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pgredact.mask_hash(text) TO PUBLIC;
-SELECT pg_catalog.pg_advisory_unlock(7320451);
 "#,
         )
         .await?;
     if let Some(key) = hash_key {
+        // The key is set once: hash pseudonyms and the forget list depend on it, so a different
+        // key later is refused rather than silently breaking both.
         let (ipad, opad) = crate::policy::hmac_pads(key);
         client
             .execute(
                 "INSERT INTO pgredact.hash_key (id, ipad, opad) VALUES (true, $1, $2) \
-                 ON CONFLICT (id) DO UPDATE SET ipad = EXCLUDED.ipad, opad = EXCLUDED.opad",
+                 ON CONFLICT (id) DO NOTHING",
                 &[&ipad, &opad],
             )
             .await?;
+        let row = client
+            .query_one("SELECT ipad FROM pgredact.hash_key WHERE id", &[])
+            .await?;
+        let stored: Vec<u8> = row.get(0);
+        if stored != ipad {
+            return Err(KeyMismatch.into());
+        }
     }
     Ok(())
 }

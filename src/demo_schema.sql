@@ -367,7 +367,7 @@ GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO dba;
 
 -- The proxy's control-plane login: reads the catalog (no pg_authid needed), creates and owns its
 -- own `pgredact` schema in this database, and anonymizes rows (forget).
-GRANT SELECT, UPDATE ON ALL TABLES IN SCHEMA public TO pgredact;
+GRANT SELECT, UPDATE, TRIGGER ON ALL TABLES IN SCHEMA public TO pgredact;
 DO $grants$
 BEGIN
     EXECUTE format('GRANT CONNECT, CREATE ON DATABASE %I TO pgredact', current_database());

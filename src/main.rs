@@ -22,6 +22,20 @@ enum Cmd {
         #[arg(long, default_value = "pgredact.toml")]
         config: PathBuf,
     },
+    /// Anonymize customers' PII in every policy table with a subject (right to be forgotten) and keep it from coming back.
+    Forget {
+        #[arg(long, default_value = "pgredact.toml")]
+        config: PathBuf,
+        #[command(flatten)]
+        args: pgredact::forget::ForgetArgs,
+    },
+    /// Lift forget suppression for customer IDs (audited; anonymized data stays anonymized).
+    Unforget {
+        #[arg(long, default_value = "pgredact.toml")]
+        config: PathBuf,
+        #[command(flatten)]
+        args: pgredact::forget::UnforgetArgs,
+    },
     /// Start a throwaway PostgreSQL with sample customer data and pgredact in front of it.
     Demo {
         /// Where pgredact listens.
@@ -57,7 +71,25 @@ fn main() -> ExitCode {
         match cli.cmd {
             Cmd::Serve { config } => {
                 let cfg = pgredact::config::Config::load(&config)?;
-                pgredact::proxy::serve(cfg).await
+                if cfg.admin.is_some() {
+                    let admin_cfg = cfg.clone();
+                    tokio::select! {
+                        r = pgredact::proxy::serve(cfg) => r,
+                        r = pgredact::admin::serve_admin(&admin_cfg) => r,
+                    }
+                } else {
+                    pgredact::proxy::serve(cfg).await
+                }
+            }
+            Cmd::Forget { config, args } => {
+                let cfg = pgredact::config::Config::load(&config)?;
+                print!("{}", pgredact::forget::run_cli(&cfg, args).await?);
+                Ok(())
+            }
+            Cmd::Unforget { config, args } => {
+                let cfg = pgredact::config::Config::load(&config)?;
+                print!("{}", pgredact::forget::run_unforget_cli(&cfg, args).await?);
+                Ok(())
             }
             Cmd::Check { config } => {
                 let cfg = pgredact::config::Config::load(&config)?;

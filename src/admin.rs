@@ -1,0 +1,439 @@
+//! HTTP admin API (axum), on the `[admin] listen` address:
+//!
+//! - `GET /healthz`: liveness, no token.
+//! - `POST /v1/customers/remove-pii`: body `{"customer_ids": [1, "2", ...]}` (optional
+//!   `"database"`, `"requester"`) or a `text/csv` body (one ID a line; `?database=` and the
+//!   `X-Requester` header instead). At most [`MAX_IDS`] IDs: more is 413. Answers 202 with the job
+//!   ID; a background worker in this server runs the job.
+//! - `GET /v1/jobs/{id}` (optional `?database=`): state and counts.
+//!
+//! Every `/v1` call needs `Authorization: Bearer <token>`, the token being the value of the
+//! environment variable named by `[admin] token_env`. Errors are JSON `{"error": "..."}`.
+
+use crate::config::Config;
+use crate::forget::{self, csv, Faults, Origin, Session, Target};
+use crate::policy::{load_dir, DatabasePolicy, PolicySet};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Most customer IDs one request may carry.
+pub const MAX_IDS: usize = 50_000;
+/// Largest request body read (bigger bodies are refused with 413 before parsing).
+pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+/// How often the worker looks for unfinished jobs when not woken up.
+const POLL: Duration = Duration::from_secs(5);
+
+/// Shared state of the admin server.
+#[derive(Clone)]
+pub struct AdminState {
+    pub cfg: Arc<Config>,
+    pub token: Arc<String>,
+    pub policies: Arc<PolicySet>,
+    pub hash_key: Option<Arc<Vec<u8>>>,
+    /// Wakes the job worker when a job is submitted.
+    pub wake: Arc<Notify>,
+    /// IDs per batch of API jobs.
+    pub batch_size: usize,
+}
+
+impl AdminState {
+    /// State from a config: token and hash key from the environment, policies from disk.
+    pub fn from_config(cfg: &Config) -> Result<AdminState, String> {
+        let token_env = cfg
+            .admin
+            .as_ref()
+            .map(|a| a.token_env.clone())
+            .unwrap_or_else(|| "PGREDACT_ADMIN_TOKEN".to_string());
+        let token = std::env::var(&token_env).unwrap_or_default();
+        if token.trim().is_empty() {
+            return Err(format!(
+                "the admin API needs a bearer token: set the environment variable {token_env} ([admin] token_env)"
+            ));
+        }
+        let policies = load_dir(&cfg.policies_dir(), 1)?;
+        Ok(AdminState {
+            cfg: Arc::new(cfg.clone()),
+            token: Arc::new(token),
+            policies: Arc::new(policies),
+            hash_key: cfg.hash_key().map(Arc::new),
+            wake: Arc::new(Notify::new()),
+            batch_size: forget::DEFAULT_BATCH_SIZE,
+        })
+    }
+
+    fn policy(&self, database: Option<&str>) -> Result<Arc<DatabasePolicy>, ApiError> {
+        match database {
+            Some(db) => self.policies.get(db).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("no policy for database {db:?}"),
+                )
+            }),
+            None => {
+                let mut dbs = self.subject_databases();
+                match dbs.len() {
+                    1 => Ok(dbs.remove(0)),
+                    0 => Err(ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        "no policy has a table with a `subject`: nothing to forget".to_string(),
+                    )),
+                    _ => Err(ApiError::bad(
+                        "several databases have subject tables: say which with \"database\" (JSON) or ?database=".to_string(),
+                    )),
+                }
+            }
+        }
+    }
+
+    fn subject_databases(&self) -> Vec<Arc<DatabasePolicy>> {
+        let mut v: Vec<Arc<DatabasePolicy>> = self
+            .policies
+            .by_database
+            .values()
+            .filter(|p| p.tables.values().any(|t| t.subject.is_some()))
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.database.cmp(&b.database));
+        v
+    }
+
+    async fn session(&self, policy: Arc<DatabasePolicy>) -> Result<Session, ApiError> {
+        let target = Target::from_config(&self.cfg, &policy.database);
+        Session::open(&target, policy, self.hash_key.as_deref().map(Vec::as_slice))
+            .await
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))
+    }
+}
+
+/// An error answer: status and `{"error": message}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: String) -> ApiError {
+        ApiError { status, message }
+    }
+    fn bad(message: String) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.status, Json(json!({ "error": self.message }))).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        r
+    }
+}
+
+/// The routes (state included).
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/customers/remove-pii", post(remove_pii))
+        .route("/v1/jobs/{id}", get(job_status))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    match given {
+        Some(t) if constant_time_eq(t.as_bytes(), state.token.as_bytes()) => Ok(()),
+        Some(_) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid bearer token".to_string(),
+        )),
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing bearer token: send `Authorization: Bearer <token>`".to_string(),
+        )),
+    }
+}
+
+fn too_many(n: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "too many customer IDs: {n} in one request, the limit is {MAX_IDS}; split the request into several"
+        ),
+    )
+}
+
+#[derive(Deserialize, Default)]
+struct DbQuery {
+    database: Option<String>,
+}
+
+/// The IDs of a request, not yet validated against the subject types.
+enum RawIds {
+    Json(Vec<csv::RawId>),
+    Csv(Bytes),
+}
+
+async fn remove_pii(
+    State(state): State<AdminState>,
+    Query(q): Query<DbQuery>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body larger than {MAX_BODY_BYTES} bytes; the limit is {MAX_IDS} customer IDs a request"),
+            )
+        } else {
+            ApiError::new(e.status(), format!("cannot read the request body: {e}"))
+        }
+    })?;
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_ascii_lowercase();
+    let mut database = q.database;
+    let mut requester = headers
+        .get("x-requester")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let raw = if ctype.starts_with("text/csv") || ctype.starts_with("text/plain") {
+        let fields = csv::csv_fields(&body)
+            .map_err(|e| ApiError::bad(format!("CSV body: {e}; nothing was changed")))?;
+        // A header line may be among the fields: one more than the limit is decided after parsing.
+        if fields.len() > MAX_IDS + 1 {
+            return Err(too_many(fields.len()));
+        }
+        RawIds::Csv(body)
+    } else if ctype.starts_with("application/json") {
+        let v: Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))?;
+        let obj = v.as_object().ok_or_else(|| {
+            ApiError::bad("JSON body must be an object: {\"customer_ids\": [...]}".to_string())
+        })?;
+        if let Some(d) = obj.get("database") {
+            database = Some(
+                d.as_str()
+                    .ok_or_else(|| ApiError::bad("\"database\" must be a string".to_string()))?
+                    .to_string(),
+            );
+        }
+        if let Some(r) = obj.get("requester") {
+            requester = Some(
+                r.as_str()
+                    .ok_or_else(|| ApiError::bad("\"requester\" must be a string".to_string()))?
+                    .to_string(),
+            );
+        }
+        let arr = obj
+            .get("customer_ids")
+            .and_then(Value::as_array)
+            .ok_or_else(|| {
+                ApiError::bad(
+                    "missing \"customer_ids\": an array of integers or strings".to_string(),
+                )
+            })?;
+        if arr.len() > MAX_IDS {
+            return Err(too_many(arr.len()));
+        }
+        let mut ids = Vec::with_capacity(arr.len());
+        for (i, x) in arr.iter().enumerate() {
+            ids.push(match x {
+                Value::Number(n) => csv::RawId::Int(n.as_i64().ok_or_else(|| {
+                    ApiError::bad(format!("customer_ids[{i}]: {n} is not an integer ID"))
+                })?),
+                Value::String(s) => csv::RawId::Text(s.clone()),
+                other => {
+                    return Err(ApiError::bad(format!(
+                        "customer_ids[{i}]: expected an integer or a string, got {other}"
+                    )))
+                }
+            });
+        }
+        RawIds::Json(ids)
+    } else {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("unsupported content type {ctype:?}: use application/json or text/csv"),
+        ));
+    };
+    let policy = state.policy(database.as_deref())?;
+    let mut session = state.session(policy).await?;
+    let list = match raw {
+        RawIds::Json(ids) => csv::from_raw(&ids, session.spec.id_kind),
+        RawIds::Csv(bytes) => session
+            .parse_csv(&bytes)
+            .map_err(|e| format!("CSV body: {e}")),
+    }
+    .map_err(|e| ApiError::bad(format!("{e}; nothing was changed")))?;
+    let total = list.ids.len() + list.duplicates;
+    if total > MAX_IDS {
+        return Err(too_many(total));
+    }
+    if list.ids.is_empty() {
+        return Err(ApiError::bad("no customer IDs in the request".to_string()));
+    }
+    let origin = Origin {
+        requester: requester
+            .filter(|r| !r.trim().is_empty())
+            .unwrap_or_else(|| "api".to_string()),
+        source: "api".to_string(),
+    };
+    let job = session
+        .submit(&origin, &list, state.batch_size)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    state.wake.notify_one();
+    let db = session.spec.database.clone();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "job_id": job,
+            "database": db,
+            "state": "queued",
+            "ids": list.ids.len(),
+            "duplicates": list.duplicates,
+            "status_url": format!("/v1/jobs/{job}?database={db}"),
+        })),
+    )
+        .into_response())
+}
+
+async fn job_status(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+    Query(q): Query<DbQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::bad(format!("job id {id:?} is not a number")))?;
+    let policy = state.policy(q.database.as_deref())?;
+    let target = Target::from_config(&state.cfg, &policy.database);
+    let client = target
+        .connect()
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    let st = forget::jobs::status(&client, id)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no job {id} in database {:?}", policy.database),
+            )
+        })?;
+    Ok(Json(st).into_response())
+}
+
+/// Runs jobs in the background: installs suppression at start, then resumes unfinished jobs
+/// whenever woken (a job was submitted) or every few seconds. Errors are logged, not fatal.
+pub fn spawn_worker(state: AdminState) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut sessions: HashMap<String, Session> = HashMap::new();
+        let mut suppression_done: HashMap<String, bool> = HashMap::new();
+        loop {
+            for policy in state.subject_databases() {
+                let db = policy.database.clone();
+                if !sessions.contains_key(&db) {
+                    match state.session(policy.clone()).await {
+                        Ok(s) => {
+                            sessions.insert(db.clone(), s);
+                        }
+                        Err(e) => {
+                            tracing::warn!(database = %db, "forget worker: {}", e.message);
+                            continue;
+                        }
+                    }
+                }
+                let Some(session) = sessions.get_mut(&db) else {
+                    continue;
+                };
+                if !suppression_done.get(&db).copied().unwrap_or(false) {
+                    match session.ensure_suppression().await {
+                        Ok(_) => {
+                            suppression_done.insert(db.clone(), true);
+                        }
+                        Err(e) => {
+                            tracing::warn!(database = %db, "forget worker: suppression triggers: {e}")
+                        }
+                    }
+                }
+                match session.resume_all(Faults::default()).await {
+                    Ok(ends) => {
+                        for (id, end) in ends {
+                            tracing::info!(database = %db, job = id, "forget job: {end:?}");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(database = %db, "forget worker: {e}");
+                        if session.client.is_closed() {
+                            sessions.remove(&db);
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                _ = state.wake.notified() => {}
+                _ = tokio::time::sleep(POLL) => {}
+            }
+        }
+    })
+}
+
+/// Serves the admin API on `[admin] listen` with its job worker, until the process ends.
+pub async fn serve_admin(cfg: &Config) -> Result<(), String> {
+    let state = AdminState::from_config(cfg)?;
+    let listen = cfg
+        .admin
+        .as_ref()
+        .map(|a| a.listen.clone())
+        .unwrap_or_else(|| "127.0.0.1:9187".to_string());
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .map_err(|e| format!("admin API: cannot listen on {listen}: {e}"))?;
+    tracing::info!("admin API listening on {listen}");
+    spawn_worker(state.clone());
+    axum::serve(listener, router(state))
+        .await
+        .map_err(|e| format!("admin API: {e}"))
+}

@@ -1,0 +1,602 @@
+//! Running a forget job: start (plan, then put the IDs' keyed hashes on the forget list), batches
+//! (each one transaction: claim with `FOR UPDATE SKIP LOCKED`, anonymize every table in one
+//! statement, re-query, record counts), finalize (verify all IDs again, refresh dependent
+//! materialized views, ANALYZE the changed tables, clear the raw IDs).
+//!
+//! Why this order:
+//! - The forget list is filled (and committed) before any data is touched, so from then on the
+//!   suppression triggers stop concurrent loads from writing PII for these customers while the
+//!   batches run; the batches only have to clean what was there before.
+//! - Each ID is anonymized by the job that put its hash on the list (`forget_list.job_id`), or
+//!   by any job when that owner is no longer active. So two concurrent jobs with overlapping
+//!   IDs never update the same rows (no deadlock, no double work), and forgetting an ID again
+//!   later re-checks its rows (idempotent: nothing left to change, nothing written).
+//! - All tables of one batch are updated in one statement (data-modifying CTEs): foreign keys
+//!   between policy tables are checked at the end of that statement, after parent and children
+//!   both carry the token, so a PII customer ID can be replaced without deferrable constraints.
+
+use super::jobs::{self, FAILED, FINALIZING, QUEUED, RUNNING};
+use super::plan::{self, Spec};
+use serde_json::{json, Map, Value};
+use std::time::Instant;
+use tokio_postgres::{Client, GenericClient};
+
+/// Advisory lock class for per-job start/finalize steps.
+const JOB_LOCK: i32 = 7320452;
+
+/// Test hooks that simulate a crash.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// Stop (as if the process died) after this many batches were committed by this call.
+    pub stop_after_batches: Option<usize>,
+    /// Fail inside the n-th batch (1-based) of this call, after its UPDATE and before commit.
+    pub fail_inside_batch: Option<usize>,
+}
+
+/// How a job run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunEnd {
+    /// The job reached a final state (done, blocked or failed) or another worker finalizes it.
+    Finished,
+    /// A fault hook stopped the run; the job stays resumable.
+    Interrupted(String),
+}
+
+/// Error with a flag telling whether the job should be marked failed.
+struct JobError {
+    msg: String,
+    fatal: bool,
+}
+
+fn fatal(msg: String) -> JobError {
+    JobError { msg, fatal: true }
+}
+
+fn pg(e: tokio_postgres::Error) -> JobError {
+    fatal(super::db_error(&e))
+}
+
+/// Drives a job as far as this worker can: start if queued, run pending batches, finalize.
+pub async fn run_job(
+    client: &mut Client,
+    spec: &Spec,
+    job_id: i64,
+    faults: Faults,
+) -> Result<RunEnd, String> {
+    let started = Instant::now();
+    match drive(client, spec, job_id, faults, started).await {
+        Ok(end) => Ok(end),
+        Err(e) if !e.fatal => Ok(RunEnd::Interrupted(e.msg)),
+        Err(e) => {
+            mark_failed(client, job_id, &e.msg).await?;
+            Err(e.msg)
+        }
+    }
+}
+
+async fn drive(
+    client: &mut Client,
+    spec: &Spec,
+    job_id: i64,
+    faults: Faults,
+    started: Instant,
+) -> Result<RunEnd, JobError> {
+    let state = job_state(client, job_id).await?;
+    if state == QUEUED {
+        start(client, spec, job_id).await?;
+    }
+    let state = job_state(client, job_id).await?;
+    if state != RUNNING && state != FINALIZING {
+        return Ok(RunEnd::Finished);
+    }
+    let mut done = 0usize;
+    loop {
+        if faults.stop_after_batches == Some(done) {
+            return Err(JobError {
+                msg: format!("stopped by fault injection after {done} batch(es)"),
+                fatal: false,
+            });
+        }
+        let inject = faults.fail_inside_batch == Some(done + 1);
+        match run_batch(client, spec, job_id, inject).await? {
+            true => done += 1,
+            false => break,
+        }
+    }
+    finalize(client, spec, job_id, started).await?;
+    Ok(RunEnd::Finished)
+}
+
+async fn job_state(client: &Client, job_id: i64) -> Result<String, JobError> {
+    client
+        .query_opt(
+            "SELECT state FROM pgredact.forget_jobs WHERE id = $1",
+            &[&job_id],
+        )
+        .await
+        .map_err(pg)?
+        .map(|r| r.get(0))
+        .ok_or_else(|| fatal(format!("job {job_id} does not exist")))
+}
+
+async fn try_job_lock(client: &Client, job_id: i64) -> Result<bool, JobError> {
+    Ok(client
+        .query_one(
+            "SELECT pg_catalog.pg_try_advisory_lock($1, CAST($2 AS int4))",
+            &[&JOB_LOCK, &(job_id as i32)],
+        )
+        .await
+        .map_err(pg)?
+        .get(0))
+}
+
+async fn job_unlock(client: &Client, job_id: i64) -> Result<(), JobError> {
+    client
+        .execute(
+            "SELECT pg_catalog.pg_advisory_unlock($1, CAST($2 AS int4))",
+            &[&JOB_LOCK, &(job_id as i32)],
+        )
+        .await
+        .map_err(pg)?;
+    Ok(())
+}
+
+async fn all_ids(client: &Client, job_id: i64) -> Result<Vec<String>, JobError> {
+    let rows = client
+        .query(
+            "SELECT ids FROM pgredact.forget_batches WHERE job_id = $1 AND ids IS NOT NULL ORDER BY batch",
+            &[&job_id],
+        )
+        .await
+        .map_err(pg)?;
+    let mut ids = Vec::new();
+    for r in rows {
+        let v: Vec<String> = r.get(0);
+        ids.extend(v);
+    }
+    Ok(ids)
+}
+
+/// queued -> running (or blocked): plan, install suppression, fill the forget list.
+async fn start(client: &mut Client, spec: &Spec, job_id: i64) -> Result<(), JobError> {
+    if !try_job_lock(client, job_id).await? {
+        return Ok(()); // another worker is starting it
+    }
+    let result = start_locked(client, spec, job_id).await;
+    job_unlock(client, job_id).await?;
+    result
+}
+
+async fn start_locked(client: &mut Client, spec: &Spec, job_id: i64) -> Result<(), JobError> {
+    if job_state(client, job_id).await? != QUEUED {
+        return Ok(());
+    }
+    let ids = all_ids(client, job_id).await?;
+    // A plan made by the submitter a moment ago (the CLI plans before submitting) is reused;
+    // jobs from the API are planned here.
+    let stored: Option<String> = client
+        .query_one(
+            "SELECT plan::text FROM pgredact.forget_jobs WHERE id = $1",
+            &[&job_id],
+        )
+        .await
+        .map_err(pg)?
+        .get(0);
+    let plan = match stored.and_then(|s| serde_json::from_str::<plan::Plan>(&s).ok()) {
+        Some(p) if !p.has_blockers() => p,
+        _ => plan::plan(client, spec, &ids).await.map_err(fatal)?,
+    };
+    let plan_json = serde_json::to_string(&plan).map_err(|e| fatal(e.to_string()))?;
+    if plan.has_blockers() {
+        client
+            .execute(
+                "UPDATE pgredact.forget_jobs SET state = 'blocked', plan = CAST($2 AS text)::jsonb, \
+                 finished_at = now(), error = $3 WHERE id = $1",
+                &[&job_id, &plan_json, &format!("blocked by the plan: {}", plan.blockers.join("; "))],
+            )
+            .await
+            .map_err(pg)?;
+        clear_ids(client, job_id).await?;
+        return Ok(());
+    }
+    super::suppress::ensure(client, spec).await.map_err(fatal)?;
+    let tx = client.transaction().await.map_err(pg)?;
+    // Sorted, so concurrent jobs with overlapping IDs wait on each other in one order.
+    let new: i64 = tx
+        .query_one(
+            "WITH ins AS (INSERT INTO pgredact.forget_list (subject_hash, job_id) \
+               SELECT h, $2 FROM (SELECT pg_catalog.decode(pgredact.hmac_hex(v), 'hex') AS h \
+                                  FROM pg_catalog.unnest(CAST($1 AS pg_catalog.text[])) AS v) s \
+               ORDER BY h ON CONFLICT (subject_hash) DO NOTHING RETURNING 1) \
+             SELECT count(*) FROM ins",
+            &[&ids, &job_id],
+        )
+        .await
+        .map_err(pg)?
+        .get(0);
+    tx.execute(
+        "UPDATE pgredact.forget_jobs SET state = 'running', started_at = now(), \
+         plan = CAST($2 AS text)::jsonb, ids_new = $3 WHERE id = $1",
+        &[&job_id, &plan_json, &(new as i32)],
+    )
+    .await
+    .map_err(pg)?;
+    tx.commit().await.map_err(pg)?;
+    Ok(())
+}
+
+/// IDs of `ids` this job may anonymize now, and how many were already forgotten before it.
+async fn owned_ids<C: GenericClient>(
+    c: &C,
+    job_id: i64,
+    ids: &[String],
+) -> Result<(Vec<String>, Vec<String>, usize), JobError> {
+    let rows = c
+        .query(
+            "SELECT v, f.job_id, j.state FROM pg_catalog.unnest(CAST($1 AS pg_catalog.text[])) WITH ORDINALITY AS x(v, n) \
+             LEFT JOIN pgredact.forget_list f ON f.subject_hash = pg_catalog.decode(pgredact.hmac_hex(x.v), 'hex') \
+             LEFT JOIN pgredact.forget_jobs j ON j.id = f.job_id ORDER BY x.n",
+            &[&ids],
+        )
+        .await
+        .map_err(pg)?;
+    let mut process = Vec::new();
+    let mut mine = Vec::new();
+    let mut already = 0;
+    for r in rows {
+        let v: String = r.get(0);
+        let owner: Option<i64> = r.get(1);
+        let owner_state: Option<String> = r.get(2);
+        if owner == Some(job_id) {
+            mine.push(v.clone());
+            process.push(v);
+            continue;
+        }
+        already += 1;
+        let owner_active = matches!(owner_state.as_deref(), Some(QUEUED | RUNNING | FINALIZING));
+        if !owner_active {
+            process.push(v); // re-check: idempotent, finds nothing left to change
+        }
+    }
+    Ok((process, mine, already))
+}
+
+/// The one statement that anonymizes a set of IDs in every table; returns rows per table.
+fn update_sql(spec: &Spec) -> String {
+    let mut ctes = Vec::new();
+    let mut sels = Vec::new();
+    for (i, t) in spec.changing_tables().enumerate() {
+        ctes.push(format!(
+            "u{i} AS (UPDATE {} AS t SET {} WHERE {} AND {} RETURNING 1)",
+            t.qname(),
+            t.set_sql(),
+            t.match_sql("t", "$1"),
+            t.not_forgotten_sql("t")
+        ));
+        sels.push(format!("(SELECT count(*) FROM u{i})"));
+    }
+    format!("WITH {} SELECT {}", ctes.join(", "), sels.join(", "))
+}
+
+/// Rows that still hold PII for these IDs, per table.
+fn verify_sql(spec: &Spec) -> String {
+    let sels: Vec<String> = spec
+        .changing_tables()
+        .map(|t| {
+            format!(
+                "(SELECT count(*) FROM {} AS t WHERE {} AND {})",
+                t.qname(),
+                t.match_sql("t", "$1"),
+                t.not_forgotten_sql("t")
+            )
+        })
+        .collect();
+    format!("SELECT {}", sels.join(", "))
+}
+
+/// IDs with no row in any policy table.
+fn unknown_sql(spec: &Spec) -> String {
+    let exists: Vec<String> = spec
+        .tables
+        .iter()
+        .map(|t| {
+            format!(
+                "EXISTS (SELECT 1 FROM {} AS t WHERE t.{} = CAST(x.v AS {}))",
+                t.qname(),
+                crate::policy::quote_ident(&t.subject),
+                t.subject_type
+            )
+        })
+        .collect();
+    format!(
+        "SELECT count(*) FROM pg_catalog.unnest(CAST($1 AS pg_catalog.text[])) AS x(v) WHERE NOT ({})",
+        exists.join(" OR ")
+    )
+}
+
+fn counts(row: &tokio_postgres::Row, n: usize) -> Vec<i64> {
+    (0..n).map(|i| row.get::<_, i64>(i)).collect()
+}
+
+/// Claims and runs one pending batch. Returns false when none is left to claim.
+async fn run_batch(
+    client: &mut Client,
+    spec: &Spec,
+    job_id: i64,
+    inject: bool,
+) -> Result<bool, JobError> {
+    let tables: Vec<String> = spec.changing_tables().map(|t| t.display()).collect();
+    let tx = client.transaction().await.map_err(pg)?;
+    let Some(row) = tx
+        .query_opt(
+            "SELECT batch, ids FROM pgredact.forget_batches WHERE job_id = $1 AND state = 'pending' \
+             ORDER BY batch LIMIT 1 FOR UPDATE SKIP LOCKED",
+            &[&job_id],
+        )
+        .await
+        .map_err(pg)?
+    else {
+        tx.commit().await.map_err(pg)?;
+        return Ok(false);
+    };
+    let batch: i32 = row.get(0);
+    let ids: Vec<String> = row.get::<_, Option<Vec<String>>>(1).unwrap_or_default();
+    let (process, mine, already) = owned_ids(&tx, job_id, &ids).await?;
+    let unknown: i64 = if mine.is_empty() {
+        0
+    } else {
+        tx.query_one(&unknown_sql(spec), &[&mine])
+            .await
+            .map_err(pg)?
+            .get(0)
+    };
+    let mut changed = vec![0i64; tables.len()];
+    if !process.is_empty() && !tables.is_empty() {
+        let upd = tx.prepare(&update_sql(spec)).await.map_err(pg)?;
+        let ver = tx.prepare(&verify_sql(spec)).await.map_err(pg)?;
+        let mut remaining = vec![0i64; tables.len()];
+        // A second pass catches rows a concurrent writer committed during the first.
+        for _attempt in 0..2 {
+            let r = tx.query_one(&upd, &[&process]).await.map_err(pg)?;
+            for (c, n) in changed.iter_mut().zip(counts(&r, tables.len())) {
+                *c += n;
+            }
+            if inject {
+                // Dropping the transaction rolls the batch back, as a crash would.
+                return Err(JobError {
+                    msg: format!("failed by fault injection inside batch {batch}"),
+                    fatal: false,
+                });
+            }
+            let v = tx.query_one(&ver, &[&process]).await.map_err(pg)?;
+            remaining = counts(&v, tables.len());
+            if remaining.iter().all(|n| *n == 0) {
+                break;
+            }
+        }
+        if remaining.iter().any(|n| *n > 0) {
+            let left: Vec<String> = tables
+                .iter()
+                .zip(&remaining)
+                .filter(|(_, n)| **n > 0)
+                .map(|(t, n)| format!("{t}: {n}"))
+                .collect();
+            return Err(fatal(format!(
+                "batch {batch}: rows still hold PII after the update ({}); the batch was rolled back",
+                left.join(", ")
+            )));
+        }
+    }
+    let rows: Map<String, Value> = tables
+        .iter()
+        .zip(&changed)
+        .map(|(t, n)| (t.clone(), json!(n)))
+        .collect();
+    let forgotten = mine.len() as i64 - unknown;
+    tx.execute(
+        "UPDATE pgredact.forget_batches SET state = 'done', done_at = now(), forgotten = $3, already = $4, \
+         unknown = $5, rows = CAST($6 AS text)::jsonb WHERE job_id = $1 AND batch = $2",
+        &[
+            &job_id,
+            &batch,
+            &(forgotten as i32),
+            &(already as i32),
+            &(unknown as i32),
+            &Value::Object(rows).to_string(),
+        ],
+    )
+    .await
+    .map_err(pg)?;
+    tx.commit().await.map_err(pg)?;
+    Ok(true)
+}
+
+/// running -> finalizing -> done (or failed): verify, refresh, analyze, clear raw IDs.
+async fn finalize(
+    client: &mut Client,
+    spec: &Spec,
+    job_id: i64,
+    started: Instant,
+) -> Result<(), JobError> {
+    if !try_job_lock(client, job_id).await? {
+        return Ok(()); // another worker finalizes
+    }
+    let result = finalize_locked(client, spec, job_id, started).await;
+    job_unlock(client, job_id).await?;
+    result
+}
+
+async fn finalize_locked(
+    client: &mut Client,
+    spec: &Spec,
+    job_id: i64,
+    started: Instant,
+) -> Result<(), JobError> {
+    let claimed = client
+        .execute(
+            "UPDATE pgredact.forget_jobs SET state = 'finalizing' WHERE id = $1 \
+             AND state IN ('running', 'finalizing') \
+             AND NOT EXISTS (SELECT 1 FROM pgredact.forget_batches WHERE job_id = $1 AND state = 'pending')",
+            &[&job_id],
+        )
+        .await
+        .map_err(pg)?;
+    if claimed == 0 {
+        return Ok(()); // batches still running elsewhere, or already final
+    }
+    let tables: Vec<String> = spec.changing_tables().map(|t| t.display()).collect();
+    let ids = all_ids(client, job_id).await?;
+    let (process, _, _) = owned_ids(&*client, job_id, &ids).await?;
+    // Verification: re-query every table for these IDs (a second pass fixes rows that a write
+    // started before the job committed after its batch).
+    let mut remaining = vec![0i64; tables.len()];
+    let mut reapplied = 0i64;
+    if !process.is_empty() && !tables.is_empty() {
+        for attempt in 0..2 {
+            let v = client
+                .query_one(&verify_sql(spec), &[&process])
+                .await
+                .map_err(pg)?;
+            remaining = counts(&v, tables.len());
+            if remaining.iter().all(|n| *n == 0) || attempt == 1 {
+                break;
+            }
+            let r = client
+                .query_one(&update_sql(spec), &[&process])
+                .await
+                .map_err(pg)?;
+            reapplied += counts(&r, tables.len()).iter().sum::<i64>();
+        }
+    }
+    let ok = remaining.iter().all(|n| *n == 0);
+    let mut per_table = Map::new();
+    for (t, n) in tables.iter().zip(&remaining) {
+        per_table.insert(t.clone(), json!(n));
+    }
+    let verification = json!({
+        "ok": ok,
+        "ids_checked": process.len(),
+        "rows_with_pii_left": per_table,
+        "rows_fixed_at_verification": reapplied,
+    });
+    // Tables that changed, from the batch records.
+    let changed: Vec<String> = client
+        .query(
+            "SELECT DISTINCT e.key FROM pgredact.forget_batches b, jsonb_each_text(b.rows) e \
+             WHERE b.job_id = $1 AND e.value::int8 > 0 ORDER BY 1",
+            &[&job_id],
+        )
+        .await
+        .map_err(pg)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let changed_specs: Vec<&plan::TableSpec> = spec
+        .tables
+        .iter()
+        .filter(|t| changed.contains(&t.display()) || reapplied > 0 && t.changes_anything())
+        .collect();
+    let mut refreshed = Vec::new();
+    let mut warnings = Vec::new();
+    let oids: Vec<u32> = changed_specs.iter().map(|t| t.oid).collect();
+    for (mv, owned) in plan::dependent_matviews(client, &oids)
+        .await
+        .map_err(fatal)?
+    {
+        if !owned {
+            warnings.push(format!(
+                "materialized view {mv} not refreshed: not owned by the control role"
+            ));
+            continue;
+        }
+        client
+            .batch_execute(&format!("REFRESH MATERIALIZED VIEW {mv}"))
+            .await
+            .map_err(|e| fatal(format!("refreshing {mv}: {}", super::db_error(&e))))?;
+        refreshed.push(mv);
+    }
+    let mut analyzed = Vec::new();
+    for t in &changed_specs {
+        if !t.owned {
+            warnings.push(format!(
+                "{} not analyzed: not owned by the control role",
+                t.display()
+            ));
+            continue;
+        }
+        client
+            .batch_execute(&format!("ANALYZE {}", t.qname()))
+            .await
+            .map_err(|e| {
+                fatal(format!(
+                    "analyzing {}: {}",
+                    t.display(),
+                    super::db_error(&e)
+                ))
+            })?;
+        analyzed.push(t.display());
+    }
+    let summary = json!({
+        "refreshed": refreshed,
+        "analyzed": analyzed,
+        "warnings": warnings,
+        "wall_seconds": started.elapsed().as_secs_f64(),
+    });
+    let (state, error) = if ok {
+        ("done", None)
+    } else {
+        (
+            "failed",
+            Some("verification found rows that still hold PII".to_string()),
+        )
+    };
+    client
+        .execute(
+            "UPDATE pgredact.forget_jobs SET state = $2, finished_at = now(), \
+             verification = CAST($3 AS text)::jsonb, summary = CAST($4 AS text)::jsonb, error = $5 WHERE id = $1",
+            &[&job_id, &state, &verification.to_string(), &summary.to_string(), &error],
+        )
+        .await
+        .map_err(pg)?;
+    clear_ids(client, job_id).await?;
+    Ok(())
+}
+
+async fn clear_ids(client: &Client, job_id: i64) -> Result<(), JobError> {
+    client
+        .execute(
+            "UPDATE pgredact.forget_batches SET ids = NULL, \
+             state = CASE WHEN state = 'pending' THEN 'cancelled' ELSE state END WHERE job_id = $1",
+            &[&job_id],
+        )
+        .await
+        .map_err(pg)?;
+    Ok(())
+}
+
+async fn mark_failed(client: &Client, job_id: i64, msg: &str) -> Result<(), String> {
+    client
+        .execute(
+            "UPDATE pgredact.forget_jobs SET state = $2, finished_at = now(), error = $3 \
+             WHERE id = $1 AND state IN ('queued', 'running', 'finalizing')",
+            &[&job_id, &FAILED, &msg],
+        )
+        .await
+        .map_err(|e| super::db_error(&e))?;
+    clear_ids(client, job_id).await.map_err(|e| e.msg)?;
+    Ok(())
+}
+
+/// Resumes every unfinished job of the database (after a crash, or left by another worker).
+pub async fn resume_all(
+    client: &mut Client,
+    spec: &Spec,
+    faults: Faults,
+) -> Result<Vec<(i64, RunEnd)>, String> {
+    let mut out = Vec::new();
+    for id in jobs::active(client).await? {
+        let end = run_job(client, spec, id, faults).await?;
+        out.push((id, end));
+    }
+    Ok(out)
+}

@@ -1,0 +1,314 @@
+//! Forget jobs live in the database being protected, in the control schema `pgredact`:
+//!
+//! - `pgredact.forget_list`: one row per forgotten subject, keyed by HMAC-SHA256(key, ID)
+//!   (bytea); never a raw ID. `job_id` names the job that added it (it owns the anonymization).
+//! - `pgredact.forget_jobs`: one row per request (forget or unforget): requester, source, times,
+//!   state, plan, counts, verification. No raw IDs.
+//! - `pgredact.forget_batches`: the work queue of a job. `ids` holds the canonical IDs of one
+//!   batch until the job finishes; it is cleared (set to NULL) when the job is done, blocked or
+//!   failed, so raw IDs are kept only while the job still needs them to resume after a crash.
+//!
+//! Batches are claimed with `FOR UPDATE SKIP LOCKED`, so any number of workers (CLI runs, admin
+//! servers) can share a job's batches without waiting on each other or doing a batch twice.
+//! All three tables are readable only by the control role (which owns the schema).
+
+use serde::Serialize;
+use serde_json::Value;
+use tokio_postgres::Client;
+
+/// Job states.
+pub const QUEUED: &str = "queued";
+pub const RUNNING: &str = "running";
+pub const FINALIZING: &str = "finalizing";
+pub const DONE: &str = "done";
+pub const BLOCKED: &str = "blocked";
+pub const FAILED: &str = "failed";
+
+/// Creates the control tables (idempotent; after `control::ensure`).
+pub async fn ensure_schema(client: &Client) -> Result<(), String> {
+    client
+        .batch_execute(
+            r#"
+SELECT pg_catalog.pg_advisory_xact_lock(7320451);
+CREATE TABLE IF NOT EXISTS pgredact.forget_jobs (
+    id            bigserial PRIMARY KEY,
+    kind          text NOT NULL DEFAULT 'forget' CHECK (kind IN ('forget', 'unforget')),
+    database      text NOT NULL,
+    requester     text NOT NULL,
+    source        text NOT NULL,
+    state         text NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    started_at    timestamptz,
+    finished_at   timestamptz,
+    ids_total     integer NOT NULL DEFAULT 0,
+    ids_duplicate integer NOT NULL DEFAULT 0,
+    ids_new       integer,
+    batch_size    integer NOT NULL DEFAULT 0,
+    plan          jsonb,
+    summary       jsonb,
+    verification  jsonb,
+    error         text
+);
+CREATE INDEX IF NOT EXISTS forget_jobs_active ON pgredact.forget_jobs (id)
+    WHERE state IN ('queued', 'running', 'finalizing');
+CREATE TABLE IF NOT EXISTS pgredact.forget_batches (
+    job_id    bigint NOT NULL REFERENCES pgredact.forget_jobs (id) ON DELETE CASCADE,
+    batch     integer NOT NULL,
+    state     text NOT NULL DEFAULT 'pending',
+    ids       text[],
+    ids_count integer NOT NULL,
+    forgotten integer,
+    already   integer,
+    unknown   integer,
+    rows      jsonb,
+    done_at   timestamptz,
+    PRIMARY KEY (job_id, batch)
+);
+CREATE TABLE IF NOT EXISTS pgredact.forget_list (
+    subject_hash bytea PRIMARY KEY,
+    forgotten_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    job_id       bigint
+);
+CREATE TABLE IF NOT EXISTS pgredact.forget_meta (
+    id        boolean PRIMARY KEY DEFAULT true CHECK (id),
+    key_check text NOT NULL
+);
+REVOKE ALL ON pgredact.forget_jobs, pgredact.forget_batches, pgredact.forget_list, pgredact.forget_meta FROM PUBLIC;
+"#,
+        )
+        .await
+        .map_err(|e| {
+            format!(
+                "creating the forget tables in schema pgredact: {}",
+                super::db_error(&e)
+            )
+        })
+}
+
+/// Who asked, and through which interface.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub requester: String,
+    /// `cli` or `api`.
+    pub source: String,
+}
+
+/// Creates a queued job with its batches (one transaction). Returns the job ID.
+pub async fn create(
+    client: &mut Client,
+    database: &str,
+    origin: &Origin,
+    ids: &[String],
+    duplicates: usize,
+    batch_size: usize,
+    plan: Option<&super::Plan>,
+) -> Result<i64, String> {
+    let err = |e: tokio_postgres::Error| super::db_error(&e);
+    let plan_json = match plan {
+        Some(p) => Some(serde_json::to_string(p).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let batch_size = batch_size.max(1);
+    let tx = client.transaction().await.map_err(err)?;
+    let id: i64 = tx
+        .query_one(
+            "INSERT INTO pgredact.forget_jobs (database, requester, source, state, ids_total, ids_duplicate, batch_size, plan) \
+             VALUES ($1, $2, $3, 'queued', $4, $5, $6, CAST($7 AS text)::jsonb) RETURNING id",
+            &[
+                &database,
+                &origin.requester,
+                &origin.source,
+                &(ids.len() as i32),
+                &(duplicates as i32),
+                &(batch_size as i32),
+                &plan_json,
+            ],
+        )
+        .await
+        .map_err(err)?
+        .get(0);
+    let stmt = tx
+        .prepare(
+            "INSERT INTO pgredact.forget_batches (job_id, batch, ids, ids_count) VALUES ($1, $2, $3, $4)",
+        )
+        .await
+        .map_err(err)?;
+    for (n, chunk) in ids.chunks(batch_size).enumerate() {
+        let chunk: Vec<String> = chunk.to_vec();
+        tx.execute(&stmt, &[&id, &(n as i32), &chunk, &(chunk.len() as i32)])
+            .await
+            .map_err(err)?;
+    }
+    tx.commit().await.map_err(err)?;
+    Ok(id)
+}
+
+/// Unfinished forget jobs, oldest first.
+pub async fn active(client: &Client) -> Result<Vec<i64>, String> {
+    Ok(client
+        .query(
+            "SELECT id FROM pgredact.forget_jobs WHERE kind = 'forget' \
+             AND state IN ('queued', 'running', 'finalizing') ORDER BY id",
+            &[],
+        )
+        .await
+        .map_err(|e| super::db_error(&e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// State and counts of a job, as the API and the CLI report them.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct JobStatus {
+    pub job_id: i64,
+    pub kind: String,
+    pub database: String,
+    pub requester: String,
+    pub source: String,
+    pub state: String,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub ids_total: i64,
+    pub ids_duplicate: i64,
+    pub batches_total: i64,
+    pub batches_done: i64,
+    /// IDs whose data this job anonymized (or found already clean).
+    pub ids_forgotten: i64,
+    /// IDs already on the forget list before this job (nothing to do).
+    pub ids_already_forgotten: i64,
+    /// IDs with no rows in any policy table (added to the forget list all the same).
+    pub ids_unknown: i64,
+    /// Rows changed per table.
+    pub rows_changed: serde_json::Map<String, Value>,
+    pub plan: Option<Value>,
+    pub summary: Option<Value>,
+    pub verification: Option<Value>,
+    pub error: Option<String>,
+}
+
+/// Reads a job (None when there is no such job).
+pub async fn status(client: &Client, job_id: i64) -> Result<Option<JobStatus>, String> {
+    let err = |e: tokio_postgres::Error| super::db_error(&e);
+    let Some(j) = client
+        .query_opt(
+            "SELECT id, kind, database, requester, source, state, \
+                    to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
+                    to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
+                    to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
+                    ids_total::int8, ids_duplicate::int8, plan::text, summary::text, verification::text, error \
+             FROM pgredact.forget_jobs WHERE id = $1",
+            &[&job_id],
+        )
+        .await
+        .map_err(err)?
+    else {
+        return Ok(None);
+    };
+    let b = client
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE state = 'done'), \
+                    coalesce(sum(forgotten), 0)::int8, coalesce(sum(already), 0)::int8, coalesce(sum(unknown), 0)::int8, \
+                    coalesce((SELECT jsonb_object_agg(key, total)::text FROM ( \
+                        SELECT e.key, sum(e.value::int8) AS total FROM pgredact.forget_batches b2, \
+                               jsonb_each_text(b2.rows) e WHERE b2.job_id = $1 GROUP BY e.key) s), '{}') \
+             FROM pgredact.forget_batches WHERE job_id = $1",
+            &[&job_id],
+        )
+        .await
+        .map_err(err)?;
+    let parse = |s: Option<String>| s.and_then(|s| serde_json::from_str::<Value>(&s).ok());
+    let rows_changed = match parse(Some(b.get(5))) {
+        Some(Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    };
+    Ok(Some(JobStatus {
+        job_id: j.get(0),
+        kind: j.get(1),
+        database: j.get(2),
+        requester: j.get(3),
+        source: j.get(4),
+        state: j.get(5),
+        created_at: j.get(6),
+        started_at: j.get(7),
+        finished_at: j.get(8),
+        ids_total: j.get(9),
+        ids_duplicate: j.get(10),
+        batches_total: b.get(0),
+        batches_done: b.get(1),
+        ids_forgotten: b.get(2),
+        ids_already_forgotten: b.get(3),
+        ids_unknown: b.get(4),
+        rows_changed,
+        plan: parse(j.get(11)),
+        summary: parse(j.get(12)),
+        verification: parse(j.get(13)),
+        error: j.get(14),
+    }))
+}
+
+impl JobStatus {
+    /// Human-readable report (what the CLI prints).
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "job {} on database {:?} (requested by {} via {}): {}\n",
+            self.job_id, self.database, self.requester, self.source, self.state
+        );
+        s.push_str(&format!(
+            "  ids: {} requested ({} duplicate(s) ignored): {} forgotten now, {} already forgotten, {} unknown (no rows; suppressed from now on)\n",
+            self.ids_total + self.ids_duplicate,
+            self.ids_duplicate,
+            self.ids_forgotten,
+            self.ids_already_forgotten,
+            self.ids_unknown
+        ));
+        s.push_str(&format!(
+            "  batches: {}/{} done\n",
+            self.batches_done, self.batches_total
+        ));
+        let changed: Vec<(&String, i64)> = self
+            .rows_changed
+            .iter()
+            .map(|(t, n)| (t, n.as_i64().unwrap_or(0)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        if changed.is_empty() {
+            s.push_str("  rows changed: none\n");
+        }
+        for (t, n) in changed {
+            s.push_str(&format!("  {t}: {n} row(s) changed\n"));
+        }
+        if let Some(Value::Object(v)) = &self.verification {
+            let ok = v.get("ok").and_then(Value::as_bool).unwrap_or(false);
+            s.push_str(&format!(
+                "  verification: {}\n",
+                if ok {
+                    "re-queried every table: no PII left for these customers".to_string()
+                } else {
+                    format!("FAILED: {}", Value::Object(v.clone()))
+                }
+            ));
+        }
+        if let Some(Value::Object(sm)) = &self.summary {
+            for key in ["refreshed", "analyzed"] {
+                if let Some(Value::Array(a)) = sm.get(key) {
+                    if !a.is_empty() {
+                        let names: Vec<String> = a
+                            .iter()
+                            .filter_map(|x| x.as_str().map(String::from))
+                            .collect();
+                        s.push_str(&format!("  {key}: {}\n", names.join(", ")));
+                    }
+                }
+            }
+            if let Some(w) = sm.get("wall_seconds").and_then(Value::as_f64) {
+                s.push_str(&format!("  wall time: {w:.2} s\n"));
+            }
+        }
+        if let Some(e) = &self.error {
+            s.push_str(&format!("  error: {e}\n"));
+        }
+        s
+    }
+}

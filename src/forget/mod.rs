@@ -1,0 +1,531 @@
+//! Right to be forgotten: anonymize a customer's PII in every policy table with a `subject`,
+//! keep the record and its aggregates, and keep the PII from coming back.
+//!
+//! - [`csv`]: IDs from CSV files, `--ids` lists and JSON, validated and canonical.
+//! - [`plan`]: the catalog-checked specification and the plan (rows matched, blockers).
+//! - [`suppress`]: the BEFORE INSERT OR UPDATE triggers that keep forgotten PII out.
+//! - [`jobs`]: the control tables (forget list, jobs, batches) and job status.
+//! - [`exec`]: running a job in resumable, idempotent batches.
+//!
+//! Entry points: [`run_cli`] (`pgredact forget`), [`run_unforget_cli`] (`pgredact unforget`),
+//! and [`Session`] (used by the admin API and the tests).
+
+pub mod csv;
+pub mod exec;
+pub mod jobs;
+pub mod plan;
+pub mod suppress;
+
+use crate::config::Config;
+use crate::policy::{load_dir, DatabasePolicy};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio_postgres::Client;
+
+pub use exec::{Faults, RunEnd};
+pub use jobs::{JobStatus, Origin};
+pub use plan::{Plan, Spec};
+
+/// Default IDs per batch (one transaction each).
+pub const DEFAULT_BATCH_SIZE: usize = 5_000;
+
+/// `pgredact forget`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ForgetArgs {
+    /// Database whose policy applies (default: the only policy database with subject tables).
+    #[arg(long)]
+    pub database: Option<String>,
+    /// CSV file of customer IDs: one a line, optional header, blank lines ignored.
+    #[arg(long, value_name = "PATH", conflicts_with = "ids")]
+    pub csv: Option<PathBuf>,
+    /// Comma-separated customer IDs.
+    #[arg(long, value_name = "ID,ID,...")]
+    pub ids: Option<String>,
+    /// Print the plan (tables, columns, rows matched, blockers) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Who asked (recorded in the job; default: $USER).
+    #[arg(long)]
+    pub requester: Option<String>,
+    /// Customer IDs per transaction.
+    #[arg(long, default_value_t = DEFAULT_BATCH_SIZE)]
+    pub batch_size: usize,
+    /// Resume unfinished jobs (after a crash) instead of starting a new one.
+    #[arg(long, conflicts_with_all = ["csv", "ids", "dry_run"])]
+    pub resume: bool,
+}
+
+/// `pgredact unforget`: lifts suppression for IDs (audited; anonymized data stays anonymized).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct UnforgetArgs {
+    /// Database whose policy applies (default: the only policy database with subject tables).
+    #[arg(long)]
+    pub database: Option<String>,
+    /// CSV file of customer IDs: one a line, optional header, blank lines ignored.
+    #[arg(long, value_name = "PATH", conflicts_with = "ids")]
+    pub csv: Option<PathBuf>,
+    /// Comma-separated customer IDs.
+    #[arg(long, value_name = "ID,ID,...")]
+    pub ids: Option<String>,
+    /// Who asked (required: unforget is audited).
+    #[arg(long)]
+    pub requester: String,
+    /// Why (recorded in the audit record).
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+/// A PostgreSQL error as one line: SQLSTATE and message only. The DETAIL (which may quote row
+/// values, i.e. PII or raw IDs) is left out on purpose: these strings end up in job records.
+pub fn db_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{} ({})", d.message(), d.code().code()),
+        None => e.to_string(),
+    }
+}
+
+/// How to reach one database as the control role.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<String>,
+    pub database: String,
+}
+
+impl Target {
+    pub fn from_config(cfg: &Config, database: &str) -> Target {
+        Target {
+            host: cfg.upstream.host.clone(),
+            port: cfg.upstream.port,
+            user: cfg.upstream.user.clone(),
+            password: cfg.upstream_password(),
+            database: database.to_string(),
+        }
+    }
+
+    pub async fn connect(&self) -> Result<Client, String> {
+        let mut c = tokio_postgres::Config::new();
+        c.host(&self.host)
+            .port(self.port)
+            .user(&self.user)
+            .dbname(&self.database)
+            .application_name("pgredact-forget")
+            // Type names from format_type() come out schema-qualified unless built in, and
+            // nothing the session runs can be redirected by objects in other schemas.
+            .options("-c search_path=pg_catalog -c client_min_messages=warning");
+        if let Some(p) = &self.password {
+            c.password(p);
+        }
+        let (client, conn) = c.connect(tokio_postgres::NoTls).await.map_err(|e| {
+            format!(
+                "connecting to {}:{} as {} (database {}): {}",
+                self.host,
+                self.port,
+                self.user,
+                self.database,
+                db_error(&e)
+            )
+        })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("forget connection ended: {e}");
+            }
+        });
+        Ok(client)
+    }
+}
+
+/// A control-plane connection to one database, with its resolved forget specification.
+pub struct Session {
+    pub client: Client,
+    pub spec: Spec,
+    pub policy: Arc<DatabasePolicy>,
+}
+
+impl Session {
+    /// Connects, creates the control schema and tables, stores the key (when given), and
+    /// resolves the policy against the catalog.
+    pub async fn open(
+        target: &Target,
+        policy: Arc<DatabasePolicy>,
+        hash_key: Option<&[u8]>,
+    ) -> Result<Session, String> {
+        let client = target.connect().await?;
+        // The forget list only works with the key it was built with: refuse a different one
+        // before it is stored.
+        if let Some(key) = hash_key {
+            if let Some(stored) = stored_key_check(&client).await? {
+                if stored != key_check_hex(key) {
+                    return Err(KEY_CHANGED.to_string());
+                }
+            }
+        }
+        // One transaction holding an advisory lock until commit: two instances starting at
+        // once must not both try to create the schema (a session-level lock released before
+        // the creating transaction commits lets the second one in too early).
+        client
+            .batch_execute("BEGIN; SELECT pg_catalog.pg_advisory_xact_lock(7320451)")
+            .await
+            .map_err(|e| db_error(&e))?;
+        let created = async {
+            crate::control::ensure(&client, hash_key)
+                .await
+                .map_err(|e| {
+                    let why = match &e {
+                        crate::control::ControlError::Db(d) => db_error(d),
+                        other => other.to_string(),
+                    };
+                    format!("creating the control schema pgredact: {why}")
+                })?;
+            jobs::ensure_schema(&client).await
+        }
+        .await;
+        let end = if created.is_ok() {
+            "COMMIT"
+        } else {
+            "ROLLBACK"
+        };
+        client.batch_execute(end).await.map_err(|e| db_error(&e))?;
+        created?;
+        let has_key: bool = client
+            .query_one("SELECT EXISTS (SELECT 1 FROM pgredact.hash_key)", &[])
+            .await
+            .map_err(|e| db_error(&e))?
+            .get(0);
+        if !has_key {
+            return Err(
+                "no hash key: set the environment variable named by [secrets] hash_key_env \
+                        (the forget list stores keyed hashes of IDs, never the IDs)"
+                    .to_string(),
+            );
+        }
+        // The key in the database (used by the triggers) must still be the forget list's key.
+        let current: String = client
+            .query_one("SELECT pgredact.hmac_hex($1)", &[&KEY_CHECK])
+            .await
+            .map_err(|e| db_error(&e))?
+            .get(0);
+        match stored_key_check(&client).await? {
+            Some(stored) if stored != current => return Err(KEY_CHANGED.to_string()),
+            Some(_) => {}
+            None => {
+                client
+                    .execute(
+                        "INSERT INTO pgredact.forget_meta (id, key_check) VALUES (true, $1) ON CONFLICT (id) DO NOTHING",
+                        &[&current],
+                    )
+                    .await
+                    .map_err(|e| db_error(&e))?;
+            }
+        }
+        let spec = plan::resolve(&client, &policy).await?;
+        Ok(Session {
+            client,
+            spec,
+            policy,
+        })
+    }
+
+    /// Installs the suppression triggers (idempotent).
+    pub async fn ensure_suppression(&mut self) -> Result<Vec<String>, String> {
+        if !self.spec.static_blockers.is_empty() {
+            return Err(format!(
+                "cannot install suppression triggers: {}",
+                self.spec.static_blockers.join("; ")
+            ));
+        }
+        suppress::ensure(&mut self.client, &self.spec).await
+    }
+
+    /// Plans without changing anything.
+    pub async fn plan(&self, ids: &[String]) -> Result<Plan, String> {
+        plan::plan(&self.client, &self.spec, ids).await
+    }
+
+    /// Creates a queued job. IDs must be canonical ([`csv`]).
+    pub async fn submit(
+        &mut self,
+        origin: &Origin,
+        list: &csv::IdList,
+        batch_size: usize,
+    ) -> Result<i64, String> {
+        self.submit_planned(origin, list, batch_size, None).await
+    }
+
+    /// [`Session::submit`] with a plan just made for the same IDs (the job start reuses it).
+    pub async fn submit_planned(
+        &mut self,
+        origin: &Origin,
+        list: &csv::IdList,
+        batch_size: usize,
+        plan: Option<&Plan>,
+    ) -> Result<i64, String> {
+        if list.ids.is_empty() {
+            return Err("no customer IDs given".to_string());
+        }
+        jobs::create(
+            &mut self.client,
+            &self.spec.database,
+            origin,
+            &list.ids,
+            list.duplicates,
+            batch_size,
+            plan,
+        )
+        .await
+    }
+
+    /// Runs (or resumes) a job as far as this worker can.
+    pub async fn run(&mut self, job_id: i64, faults: Faults) -> Result<RunEnd, String> {
+        exec::run_job(&mut self.client, &self.spec, job_id, faults).await
+    }
+
+    /// Resumes every unfinished job.
+    pub async fn resume_all(&mut self, faults: Faults) -> Result<Vec<(i64, RunEnd)>, String> {
+        exec::resume_all(&mut self.client, &self.spec, faults).await
+    }
+
+    pub async fn status(&self, job_id: i64) -> Result<Option<JobStatus>, String> {
+        jobs::status(&self.client, job_id).await
+    }
+
+    /// Removes IDs from the forget list and writes an audit record. Returns (removed, job id).
+    pub async fn unforget(
+        &mut self,
+        origin: &Origin,
+        list: &csv::IdList,
+        reason: Option<&str>,
+    ) -> Result<(i64, i64), String> {
+        let tx = self.client.transaction().await.map_err(|e| db_error(&e))?;
+        let removed: i64 = tx
+            .query_one(
+                "WITH d AS (DELETE FROM pgredact.forget_list WHERE subject_hash IN ( \
+                   SELECT pg_catalog.decode(pgredact.hmac_hex(v), 'hex') FROM pg_catalog.unnest(CAST($1 AS pg_catalog.text[])) v) \
+                   RETURNING 1) SELECT count(*) FROM d",
+                &[&list.ids],
+            )
+            .await
+            .map_err(|e| db_error(&e))?
+            .get(0);
+        let summary = serde_json::json!({ "removed_from_forget_list": removed, "reason": reason });
+        let id: i64 = tx
+            .query_one(
+                "INSERT INTO pgredact.forget_jobs (kind, database, requester, source, state, started_at, finished_at, \
+                   ids_total, ids_duplicate, summary) \
+                 VALUES ('unforget', $1, $2, $3, 'done', now(), now(), $4, $5, CAST($6 AS text)::jsonb) RETURNING id",
+                &[
+                    &self.spec.database,
+                    &origin.requester,
+                    &origin.source,
+                    &(list.ids.len() as i32),
+                    &(list.duplicates as i32),
+                    &summary.to_string(),
+                ],
+            )
+            .await
+            .map_err(|e| db_error(&e))?
+            .get(0);
+        tx.commit().await.map_err(|e| db_error(&e))?;
+        tracing::info!(job = id, removed, requester = %origin.requester, "unforget");
+        Ok((removed, id))
+    }
+
+    /// Parses IDs from a CSV file's bytes for this database's subject types.
+    pub fn parse_csv(&self, bytes: &[u8]) -> Result<csv::IdList, String> {
+        csv::parse_csv(bytes, self.spec.id_kind, &self.spec.subject_names)
+    }
+
+    pub fn parse_ids(&self, text: &str) -> Result<csv::IdList, String> {
+        csv::parse_id_list(text, self.spec.id_kind)
+    }
+}
+
+/// Input of the key check (a keyed hash of a constant, stored once: never the key itself).
+const KEY_CHECK: &str = "pgredact forget key check";
+const KEY_CHANGED: &str = "the hash key differs from the one the forget list was built with: every \
+    forgotten customer's keyed hash would stop matching and suppression would silently stop. Restore \
+    the previous key ([secrets] hash_key_env)";
+
+fn key_check_hex(key: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    match Hmac::<sha2::Sha256>::new_from_slice(key) {
+        Ok(mut m) => {
+            m.update(KEY_CHECK.as_bytes());
+            hex::encode(m.finalize().into_bytes())
+        }
+        Err(_) => String::new(),
+    }
+}
+
+async fn stored_key_check(client: &Client) -> Result<Option<String>, String> {
+    let exists: bool = client
+        .query_one(
+            "SELECT pg_catalog.to_regclass('pgredact.forget_meta') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(|e| db_error(&e))?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    Ok(client
+        .query_opt("SELECT key_check FROM pgredact.forget_meta", &[])
+        .await
+        .map_err(|e| db_error(&e))?
+        .map(|r| r.get(0)))
+}
+
+/// The policy for `database`, or the only one whose tables have a subject.
+pub fn pick_policy(cfg: &Config, database: Option<&str>) -> Result<Arc<DatabasePolicy>, String> {
+    let set = load_dir(&cfg.policies_dir(), 0)?;
+    match database {
+        Some(db) => set.get(db).ok_or_else(|| {
+            format!(
+                "no policy file for database {db:?} in {}",
+                cfg.policies_dir().display()
+            )
+        }),
+        None => {
+            let mut with_subject: Vec<Arc<DatabasePolicy>> = set
+                .by_database
+                .values()
+                .filter(|p| p.tables.values().any(|t| t.subject.is_some()))
+                .cloned()
+                .collect();
+            match with_subject.len() {
+                1 => Ok(with_subject.remove(0)),
+                0 => Err(format!(
+                    "no policy in {} has a table with a `subject`: nothing to forget",
+                    cfg.policies_dir().display()
+                )),
+                _ => {
+                    let mut names: Vec<String> =
+                        with_subject.iter().map(|p| p.database.clone()).collect();
+                    names.sort();
+                    Err(format!(
+                        "several databases have subject tables ({}): choose one with --database",
+                        names.join(", ")
+                    ))
+                }
+            }
+        }
+    }
+}
+
+fn read_ids(
+    session: &Session,
+    csv_path: &Option<PathBuf>,
+    ids: &Option<String>,
+) -> Result<csv::IdList, String> {
+    match (csv_path, ids) {
+        (Some(p), _) => {
+            let bytes =
+                std::fs::read(p).map_err(|e| format!("{}: cannot read: {e}", p.display()))?;
+            session
+                .parse_csv(&bytes)
+                .map_err(|e| format!("{}: {e}; nothing was changed", p.display()))
+        }
+        (None, Some(list)) => session.parse_ids(list),
+        (None, None) => Err("give the customer IDs with --csv PATH or --ids 1,2,3".to_string()),
+    }
+}
+
+fn default_requester() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "cli".to_string())
+}
+
+/// `pgredact forget`: plan, then (unless `--dry-run` or blocked) run the job to the end.
+/// Returns the report to print; an error when blocked or failed.
+pub async fn run_cli(cfg: &Config, args: ForgetArgs) -> Result<String, String> {
+    run_cli_with(cfg, args, Faults::default()).await
+}
+
+/// [`run_cli`] with fault injection (tests).
+pub async fn run_cli_with(
+    cfg: &Config,
+    args: ForgetArgs,
+    faults: Faults,
+) -> Result<String, String> {
+    let policy = pick_policy(cfg, args.database.as_deref())?;
+    let target = Target::from_config(cfg, &policy.database);
+    let key = cfg.hash_key();
+    let mut session = Session::open(&target, policy, key.as_deref()).await?;
+    if args.resume {
+        let ends = session.resume_all(faults).await?;
+        if ends.is_empty() {
+            return Ok("no unfinished forget jobs\n".to_string());
+        }
+        let mut out = String::new();
+        for (id, end) in ends {
+            if let Some(st) = session.status(id).await? {
+                out.push_str(&st.render());
+            }
+            if let RunEnd::Interrupted(m) = end {
+                return Err(format!("{out}interrupted: {m}"));
+            }
+        }
+        return Ok(out);
+    }
+    let list = read_ids(&session, &args.csv, &args.ids)?;
+    if list.ids.is_empty() {
+        return Err("no customer IDs given (the file or list is empty)".to_string());
+    }
+    let plan = session.plan(&list.ids).await?;
+    if args.dry_run {
+        return Ok(format!("{}(dry run: nothing was changed)\n", plan.render()));
+    }
+    if plan.has_blockers() {
+        return Err(plan.render());
+    }
+    let origin = Origin {
+        requester: args.requester.unwrap_or_else(default_requester),
+        source: "cli".to_string(),
+    };
+    let job = session
+        .submit_planned(&origin, &list, args.batch_size, Some(&plan))
+        .await?;
+    let end = session.run(job, faults).await;
+    let status = session
+        .status(job)
+        .await?
+        .ok_or_else(|| format!("job {job} vanished"))?;
+    let report = status.render();
+    match end {
+        Err(e) => Err(format!("{report}forget failed: {e}")),
+        Ok(RunEnd::Interrupted(m)) => Err(format!(
+            "{report}interrupted: {m}; run `pgredact forget --resume` to finish job {job}"
+        )),
+        Ok(RunEnd::Finished) => match status.state.as_str() {
+            jobs::DONE => Ok(report),
+            _ => Err(report),
+        },
+    }
+}
+
+/// `pgredact unforget`: lifts suppression for the IDs; audited in `pgredact.forget_jobs`.
+pub async fn run_unforget_cli(cfg: &Config, args: UnforgetArgs) -> Result<String, String> {
+    if args.requester.trim().is_empty() {
+        return Err("--requester is required: unforget is audited".to_string());
+    }
+    let policy = pick_policy(cfg, args.database.as_deref())?;
+    let target = Target::from_config(cfg, &policy.database);
+    let key = cfg.hash_key();
+    let mut session = Session::open(&target, policy, key.as_deref()).await?;
+    let list = read_ids(&session, &args.csv, &args.ids)?;
+    let origin = Origin {
+        requester: args.requester.clone(),
+        source: "cli".to_string(),
+    };
+    let (removed, id) = session
+        .unforget(&origin, &list, args.reason.as_deref())
+        .await?;
+    Ok(format!(
+        "unforget (audit record {id}, requested by {}): {removed} of {} ID(s) removed from the forget list; \
+         their future writes keep their PII again. Data already anonymized stays anonymized.\n",
+        args.requester,
+        list.ids.len()
+    ))
+}

@@ -1,0 +1,731 @@
+//! Planning a forget request: which tables and columns change, how many rows match, and what
+//! would make the job fail part-way (blockers). A plan with blockers touches nothing.
+//!
+//! [`resolve`] reads the live catalog once and turns the policy into [`Spec`] (the tables and
+//! columns that take part, with exact types) plus static blockers; [`plan`] adds what depends on
+//! the IDs (matched rows, CHECK and UNIQUE conflicts). The SQL the job runs is built from the
+//! same [`TableSpec`], so the plan and the execution cannot disagree about columns or types.
+
+use super::csv::IdKind;
+use crate::policy::{quote_ident, quote_literal, DatabasePolicy};
+use serde::{Deserialize, Serialize};
+use tokio_postgres::Client;
+
+/// Prefix of the token that replaces a subject ID that is itself PII.
+pub const TOKEN_PREFIX: &str = "forgotten:";
+/// Hex digits of the keyed hash kept in the token.
+pub const TOKEN_HEX: usize = 24;
+/// Tables with more (estimated) rows than this need an index on the subject column.
+pub const LARGE_TABLE_ROWS: f64 = 100_000.0;
+
+/// One PII column (not the subject) and what forget writes into it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColSpec {
+    pub name: String,
+    /// `format_type(atttypid, atttypmod)`.
+    pub sql_type: String,
+    pub not_null: bool,
+    /// Replacement value (SQL literal text); `None` means NULL.
+    pub forget: Option<String>,
+    pub attnum: i16,
+}
+
+impl ColSpec {
+    /// The forgotten value as SQL.
+    pub fn value_sql(&self) -> String {
+        match &self.forget {
+            None => "NULL".to_string(),
+            Some(v) => format!("CAST({} AS {})", quote_literal(v), self.sql_type),
+        }
+    }
+
+    /// `<alias>.<col>` still differs from its forgotten value.
+    pub fn differs_sql(&self, alias: &str) -> String {
+        let c = format!("{alias}.{}", quote_ident(&self.name));
+        match &self.forget {
+            None => format!("{c} IS NOT NULL"),
+            Some(_) => format!("{c} IS DISTINCT FROM {}", self.value_sql()),
+        }
+    }
+}
+
+/// One policy table with a subject, resolved against the catalog.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableSpec {
+    pub schema: String,
+    pub name: String,
+    pub oid: u32,
+    pub subject: String,
+    pub subject_type: String,
+    pub subject_attnum: i16,
+    /// PII columns other than the subject.
+    pub columns: Vec<ColSpec>,
+    /// The subject ID is PII: it is replaced by the token.
+    pub tokenize: bool,
+    /// All columns `(name, attnum)`, for CHECK evaluation.
+    pub all_columns: Vec<(String, i16)>,
+    pub reltuples: f64,
+    /// The control role may ANALYZE it (owner or member of the owner role).
+    pub owned: bool,
+}
+
+impl TableSpec {
+    pub fn display(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+    pub fn qname(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+    fn subj(&self, alias: &str) -> String {
+        format!("{alias}.{}", quote_ident(&self.subject))
+    }
+    /// True when forget changes something in this table.
+    pub fn changes_anything(&self) -> bool {
+        self.tokenize || !self.columns.is_empty()
+    }
+    /// `<alias>.subject = ANY(<param as text[] cast to the subject type>)`.
+    pub fn match_sql(&self, alias: &str, param: &str) -> String {
+        format!(
+            "{} = ANY(CAST(CAST({param} AS pg_catalog.text[]) AS {}[]))",
+            self.subj(alias),
+            self.subject_type
+        )
+    }
+    /// The row still holds something forget would change (for tokenized tables, matching the
+    /// raw ID is enough: the raw ID itself is PII).
+    pub fn not_forgotten_sql(&self, alias: &str) -> String {
+        if self.tokenize || self.columns.is_empty() {
+            return "true".to_string();
+        }
+        let parts: Vec<String> = self.columns.iter().map(|c| c.differs_sql(alias)).collect();
+        format!("({})", parts.join(" OR "))
+    }
+    /// The token for a subject value expression.
+    pub fn token_sql(&self, value: &str) -> String {
+        format!(
+            "CAST(('{TOKEN_PREFIX}' OPERATOR(pg_catalog.||) pg_catalog.left(pgredact.hmac_hex(CAST({value} AS pg_catalog.text)), {TOKEN_HEX})) AS {})",
+            self.subject_type
+        )
+    }
+    /// `SET` list of the anonymizing UPDATE (alias `t`).
+    pub fn set_sql(&self) -> String {
+        let mut parts: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| format!("{} = {}", quote_ident(&c.name), c.value_sql()))
+            .collect();
+        if self.tokenize {
+            parts.push(format!(
+                "{} = {}",
+                quote_ident(&self.subject),
+                self.token_sql(&self.subj("t"))
+            ));
+        }
+        parts.join(", ")
+    }
+}
+
+/// The resolved forget specification of one database.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spec {
+    pub database: String,
+    pub tables: Vec<TableSpec>,
+    pub id_kind: IdKind,
+    pub tokenize: bool,
+    pub subject_names: Vec<String>,
+    /// Found while resolving: these block any job.
+    pub static_blockers: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+impl Spec {
+    pub fn changing_tables(&self) -> impl Iterator<Item = &TableSpec> {
+        self.tables.iter().filter(|t| t.changes_anything())
+    }
+}
+
+/// What a forget request would do.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Plan {
+    pub database: String,
+    pub ids: usize,
+    pub subject_is_pii: bool,
+    pub tables: Vec<TablePlan>,
+    pub materialized_views: Vec<String>,
+    pub blockers: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TablePlan {
+    pub table: String,
+    pub subject: String,
+    /// `column -> replacement` (`NULL`, a literal, or `token` for the subject).
+    pub columns: Vec<(String, String)>,
+    pub rows_matched: i64,
+}
+
+impl Plan {
+    pub fn has_blockers(&self) -> bool {
+        !self.blockers.is_empty()
+    }
+
+    /// Human-readable form (what `--dry-run` prints).
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "plan for database {:?}: {} customer ID(s){}\n",
+            self.database,
+            self.ids,
+            if self.subject_is_pii {
+                "; the customer ID is PII: it becomes 'forgotten:<keyed hash>' everywhere"
+            } else {
+                ""
+            }
+        );
+        for t in &self.tables {
+            let cols: Vec<String> = t
+                .columns
+                .iter()
+                .map(|(c, v)| format!("{c} -> {v}"))
+                .collect();
+            s.push_str(&format!(
+                "  {} (subject {}): {} row(s) match; {}\n",
+                t.table,
+                t.subject,
+                t.rows_matched,
+                if cols.is_empty() {
+                    "no PII columns: unchanged".to_string()
+                } else {
+                    cols.join(", ")
+                }
+            ));
+        }
+        if !self.materialized_views.is_empty() {
+            s.push_str(&format!(
+                "  materialized views to refresh: {}\n",
+                self.materialized_views.join(", ")
+            ));
+        }
+        for w in &self.warnings {
+            s.push_str(&format!("  warning: {w}\n"));
+        }
+        if self.blockers.is_empty() {
+            s.push_str("  blockers: none\n");
+        } else {
+            s.push_str("  BLOCKED: nothing will be changed until these are fixed:\n");
+            for b in &self.blockers {
+                s.push_str(&format!("    - {b}\n"));
+            }
+        }
+        s
+    }
+}
+
+fn pg_err(e: tokio_postgres::Error) -> String {
+    super::db_error(&e)
+}
+
+struct AttrRow {
+    name: String,
+    sql_type: String,
+    base: String,
+    typmod: i32,
+    category: String,
+    not_null: bool,
+    attnum: i16,
+}
+
+/// Reads the catalog for every policy table with a subject.
+pub async fn resolve(client: &Client, policy: &DatabasePolicy) -> Result<Spec, String> {
+    let mut tables = Vec::new();
+    let mut blockers = Vec::new();
+    let mut warnings = Vec::new();
+    let mut kind: Option<IdKind> = None;
+    let mut subject_names = Vec::new();
+    // The ID is PII when any policy table lists its subject column as a PII column.
+    let tokenize = policy.tables.values().any(|t| {
+        t.subject
+            .as_ref()
+            .is_some_and(|s| t.columns.contains_key(s))
+    });
+    for tp in policy.tables.values() {
+        let Some(subject) = &tp.subject else { continue };
+        let shown = tp.qualified();
+        if !subject_names.contains(subject) {
+            subject_names.push(subject.clone());
+        }
+        let rel = client
+            .query_opt(
+                "SELECT c.oid, c.relkind::text, c.reltuples::float8, \
+                        pg_catalog.pg_has_role(c.relowner, 'USAGE'), \
+                        pg_catalog.has_table_privilege(c.oid, 'SELECT'), \
+                        pg_catalog.has_table_privilege(c.oid, 'UPDATE'), \
+                        pg_catalog.has_table_privilege(c.oid, 'TRIGGER') \
+                 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2",
+                &[&tp.schema, &tp.name],
+            )
+            .await
+            .map_err(pg_err)?;
+        let Some(rel) = rel else {
+            blockers.push(format!(
+                "table {shown} (policy line {}) does not exist",
+                tp.line
+            ));
+            continue;
+        };
+        let oid: u32 = rel.get(0);
+        let relkind: String = rel.get(1);
+        if relkind == "v" || relkind == "m" {
+            warnings.push(format!(
+                "{shown} is a view (relkind {relkind}): skipped; forget changes its base tables \
+                 (materialized views depending on changed tables are refreshed)"
+            ));
+            continue;
+        }
+        if relkind != "r" && relkind != "p" {
+            blockers.push(format!(
+                "{shown} is not a table (relkind {relkind}): forget updates tables only"
+            ));
+            continue;
+        }
+        let (owned, can_select, can_update, can_trigger): (bool, bool, bool, bool) =
+            (rel.get(3), rel.get(4), rel.get(5), rel.get(6));
+        let attrs: Vec<AttrRow> = client
+            .query(
+                "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), \
+                        bt.typname::text, CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END, \
+                        bt.typcategory::text, a.attnotnull, a.attnum \
+                 FROM pg_catalog.pg_attribute a \
+                 JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
+                 JOIN pg_catalog.pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END \
+                 WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+                &[&oid],
+            )
+            .await
+            .map_err(pg_err)?
+            .iter()
+            .map(|r| AttrRow {
+                name: r.get(0),
+                sql_type: r.get(1),
+                base: r.get(2),
+                typmod: r.get(3),
+                category: r.get(4),
+                not_null: r.get(5),
+                attnum: r.get(6),
+            })
+            .collect();
+        let find = |n: &str| attrs.iter().find(|a| a.name == n);
+        let Some(subj) = find(subject) else {
+            blockers.push(format!(
+                "{shown}: subject column {subject:?} (policy line {}) does not exist",
+                tp.line
+            ));
+            continue;
+        };
+        match IdKind::for_type(&subj.base) {
+            None => blockers.push(format!(
+                "{shown}: subject column {subject} has type {}; forget supports integer, text and uuid subjects",
+                subj.sql_type
+            )),
+            Some(k) => {
+                kind = Some(match kind {
+                    None => k,
+                    Some(prev) => prev.combine(k).map_err(|e| format!("{shown}: {e}"))?,
+                })
+            }
+        }
+        if !can_select || !can_update {
+            blockers.push(format!(
+                "{shown}: the control role lacks SELECT or UPDATE on the table (GRANT SELECT, UPDATE ON {} TO <control role>)",
+                quote_ident(&tp.schema) + "." + &quote_ident(&tp.name)
+            ));
+        }
+        let mut columns = Vec::new();
+        for (cname, cp) in &tp.columns {
+            if cname == subject {
+                continue;
+            }
+            let Some(a) = find(cname) else {
+                blockers.push(format!(
+                    "{shown}: PII column {cname:?} (policy line {}) does not exist",
+                    cp.line
+                ));
+                continue;
+            };
+            if a.not_null && cp.forget.is_none() {
+                blockers.push(format!(
+                    "{shown}.{cname} is NOT NULL and has no `forget` value in the policy (line {}): \
+                     add e.g. columns.{cname} = {{ mask = \"...\", forget = \"...\" }}",
+                    cp.line
+                ));
+            }
+            if let Some(v) = &cp.forget {
+                let probe = format!("SELECT CAST({} AS {})", quote_literal(v), a.sql_type);
+                if let Err(e) = client.simple_query(&probe).await {
+                    blockers.push(format!(
+                        "{shown}.{cname}: forget value {v:?} (policy line {}) is not a valid {}: {}",
+                        cp.line,
+                        a.sql_type,
+                        pg_err(e)
+                    ));
+                }
+            }
+            columns.push(ColSpec {
+                name: cname.clone(),
+                sql_type: a.sql_type.clone(),
+                not_null: a.not_null,
+                forget: cp.forget.clone(),
+                attnum: a.attnum,
+            });
+        }
+        if tokenize {
+            let need = (TOKEN_PREFIX.len() + TOKEN_HEX) as i32;
+            if subj.category != "S" {
+                blockers.push(format!(
+                    "{shown}: the customer ID is PII (listed as a PII column) but {subject} has type {}: \
+                     the replacement token needs a text column",
+                    subj.sql_type
+                ));
+            } else if matches!(subj.base.as_str(), "varchar" | "bpchar")
+                && subj.typmod >= 4
+                && subj.typmod - 4 < need
+            {
+                blockers.push(format!(
+                    "{shown}: {subject} is {} but the replacement token has {need} characters",
+                    subj.sql_type
+                ));
+            }
+        }
+        if (changes(tokenize, &columns)) && !can_trigger {
+            blockers.push(format!(
+                "{shown}: the control role lacks the TRIGGER privilege, so re-ingestion cannot be suppressed \
+                 (GRANT TRIGGER ON {}.{} TO <control role>)",
+                quote_ident(&tp.schema),
+                quote_ident(&tp.name)
+            ));
+        }
+        let reltuples: f64 = rel.get(2);
+        let indexed: bool = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = $1 \
+                   AND i.indkey[0] = $2 AND i.indisvalid AND i.indpred IS NULL)",
+                &[&oid, &subj.attnum],
+            )
+            .await
+            .map_err(pg_err)?
+            .get(0);
+        if !indexed && reltuples > LARGE_TABLE_ROWS {
+            blockers.push(format!(
+                "{shown} has about {} rows and no index on its subject column {subject}: every batch would scan \
+                 the whole table. Create one first: CREATE INDEX CONCURRENTLY ON {} ({})",
+                reltuples as i64,
+                quote_ident(&tp.schema) + "." + &quote_ident(&tp.name),
+                quote_ident(subject)
+            ));
+        }
+        if !owned && changes(tokenize, &columns) {
+            warnings.push(format!(
+                "{shown}: the control role does not own the table, so it cannot ANALYZE it afterwards \
+                 (pg_stats may keep removed values until the owner or autovacuum analyzes it)"
+            ));
+        }
+        tables.push(TableSpec {
+            schema: tp.schema.clone(),
+            name: tp.name.clone(),
+            oid,
+            subject: subject.clone(),
+            subject_type: subj.sql_type.clone(),
+            subject_attnum: subj.attnum,
+            columns,
+            tokenize,
+            all_columns: attrs.iter().map(|a| (a.name.clone(), a.attnum)).collect(),
+            reltuples,
+            owned,
+        });
+    }
+    if tables.is_empty() && blockers.is_empty() {
+        return Err(format!(
+            "database {:?}: no policy table has a `subject` column, so there is nothing to forget",
+            policy.database
+        ));
+    }
+    let mut spec = Spec {
+        database: policy.database.clone(),
+        tables,
+        id_kind: kind.unwrap_or(IdKind::Text),
+        tokenize,
+        subject_names,
+        static_blockers: blockers,
+        warnings,
+    };
+    if tokenize {
+        fk_blockers(client, &mut spec).await?;
+    }
+    Ok(spec)
+}
+
+fn changes(tokenize: bool, columns: &[ColSpec]) -> bool {
+    tokenize || !columns.is_empty()
+}
+
+/// With tokenized IDs, foreign keys on subject columns must stay satisfiable: between two
+/// policy tables the job updates both sides in one statement; from any other table only
+/// `ON UPDATE CASCADE` works.
+async fn fk_blockers(client: &Client, spec: &mut Spec) -> Result<(), String> {
+    let oids: Vec<u32> = spec.tables.iter().map(|t| t.oid).collect();
+    let rows = client
+        .query(
+            "SELECT con.conname::text, con.conrelid, con.confrelid, con.conkey, con.confkey, \
+                    con.confupdtype::text, con.conrelid::regclass::text, con.confrelid::regclass::text \
+             FROM pg_catalog.pg_constraint con \
+             WHERE con.contype = 'f' AND (con.conrelid = ANY($1) OR con.confrelid = ANY($1))",
+            &[&oids],
+        )
+        .await
+        .map_err(pg_err)?;
+    let subject_of = |oid: u32| {
+        spec.tables
+            .iter()
+            .find(|t| t.oid == oid)
+            .map(|t| t.subject_attnum)
+    };
+    for r in rows {
+        let (name, rel, frel): (String, u32, u32) = (r.get(0), r.get(1), r.get(2));
+        let (key, fkey): (Vec<i16>, Vec<i16>) = (r.get(3), r.get(4));
+        let (upd, rel_name, frel_name): (String, String, String) = (r.get(5), r.get(6), r.get(7));
+        let touches_ref = subject_of(frel).is_some_and(|a| fkey.contains(&a));
+        let touches_child = subject_of(rel).is_some_and(|a| key.contains(&a));
+        if !touches_ref && !touches_child {
+            continue;
+        }
+        let both_subjects =
+            key.len() == 1 && subject_of(rel) == Some(key[0]) && subject_of(frel) == Some(fkey[0]);
+        if both_subjects || (touches_ref && upd == "c" && !touches_child) {
+            continue;
+        }
+        spec.static_blockers.push(format!(
+            "foreign key {name} from {rel_name} to {frel_name} involves a customer ID column, which forget \
+             replaces by a token; make both tables policy tables with that column as `subject`, or use ON UPDATE CASCADE"
+        ));
+    }
+    Ok(())
+}
+
+/// Plans a request for `ids` (canonical).
+pub async fn plan(client: &Client, spec: &Spec, ids: &[String]) -> Result<Plan, String> {
+    let mut plan = Plan {
+        database: spec.database.clone(),
+        ids: ids.len(),
+        subject_is_pii: spec.tokenize,
+        blockers: spec.static_blockers.clone(),
+        warnings: spec.warnings.clone(),
+        ..Plan::default()
+    };
+    let ids_vec: Vec<String> = ids.to_vec();
+    for t in &spec.tables {
+        let matched: i64 = client
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM {} AS t WHERE {}",
+                    t.qname(),
+                    t.match_sql("t", "$1")
+                ),
+                &[&ids_vec],
+            )
+            .await
+            .map_err(pg_err)?
+            .get(0);
+        let mut columns: Vec<(String, String)> = t
+            .columns
+            .iter()
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    c.forget
+                        .as_ref()
+                        .map(|v| quote_literal(v))
+                        .unwrap_or_else(|| "NULL".into()),
+                )
+            })
+            .collect();
+        if t.tokenize {
+            columns.push((t.subject.clone(), format!("'{TOKEN_PREFIX}<keyed hash>'")));
+        }
+        if t.changes_anything() && matched > 0 {
+            check_blockers(client, t, &ids_vec, &mut plan.blockers).await?;
+            unique_blockers(client, t, matched, &mut plan.blockers).await?;
+        }
+        plan.tables.push(TablePlan {
+            table: t.display(),
+            subject: t.subject.clone(),
+            columns,
+            rows_matched: matched,
+        });
+    }
+    let oids: Vec<u32> = spec.changing_tables().map(|t| t.oid).collect();
+    for (mv, owned) in dependent_matviews(client, &oids).await? {
+        if !owned {
+            plan.warnings.push(format!(
+                "materialized view {mv} depends on a changed table but the control role does not own it, \
+                 so it cannot refresh it: it keeps copies of the removed values until its owner refreshes it"
+            ));
+        }
+        plan.materialized_views.push(mv);
+    }
+    Ok(plan)
+}
+
+/// CHECK constraints that the forgotten values would violate on the matched rows.
+async fn check_blockers(
+    client: &Client,
+    t: &TableSpec,
+    ids: &Vec<String>,
+    blockers: &mut Vec<String>,
+) -> Result<(), String> {
+    let rows = client
+        .query(
+            "SELECT conname::text, pg_catalog.pg_get_expr(conbin, conrelid), conkey \
+             FROM pg_catalog.pg_constraint WHERE conrelid = $1 AND contype = 'c'",
+            &[&t.oid],
+        )
+        .await
+        .map_err(pg_err)?;
+    for r in rows {
+        let (name, expr, keys): (String, String, Vec<i16>) = (r.get(0), r.get(1), r.get(2));
+        let touches = t.columns.iter().any(|c| keys.contains(&c.attnum))
+            || (t.tokenize && keys.contains(&t.subject_attnum));
+        if !touches {
+            continue;
+        }
+        // Evaluate the constraint over the rows as forget would leave them.
+        let projected: Vec<String> = t
+            .all_columns
+            .iter()
+            .map(|(n, _)| {
+                let q = quote_ident(n);
+                if let Some(c) = t.columns.iter().find(|c| &c.name == n) {
+                    format!("{} AS {q}", c.value_sql())
+                } else if t.tokenize && n == &t.subject {
+                    format!("{} AS {q}", t.token_sql(&format!("s.{q}")))
+                } else {
+                    format!("s.{q}")
+                }
+            })
+            .collect();
+        let sql = format!(
+            "SELECT count(*) FROM (SELECT {} FROM {} AS s WHERE {}) AS t WHERE ({expr}) IS FALSE",
+            projected.join(", "),
+            t.qname(),
+            t.match_sql("s", "$1")
+        );
+        match client.query_one(&sql, &[ids]).await {
+            Ok(row) => {
+                let n: i64 = row.get(0);
+                if n > 0 {
+                    blockers.push(format!(
+                        "{}: CHECK constraint {name} ({expr}) would reject the forgotten values on {n} row(s): \
+                         set a `forget` value that satisfies it",
+                        t.display()
+                    ));
+                }
+            }
+            Err(e) => blockers.push(format!(
+                "{}: cannot evaluate CHECK constraint {name} against the forgotten values: {}",
+                t.display(),
+                pg_err(e)
+            )),
+        }
+    }
+    Ok(())
+}
+
+/// UNIQUE indexes on a PII column whose forget value is a constant (or NULL with NULLS NOT
+/// DISTINCT): two forgotten rows would collide.
+async fn unique_blockers(
+    client: &Client,
+    t: &TableSpec,
+    matched: i64,
+    blockers: &mut Vec<String>,
+) -> Result<(), String> {
+    let rows = client
+        .query(
+            "SELECT i.indexrelid::regclass::text, i.indkey::int2[], \
+                    coalesce((pg_catalog.to_jsonb(i) ->> 'indnullsnotdistinct')::boolean, false) \
+             FROM pg_catalog.pg_index i WHERE i.indrelid = $1 AND i.indisunique",
+            &[&t.oid],
+        )
+        .await
+        .map_err(pg_err)?;
+    for r in rows {
+        let (name, keys, nulls_not_distinct): (String, Vec<i16>, bool) =
+            (r.get(0), r.get(1), r.get(2));
+        for c in &t.columns {
+            if !keys.contains(&c.attnum) {
+                continue;
+            }
+            let constant = c.forget.is_some() || nulls_not_distinct;
+            if !constant {
+                continue;
+            }
+            if keys.len() > 1 {
+                continue; // other key columns may keep rows apart; execution reports a conflict
+            }
+            let taken: bool = client
+                .query_one(
+                    &format!(
+                        "SELECT EXISTS (SELECT 1 FROM {} AS t WHERE t.{} IS NOT DISTINCT FROM {})",
+                        t.qname(),
+                        quote_ident(&c.name),
+                        c.value_sql()
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(pg_err)?
+                .get(0);
+            if matched > 1 || taken {
+                blockers.push(format!(
+                    "{}.{}: unique index {name} would reject the same forgotten value {} on several rows: \
+                     use NULL (no `forget` value) or drop the unique index",
+                    t.display(),
+                    c.name,
+                    c.value_sql()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Materialized views that depend (through views, recursively) on the given tables, in
+/// refresh order, with whether the control role owns them.
+pub async fn dependent_matviews(
+    client: &Client,
+    oids: &[u32],
+) -> Result<Vec<(String, bool)>, String> {
+    if oids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            "WITH RECURSIVE deps(oid, depth) AS ( \
+               SELECT DISTINCT r.ev_class, 1 FROM pg_catalog.pg_depend d \
+                 JOIN pg_catalog.pg_rewrite r ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid \
+               WHERE d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = ANY($1) AND r.ev_class <> d.refobjid \
+               UNION \
+               SELECT r.ev_class, deps.depth + 1 FROM deps \
+                 JOIN pg_catalog.pg_depend d ON d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = deps.oid \
+                 JOIN pg_catalog.pg_rewrite r ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid \
+               WHERE r.ev_class <> deps.oid AND deps.depth < 20) \
+             SELECT pg_catalog.format('%I.%I', n.nspname, c.relname), pg_catalog.pg_has_role(c.relowner, 'USAGE'), \
+                    max(deps.depth) AS depth \
+             FROM deps JOIN pg_catalog.pg_class c ON c.oid = deps.oid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'm' \
+             GROUP BY 1, 2 ORDER BY 3, 1",
+            &[&oids],
+        )
+        .await
+        .map_err(pg_err)?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}

@@ -1,0 +1,1046 @@
+//! Right to be forgotten, end to end against real PostgreSQL clusters (pgcluster + demo data):
+//! CLI and HTTP interfaces, plan and blockers, batches, resume, concurrency, suppression.
+
+mod common;
+
+use common::{default_demo_cluster, DEMO_DB};
+use pgredact::config::Config;
+use pgredact::forget::{self, Faults, ForgetArgs, Origin, Session, Target, UnforgetArgs};
+use pgredact::pgcluster::Cluster;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const HASH_KEY_ENV: &str = "PGREDACT_TEST_FORGET_HASH_KEY";
+const HASH_KEY: &str = "test-forget-key-0123456789";
+const TOKEN_ENV: &str = "PGREDACT_TEST_FORGET_ADMIN_TOKEN";
+const TOKEN: &str = "s3cret-admin-token";
+
+const DEMO_POLICY: &str = r#"
+database = "app"
+unmasked_roles = ["dba"]
+
+[tables."public.customers"]
+subject = "customer_id"
+columns.first_name = "null"
+columns.last_name = "null"
+columns.email = "email"
+columns.phone = { mask = "partial", keep_last = 2 }
+columns.address = "redact"
+columns.city = "null"
+columns.country = "null"
+columns.birth_date = "year"
+
+[tables."public.customer_events"]
+subject = "customer_id"
+columns.ip_address = "null"
+columns.user_agent = "null"
+columns.payload = "null"
+
+[tables."public.orders"]
+subject = "customer_id"
+columns.shipping_address = "redact"
+
+[tables."public.customer_history"]
+subject = "customer_id"
+columns.email = "null"
+columns.phone = "null"
+columns.address = "null"
+"#;
+
+/// Lets the control role own the demo tables (so it can ANALYZE and REFRESH) and install
+/// triggers; adds a materialized view holding copies of PII.
+const DEMO_SETUP: &str = r#"
+ALTER TABLE public.customers OWNER TO pgredact;
+ALTER TABLE public.customer_events OWNER TO pgredact;
+ALTER TABLE public.orders OWNER TO pgredact;
+ALTER TABLE public.customer_history OWNER TO pgredact;
+CREATE MATERIALIZED VIEW public.customer_country AS SELECT customer_id, country, first_name FROM public.customers;
+ALTER MATERIALIZED VIEW public.customer_country OWNER TO pgredact;
+"#;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+struct Env {
+    cluster: Cluster,
+    cfg: Config,
+    _dir: tempfile::TempDir,
+}
+
+fn set_env() {
+    // Same values in every test of this binary, so parallel tests agree.
+    std::env::set_var(HASH_KEY_ENV, HASH_KEY);
+    std::env::set_var(TOKEN_ENV, TOKEN);
+}
+
+fn write_config(cluster: &Cluster, policy: &str) -> (Config, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("policies")).expect("mkdir policies");
+    std::fs::write(dir.path().join("policies/app.toml"), policy).expect("write policy");
+    let toml = format!(
+        "listen = \"127.0.0.1:0\"\npolicies = \"policies\"\n\n[upstream]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"pgredact\"\n\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\ntoken_env = \"{TOKEN_ENV}\"\n\n[secrets]\nhash_key_env = \"{HASH_KEY_ENV}\"\n",
+        cluster.port
+    );
+    let path = dir.path().join("pgredact.toml");
+    std::fs::write(&path, toml).expect("write config");
+    let cfg = Config::load(&path).expect("config loads");
+    (cfg, dir)
+}
+
+fn demo_env() -> Env {
+    set_env();
+    let cluster = default_demo_cluster();
+    cluster
+        .superuser_psql(DEMO_DB, DEMO_SETUP)
+        .expect("demo setup");
+    let (cfg, dir) = write_config(&cluster, DEMO_POLICY);
+    Env {
+        cluster,
+        cfg,
+        _dir: dir,
+    }
+}
+
+fn sql(env: &Env, q: &str) -> String {
+    env.cluster
+        .superuser_psql(DEMO_DB, q)
+        .unwrap_or_else(|e| panic!("{q}: {e}"))
+        .trim()
+        .to_string()
+}
+
+/// A digest of all rows of the demo tables except those of the given customers.
+fn fingerprint_except(env: &Env, ids: &str) -> String {
+    sql(
+        env,
+        &format!(
+            "SELECT md5(string_agg(t, '|' ORDER BY t)) FROM ( \
+               SELECT c::text AS t FROM customers c WHERE customer_id NOT IN ({ids}) \
+               UNION ALL SELECT e::text FROM customer_events e WHERE customer_id NOT IN ({ids}) \
+               UNION ALL SELECT o::text FROM orders o WHERE customer_id NOT IN ({ids}) \
+               UNION ALL SELECT h::text FROM customer_history h WHERE customer_id NOT IN ({ids})) s"
+        ),
+    )
+}
+
+fn fingerprint_all(env: &Env) -> String {
+    fingerprint_except(env, "-1")
+}
+
+/// Non-PII aggregates that forgetting must leave alone.
+fn aggregates(env: &Env) -> String {
+    sql(
+        env,
+        "SELECT (SELECT count(*) FROM customers), (SELECT sum(lifetime_value) FROM customers), \
+                (SELECT string_agg(tier || ':' || n, ',' ORDER BY tier) FROM (SELECT tier, count(*) n FROM customers GROUP BY tier) s), \
+                (SELECT count(*) FROM customer_events), \
+                (SELECT string_agg(event_type || ':' || n, ',' ORDER BY event_type) FROM (SELECT event_type, count(*) n FROM customer_events GROUP BY event_type) s), \
+                (SELECT count(*) FROM orders), (SELECT sum(amount) FROM orders), \
+                (SELECT count(*) FROM customer_history), \
+                (SELECT count(DISTINCT customer_id) FROM customer_events)",
+    )
+}
+
+fn forget_args(ids: &str) -> ForgetArgs {
+    ForgetArgs {
+        ids: Some(ids.to_string()),
+        requester: Some("dpo@example.com".to_string()),
+        batch_size: forget::DEFAULT_BATCH_SIZE,
+        ..ForgetArgs::default()
+    }
+}
+
+#[test]
+fn forget_anonymizes_profile_history_and_events_and_keeps_aggregates() {
+    let env = demo_env();
+    let before_aggs = aggregates(&env);
+    let others_before = fingerprint_except(&env, "1234, 77");
+    // The issue's "before" column.
+    let row = sql(&env, "SELECT customer_id, first_name IS NOT NULL, country IS NOT NULL FROM customers WHERE customer_id = 1234");
+    assert_eq!(row, "1234|t|t");
+    let tier_before = sql(&env, "SELECT tier || '/' || coalesce(segment, '-') || '/' || lifetime_value FROM customers WHERE customer_id = 1234");
+    let events_before: i64 = sql(
+        &env,
+        "SELECT count(*) FROM customer_events WHERE customer_id = 1234",
+    )
+    .parse()
+    .unwrap();
+    assert!(
+        events_before > 0,
+        "customer 1234 needs events for this test"
+    );
+    assert_eq!(sql(&env, "SELECT count(*) FROM customer_country WHERE customer_id = 1234 AND country IS NOT NULL"), "1");
+
+    let report = rt()
+        .block_on(forget::run_cli(&env.cfg, forget_args("1234,77,99999999")))
+        .unwrap_or_else(|e| panic!("forget failed: {e}"));
+    assert!(report.contains(": done"), "{report}");
+    assert!(report.contains("2 forgotten now"), "{report}");
+    assert!(report.contains("1 unknown"), "{report}");
+    assert!(report.contains("no PII left"), "{report}");
+
+    // The issue's "after" column: same ID, PII NULL.
+    assert_eq!(
+        sql(&env, "SELECT customer_id, first_name IS NULL, country IS NULL, last_name IS NULL, email IS NULL, phone IS NULL, \
+                   address IS NULL, city IS NULL, birth_date IS NULL FROM customers WHERE customer_id = 1234"),
+        "1234|t|t|t|t|t|t|t|t"
+    );
+    // Non-PII attributes kept.
+    assert_eq!(
+        sql(&env, "SELECT tier || '/' || coalesce(segment, '-') || '/' || lifetime_value FROM customers WHERE customer_id = 1234"),
+        tier_before
+    );
+    // Events and history cleared, rows kept.
+    assert_eq!(
+        sql(&env, "SELECT count(*) FROM customer_events WHERE customer_id IN (1234, 77) AND (ip_address IS NOT NULL OR user_agent IS NOT NULL OR payload IS NOT NULL)"),
+        "0"
+    );
+    assert_eq!(
+        sql(&env, "SELECT count(*) FROM customer_events WHERE customer_id = 1234 AND event_type IS NOT NULL AND occurred_at IS NOT NULL"),
+        events_before.to_string()
+    );
+    assert_eq!(
+        sql(&env, "SELECT count(*) FROM customer_history WHERE customer_id IN (1234, 77) AND (email IS NOT NULL OR phone IS NOT NULL OR address IS NOT NULL)"),
+        "0"
+    );
+    assert_eq!(
+        sql(&env, "SELECT count(*) FROM orders WHERE customer_id IN (1234, 77) AND shipping_address IS NOT NULL"),
+        "0"
+    );
+    // Aggregates and every other customer untouched.
+    assert_eq!(aggregates(&env), before_aggs);
+    assert_eq!(fingerprint_except(&env, "1234, 77"), others_before);
+    // The materialized view (a copy) was refreshed.
+    assert_eq!(
+        sql(&env, "SELECT count(*) FROM customer_country WHERE customer_id IN (1234, 77) AND (country IS NOT NULL OR first_name IS NOT NULL)"),
+        "0"
+    );
+    assert!(report.contains("public.customer_country"), "{report}");
+    assert!(
+        report.contains("analyzed: public.customer_events"),
+        "{report}"
+    );
+    // The forget list holds keyed hashes only (32 bytes), and the job record no raw ID list.
+    assert_eq!(
+        sql(
+            &env,
+            "SELECT count(*), min(length(subject_hash)) FROM pgredact.forget_list"
+        ),
+        "3|32"
+    );
+    assert_eq!(
+        sql(
+            &env,
+            "SELECT count(*) FROM pgredact.forget_batches WHERE ids IS NOT NULL"
+        ),
+        "0"
+    );
+    assert_eq!(
+        sql(
+            &env,
+            "SELECT state, requester, ids_total FROM pgredact.forget_jobs"
+        ),
+        "done|dpo@example.com|3"
+    );
+
+    // Idempotence: forgetting again changes nothing and says so.
+    let all_before = fingerprint_all(&env);
+    let report2 = rt()
+        .block_on(forget::run_cli(&env.cfg, forget_args("1234,77")))
+        .unwrap_or_else(|e| panic!("second forget failed: {e}"));
+    assert!(report2.contains("2 already forgotten"), "{report2}");
+    assert!(report2.contains("0 forgotten now"), "{report2}");
+    assert!(report2.contains("rows changed: none"), "{report2}");
+    assert_eq!(fingerprint_all(&env), all_before);
+}
+
+#[test]
+fn dry_run_and_blocked_plans_change_nothing() {
+    let env = demo_env();
+    let before = fingerprint_all(&env);
+    let out = rt()
+        .block_on(forget::run_cli(
+            &env.cfg,
+            ForgetArgs {
+                dry_run: true,
+                ..forget_args("1234,77")
+            },
+        ))
+        .unwrap_or_else(|e| panic!("dry run failed: {e}"));
+    assert!(
+        out.contains("public.customers (subject customer_id): 2 row(s) match"),
+        "{out}"
+    );
+    assert!(out.contains("first_name -> NULL"), "{out}");
+    assert!(out.contains("blockers: none"), "{out}");
+    assert!(out.contains("nothing was changed"), "{out}");
+    assert_eq!(fingerprint_all(&env), before);
+    assert_eq!(sql(&env, "SELECT count(*) FROM pgredact.forget_list"), "0");
+    assert_eq!(
+        sql(
+            &env,
+            "SELECT count(*) FROM pg_trigger WHERE tgname = 'zzz_pgredact_forget'"
+        ),
+        "0"
+    );
+
+    // A NOT NULL PII column without a `forget` value blocks; so does a CHECK the value breaks.
+    sql(&env, "ALTER TABLE customer_history ADD CONSTRAINT phone_shape CHECK (phone IS NULL OR phone LIKE '+%')");
+    let blocked_policy = format!(
+        "{DEMO_POLICY}\n[tables.\"public.customer_notes\"]\nsubject = \"customer_id\"\ncolumns.note = \"null\"\n"
+    )
+    .replace("columns.country = \"null\"", "columns.country = \"null\"\ncolumns.tier = \"null\"")
+    .replace("columns.phone = \"null\"\ncolumns.address = \"null\"", "columns.phone = { mask = \"null\", forget = \"n/a\" }\ncolumns.address = \"null\"");
+    let (cfg, _dir) = write_config(&env.cluster, &blocked_policy);
+    // A customer with a phone number in the history table, so the CHECK is evaluated on rows.
+    let with_history = sql(
+        &env,
+        "SELECT min(customer_id) FROM customer_history WHERE phone IS NOT NULL",
+    );
+    let err = rt()
+        .block_on(forget::run_cli(&cfg, forget_args(&with_history)))
+        .expect_err("blocked plan must fail");
+    assert!(err.contains("BLOCKED"), "{err}");
+    assert!(err.contains("public.customers.tier is NOT NULL"), "{err}");
+    assert!(err.contains("public.customer_notes (policy line"), "{err}");
+    assert!(err.contains("CHECK constraint phone_shape"), "{err}");
+    assert_eq!(fingerprint_all(&env), before);
+    assert_eq!(sql(&env, "SELECT count(*) FROM pgredact.forget_list"), "0");
+}
+
+#[test]
+fn malformed_csv_is_rejected_whole_with_its_line_number() {
+    let env = demo_env();
+    let before = fingerprint_all(&env);
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("ids.csv");
+    std::fs::write(&bad, "customer_id\n1234\n\n77\n12x\n88\n").unwrap();
+    let err = rt()
+        .block_on(forget::run_cli(
+            &env.cfg,
+            ForgetArgs {
+                csv: Some(bad.clone()),
+                ..forget_args("")
+            }
+            .without_ids(),
+        ))
+        .expect_err("malformed CSV must be rejected");
+    assert!(err.contains("line 5"), "{err}");
+    assert!(err.contains("nothing was changed"), "{err}");
+    assert_eq!(fingerprint_all(&env), before);
+    assert_eq!(sql(&env, "SELECT count(*) FROM pgredact.forget_list"), "0");
+    assert_eq!(sql(&env, "SELECT count(*) FROM pgredact.forget_jobs"), "0");
+
+    // The same file without the bad line works (header and blank line accepted).
+    let good = dir.path().join("good.csv");
+    std::fs::write(&good, "customer_id\r\n1234\r\n\r\n77\r\n88\r\n").unwrap();
+    let report = rt()
+        .block_on(forget::run_cli(
+            &env.cfg,
+            ForgetArgs {
+                csv: Some(good),
+                ..forget_args("")
+            }
+            .without_ids(),
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.contains("3 forgotten now"), "{report}");
+    assert_eq!(
+        sql(&env, "SELECT count(*) FROM customers WHERE customer_id IN (1234, 77, 88) AND first_name IS NULL"),
+        "3"
+    );
+}
+
+trait WithoutIds {
+    fn without_ids(self) -> Self;
+}
+impl WithoutIds for ForgetArgs {
+    fn without_ids(mut self) -> Self {
+        self.ids = None;
+        self
+    }
+}
+
+/// Minimal HTTP/1.1 client over a raw TCP stream: (status, body).
+async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect admin API");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.expect("write request");
+    s.write_all(body).await.expect("write body");
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).await.expect("read response");
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad response {text:?}"));
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+#[test]
+fn http_api_accepts_jobs_refuses_oversize_and_requires_a_token() {
+    let env = demo_env();
+    let rt = rt();
+    rt.block_on(async {
+        let state = pgredact::admin::AdminState::from_config(&env.cfg).expect("admin state");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().unwrap();
+        pgredact::admin::spawn_worker(state.clone());
+        tokio::spawn(async move { axum::serve(listener, pgredact::admin::router(state)).await });
+        let auth = format!("Bearer {TOKEN}");
+        let json = [
+            ("Content-Type", "application/json"),
+            ("Authorization", auth.as_str()),
+        ];
+
+        let (st, body) = http(addr, "GET", "/healthz", &[], b"").await;
+        assert_eq!(st, 200, "{body}");
+
+        // No token, wrong token.
+        let (st, body) = http(
+            addr,
+            "POST",
+            "/v1/customers/remove-pii",
+            &[("Content-Type", "application/json")],
+            br#"{"customer_ids":[1]}"#,
+        )
+        .await;
+        assert_eq!(st, 401, "{body}");
+        let (st, _) = http(
+            addr,
+            "POST",
+            "/v1/customers/remove-pii",
+            &[
+                ("Content-Type", "application/json"),
+                ("Authorization", "Bearer nope"),
+            ],
+            br#"{"customer_ids":[1]}"#,
+        )
+        .await;
+        assert_eq!(st, 401);
+        let (st, _) = http(addr, "GET", "/v1/jobs/1", &[], b"").await;
+        assert_eq!(st, 401);
+
+        // 50,001 IDs: 413 with a clear message, as JSON and as CSV; nothing queued.
+        let ids: Vec<String> = (1..=50_001).map(|i| i.to_string()).collect();
+        let big = format!("{{\"customer_ids\":[{}]}}", ids.join(","));
+        let (st, body) = http(
+            addr,
+            "POST",
+            "/v1/customers/remove-pii",
+            &json,
+            big.as_bytes(),
+        )
+        .await;
+        assert_eq!(st, 413, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON error body");
+        let msg = v["error"].as_str().unwrap_or_default();
+        assert!(msg.contains("50001") && msg.contains("50000"), "{msg}");
+        let csv_big = format!("customer_id\n{}\n", ids.join("\n"));
+        let csv_h = [
+            ("Content-Type", "text/csv"),
+            ("Authorization", auth.as_str()),
+        ];
+        let (st, body) = http(
+            addr,
+            "POST",
+            "/v1/customers/remove-pii",
+            &csv_h,
+            csv_big.as_bytes(),
+        )
+        .await;
+        assert_eq!(st, 413, "{body}");
+        // Exactly 50,000 (with a header line) is not refused for its size.
+        let ok_ids = &ids[..50_000];
+        let csv_ok = format!("customer_id\n{}\n", ok_ids.join("\n"));
+        let (st, body) = http(
+            addr,
+            "POST",
+            "/v1/customers/remove-pii?database=app",
+            &csv_h,
+            csv_ok.as_bytes(),
+        )
+        .await;
+        assert_eq!(st, 202, "{body}");
+        let big_job: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let big_id = big_job["job_id"].as_i64().expect("job_id");
+        assert_eq!(big_job["ids"], 50_000);
+        // Malformed input: 400 naming the problem.
+        let (st, body) = http(
+            addr,
+            "POST",
+            "/v1/customers/remove-pii",
+            &json,
+            br#"{"customer_ids":[1, true]}"#,
+        )
+        .await;
+        assert_eq!(st, 400, "{body}");
+        assert!(body.contains("customer_ids[1]"), "{body}");
+
+        // Wait for the 50,000-ID job, then check the data.
+        let status = wait_job(addr, &auth, big_id).await;
+        assert_eq!(status["state"], "done", "{status}");
+        assert_eq!(status["ids_forgotten"], 10_000, "{status}");
+        assert_eq!(status["ids_unknown"], 40_000, "{status}");
+        assert_eq!(status["verification"]["ok"], true, "{status}");
+        assert_eq!(
+            status["rows_changed"]["public.customers"], 10_000,
+            "{status}"
+        );
+        assert_eq!(status["requester"], "api");
+        assert_eq!(
+            sql(
+                &env,
+                "SELECT count(*) FROM customers WHERE first_name IS NOT NULL OR email IS NOT NULL"
+            ),
+            "0"
+        );
+
+        // A JSON job with strings and ints: everything already forgotten now, reported so.
+        let (st, body) = http(
+            addr,
+            "POST",
+            "/v1/customers/remove-pii",
+            &json,
+            br#"{"customer_ids":[42, "43"], "requester":"crm"}"#,
+        )
+        .await;
+        assert_eq!(st, 202, "{body}");
+        let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["job_id"]
+            .as_i64()
+            .unwrap();
+        let status = wait_job(addr, &auth, id).await;
+        assert_eq!(status["state"], "done", "{status}");
+        assert_eq!(status["ids_already_forgotten"], 2, "{status}");
+        assert_eq!(status["requester"], "crm");
+        let (st, _) = http(
+            addr,
+            "GET",
+            "/v1/jobs/999999",
+            &[("Authorization", auth.as_str())],
+            b"",
+        )
+        .await;
+        assert_eq!(st, 404);
+    });
+}
+
+async fn wait_job(addr: std::net::SocketAddr, auth: &str, id: i64) -> serde_json::Value {
+    loop {
+        let (st, body) = http(
+            addr,
+            "GET",
+            &format!("/v1/jobs/{id}"),
+            &[("Authorization", auth)],
+            b"",
+        )
+        .await;
+        assert_eq!(st, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("job JSON");
+        if matches!(v["state"].as_str(), Some("done" | "failed" | "blocked")) {
+            return v;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+const PII_ID_SCHEMA: &str = r#"
+CREATE TABLE public.accounts (
+    email text PRIMARY KEY,
+    name text,
+    country text,
+    plan text NOT NULL DEFAULT 'free'
+);
+CREATE TABLE public.sessions (
+    session_id serial PRIMARY KEY,
+    email text NOT NULL REFERENCES public.accounts (email),
+    ip inet,
+    seconds integer
+);
+CREATE TABLE public.invoices (
+    invoice_id serial PRIMARY KEY,
+    email text REFERENCES public.accounts (email) ON UPDATE CASCADE,
+    amount numeric
+);
+CREATE INDEX ON public.sessions (email);
+CREATE INDEX ON public.invoices (email);
+INSERT INTO public.accounts VALUES ('alice@example.com', 'Alice', 'UK', 'pro'), ('bob@example.com', 'Bob', 'FR', 'free');
+INSERT INTO public.sessions (email, ip, seconds) VALUES ('alice@example.com', '10.0.0.1', 30), ('alice@example.com', '10.0.0.2', 40), ('bob@example.com', '10.0.0.3', 50);
+INSERT INTO public.invoices (email, amount) VALUES ('alice@example.com', 10), ('bob@example.com', 20);
+ALTER TABLE public.accounts OWNER TO pgredact;
+ALTER TABLE public.sessions OWNER TO pgredact;
+ALTER TABLE public.invoices OWNER TO pgredact;
+GRANT SELECT, INSERT, UPDATE ON public.accounts, public.sessions, public.invoices TO solutions;
+GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO solutions;
+"#;
+
+const PII_ID_POLICY: &str = r#"
+database = "app"
+[tables."public.accounts"]
+subject = "email"
+columns.email = "email"
+columns.name = "null"
+columns.country = "null"
+[tables."public.sessions"]
+subject = "email"
+columns.ip = "null"
+[tables."public.invoices"]
+subject = "email"
+"#;
+
+#[test]
+fn customer_id_that_is_pii_becomes_one_token_everywhere() {
+    set_env();
+    let cluster = Cluster::start(Default::default()).expect("cluster");
+    cluster.create_database(DEMO_DB).expect("create db");
+    // Roles from the demo script, then the schema of this test.
+    cluster
+        .superuser_psql(DEMO_DB, pgredact::pgcluster::DEMO_SCHEMA_SQL)
+        .expect("demo roles");
+    cluster
+        .superuser_psql(DEMO_DB, PII_ID_SCHEMA)
+        .expect("schema");
+    let (cfg, _dir) = write_config(&cluster, PII_ID_POLICY);
+    let q = |s: &str| {
+        cluster
+            .superuser_psql(DEMO_DB, s)
+            .unwrap_or_else(|e| panic!("{s}: {e}"))
+            .trim()
+            .to_string()
+    };
+
+    let report = rt()
+        .block_on(forget::run_cli(&cfg, forget_args("alice@example.com")))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.contains(": done"), "{report}");
+    let token = q("SELECT email FROM accounts WHERE plan = 'pro'");
+    assert!(
+        token.starts_with("forgotten:") && token.len() == 34,
+        "{token}"
+    );
+    assert_eq!(
+        q(&format!(
+            "SELECT name IS NULL, country IS NULL FROM accounts WHERE email = '{token}'"
+        )),
+        "t|t"
+    );
+    // Same token in every table, rows and non-PII kept, links intact.
+    assert_eq!(q(&format!("SELECT count(*), sum(seconds), bool_and(ip IS NULL) FROM sessions WHERE email = '{token}'")), "2|70|t");
+    assert_eq!(
+        q(&format!(
+            "SELECT count(*), sum(amount) FROM invoices WHERE email = '{token}'"
+        )),
+        "1|10"
+    );
+    // Untraceable: the raw ID is nowhere, not in the data nor in pgredact's own tables.
+    let everywhere = "SELECT (SELECT count(*) FROM accounts a WHERE a::text LIKE '%alice%') \
+                      + (SELECT count(*) FROM sessions s WHERE s::text LIKE '%alice%') \
+                      + (SELECT count(*) FROM invoices i WHERE i::text LIKE '%alice%') \
+                      + (SELECT count(*) FROM pgredact.forget_jobs j WHERE j::text ILIKE '%alice%') \
+                      + (SELECT count(*) FROM pgredact.forget_batches b WHERE b::text ILIKE '%alice%') \
+                      + (SELECT count(*) FROM pgredact.forget_list f WHERE f::text ILIKE '%alice%')";
+    assert_eq!(q(everywhere), "0");
+    assert_eq!(
+        q("SELECT name FROM accounts WHERE email = 'bob@example.com'"),
+        "Bob"
+    );
+    // Bob's rows untouched.
+    assert_eq!(
+        q("SELECT count(*) FROM sessions WHERE email = 'bob@example.com' AND ip IS NOT NULL"),
+        "1"
+    );
+
+    // A nightly load that bypasses the proxy and upserts Alice again: lands on the token row,
+    // with the PII left empty and the non-PII value updated.
+    cluster
+        .psql(
+            "solutions",
+            None,
+            DEMO_DB,
+            "INSERT INTO accounts (email, name, country, plan) VALUES ('alice@example.com', 'Alice', 'UK', 'enterprise') \
+             ON CONFLICT (email) DO UPDATE SET name = EXCLUDED.name, country = EXCLUDED.country, plan = EXCLUDED.plan; \
+             INSERT INTO sessions (email, ip, seconds) VALUES ('alice@example.com', '10.9.9.9', 5); \
+             UPDATE accounts SET name = 'Alice B' WHERE email LIKE 'forgotten:%';",
+        )
+        .expect("nightly load");
+    assert_eq!(q(everywhere), "0");
+    assert_eq!(
+        q(&format!(
+            "SELECT name IS NULL, country IS NULL, plan FROM accounts WHERE email = '{token}'"
+        )),
+        "t|t|enterprise"
+    );
+    assert_eq!(q(&format!("SELECT count(*), sum(seconds), bool_and(ip IS NULL) FROM sessions WHERE email = '{token}'")), "3|75|t");
+    assert_eq!(q("SELECT count(*) FROM accounts"), "2");
+}
+
+#[test]
+fn crash_between_batches_then_resume_finishes_the_job() {
+    let env = demo_env();
+    let ids: Vec<String> = (101..=110).map(|i| i.to_string()).collect();
+    let args = ForgetArgs {
+        batch_size: 2,
+        ..forget_args(&ids.join(","))
+    };
+    // Simulated crash after two committed batches.
+    let err = rt()
+        .block_on(forget::run_cli_with(
+            &env.cfg,
+            args.clone(),
+            Faults {
+                stop_after_batches: Some(2),
+                ..Faults::default()
+            },
+        ))
+        .expect_err("stopped run reports an interruption");
+    assert!(
+        err.contains("interrupted") && err.contains("--resume"),
+        "{err}"
+    );
+    assert_eq!(
+        sql(&env, "SELECT state FROM pgredact.forget_jobs"),
+        "running"
+    );
+    assert_eq!(
+        sql(
+            &env,
+            "SELECT count(*) FROM pgredact.forget_batches WHERE state = 'done'"
+        ),
+        "2"
+    );
+    assert_eq!(sql(&env, "SELECT count(*) FROM customers WHERE customer_id BETWEEN 101 AND 104 AND first_name IS NULL"), "4");
+    assert_eq!(sql(&env, "SELECT count(*) FROM customers WHERE customer_id BETWEEN 105 AND 110 AND first_name IS NOT NULL"), "6");
+    // All ten are suppressed already (forget list filled at start).
+    assert_eq!(sql(&env, "SELECT count(*) FROM pgredact.forget_list"), "10");
+
+    // A crash inside the third batch rolls that batch back whole.
+    let events_105: String = sql(&env, "SELECT count(*) FROM customer_events WHERE customer_id IN (105, 106) AND ip_address IS NOT NULL");
+    let resume = ForgetArgs {
+        resume: true,
+        ids: None,
+        ..args.clone()
+    };
+    let err = rt()
+        .block_on(forget::run_cli_with(
+            &env.cfg,
+            resume.clone(),
+            Faults {
+                fail_inside_batch: Some(1),
+                ..Faults::default()
+            },
+        ))
+        .expect_err("failed batch interrupts");
+    assert!(err.contains("fault injection inside batch"), "{err}");
+    assert_eq!(sql(&env, "SELECT count(*) FROM customers WHERE customer_id IN (105, 106) AND first_name IS NOT NULL"), "2");
+    assert_eq!(
+        sql(&env, "SELECT count(*) FROM customer_events WHERE customer_id IN (105, 106) AND ip_address IS NOT NULL"),
+        events_105
+    );
+    assert_eq!(
+        sql(
+            &env,
+            "SELECT count(*) FROM pgredact.forget_batches WHERE state = 'done'"
+        ),
+        "2"
+    );
+
+    // Resume: finishes the remaining three batches, verifies, clears the raw IDs.
+    let report = rt()
+        .block_on(forget::run_cli(&env.cfg, resume))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.contains(": done"), "{report}");
+    assert!(report.contains("batches: 5/5 done"), "{report}");
+    assert!(report.contains("10 forgotten now"), "{report}");
+    assert_eq!(sql(&env, "SELECT count(*) FROM customers WHERE customer_id BETWEEN 101 AND 110 AND first_name IS NULL"), "10");
+    assert_eq!(sql(&env, "SELECT count(*) FROM customer_events WHERE customer_id BETWEEN 101 AND 110 AND ip_address IS NOT NULL"), "0");
+    assert_eq!(
+        sql(
+            &env,
+            "SELECT count(*) FROM pgredact.forget_batches WHERE ids IS NOT NULL"
+        ),
+        "0"
+    );
+    // Nothing left to resume.
+    let again = rt()
+        .block_on(forget::run_cli(
+            &env.cfg,
+            ForgetArgs {
+                resume: true,
+                ..ForgetArgs::default()
+            },
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(again.contains("no unfinished"), "{again}");
+}
+
+#[test]
+fn two_concurrent_jobs_with_overlapping_ids_do_no_double_work() {
+    let env = demo_env();
+    let matched: i64 = sql(&env, "SELECT count(*) FROM customer_events WHERE customer_id BETWEEN 1 AND 500 AND ip_address IS NOT NULL")
+        .parse()
+        .unwrap();
+    let policy = forget::pick_policy(&env.cfg, Some("app")).unwrap();
+    let target = Target::from_config(&env.cfg, "app");
+    let key = HASH_KEY.as_bytes().to_vec();
+    let origin = Origin {
+        requester: "test".into(),
+        source: "cli".into(),
+    };
+    let rt = rt();
+    let (a, b) = rt.block_on(async {
+        let run = |ids: Vec<i64>| {
+            let (target, policy, key, origin) = (
+                target.clone(),
+                Arc::clone(&policy),
+                key.clone(),
+                origin.clone(),
+            );
+            tokio::spawn(async move {
+                let mut s = Session::open(&target, policy, Some(&key)).await?;
+                let text: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+                let list = s.parse_ids(&text.join(","))?;
+                let job = s.submit(&origin, &list, 25).await?;
+                s.run(job, Faults::default()).await?;
+                s.status(job).await?.ok_or_else(|| "no job".to_string())
+            })
+        };
+        let a = run((1..=300).collect());
+        let b = run((201..=500).rev().collect());
+        (a.await.expect("join a"), b.await.expect("join b"))
+    });
+    let (a, b) = (
+        a.unwrap_or_else(|e| panic!("job a: {e}")),
+        b.unwrap_or_else(|e| panic!("job b: {e}")),
+    );
+    assert_eq!(a.state, "done", "{}", a.render());
+    assert_eq!(b.state, "done", "{}", b.render());
+    // Every customer 1..500 forgotten exactly once: the changed rows add up to what matched.
+    let n = |s: &forget::JobStatus, t: &str| {
+        s.rows_changed.get(t).and_then(|v| v.as_i64()).unwrap_or(0)
+    };
+    assert_eq!(
+        n(&a, "public.customers") + n(&b, "public.customers"),
+        500,
+        "{}{}",
+        a.render(),
+        b.render()
+    );
+    assert_eq!(
+        n(&a, "public.customer_events") + n(&b, "public.customer_events"),
+        matched
+    );
+    assert_eq!(a.ids_forgotten + b.ids_forgotten, 500);
+    assert_eq!(a.ids_already_forgotten + b.ids_already_forgotten, 100);
+    assert_eq!(sql(&env, "SELECT count(*) FROM customers WHERE customer_id BETWEEN 1 AND 500 AND first_name IS NOT NULL"), "0");
+    assert_eq!(
+        sql(
+            &env,
+            "SELECT count(*) FROM customers WHERE customer_id = 501 AND first_name IS NOT NULL"
+        ),
+        "1"
+    );
+    assert_eq!(
+        sql(&env, "SELECT count(*) FROM pgredact.forget_list"),
+        "500"
+    );
+}
+
+#[test]
+fn nightly_load_after_forget_leaves_pii_empty_until_unforget() {
+    let env = demo_env();
+    rt().block_on(forget::run_cli(&env.cfg, forget_args("1234,77")))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let lv_1235 = sql(
+        &env,
+        "SELECT lifetime_value FROM customers WHERE customer_id = 1235",
+    );
+    // Straight into the database as the loader role (no proxy): upsert, COPY, UPDATE.
+    let load = "\
+INSERT INTO customers (customer_id, first_name, last_name, email, country, tier, lifetime_value) VALUES
+  (1234, 'John', 'Smith', 'john@example.com', 'UK', 'gold', 999.00),
+  (1235, 'Jane', 'Doe', 'jane@example.com', 'FR', 'gold', 555.00)
+ON CONFLICT (customer_id) DO UPDATE SET first_name = EXCLUDED.first_name, last_name = EXCLUDED.last_name,
+  email = EXCLUDED.email, country = EXCLUDED.country, tier = EXCLUDED.tier, lifetime_value = EXCLUDED.lifetime_value;
+COPY customer_events (customer_id, event_type, ip_address, user_agent, occurred_at) FROM STDIN;
+1234\tnightly_login\t192.0.2.1\tcurl/8\t2024-05-01 00:00:00+00
+1235\tnightly_login\t192.0.2.2\tcurl/8\t2024-05-01 00:00:00+00
+77\tnightly_login\t192.0.2.3\tcurl/8\t2024-05-01 00:00:00+00
+\\.
+COPY customer_history (customer_id, changed_at, email, phone, address) FROM STDIN WITH (FORMAT csv);
+1234,2024-05-01,john@example.com,+44 1,1 Main Street
+\\.
+UPDATE customers SET phone = '+44 20 7946 0000' WHERE customer_id = 77;
+";
+    env.cluster
+        .psql("solutions", None, DEMO_DB, load)
+        .expect("nightly load");
+    // Forgotten customers: PII empty, non-PII landed.
+    assert_eq!(
+        sql(&env, "SELECT first_name IS NULL, last_name IS NULL, email IS NULL, country IS NULL, tier, lifetime_value FROM customers WHERE customer_id = 1234"),
+        "t|t|t|t|gold|999.00"
+    );
+    assert_eq!(
+        sql(
+            &env,
+            "SELECT phone IS NULL FROM customers WHERE customer_id = 77"
+        ),
+        "t"
+    );
+    assert_eq!(
+        sql(&env, "SELECT count(*) FROM customer_events WHERE event_type = 'nightly_login' AND customer_id IN (1234, 77) AND ip_address IS NULL AND user_agent IS NULL"),
+        "2"
+    );
+    assert_eq!(
+        sql(&env, "SELECT count(*) FROM customer_history WHERE customer_id = 1234 AND changed_at = '2024-05-01' AND email IS NULL AND address IS NULL"),
+        "1"
+    );
+    // Other customers' data lands as sent.
+    assert_eq!(
+        sql(
+            &env,
+            "SELECT first_name, country, lifetime_value FROM customers WHERE customer_id = 1235"
+        ),
+        "Jane|FR|555.00"
+    );
+    assert_ne!(lv_1235, "555.00");
+    assert_eq!(
+        sql(&env, "SELECT host(ip_address) FROM customer_events WHERE event_type = 'nightly_login' AND customer_id = 1235"),
+        "192.0.2.2"
+    );
+
+    // Masked roles and the loader cannot read the forget list or the key.
+    for role in ["support", "solutions"] {
+        for table in [
+            "pgredact.forget_list",
+            "pgredact.hash_key",
+            "pgredact.forget_jobs",
+        ] {
+            let r = env.cluster.psql(
+                role,
+                None,
+                DEMO_DB,
+                &format!("SELECT count(*) FROM {table}"),
+            );
+            assert!(
+                r.as_ref().is_err_and(|e| e.contains("permission denied")),
+                "{role} reads {table}: {r:?}"
+            );
+        }
+    }
+
+    // Another hash key would silently break the forget list: refused, and nothing is changed.
+    let policy = forget::pick_policy(&env.cfg, Some("app")).unwrap();
+    let target = Target::from_config(&env.cfg, "app");
+    let err = rt()
+        .block_on(Session::open(&target, policy, Some(b"another-key")))
+        .err()
+        .unwrap_or_default();
+    assert!(
+        err.contains("differs from the one the forget list was built with"),
+        "{err}"
+    );
+    env.cluster
+        .psql(
+            "solutions",
+            None,
+            DEMO_DB,
+            "UPDATE customers SET first_name = 'Again' WHERE customer_id = 77",
+        )
+        .expect("update");
+    assert_eq!(
+        sql(
+            &env,
+            "SELECT first_name IS NULL FROM customers WHERE customer_id = 77"
+        ),
+        "t"
+    );
+
+    // Unforget (audited) lifts suppression for 1234 only.
+    let out = rt()
+        .block_on(forget::run_unforget_cli(
+            &env.cfg,
+            UnforgetArgs {
+                ids: Some("1234".into()),
+                requester: "dpo@example.com".into(),
+                reason: Some("customer re-registered".into()),
+                ..UnforgetArgs::default()
+            },
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.contains("1 of 1 ID(s) removed"), "{out}");
+    assert_eq!(
+        sql(&env, "SELECT kind, requester, summary->>'reason' FROM pgredact.forget_jobs WHERE kind = 'unforget'"),
+        "unforget|dpo@example.com|customer re-registered"
+    );
+    env.cluster
+        .psql(
+            "solutions",
+            None,
+            DEMO_DB,
+            "UPDATE customers SET first_name = 'John' WHERE customer_id IN (1234, 77)",
+        )
+        .expect("update");
+    assert_eq!(sql(&env, "SELECT customer_id || ':' || coalesce(first_name, '-') FROM customers WHERE customer_id IN (1234, 77) ORDER BY 1"), "1234:John\n77:-");
+}
+
+#[test]
+fn config_errors_are_clear() {
+    set_env();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("policies/app.toml"), "database = \"app\"\n").unwrap();
+    let path = dir.path().join("pgredact.toml");
+    std::fs::write(&path, "[upstream]\nuser = \"pgredact\"\nport = 1\n").unwrap();
+    let cfg = Config::load(Path::new(&path)).unwrap();
+    let err = rt()
+        .block_on(forget::run_cli(&cfg, forget_args("1")))
+        .unwrap_err();
+    assert!(err.contains("nothing to forget"), "{err}");
+}
