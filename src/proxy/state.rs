@@ -127,7 +127,8 @@ impl Shared {
     }
 }
 
-fn build_snapshot(
+/// Builds a snapshot (protections for masked sessions plus an empty rewrite cache).
+pub fn build_snapshot(
     policy: Option<Arc<DatabasePolicy>>,
     version: u64,
     catalog: Arc<Catalog>,
