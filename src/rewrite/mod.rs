@@ -1104,12 +1104,15 @@ impl<'a> State<'a> {
         let parts = name_parts(name).unwrap_or_default();
         let is_cte = parts.len() == 1 && self.cte_names.contains(&parts[0]);
         let only = matches!(inheritance, Some(TableInheritance::Only { .. }));
+        let unknown_before = self.unknown;
         let prot = if only {
             self.protection(name)?
         } else {
             self.protection_with_descendants(name)?
         };
         if is_cte {
+            // A WITH query's name is not a catalog name: not finding it is expected.
+            self.unknown = unknown_before;
             if prot.is_some() {
                 return Err(Refusal::new(format!(
                     "the WITH query {} has the name of a protected relation; rename it",
