@@ -41,6 +41,10 @@ impl std::fmt::Display for ControlError {
     }
 }
 
+/// The SECURITY DEFINER functions below name every object schema-qualified (functions,
+/// operators, tables), so they carry no `SET search_path` (which costs a settings save/restore
+/// on every call, i.e. every masked row).
+///
 /// Creates or updates the control schema and stores the HMAC key (as its padded halves).
 /// Idempotent; runs as the control-plane role, which owns the schema.
 pub async fn ensure(client: &Client, hash_key: Option<&[u8]>) -> Result<(), ControlError> {
@@ -60,13 +64,13 @@ CREATE TABLE IF NOT EXISTS pgredact.hash_key (
 );
 REVOKE ALL ON pgredact.hash_key FROM PUBLIC;
 CREATE OR REPLACE FUNCTION pgredact.hmac_hex(v text) RETURNS text
-LANGUAGE sql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+LANGUAGE sql STABLE STRICT SECURITY DEFINER AS $f$
   SELECT pg_catalog.encode(pg_catalog.sha256(k.opad OPERATOR(pg_catalog.||)
          pg_catalog.sha256(k.ipad OPERATOR(pg_catalog.||) pg_catalog.convert_to(v, 'UTF8'))), 'hex')
   FROM pgredact.hash_key k
 $f$;
 CREATE OR REPLACE FUNCTION pgredact.mask_hash(v text) RETURNS text
-LANGUAGE sql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+LANGUAGE sql STABLE STRICT SECURITY DEFINER AS $f$
   SELECT pg_catalog.left(pgredact.hmac_hex(v), 16)
 $f$;
 REVOKE ALL ON FUNCTION pgredact.hmac_hex(text) FROM PUBLIC;

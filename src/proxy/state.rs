@@ -12,6 +12,8 @@ use tokio_postgres::{Client, NoTls};
 
 /// Rewrites cached per snapshot; cleared when the snapshot changes.
 const CACHE_LIMIT: usize = 20_000;
+/// Stack for one cold rewrite.
+const REWRITE_STACK: usize = 64 * 1024 * 1024;
 
 pub struct Shared {
     pub cfg: Config,
@@ -249,13 +251,17 @@ impl Snapshot {
                 return (d.clone(), false);
             }
         }
-        let out = rewrite::rewrite(
-            sql,
-            &SessionCtx {
-                prot: &self.prot,
-                search_path,
-            },
-        );
+        // The parser bounds nesting, but cloning, displaying and comparing a deep AST recurse
+        // too: run the rewrite on its own large stack so no statement can overflow a worker's.
+        let out = stacker::grow(REWRITE_STACK, || {
+            rewrite::rewrite(
+                sql,
+                &SessionCtx {
+                    prot: &self.prot,
+                    search_path,
+                },
+            )
+        });
         let d = Arc::new(out.decision);
         if !out.unknown_names {
             if let Ok(mut c) = self.cache.write() {

@@ -336,10 +336,17 @@ fn masked_rel(
     Some(m)
 }
 
+/// Parses one of pgredact's own queries and checks that its display reads back identically
+/// (so splicing it into a displayed statement is faithful).
 fn parse_query(sql: &str) -> Option<Query> {
     let mut stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
-    match stmts.pop()? {
-        sqlparser::ast::Statement::Query(q) => Some(*q),
+    let q = match stmts.pop()? {
+        sqlparser::ast::Statement::Query(q) => *q,
+        _ => return None,
+    };
+    let again = Parser::parse_sql(&PostgreSqlDialect {}, &q.to_string()).ok()?;
+    match again.as_slice() {
+        [sqlparser::ast::Statement::Query(q2)] if **q2 == q => Some(q),
         _ => None,
     }
 }
