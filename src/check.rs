@@ -54,6 +54,39 @@ pub async fn run(cfg: &Config) -> (Vec<String>, bool) {
                 continue;
             }
         };
+        let watch = client
+            .query_opt(
+                "SELECT evtenabled::text FROM pg_catalog.pg_event_trigger WHERE evtname = $1",
+                &[&crate::control::DDL_TRIGGER],
+            )
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.get::<_, String>(0));
+        match watch.as_deref() {
+            Some("A") => {}
+            Some("O") | Some("R") => out.push(format!(
+                "warning: database {:?}: event trigger {} is not enabled ALWAYS (sessions with session_replication_role = replica would not report their DDL); run the output of `pgredact setup-sql` as a superuser",
+                p.database,
+                crate::control::DDL_TRIGGER
+            )),
+            _ => {
+                let what = format!(
+                    "database {:?}: the DDL watch (event trigger {}) is missing or disabled; a superuser must run the output of `pgredact setup-sql` in it",
+                    p.database,
+                    crate::control::DDL_TRIGGER
+                );
+                if cfg.per_statement_freshness {
+                    out.push(format!("error: {what}; until then masked statements are refused"));
+                    failed = true;
+                } else {
+                    out.push(format!(
+                        "warning: {what}; until then DDL is seen only every {} s",
+                        cfg.catalog_refresh_secs
+                    ));
+                }
+            }
+        }
         for t in p.tables.values() {
             let Some(rel) = cat.lookup(&t.schema, &t.name) else {
                 out.push(format!(

@@ -23,6 +23,12 @@ pub struct Config {
     /// Seconds between re-checks of an unmasked session's role membership.
     #[serde(default = "default_recheck")]
     pub membership_recheck_secs: u64,
+    /// Check before every statement (masked sessions: DDL since the catalog snapshot; unmasked
+    /// sessions: role membership) that the decision rests on the database as it is now. Off, those
+    /// changes are seen only at the periodic refresh / re-check (a window of up to
+    /// `catalog_refresh_secs` / `membership_recheck_secs`).
+    #[serde(default = "default_true")]
+    pub per_statement_freshness: bool,
     /// Seconds between policy directory re-reads (hot reload).
     #[serde(default = "default_reload")]
     pub policy_reload_secs: u64,
@@ -112,6 +118,9 @@ fn default_refresh() -> u64 {
 }
 fn default_recheck() -> u64 {
     5
+}
+fn default_true() -> bool {
+    true
 }
 fn default_reload() -> u64 {
     5

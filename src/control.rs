@@ -41,6 +41,74 @@ impl std::fmt::Display for ControlError {
     }
 }
 
+/// The DDL watch: every DDL command in the database appends a row to `pgredact.ddl_log` in its own
+/// transaction (through the event trigger `pgredact_ddl`, which only a superuser can create), so
+/// the count of committed rows (plus those pruned) is a catalog generation that changes exactly
+/// when a DDL commits. Inserts never wait for each other (no single counter row to lock).
+const DDL_WATCH_OBJECTS: &str = r#"
+CREATE TABLE IF NOT EXISTS pgredact.ddl_log (at timestamptz NOT NULL);
+CREATE TABLE IF NOT EXISTS pgredact.ddl_pruned (
+    id boolean PRIMARY KEY DEFAULT true CHECK (id),
+    n bigint NOT NULL
+);
+INSERT INTO pgredact.ddl_pruned (id, n) VALUES (true, 0) ON CONFLICT (id) DO NOTHING;
+REVOKE ALL ON pgredact.ddl_log, pgredact.ddl_pruned FROM PUBLIC;
+CREATE OR REPLACE FUNCTION pgredact.note_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+BEGIN
+  INSERT INTO pgredact.ddl_log (at) VALUES (pg_catalog.now());
+END
+$f$;
+REVOKE ALL ON FUNCTION pgredact.note_ddl() FROM PUBLIC;
+"#;
+
+/// The event trigger's name.
+pub const DDL_TRIGGER: &str = "pgredact_ddl";
+
+/// SQL a superuser runs once per protected database (`pgredact setup-sql`): creates the control
+/// schema owned by the control-plane role `role`, the DDL watch objects (as that role), and the
+/// event trigger, enabled ALWAYS so `session_replication_role` cannot silence it.
+pub fn superuser_setup_sql(role: &str) -> String {
+    let r = crate::policy::quote_ident(role);
+    format!(
+        "CREATE SCHEMA IF NOT EXISTS pgredact AUTHORIZATION {r};\n\
+         SET ROLE {r};\n{DDL_WATCH_OBJECTS}\nRESET ROLE;\n\
+         DO $do$ BEGIN\n\
+           IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger WHERE evtname = '{DDL_TRIGGER}') THEN\n\
+             CREATE EVENT TRIGGER {DDL_TRIGGER} ON ddl_command_end EXECUTE FUNCTION pgredact.note_ddl();\n\
+           END IF;\n\
+         END $do$;\n\
+         ALTER EVENT TRIGGER {DDL_TRIGGER} ENABLE ALWAYS;\n"
+    )
+}
+
+/// One reading of what can make a decision stale, taken in one snapshot on the gate connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Freshness {
+    /// Catalog generation (committed DDL count), or None when the event trigger is missing or
+    /// disabled (then DDL cannot be seen as it happens).
+    pub ddl_generation: Option<i64>,
+    /// Fingerprint of roles and memberships (superuser flags, inheritance, pg_auth_members).
+    pub roles: String,
+}
+
+/// The query behind [`Freshness`].
+pub const FRESHNESS_SQL: &str = "SELECT \
+   CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger \
+                     WHERE evtname = 'pgredact_ddl' AND evtevent = 'ddl_command_end' \
+                       AND evtenabled <> 'D' AND evtfoid = 'pgredact.note_ddl()'::pg_catalog.regprocedure) \
+        THEN (SELECT pg_catalog.count(*) FROM pgredact.ddl_log) \
+             OPERATOR(pg_catalog.+) (SELECT n FROM pgredact.ddl_pruned WHERE id) END, \
+   pg_catalog.md5(coalesce((SELECT pg_catalog.string_agg(m.roleid::text || '>' || m.member::text, ',' \
+                   ORDER BY m.roleid, m.member) FROM pg_catalog.pg_auth_members m), '') || '|' || \
+     coalesce((SELECT pg_catalog.string_agg(r.oid::text || r.rolname || r.rolsuper::text || r.rolinherit::text, ',' \
+                   ORDER BY r.oid) FROM pg_catalog.pg_roles r), ''))";
+
+/// Reads the catalog generation's pruned rows into the counter in one transaction, so the
+/// generation (rows + pruned) does not change while the log stays small.
+pub const PRUNE_SQL: &str = "WITH d AS (DELETE FROM pgredact.ddl_log RETURNING 1) \
+   UPDATE pgredact.ddl_pruned SET n = n + (SELECT pg_catalog.count(*) FROM d) WHERE id";
+
 /// The SECURITY DEFINER functions below name every object schema-qualified (functions,
 /// operators, tables), so they carry no `SET search_path` (which costs a settings save/restore
 /// on every call, i.e. every masked row).
@@ -78,6 +146,7 @@ GRANT EXECUTE ON FUNCTION pgredact.mask_hash(text) TO PUBLIC;
 "#,
         )
         .await?;
+    client.batch_execute(DDL_WATCH_OBJECTS).await?;
     if let Some(key) = hash_key {
         // The key is set once: hash pseudonyms and the forget list depend on it, so a different
         // key later is refused rather than silently breaking both.

@@ -2,7 +2,7 @@
 //! policy, and pgredact in front of it, until Ctrl-C.
 
 use crate::config::Config;
-use crate::pgcluster::{Auth, Cluster, ClusterOptions, DEMO_SCHEMA_SQL};
+use crate::pgcluster::{demo_schema_sql, Auth, Cluster, ClusterOptions};
 use std::path::PathBuf;
 
 /// The example policy shipped in `policies/app.toml`.
@@ -17,7 +17,7 @@ pub async fn run(listen: &str) -> Result<(), String> {
         })?;
         c.create_database("app")?;
         println!("pgredact demo: loading sample data (10,000 customers, 50,000 events, 20,000 orders)...");
-        c.superuser_psql("app", DEMO_SCHEMA_SQL)?;
+        c.superuser_psql("app", &demo_schema_sql())?;
         Ok(c)
     })
     .await

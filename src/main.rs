@@ -36,6 +36,12 @@ enum Cmd {
         #[command(flatten)]
         args: pgredact::forget::UnforgetArgs,
     },
+    /// Print the SQL a superuser runs once in each protected database: the control schema owned
+    /// by the control-plane role, and the event trigger that lets pgredact see DDL as it commits.
+    SetupSql {
+        #[arg(long, default_value = "pgredact.toml")]
+        config: PathBuf,
+    },
     /// Start a throwaway PostgreSQL with sample customer data and pgredact in front of it.
     Demo {
         /// Where pgredact listens.
@@ -102,6 +108,14 @@ fn main() -> ExitCode {
                 } else {
                     Ok(())
                 }
+            }
+            Cmd::SetupSql { config } => {
+                let cfg = pgredact::config::Config::load(&config)?;
+                print!(
+                    "{}",
+                    pgredact::control::superuser_setup_sql(&cfg.upstream.user)
+                );
+                Ok(())
             }
             Cmd::Demo { listen } => pgredact::demo::run(&listen).await,
         }

@@ -43,6 +43,15 @@ use std::sync::Mutex;
 /// The demo customer-data-platform schema and data (deterministic), run by a superuser.
 pub const DEMO_SCHEMA_SQL: &str = include_str!("demo_schema.sql");
 
+/// The demo schema followed by the superuser part of pgredact's setup (control schema owned by
+/// the `pgredact` role, DDL watch event trigger), as `pgredact setup-sql` prints it.
+pub fn demo_schema_sql() -> String {
+    format!(
+        "{DEMO_SCHEMA_SQL}\n{}",
+        crate::control::superuser_setup_sql("pgredact")
+    )
+}
+
 /// The bootstrap superuser of every cluster.
 pub const SUPERUSER: &str = "postgres";
 /// The password of [`SUPERUSER`] (set by `initdb --pwfile`).

@@ -76,10 +76,6 @@ const KNOWN_FAILING: &[(&str, &str)] = &[
     ("lexical-005", "TWIN MISMATCH (no leak): same with \"app\".\"public\".\"customers\""),
     // oracle-style
     // specials
-    ("stale-attached-partition", "OPEN (window): a table attached as a partition of a policy table is read raw until the next periodic catalog refresh (catalog_refresh_secs, default 5 s)"),
-    ("stale-attached-partition-count", "COUNT ORACLE: same table, count 1 vs masked 0"),
-    ("stale-new-child", "OPEN (window, catalog_refresh_secs): a table made an inheritance child of a policy table (ALTER TABLE ... INHERIT) after the snapshot is read raw"),
-    ("revoked-membership-open-session", "OPEN (window): an open unmasked session whose exempting membership is revoked is ended at the next re-check (membership_recheck_secs, default 5 s); until then it stays unmasked"),
 ];
 
 fn known(id: &str) -> bool {
@@ -1358,6 +1354,19 @@ async fn stale_catalog_and_roles(fx: &Fixture, failures: &mut Vec<Failure>) {
     let (c, cap) = fx.proxy("support").await.expect("connect");
     let _ = run_simple(&c, &cap, "SELECT count(*) FROM zq_late").await;
     let _ = run_simple(&c, &cap, "SELECT count(*) FROM zq_late_child").await;
+    // Statements prepared before the DDL (protocol-level and SQL-level) are re-planned by
+    // PostgreSQL afterwards: they must be re-decided, not run as decided then.
+    let (pc, pcap) = fx.proxy("support").await.expect("connect");
+    let stale_stmt = pc
+        .prepare("SELECT contact FROM zq_late")
+        .await
+        .expect("prepare before the DDL");
+    let _ = run_simple(
+        &pc,
+        &pcap,
+        "PREPARE zq_stale_ps AS SELECT contact FROM zq_late",
+    )
+    .await;
     su.batch_execute(
         "ALTER TABLE public.zq_parted ATTACH PARTITION public.zq_late FOR VALUES IN ('late'); \
          ALTER TABLE public.zq_late_child INHERIT public.zq_child",
@@ -1371,10 +1380,16 @@ async fn stale_catalog_and_roles(fx: &Fixture, failures: &mut Vec<Failure>) {
             "SELECT count(*) FROM zq_late WHERE contact LIKE 'Zqpart%'",
         ),
         ("stale-new-child", "SELECT * FROM zq_late_child"),
+        ("stale-sql-prepared", "EXECUTE zq_stale_ps"),
     ] {
         for extended in [false, true] {
-            let (c, cap) = fx.proxy("support").await.expect("connect");
-            let a = run_tokio(&c, &cap, sql, extended, false).await;
+            let fresh = fx.proxy("support").await.expect("connect");
+            let (c, cap) = if id == "stale-sql-prepared" {
+                (&pc, &pcap)
+            } else {
+                (&fresh.0, &fresh.1)
+            };
+            let a = run_tokio(c, cap, sql, extended, false).await;
             let proto = if extended { "extended" } else { "simple" };
             check_leak(fx, failures, id, proto, sql, &a.visible);
             if id.ends_with("count") && !a.outcome.is_refusal() {
@@ -1398,6 +1413,35 @@ async fn stale_catalog_and_roles(fx: &Fixture, failures: &mut Vec<Failure>) {
             }
         }
     }
+    // The protocol-level statement prepared before the DDL, bound and executed after it.
+    let texts: Vec<String> = match pc.query(&stale_stmt, &[]).await {
+        Ok(rows) => rows
+            .iter()
+            .map(|r| format!("{:?}", r.try_get::<_, Option<String>>(0)))
+            .collect(),
+        Err(e) => {
+            if code_of(&e) != "42501" {
+                fail(
+                    failures,
+                    "stale-protocol-prepared",
+                    "extended",
+                    format!("expected rows or a 42501 refusal, got {e}"),
+                    "SELECT contact FROM zq_late",
+                );
+            }
+            vec![e.to_string()]
+        }
+    };
+    let mut texts = texts;
+    texts.extend(pcap.lock().expect("captured").iter().cloned());
+    check_leak(
+        fx,
+        failures,
+        "stale-protocol-prepared",
+        "extended",
+        "SELECT contact FROM zq_late",
+        &texts,
+    );
     // Membership revoked mid-session: the role is no longer exempt.
     let (r, rcap) = fx.proxy("zq_temp_reader").await.expect("connect");
     let before = run_simple(&r, &rcap, "SELECT 1").await;
@@ -1405,9 +1449,18 @@ async fn stale_catalog_and_roles(fx: &Fixture, failures: &mut Vec<Failure>) {
     su.batch_execute("REVOKE pii_readers FROM zq_temp_reader")
         .await
         .expect("revoke");
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // No pause: the very next statement must already be treated as the role is now.
     let sql = "SELECT email FROM customers WHERE customer_id = 777777";
     let a = run_simple(&r, &rcap, sql).await;
+    if matches!(a.outcome, Outcome::Ok(_)) {
+        fail(
+            failures,
+            "revoked-membership-open-session",
+            "simple",
+            format!("the session still answered: {}", a.outcome.short()),
+            sql,
+        );
+    }
     check_leak(
         fx,
         failures,

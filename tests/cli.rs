@@ -49,6 +49,48 @@ async fn check_reports_file_line_and_reason() {
     );
     assert!(stdout.contains("ok against the live schema"), "{stdout}");
 
+    // The DDL watch: `setup-sql` prints what a superuser runs; `check` fails without it.
+    let out = Command::new(bin())
+        .args(["setup-sql", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let setup = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success());
+    assert!(
+        setup.contains("CREATE SCHEMA IF NOT EXISTS pgredact AUTHORIZATION \"pgredact\"")
+            && setup.contains("CREATE EVENT TRIGGER pgredact_ddl ON ddl_command_end")
+            && setup.contains("ENABLE ALWAYS"),
+        "{setup}"
+    );
+    let su = env.direct("postgres").await;
+    su.batch_execute("DROP EVENT TRIGGER pgredact_ddl")
+        .await
+        .unwrap();
+    let out = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("the DDL watch (event trigger pgredact_ddl) is missing"),
+        "{stdout}"
+    );
+    let (ok, _, err) = psql_at(env.cluster.port, "postgres", "app", &setup);
+    assert!(ok, "{err}");
+    let out = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
     let bad = "database = \"app\"\nunmasked_roles = [\"dba\"]\n[tables.\"public.customers\"]\ncolumns.emial = \"email\"\ncolumns.lifetime_value = \"email\"\n[tables.\"public.nosuch\"]\ncolumns.x = \"null\"\n";
     std::fs::write(dir.join("policies/app.toml"), bad).unwrap();
     let out = Command::new(bin())

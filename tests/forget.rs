@@ -642,7 +642,7 @@ fn customer_id_that_is_pii_becomes_one_token_everywhere() {
     cluster.create_database(DEMO_DB).expect("create db");
     // Roles from the demo script, then the schema of this test.
     cluster
-        .superuser_psql(DEMO_DB, pgredact::pgcluster::DEMO_SCHEMA_SQL)
+        .superuser_psql(DEMO_DB, &pgredact::pgcluster::demo_schema_sql())
         .expect("demo roles");
     cluster
         .superuser_psql(DEMO_DB, PII_ID_SCHEMA)

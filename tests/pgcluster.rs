@@ -195,7 +195,7 @@ fn demo_roles_have_the_documented_privileges() {
     // pgredact: reads the catalog and the tables, updates, creates its own schema; no pg_authid.
     psql(
         "pgredact",
-        "CREATE SCHEMA pgredact; CREATE TABLE pgredact.t (x int); \
+        "CREATE SCHEMA pgredact_own; CREATE TABLE pgredact.t (x int); \
          UPDATE customers SET phone = NULL WHERE customer_id = 2; \
          SELECT count(*) FROM pg_catalog.pg_attribute;",
     )
@@ -207,7 +207,7 @@ fn demo_roles_have_the_documented_privileges() {
 
     // Re-running the script (roles already exist, tables rebuilt) works and restores the data.
     cluster
-        .superuser_psql(DEMO_DB, pgredact::pgcluster::DEMO_SCHEMA_SQL)
+        .superuser_psql(DEMO_DB, &pgredact::pgcluster::demo_schema_sql())
         .expect("re-running the demo schema");
     assert_eq!(
         psql("support", "SELECT count(*) FROM orders")

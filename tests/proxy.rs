@@ -478,3 +478,126 @@ async fn protocol_errors_close_only_that_session() {
     let again = env.proxy("support").await;
     assert_eq!(rows(&again, "SELECT 2").await.unwrap(), vec!["2"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddl_is_seen_as_it_commits_and_prepared_statements_are_rechecked() {
+    let extra = "CREATE TABLE late_people (LIKE customers INCLUDING DEFAULTS);
+                 INSERT INTO late_people (customer_id, email, tier) VALUES (900003, 'late.person@example.com', 'x');
+                 GRANT SELECT ON late_people TO support;";
+    let env = start(
+        pgredact::demo::EXAMPLE_POLICY,
+        ClusterOptions::default(),
+        extra,
+    )
+    .await;
+    let s = env.proxy("support").await;
+    let su = env.direct("postgres").await;
+    // Before: an ordinary table, read as is. Prepare statements over it and over a masked table.
+    assert_eq!(
+        rows(&s, "SELECT email FROM late_people").await.unwrap(),
+        vec!["late.person@example.com"]
+    );
+    let stale = s.prepare("SELECT email FROM late_people").await.unwrap();
+    let kept = s
+        .prepare("SELECT email FROM customers WHERE customer_id = $1")
+        .await
+        .unwrap();
+    s.batch_execute("PREPARE late_ps AS SELECT email FROM late_people; PREPARE kept_ps AS SELECT email FROM customers WHERE customer_id = 1")
+        .await
+        .unwrap();
+    // An unrelated DDL: statements whose decision did not change keep working.
+    su.batch_execute("CREATE TABLE unrelated_x (a int)")
+        .await
+        .unwrap();
+    let r = s.query(&kept, &[&1i64]).await.expect("still bindable");
+    assert!(r[0].get::<_, String>(0).contains("***@"));
+    assert!(rows(&s, "EXECUTE kept_ps").await.unwrap()[0].contains("***@"));
+    // The table becomes a child of customers: the very next statement sees it masked, without
+    // waiting for a periodic refresh (the DDL watch reports it).
+    su.batch_execute("ALTER TABLE late_people INHERIT customers")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(&s, "SELECT email FROM late_people").await.unwrap(),
+        vec!["l***@example.com"]
+    );
+    // Statements prepared before now read PII: they are refused, with a hint to prepare again.
+    assert_refused(
+        s.query(&stale, &[]).await,
+        "decided before a change",
+        "stale protocol statement",
+    );
+    assert_refused(
+        s.simple_query("EXECUTE late_ps").await,
+        "late_ps",
+        "stale SQL-level statement",
+    );
+    // Prepared again, it runs masked.
+    s.batch_execute("DEALLOCATE late_ps; PREPARE late_ps AS SELECT email FROM late_people")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(&s, "EXECUTE late_ps").await.unwrap(),
+        vec!["l***@example.com"]
+    );
+    let again = s.prepare("SELECT email FROM late_people").await.unwrap();
+    let r = s.query(&again, &[]).await.unwrap();
+    assert_eq!(r[0].get::<_, String>(0), "l***@example.com");
+    // Without the DDL watch, pgredact cannot show its catalog is current: masked statements are
+    // refused (fail closed) until it is enabled again; unmasked sessions are unaffected.
+    su.batch_execute("ALTER EVENT TRIGGER pgredact_ddl DISABLE")
+        .await
+        .unwrap();
+    assert_refused(
+        s.simple_query("SELECT tier FROM customers LIMIT 1").await,
+        "DDL watch",
+        "no DDL watch",
+    );
+    let dba = env.proxy("dba").await;
+    assert_eq!(rows(&dba, "SELECT 1").await.unwrap(), vec!["1"]);
+    su.batch_execute("ALTER EVENT TRIGGER pgredact_ddl ENABLE ALWAYS")
+        .await
+        .unwrap();
+    assert_eq!(rows(&s, "SELECT 1").await.unwrap(), vec!["1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_membership_ends_an_open_unmasked_session_at_its_next_statement() {
+    let extra = "CREATE ROLE temp_dba LOGIN PASSWORD 'temp_dba'; GRANT pii_readers TO temp_dba; GRANT SELECT ON ALL TABLES IN SCHEMA public TO temp_dba;";
+    let env = start(
+        pgredact::demo::EXAMPLE_POLICY,
+        ClusterOptions::default(),
+        extra,
+    )
+    .await;
+    let su = env.direct("postgres").await;
+    let t = env.proxy("temp_dba").await;
+    let raw = rows(&t, "SELECT email FROM customers WHERE customer_id = 1")
+        .await
+        .unwrap();
+    assert!(!raw[0].contains("***"), "unmasked before: {raw:?}");
+    // Another role's change does not disturb the session.
+    su.batch_execute("CREATE ROLE bystander; GRANT pii_readers TO bystander")
+        .await
+        .unwrap();
+    assert_eq!(rows(&t, "SELECT 1").await.unwrap(), vec!["1"]);
+    su.batch_execute("REVOKE pii_readers FROM temp_dba")
+        .await
+        .unwrap();
+    let e = t
+        .simple_query("SELECT email FROM customers WHERE customer_id = 1")
+        .await
+        .expect_err("the session must end");
+    let msg = e.as_db_error().map(|d| d.message().to_string());
+    assert_eq!(code(&e), "57P01", "{e:?}");
+    assert!(
+        msg.as_deref().unwrap_or("").contains("no longer exempt"),
+        "{msg:?}"
+    );
+    // A new session of that role is masked.
+    let t2 = env.proxy("temp_dba").await;
+    let r = rows(&t2, "SELECT email FROM customers WHERE customer_id = 1")
+        .await
+        .unwrap();
+    assert!(r[0].contains("***@"), "{r:?}");
+}

@@ -39,6 +39,8 @@ impl std::fmt::Display for FrameError {
 pub struct FrameReader<R> {
     inner: R,
     buf: BytesMut,
+    /// When the last read from the socket completed: every buffered byte arrived by then.
+    filled_at: std::time::Instant,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -46,11 +48,21 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         FrameReader {
             inner,
             buf: BytesMut::with_capacity(16 * 1024),
+            filled_at: std::time::Instant::now(),
         }
     }
 
     pub fn with_buffer(inner: R, buf: BytesMut) -> Self {
-        FrameReader { inner, buf }
+        FrameReader {
+            inner,
+            buf,
+            filled_at: std::time::Instant::now(),
+        }
+    }
+
+    /// A time at or after the arrival of every frame returned so far.
+    pub fn filled_at(&self) -> std::time::Instant {
+        self.filled_at
     }
 
     pub fn get_mut(&mut self) -> &mut R {
@@ -97,6 +109,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 return Ok(Some(f));
             }
             let n = self.inner.read_buf(&mut self.buf).await?;
+            self.filled_at = std::time::Instant::now();
             if n == 0 {
                 if self.buf.is_empty() {
                     return Ok(None);

@@ -105,6 +105,7 @@ async fn catalog_refresher(shared: Arc<Shared>) {
             if let Err(e) = db.refresh(&shared).await {
                 tracing::warn!("{e}");
             }
+            db.prune_ddl_log().await;
         }
     }
 }

@@ -10,7 +10,7 @@ use super::frame::{self, ErrorFields, FrameError, FrameReader};
 use super::state::{DbState, Shared};
 use crate::rewrite::{Decision, Refusal, REFUSAL_SQLSTATE};
 use bytes::{Bytes, BytesMut};
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncWriteExt, BufWriter};
@@ -161,34 +161,93 @@ pub async fn handle(shared: Arc<Shared>, mut client: TcpStream) {
         if !cbuf.is_empty() && s.write_all(&cbuf).await.is_err() {
             return;
         }
-        // Membership can be revoked while the session is open: re-check it periodically and end
-        // the session when the role is no longer exempt.
-        let period = std::time::Duration::from_secs(shared.cfg.membership_recheck_secs.max(1));
-        let watch = async {
-            loop {
-                tokio::time::sleep(period).await;
-                if let Ok(false) = db.is_unmasked(&shared, &user).await {
-                    return;
-                }
-            }
-        };
-        tokio::select! {
-            _ = tokio::io::copy_bidirectional(&mut c, &mut s) => {}
-            _ = watch => {
-                tracing::info!(user = %user, "membership in an unmasked role was revoked: ending the session");
-                frame::send_fatal(
-                    &mut c,
-                    "57P01",
-                    "pgredact: this role is no longer exempt from masking; reconnect",
-                    None,
-                )
-                .await;
-            }
-        }
+        unmasked_relay(&shared, &db, &user, c, s).await;
     } else {
         masked_session(shared.clone(), db, creader, sreader, keys.ready).await;
     }
     drop(guard);
+}
+
+/// The relay of an unmasked session: raw bytes both ways. Membership can be revoked while the
+/// session is open: with per-statement freshness, bytes from the client are forwarded only after
+/// a role reading taken after they arrived shows the role still exempt (re-checked when roles or
+/// memberships changed); a periodic re-check also ends idle sessions.
+async fn unmasked_relay(
+    shared: &Arc<Shared>,
+    db: &Arc<DbState>,
+    user: &str,
+    c: TcpStream,
+    s: TcpStream,
+) {
+    use tokio::io::AsyncReadExt;
+    let (mut crd, mut cwr) = c.into_split();
+    let (mut srd, mut swr) = s.into_split();
+    let period = std::time::Duration::from_secs(shared.cfg.membership_recheck_secs.max(1));
+    let watch = async {
+        loop {
+            tokio::time::sleep(period).await;
+            if let Ok(false) = db.is_unmasked(shared, user).await {
+                return;
+            }
+        }
+    };
+    let per_statement = shared.cfg.per_statement_freshness;
+    // The role fingerprint under which membership was last shown.
+    let mut verified = match db.freshness_since(shared, std::time::Instant::now()).await {
+        Ok(f) => Some(f.roles.clone()),
+        Err(_) => None,
+    };
+    let upward = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match crd.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(n) => n,
+            };
+            if per_statement {
+                let t0 = std::time::Instant::now();
+                let Ok(f) = db.freshness_since(shared, t0).await else {
+                    return false;
+                };
+                if verified.as_deref() != Some(f.roles.as_str()) {
+                    match db.is_unmasked(shared, user).await {
+                        Ok(true) => verified = Some(f.roles.clone()),
+                        _ => return false,
+                    }
+                }
+            }
+            if swr.write_all(&buf[..n]).await.is_err() {
+                return true;
+            }
+        }
+    };
+    // Server bytes are forwarded until the server closes; a session ended for revocation is
+    // closed on the server side first, so the client gets every complete reply before the FATAL.
+    {
+        let downward = tokio::io::copy(&mut srd, &mut cwr);
+        tokio::pin!(downward);
+        let ended_normally = tokio::select! {
+            ok = upward => ok,
+            _ = watch => false,
+            _ = &mut downward => true,
+        };
+        if ended_normally {
+            return;
+        }
+        tracing::info!(user = %user, "membership in an unmasked role was revoked: ending the session");
+        // Close the server's side (no more client bytes); it finishes what it was sending.
+        drop(swr);
+        let _ = (&mut downward).await;
+    }
+    let mut out = BytesMut::new();
+    ErrorFields::new(
+        "FATAL",
+        "57P01",
+        "pgredact: this role is no longer exempt from masking; reconnect",
+    )
+    .encode(b'E', &mut out);
+    let _ = cwr.write_all(&out).await;
+    let _ = cwr.shutdown().await;
 }
 
 struct Keys {
@@ -560,6 +619,15 @@ async fn client_to_server(
 ) {
     let mut swr = BufWriter::with_capacity(64 * 1024, swr);
     let mut out = BytesMut::with_capacity(8 * 1024);
+    let cx = DecideCtx {
+        shared: &shared,
+        db: &db,
+        path_id,
+        search_path: &search_path,
+        reading_safe: &reading_safe,
+    };
+    // Prepared statements of this session: (SQL-level?, name) -> what they were decided as.
+    let mut prepared: HashMap<(bool, String), Prep> = HashMap::new();
     loop {
         let f = match crd.next().await {
             Ok(Some(f)) => f,
@@ -578,7 +646,12 @@ async fn client_to_server(
         let res: Result<(), FrameError> = match tag {
             b'Q' => match frame::decode_query(&f) {
                 Ok(sql) => {
-                    let d = decide(&shared, &db, &sql, path_id, &search_path, &reading_safe).await;
+                    let t0 = crd.filled_at();
+                    let d = cx.decide(&sql, t0).await;
+                    let d = match sql_level_effects(&mut prepared, &sql, d, &cx, t0).await {
+                        Ok(d) => d,
+                        Err(r) => Arc::new(Decision::Refuse(r)),
+                    };
                     let mut p = lock(&pending);
                     let unit = p.open();
                     match &*d {
@@ -599,15 +672,26 @@ async fn client_to_server(
             },
             b'P' => match frame::decode_parse(&f) {
                 Ok(mut pm) => {
-                    let d = decide(
-                        &shared,
-                        &db,
-                        &pm.query,
-                        path_id,
-                        &search_path,
-                        &reading_safe,
-                    )
-                    .await;
+                    let t0 = crd.filled_at();
+                    let d = cx.decide(&pm.query, t0).await;
+                    let d = match sql_level_effects(&mut prepared, &pm.query, d, &cx, t0).await {
+                        Ok(d) => d,
+                        Err(r) => Arc::new(Decision::Refuse(r)),
+                    };
+                    // Remember what this protocol-level statement was decided as, to check it
+                    // again whenever it is bound.
+                    let key = (false, pm.name.clone());
+                    if matches!(*d, Decision::Refuse(_)) {
+                        prepared.remove(&key);
+                    } else {
+                        prepared.insert(
+                            key,
+                            Prep {
+                                sql: pm.query.clone(),
+                                decision: d.clone(),
+                            },
+                        );
+                    }
                     let mut p = lock(&pending);
                     let unit = p.open();
                     match &*d {
@@ -645,7 +729,54 @@ async fn client_to_server(
                 out.extend_from_slice(&f);
                 Ok(())
             }
-            b'B' | b'E' | b'D' | b'C' | b'H' => {
+            b'B' => {
+                // PostgreSQL re-plans a prepared statement after a schema change, from the text
+                // decided back then: bind it only while that text is still what the statement
+                // would be decided as now.
+                let t0 = crd.filled_at();
+                let mut refusal = None;
+                match bind_statement(&f) {
+                    Ok(name) => {
+                        if let Some(p) = prepared.get(&(false, name.clone())).cloned() {
+                            let now = cx.decide(&p.sql, t0).await;
+                            if *now != *p.decision {
+                                refusal = Some(stale_refusal(&name, now.as_ref(), false));
+                            } else if let Err(r) =
+                                sql_level_effects(&mut prepared, &p.sql, now, &cx, t0).await
+                            {
+                                refusal = Some(r);
+                            }
+                        }
+                        let mut p = lock(&pending);
+                        let unit = p.open();
+                        match refusal {
+                            Some(r) => {
+                                unit.refusals.push_back(r);
+                                frame::encode_parse(
+                                    &mut out,
+                                    &frame::ParseMsg {
+                                        name: String::new(),
+                                        query: SENTINEL.to_string(),
+                                        param_types: Vec::new(),
+                                    },
+                                );
+                            }
+                            None => out.extend_from_slice(&f),
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            b'C' => {
+                if let Ok(Some(name)) = close_statement(&f) {
+                    prepared.remove(&(false, name));
+                }
+                lock(&pending).open();
+                out.extend_from_slice(&f);
+                Ok(())
+            }
+            b'E' | b'D' | b'H' => {
                 lock(&pending).open();
                 out.extend_from_slice(&f);
                 Ok(())
@@ -680,6 +811,100 @@ async fn client_to_server(
     }
 }
 
+/// A prepared statement as decided when it was prepared.
+#[derive(Clone)]
+struct Prep {
+    /// The client's text (for SQL-level ones, the whole Query that prepared it).
+    sql: String,
+    decision: Arc<Decision>,
+}
+
+fn stale_refusal(name: &str, now: &Decision, sql_level: bool) -> Refusal {
+    let what = if sql_level { "PREPARE" } else { "Parse" };
+    let why = match now {
+        Decision::Refuse(r) => format!(" (now: {})", r.message),
+        _ => String::new(),
+    };
+    Refusal {
+        message: format!(
+            "pgredact: prepared statement {name:?} was decided before a change to the schema, the policies or this session, and would now be masked differently{why}"
+        ),
+        hint: Some(format!("{what} it again")),
+    }
+}
+
+/// Checks and records what a statement does to SQL-level prepared statements: EXECUTE of one
+/// prepared under a decision that no longer holds is refused; PREPARE and DEALLOCATE update the
+/// record. Returns the decision to use.
+async fn sql_level_effects(
+    prepared: &mut HashMap<(bool, String), Prep>,
+    sql: &str,
+    d: Arc<Decision>,
+    cx: &DecideCtx<'_>,
+    t0: std::time::Instant,
+) -> Result<Arc<Decision>, Refusal> {
+    if matches!(*d, Decision::Refuse(_)) {
+        return Ok(d);
+    }
+    let effects = crate::rewrite::prepared_effects(sql);
+    if effects.is_empty() {
+        return Ok(d);
+    }
+    use crate::rewrite::PreparedEffect as E;
+    let mut fresh: HashSet<String> = HashSet::new();
+    for e in &effects {
+        match e {
+            E::Prepare(n) => {
+                fresh.insert(n.clone());
+            }
+            E::Execute(n) if !fresh.contains(n) => {
+                if let Some(p) = prepared.get(&(true, n.clone())) {
+                    let now = cx.decide(&p.sql, t0).await;
+                    if *now != *p.decision {
+                        return Err(stale_refusal(n, now.as_ref(), true));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    for e in effects {
+        match e {
+            E::Prepare(n) => {
+                prepared.insert(
+                    (true, n),
+                    Prep {
+                        sql: sql.to_string(),
+                        decision: d.clone(),
+                    },
+                );
+            }
+            E::Deallocate(Some(n)) => {
+                prepared.remove(&(true, n));
+            }
+            E::Deallocate(None) => prepared.clear(),
+            E::Execute(_) => {}
+        }
+    }
+    Ok(d)
+}
+
+/// The statement name of a Bind message.
+fn bind_statement(f: &[u8]) -> Result<String, FrameError> {
+    let mut b = frame::body(f);
+    let _portal = frame::take_cstr(&mut b)?;
+    frame::take_cstr(&mut b)
+}
+
+/// The statement name of a Close message for a statement (None for a portal).
+fn close_statement(f: &[u8]) -> Result<Option<String>, FrameError> {
+    let b = frame::body(f);
+    match b.split_first() {
+        Some((b'S', mut rest)) => frame::take_cstr(&mut rest).map(Some),
+        _ => Ok(None),
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,
@@ -687,10 +912,35 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     }
 }
 
+/// What deciding a statement of this session needs.
+struct DecideCtx<'a> {
+    shared: &'a Arc<Shared>,
+    db: &'a Arc<DbState>,
+    path_id: u64,
+    search_path: &'a [String],
+    reading_safe: &'a AtomicBool,
+}
+
+impl DecideCtx<'_> {
+    async fn decide(&self, sql: &str, t0: std::time::Instant) -> Arc<Decision> {
+        decide(
+            self.shared,
+            self.db,
+            sql,
+            t0,
+            self.path_id,
+            self.search_path,
+            self.reading_safe,
+        )
+        .await
+    }
+}
+
 async fn decide(
     shared: &Arc<Shared>,
     db: &Arc<DbState>,
     sql: &str,
+    t0: std::time::Instant,
     path_id: u64,
     search_path: &[String],
     reading_safe: &AtomicBool,
@@ -701,8 +951,17 @@ async fn decide(
             hint: None,
         }));
     }
-    let t0 = std::time::Instant::now();
-    let snap = db.snapshot();
+    // The statement arrived by `t0`: decide it on a snapshot that includes every DDL committed
+    // before then, or refuse.
+    let snap = match db.current_snapshot(shared, t0).await {
+        Ok(s) => s,
+        Err(e) => {
+            return Arc::new(Decision::Refuse(Refusal {
+                message: format!("pgredact: {e}"),
+                hint: None,
+            }))
+        }
+    };
     let (d, unknown) = snap.decide(sql, path_id, search_path);
     if !unknown {
         return d;

@@ -3,12 +3,17 @@
 
 use crate::catalog::Catalog;
 use crate::config::Config;
+use crate::control::{Freshness, FRESHNESS_SQL};
 use crate::policy::{DatabasePolicy, PolicySet};
 use crate::rewrite::{self, Decision, Protections, SessionCtx};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, Statement};
+
+/// Source of snapshot epochs (unique per built snapshot, process-wide).
+static EPOCH: AtomicU64 = AtomicU64::new(1);
 
 /// Rewrites cached per snapshot; cleared when the snapshot changes.
 const CACHE_LIMIT: usize = 20_000;
@@ -27,6 +32,12 @@ pub struct Shared {
 pub struct Snapshot {
     pub policy: Option<Arc<DatabasePolicy>>,
     pub policy_version: u64,
+    /// The catalog generation read before the catalog this snapshot was built from (None: the
+    /// DDL watch was missing then).
+    pub ddl_generation: Option<i64>,
+    /// Unique per snapshot: a decision taken under one epoch is known to be current while the
+    /// snapshot stays in force.
+    pub epoch: u64,
     pub prot: Protections,
     /// search-path id -> SQL text -> decision.
     cache: RwLock<HashMap<u64, HashMap<String, Arc<Decision>>>>,
@@ -35,7 +46,12 @@ pub struct Snapshot {
 pub struct DbState {
     pub name: String,
     control: tokio::sync::Mutex<Option<Client>>,
-    catalog: RwLock<Arc<Catalog>>,
+    /// A second connection for freshness readings, so they never queue behind a catalog load.
+    gate: tokio::sync::Mutex<Option<(Client, Statement)>>,
+    /// The latest freshness reading and when its query was sent.
+    last_reading: Mutex<Option<(Instant, Arc<Freshness>)>>,
+    /// The catalog and the DDL generation read just before it.
+    catalog: RwLock<(Arc<Catalog>, Option<i64>)>,
     snapshot: RwLock<Arc<Snapshot>>,
     last_refresh: Mutex<Instant>,
 }
@@ -92,20 +108,35 @@ impl Shared {
                 tracing::warn!("database {db}: could not install the pgredact control schema: {e}");
             }
         }
+        let generation = read_generation(&client).await;
         let catalog = Catalog::load(&client)
             .await
             .map_err(|e| format!("reading the catalog of {db:?} failed: {e}"))?;
         let catalog = Arc::new(catalog);
+        if generation.is_none() {
+            tracing::warn!(
+                "database {db}: the DDL watch (event trigger {}) is not installed or is disabled; {}",
+                crate::control::DDL_TRIGGER,
+                if self.cfg.per_statement_freshness {
+                    "masked statements are refused until a superuser runs the output of `pgredact setup-sql`"
+                } else {
+                    "DDL is seen only at the periodic catalog refresh"
+                }
+            );
+        }
         let set = self.policy_set();
         let st = Arc::new(DbState {
             name: db.to_string(),
             control: tokio::sync::Mutex::new(Some(client)),
+            gate: tokio::sync::Mutex::new(None),
+            last_reading: Mutex::new(None),
             snapshot: RwLock::new(Arc::new(build_snapshot(
                 set.get(db),
                 set.version,
                 catalog.clone(),
+                generation,
             ))),
-            catalog: RwLock::new(catalog),
+            catalog: RwLock::new((catalog, generation)),
             last_refresh: Mutex::new(Instant::now()),
         });
         dbs.insert(db.to_string(), st.clone());
@@ -134,6 +165,7 @@ pub fn build_snapshot(
     policy: Option<Arc<DatabasePolicy>>,
     version: u64,
     catalog: Arc<Catalog>,
+    ddl_generation: Option<i64>,
 ) -> Snapshot {
     let prot = match &policy {
         Some(p) => Protections::build(p, catalog),
@@ -148,6 +180,8 @@ pub fn build_snapshot(
     Snapshot {
         policy,
         policy_version: version,
+        ddl_generation,
+        epoch: EPOCH.fetch_add(1, Ordering::Relaxed),
         prot,
         cache: RwLock::new(HashMap::new()),
     }
@@ -161,7 +195,7 @@ impl DbState {
         }
     }
 
-    fn catalog(&self) -> Arc<Catalog> {
+    fn catalog(&self) -> (Arc<Catalog>, Option<i64>) {
         match self.catalog.read() {
             Ok(g) => g.clone(),
             Err(p) => p.into_inner().clone(),
@@ -169,10 +203,12 @@ impl DbState {
     }
 
     fn rebuild(&self, set: &PolicySet) {
+        let (catalog, generation) = self.catalog();
         let snap = Arc::new(build_snapshot(
             set.get(&self.name),
             set.version,
-            self.catalog(),
+            catalog,
+            generation,
         ));
         match self.snapshot.write() {
             Ok(mut g) => *g = snap,
@@ -200,12 +236,13 @@ impl DbState {
         let Some(client) = guard.as_ref() else {
             return Err("no control connection".into());
         };
+        let generation = read_generation(client).await;
         let cat = Catalog::load(client)
             .await
             .map_err(|e| format!("catalog refresh of {:?} failed: {e}", self.name))?;
         match self.catalog.write() {
-            Ok(mut g) => *g = Arc::new(cat),
-            Err(p) => *p.into_inner() = Arc::new(cat),
+            Ok(mut g) => *g = (Arc::new(cat), generation),
+            Err(p) => *p.into_inner() = (Arc::new(cat), generation),
         }
         self.rebuild(&shared.policy_set());
         if let Ok(mut t) = self.last_refresh.lock() {
@@ -213,6 +250,99 @@ impl DbState {
         }
         drop(guard);
         Ok(())
+    }
+
+    /// A freshness reading whose query was sent at or after `t0`. Concurrent callers share
+    /// readings: while one is in flight the others wait, and the first of them to run next
+    /// takes a new one that serves them all.
+    pub async fn freshness_since(
+        &self,
+        shared: &Shared,
+        t0: Instant,
+    ) -> Result<Arc<Freshness>, String> {
+        if let Some(f) = self.reading_after(t0) {
+            return Ok(f);
+        }
+        let mut gate = self.gate.lock().await;
+        if let Some(f) = self.reading_after(t0) {
+            return Ok(f);
+        }
+        let started = Instant::now();
+        if gate.as_ref().is_none_or(|(c, _)| c.is_closed()) {
+            let c = shared.control_connect(&self.name).await?;
+            let st = c
+                .prepare(FRESHNESS_SQL)
+                .await
+                .map_err(|e| format!("preparing the freshness check failed: {e}"))?;
+            *gate = Some((c, st));
+        }
+        let Some((client, st)) = gate.as_ref() else {
+            return Err("no freshness connection".into());
+        };
+        let row = match client.query_one(st, &[]).await {
+            Ok(r) => r,
+            Err(e) => {
+                *gate = None;
+                return Err(format!("freshness check failed: {e}"));
+            }
+        };
+        let f = Arc::new(Freshness {
+            ddl_generation: row.get(0),
+            roles: row.get(1),
+        });
+        if let Ok(mut l) = self.last_reading.lock() {
+            *l = Some((started, f.clone()));
+        }
+        Ok(f)
+    }
+
+    fn reading_after(&self, t0: Instant) -> Option<Arc<Freshness>> {
+        let l = self.last_reading.lock().ok()?;
+        l.as_ref().filter(|(t, _)| *t >= t0).map(|(_, f)| f.clone())
+    }
+
+    /// The snapshot to decide a statement that arrived at `t0` on: one that reflects every DDL
+    /// committed before `t0` (re-reading the catalog when the generation moved). Errors when
+    /// that cannot be shown (the DDL watch is missing and per-statement freshness is on, or the
+    /// database cannot be reached): the caller refuses.
+    pub async fn current_snapshot(
+        &self,
+        shared: &Shared,
+        t0: Instant,
+    ) -> Result<Arc<Snapshot>, String> {
+        if !shared.cfg.per_statement_freshness {
+            return Ok(self.snapshot());
+        }
+        let f = self.freshness_since(shared, t0).await?;
+        let Some(generation) = f.ddl_generation else {
+            return Err(format!(
+                "the DDL watch (event trigger {}) is not installed or is disabled in database {:?}, so pgredact cannot show that its catalog is current; a superuser must run the output of `pgredact setup-sql`",
+                crate::control::DDL_TRIGGER,
+                self.name
+            ));
+        };
+        let snap = self.snapshot();
+        if snap.ddl_generation == Some(generation) {
+            return Ok(snap);
+        }
+        self.refresh_since(shared, t0).await?;
+        Ok(self.snapshot())
+    }
+
+    /// Prunes the DDL log when it has grown (the generation does not change).
+    pub async fn prune_ddl_log(&self) {
+        let guard = self.control.lock().await;
+        let Some(client) = guard.as_ref() else { return };
+        let n = client
+            .query_one("SELECT pg_catalog.count(*) FROM pgredact.ddl_log", &[])
+            .await
+            .map(|r| r.get::<_, i64>(0))
+            .unwrap_or(0);
+        if n > 1000 {
+            if let Err(e) = client.execute(crate::control::PRUNE_SQL, &[]).await {
+                tracing::debug!("pruning the DDL log failed: {e}");
+            }
+        }
     }
 
     /// Whether `user` is a member (direct or inherited) of an unmasked role, or a superuser.
@@ -240,6 +370,17 @@ impl DbState {
             .await
             .map_err(|e| format!("role lookup failed: {e}"))?;
         Ok(row.map(|r| r.get::<_, bool>(0)).unwrap_or(false))
+    }
+}
+
+/// The catalog generation, or None when the DDL watch is missing, disabled or unreadable.
+async fn read_generation(client: &Client) -> Option<i64> {
+    match client.query_one(FRESHNESS_SQL, &[]).await {
+        Ok(r) => r.get(0),
+        Err(e) => {
+            tracing::debug!("reading the catalog generation failed: {e}");
+            None
+        }
     }
 }
 

@@ -576,3 +576,25 @@ fn shadowed_names_are_refused_as_ambiguous() {
         d => panic!("{d:?}"),
     }
 }
+
+#[test]
+fn prepared_effects_names_prepare_execute_deallocate() {
+    use super::{prepared_effects, PreparedEffect as E};
+    assert_eq!(
+        prepared_effects("PREPARE Zq_PS AS SELECT contact FROM zq_late"),
+        vec![E::Prepare("zq_ps".into())]
+    );
+    assert_eq!(
+        prepared_effects("EXECUTE zq_stale_ps"),
+        vec![E::Execute("zq_stale_ps".into())]
+    );
+    assert_eq!(
+        prepared_effects("EXPLAIN EXECUTE \"Q\"(1); DEALLOCATE PREPARE q; DEALLOCATE ALL"),
+        vec![
+            E::Execute("Q".into()),
+            E::Deallocate(Some("q".into())),
+            E::Deallocate(None)
+        ]
+    );
+    assert!(prepared_effects("SELECT 'no statements here'").is_empty());
+}

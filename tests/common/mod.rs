@@ -2,7 +2,7 @@
 //! Each test binary includes this with `mod common;`; not every binary uses every helper.
 #![allow(dead_code)]
 
-use pgredact::pgcluster::{Cluster, ClusterOptions, DEMO_SCHEMA_SQL};
+use pgredact::pgcluster::{demo_schema_sql, Cluster, ClusterOptions};
 
 /// The database the demo schema is loaded into.
 pub const DEMO_DB: &str = "app";
@@ -29,7 +29,7 @@ pub fn load_demo(cluster: &Cluster, db: &str) {
         .create_database(db)
         .unwrap_or_else(|e| panic!("creating database {db}: {e}\n{}", cluster.read_log()));
     cluster
-        .superuser_psql(db, DEMO_SCHEMA_SQL)
+        .superuser_psql(db, &demo_schema_sql())
         .unwrap_or_else(|e| panic!("loading the demo schema into {db}: {e}"));
 }
 

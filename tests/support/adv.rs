@@ -5,7 +5,7 @@
 
 use super::wire;
 use super::{Env, HASH_KEY};
-use pgredact::pgcluster::{Auth, ClusterOptions, DEMO_SCHEMA_SQL};
+use pgredact::pgcluster::{demo_schema_sql, Auth, ClusterOptions};
 use sha2::{Digest, Sha256};
 use std::sync::{Arc, Mutex};
 use tokio_postgres::types::{FromSql, Type};
@@ -247,7 +247,7 @@ async fn build_twin(env: &Env) {
     // psql blocks: keep the runtime's other worker free for the proxy.
     tokio::task::block_in_place(|| {
         c.create_database("twin").expect("create twin");
-        c.superuser_psql("twin", DEMO_SCHEMA_SQL)
+        c.superuser_psql("twin", &demo_schema_sql())
             .expect("twin schema");
         c.superuser_psql("twin", &fixture).expect("twin fixture");
     });

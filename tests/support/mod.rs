@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use pgredact::config::Config;
-use pgredact::pgcluster::{Auth, Cluster, ClusterOptions, DEMO_SCHEMA_SQL};
+use pgredact::pgcluster::{demo_schema_sql, Auth, Cluster, ClusterOptions};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
@@ -47,7 +47,7 @@ pub async fn start(policy: &str, opts: ClusterOptions, extra_sql: &str) -> Env {
         let c = Cluster::start(opts).unwrap_or_else(|e| panic!("cluster: {e}"));
         c.create_database(DB)
             .unwrap_or_else(|e| panic!("createdb: {e}"));
-        c.superuser_psql(DB, DEMO_SCHEMA_SQL)
+        c.superuser_psql(DB, &demo_schema_sql())
             .unwrap_or_else(|e| panic!("schema: {e}"));
         if !extra.is_empty() {
             c.superuser_psql(DB, &extra)
