@@ -138,8 +138,16 @@ LANGUAGE sql STABLE STRICT SECURITY DEFINER AS $f$
   FROM pgredact.hash_key k
 $f$;
 CREATE OR REPLACE FUNCTION pgredact.mask_hash(v text) RETURNS text
-LANGUAGE sql STABLE STRICT SECURITY DEFINER AS $f$
-  SELECT pg_catalog.left(pgredact.hmac_hex(v), 16)
+LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER AS $f$
+DECLARE
+  k pgredact.hash_key;
+BEGIN
+  -- One PL/pgSQL function (its key lookup is a cached plan) instead of nested SQL functions:
+  -- a SECURITY DEFINER SQL function is never inlined, and this runs once per masked row.
+  SELECT * INTO k FROM pgredact.hash_key WHERE id;
+  RETURN pg_catalog.left(pg_catalog.encode(pg_catalog.sha256(k.opad OPERATOR(pg_catalog.||)
+         pg_catalog.sha256(k.ipad OPERATOR(pg_catalog.||) pg_catalog.convert_to(v, 'UTF8'))), 'hex'), 16);
+END
 $f$;
 REVOKE ALL ON FUNCTION pgredact.hmac_hex(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pgredact.mask_hash(text) TO PUBLIC;
