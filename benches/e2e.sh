@@ -26,6 +26,8 @@
 #   PG_BIN=/usr/lib/postgresql/15/bin
 #   KEEP=1            keep the temp dir (logs) after exit
 #   SKIP_BUILD=1      use the existing target/release/pgredact
+#   FRESHNESS=true    pgredact's per_statement_freshness (false: periodic catalog refresh only)
+#   MEMBERSHIP=true   pgredact's per_statement_membership (false: periodic re-check only)
 # Runtime: |CLIENTS| x |MODES| x (3 select + 4 masked targets) x ROUNDS x DURATION, plus about
 # a minute of setup (more for the first release build): 2 x 3 x 7 x 3 x 5 s = 10.5 min by default.
 set -euo pipefail
@@ -206,6 +208,8 @@ cp "$ROOT/policies/app.toml" "$WORK/pgredact/policies/"
 cat >"$WORK/pgredact/pgredact.toml" <<EOF
 listen = "127.0.0.1:$PGREDACT_PORT"
 policies = "policies"
+per_statement_freshness = ${FRESHNESS:-true}
+per_statement_membership = ${MEMBERSHIP:-true}
 
 [upstream]
 host = "127.0.0.1"
@@ -216,6 +220,8 @@ password_env = "PGREDACT_E2E_UPSTREAM_PASSWORD"
 [secrets]
 hash_key_env = "PGREDACT_E2E_HASH_KEY"
 EOF
+# The superuser part of the setup (control schema, DDL watch event trigger).
+"$PGREDACT" setup-sql --config "$WORK/pgredact/pgredact.toml" | SQL -d app >/dev/null
 PGREDACT_E2E_UPSTREAM_PASSWORD=pgredact PGREDACT_E2E_HASH_KEY=e2e-bench-hash-key \
     PGREDACT_LOG=${PGREDACT_LOG:-warn} \
     "$PGREDACT" serve --config "$WORK/pgredact/pgredact.toml" >"$WORK/pgredact/pgredact.log" 2>&1 &

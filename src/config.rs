@@ -23,12 +23,16 @@ pub struct Config {
     /// Seconds between re-checks of an unmasked session's role membership.
     #[serde(default = "default_recheck")]
     pub membership_recheck_secs: u64,
-    /// Check before every statement (masked sessions: DDL since the catalog snapshot; unmasked
-    /// sessions: role membership) that the decision rests on the database as it is now. Off, those
-    /// changes are seen only at the periodic refresh / re-check (a window of up to
-    /// `catalog_refresh_secs` / `membership_recheck_secs`).
+    /// Masked sessions: decide every statement on a catalog that includes every DDL committed
+    /// before it arrived (needs the DDL watch). Off, DDL on existing relations is seen at the
+    /// periodic refresh (a window of up to `catalog_refresh_secs`).
     #[serde(default = "default_true")]
     pub per_statement_freshness: bool,
+    /// Unmasked sessions: forward each statement only after a membership reading taken after it
+    /// arrived. Off, a revoked membership ends open sessions at the periodic re-check (a window
+    /// of up to `membership_recheck_secs`).
+    #[serde(default = "default_true")]
+    pub per_statement_membership: bool,
     /// Seconds between policy directory re-reads (hot reload).
     #[serde(default = "default_reload")]
     pub policy_reload_secs: u64,

@@ -88,21 +88,28 @@ pub struct Freshness {
     /// Catalog generation (committed DDL count), or None when the event trigger is missing or
     /// disabled (then DDL cannot be seen as it happens).
     pub ddl_generation: Option<i64>,
-    /// Fingerprint of roles and memberships (superuser flags, inheritance, pg_auth_members).
-    pub roles: String,
+    /// The roles asked about (those with open unmasked sessions when the reading was sent).
+    pub asked: Vec<String>,
+    /// Those of them that are still members of an unmasked role (or superusers).
+    pub exempt: Vec<String>,
 }
 
-/// The query behind [`Freshness`].
+/// The query behind [`Freshness`]: $1 the roles to ask about, $2 the policy's unmasked roles.
+/// `pg_has_role` answers from PostgreSQL's membership cache (superusers count as members); names
+/// that no longer exist count as not exempt.
 pub const FRESHNESS_SQL: &str = "SELECT \
    CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger \
                      WHERE evtname = 'pgredact_ddl' AND evtevent = 'ddl_command_end' \
-                       AND evtenabled <> 'D' AND evtfoid = 'pgredact.note_ddl()'::pg_catalog.regprocedure) \
+                       AND evtenabled <> 'D') \
         THEN (SELECT pg_catalog.count(*) FROM pgredact.ddl_log) \
              OPERATOR(pg_catalog.+) (SELECT n FROM pgredact.ddl_pruned WHERE id) END, \
-   pg_catalog.md5(coalesce((SELECT pg_catalog.string_agg(m.roleid::text || '>' || m.member::text, ',' \
-                   ORDER BY m.roleid, m.member) FROM pg_catalog.pg_auth_members m), '') || '|' || \
-     coalesce((SELECT pg_catalog.string_agg(r.oid::text || r.rolname || r.rolsuper::text || r.rolinherit::text, ',' \
-                   ORDER BY r.oid) FROM pg_catalog.pg_roles r), ''))";
+   ARRAY(SELECT u FROM pg_catalog.unnest(CAST($1 AS pg_catalog.text[])) u \
+         WHERE pg_catalog.to_regrole(pg_catalog.quote_ident(u)) IS NOT NULL \
+           AND EXISTS (SELECT 1 FROM pg_catalog.unnest(CAST($2 AS pg_catalog.text[])) r \
+                       WHERE pg_catalog.to_regrole(pg_catalog.quote_ident(r)) IS NOT NULL \
+                         AND pg_catalog.pg_has_role(pg_catalog.to_regrole(pg_catalog.quote_ident(u)), \
+                               pg_catalog.to_regrole(pg_catalog.quote_ident(r)), 'MEMBER')) \
+            OR (SELECT a.rolsuper FROM pg_catalog.pg_roles a WHERE a.rolname = u))";
 
 /// Reads the catalog generation's pruned rows into the counter in one transaction, so the
 /// generation (rows + pruned) does not change while the log stays small.

@@ -191,63 +191,86 @@ async fn unmasked_relay(
             }
         }
     };
-    let per_statement = shared.cfg.per_statement_freshness;
-    // The role fingerprint under which membership was last shown.
-    let mut verified = match db.freshness_since(shared, std::time::Instant::now()).await {
-        Ok(f) => Some(f.roles.clone()),
-        Err(_) => None,
-    };
+    let per_statement = shared.cfg.per_statement_membership;
+    // Every reading from now on asks whether this role is still exempt.
+    let _tracked = db.track_unmasked(user);
     let upward = async {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             let n = match crd.read(&mut buf).await {
-                Ok(0) | Err(_) => return true,
+                Ok(0) | Err(_) => return Ended::Normally,
                 Ok(n) => n,
             };
             if per_statement {
+                // Forward these bytes only after a reading sent after they arrived says the role
+                // is still exempt.
                 let t0 = std::time::Instant::now();
-                let Ok(f) = db.freshness_since(shared, t0).await else {
-                    return false;
+                let f = match db.freshness_since(shared, t0).await {
+                    Ok(f) => f,
+                    Err(e) => return Ended::Unverifiable(e),
                 };
-                if verified.as_deref() != Some(f.roles.as_str()) {
+                let still = if f.asked.iter().any(|u| u == user) {
+                    f.exempt.iter().any(|u| u == user)
+                } else {
                     match db.is_unmasked(shared, user).await {
-                        Ok(true) => verified = Some(f.roles.clone()),
-                        _ => return false,
+                        Ok(b) => b,
+                        Err(e) => return Ended::Unverifiable(e),
                     }
+                };
+                if !still {
+                    return Ended::Revoked;
                 }
             }
             if swr.write_all(&buf[..n]).await.is_err() {
-                return true;
+                return Ended::Normally;
             }
         }
     };
-    // Server bytes are forwarded until the server closes; a session ended for revocation is
-    // closed on the server side first, so the client gets every complete reply before the FATAL.
-    {
+    // Server bytes are forwarded until the server closes; a session ended by pgredact is closed
+    // on the server side first, so the client gets every complete reply before the FATAL.
+    let why = {
         let downward = tokio::io::copy(&mut srd, &mut cwr);
         tokio::pin!(downward);
-        let ended_normally = tokio::select! {
-            ok = upward => ok,
-            _ = watch => false,
-            _ = &mut downward => true,
+        let why = tokio::select! {
+            e = upward => e,
+            _ = watch => Ended::Revoked,
+            _ = &mut downward => Ended::Normally,
         };
-        if ended_normally {
+        if matches!(why, Ended::Normally) {
             return;
         }
-        tracing::info!(user = %user, "membership in an unmasked role was revoked: ending the session");
         // Close the server's side (no more client bytes); it finishes what it was sending.
         drop(swr);
         let _ = (&mut downward).await;
-    }
+        why
+    };
+    let (code, msg) = match why {
+        Ended::Revoked => {
+            tracing::info!(user = %user, "membership in an unmasked role was revoked: ending the session");
+            (
+                "57P01",
+                "pgredact: this role is no longer exempt from masking; reconnect".to_string(),
+            )
+        }
+        Ended::Unverifiable(e) => {
+            tracing::warn!(user = %user, "ending an unmasked session: {e}");
+            (
+                "08006",
+                format!("pgredact: the role's exemption from masking could not be re-checked: {e}"),
+            )
+        }
+        Ended::Normally => return,
+    };
     let mut out = BytesMut::new();
-    ErrorFields::new(
-        "FATAL",
-        "57P01",
-        "pgredact: this role is no longer exempt from masking; reconnect",
-    )
-    .encode(b'E', &mut out);
+    ErrorFields::new("FATAL", code, &msg).encode(b'E', &mut out);
     let _ = cwr.write_all(&out).await;
     let _ = cwr.shutdown().await;
+}
+
+enum Ended {
+    Normally,
+    Revoked,
+    Unverifiable(String),
 }
 
 struct Keys {

@@ -50,6 +50,9 @@ pub struct DbState {
     gate: tokio::sync::Mutex<Option<(Client, Statement)>>,
     /// The latest freshness reading and when its query was sent.
     last_reading: Mutex<Option<(Instant, Arc<Freshness>)>>,
+    /// Roles with open unmasked sessions (with a count): every reading asks whether they are
+    /// still exempt.
+    unmasked_users: Mutex<HashMap<String, usize>>,
     /// The catalog and the DDL generation read just before it.
     catalog: RwLock<(Arc<Catalog>, Option<i64>)>,
     snapshot: RwLock<Arc<Snapshot>>,
@@ -130,6 +133,7 @@ impl Shared {
             control: tokio::sync::Mutex::new(Some(client)),
             gate: tokio::sync::Mutex::new(None),
             last_reading: Mutex::new(None),
+            unmasked_users: Mutex::new(HashMap::new()),
             snapshot: RwLock::new(Arc::new(build_snapshot(
                 set.get(db),
                 set.version,
@@ -279,7 +283,18 @@ impl DbState {
         let Some((client, st)) = gate.as_ref() else {
             return Err("no freshness connection".into());
         };
-        let row = match client.query_one(st, &[]).await {
+        let asked: Vec<String> = self
+            .unmasked_users
+            .lock()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        let exempt_roles: Vec<String> = self
+            .snapshot()
+            .policy
+            .as_ref()
+            .map(|p| p.unmasked_roles.clone())
+            .unwrap_or_default();
+        let row = match client.query_one(st, &[&asked, &exempt_roles]).await {
             Ok(r) => r,
             Err(e) => {
                 *gate = None;
@@ -288,12 +303,24 @@ impl DbState {
         };
         let f = Arc::new(Freshness {
             ddl_generation: row.get(0),
-            roles: row.get(1),
+            asked,
+            exempt: row.get(1),
         });
         if let Ok(mut l) = self.last_reading.lock() {
             *l = Some((started, f.clone()));
         }
         Ok(f)
+    }
+
+    /// Registers an open unmasked session of `user` (readings ask about it until the guard drops).
+    pub fn track_unmasked(self: &Arc<Self>, user: &str) -> UnmaskedGuard {
+        if let Ok(mut m) = self.unmasked_users.lock() {
+            *m.entry(user.to_string()).or_default() += 1;
+        }
+        UnmaskedGuard {
+            db: self.clone(),
+            user: user.to_string(),
+        }
     }
 
     fn reading_after(&self, t0: Instant) -> Option<Arc<Freshness>> {
@@ -373,9 +400,29 @@ impl DbState {
     }
 }
 
+/// Keeps a role in the freshness readings while one of its unmasked sessions is open.
+pub struct UnmaskedGuard {
+    db: Arc<DbState>,
+    user: String,
+}
+
+impl Drop for UnmaskedGuard {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.db.unmasked_users.lock() {
+            if let Some(n) = m.get_mut(&self.user) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&self.user);
+                }
+            }
+        }
+    }
+}
+
 /// The catalog generation, or None when the DDL watch is missing, disabled or unreadable.
 async fn read_generation(client: &Client) -> Option<i64> {
-    match client.query_one(FRESHNESS_SQL, &[]).await {
+    let none: Vec<String> = Vec::new();
+    match client.query_one(FRESHNESS_SQL, &[&none, &none]).await {
         Ok(r) => r.get(0),
         Err(e) => {
             tracing::debug!("reading the catalog generation failed: {e}");
