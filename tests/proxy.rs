@@ -601,3 +601,122 @@ async fn revoking_membership_ends_an_open_unmasked_session_at_its_next_statement
         .unwrap();
     assert!(r[0].contains("***@"), "{r:?}");
 }
+
+/// psql with a full connection string; returns (ok, stdout, stderr).
+fn psql_conn(conn: &str, user: &str, sql: &str) -> (bool, String, String) {
+    let out = std::process::Command::new("psql")
+        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+        .arg(conn)
+        .env("PGPASSWORD", password(user))
+        .env("PGCONNECT_TIMEOUT", "30")
+        .arg("-c")
+        .arg(sql)
+        .output()
+        .expect("run psql");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_terminated_at_the_proxy_and_can_be_required() {
+    let env = start_default().await;
+    let dir = env.dir.join("tls");
+    std::fs::create_dir_all(dir.join("policies")).unwrap();
+    std::fs::write(
+        dir.join("policies/app.toml"),
+        pgredact::demo::EXAMPLE_POLICY,
+    )
+    .unwrap();
+    let gen = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+            "-keyout",
+        ])
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .output()
+        .expect("openssl (installed by .ci/run)");
+    assert!(
+        gen.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gen.stderr)
+    );
+    // A broken key is reported with its file name, before anything listens.
+    std::fs::write(dir.join("bad.pem"), "not a key").unwrap();
+    let bad = pgredact::config::Config::parse(
+        &format!(
+            "{}[tls]\ncert = \"cert.pem\"\nkey = \"bad.pem\"\n",
+            config_text("127.0.0.1:0", env.cluster.port)
+        ),
+        &dir.join("pgredact.toml"),
+    )
+    .unwrap();
+    let e = pgredact::proxy::bind(bad)
+        .await
+        .err()
+        .expect("bad key refused");
+    assert!(e.contains("bad.pem"), "{e}");
+
+    let cfg = pgredact::config::Config::parse(
+        &format!(
+            "{}[tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\nrequire = true\n",
+            config_text("127.0.0.1:0", env.cluster.port)
+        ),
+        &dir.join("pgredact.toml"),
+    )
+    .unwrap();
+    let (listener, shared) = pgredact::proxy::bind(cfg).await.expect("bind with TLS");
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(pgredact::proxy::run(listener, shared));
+    let root = dir.join("cert.pem");
+    let conn = |user: &str, mode: &str| {
+        format!(
+            "host=localhost port={port} dbname=app user={user} sslmode={mode} sslrootcert={}",
+            root.display()
+        )
+    };
+    // verify-full: the proxy presents our certificate for "localhost"; masked over TLS.
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        psql_conn(
+            &conn("support", "verify-full"),
+            "support",
+            "SELECT email FROM customers WHERE customer_id = 1",
+        )
+    });
+    assert!(ok, "{err}");
+    assert!(out.trim().contains("***@"), "{out}");
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        psql_conn(&conn("support", "verify-full"), "support", "\\conninfo")
+    });
+    assert!(ok && out.contains("SSL connection"), "{out}{err}");
+    // The unmasked relay over TLS.
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        psql_conn(
+            &conn("dba", "require"),
+            "dba",
+            "SELECT email FROM customers WHERE customer_id = 1",
+        )
+    });
+    assert!(ok, "{err}");
+    assert!(out.contains('@') && !out.contains("***"), "{out}");
+    // require = true: a plaintext session is refused at startup.
+    let (ok, _, err) = tokio::task::block_in_place(|| {
+        psql_conn(&conn("support", "disable"), "support", "SELECT 1")
+    });
+    assert!(!ok);
+    assert!(err.contains("requires TLS"), "{err}");
+}

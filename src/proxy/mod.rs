@@ -4,6 +4,7 @@
 pub mod frame;
 pub mod session;
 pub mod state;
+pub mod tls;
 
 use crate::config::Config;
 use crate::policy;
@@ -38,10 +39,14 @@ fn dir_fingerprint(dir: &Path) -> Vec<(String, u64, SystemTime)> {
 pub async fn bind(cfg: Config) -> Result<(TcpListener, Arc<Shared>), String> {
     let dir = cfg.policies_dir();
     let set = policy::load_dir(&dir, 1)?;
+    let tls = match &cfg.tls {
+        Some(t) => Some(tls::acceptor(t, &cfg.base_dir)?),
+        None => None,
+    };
     let listener = TcpListener::bind(&cfg.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
-    Ok((listener, Shared::new(cfg, set)))
+    Ok((listener, Shared::with_tls(cfg, set, tls)))
 }
 
 /// Serves clients forever.

@@ -8,6 +8,7 @@
 
 use super::frame::{self, ErrorFields, FrameError, FrameReader};
 use super::state::{DbState, Shared};
+use super::tls::{ClientStream, SplitStream};
 use crate::rewrite::{Decision, Refusal, REFUSAL_SQLSTATE};
 use bytes::{Bytes, BytesMut};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -20,8 +21,9 @@ use tokio::net::TcpStream;
 /// syntax error naming this word, which the server-side relay recognizes and replaces.
 const SENTINEL: &str = "pgredact_refused_statement_5f2c9a";
 
-pub async fn handle(shared: Arc<Shared>, mut client: TcpStream) {
-    let _ = client.set_nodelay(true);
+pub async fn handle(shared: Arc<Shared>, tcp: TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    let mut client = ClientStream::Plain(tcp);
     // Startup phase: at most one SSLRequest/GSSENCRequest before the StartupMessage.
     let mut negotiations = 0;
     let pkt = loop {
@@ -35,6 +37,28 @@ pub async fn handle(shared: Arc<Shared>, mut client: TcpStream) {
         };
         let code = i32::from_be_bytes([pkt[4], pkt[5], pkt[6], pkt[7]]);
         match code {
+            frame::SSL_REQUEST
+                if pkt.len() == 8
+                    && negotiations < 2
+                    && shared.tls.is_some()
+                    && !client.is_tls() =>
+            {
+                negotiations += 1;
+                if client.write_all(b"S").await.is_err() {
+                    return;
+                }
+                let (Some(acceptor), ClientStream::Plain(tcp)) = (shared.tls.as_ref(), client)
+                else {
+                    return;
+                };
+                client = match acceptor.accept(tcp).await {
+                    Ok(t) => ClientStream::Tls(Box::new(t)),
+                    Err(e) => {
+                        tracing::debug!("TLS handshake failed: {e}");
+                        return;
+                    }
+                };
+            }
             frame::SSL_REQUEST | frame::GSSENC_REQUEST if pkt.len() == 8 && negotiations < 2 => {
                 negotiations += 1;
                 if client.write_all(b"N").await.is_err() {
@@ -45,6 +69,18 @@ pub async fn handle(shared: Arc<Shared>, mut client: TcpStream) {
                 let pid = i32::from_be_bytes([pkt[8], pkt[9], pkt[10], pkt[11]]);
                 let key = i32::from_be_bytes([pkt[12], pkt[13], pkt[14], pkt[15]]);
                 cancel(&shared, pid, key).await;
+                return;
+            }
+            frame::PROTOCOL_3
+                if shared.cfg.tls.as_ref().is_some_and(|t| t.require) && !client.is_tls() =>
+            {
+                frame::send_fatal(
+                    &mut client,
+                    "28000",
+                    "pgredact: this server requires TLS; connect with sslmode=require (or verify-full)",
+                    None,
+                )
+                .await;
                 return;
             }
             frame::PROTOCOL_3 => break pkt,
@@ -147,12 +183,36 @@ pub async fn handle(shared: Arc<Shared>, mut client: TcpStream) {
         shared: shared.clone(),
         key: keys.client_key,
     };
-    tracing::info!(user = %user, database = %database, masked = !unmasked, "session started");
+    tracing::info!(user = %user, database = %database, masked = !unmasked, tls = creader.get_mut().is_tls(), "session started");
+    let (cstream, cbuf) = creader.into_parts();
+    match cstream {
+        ClientStream::Plain(c) => {
+            relay(&shared, db, &user, unmasked, c, cbuf, sreader, keys.ready).await
+        }
+        ClientStream::Tls(c) => {
+            relay(&shared, db, &user, unmasked, *c, cbuf, sreader, keys.ready).await
+        }
+    }
+    drop(guard);
+}
+
+/// The session after authentication, over a plain or TLS client stream.
+#[allow(clippy::too_many_arguments)]
+async fn relay<C: SplitStream>(
+    shared: &Arc<Shared>,
+    db: Arc<DbState>,
+    user: &str,
+    unmasked: bool,
+    mut c: C,
+    cbuf: BytesMut,
+    sreader: FrameReader<TcpStream>,
+    ready: Bytes,
+) {
     if unmasked {
         // Raw relay, both directions. Flush what the startup readers had buffered first.
-        let (mut c, cbuf) = creader.into_parts();
         let (mut s, sbuf) = sreader.into_parts();
-        if c.write_all(&keys.ready).await.is_err() {
+        let keys_ready = ready;
+        if c.write_all(&keys_ready).await.is_err() {
             return;
         }
         if !sbuf.is_empty() && c.write_all(&sbuf).await.is_err() {
@@ -161,26 +221,25 @@ pub async fn handle(shared: Arc<Shared>, mut client: TcpStream) {
         if !cbuf.is_empty() && s.write_all(&cbuf).await.is_err() {
             return;
         }
-        unmasked_relay(&shared, &db, &user, c, s).await;
+        unmasked_relay(shared, &db, user, c, s).await;
     } else {
-        masked_session(shared.clone(), db, creader, sreader, keys.ready).await;
+        masked_session(shared.clone(), db, c, cbuf, sreader, ready).await;
     }
-    drop(guard);
 }
 
 /// The relay of an unmasked session: raw bytes both ways. Membership can be revoked while the
 /// session is open: with per-statement freshness, bytes from the client are forwarded only after
 /// a role reading taken after they arrived shows the role still exempt (re-checked when roles or
 /// memberships changed); a periodic re-check also ends idle sessions.
-async fn unmasked_relay(
+async fn unmasked_relay<C: SplitStream>(
     shared: &Arc<Shared>,
     db: &Arc<DbState>,
     user: &str,
-    c: TcpStream,
+    c: C,
     s: TcpStream,
 ) {
     use tokio::io::AsyncReadExt;
-    let (mut crd, mut cwr) = c.into_split();
+    let (mut crd, mut cwr) = c.split_owned();
     let (mut srd, mut swr) = s.into_split();
     let period = std::time::Duration::from_secs(shared.cfg.membership_recheck_secs.max(1));
     let watch = async {
@@ -404,7 +463,7 @@ fn parse_options(s: &str) -> Vec<Result<(String, String), String>> {
 /// proxy-issued one. Returns None when the session ended (auth failure, disconnect).
 async fn authenticate(
     shared: &Shared,
-    client: &mut FrameReader<TcpStream>,
+    client: &mut FrameReader<ClientStream>,
     server: &mut FrameReader<TcpStream>,
 ) -> Result<Option<Keys>, FrameError> {
     let mut client_key = (0, 0);
@@ -480,11 +539,18 @@ fn new_cancel_key(shared: &Shared, upstream: (i32, i32)) -> (i32, i32) {
     }
 }
 
-async fn write_raw(r: &mut FrameReader<TcpStream>, b: &[u8]) -> Result<(), FrameError> {
+async fn write_raw<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    r: &mut FrameReader<S>,
+    b: &[u8],
+) -> Result<(), FrameError> {
     r.get_mut().write_all(b).await.map_err(FrameError::Io)
 }
 
-async fn send_error(r: &mut FrameReader<TcpStream>, code: &str, msg: &str) {
+async fn send_error<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    r: &mut FrameReader<S>,
+    code: &str,
+    msg: &str,
+) {
     let mut out = BytesMut::new();
     ErrorFields::new("FATAL", code, msg).encode(b'E', &mut out);
     let _ = write_raw(r, &out).await;
@@ -517,16 +583,16 @@ impl Pending {
     }
 }
 
-async fn masked_session(
+async fn masked_session<C: SplitStream>(
     shared: Arc<Shared>,
     db: Arc<DbState>,
-    creader: FrameReader<TcpStream>,
+    cstream: C,
+    cbuf: BytesMut,
     sreader: FrameReader<TcpStream>,
     ready: Bytes,
 ) {
-    let (cstream, cbuf) = creader.into_parts();
     let (sstream, sbuf) = sreader.into_parts();
-    let (crd, cwr) = cstream.into_split();
+    let (crd, cwr) = cstream.split_owned();
     let (srd, mut swr) = sstream.into_split();
     let mut srd = FrameReader::with_buffer(srd, sbuf);
     let mut cwr = BufWriter::with_capacity(64 * 1024, cwr);
@@ -629,10 +695,10 @@ async fn session_search_path(
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn client_to_server(
+async fn client_to_server<CR: tokio::io::AsyncRead + Unpin>(
     shared: Arc<Shared>,
     db: Arc<DbState>,
-    mut crd: FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    mut crd: FrameReader<CR>,
     swr: tokio::net::tcp::OwnedWriteHalf,
     pending: Arc<Mutex<Pending>>,
     reading_safe: Arc<AtomicBool>,
@@ -1000,9 +1066,9 @@ async fn decide(
     }
 }
 
-async fn server_to_client(
+async fn server_to_client<CW: tokio::io::AsyncWrite + Unpin>(
     mut srd: FrameReader<tokio::net::tcp::OwnedReadHalf>,
-    cwr: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+    cwr: &mut BufWriter<CW>,
     pending: Arc<Mutex<Pending>>,
     reading_safe: Arc<AtomicBool>,
 ) -> Result<(), FrameError> {

@@ -26,6 +26,8 @@ pub struct Shared {
     dbs: tokio::sync::Mutex<HashMap<String, Arc<DbState>>>,
     /// Client-facing (pid, key) -> upstream (pid, key).
     pub cancels: Mutex<HashMap<(i32, i32), (i32, i32)>>,
+    /// Client-side TLS, when `[tls]` is configured.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// What masked sessions of one database consult for every statement.
@@ -61,11 +63,21 @@ pub struct DbState {
 
 impl Shared {
     pub fn new(cfg: Config, policies: PolicySet) -> Arc<Shared> {
+        Self::with_tls(cfg, policies, None)
+    }
+
+    /// The shared state, with client-side TLS when `tls` is given.
+    pub fn with_tls(
+        cfg: Config,
+        policies: PolicySet,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Arc<Shared> {
         Arc::new(Shared {
             cfg,
             policies: RwLock::new(Arc::new(policies)),
             dbs: tokio::sync::Mutex::new(HashMap::new()),
             cancels: Mutex::new(HashMap::new()),
+            tls,
         })
     }
 
