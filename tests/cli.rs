@@ -19,6 +19,15 @@ fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_pgredact")
 }
 
+/// Runs `pgredact <cmd> --config <cfg>` to completion.
+fn pgredact_cmd(cmd: &str, cfg: &std::path::Path) -> std::process::Output {
+    Command::new(bin())
+        .args([cmd, "--config"])
+        .arg(cfg)
+        .output()
+        .unwrap()
+}
+
 fn write_config(dir: &std::path::Path, listen: &str, upstream_port: u16) -> std::path::PathBuf {
     std::fs::create_dir_all(dir.join("policies")).unwrap();
     let p = dir.join("pgredact.toml");
@@ -36,11 +45,7 @@ async fn check_reports_file_line_and_reason() {
         pgredact::demo::EXAMPLE_POLICY,
     )
     .unwrap();
-    let out = Command::new(bin())
-        .args(["check", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = pgredact_cmd("check", &cfg);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -50,11 +55,7 @@ async fn check_reports_file_line_and_reason() {
     assert!(stdout.contains("ok against the live schema"), "{stdout}");
 
     // The DDL watch: `setup-sql` prints what a superuser runs; `check` fails without it.
-    let out = Command::new(bin())
-        .args(["setup-sql", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = pgredact_cmd("setup-sql", &cfg);
     let setup = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success());
     assert!(
@@ -67,11 +68,7 @@ async fn check_reports_file_line_and_reason() {
     su.batch_execute("DROP EVENT TRIGGER pgredact_ddl")
         .await
         .unwrap();
-    let out = Command::new(bin())
-        .args(["check", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = pgredact_cmd("check", &cfg);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{stdout}");
     assert!(
@@ -80,11 +77,7 @@ async fn check_reports_file_line_and_reason() {
     );
     let (ok, _, err) = psql_at(env.cluster.port, "postgres", "app", &setup);
     assert!(ok, "{err}");
-    let out = Command::new(bin())
-        .args(["check", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = pgredact_cmd("check", &cfg);
     assert!(
         out.status.success(),
         "{}",
@@ -93,11 +86,7 @@ async fn check_reports_file_line_and_reason() {
 
     let bad = "database = \"app\"\nunmasked_roles = [\"dba\"]\n[tables.\"public.customers\"]\ncolumns.emial = \"email\"\ncolumns.lifetime_value = \"email\"\n[tables.\"public.nosuch\"]\ncolumns.x = \"null\"\n";
     std::fs::write(dir.join("policies/app.toml"), bad).unwrap();
-    let out = Command::new(bin())
-        .args(["check", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = pgredact_cmd("check", &cfg);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success());
     assert!(
@@ -118,11 +107,7 @@ async fn check_reports_file_line_and_reason() {
         "database = \"app\"\n[tables.\"public.customers\"]\ncolumns.email = \"emale\"\n",
     )
     .unwrap();
-    let out = Command::new(bin())
-        .args(["check", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = pgredact_cmd("check", &cfg);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

@@ -602,24 +602,6 @@ async fn revoking_membership_ends_an_open_unmasked_session_at_its_next_statement
     assert!(r[0].contains("***@"), "{r:?}");
 }
 
-/// psql with a full connection string; returns (ok, stdout, stderr).
-fn psql_conn(conn: &str, user: &str, sql: &str) -> (bool, String, String) {
-    let out = std::process::Command::new("psql")
-        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
-        .arg(conn)
-        .env("PGPASSWORD", password(user))
-        .env("PGCONNECT_TIMEOUT", "30")
-        .arg("-c")
-        .arg(sql)
-        .output()
-        .expect("run psql");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_is_terminated_at_the_proxy_and_can_be_required() {
     let env = start_default().await;

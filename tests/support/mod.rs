@@ -142,6 +142,15 @@ impl Env {
 }
 
 pub fn psql_at(port: u16, user: &str, db: &str, sql: &str) -> (bool, String, String) {
+    psql_conn(
+        &format!("host=127.0.0.1 port={port} user={user} dbname={db}"),
+        user,
+        sql,
+    )
+}
+
+/// psql with a full connection string (password: the role's); returns (ok, stdout, stderr).
+pub fn psql_conn(conn: &str, user: &str, sql: &str) -> (bool, String, String) {
     let bin = Cluster::bin_dir()
         .map(|d| d.join("psql"))
         .unwrap_or_else(|_| "psql".into());
@@ -152,9 +161,7 @@ pub fn psql_at(port: u16, user: &str, db: &str, sql: &str) -> (bool, String, Str
     };
     let out = Command::new(bin)
         .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
-        .arg(format!(
-            "host=127.0.0.1 port={port} user={user} dbname={db}"
-        ))
+        .arg(conn)
         .env("PGPASSWORD", password(user))
         .env_remove("PGSERVICE")
         .env("PGCONNECT_TIMEOUT", "30")
