@@ -39,6 +39,9 @@ pub struct Config {
     /// Directory of the file this was loaded from (policies and other paths are relative to it).
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// TLS towards PostgreSQL, built from `[upstream] sslmode` and `ca` when the file is loaded.
+    #[serde(skip)]
+    pub upstream_tls: Option<crate::tls::UpstreamTls>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -140,17 +143,12 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Config, String> {
         let mut cfg: Config =
             toml::from_str(text).map_err(|e| crate::policy::toml_error(path, text, &e))?;
-        if !matches!(cfg.upstream.sslmode.as_str(), "disable") {
-            return Err(format!(
-                "{}: upstream.sslmode = {:?}: only \"disable\" is implemented in this version",
-                path.display(),
-                cfg.upstream.sslmode
-            ));
-        }
         cfg.base_dir = path
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
+        cfg.upstream_tls =
+            crate::tls::upstream(&cfg).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(cfg)
     }
 

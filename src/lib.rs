@@ -14,3 +14,4 @@ pub mod pgcluster;
 pub mod policy;
 pub mod proxy;
 pub mod rewrite;
+pub mod tls;

@@ -559,6 +559,14 @@ impl Cluster {
         text
     }
 
+    /// Writes a file into the data directory (mode 0600, owned by the server user), e.g. a TLS
+    /// key for `ssl_key_file`. Returns its path.
+    pub fn write_data_file(&self, name: &str, contents: &str) -> Result<PathBuf, String> {
+        let path = self.data_dir.join(name);
+        self.write_file(&path, contents)?;
+        Ok(path)
+    }
+
     /// Writes `path` (mode 0600, owned by the server user).
     fn write_file(&self, path: &Path, contents: &str) -> Result<(), String> {
         fs::write(path, contents).map_err(|e| format!("writing {}: {e}", path.display()))?;

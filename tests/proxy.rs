@@ -702,3 +702,144 @@ async fn tls_is_terminated_at_the_proxy_and_can_be_required() {
     assert!(!ok);
     assert!(err.contains("requires TLS"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_towards_postgresql_with_verify_full() {
+    let env = start(
+        pgredact::demo::EXAMPLE_POLICY,
+        ClusterOptions::default(),
+        "",
+    )
+    .await;
+    let dir = env.dir.join("up");
+    std::fs::create_dir_all(dir.join("policies")).unwrap();
+    std::fs::write(
+        dir.join("policies/app.toml"),
+        pgredact::demo::EXAMPLE_POLICY,
+    )
+    .unwrap();
+    // A CA, and a server certificate for 127.0.0.1 signed by it.
+    let sh = |script: &str| {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(&dir)
+            .output()
+            .expect("sh + openssl (installed by .ci/run)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sh(
+        "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=pgredact-test-ca \
+          -keyout ca.key -out ca.crt \
+        && openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout pg.key -out pg.csr \
+        && printf 'subjectAltName=IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > ext.cnf \
+        && openssl x509 -req -in pg.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+          -extfile ext.cnf -out pg.crt",
+    );
+    // Hand PostgreSQL its certificate and key (mode 0600, owned by the server's user).
+    for (file, target) in [
+        ("pg.crt", "pgredact_test.crt"),
+        ("pg.key", "pgredact_test.key"),
+    ] {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        env.cluster.write_data_file(target, &text).unwrap();
+    }
+    let su = env.direct("postgres").await;
+    for stmt in [
+        "ALTER SYSTEM SET ssl_cert_file = 'pgredact_test.crt'",
+        "ALTER SYSTEM SET ssl_key_file = 'pgredact_test.key'",
+        "ALTER SYSTEM SET ssl = on",
+        "SELECT pg_reload_conf()",
+    ] {
+        su.batch_execute(stmt).await.unwrap();
+    }
+    let mut on = false;
+    for _ in 0..600 {
+        let c = env.direct("postgres").await;
+        let v: String = c.query_one("SHOW ssl", &[]).await.unwrap().get(0);
+        if v == "on" {
+            on = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        on,
+        "PostgreSQL did not turn ssl on:\n{}",
+        env.cluster.read_log()
+    );
+
+    // Settings errors are reported when the config is read.
+    let base = config_text("127.0.0.1:0", env.cluster.port);
+    let with = |extra: &str| {
+        pgredact::config::Config::parse(
+            &base.replace("[upstream]\n", &format!("[upstream]\n{extra}\n")),
+            &dir.join("pgredact.toml"),
+        )
+    };
+    assert!(with("sslmode = \"prefer\"")
+        .unwrap_err()
+        .contains("verify-full"));
+    assert!(with("sslmode = \"verify-full\"")
+        .unwrap_err()
+        .contains("upstream.ca"));
+
+    let cfg = with("sslmode = \"verify-full\"\nca = \"ca.crt\"").expect("config");
+    let (listener, shared) = pgredact::proxy::bind(cfg).await.expect("bind");
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(pgredact::proxy::run(listener, shared));
+    let log_tail = || {
+        let l = env.cluster.read_log();
+        l[l.len().saturating_sub(3000)..].to_string()
+    };
+    let connect = |user: &str| {
+        let conn = format!(
+            "host=127.0.0.1 port={port} dbname=app user={user} password={}",
+            password(user)
+        );
+        async move {
+            let (c, conn) = match tokio_postgres::connect(&conn, tokio_postgres::NoTls).await {
+                Ok(x) => x,
+                Err(e) => panic!(
+                    "connect through the TLS-upstream proxy: {e:?}\n{}",
+                    log_tail()
+                ),
+            };
+            tokio::spawn(conn);
+            c
+        }
+    };
+    let s = connect("support").await;
+    let r = rows(&s, "SELECT email FROM customers WHERE customer_id = 1")
+        .await
+        .unwrap();
+    assert!(r[0].contains("***@"), "{r:?}");
+    let d = connect("dba").await;
+    assert_eq!(
+        rows(
+            &d,
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+        )
+        .await
+        .unwrap(),
+        vec!["t"],
+        "the unmasked session's upstream connection is TLS"
+    );
+    // Every connection pgredact holds to PostgreSQL (sessions and control) is TLS.
+    let r = rows(
+        &su,
+        "SELECT a.usename || ':' || s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.usename IN ('support', 'dba', 'pgredact') ORDER BY 1",
+    )
+    .await
+    .unwrap();
+    assert!(
+        r.iter().any(|x| x == "support:true") && r.iter().any(|x| x == "pgredact:true"),
+        "{r:?}"
+    );
+    assert!(r.iter().all(|x| x.ends_with(":true")), "{r:?}");
+}

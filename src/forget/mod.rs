@@ -92,6 +92,7 @@ pub struct Target {
     pub user: String,
     pub password: Option<String>,
     pub database: String,
+    pub tls: Option<crate::tls::UpstreamTls>,
 }
 
 impl Target {
@@ -102,6 +103,7 @@ impl Target {
             user: cfg.upstream.user.clone(),
             password: cfg.upstream_password(),
             database: database.to_string(),
+            tls: cfg.upstream_tls.clone(),
         }
     }
 
@@ -118,21 +120,18 @@ impl Target {
         if let Some(p) = &self.password {
             c.password(p);
         }
-        let (client, conn) = c.connect(tokio_postgres::NoTls).await.map_err(|e| {
-            format!(
-                "connecting to {}:{} as {} (database {}): {}",
-                self.host,
-                self.port,
-                self.user,
-                self.database,
-                db_error(&e)
-            )
-        })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!("forget connection ended: {e}");
-            }
-        });
+        let client = crate::tls::pg_connect(c, self.tls.as_ref())
+            .await
+            .map_err(|e| {
+                format!(
+                    "connecting to {}:{} as {} (database {}): {}",
+                    self.host,
+                    self.port,
+                    self.user,
+                    self.database,
+                    db_error(&e)
+                )
+            })?;
         Ok(client)
     }
 }

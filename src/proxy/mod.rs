@@ -4,7 +4,6 @@
 pub mod frame;
 pub mod session;
 pub mod state;
-pub mod tls;
 
 use crate::config::Config;
 use crate::policy;
@@ -40,7 +39,7 @@ pub async fn bind(cfg: Config) -> Result<(TcpListener, Arc<Shared>), String> {
     let dir = cfg.policies_dir();
     let set = policy::load_dir(&dir, 1)?;
     let tls = match &cfg.tls {
-        Some(t) => Some(tls::acceptor(t, &cfg.base_dir)?),
+        Some(t) => Some(crate::tls::acceptor(t, &cfg.base_dir)?),
         None => None,
     };
     let listener = TcpListener::bind(&cfg.listen)

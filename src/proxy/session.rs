@@ -8,8 +8,8 @@
 
 use super::frame::{self, ErrorFields, FrameError, FrameReader};
 use super::state::{DbState, Shared};
-use super::tls::{ClientStream, SplitStream};
 use crate::rewrite::{Decision, Refusal, REFUSAL_SQLSTATE};
+use crate::tls::{ClientStream, ServerStream, SplitStream};
 use bytes::{Bytes, BytesMut};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -155,21 +155,13 @@ pub async fn handle(shared: Arc<Shared>, tcp: TcpStream) {
             return;
         }
     }
-    let upstream_addr = format!("{}:{}", shared.cfg.upstream.host, shared.cfg.upstream.port);
-    let mut server = match TcpStream::connect(&upstream_addr).await {
+    let mut server = match shared.upstream_connect().await {
         Ok(s) => s,
         Err(e) => {
-            frame::send_fatal(
-                &mut client,
-                "08006",
-                &format!("pgredact: cannot connect to PostgreSQL at {upstream_addr}: {e}"),
-                None,
-            )
-            .await;
+            frame::send_fatal(&mut client, "08006", &format!("pgredact: {e}"), None).await;
             return;
         }
     };
-    let _ = server.set_nodelay(true);
     if server.write_all(&pkt).await.is_err() {
         return;
     }
@@ -185,12 +177,20 @@ pub async fn handle(shared: Arc<Shared>, tcp: TcpStream) {
     };
     tracing::info!(user = %user, database = %database, masked = !unmasked, tls = creader.get_mut().is_tls(), "session started");
     let (cstream, cbuf) = creader.into_parts();
-    match cstream {
-        ClientStream::Plain(c) => {
-            relay(&shared, db, &user, unmasked, c, cbuf, sreader, keys.ready).await
+    let (sstream, sbuf) = sreader.into_parts();
+    let (sh, u, r) = (&shared, user.as_str(), keys.ready);
+    match (cstream, sstream) {
+        (ClientStream::Plain(c), ServerStream::Plain(s)) => {
+            relay(sh, db, u, unmasked, c, cbuf, s, sbuf, r).await
         }
-        ClientStream::Tls(c) => {
-            relay(&shared, db, &user, unmasked, *c, cbuf, sreader, keys.ready).await
+        (ClientStream::Plain(c), ServerStream::Tls(s)) => {
+            relay(sh, db, u, unmasked, c, cbuf, *s, sbuf, r).await
+        }
+        (ClientStream::Tls(c), ServerStream::Plain(s)) => {
+            relay(sh, db, u, unmasked, *c, cbuf, s, sbuf, r).await
+        }
+        (ClientStream::Tls(c), ServerStream::Tls(s)) => {
+            relay(sh, db, u, unmasked, *c, cbuf, *s, sbuf, r).await
         }
     }
     drop(guard);
@@ -198,19 +198,19 @@ pub async fn handle(shared: Arc<Shared>, tcp: TcpStream) {
 
 /// The session after authentication, over a plain or TLS client stream.
 #[allow(clippy::too_many_arguments)]
-async fn relay<C: SplitStream>(
+async fn relay<C: SplitStream, S: SplitStream>(
     shared: &Arc<Shared>,
     db: Arc<DbState>,
     user: &str,
     unmasked: bool,
     mut c: C,
     cbuf: BytesMut,
-    sreader: FrameReader<TcpStream>,
+    mut s: S,
+    sbuf: BytesMut,
     ready: Bytes,
 ) {
     if unmasked {
         // Raw relay, both directions. Flush what the startup readers had buffered first.
-        let (mut s, sbuf) = sreader.into_parts();
         let keys_ready = ready;
         if c.write_all(&keys_ready).await.is_err() {
             return;
@@ -223,7 +223,7 @@ async fn relay<C: SplitStream>(
         }
         unmasked_relay(shared, &db, user, c, s).await;
     } else {
-        masked_session(shared.clone(), db, c, cbuf, sreader, ready).await;
+        masked_session(shared.clone(), db, c, cbuf, s, sbuf, ready).await;
     }
 }
 
@@ -231,16 +231,16 @@ async fn relay<C: SplitStream>(
 /// session is open: with per-statement freshness, bytes from the client are forwarded only after
 /// a role reading taken after they arrived shows the role still exempt (re-checked when roles or
 /// memberships changed); a periodic re-check also ends idle sessions.
-async fn unmasked_relay<C: SplitStream>(
+async fn unmasked_relay<C: SplitStream, S: SplitStream>(
     shared: &Arc<Shared>,
     db: &Arc<DbState>,
     user: &str,
     c: C,
-    s: TcpStream,
+    s: S,
 ) {
     use tokio::io::AsyncReadExt;
     let (mut crd, mut cwr) = c.split_owned();
-    let (mut srd, mut swr) = s.into_split();
+    let (mut srd, mut swr) = s.split_owned();
     let period = std::time::Duration::from_secs(shared.cfg.membership_recheck_secs.max(1));
     let watch = async {
         loop {
@@ -464,7 +464,7 @@ fn parse_options(s: &str) -> Vec<Result<(String, String), String>> {
 async fn authenticate(
     shared: &Shared,
     client: &mut FrameReader<ClientStream>,
-    server: &mut FrameReader<TcpStream>,
+    server: &mut FrameReader<ServerStream>,
 ) -> Result<Option<Keys>, FrameError> {
     let mut client_key = (0, 0);
     loop {
@@ -583,17 +583,17 @@ impl Pending {
     }
 }
 
-async fn masked_session<C: SplitStream>(
+async fn masked_session<C: SplitStream, S: SplitStream>(
     shared: Arc<Shared>,
     db: Arc<DbState>,
     cstream: C,
     cbuf: BytesMut,
-    sreader: FrameReader<TcpStream>,
+    sstream: S,
+    sbuf: BytesMut,
     ready: Bytes,
 ) {
-    let (sstream, sbuf) = sreader.into_parts();
     let (crd, cwr) = cstream.split_owned();
-    let (srd, mut swr) = sstream.into_split();
+    let (srd, mut swr) = sstream.split_owned();
     let mut srd = FrameReader::with_buffer(srd, sbuf);
     let mut cwr = BufWriter::with_capacity(64 * 1024, cwr);
     // Learn the session's search path on its own connection before the client gets control.
@@ -650,9 +650,12 @@ async fn masked_session<C: SplitStream>(
     }
 }
 
-async fn session_search_path(
-    swr: &mut tokio::net::tcp::OwnedWriteHalf,
-    srd: &mut FrameReader<tokio::net::tcp::OwnedReadHalf>,
+async fn session_search_path<
+    SR: tokio::io::AsyncRead + Unpin,
+    SW: tokio::io::AsyncWrite + Unpin,
+>(
+    swr: &mut SW,
+    srd: &mut FrameReader<SR>,
 ) -> Result<Vec<String>, String> {
     let mut q = BytesMut::new();
     frame::encode_query(
@@ -695,11 +698,11 @@ async fn session_search_path(
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn client_to_server<CR: tokio::io::AsyncRead + Unpin>(
+async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::AsyncWrite + Unpin>(
     shared: Arc<Shared>,
     db: Arc<DbState>,
     mut crd: FrameReader<CR>,
-    swr: tokio::net::tcp::OwnedWriteHalf,
+    swr: SW,
     pending: Arc<Mutex<Pending>>,
     reading_safe: Arc<AtomicBool>,
     search_path: Vec<String>,
@@ -1066,8 +1069,8 @@ async fn decide(
     }
 }
 
-async fn server_to_client<CW: tokio::io::AsyncWrite + Unpin>(
-    mut srd: FrameReader<tokio::net::tcp::OwnedReadHalf>,
+async fn server_to_client<SR: tokio::io::AsyncRead + Unpin, CW: tokio::io::AsyncWrite + Unpin>(
+    mut srd: FrameReader<SR>,
     cwr: &mut BufWriter<CW>,
     pending: Arc<Mutex<Pending>>,
     reading_safe: Arc<AtomicBool>,

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
 
 /// Source of snapshot epochs (unique per built snapshot, process-wide).
 static EPOCH: AtomicU64 = AtomicU64::new(1);
@@ -97,19 +97,32 @@ impl Shared {
         if let Some(p) = self.cfg.upstream_password() {
             c.password(p);
         }
-        let (client, conn) = c
-            .connect(NoTls)
+        let client = crate::tls::pg_connect(c, self.cfg.upstream_tls.as_ref())
             .await
-            .map_err(|e| format!("control-plane connection to database {db:?} failed: {e}"))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!("control connection ended: {e}");
-            }
-        });
+            .map_err(|e| {
+                format!(
+                    "control-plane connection to database {db:?} failed: {}",
+                    crate::tls::error_chain(&e)
+                )
+            })?;
         Ok(client)
     }
 
     /// The state of database `db`, connecting and loading its catalog on first use.
+    /// Opens a session connection to PostgreSQL (with TLS when `[upstream] sslmode` asks).
+    pub async fn upstream_connect(&self) -> Result<crate::tls::ServerStream, String> {
+        let u = &self.cfg.upstream;
+        let addr = format!("{}:{}", u.host, u.port);
+        let tcp = tokio::net::TcpStream::connect(&addr)
+            .await
+            .map_err(|e| format!("cannot connect to PostgreSQL at {addr}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        match &self.cfg.upstream_tls {
+            Some(t) => t.start(tcp).await,
+            None => Ok(crate::tls::ServerStream::Plain(tcp)),
+        }
+    }
+
     pub async fn db(self: &Arc<Self>, db: &str) -> Result<Arc<DbState>, String> {
         let mut dbs = self.dbs.lock().await;
         if let Some(d) = dbs.get(db) {

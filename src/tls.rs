@@ -1,0 +1,453 @@
+//! Client-side TLS: the `[tls]` certificate and key (rustls, ring provider), and the client
+//! stream that is either plain TCP or TLS after an SSLRequest was answered `S`.
+
+use crate::config::Tls;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+/// Builds the acceptor from `[tls]` (paths relative to the config file's directory). Errors name
+/// the file and the reason.
+pub fn acceptor(tls: &Tls, base: &Path) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let cert_path = base.join(&tls.cert);
+    let key_path = base.join(&tls.key);
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            format!(
+                "{}: cannot read the TLS certificate: {e}",
+                cert_path.display()
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{}: no PEM certificate in the file",
+            cert_path.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| {
+        format!(
+            "{}: cannot read the TLS private key: {e}",
+            key_path.display()
+        )
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            format!(
+                "{} / {}: the certificate and key do not make a usable pair: {e}",
+                cert_path.display(),
+                key_path.display()
+            )
+        })?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// A client connection, before or after TLS.
+pub enum ClientStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl ClientStream {
+    pub fn is_tls(&self) -> bool {
+        matches!(self, ClientStream::Tls(_))
+    }
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A stream the relays can split into owned halves (plain TCP without a lock).
+pub trait SplitStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    type R: AsyncRead + Unpin + Send + 'static;
+    type W: AsyncWrite + Unpin + Send + 'static;
+    fn split_owned(self) -> (Self::R, Self::W);
+}
+
+impl SplitStream for TcpStream {
+    type R = OwnedReadHalf;
+    type W = OwnedWriteHalf;
+    fn split_owned(self) -> (OwnedReadHalf, OwnedWriteHalf) {
+        self.into_split()
+    }
+}
+
+impl SplitStream for TlsStream<TcpStream> {
+    type R = tokio::io::ReadHalf<TlsStream<TcpStream>>;
+    type W = tokio::io::WriteHalf<TlsStream<TcpStream>>;
+    fn split_owned(self) -> (Self::R, Self::W) {
+        tokio::io::split(self)
+    }
+}
+
+// ---------- towards PostgreSQL ----------
+
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+
+/// TLS from pgredact to PostgreSQL (`[upstream] sslmode = "require"` or `"verify-full"`), for
+/// session connections (SSLRequest then a rustls handshake) and, through tokio-postgres, for the
+/// control connections.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    /// The sslmode it implements, for messages.
+    pub mode: &'static str,
+    connector: tokio_rustls::TlsConnector,
+    server_name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "UpstreamTls({}, {:?})", self.mode, self.server_name)
+    }
+}
+
+/// Accepts any certificate but still checks the handshake signatures: libpq's `require`
+/// (encryption without authentication of the server).
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Builds the upstream TLS settings: None for `disable`.
+pub fn upstream(cfg: &crate::config::Config) -> Result<Option<UpstreamTls>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let u = &cfg.upstream;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?;
+    let config = match u.sslmode.as_str() {
+        "disable" => return Ok(None),
+        "require" => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+            .with_no_client_auth(),
+        "verify-full" => {
+            let Some(ca) = &u.ca else {
+                return Err(
+                    "upstream.sslmode = \"verify-full\" needs upstream.ca (PEM file of the CA that signed PostgreSQL's certificate)".into(),
+                );
+            };
+            let path = cfg.base_dir.join(ca);
+            let mut roots = rustls::RootCertStore::empty();
+            let certs = CertificateDer::pem_file_iter(&path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("{}: cannot read the CA certificate: {e}", path.display()))?;
+            for c in certs {
+                roots
+                    .add(c)
+                    .map_err(|e| format!("{}: unusable CA certificate: {e}", path.display()))?;
+            }
+            if roots.is_empty() {
+                return Err(format!(
+                    "{}: no PEM certificate in the file",
+                    path.display()
+                ));
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        other => {
+            return Err(format!(
+                "upstream.sslmode = {other:?}: use \"disable\", \"require\" or \"verify-full\""
+            ))
+        }
+    };
+    let server_name = ServerName::try_from(u.host.clone()).map_err(|e| {
+        format!(
+            "upstream.host {:?} is not a DNS name or IP address: {e}",
+            u.host
+        )
+    })?;
+    Ok(Some(UpstreamTls {
+        mode: if u.sslmode == "require" {
+            "require"
+        } else {
+            "verify-full"
+        },
+        connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        server_name,
+    }))
+}
+
+impl UpstreamTls {
+    /// SSLRequest on a fresh connection to PostgreSQL, then the handshake.
+    pub async fn start(&self, mut tcp: TcpStream) -> Result<ServerStream, String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut req = Vec::with_capacity(8);
+        req.extend_from_slice(&8i32.to_be_bytes());
+        req.extend_from_slice(&crate::proxy::frame::SSL_REQUEST.to_be_bytes());
+        tcp.write_all(&req).await.map_err(|e| e.to_string())?;
+        let mut answer = [0u8; 1];
+        tcp.read_exact(&mut answer)
+            .await
+            .map_err(|e| e.to_string())?;
+        if answer[0] != b'S' {
+            return Err("PostgreSQL does not accept TLS connections (ssl = off) but upstream.sslmode requires TLS".into());
+        }
+        let s = self
+            .connector
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .map_err(|e| format!("TLS handshake with PostgreSQL failed: {e}"))?;
+        Ok(ServerStream::Tls(Box::new(s)))
+    }
+}
+
+/// A connection to PostgreSQL, plain or TLS.
+pub enum ServerStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for ServerStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ServerStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ServerStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ServerStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            ServerStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ServerStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ServerStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            ServerStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ServerStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ServerStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+impl SplitStream for tokio_rustls::client::TlsStream<TcpStream> {
+    type R = tokio::io::ReadHalf<Self>;
+    type W = tokio::io::WriteHalf<Self>;
+    fn split_owned(self) -> (Self::R, Self::W) {
+        tokio::io::split(self)
+    }
+}
+
+// tokio-postgres (control connections) over the same rustls settings.
+
+/// A rustls stream as tokio-postgres wants it (no channel binding).
+pub struct PgTlsStream<S>(tokio_rustls::client::TlsStream<S>);
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for PgTlsStream<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for PgTlsStream<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> tokio_postgres::tls::TlsStream for PgTlsStream<S> {
+    fn channel_binding(&self) -> tokio_postgres::tls::ChannelBinding {
+        tokio_postgres::tls::ChannelBinding::none()
+    }
+}
+
+impl<S> tokio_postgres::tls::MakeTlsConnect<S> for UpstreamTls
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = PgTlsStream<S>;
+    type TlsConnect = UpstreamTls;
+    type Error = std::io::Error;
+
+    fn make_tls_connect(&mut self, _domain: &str) -> Result<UpstreamTls, std::io::Error> {
+        Ok(self.clone())
+    }
+}
+
+impl<S> tokio_postgres::tls::TlsConnect<S> for UpstreamTls
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = PgTlsStream<S>;
+    type Error = std::io::Error;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<PgTlsStream<S>, std::io::Error>> + Send>>;
+
+    fn connect(self, stream: S) -> Self::Future {
+        Box::pin(async move {
+            let s = self.connector.connect(self.server_name, stream).await?;
+            Ok(PgTlsStream(s))
+        })
+    }
+}
+
+/// An error with its chain of causes (tokio-postgres hides the TLS reason in `source()`).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// Connects tokio-postgres with `tls` when set (sslmode require), plaintext otherwise, and
+/// spawns the connection task.
+pub async fn pg_connect(
+    mut config: tokio_postgres::Config,
+    tls: Option<&UpstreamTls>,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    match tls {
+        Some(t) => {
+            config.ssl_mode(tokio_postgres::config::SslMode::Require);
+            let (client, conn) = config.connect(t.clone()).await?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!("control connection ended: {e}");
+                }
+            });
+            Ok(client)
+        }
+        None => {
+            let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!("control connection ended: {e}");
+                }
+            });
+            Ok(client)
+        }
+    }
+}
