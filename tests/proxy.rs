@@ -505,6 +505,11 @@ async fn ddl_is_seen_as_it_commits_and_prepared_statements_are_rechecked() {
     s.batch_execute("PREPARE late_ps AS SELECT email FROM late_people; PREPARE kept_ps AS SELECT email FROM customers WHERE customer_id = 1")
         .await
         .unwrap();
+    // The periodic refresh keeps the snapshot (and its rewrite cache) while no DDL committed.
+    let db = env.shared.db("app").await.unwrap();
+    let epoch = db.snapshot().epoch;
+    db.periodic_refresh(&env.shared).await.unwrap();
+    assert_eq!(db.snapshot().epoch, epoch, "no DDL, same snapshot");
     // An unrelated DDL: statements whose decision did not change keep working.
     su.batch_execute("CREATE TABLE unrelated_x (a int)")
         .await

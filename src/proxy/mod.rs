@@ -106,7 +106,7 @@ async fn catalog_refresher(shared: Arc<Shared>) {
     loop {
         tokio::time::sleep(period).await;
         for db in shared.all_dbs().await {
-            if let Err(e) = db.refresh(&shared).await {
+            if let Err(e) = db.periodic_refresh(&shared).await {
                 tracing::warn!("{e}");
             }
             db.prune_ddl_log().await;

@@ -245,9 +245,16 @@ impl DbState {
         }
     }
 
-    /// Re-reads the catalog and rebuilds the snapshot. Reconnects the control connection if needed.
-    pub async fn refresh(&self, shared: &Shared) -> Result<(), String> {
-        self.refresh_since(shared, Instant::now()).await
+    /// The periodic refresh: skipped while the DDL watch shows no DDL committed since the
+    /// snapshot was read (so rewrite caches stay warm), a full re-read otherwise.
+    pub async fn periodic_refresh(&self, shared: &Shared) -> Result<(), String> {
+        let now = Instant::now();
+        if let Ok(f) = self.freshness_since(shared, now).await {
+            if f.ddl_generation.is_some() && f.ddl_generation == self.snapshot().ddl_generation {
+                return Ok(());
+            }
+        }
+        self.refresh_since(shared, now).await
     }
 
     /// Makes sure the snapshot reflects the database as of `t0` or later: refreshes unless a
