@@ -39,7 +39,9 @@ const POLL: Duration = Duration::from_secs(5);
 pub struct AdminState {
     pub cfg: Arc<Config>,
     pub token: Arc<String>,
-    pub policies: Arc<PolicySet>,
+    /// The last good policy set; re-read from the policy directory on every request (a broken
+    /// file is logged and the last good set stays, as in the proxy).
+    pub policies: Arc<std::sync::RwLock<Arc<PolicySet>>>,
     pub hash_key: Option<Arc<Vec<u8>>>,
     /// Wakes the job worker when a job is submitted.
     pub wake: Arc<Notify>,
@@ -65,23 +67,46 @@ impl AdminState {
         Ok(AdminState {
             cfg: Arc::new(cfg.clone()),
             token: Arc::new(token),
-            policies: Arc::new(policies),
+            policies: Arc::new(std::sync::RwLock::new(Arc::new(policies))),
             hash_key: cfg.hash_key().map(Arc::new),
             wake: Arc::new(Notify::new()),
             batch_size: forget::DEFAULT_BATCH_SIZE,
         })
     }
 
+    /// The current policies: the directory as it is now, or the last good set when it is broken.
+    fn current_policies(&self) -> Arc<PolicySet> {
+        match load_dir(&self.cfg.policies_dir(), 1) {
+            Ok(set) => {
+                let set = Arc::new(set);
+                if let Ok(mut g) = self.policies.write() {
+                    *g = set.clone();
+                }
+                set
+            }
+            Err(e) => {
+                tracing::error!(
+                    "admin API: policy reload failed, keeping the last good policies: {e}"
+                );
+                match self.policies.read() {
+                    Ok(g) => g.clone(),
+                    Err(p) => p.into_inner().clone(),
+                }
+            }
+        }
+    }
+
     fn policy(&self, database: Option<&str>) -> Result<Arc<DatabasePolicy>, ApiError> {
+        let policies = self.current_policies();
         match database {
-            Some(db) => self.policies.get(db).ok_or_else(|| {
+            Some(db) => policies.get(db).ok_or_else(|| {
                 ApiError::new(
                     StatusCode::NOT_FOUND,
                     format!("no policy for database {db:?}"),
                 )
             }),
             None => {
-                let mut dbs = self.subject_databases();
+                let mut dbs = subject_databases(&policies);
                 match dbs.len() {
                     1 => Ok(dbs.remove(0)),
                     0 => Err(ApiError::new(
@@ -96,24 +121,23 @@ impl AdminState {
         }
     }
 
-    fn subject_databases(&self) -> Vec<Arc<DatabasePolicy>> {
-        let mut v: Vec<Arc<DatabasePolicy>> = self
-            .policies
-            .by_database
-            .values()
-            .filter(|p| p.tables.values().any(|t| t.subject.is_some()))
-            .cloned()
-            .collect();
-        v.sort_by(|a, b| a.database.cmp(&b.database));
-        v
-    }
-
     async fn session(&self, policy: Arc<DatabasePolicy>) -> Result<Session, ApiError> {
         let target = Target::from_config(&self.cfg, &policy.database);
         Session::open(&target, policy, self.hash_key.as_deref().map(Vec::as_slice))
             .await
             .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))
     }
+}
+
+fn subject_databases(policies: &PolicySet) -> Vec<Arc<DatabasePolicy>> {
+    let mut v: Vec<Arc<DatabasePolicy>> = policies
+        .by_database
+        .values()
+        .filter(|p| p.tables.values().any(|t| t.subject.is_some()))
+        .cloned()
+        .collect();
+    v.sort_by(|a, b| a.database.cmp(&b.database));
+    v
 }
 
 /// An error answer: status and `{"error": message}`.
@@ -372,8 +396,14 @@ pub fn spawn_worker(state: AdminState) -> tokio::task::JoinHandle<()> {
         let mut sessions: HashMap<String, Session> = HashMap::new();
         let mut suppression_done: HashMap<String, bool> = HashMap::new();
         loop {
-            for policy in state.subject_databases() {
+            for policy in subject_databases(&state.current_policies()) {
                 let db = policy.database.clone();
+                // A changed policy (new subject tables, other masks): new session and spec, and
+                // suppression triggers installed again for it.
+                if sessions.get(&db).is_some_and(|s| *s.policy != *policy) {
+                    sessions.remove(&db);
+                    suppression_done.remove(&db);
+                }
                 if !sessions.contains_key(&db) {
                     match state.session(policy.clone()).await {
                         Ok(s) => {

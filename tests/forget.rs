@@ -569,6 +569,37 @@ fn http_api_accepts_jobs_refuses_oversize_and_requires_a_token() {
         )
         .await;
         assert_eq!(st, 404);
+
+        // Policies are re-read per request: a broken file is logged and the last good policy
+        // keeps serving; a policy naming another database is picked up without a restart.
+        let pol_dir = env.cfg.policies_dir();
+        std::fs::write(pol_dir.join("broken.toml"), "database = [\n").unwrap();
+        let (st, body) = http(
+            addr,
+            "POST",
+            "/v1/customers/remove-pii",
+            &json,
+            br#"{"customer_ids":[44]}"#,
+        )
+        .await;
+        assert_eq!(st, 202, "last good policy still serves: {body}");
+        std::fs::remove_file(pol_dir.join("broken.toml")).unwrap();
+        std::fs::write(
+            pol_dir.join("other.toml"),
+            "database = \"otherdb\"\n[tables.\"public.people\"]\nsubject = \"id\"\ncolumns.name = \"null\"\n",
+        )
+        .unwrap();
+        let (st, body) = http(
+            addr,
+            "GET",
+            "/v1/jobs/1?database=otherdb",
+            &[("Authorization", auth.as_str())],
+            b"",
+        )
+        .await;
+        // The new policy is known (so not "no policy for database"); its database does not exist.
+        assert!(!body.contains("no policy for database"), "{st} {body}");
+        std::fs::remove_file(pol_dir.join("other.toml")).unwrap();
     });
 }
 
