@@ -131,6 +131,24 @@ pub async fn run(cfg: &Config) -> (Vec<String>, bool) {
                 }
             }
         }
+        // Right to be forgotten: what would block a forget job on this schema.
+        if p.tables.values().any(|t| t.subject.is_some()) {
+            let target = crate::forget::Target::from_config(cfg, &p.database);
+            match target.connect().await {
+                Ok(fc) => match crate::forget::plan::resolve(&fc, &p).await {
+                    Ok(spec) => {
+                        for b in &spec.static_blockers {
+                            out.push(format!("warning: {file}: forget jobs would be refused: {b}"));
+                        }
+                        for w in &spec.warnings {
+                            out.push(format!("warning: {file}: forget: {w}"));
+                        }
+                    }
+                    Err(e) => out.push(format!("warning: {file}: forget plan not checked: {e}")),
+                },
+                Err(e) => out.push(format!("warning: {file}: forget plan not checked: {e}")),
+            }
+        }
         if !failed {
             out.push(format!("{file}: ok against the live schema"));
         }

@@ -118,6 +118,27 @@ async fn check_reports_file_line_and_reason() {
         text.contains("app.toml:3:") && text.contains("unknown mask kind"),
         "{text}"
     );
+
+    // What would block a forget job is reported too (here: the control role cannot update a
+    // subject table), as a warning: masking works regardless.
+    env.direct("postgres")
+        .await
+        .batch_execute("CREATE TABLE public.loyalty (customer_id bigint, nickname text)")
+        .await
+        .unwrap();
+    std::fs::write(
+        dir.join("policies/app.toml"),
+        "database = \"app\"\n[tables.\"public.loyalty\"]\nsubject = \"customer_id\"\ncolumns.nickname = \"null\"\n",
+    )
+    .unwrap();
+    let out = pgredact_cmd("check", &cfg);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("forget jobs would be refused")
+            && stdout.contains("lacks SELECT or UPDATE on the table"),
+        "{stdout}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
