@@ -205,7 +205,7 @@ async fn relay<C: SplitStream, S: SplitStream>(
     unmasked: bool,
     mut c: C,
     cbuf: BytesMut,
-    mut s: S,
+    s: S,
     sbuf: BytesMut,
     ready: Bytes,
 ) {
@@ -218,10 +218,7 @@ async fn relay<C: SplitStream, S: SplitStream>(
         if !sbuf.is_empty() && c.write_all(&sbuf).await.is_err() {
             return;
         }
-        if !cbuf.is_empty() && s.write_all(&cbuf).await.is_err() {
-            return;
-        }
-        unmasked_relay(shared, &db, user, c, s).await;
+        unmasked_relay(shared, &db, user, c, s, cbuf).await;
     } else {
         masked_session(shared.clone(), db, c, cbuf, s, sbuf, ready).await;
     }
@@ -237,6 +234,7 @@ async fn unmasked_relay<C: SplitStream, S: SplitStream>(
     user: &str,
     c: C,
     s: S,
+    early: BytesMut,
 ) {
     use tokio::io::AsyncReadExt;
     let (mut crd, mut cwr) = c.split_owned();
@@ -255,10 +253,20 @@ async fn unmasked_relay<C: SplitStream, S: SplitStream>(
     let _tracked = db.track_unmasked(user);
     let upward = async {
         let mut buf = vec![0u8; 64 * 1024];
+        // Bytes the client sent along with its authentication (a pipelined first statement) go
+        // through the same gate as everything after them.
+        let mut early = Some(early).filter(|b| !b.is_empty());
         loop {
-            let n = match crd.read(&mut buf).await {
-                Ok(0) | Err(_) => return Ended::Normally,
-                Ok(n) => n,
+            let n = match early.take() {
+                Some(b) => {
+                    buf.resize(buf.len().max(b.len()), 0);
+                    buf[..b.len()].copy_from_slice(&b);
+                    b.len()
+                }
+                None => match crd.read(&mut buf).await {
+                    Ok(0) | Err(_) => return Ended::Normally,
+                    Ok(n) => n,
+                },
             };
             if per_statement {
                 // Forward these bytes only after a reading sent after they arrived says the role
