@@ -138,7 +138,9 @@ pub async fn run(cfg: &Config) -> (Vec<String>, bool) {
                 Ok(fc) => match crate::forget::plan::resolve(&fc, &p).await {
                     Ok(spec) => {
                         for b in &spec.static_blockers {
-                            out.push(format!("warning: {file}: forget jobs would be refused: {b}"));
+                            out.push(format!(
+                                "warning: {file}: forget jobs would be refused: {b}"
+                            ));
                         }
                         for w in &spec.warnings {
                             out.push(format!("warning: {file}: forget: {w}"));

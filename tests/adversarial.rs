@@ -1367,6 +1367,15 @@ async fn stale_catalog_and_roles(fx: &Fixture, failures: &mut Vec<Failure>) {
         "PREPARE zq_stale_ps AS SELECT contact FROM zq_late",
     )
     .await;
+    // The two kinds share one namespace: a PREPAREd statement bound by the protocol, a Parsed
+    // one run by EXECUTE.
+    let (mut w, _) = wire::Wire::connect(fx.port(), "support", "app", &[])
+        .await
+        .expect("raw connect");
+    let mut m = wire::query("PREPARE zq_cross_sql AS SELECT contact FROM zq_late");
+    m.extend(wire::parse("zq_cross_proto", "SELECT contact FROM zq_late"));
+    m.extend(wire::sync());
+    let _ = w.roundtrip(&m, 2).await;
     su.batch_execute(
         "ALTER TABLE public.zq_parted ATTACH PARTITION public.zq_late FOR VALUES IN ('late'); \
          ALTER TABLE public.zq_late_child INHERIT public.zq_child",
@@ -1413,6 +1422,19 @@ async fn stale_catalog_and_roles(fx: &Fixture, failures: &mut Vec<Failure>) {
             }
         }
     }
+    let mut m = wire::bind("", "zq_cross_sql");
+    m.extend(wire::execute("", 0));
+    m.extend(wire::sync());
+    m.extend(wire::query("EXECUTE zq_cross_proto"));
+    let msgs = w.roundtrip(&m, 2).await;
+    check_leak(
+        fx,
+        failures,
+        "stale-cross-namespace",
+        "raw",
+        "Bind of a PREPAREd / EXECUTE of a Parsed statement",
+        &[wire::visible(&msgs)],
+    );
     // The protocol-level statement prepared before the DDL, bound and executed after it.
     let texts: Vec<String> = match pc.query(&stale_stmt, &[]).await {
         Ok(rows) => rows

@@ -726,8 +726,9 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
         search_path: &search_path,
         reading_safe: &reading_safe,
     };
-    // Prepared statements of this session: (SQL-level?, name) -> what they were decided as.
-    let mut prepared: HashMap<(bool, String), Prep> = HashMap::new();
+    // Prepared statements of this session, by name -> what they were decided as. PostgreSQL has
+    // one namespace for both kinds: Bind can name a PREPAREd statement, EXECUTE a Parsed one.
+    let mut prepared: HashMap<String, Prep> = HashMap::new();
     loop {
         let f = match crd.next().await {
             Ok(Some(f)) => f,
@@ -780,7 +781,7 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
                     };
                     // Remember what this protocol-level statement was decided as, to check it
                     // again whenever it is bound.
-                    let key = (false, pm.name.clone());
+                    let key = pm.name.clone();
                     if matches!(*d, Decision::Refuse(_)) {
                         prepared.remove(&key);
                     } else {
@@ -837,10 +838,10 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
                 let mut refusal = None;
                 match bind_statement(&f) {
                     Ok(name) => {
-                        if let Some(p) = prepared.get(&(false, name.clone())).cloned() {
+                        if let Some(p) = prepared.get(&name).cloned() {
                             let now = cx.decide(&p.sql, t0).await;
                             if *now != *p.decision {
-                                refusal = Some(stale_refusal(&name, now.as_ref(), false));
+                                refusal = Some(stale_refusal(&name, now.as_ref()));
                             } else if let Err(r) =
                                 sql_level_effects(&mut prepared, &p.sql, now, &cx, t0).await
                             {
@@ -870,7 +871,7 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
             }
             b'C' => {
                 if let Ok(Some(name)) = close_statement(&f) {
-                    prepared.remove(&(false, name));
+                    prepared.remove(&name);
                 }
                 lock(&pending).open();
                 out.extend_from_slice(&f);
@@ -919,8 +920,7 @@ struct Prep {
     decision: Arc<Decision>,
 }
 
-fn stale_refusal(name: &str, now: &Decision, sql_level: bool) -> Refusal {
-    let what = if sql_level { "PREPARE" } else { "Parse" };
+fn stale_refusal(name: &str, now: &Decision) -> Refusal {
     let why = match now {
         Decision::Refuse(r) => format!(" (now: {})", r.message),
         _ => String::new(),
@@ -929,7 +929,7 @@ fn stale_refusal(name: &str, now: &Decision, sql_level: bool) -> Refusal {
         message: format!(
             "pgredact: prepared statement {name:?} was decided before a change to the schema, the policies or this session, and would now be masked differently{why}"
         ),
-        hint: Some(format!("{what} it again")),
+        hint: Some("prepare it again (DEALLOCATE it, or Close it, first)".into()),
     }
 }
 
@@ -937,7 +937,7 @@ fn stale_refusal(name: &str, now: &Decision, sql_level: bool) -> Refusal {
 /// prepared under a decision that no longer holds is refused; PREPARE and DEALLOCATE update the
 /// record. Returns the decision to use.
 async fn sql_level_effects(
-    prepared: &mut HashMap<(bool, String), Prep>,
+    prepared: &mut HashMap<String, Prep>,
     sql: &str,
     d: Arc<Decision>,
     cx: &DecideCtx<'_>,
@@ -958,10 +958,10 @@ async fn sql_level_effects(
                 fresh.insert(n.clone());
             }
             E::Execute(n) if !fresh.contains(n) => {
-                if let Some(p) = prepared.get(&(true, n.clone())) {
+                if let Some(p) = prepared.get(n) {
                     let now = cx.decide(&p.sql, t0).await;
                     if *now != *p.decision {
-                        return Err(stale_refusal(n, now.as_ref(), true));
+                        return Err(stale_refusal(n, now.as_ref()));
                     }
                 }
             }
@@ -972,7 +972,7 @@ async fn sql_level_effects(
         match e {
             E::Prepare(n) => {
                 prepared.insert(
-                    (true, n),
+                    n,
                     Prep {
                         sql: sql.to_string(),
                         decision: d.clone(),
@@ -980,7 +980,7 @@ async fn sql_level_effects(
                 );
             }
             E::Deallocate(Some(n)) => {
-                prepared.remove(&(true, n));
+                prepared.remove(&n);
             }
             E::Deallocate(None) => prepared.clear(),
             E::Execute(_) => {}
