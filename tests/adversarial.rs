@@ -1376,6 +1376,14 @@ async fn stale_catalog_and_roles(fx: &Fixture, failures: &mut Vec<Failure>) {
     m.extend(wire::parse("zq_cross_proto", "SELECT contact FROM zq_late"));
     m.extend(wire::sync());
     let _ = w.roundtrip(&m, 2).await;
+    // A PREPARE that PostgreSQL rejects, then the same name really prepared; and a statement
+    // whose name is later "re-prepared" by a Parse that PostgreSQL rejects (the name exists).
+    let mut m = wire::query("PREPARE zq_bogus AS SELECT zq_no_such_column FROM zq_late");
+    m.extend(wire::parse("zq_bogus", "SELECT contact FROM zq_late"));
+    m.extend(wire::sync());
+    m.extend(wire::parse("zq_dup", "SELECT contact FROM zq_late"));
+    m.extend(wire::sync());
+    let _ = w.roundtrip(&m, 3).await;
     su.batch_execute(
         "ALTER TABLE public.zq_parted ATTACH PARTITION public.zq_late FOR VALUES IN ('late'); \
          ALTER TABLE public.zq_late_child INHERIT public.zq_child",
@@ -1422,6 +1430,23 @@ async fn stale_catalog_and_roles(fx: &Fixture, failures: &mut Vec<Failure>) {
             }
         }
     }
+    let mut m = wire::parse("zq_dup", "SELECT 1");
+    m.extend(wire::sync());
+    m.extend(wire::bind("", "zq_dup"));
+    m.extend(wire::execute("", 0));
+    m.extend(wire::sync());
+    m.extend(wire::bind("", "zq_bogus"));
+    m.extend(wire::execute("", 0));
+    m.extend(wire::sync());
+    let msgs = w.roundtrip(&m, 3).await;
+    check_leak(
+        fx,
+        failures,
+        "stale-reprepared",
+        "raw",
+        "Parse/PREPARE of a name PostgreSQL rejected, then Bind",
+        &[wire::visible(&msgs)],
+    );
     let mut m = wire::bind("", "zq_cross_sql");
     m.extend(wire::execute("", 0));
     m.extend(wire::sync());

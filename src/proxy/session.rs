@@ -573,14 +573,63 @@ struct Unit {
     rewritten: bool,
     refusals: VecDeque<Refusal>,
     closed: bool,
+    /// What the unit's messages do to prepared statements, applied when its ReadyForQuery
+    /// arrives: exactly when the unit had no error, conservatively otherwise.
+    effects: Vec<StmtEffect>,
+    errored: bool,
+}
+
+/// A change to the session's prepared statements (PostgreSQL has one namespace for PREPARE
+/// and Parse).
+enum StmtEffect {
+    Create(String, Prep),
+    Remove(String),
+    RemoveAll,
 }
 
 #[derive(Default)]
 struct Pending {
     units: VecDeque<Unit>,
+    /// Prepared statements known to exist, by name: every text the statement may have been
+    /// prepared from (one, unless a unit failed part-way and it is unknown which one holds).
+    statements: HashMap<String, Vec<Prep>>,
 }
 
 impl Pending {
+    /// Applies a finished unit's effects. Without an error every message ran, so creations
+    /// replace and removals remove; after an error it is unknown which ran, so creations are
+    /// added as further candidates and removals are ignored (PostgreSQL may still have them).
+    fn finish(&mut self, unit: Unit) {
+        for e in unit.effects {
+            match (e, unit.errored) {
+                (StmtEffect::Create(n, p), false) => {
+                    self.statements.insert(n, vec![p]);
+                }
+                (StmtEffect::Create(n, p), true) => self.statements.entry(n).or_default().push(p),
+                (StmtEffect::Remove(n), false) => {
+                    self.statements.remove(&n);
+                }
+                (StmtEffect::RemoveAll, false) => self.statements.clear(),
+                (_, true) => {}
+            }
+        }
+    }
+
+    /// Every text statement `name` may currently hold, including creations still in flight.
+    fn candidates(&self, name: &str) -> Vec<Prep> {
+        let mut v: Vec<Prep> = self.statements.get(name).cloned().unwrap_or_default();
+        for u in &self.units {
+            for e in &u.effects {
+                if let StmtEffect::Create(n, p) = e {
+                    if n == name {
+                        v.push(p.clone());
+                    }
+                }
+            }
+        }
+        v
+    }
+
     fn open(&mut self) -> &mut Unit {
         if self.units.back().is_none_or(|u| u.closed) {
             self.units.push_back(Unit::default());
@@ -726,9 +775,6 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
         search_path: &search_path,
         reading_safe: &reading_safe,
     };
-    // Prepared statements of this session, by name -> what they were decided as. PostgreSQL has
-    // one namespace for both kinds: Bind can name a PREPAREd statement, EXECUTE a Parsed one.
-    let mut prepared: HashMap<String, Prep> = HashMap::new();
     loop {
         let f = match crd.next().await {
             Ok(Some(f)) => f,
@@ -749,12 +795,10 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
                 Ok(sql) => {
                     let t0 = crd.filled_at();
                     let d = cx.decide(&sql, t0).await;
-                    let d = match sql_level_effects(&mut prepared, &sql, d, &cx, t0).await {
-                        Ok(d) => d,
-                        Err(r) => Arc::new(Decision::Refuse(r)),
-                    };
+                    let (d, effects) = statement_effects(&pending, &sql, d, &cx, t0, true).await;
                     let mut p = lock(&pending);
                     let unit = p.open();
+                    unit.effects.extend(effects);
                     match &*d {
                         Decision::Pass => out.extend_from_slice(&f),
                         Decision::Rewrite(s) => {
@@ -775,26 +819,24 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
                 Ok(mut pm) => {
                     let t0 = crd.filled_at();
                     let d = cx.decide(&pm.query, t0).await;
-                    let d = match sql_level_effects(&mut prepared, &pm.query, d, &cx, t0).await {
-                        Ok(d) => d,
-                        Err(r) => Arc::new(Decision::Refuse(r)),
-                    };
-                    // Remember what this protocol-level statement was decided as, to check it
-                    // again whenever it is bound.
-                    let key = pm.name.clone();
-                    if matches!(*d, Decision::Refuse(_)) {
-                        prepared.remove(&key);
-                    } else {
-                        prepared.insert(
-                            key,
+                    // The statement's own SQL-level effects happen only when it is executed:
+                    // creations are recorded now (more candidates is safe), removals never.
+                    let (d, mut effects) =
+                        statement_effects(&pending, &pm.query, d, &cx, t0, false).await;
+                    // Remember what this statement was decided as, to check it again whenever
+                    // it is bound.
+                    if !matches!(*d, Decision::Refuse(_)) {
+                        effects.push(StmtEffect::Create(
+                            pm.name.clone(),
                             Prep {
                                 sql: pm.query.clone(),
                                 decision: d.clone(),
                             },
-                        );
+                        ));
                     }
                     let mut p = lock(&pending);
                     let unit = p.open();
+                    unit.effects.extend(effects);
                     match &*d {
                         Decision::Pass => out.extend_from_slice(&f),
                         Decision::Rewrite(s) => {
@@ -838,15 +880,8 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
                 let mut refusal = None;
                 match bind_statement(&f) {
                     Ok(name) => {
-                        if let Some(p) = prepared.get(&name).cloned() {
-                            let now = cx.decide(&p.sql, t0).await;
-                            if *now != *p.decision {
-                                refusal = Some(stale_refusal(&name, now.as_ref()));
-                            } else if let Err(r) =
-                                sql_level_effects(&mut prepared, &p.sql, now, &cx, t0).await
-                            {
-                                refusal = Some(r);
-                            }
+                        if let Err(r) = check_statement(&pending, &name, &cx, t0, true).await {
+                            refusal = Some(r);
                         }
                         let mut p = lock(&pending);
                         let unit = p.open();
@@ -870,10 +905,11 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
                 }
             }
             b'C' => {
+                let mut p = lock(&pending);
+                let unit = p.open();
                 if let Ok(Some(name)) = close_statement(&f) {
-                    prepared.remove(&name);
+                    unit.effects.push(StmtEffect::Remove(name));
                 }
-                lock(&pending).open();
                 out.extend_from_slice(&f);
                 Ok(())
             }
@@ -933,60 +969,80 @@ fn stale_refusal(name: &str, now: &Decision) -> Refusal {
     }
 }
 
-/// Checks and records what a statement does to SQL-level prepared statements: EXECUTE of one
-/// prepared under a decision that no longer holds is refused; PREPARE and DEALLOCATE update the
-/// record. Returns the decision to use.
-async fn sql_level_effects(
-    prepared: &mut HashMap<String, Prep>,
+/// Checks that prepared statement `name` would be decided now as it was when prepared (every
+/// text it may hold; with `nested`, also the statements its text EXECUTEs). Unknown names pass:
+/// PostgreSQL has no such statement.
+async fn check_statement(
+    pending: &Mutex<Pending>,
+    name: &str,
+    cx: &DecideCtx<'_>,
+    t0: std::time::Instant,
+    nested: bool,
+) -> Result<(), Refusal> {
+    let candidates = lock(pending).candidates(name);
+    for c in candidates {
+        let now = cx.decide(&c.sql, t0).await;
+        if *now != *c.decision {
+            return Err(stale_refusal(name, now.as_ref()));
+        }
+        if nested {
+            for e in crate::rewrite::prepared_effects(&c.sql) {
+                if let crate::rewrite::PreparedEffect::Execute(n) = e {
+                    Box::pin(check_statement(pending, &n, cx, t0, false)).await?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What a statement's text does to prepared statements: an EXECUTE of one whose decision no
+/// longer holds refuses the statement; PREPARE / DEALLOCATE become effects for its unit
+/// (removals only when `with_removals`: the text runs as sent). Returns the decision to use.
+async fn statement_effects(
+    pending: &Mutex<Pending>,
     sql: &str,
     d: Arc<Decision>,
     cx: &DecideCtx<'_>,
     t0: std::time::Instant,
-) -> Result<Arc<Decision>, Refusal> {
+    with_removals: bool,
+) -> (Arc<Decision>, Vec<StmtEffect>) {
     if matches!(*d, Decision::Refuse(_)) {
-        return Ok(d);
+        return (d, Vec::new());
     }
-    let effects = crate::rewrite::prepared_effects(sql);
-    if effects.is_empty() {
-        return Ok(d);
+    let parsed = crate::rewrite::prepared_effects(sql);
+    if parsed.is_empty() {
+        return (d, Vec::new());
     }
     use crate::rewrite::PreparedEffect as E;
     let mut fresh: HashSet<String> = HashSet::new();
-    for e in &effects {
+    let mut effects = Vec::new();
+    for e in parsed {
         match e {
             E::Prepare(n) => {
                 fresh.insert(n.clone());
-            }
-            E::Execute(n) if !fresh.contains(n) => {
-                if let Some(p) = prepared.get(n) {
-                    let now = cx.decide(&p.sql, t0).await;
-                    if *now != *p.decision {
-                        return Err(stale_refusal(n, now.as_ref()));
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    for e in effects {
-        match e {
-            E::Prepare(n) => {
-                prepared.insert(
+                effects.push(StmtEffect::Create(
                     n,
                     Prep {
                         sql: sql.to_string(),
                         decision: d.clone(),
                     },
-                );
+                ));
             }
-            E::Deallocate(Some(n)) => {
-                prepared.remove(&n);
+            E::Execute(n) => {
+                // A statement PREPAREd earlier in this same text was decided just now.
+                if !fresh.contains(&n) {
+                    if let Err(r) = check_statement(pending, &n, cx, t0, false).await {
+                        return (Arc::new(Decision::Refuse(r)), Vec::new());
+                    }
+                }
             }
-            E::Deallocate(None) => prepared.clear(),
-            E::Execute(_) => {}
+            E::Deallocate(Some(n)) if with_removals => effects.push(StmtEffect::Remove(n)),
+            E::Deallocate(None) if with_removals => effects.push(StmtEffect::RemoveAll),
+            E::Deallocate(_) => {}
         }
     }
-    Ok(d)
+    (d, effects)
 }
 
 /// The statement name of a Bind message.
@@ -1102,7 +1158,12 @@ async fn server_to_client<SR: tokio::io::AsyncRead + Unpin, CW: tokio::io::Async
                 let mut refusal = None;
                 {
                     let mut p = lock(&pending);
-                    let front = p.units.front_mut();
+                    let mut front = p.units.front_mut();
+                    if f[0] == b'E' {
+                        if let Some(u) = front.as_mut() {
+                            u.errored = true;
+                        }
+                    }
                     rewritten = front.as_ref().is_some_and(|u| u.rewritten);
                     if f[0] == b'E' && e.get(b'M').is_some_and(|m| m.contains(SENTINEL)) {
                         refusal = front.and_then(|u| u.refusals.pop_front());
@@ -1119,7 +1180,12 @@ async fn server_to_client<SR: tokio::io::AsyncRead + Unpin, CW: tokio::io::Async
                 cwr.write_all(&out).await?;
             }
             b'Z' => {
-                lock(&pending).units.pop_front();
+                {
+                    let mut p = lock(&pending);
+                    if let Some(u) = p.units.pop_front() {
+                        p.finish(u);
+                    }
+                }
                 cwr.write_all(&f).await?;
             }
             b'S' => {
