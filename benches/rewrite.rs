@@ -219,7 +219,13 @@ fn demo_snapshot(catalog: Arc<Catalog>) -> Snapshot {
         Path::new("policies/app.toml"),
     )
     .expect("example policy parses");
-    build_snapshot(Some(Arc::new(policy)), 1, catalog, None)
+    build_snapshot(
+        Some(Arc::new(policy)),
+        1,
+        catalog,
+        None,
+        &Default::default(),
+    )
 }
 
 /// Fails the run if a statement does not take the path it is meant to measure.

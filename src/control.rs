@@ -60,7 +60,49 @@ BEGIN
 END
 $f$;
 REVOKE ALL ON FUNCTION pgredact.note_ddl() FROM PUBLIC;
+CREATE TABLE IF NOT EXISTS pgredact.protected_relations (
+    relid oid PRIMARY KEY,
+    policy_table text NOT NULL
+);
+REVOKE ALL ON pgredact.protected_relations FROM PUBLIC;
 "#;
+
+/// The relations protected so far (oid -> policy table), as last recorded by any pgredact.
+pub async fn protection_history(
+    client: &Client,
+) -> Result<std::collections::HashMap<u32, String>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT relid, policy_table FROM pgredact.protected_relations",
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Records the relations protected now, keeps `keep` (relations that left the policy's reach
+/// without the policy saying so), forgets the rest.
+pub async fn record_protection(
+    client: &Client,
+    current: &std::collections::HashMap<u32, String>,
+    keep: &[u32],
+) -> Result<(), tokio_postgres::Error> {
+    let (oids, names): (Vec<u32>, Vec<String>) =
+        current.iter().map(|(o, n)| (*o, n.clone())).unzip();
+    client
+        .execute(
+            "WITH del AS (DELETE FROM pgredact.protected_relations p \
+                 WHERE NOT (p.relid = ANY($1::pg_catalog.oid[]) OR p.relid = ANY($3::pg_catalog.oid[]))) \
+             INSERT INTO pgredact.protected_relations (relid, policy_table) \
+             SELECT c.relid, c.policy_table \
+             FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.oid[]), pg_catalog.unnest($2::pg_catalog.text[])) \
+                  AS c(relid, policy_table) \
+             ON CONFLICT (relid) DO UPDATE SET policy_table = EXCLUDED.policy_table",
+            &[&oids, &names, &keep],
+        )
+        .await?;
+    Ok(())
+}
 
 /// The event trigger's name.
 pub const DDL_TRIGGER: &str = "pgredact_ddl";

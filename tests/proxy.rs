@@ -848,3 +848,90 @@ async fn tls_towards_postgresql_with_verify_full() {
     );
     assert!(r.iter().all(|x| x.ends_with(":true")), "{r:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_tables_that_are_renamed_or_detached_stay_protected() {
+    let extra = "CREATE TABLE contact_log (customer_id bigint, region text, email text) PARTITION BY LIST (region);
+                 CREATE TABLE contact_log_eu PARTITION OF contact_log FOR VALUES IN ('eu');
+                 INSERT INTO contact_log VALUES (1, 'eu', 'eu.person@example.com');
+                 GRANT SELECT ON contact_log, contact_log_eu TO support;";
+    let policy = format!(
+        "{}\n[tables.\"public.contact_log\"]\nsubject = \"customer_id\"\ncolumns.email = \"email\"\n",
+        pgredact::demo::EXAMPLE_POLICY
+    );
+    let env = start(&policy, ClusterOptions::default(), extra).await;
+    let s = env.proxy("support").await;
+    let su = env.direct("postgres").await;
+    assert_eq!(
+        rows(&s, "SELECT email FROM contact_log_eu").await.unwrap(),
+        vec!["e***@example.com"]
+    );
+    // The table swap of a migration: the old table keeps its PII under a new name.
+    su.batch_execute(
+        "ALTER TABLE customers RENAME TO customers_old; \
+         CREATE TABLE customers (LIKE customers_old INCLUDING DEFAULTS); \
+         GRANT SELECT ON customers TO support; \
+         ALTER TABLE contact_log DETACH PARTITION contact_log_eu;",
+    )
+    .await
+    .unwrap();
+    assert_refused(
+        s.simple_query("SELECT email FROM customers_old WHERE customer_id = 1")
+            .await,
+        "was protected as public.customers",
+        "renamed policy table",
+    );
+    assert_refused(
+        s.simple_query("SELECT email FROM contact_log_eu").await,
+        "was protected as public.contact_log",
+        "detached partition",
+    );
+    // The new table under the policy's name is protected as usual.
+    assert_eq!(
+        rows(&s, "SELECT count(*) FROM customers").await.unwrap(),
+        vec!["0"]
+    );
+    // The record lives in the database: a pgredact started now knows it too.
+    let rec = rows(
+        &su,
+        "SELECT relid::regclass::text || '=' || policy_table FROM pgredact.protected_relations ORDER BY 1",
+    )
+    .await
+    .unwrap();
+    assert!(
+        rec.contains(&"customers_old=public.customers".to_string())
+            && rec.contains(&"contact_log_eu=public.contact_log".to_string()),
+        "{rec:?}"
+    );
+    let cfg = pgredact::config::Config::load(&env.dir.join("pgredact.toml")).unwrap();
+    let (listener, shared) = pgredact::proxy::bind(cfg).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(pgredact::proxy::run(listener, shared));
+    let (ok, _, err) = tokio::task::block_in_place(|| {
+        psql_at(
+            port,
+            "support",
+            "app",
+            "SELECT email FROM customers_old LIMIT 1",
+        )
+    });
+    assert!(
+        !ok && err.contains("was protected as public.customers"),
+        "{err}"
+    );
+    // Once the policy names the table, it is masked by its own entry.
+    let named = format!("{policy}\n[tables.\"public.customers_old\"]\ncolumns.email = \"email\"\n");
+    std::fs::write(env.dir.join("policies/app.toml"), named).unwrap();
+    let mut masked = None;
+    for _ in 0..600 {
+        match rows(&s, "SELECT email FROM customers_old WHERE customer_id = 1").await {
+            Ok(r) => {
+                masked = Some(r);
+                break;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+    let masked = masked.expect("the policy reload names customers_old");
+    assert!(masked[0].contains("***@"), "{masked:?}");
+}

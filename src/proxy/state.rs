@@ -57,6 +57,10 @@ pub struct DbState {
     unmasked_users: Mutex<HashMap<String, usize>>,
     /// The catalog and the DDL generation read just before it.
     catalog: RwLock<(Arc<Catalog>, Option<i64>)>,
+    /// Relations protected so far (oid -> policy table), also kept in
+    /// `pgredact.protected_relations`: one that leaves the policy's reach while the policy still
+    /// lists its table (renamed, moved, detached) stays refused.
+    history: Mutex<HashMap<u32, String>>,
     snapshot: RwLock<Arc<Snapshot>>,
     last_refresh: Mutex<Instant>,
 }
@@ -153,6 +157,9 @@ impl Shared {
             );
         }
         let set = self.policy_set();
+        let history =
+            update_history(&client, set.get(db).as_deref(), &catalog, HashMap::new()).await;
+        let formerly = formerly_protected(&history, set.get(db).as_deref(), &catalog);
         let st = Arc::new(DbState {
             name: db.to_string(),
             control: tokio::sync::Mutex::new(Some(client)),
@@ -164,8 +171,10 @@ impl Shared {
                 set.version,
                 catalog.clone(),
                 generation,
+                &formerly,
             ))),
             catalog: RwLock::new((catalog, generation)),
+            history: Mutex::new(history),
             last_refresh: Mutex::new(Instant::now()),
         });
         dbs.insert(db.to_string(), st.clone());
@@ -195,9 +204,10 @@ pub fn build_snapshot(
     version: u64,
     catalog: Arc<Catalog>,
     ddl_generation: Option<i64>,
+    formerly: &HashMap<u32, String>,
 ) -> Snapshot {
     let prot = match &policy {
-        Some(p) => Protections::build(p, catalog),
+        Some(p) => Protections::build_with_history(p, catalog, formerly),
         None => Protections {
             catalog,
             ..Default::default()
@@ -233,11 +243,17 @@ impl DbState {
 
     fn rebuild(&self, set: &PolicySet) {
         let (catalog, generation) = self.catalog();
+        let policy = set.get(&self.name);
+        let formerly = match self.history.lock() {
+            Ok(h) => formerly_protected(&h, policy.as_deref(), &catalog),
+            Err(p) => formerly_protected(&p.into_inner(), policy.as_deref(), &catalog),
+        };
         let snap = Arc::new(build_snapshot(
-            set.get(&self.name),
+            policy,
             set.version,
             catalog,
             generation,
+            &formerly,
         ));
         match self.snapshot.write() {
             Ok(mut g) => *g = snap,
@@ -276,11 +292,17 @@ impl DbState {
         let cat = Catalog::load(client)
             .await
             .map_err(|e| format!("catalog refresh of {:?} failed: {e}", self.name))?;
+        let set = shared.policy_set();
+        let known = self.history.lock().map(|h| h.clone()).unwrap_or_default();
+        let history = update_history(client, set.get(&self.name).as_deref(), &cat, known).await;
+        if let Ok(mut h) = self.history.lock() {
+            *h = history;
+        }
         match self.catalog.write() {
             Ok(mut g) => *g = (Arc::new(cat), generation),
             Err(p) => *p.into_inner() = (Arc::new(cat), generation),
         }
-        self.rebuild(&shared.policy_set());
+        self.rebuild(&set);
         if let Ok(mut t) = self.last_refresh.lock() {
             *t = started;
         }
@@ -449,6 +471,58 @@ impl Drop for UnmaskedGuard {
             }
         }
     }
+}
+
+/// Relations in `history` that the policy no longer reaches although it still lists the table
+/// they were protected as, and that still exist.
+fn formerly_protected(
+    history: &HashMap<u32, String>,
+    policy: Option<&DatabasePolicy>,
+    catalog: &Catalog,
+) -> HashMap<u32, String> {
+    let Some(policy) = policy else {
+        return HashMap::new();
+    };
+    let current = crate::rewrite::protect::policy_relations(policy, catalog);
+    history
+        .iter()
+        .filter(|(oid, was)| {
+            !current.contains_key(*oid)
+                && catalog.relations.contains_key(*oid)
+                && policy.tables.values().any(|t| t.qualified() == **was)
+        })
+        .map(|(o, w)| (*o, w.clone()))
+        .collect()
+}
+
+/// Merges the recorded history with `known`, records what is protected now plus what left the
+/// policy's reach, and returns that. A database error is logged and leaves the record as it was.
+async fn update_history(
+    client: &Client,
+    policy: Option<&DatabasePolicy>,
+    catalog: &Catalog,
+    mut known: HashMap<u32, String>,
+) -> HashMap<u32, String> {
+    let Some(p) = policy else {
+        return known;
+    };
+    match crate::control::protection_history(client).await {
+        Ok(stored) => {
+            for (o, w) in stored {
+                known.entry(o).or_insert(w);
+            }
+        }
+        Err(e) => tracing::warn!("reading pgredact.protected_relations failed: {e}"),
+    }
+    let current = crate::rewrite::protect::policy_relations(p, catalog);
+    let orphans = formerly_protected(&known, Some(p), catalog);
+    let keep: Vec<u32> = orphans.keys().copied().collect();
+    if let Err(e) = crate::control::record_protection(client, &current, &keep).await {
+        tracing::warn!("recording pgredact.protected_relations failed: {e}");
+    }
+    let mut out = current;
+    out.extend(orphans);
+    out
 }
 
 /// The catalog generation, or None when the DDL watch is missing, disabled or unreadable.

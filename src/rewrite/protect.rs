@@ -92,6 +92,17 @@ pub const DENIED_ANY_SCHEMA_RELATIONS: &[&str] = &["pg_stat_statements", "pg_sta
 
 impl Protections {
     pub fn build(policy: &DatabasePolicy, catalog: Arc<Catalog>) -> Protections {
+        Self::build_with_history(policy, catalog, &HashMap::new())
+    }
+
+    /// `build`, plus relations that were protected under a name the policy still lists but are
+    /// no longer reached by it (renamed, moved to another schema, detached or un-inherited):
+    /// oid -> the policy table they were protected as. They are refused, not read raw.
+    pub fn build_with_history(
+        policy: &DatabasePolicy,
+        catalog: Arc<Catalog>,
+        formerly: &HashMap<u32, String>,
+    ) -> Protections {
         let mut by_oid: HashMap<u32, Protection> = HashMap::new();
         let mut warnings = Vec::new();
         // 1. Policy tables and their descendants (partitions, inheritance children).
@@ -135,6 +146,21 @@ impl Protections {
                 if let Some(cs) = children.get(&oid) {
                     stack.extend(cs.iter().copied());
                 }
+            }
+        }
+        // 2a. Relations that left the policy's reach without the policy saying so.
+        for (oid, was) in formerly {
+            if by_oid.contains_key(oid) {
+                continue;
+            }
+            if let Some(r) = catalog.relations.get(oid) {
+                by_oid.insert(
+                    *oid,
+                    Protection::Refuse(format!(
+                        "{}.{} was protected as {was} and has since been renamed, moved or detached; masked roles may not read it until the policy names it",
+                        r.schema, r.name
+                    )),
+                );
             }
         }
         // 2. Catalog relations that hold data values, the control schema, foreign tables.
@@ -295,6 +321,35 @@ impl Protections {
     pub fn get(&self, rel: &Relation) -> Option<&Protection> {
         self.by_oid.get(&rel.oid)
     }
+}
+
+/// The relations a policy protects by name or descent: oid -> the policy table (`schema.name`)
+/// whose entry covers it (its own entry for a descendant that has one).
+pub fn policy_relations(policy: &DatabasePolicy, catalog: &Catalog) -> HashMap<u32, String> {
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    for (c, ps) in &catalog.parents {
+        for p in ps {
+            children.entry(*p).or_default().push(*c);
+        }
+    }
+    let mut out = HashMap::new();
+    for tp in policy.tables.values() {
+        let Some(rel) = catalog.lookup(&tp.schema, &tp.name) else {
+            continue;
+        };
+        let mut stack = vec![rel.oid];
+        let mut seen = HashSet::new();
+        while let Some(oid) = stack.pop() {
+            if !seen.insert(oid) {
+                continue;
+            }
+            out.entry(oid).or_insert_with(|| tp.qualified());
+            if let Some(cs) = children.get(&oid) {
+                stack.extend(cs.iter().copied());
+            }
+        }
+    }
+    out
 }
 
 fn masked_rel(
