@@ -105,49 +105,22 @@ impl Protections {
     ) -> Protections {
         let mut by_oid: HashMap<u32, Protection> = HashMap::new();
         let mut warnings = Vec::new();
+        let children = children_of(&catalog);
         // 1. Policy tables and their descendants (partitions, inheritance children).
-        let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
-        for (c, ps) in &catalog.parents {
-            for p in ps {
-                children.entry(*p).or_default().push(*c);
-            }
-        }
-        for tp in policy.tables.values() {
-            let Some(rel) = catalog.lookup(&tp.schema, &tp.name) else {
-                continue;
-            };
-            let mut stack = vec![rel.oid];
-            let mut seen = HashSet::new();
-            while let Some(oid) = stack.pop() {
-                if !seen.insert(oid) {
-                    continue;
-                }
-                let Some(r) = catalog.relations.get(&oid) else {
-                    continue;
+        walk_policy(policy, &catalog, |tp, root, r| {
+            // A descendant with its own policy entry keeps its own masks.
+            let own = policy.table(&r.schema, &r.name).is_some();
+            if r.oid == root || !own {
+                let p = match masked_rel(r, tp, &mut warnings) {
+                    Some(m) => Protection::Mask(Arc::new(m)),
+                    None => Protection::Refuse(format!(
+                        "pgredact could not build the masking query for {}.{}",
+                        r.schema, r.name
+                    )),
                 };
-                // A descendant with its own policy entry keeps its own masks.
-                let own = policy.table(&r.schema, &r.name).is_some();
-                if oid == rel.oid || !own {
-                    match masked_rel(r, tp, &mut warnings) {
-                        Some(m) => {
-                            by_oid.insert(oid, Protection::Mask(Arc::new(m)));
-                        }
-                        None => {
-                            by_oid.insert(
-                                oid,
-                                Protection::Refuse(format!(
-                                    "pgredact could not build the masking query for {}.{}",
-                                    r.schema, r.name
-                                )),
-                            );
-                        }
-                    }
-                }
-                if let Some(cs) = children.get(&oid) {
-                    stack.extend(cs.iter().copied());
-                }
+                by_oid.insert(r.oid, p);
             }
-        }
+        });
         // 2a. Relations that left the policy's reach without the policy saying so.
         for (oid, was) in formerly {
             if by_oid.contains_key(oid) {
@@ -323,16 +296,25 @@ impl Protections {
     }
 }
 
-/// The relations a policy protects by name or descent: oid -> the policy table (`schema.name`)
-/// whose entry covers it (its own entry for a descendant that has one).
-pub fn policy_relations(policy: &DatabasePolicy, catalog: &Catalog) -> HashMap<u32, String> {
+/// parent oid -> the oids of its partitions and inheritance children.
+fn children_of(catalog: &Catalog) -> HashMap<u32, Vec<u32>> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
     for (c, ps) in &catalog.parents {
         for p in ps {
             children.entry(*p).or_default().push(*c);
         }
     }
-    let mut out = HashMap::new();
+    children
+}
+
+/// Calls `f(policy table, its oid, relation)` for every policy table and each of its
+/// descendants (partitions, inheritance children), each relation once per policy table.
+fn walk_policy<'c>(
+    policy: &DatabasePolicy,
+    catalog: &'c Catalog,
+    mut f: impl FnMut(&crate::policy::TablePolicy, u32, &'c crate::catalog::Relation),
+) {
+    let children = children_of(catalog);
     for tp in policy.tables.values() {
         let Some(rel) = catalog.lookup(&tp.schema, &tp.name) else {
             continue;
@@ -343,12 +325,23 @@ pub fn policy_relations(policy: &DatabasePolicy, catalog: &Catalog) -> HashMap<u
             if !seen.insert(oid) {
                 continue;
             }
-            out.entry(oid).or_insert_with(|| tp.qualified());
+            if let Some(r) = catalog.relations.get(&oid) {
+                f(tp, rel.oid, r);
+            }
             if let Some(cs) = children.get(&oid) {
                 stack.extend(cs.iter().copied());
             }
         }
     }
+}
+
+/// The relations a policy protects by name or descent: oid -> the policy table (`schema.name`)
+/// whose entry covers it first.
+pub fn policy_relations(policy: &DatabasePolicy, catalog: &Catalog) -> HashMap<u32, String> {
+    let mut out = HashMap::new();
+    walk_policy(policy, catalog, |tp, _, r| {
+        out.entry(r.oid).or_insert_with(|| tp.qualified());
+    });
     out
 }
 
