@@ -227,15 +227,8 @@ pub fn parse_csv(bytes: &[u8], kind: IdKind, subject_names: &[String]) -> Result
     let mut list = IdList::default();
     let mut seen = HashSet::new();
     let mut first = true;
-    let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    for (i, raw) in body.split(|b| *b == b'\n').enumerate() {
-        let n = i + 1;
-        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        let line = std::str::from_utf8(raw).map_err(|_| format!("line {n}: not valid UTF-8"))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let field = single_field(line).map_err(|e| format!("line {n}: {e}"))?;
+    for item in csv_lines(bytes) {
+        let (n, field) = item?;
         if first {
             first = false;
             if looks_like_header(&field, kind, subject_names) {
@@ -246,6 +239,30 @@ pub fn parse_csv(bytes: &[u8], kind: IdKind, subject_names: &[String]) -> Result
         list.push(&mut seen, id);
     }
     Ok(list)
+}
+
+/// The non-blank lines of a CSV body as (line number, single field), in order; BOM and CRLF
+/// allowed. A line that is not UTF-8 or not one field is an error naming its line.
+fn csv_lines(bytes: &[u8]) -> impl Iterator<Item = Result<(usize, String), String>> + '_ {
+    let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    body.split(|b| *b == b'\n')
+        .enumerate()
+        .filter_map(|(i, raw)| {
+            let n = i + 1;
+            let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+            let line = match std::str::from_utf8(raw) {
+                Ok(l) => l,
+                Err(_) => return Some(Err(format!("line {n}: not valid UTF-8"))),
+            };
+            if line.trim().is_empty() {
+                return None;
+            }
+            Some(
+                single_field(line)
+                    .map(|f| (n, f))
+                    .map_err(|e| format!("line {n}: {e}")),
+            )
+        })
 }
 
 /// Parses a comma-separated `--ids` list.
@@ -287,18 +304,7 @@ pub fn from_raw(raw: &[RawId], kind: IdKind) -> Result<IdList, String> {
 /// Raw (unvalidated) fields of a CSV body, for counting before validation. Same line rules
 /// as [`parse_csv`] except that the header is dropped only when it is not a plausible ID.
 pub fn csv_fields(bytes: &[u8]) -> Result<Vec<(usize, String)>, String> {
-    let mut out = Vec::new();
-    let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    for (i, raw) in body.split(|b| *b == b'\n').enumerate() {
-        let n = i + 1;
-        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        let line = std::str::from_utf8(raw).map_err(|_| format!("line {n}: not valid UTF-8"))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        out.push((n, single_field(line).map_err(|e| format!("line {n}: {e}"))?));
-    }
-    Ok(out)
+    csv_lines(bytes).collect()
 }
 
 #[cfg(test)]

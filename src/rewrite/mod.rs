@@ -85,11 +85,13 @@ pub enum PreparedEffect {
 /// The SQL-level prepared statements `sql` creates, runs or drops, in order. Empty when it names
 /// none (or does not parse: then the rewriter refused it anyway).
 pub fn prepared_effects(sql: &str) -> Vec<PreparedEffect> {
-    let lower = sql.to_ascii_lowercase();
-    if !["prepare", "execute", "deallocate"]
-        .iter()
-        .any(|w| lower.contains(w))
-    {
+    // Every masked statement passes here: look for the keywords without allocating.
+    let has = |w: &str| {
+        sql.as_bytes()
+            .windows(w.len())
+            .any(|x| x.eq_ignore_ascii_case(w.as_bytes()))
+    };
+    if !(has("prepare") || has("execute") || has("deallocate")) {
         return Vec::new();
     }
     let Ok(stmts) = Parser::new(&PostgreSqlDialect {})
@@ -1605,6 +1607,21 @@ impl Checker<'_, '_, '_> {
         ))
     }
 
+    /// `t.*` of the write target (as a column or a function argument) reads its PII columns.
+    fn target_wildcard(&mut self, t: &Target, n: &ObjectName) -> ControlFlow<()> {
+        let last = name_parts(n)
+            .and_then(|p| p.last().cloned())
+            .unwrap_or_default();
+        if self.target_names().contains(&last) {
+            let r = Refusal::new(format!(
+                "{last}.* reads every column of {}.{}, including PII, in a write statement",
+                t.rel.schema, t.rel.name
+            ));
+            return self.fail(r);
+        }
+        ControlFlow::Continue(())
+    }
+
     fn target_names(&self) -> Vec<String> {
         match self.target {
             Some(t) => {
@@ -1658,16 +1675,7 @@ impl Visitor for Checker<'_, '_, '_> {
                             };
                             match ae {
                                 FunctionArgExpr::QualifiedWildcard(n) => {
-                                    let last = name_parts(n)
-                                        .and_then(|p| p.last().cloned())
-                                        .unwrap_or_default();
-                                    if self.target_names().contains(&last) {
-                                        let r = Refusal::new(format!(
-                                            "{last}.* reads every column of {}.{}, including PII, in a write statement",
-                                            t.rel.schema, t.rel.name
-                                        ));
-                                        return self.fail(r);
-                                    }
+                                    self.target_wildcard(t, n)?;
                                 }
                                 FunctionArgExpr::Wildcard
                                 | FunctionArgExpr::WildcardWithOptions(_) => {
@@ -1689,16 +1697,7 @@ impl Visitor for Checker<'_, '_, '_> {
             }
             Expr::QualifiedWildcard(n, _) => {
                 if let Some(t) = self.target {
-                    let last = name_parts(n)
-                        .and_then(|p| p.last().cloned())
-                        .unwrap_or_default();
-                    if self.target_names().contains(&last) {
-                        let r = Refusal::new(format!(
-                            "{last}.* reads every column of {}.{}, including PII, in a write statement",
-                            t.rel.schema, t.rel.name
-                        ));
-                        return self.fail(r);
-                    }
+                    self.target_wildcard(t, n)?;
                 }
             }
             Expr::BinaryOp {
