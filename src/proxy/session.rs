@@ -829,7 +829,7 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
                         effects.push(StmtEffect::Create(
                             pm.name.clone(),
                             Prep {
-                                sql: pm.query.clone(),
+                                sql: pm.query.as_str().into(),
                                 decision: d.clone(),
                             },
                         ));
@@ -952,7 +952,7 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
 #[derive(Clone)]
 struct Prep {
     /// The client's text (for SQL-level ones, the whole Query that prepared it).
-    sql: String,
+    sql: Arc<str>,
     decision: Arc<Decision>,
 }
 
@@ -1024,7 +1024,7 @@ async fn statement_effects(
                 effects.push(StmtEffect::Create(
                     n,
                     Prep {
-                        sql: sql.to_string(),
+                        sql: sql.into(),
                         decision: d.clone(),
                     },
                 ));
