@@ -2,15 +2,17 @@
 # End-to-end throughput: pgbench directly against PostgreSQL, through pgbouncer (session mode)
 # and through pgredact, interleaved round-robin, for
 #   select  = `pgbench -S` (built-in select-only) as `dba` (unmasked: pgredact relays verbatim)
-#   masked  = `SELECT * FROM customers WHERE customer_id = :id` as `support` (masked through
-#             pgredact; direct and through pgbouncer the same query is plain passthrough)
+#   masked  = `SELECT * FROM customers WHERE customer_id = :id`: as `support` through pgredact
+#             (masked: pgredact reads the masking view), as `dba` direct and through pgbouncer
+#             (plain passthrough of the raw table: support is denied it there, by PostgreSQL)
 # with 1 and 16 clients and pgbench modes simple, extended and prepared. Prints the median TPS
 # per target and the ratios pgredact/pgbouncer and pgbouncer/direct.
 #
 # The masked workload has a fourth target, bouncer-rw: the SQL text pgredact sends upstream
-# (taken from the server log) run through pgbouncer. It splits the masked gap in two:
-# bouncer-rw/pgbouncer is what masking costs inside PostgreSQL (bigger plan, mask expressions),
-# pgredact/bouncer-rw is what pgredact itself costs compared with pgbouncer.
+# (taken from the server log, `... FROM "pgredact_masked"."customers" ...`) run as support
+# through pgbouncer. It splits the masked gap in two: bouncer-rw/pgbouncer is what masking costs
+# inside PostgreSQL (the view's mask expressions and keyed hash), pgredact/bouncer-rw is what
+# pgredact itself costs compared with pgbouncer.
 #
 # Run by hand (not in CI), from anywhere:  bash benches/e2e.sh
 # As root, PostgreSQL and pgbouncer run as the `postgres` OS user. Installs pgbouncer with apt
@@ -26,8 +28,9 @@
 #   PG_BIN=/usr/lib/postgresql/15/bin
 #   KEEP=1            keep the temp dir (logs) after exit
 #   SKIP_BUILD=1      use the existing target/release/pgredact
-#   FRESHNESS=true    pgredact's per_statement_freshness (false: periodic catalog refresh only)
-#   MEMBERSHIP=true   pgredact's per_statement_membership (false: periodic re-check only)
+#   ENFORCEMENT=database  the policy's enforcement ("proxy": pgredact alone, per-statement checks)
+#   FRESHNESS=true    pgredact's per_statement_freshness (proxy enforcement only)
+#   MEMBERSHIP=true   pgredact's per_statement_membership (proxy enforcement only)
 # Runtime: |CLIENTS| x |MODES| x (3 select + 4 masked targets) x ROUNDS x DURATION, plus about
 # a minute of setup (more for the first release build): 2 x 3 x 7 x 3 x 5 s = 10.5 min by default.
 set -euo pipefail
@@ -204,7 +207,11 @@ wait_sql "$BOUNCER_PORT" dba
 # pgredact
 # ---------------------------------------------------------------------------------------------
 log "starting pgredact on 127.0.0.1:$PGREDACT_PORT"
-cp "$ROOT/policies/app.toml" "$WORK/pgredact/policies/"
+if [[ ${ENFORCEMENT:-database} == proxy ]]; then
+    { echo 'enforcement = "proxy"'; cat "$ROOT/policies/app.toml"; } >"$WORK/pgredact/policies/app.toml"
+else
+    cp "$ROOT/policies/app.toml" "$WORK/pgredact/policies/"
+fi
 cat >"$WORK/pgredact/pgredact.toml" <<EOF
 listen = "127.0.0.1:$PGREDACT_PORT"
 policies = "policies"
@@ -220,7 +227,7 @@ password_env = "PGREDACT_E2E_UPSTREAM_PASSWORD"
 [secrets]
 hash_key_env = "PGREDACT_E2E_HASH_KEY"
 EOF
-# The superuser part of the setup (control schema, DDL watch event trigger).
+# What a DBA runs once: the control schema, pgredact_admin, privileges, masking views.
 "$PGREDACT" setup-sql --config "$WORK/pgredact/pgredact.toml" | SQL -d app >/dev/null
 PGREDACT_E2E_UPSTREAM_PASSWORD=pgredact PGREDACT_E2E_HASH_KEY=e2e-bench-hash-key \
     PGREDACT_LOG=${PGREDACT_LOG:-warn} \
@@ -228,14 +235,18 @@ PGREDACT_E2E_UPSTREAM_PASSWORD=pgredact PGREDACT_E2E_HASH_KEY=e2e-bench-hash-key
 PGREDACT_PID=$!
 wait_sql "$PGREDACT_PORT" dba
 
-# Sanity: support is masked through pgredact and not elsewhere; dba is not masked.
+# Sanity: support is masked through pgredact and denied raw PII elsewhere; dba is not masked.
 probe='SELECT email FROM customers WHERE customer_id = 1'
 masked=$("$PSQL" -h 127.0.0.1 -p "$PGREDACT_PORT" -U support -d app -XAtqc "$probe")
-raw=$("$PSQL" -h 127.0.0.1 -p "$BOUNCER_PORT" -U support -d app -XAtqc "$probe")
+raw=$("$PSQL" -h 127.0.0.1 -p "$BOUNCER_PORT" -U dba -d app -XAtqc "$probe")
 unmasked=$("$PSQL" -h 127.0.0.1 -p "$PGREDACT_PORT" -U dba -d app -XAtqc "$probe")
-log "customer 1 email: support via pgredact '$masked', via pgbouncer '$raw', dba via pgredact '$unmasked'"
+denied=$("$PSQL" -h 127.0.0.1 -p "$BOUNCER_PORT" -U support -d app -XAtqc "$probe" 2>&1 || true)
+log "customer 1 email: support via pgredact '$masked', dba via pgbouncer '$raw', dba via pgredact '$unmasked', support via pgbouncer: $denied"
 [[ $masked == *'***@'* && $raw != "$masked" && $unmasked == "$raw" ]] ||
     die "masking sanity check failed"
+if [[ ${ENFORCEMENT:-database} != proxy && $denied != *'permission denied'* ]]; then
+    die "support read raw PII straight from PostgreSQL"
+fi
 
 # The text pgredact sends upstream for the masked lookup, from the server log.
 SQL -d app -c "ALTER SYSTEM SET log_statement = 'all'" -c 'SELECT pg_reload_conf()' >/dev/null
@@ -244,7 +255,7 @@ SQL -d app -c "ALTER SYSTEM SET log_statement = 'all'" -c 'SELECT pg_reload_conf
 SQL -d app -c 'ALTER SYSTEM RESET log_statement' -c 'SELECT pg_reload_conf()' >/dev/null
 rewritten=$(grep -a 'statement: SELECT .*customer_id = 4242$' "$WORK/pg/server.log" | tail -1 |
     sed 's/^.*statement: //')
-[[ $rewritten == *'FROM (SELECT'* ]] || die "no rewritten lookup in $WORK/pg/server.log"
+[[ $rewritten == *'pgredact_masked'* ]] || die "no rewritten lookup in $WORK/pg/server.log"
 log "rewritten lookup: ${#rewritten} bytes (46 sent by the client)"
 
 # ---------------------------------------------------------------------------------------------
@@ -278,8 +289,10 @@ run_one() {
     case $workload:$target in
         select:*) user=dba; args+=(-S) ;;
         masked:bouncer-rw) user=support; args+=(-f "$WORK/masked-rw.sql") ;;
-        masked:*) user=support; args+=(-f "$WORK/masked.sql") ;;
-        cte:*) user=support; args+=(-f "$WORK/cte.sql") ;;
+        masked:pgredact) user=support; args+=(-f "$WORK/masked.sql") ;;
+        masked:*) user=dba; args+=(-f "$WORK/masked.sql") ;;
+        cte:pgredact) user=support; args+=(-f "$WORK/cte.sql") ;;
+        cte:*) user=dba; args+=(-f "$WORK/cte.sql") ;;
     esac
     out="$WORK/results/$workload-c$clients-$mode-$target-$(date +%s%N).log"
     if ! "$PGBENCH" "${args[@]}" -U "$user" app >"$out" 2>&1; then
@@ -368,9 +381,9 @@ for w in "${W[@]}"; do
 done
 echo
 echo "select: pgbench -S as dba (unmasked; pgredact relays it verbatim)."
-echo "masked: SELECT * FROM customers WHERE customer_id = :id as support: masked through pgredact,"
-echo "        passthrough (raw values) direct and through pgbouncer; bouncer-rw runs pgredact's"
-echo "        rewritten SQL through pgbouncer (masking cost inside PostgreSQL, without pgredact)."
+echo "masked: SELECT * FROM customers WHERE customer_id = :id: as support through pgredact (masked),"
+echo "        as dba direct and through pgbouncer (raw passthrough); bouncer-rw runs pgredact's"
+echo "        rewritten SQL as support through pgbouncer (masking cost inside PostgreSQL)."
 if [[ " ${W[*]} " == *" cte "* ]]; then
     echo "cte:    the masked lookup as a WITH query (orders per customer joined to customers), as support."
 fi

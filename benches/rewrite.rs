@@ -197,6 +197,12 @@ fn demo_catalog() -> Catalog {
     ] {
         c.add_function("pg_catalog", f);
     }
+    let policy = parse_policy(
+        pgredact::demo::EXAMPLE_POLICY,
+        Path::new("policies/app.toml"),
+    )
+    .expect("example policy parses");
+    pgredact::rewrite::protect::fixture_masking_views(&mut c, &policy);
     c
 }
 
@@ -225,6 +231,7 @@ fn demo_snapshot(catalog: Arc<Catalog>) -> Snapshot {
         catalog,
         None,
         &Default::default(),
+        None,
     )
 }
 

@@ -23,6 +23,17 @@ pub struct Relation {
     pub columns: Vec<Column>,
 }
 
+/// A masking view the database built (`pgredact_admin.masking_views`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaskingView {
+    pub schema: String,
+    pub name: String,
+    /// The view of the relation's own rows (`FROM ONLY`), when it has descendants.
+    pub only: Option<String>,
+    /// The policy fingerprint it was built from; None when the build failed.
+    pub fingerprint: Option<String>,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
     pub relations: HashMap<u32, Relation>,
@@ -50,6 +61,8 @@ pub struct Catalog {
     pub view_functions: HashMap<u32, String>,
     /// Relations whose column defaults call user code, or with a column of a risky type.
     pub risky_writes: HashMap<u32, String>,
+    /// Protected relation oid -> its masking view.
+    pub masking_views: HashMap<u32, MaskingView>,
 }
 
 impl Catalog {
@@ -84,7 +97,8 @@ impl Catalog {
         }
     }
 
-    /// Loads the snapshot. Four catalog queries, one round trip each.
+    /// Loads the snapshot, one round trip per catalog query. Types are written as `format_type`
+    /// prints them on a control connection (search_path = pg_catalog): qualified outside it.
     pub async fn load(client: &Client) -> Result<Catalog, tokio_postgres::Error> {
         let mut cat = Catalog::default();
         let rels = client
@@ -167,6 +181,7 @@ impl Catalog {
                         pg_catalog.string_agg(DISTINCT t.typcategory::text, '') \
                  FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
                  LEFT JOIN pg_catalog.pg_type t ON t.oid = p.prorettype \
+                 WHERE n.nspname NOT IN ('pgredact', 'pgredact_admin') \
                  GROUP BY 1, 2",
                 &[],
             )
@@ -274,6 +289,34 @@ impl Catalog {
         {
             let (rel, why): (i64, String) = (r.get(0), r.get(1));
             cat.risky_writes.insert(rel as u32, why);
+        }
+        let installed: bool = client
+            .query_one(
+                "SELECT pg_catalog.to_regclass('pgredact_admin.masking_views') IS NOT NULL",
+                &[],
+            )
+            .await?
+            .get(0);
+        if installed {
+            for r in client
+                .query(
+                    "SELECT relid::int8, view_schema::text, view_name::text, only_view::text, fingerprint \
+                     FROM pgredact_admin.masking_views",
+                    &[],
+                )
+                .await?
+            {
+                let oid: i64 = r.get(0);
+                cat.masking_views.insert(
+                    oid as u32,
+                    MaskingView {
+                        schema: r.get(1),
+                        name: r.get(2),
+                        only: r.get(3),
+                        fingerprint: r.get(4),
+                    },
+                );
+            }
         }
         for rel in cat.relations.values() {
             for c in &rel.columns {

@@ -87,6 +87,70 @@ pub async fn run(cfg: &Config) -> (Vec<String>, bool) {
                 }
             }
         }
+        // The wall: what PostgreSQL itself must enforce (see crate::wall).
+        let database_enforced = p.enforcement == crate::policy::Enforcement::Database;
+        match crate::wall::installed_version(&client).await {
+            Some(crate::wall::VERSION) => {}
+            other => {
+                let what = match other {
+                    Some(v) => format!(
+                        "pgredact_admin is version {v}, this pgredact needs {}",
+                        crate::wall::VERSION
+                    ),
+                    None => {
+                        "pgredact_admin (masking views, privilege enforcement) is not installed"
+                            .into()
+                    }
+                };
+                out.push(format!(
+                    "error: database {:?}: {what}; a superuser must run the output of `pgredact setup-sql`",
+                    p.database
+                ));
+                failed = true;
+            }
+        }
+        match crate::wall::findings(&client, &p, &cfg.upstream.user).await {
+            Ok(findings) => {
+                let mut violations = 0;
+                for f in &findings {
+                    match f.severity.as_str() {
+                        "violation" if database_enforced => {
+                            violations += 1;
+                            out.push(format!(
+                                "error: database {:?}: {}",
+                                p.database,
+                                f.describe()
+                            ));
+                        }
+                        "violation" | "warning" => out.push(format!(
+                            "warning: database {:?}: {}",
+                            p.database,
+                            f.describe()
+                        )),
+                        _ => {}
+                    }
+                }
+                if violations > 0 {
+                    failed = true;
+                    out.push(format!(
+                        "error: database {:?}: {violations} privilege violation(s): masked roles could read or write PII without pgredact, so pgredact refuses masked sessions; `pgredact setup-sql` prints the statements that fix them",
+                        p.database
+                    ));
+                } else if !database_enforced {
+                    out.push(format!(
+                        "warning: {file}: enforcement = \"proxy\": PostgreSQL does not enforce the masks, so a masked role connecting straight to PostgreSQL reads raw data"
+                    ));
+                }
+            }
+            Err(e) => {
+                out.push(format!(
+                    "error: database {:?}: the privilege check failed: {}",
+                    p.database,
+                    crate::tls::error_chain(&e)
+                ));
+                failed = true;
+            }
+        }
         for t in p.tables.values() {
             let Some(rel) = cat.lookup(&t.schema, &t.name) else {
                 out.push(format!(

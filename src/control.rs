@@ -1,7 +1,9 @@
-//! The `pgredact` control schema inside each protected database: the HMAC key (readable only by
-//! the control-plane role) and the SECURITY DEFINER functions that use it. Masked sessions reach
-//! these functions only through SQL the rewriter writes: a user-written reference to schema
-//! `pgredact` is refused.
+//! The `pgredact` control schema inside each protected database, owned by the control-plane role
+//! and readable by nobody else: the HMAC key, the policy as data (`pgredact.policy`, which the
+//! superuser-installed functions of `crate::wall` read), the DDL log, the record of protected
+//! relations, and the forget tables. No function here is callable by other roles: masked sessions
+//! read pseudonyms only through the masking views, which compute them from the key as the view's
+//! owner.
 
 use tokio_postgres::Client;
 
@@ -41,30 +43,42 @@ impl std::fmt::Display for ControlError {
     }
 }
 
+/// The control role's own objects (run as that role, by `ensure` and inside `setup-sql`).
 /// The DDL watch: every DDL command in the database appends a row to `pgredact.ddl_log` in its own
 /// transaction (through the event trigger `pgredact_ddl`, which only a superuser can create), so
 /// the count of committed rows (plus those pruned) is a catalog generation that changes exactly
 /// when a DDL commits. Inserts never wait for each other (no single counter row to lock).
-const DDL_WATCH_OBJECTS: &str = r#"
+pub const CONTROL_OBJECTS: &str = r#"
+REVOKE ALL ON SCHEMA pgredact FROM PUBLIC;
 CREATE TABLE IF NOT EXISTS pgredact.ddl_log (at timestamptz NOT NULL);
 CREATE TABLE IF NOT EXISTS pgredact.ddl_pruned (
     id boolean PRIMARY KEY DEFAULT true CHECK (id),
     n bigint NOT NULL
 );
 INSERT INTO pgredact.ddl_pruned (id, n) VALUES (true, 0) ON CONFLICT (id) DO NOTHING;
-REVOKE ALL ON pgredact.ddl_log, pgredact.ddl_pruned FROM PUBLIC;
-CREATE OR REPLACE FUNCTION pgredact.note_ddl() RETURNS event_trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
-BEGIN
-  INSERT INTO pgredact.ddl_log (at) VALUES (pg_catalog.now());
-END
-$f$;
-REVOKE ALL ON FUNCTION pgredact.note_ddl() FROM PUBLIC;
 CREATE TABLE IF NOT EXISTS pgredact.protected_relations (
     relid oid PRIMARY KEY,
     policy_table text NOT NULL
 );
-REVOKE ALL ON pgredact.protected_relations FROM PUBLIC;
+CREATE TABLE IF NOT EXISTS pgredact.hash_key (
+    id boolean PRIMARY KEY DEFAULT true CHECK (id),
+    ipad bytea NOT NULL,
+    opad bytea NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pgredact.policy (
+    id boolean PRIMARY KEY DEFAULT true CHECK (id),
+    spec jsonb NOT NULL,
+    written_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+REVOKE ALL ON pgredact.ddl_log, pgredact.ddl_pruned, pgredact.protected_relations,
+    pgredact.hash_key, pgredact.policy FROM PUBLIC;
+CREATE OR REPLACE FUNCTION pgredact.hmac_hex(v text) RETURNS text
+LANGUAGE sql STABLE STRICT SECURITY DEFINER AS $f$
+  SELECT pg_catalog.encode(pg_catalog.sha256(k.opad OPERATOR(pg_catalog.||)
+         pg_catalog.sha256(k.ipad OPERATOR(pg_catalog.||) pg_catalog.convert_to(v, 'UTF8'))), 'hex')
+  FROM pgredact.hash_key k
+$f$;
+REVOKE ALL ON FUNCTION pgredact.hmac_hex(text) FROM PUBLIC;
 "#;
 
 /// The relations protected so far (oid -> policy table), as last recorded by any pgredact.
@@ -107,23 +121,6 @@ pub async fn record_protection(
 /// The event trigger's name.
 pub const DDL_TRIGGER: &str = "pgredact_ddl";
 
-/// SQL a superuser runs once per protected database (`pgredact setup-sql`): creates the control
-/// schema owned by the control-plane role `role`, the DDL watch objects (as that role), and the
-/// event trigger, enabled ALWAYS so `session_replication_role` cannot silence it.
-pub fn superuser_setup_sql(role: &str) -> String {
-    let r = crate::policy::quote_ident(role);
-    format!(
-        "CREATE SCHEMA IF NOT EXISTS pgredact AUTHORIZATION {r};\n\
-         SET ROLE {r};\n{DDL_WATCH_OBJECTS}\nRESET ROLE;\n\
-         DO $do$ BEGIN\n\
-           IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger WHERE evtname = '{DDL_TRIGGER}') THEN\n\
-             CREATE EVENT TRIGGER {DDL_TRIGGER} ON ddl_command_end EXECUTE FUNCTION pgredact.note_ddl();\n\
-           END IF;\n\
-         END $do$;\n\
-         ALTER EVENT TRIGGER {DDL_TRIGGER} ENABLE ALWAYS;\n"
-    )
-}
-
 /// One reading of what can make a decision stale, taken in one snapshot on the gate connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Freshness {
@@ -158,52 +155,18 @@ pub const FRESHNESS_SQL: &str = "SELECT \
 pub const PRUNE_SQL: &str = "WITH d AS (DELETE FROM pgredact.ddl_log RETURNING 1) \
    UPDATE pgredact.ddl_pruned SET n = n + (SELECT pg_catalog.count(*) FROM d) WHERE id";
 
-/// The SECURITY DEFINER functions below name every object schema-qualified (functions,
-/// operators, tables), so they carry no `SET search_path` (which costs a settings save/restore
-/// on every call, i.e. every masked row).
-///
 /// Creates or updates the control schema and stores the HMAC key (as its padded halves).
 /// Idempotent; runs as the control-plane role, which owns the schema.
 pub async fn ensure(client: &Client, hash_key: Option<&[u8]>) -> Result<(), ControlError> {
     // One DDL script, run as one (implicit or the caller's) transaction and serialized with a
     // transaction-level advisory lock, so two instances can start at once.
     client
-        .batch_execute(
-            r#"
-SELECT pg_catalog.pg_advisory_xact_lock(7320451);
-CREATE SCHEMA IF NOT EXISTS pgredact;
-REVOKE ALL ON SCHEMA pgredact FROM PUBLIC;
-GRANT USAGE ON SCHEMA pgredact TO PUBLIC;
-CREATE TABLE IF NOT EXISTS pgredact.hash_key (
-    id boolean PRIMARY KEY DEFAULT true CHECK (id),
-    ipad bytea NOT NULL,
-    opad bytea NOT NULL
-);
-REVOKE ALL ON pgredact.hash_key FROM PUBLIC;
-CREATE OR REPLACE FUNCTION pgredact.hmac_hex(v text) RETURNS text
-LANGUAGE sql STABLE STRICT SECURITY DEFINER AS $f$
-  SELECT pg_catalog.encode(pg_catalog.sha256(k.opad OPERATOR(pg_catalog.||)
-         pg_catalog.sha256(k.ipad OPERATOR(pg_catalog.||) pg_catalog.convert_to(v, 'UTF8'))), 'hex')
-  FROM pgredact.hash_key k
-$f$;
-CREATE OR REPLACE FUNCTION pgredact.mask_hash(v text) RETURNS text
-LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER AS $f$
-DECLARE
-  k pgredact.hash_key;
-BEGIN
-  -- One PL/pgSQL function (its key lookup is a cached plan) instead of nested SQL functions:
-  -- a SECURITY DEFINER SQL function is never inlined, and this runs once per masked row.
-  SELECT * INTO k FROM pgredact.hash_key WHERE id;
-  RETURN pg_catalog.left(pg_catalog.encode(pg_catalog.sha256(k.opad OPERATOR(pg_catalog.||)
-         pg_catalog.sha256(k.ipad OPERATOR(pg_catalog.||) pg_catalog.convert_to(v, 'UTF8'))), 'hex'), 16);
-END
-$f$;
-REVOKE ALL ON FUNCTION pgredact.hmac_hex(text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION pgredact.mask_hash(text) TO PUBLIC;
-"#,
-        )
+        .batch_execute(&format!(
+            "SELECT pg_catalog.pg_advisory_xact_lock(7320451);\n\
+             CREATE SCHEMA IF NOT EXISTS pgredact;\n{CONTROL_OBJECTS}\n\
+             DROP FUNCTION IF EXISTS pgredact.mask_hash(text);"
+        ))
         .await?;
-    client.batch_execute(DDL_WATCH_OBJECTS).await?;
     if let Some(key) = hash_key {
         // The key is set once: hash pseudonyms and the forget list depend on it, so a different
         // key later is refused rather than silently breaking both.

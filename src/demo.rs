@@ -42,6 +42,13 @@ pub async fn run(listen: &str) -> Result<(), String> {
         std::env::set_var("PGREDACT_DEMO_HASH_KEY", &key);
     }
     let cfg = Config::load(&cfg_path)?;
+    // What a DBA does once: let PostgreSQL itself enforce the masks.
+    println!("pgredact demo: applying `pgredact setup-sql` (masking views, column privileges)...");
+    let setup = crate::wall::setup_sql(&cfg, Some("app")).await?;
+    let cluster =
+        tokio::task::spawn_blocking(move || cluster.superuser_psql("app", &setup).map(|_| cluster))
+            .await
+            .map_err(|e| e.to_string())??;
     let (listener, shared) = crate::proxy::bind(cfg).await?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let (host, port) = (addr.ip(), addr.port());
@@ -56,6 +63,13 @@ pub async fn run(listen: &str) -> Result<(), String> {
     println!("  psql \"host={host} port={port} dbname=app user=solutions password=solutions\"");
     println!("As a DBA, who sees raw data (password: dba):");
     println!("  psql \"host={host} port={port} dbname=app user=dba password=dba\"");
+    println!(
+        "Straight to PostgreSQL, bypassing pgredact: support reads the masking views and is denied raw PII:"
+    );
+    println!(
+        "  psql \"host=127.0.0.1 port={} dbname=app user=support password=support\" -c \"SELECT email FROM pgredact_masked.customers LIMIT 1\" -c \"SELECT email FROM customers LIMIT 1\"",
+        cluster.port
+    );
     println!();
     println!("Try:  SELECT * FROM customers ORDER BY customer_id LIMIT 5;");
     println!(

@@ -7,7 +7,7 @@
 -- the four demo tables are dropped and rebuilt.
 --
 -- Sizes: customers 10,000; customer_events 50,000; orders 20,000; customer_history 10,000.
--- Roles: support (SELECT), solutions (SELECT, INSERT, UPDATE), dba (ALL, member of pii_readers),
+-- Roles: support (SELECT), solutions (SELECT, INSERT, UPDATE), dba (member of pii_readers, ALL),
 -- pii_readers (NOLOGIN), pgredact (the proxy's control-plane login). Password = role name.
 
 SET client_min_messages = warning;
@@ -362,8 +362,10 @@ GRANT SELECT ON ALL TABLES IN SCHEMA public TO support;
 GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO solutions;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO solutions;
 
-GRANT ALL ON ALL TABLES IN SCHEMA public TO dba;
-GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO dba;
+-- Raw access comes through pii_readers (the policy's unmasked role), so revoking a DBA's
+-- membership takes it away at their next statement.
+GRANT ALL ON ALL TABLES IN SCHEMA public TO pii_readers;
+GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO pii_readers;
 
 -- The proxy's control-plane login: reads the catalog (no pg_authid needed), creates and owns its
 -- own `pgredact` schema in this database, and anonymizes rows (forget).

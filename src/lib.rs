@@ -15,3 +15,4 @@ pub mod policy;
 pub mod proxy;
 pub mod rewrite;
 pub mod tls;
+pub mod wall;

@@ -36,11 +36,15 @@ enum Cmd {
         #[command(flatten)]
         args: pgredact::forget::UnforgetArgs,
     },
-    /// Print the SQL a superuser runs once in each protected database: the control schema owned
-    /// by the control-plane role, and the event trigger that lets pgredact see DDL as it commits.
+    /// Print the SQL a superuser runs in a protected database (once, and after upgrades): the
+    /// control schema, pgredact_admin (masking views, privilege enforcement, DDL triggers), and
+    /// the REVOKE/GRANT statements that make PostgreSQL itself enforce the masks.
     SetupSql {
         #[arg(long, default_value = "pgredact.toml")]
         config: PathBuf,
+        /// The database to set up (needed when several have policies).
+        #[arg(long)]
+        database: Option<String>,
     },
     /// Start a throwaway PostgreSQL with sample customer data and pgredact in front of it.
     Demo {
@@ -109,11 +113,11 @@ fn main() -> ExitCode {
                     Ok(())
                 }
             }
-            Cmd::SetupSql { config } => {
+            Cmd::SetupSql { config, database } => {
                 let cfg = pgredact::config::Config::load(&config)?;
                 print!(
                     "{}",
-                    pgredact::control::superuser_setup_sql(&cfg.upstream.user)
+                    pgredact::wall::setup_sql(&cfg, database.as_deref()).await?
                 );
                 Ok(())
             }

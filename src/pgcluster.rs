@@ -48,7 +48,7 @@ pub const DEMO_SCHEMA_SQL: &str = include_str!("demo_schema.sql");
 pub fn demo_schema_sql() -> String {
     format!(
         "{DEMO_SCHEMA_SQL}\n{}",
-        crate::control::superuser_setup_sql("pgredact")
+        crate::wall::superuser_setup_sql("pgredact")
     )
 }
 

@@ -23,6 +23,22 @@ pub enum Mask {
 }
 
 impl Mask {
+    /// The mask as data for `pgredact_admin.mask_expr`.
+    pub fn spec(&self) -> serde_json::Value {
+        use serde_json::json;
+        match self {
+            Mask::Constant(v) => json!({"kind": "constant", "value": v}),
+            Mask::Partial {
+                keep_first,
+                keep_last,
+                padding,
+            } => {
+                json!({"kind": "partial", "keep_first": keep_first, "keep_last": keep_last, "padding": padding})
+            }
+            other => json!({"kind": other.kind()}),
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Mask::Null => "null",
@@ -61,10 +77,23 @@ impl TablePolicy {
     }
 }
 
+/// Who enforces the masks for this database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Enforcement {
+    /// PostgreSQL itself: masked roles hold no privilege on PII columns and read masking views;
+    /// pgredact makes that transparent (the default).
+    #[default]
+    Database,
+    /// pgredact alone (weaker): masked roles keep their privileges, so a direct connection to
+    /// PostgreSQL reads raw data; pgredact re-checks the catalog and memberships per statement.
+    Proxy,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct DatabasePolicy {
     pub file: PathBuf,
     pub database: String,
+    pub enforcement: Enforcement,
     pub unmasked_roles: Vec<String>,
     /// User-defined functions a masked session may call (`schema.name`).
     pub allowed_functions: Vec<String>,
@@ -82,6 +111,50 @@ impl DatabasePolicy {
             .flat_map(|t| t.columns.values())
             .any(|c| c.mask == Mask::Hash)
     }
+
+    /// The policy as the database's own functions read it (`pgredact.policy`): unmasked roles
+    /// and, per table, each PII column's mask kind and options, plus a fingerprint of all that.
+    /// Data only: the masking SQL is written by `pgredact_admin.mask_expr` inside PostgreSQL.
+    pub fn spec(&self) -> serde_json::Value {
+        use serde_json::{json, Map, Value};
+        let tables: Vec<Value> = self
+            .tables
+            .values()
+            .map(|t| {
+                let cols: Map<String, Value> = t
+                    .columns
+                    .iter()
+                    .map(|(c, cp)| (c.clone(), cp.mask.spec()))
+                    .collect();
+                json!({"schema": t.schema, "name": t.name, "columns": cols})
+            })
+            .collect();
+        let mut spec = json!({
+            "database": self.database,
+            "enforcement": match self.enforcement {
+                Enforcement::Database => "database",
+                Enforcement::Proxy => "proxy",
+            },
+            "unmasked_roles": self.unmasked_roles,
+            "tables": tables,
+        });
+        let fp = fingerprint(&spec.to_string());
+        spec["fingerprint"] = Value::String(fp);
+        spec
+    }
+
+    /// The fingerprint stored with the spec (and with every masking view built from it).
+    pub fn fingerprint(&self) -> String {
+        self.spec()["fingerprint"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+fn fingerprint(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(text.as_bytes())[..12])
 }
 
 /// All loaded policies, by database name. Cheap to clone (shared).
@@ -104,6 +177,8 @@ impl PolicySet {
 #[serde(deny_unknown_fields)]
 struct RawFile {
     database: String,
+    #[serde(default)]
+    enforcement: Option<toml::Spanned<String>>,
     #[serde(default)]
     unmasked_roles: Vec<String>,
     #[serde(default)]
@@ -310,6 +385,19 @@ pub fn parse_policy(text: &str, path: &Path) -> Result<DatabasePolicy, String> {
             },
         );
     }
+    let enforcement = match raw.enforcement {
+        None => Enforcement::Database,
+        Some(e) => match e.get_ref().as_str() {
+            "database" => Enforcement::Database,
+            "proxy" => Enforcement::Proxy,
+            other => {
+                return Err(at(
+                    e.span().start,
+                    format!("enforcement must be \"database\" or \"proxy\", not {other:?}"),
+                ))
+            }
+        },
+    };
     for f in &raw.allowed_functions {
         if !f.contains('.') {
             return Err(format!(
@@ -321,6 +409,7 @@ pub fn parse_policy(text: &str, path: &Path) -> Result<DatabasePolicy, String> {
     Ok(DatabasePolicy {
         file: path.to_path_buf(),
         database: raw.database,
+        enforcement,
         unmasked_roles: raw.unmasked_roles,
         allowed_functions: raw
             .allowed_functions
@@ -363,7 +452,7 @@ pub fn load_dir(dir: &Path, version: u64) -> Result<PolicySet, String> {
     })
 }
 
-// ---------- masks as SQL ----------
+// ---------- SQL text and keys ----------
 
 /// Quotes an identifier for SQL.
 pub fn quote_ident(s: &str) -> String {
@@ -403,58 +492,6 @@ pub fn mask_fits(mask: &Mask, ty: &ColType) -> Result<(), String> {
             ))
         }
         _ => Ok(()),
-    }
-}
-
-/// The SQL expression that masks column `col` (already quoted, possibly qualified) of type `ty`.
-/// Uses only schema-qualified built-ins (and `pgredact.mask_hash` for `hash`).
-pub fn mask_sql(mask: &Mask, col: &str, ty: &ColType) -> String {
-    let t = &ty.sql;
-    let guard =
-        |expr: String| format!("CASE WHEN {col} IS NULL THEN NULL ELSE CAST({expr} AS {t}) END");
-    match mask {
-        Mask::Null => format!("CAST(NULL AS {t})"),
-        Mask::Redact => {
-            let v = match (ty.category, ty.base.as_str()) {
-                ('S', _) => Some("'****'"),
-                ('N', _) => Some("0"),
-                (_, "date") => Some("'1900-01-01'"),
-                (_, "timestamp") | (_, "timestamptz") => Some("'1900-01-01 00:00'"),
-                _ => None,
-            };
-            match v {
-                Some(v) => guard(v.to_string()),
-                None => format!("CAST(NULL AS {t})"),
-            }
-        }
-        Mask::Constant(v) => guard(quote_literal(v)),
-        Mask::Email => {
-            let c = format!("CAST({col} AS pg_catalog.text)");
-            guard(format!(
-                "CASE WHEN pg_catalog.strpos({c}, '@') > 0 THEN pg_catalog.concat(pg_catalog.left({c}, 1), '***@', pg_catalog.substr({c}, pg_catalog.strpos({c}, '@') + 1)) ELSE '****' END"
-            ))
-        }
-        Mask::Partial {
-            keep_first,
-            keep_last,
-            padding,
-        } => {
-            let c = format!("CAST({col} AS pg_catalog.text)");
-            let p = quote_literal(padding);
-            guard(format!(
-                "CASE WHEN pg_catalog.length({c}) <= {} THEN {p} ELSE pg_catalog.concat(pg_catalog.left({c}, {keep_first}), {p}, pg_catalog.right({c}, {keep_last})) END",
-                keep_first + keep_last
-            ))
-        }
-        Mask::Hash => guard(format!(
-            "pgredact.mask_hash(CAST({col} AS pg_catalog.text))"
-        )),
-        Mask::Year => match ty.base.as_str() {
-            "date" => guard(format!(
-                "pg_catalog.date_trunc('year', CAST({col} AS pg_catalog.timestamp))"
-            )),
-            _ => guard(format!("pg_catalog.date_trunc('year', {col})")),
-        },
     }
 }
 

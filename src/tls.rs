@@ -385,28 +385,68 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 /// Connects tokio-postgres with `tls` when set (sslmode require), plaintext otherwise, and
 /// spawns the connection task.
 pub async fn pg_connect(
+    config: tokio_postgres::Config,
+    tls: Option<&UpstreamTls>,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    connect_driven(config, tls, None).await
+}
+
+/// `pg_connect`, with a message on the receiver for every notification (LISTEN).
+pub async fn pg_connect_notified(
+    config: tokio_postgres::Config,
+    tls: Option<&UpstreamTls>,
+) -> Result<
+    (
+        tokio_postgres::Client,
+        tokio::sync::mpsc::UnboundedReceiver<()>,
+    ),
+    tokio_postgres::Error,
+> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    Ok((connect_driven(config, tls, Some(tx)).await?, rx))
+}
+
+async fn connect_driven(
     mut config: tokio_postgres::Config,
     tls: Option<&UpstreamTls>,
+    notify: Option<tokio::sync::mpsc::UnboundedSender<()>>,
 ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     match tls {
         Some(t) => {
             config.ssl_mode(tokio_postgres::config::SslMode::Require);
             let (client, conn) = config.connect(t.clone()).await?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!("control connection ended: {e}");
-                }
-            });
+            tokio::spawn(drive(conn, notify));
             Ok(client)
         }
         None => {
             let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!("control connection ended: {e}");
-                }
-            });
+            tokio::spawn(drive(conn, notify));
             Ok(client)
+        }
+    }
+}
+
+/// Runs a connection until it ends, forwarding notifications when asked.
+async fn drive<S, T>(
+    mut conn: tokio_postgres::Connection<S, T>,
+    notify: Option<tokio::sync::mpsc::UnboundedSender<()>>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio_postgres::tls::TlsStream + Unpin,
+{
+    loop {
+        match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+            Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
+                if let Some(tx) = &notify {
+                    let _ = tx.send(());
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                tracing::debug!("control connection ended: {e}");
+                return;
+            }
+            None => return,
         }
     }
 }

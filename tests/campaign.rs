@@ -482,8 +482,8 @@ async fn generated_queries_match_the_masked_twin() {
             failures.pop();
         }
     }
-    // Poison control: the same generator's statements directly on `app` as support (unmasked).
-    let (d, dcap) = fx.direct("support", "app").await;
+    // Poison control: the same generator's statements directly on `app`, unmasked.
+    let (d, dcap) = fx.direct(RAW_ROLE, "app").await;
     let mut poison_mismatch = 0;
     let mut poison_canary = 0;
     let sample = 400.min(stmts.len());

@@ -119,11 +119,11 @@ async fn check_reports_file_line_and_reason() {
         "{text}"
     );
 
-    // What would block a forget job is reported too (here: the control role cannot update a
-    // subject table), as a warning: masking works regardless.
+    // What would block a forget job is reported too (here: the control role can read but not
+    // update a subject table), as a warning: masking works regardless.
     env.direct("postgres")
         .await
-        .batch_execute("CREATE TABLE public.loyalty (customer_id bigint, nickname text)")
+        .batch_execute("CREATE TABLE public.loyalty (customer_id bigint, nickname text); GRANT SELECT ON public.loyalty TO pgredact")
         .await
         .unwrap();
     std::fs::write(

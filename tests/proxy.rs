@@ -189,14 +189,41 @@ async fn writes_of_non_pii_pass_byte_for_byte_and_pii_writes_are_refused() {
         .await
         .unwrap();
     assert_ne!(raw, vec!["x@y.z"]);
-    // RETURNING * comes back masked.
+    // RETURNING * would return PII columns: refused, with the columns that may be listed.
+    let e = sol
+        .simple_query("UPDATE customers SET tier = 'gold' WHERE customer_id = 1 RETURNING *")
+        .await
+        .unwrap_err();
+    let d = e.as_db_error().expect("a database error");
+    assert_eq!(d.code().code(), "42501");
+    assert!(d.message().contains("RETURNING *"), "{}", d.message());
+    assert_eq!(
+        d.hint(),
+        Some("list the columns you need: RETURNING customer_id, city, country, tier, segment, lifetime_value, created_at, updated_at")
+    );
     let r = rows(
         &sol,
-        "UPDATE customers SET tier = 'gold' WHERE customer_id = 1 RETURNING *",
+        "UPDATE customers SET tier = 'gold' WHERE customer_id = 1 RETURNING customer_id, tier",
     )
     .await
     .unwrap();
-    assert!(r[0].contains("***@"), "{r:?}");
+    assert_eq!(r, vec!["1|gold"]);
+    // Straight to PostgreSQL, the same role meets the same wall: PostgreSQL's own privileges.
+    let direct = env.direct("solutions").await;
+    for sql in [
+        "UPDATE customers SET email = 'x@y.z' WHERE customer_id = 1",
+        "UPDATE customers SET tier = 'x' WHERE email LIKE 'd%'",
+        "INSERT INTO customers (customer_id, email) VALUES (99999, 'a@b.c')",
+        "SELECT email FROM customers LIMIT 1",
+        "UPDATE customers SET tier = 'gold' WHERE customer_id = 1 RETURNING *",
+    ] {
+        let e = direct.simple_query(sql).await.expect_err(sql);
+        assert_eq!(code(&e), "42501", "{sql}: {e}");
+    }
+    direct
+        .simple_query("UPDATE customers SET tier = 'gold' WHERE customer_id = 2")
+        .await
+        .expect("non-PII writes work directly too");
     // Session remains usable after refusals, inside and outside transactions.
     sol.simple_query("BEGIN").await.unwrap();
     assert!(sol
@@ -517,16 +544,44 @@ async fn ddl_is_seen_as_it_commits_and_prepared_statements_are_rechecked() {
     let r = s.query(&kept, &[&1i64]).await.expect("still bindable");
     assert!(r[0].get::<_, String>(0).contains("***@"));
     assert!(rows(&s, "EXECUTE kept_ps").await.unwrap()[0].contains("***@"));
-    // The table becomes a child of customers: the very next statement sees it masked, without
-    // waiting for a periodic refresh (the DDL watch reports it).
+    // The table becomes a child of customers. The DDL trigger revokes masked roles' access to
+    // its PII in the DDL's own transaction, so the very next statement gets masked data or a
+    // permission error, never raw data, whether or not pgredact's catalog caught up yet.
     su.batch_execute("ALTER TABLE late_people INHERIT customers")
+        .await
+        .unwrap();
+    match rows(&s, "SELECT email FROM late_people").await {
+        Ok(r) => assert_eq!(r, vec!["l***@example.com"]),
+        Err(e) => assert_eq!(code(&e), "42501", "{e}"),
+    }
+    let direct = env.direct("support").await;
+    assert_eq!(
+        code(
+            &direct
+                .simple_query("SELECT email FROM late_people")
+                .await
+                .unwrap_err()
+        ),
+        "42501",
+        "denied straight away by PostgreSQL"
+    );
+    assert_eq!(
+        rows(&direct, "SELECT email FROM pgredact_masked.late_people")
+            .await
+            .unwrap(),
+        vec!["l***@example.com"],
+        "its masking view was built in the same transaction"
+    );
+    // Once the catalog is current (the DDL trigger's NOTIFY asks for that), masked.
+    db.refresh_since(&env.shared, std::time::Instant::now())
         .await
         .unwrap();
     assert_eq!(
         rows(&s, "SELECT email FROM late_people").await.unwrap(),
         vec!["l***@example.com"]
     );
-    // Statements prepared before now read PII: they are refused, with a hint to prepare again.
+    // Statements prepared before now read PII: they are refused, with a hint to prepare again
+    // (or, with a stale catalog, PostgreSQL denies them).
     assert_refused(
         s.query(&stale, &[]).await,
         "decided before a change",
@@ -548,33 +603,76 @@ async fn ddl_is_seen_as_it_commits_and_prepared_statements_are_rechecked() {
     let again = s.prepare("SELECT email FROM late_people").await.unwrap();
     let r = s.query(&again, &[]).await.unwrap();
     assert_eq!(r[0].get::<_, String>(0), "l***@example.com");
-    // Without the DDL watch, pgredact cannot show its catalog is current: masked statements are
-    // refused (fail closed) until it is enabled again; unmasked sessions are unaffected.
+    // Without the DDL trigger, PostgreSQL would not lock down what becomes protected: masked
+    // statements are refused (fail closed) from the next check on (the periodic refresh notices),
+    // until it is enabled again; unmasked sessions are unaffected.
     su.batch_execute("ALTER EVENT TRIGGER pgredact_ddl DISABLE")
         .await
         .unwrap();
+    db.periodic_refresh(&env.shared).await.unwrap();
     assert_refused(
         s.simple_query("SELECT tier FROM customers LIMIT 1").await,
-        "DDL watch",
-        "no DDL watch",
+        "pgredact_ddl is missing or not enabled ALWAYS",
+        "no DDL trigger",
     );
     let dba = env.proxy("dba").await;
     assert_eq!(rows(&dba, "SELECT 1").await.unwrap(), vec!["1"]);
     su.batch_execute("ALTER EVENT TRIGGER pgredact_ddl ENABLE ALWAYS")
         .await
         .unwrap();
+    db.periodic_refresh(&env.shared).await.unwrap();
     assert_eq!(rows(&s, "SELECT 1").await.unwrap(), vec!["1"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revoking_membership_ends_an_open_unmasked_session_at_its_next_statement() {
-    let extra = "CREATE ROLE temp_dba LOGIN PASSWORD 'temp_dba'; GRANT pii_readers TO temp_dba; GRANT SELECT ON ALL TABLES IN SCHEMA public TO temp_dba;";
+async fn a_revoked_exemption_counts_from_the_next_statement_in_postgresql_itself() {
+    // temp_dba reads raw data through pii_readers only, and is also a support user.
+    let extra =
+        "CREATE ROLE temp_dba LOGIN PASSWORD 'temp_dba'; GRANT pii_readers, support TO temp_dba;";
     let env = start(
         pgredact::demo::EXAMPLE_POLICY,
         ClusterOptions::default(),
         extra,
     )
     .await;
+    let su = env.direct("postgres").await;
+    let t = env.proxy("temp_dba").await;
+    let raw = rows(&t, "SELECT email FROM customers WHERE customer_id = 1")
+        .await
+        .unwrap();
+    assert!(!raw[0].contains("***"), "unmasked before: {raw:?}");
+    su.batch_execute("REVOKE pii_readers FROM temp_dba")
+        .await
+        .unwrap();
+    // The unmasked session is a plain relay: PostgreSQL itself refuses the raw read.
+    let e = t
+        .simple_query("SELECT email FROM customers WHERE customer_id = 1")
+        .await
+        .expect_err("raw access is gone at the next statement");
+    assert_eq!(code(&e), "42501", "{e:?}");
+    assert_eq!(
+        rows(&t, "SELECT tier FROM customers WHERE customer_id = 1")
+            .await
+            .unwrap(),
+        vec!["silver"],
+        "what support may read still works"
+    );
+    // A new session of that role is masked.
+    let t2 = env.proxy("temp_dba").await;
+    let r = rows(&t2, "SELECT email FROM customers WHERE customer_id = 1")
+        .await
+        .unwrap();
+    assert!(r[0].contains("***@"), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_proxy_enforcement_revoking_membership_ends_an_open_unmasked_session() {
+    let extra = "CREATE ROLE temp_dba LOGIN PASSWORD 'temp_dba'; GRANT pii_readers TO temp_dba; GRANT SELECT ON ALL TABLES IN SCHEMA public TO temp_dba;";
+    let policy = format!(
+        "enforcement = \"proxy\"\n{}",
+        pgredact::demo::EXAMPLE_POLICY
+    );
+    let env = start(&policy, ClusterOptions::default(), extra).await;
     let su = env.direct("postgres").await;
     let t = env.proxy("temp_dba").await;
     let raw = rows(&t, "SELECT email FROM customers WHERE customer_id = 1")

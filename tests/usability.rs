@@ -8,7 +8,10 @@ mod support;
 use support::adv::*;
 
 /// Ordinary queries still refused or failing on main (skipped by the assertion, reported).
-const KNOWN_FAILING: &[(&str, &str)] = &[];
+const KNOWN_FAILING: &[(&str, &str)] = &[
+    ("usability-047", "CATALOG CHANNEL, no leak: information_schema.columns lists only the columns a role holds a privilege on, so support sees public.customers without its PII columns, and the masking view pgredact_masked.customers with all of them; psql \\d and other pg_attribute readers are unaffected. For the drivers issue"),
+    ("usability-080", "REFUSED BY DESIGN (for now): RETURNING * of a table with PII would return PII columns a masked role may not read, and PostgreSQL denies it too; the refusal's hint lists the columns to return. Exact masked RETURNING * is for the drivers issue"),
+];
 
 #[derive(Clone, Copy, PartialEq)]
 enum K {

@@ -7,7 +7,7 @@
 //! state and pipelining stay exact) and the server's error is swapped for the refusal.
 
 use super::frame::{self, ErrorFields, FrameError, FrameReader};
-use super::state::{DbState, Shared};
+use super::state::{lock, DbState, Shared};
 use crate::rewrite::{Decision, Refusal, REFUSAL_SQLSTATE};
 use crate::tls::{ClientStream, ServerStream, SplitStream};
 use bytes::{Bytes, BytesMut};
@@ -239,8 +239,19 @@ async fn unmasked_relay<C: SplitStream, S: SplitStream>(
     use tokio::io::AsyncReadExt;
     let (mut crd, mut cwr) = c.split_owned();
     let (mut srd, mut swr) = s.split_owned();
+    // Under database enforcement the exemption is a PostgreSQL privilege: a revoked membership
+    // counts from the next statement with no help from pgredact, and the relay is a plain copy.
+    // Under proxy enforcement pgredact re-checks it, per statement and periodically.
+    let proxy_enforced = db
+        .snapshot()
+        .policy
+        .as_deref()
+        .is_some_and(|p| p.enforcement == crate::policy::Enforcement::Proxy);
     let period = std::time::Duration::from_secs(shared.cfg.membership_recheck_secs.max(1));
     let watch = async {
+        if !proxy_enforced {
+            return std::future::pending().await;
+        }
         loop {
             tokio::time::sleep(period).await;
             if let Ok(false) = db.is_unmasked(shared, user).await {
@@ -248,9 +259,9 @@ async fn unmasked_relay<C: SplitStream, S: SplitStream>(
             }
         }
     };
-    let per_statement = shared.cfg.per_statement_membership;
+    let per_statement = shared.cfg.per_statement_membership && proxy_enforced;
     // Every reading from now on asks whether this role is still exempt.
-    let _tracked = db.track_unmasked(user);
+    let _tracked = proxy_enforced.then(|| db.track_unmasked(user));
     let upward = async {
         let mut buf = vec![0u8; 64 * 1024];
         // Bytes the client sent along with its authentication (a pipelined first statement) go
@@ -653,6 +664,21 @@ async fn masked_session<C: SplitStream, S: SplitStream>(
     let (srd, mut swr) = sstream.split_owned();
     let mut srd = FrameReader::with_buffer(srd, sbuf);
     let mut cwr = BufWriter::with_capacity(64 * 1024, cwr);
+    // Refused after authentication, so only a role of the database learns why (it could read
+    // the same grants in pg_catalog).
+    if let Some(why) = &db.snapshot().wall_refusal {
+        let mut out = BytesMut::new();
+        ErrorFields::new(
+            "FATAL",
+            REFUSAL_SQLSTATE,
+            &format!("pgredact: masked sessions are refused: {why}"),
+        )
+        .with(b'H', Some("`pgredact check` lists every violation; a policy may opt out with enforcement = \"proxy\", which is weaker (direct connections read raw data)"))
+        .encode(b'E', &mut out);
+        let _ = cwr.write_all(&out).await;
+        let _ = cwr.flush().await;
+        return;
+    }
     // Learn the session's search path on its own connection before the client gets control.
     let search_path = match session_search_path(&mut swr, &mut srd).await {
         Ok(p) => p,
@@ -1061,13 +1087,6 @@ fn close_statement(f: &[u8]) -> Result<Option<String>, FrameError> {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
-}
-
 /// What deciding a statement of this session needs.
 struct DecideCtx<'a> {
     shared: &'a Arc<Shared>,
@@ -1118,6 +1137,12 @@ async fn decide(
             }))
         }
     };
+    if let Some(why) = &snap.wall_refusal {
+        return Arc::new(Decision::Refuse(Refusal {
+            message: format!("pgredact: {why}"),
+            hint: None,
+        }));
+    }
     let (d, unknown) = snap.decide(sql, path_id, search_path);
     if !unknown {
         return d;

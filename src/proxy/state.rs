@@ -4,7 +4,7 @@
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::control::{Freshness, FRESHNESS_SQL};
-use crate::policy::{DatabasePolicy, PolicySet};
+use crate::policy::{DatabasePolicy, Enforcement, PolicySet};
 use crate::rewrite::{self, Decision, Protections, SessionCtx};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +33,9 @@ pub struct Shared {
 /// What masked sessions of one database consult for every statement.
 pub struct Snapshot {
     pub policy: Option<Arc<DatabasePolicy>>,
+    /// Why masked sessions are refused outright (the database fails the privilege check, or
+    /// pgredact_admin is missing), under `enforcement = "database"`.
+    pub wall_refusal: Option<String>,
     pub policy_version: u64,
     /// The catalog generation read before the catalog this snapshot was built from (None: the
     /// DDL watch was missing then).
@@ -61,6 +64,8 @@ pub struct DbState {
     /// `pgredact.protected_relations`: one that leaves the policy's reach while the policy still
     /// lists its table (renamed, moved, detached) stays refused.
     history: Mutex<HashMap<u32, String>>,
+    /// The wall's state at the last catalog read (None: intact).
+    wall: Mutex<Option<String>>,
     snapshot: RwLock<Arc<Snapshot>>,
     last_refresh: Mutex<Instant>,
 }
@@ -98,6 +103,9 @@ impl Shared {
         let mut c = tokio_postgres::Config::new();
         c.host(&u.host).port(u.port).user(&u.user).dbname(db);
         c.application_name("pgredact-control");
+        // Every name pgredact's own SQL uses resolves in pg_catalog (or is qualified), and
+        // format_type qualifies types outside it.
+        c.options("-c search_path=pg_catalog");
         if let Some(p) = self.cfg.upstream_password() {
             c.password(p);
         }
@@ -112,7 +120,31 @@ impl Shared {
         Ok(client)
     }
 
-    /// The state of database `db`, connecting and loading its catalog on first use.
+    /// A control connection that LISTENs on `channel`: the receiver gets one message per
+    /// notification and ends with the connection.
+    pub async fn control_listen(
+        &self,
+        db: &str,
+        channel: &str,
+    ) -> Result<(Client, tokio::sync::mpsc::UnboundedReceiver<()>), String> {
+        let u = &self.cfg.upstream;
+        let mut c = tokio_postgres::Config::new();
+        c.host(&u.host).port(u.port).user(&u.user).dbname(db);
+        c.application_name("pgredact-listen");
+        c.options("-c search_path=pg_catalog");
+        if let Some(p) = self.cfg.upstream_password() {
+            c.password(p);
+        }
+        let (client, rx) = crate::tls::pg_connect_notified(c, self.cfg.upstream_tls.as_ref())
+            .await
+            .map_err(|e| crate::tls::error_chain(&e))?;
+        client
+            .batch_execute(&format!("LISTEN {}", crate::policy::quote_ident(channel)))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((client, rx))
+    }
+
     /// Opens a session connection to PostgreSQL (with TLS when `[upstream] sslmode` asks).
     pub async fn upstream_connect(&self) -> Result<crate::tls::ServerStream, String> {
         let u = &self.cfg.upstream;
@@ -127,6 +159,7 @@ impl Shared {
         }
     }
 
+    /// The state of database `db`, connecting and loading its catalog on first use.
     pub async fn db(self: &Arc<Self>, db: &str) -> Result<Arc<DbState>, String> {
         let mut dbs = self.dbs.lock().await;
         if let Some(d) = dbs.get(db) {
@@ -134,12 +167,16 @@ impl Shared {
         }
         let client = self.control_connect(db).await?;
         let policy = self.policy_set().get(db);
-        if policy.as_ref().is_some_and(|p| p.uses_hash()) || policy.is_some() {
+        if policy.is_some() {
             let key = self.cfg.hash_key();
             if let Err(e) = crate::control::ensure(&client, key.as_deref()).await {
                 tracing::warn!("database {db}: could not install the pgredact control schema: {e}");
             }
         }
+        let wall_err = match &policy {
+            Some(p) => publish(&client, p, db).await,
+            None => None,
+        };
         let generation = read_generation(&client).await;
         let catalog = Catalog::load(&client)
             .await
@@ -160,6 +197,13 @@ impl Shared {
         let history =
             update_history(&client, set.get(db).as_deref(), &catalog, HashMap::new()).await;
         let formerly = formerly_protected(&history, set.get(db).as_deref(), &catalog);
+        let wall = match set.get(db) {
+            Some(p) => wall_status(&client, &p, &self.cfg.upstream.user, wall_err).await,
+            None => None,
+        };
+        if let Some(w) = &wall {
+            tracing::warn!("database {db}: masked sessions are refused: {w}");
+        }
         let st = Arc::new(DbState {
             name: db.to_string(),
             control: tokio::sync::Mutex::new(Some(client)),
@@ -172,12 +216,18 @@ impl Shared {
                 catalog.clone(),
                 generation,
                 &formerly,
+                wall.clone(),
             ))),
             catalog: RwLock::new((catalog, generation)),
             history: Mutex::new(history),
+            wall: Mutex::new(wall),
             last_refresh: Mutex::new(Instant::now()),
         });
         dbs.insert(db.to_string(), st.clone());
+        drop(dbs);
+        if set.get(db).is_some() {
+            tokio::spawn(listen_ddl(self.clone(), st.clone()));
+        }
         Ok(st)
     }
 
@@ -185,15 +235,21 @@ impl Shared {
         self.dbs.lock().await.values().cloned().collect()
     }
 
-    /// Installs a new policy set and rebuilds every database's snapshot.
+    /// Installs a new policy set: publishes it to every database (which rebuilds the masking
+    /// views and applies the privilege fixes), then re-reads each catalog.
     pub async fn set_policies(&self, set: PolicySet) {
         let set = Arc::new(set);
         match self.policies.write() {
             Ok(mut g) => *g = set.clone(),
             Err(p) => *p.into_inner() = set.clone(),
         }
+        // Each database keeps its current snapshot (old policy, its views) until the new one is
+        // published and read back, so no statement is refused in between.
         for d in self.all_dbs().await {
-            d.rebuild(&set);
+            if let Err(e) = d.refresh_with_publish(self, Instant::now()).await {
+                tracing::warn!("{e}");
+                d.rebuild(&set);
+            }
         }
     }
 }
@@ -205,6 +261,7 @@ pub fn build_snapshot(
     catalog: Arc<Catalog>,
     ddl_generation: Option<i64>,
     formerly: &HashMap<u32, String>,
+    wall_refusal: Option<String>,
 ) -> Snapshot {
     let prot = match &policy {
         Some(p) => Protections::build_with_history(p, catalog, formerly),
@@ -216,8 +273,13 @@ pub fn build_snapshot(
     for w in &prot.warnings {
         tracing::warn!("{w}");
     }
+    let wall_refusal = match policy.as_deref().map(|p| p.enforcement) {
+        Some(Enforcement::Database) => wall_refusal,
+        _ => None,
+    };
     Snapshot {
         policy,
+        wall_refusal,
         policy_version: version,
         ddl_generation,
         epoch: EPOCH.fetch_add(1, Ordering::Relaxed),
@@ -248,12 +310,14 @@ impl DbState {
             Ok(h) => formerly_protected(&h, policy.as_deref(), &catalog),
             Err(p) => formerly_protected(&p.into_inner(), policy.as_deref(), &catalog),
         };
+        let wall = lock(&self.wall).clone();
         let snap = Arc::new(build_snapshot(
             policy,
             set.version,
             catalog,
             generation,
             &formerly,
+            wall,
         ));
         match self.snapshot.write() {
             Ok(mut g) => *g = snap,
@@ -267,15 +331,68 @@ impl DbState {
         let now = Instant::now();
         if let Ok(f) = self.freshness_since(shared, now).await {
             if f.ddl_generation.is_some() && f.ddl_generation == self.snapshot().ddl_generation {
-                return Ok(());
+                // Role memberships and attributes fire no DDL trigger: the privilege check runs
+                // again anyway, and the snapshot changes only when its verdict does.
+                return self.recheck_wall(shared).await;
             }
         }
         self.refresh_since(shared, now).await
     }
 
+    /// Runs the privilege check again (under database enforcement) and rebuilds the snapshot
+    /// when its verdict changed.
+    async fn recheck_wall(&self, shared: &Shared) -> Result<(), String> {
+        let set = shared.policy_set();
+        let Some(policy) = set.get(&self.name) else {
+            return Ok(());
+        };
+        if policy.enforcement != Enforcement::Database {
+            return Ok(());
+        }
+        let guard = self.control.lock().await;
+        let Some(client) = guard.as_ref().filter(|c| !c.is_closed()) else {
+            drop(guard);
+            return self.refresh_since(shared, Instant::now()).await;
+        };
+        let wall = wall_status(client, &policy, &shared.cfg.upstream.user, None).await;
+        drop(guard);
+        if self.set_wall(wall) {
+            self.rebuild(&set);
+        }
+        Ok(())
+    }
+
+    /// Records the privilege check's verdict, logging it when it changed; returns whether it did.
+    fn set_wall(&self, wall: Option<String>) -> bool {
+        let mut cur = lock(&self.wall);
+        if *cur == wall {
+            return false;
+        }
+        match &wall {
+            Some(w) => tracing::warn!("database {}: masked sessions are refused: {w}", self.name),
+            None => tracing::info!("database {}: the privilege check passes", self.name),
+        }
+        *cur = wall;
+        true
+    }
+
     /// Makes sure the snapshot reflects the database as of `t0` or later: refreshes unless a
     /// refresh that started after `t0` already completed (concurrent callers share one load).
     pub async fn refresh_since(&self, shared: &Shared, t0: Instant) -> Result<(), String> {
+        self.refresh(shared, t0, false).await
+    }
+
+    /// `refresh_since`, publishing the policy to the database first (after a policy change).
+    pub async fn refresh_with_publish(&self, shared: &Shared, t0: Instant) -> Result<(), String> {
+        self.refresh(shared, t0, true).await
+    }
+
+    async fn refresh(
+        &self,
+        shared: &Shared,
+        t0: Instant,
+        publish_first: bool,
+    ) -> Result<(), String> {
         let mut guard = self.control.lock().await;
         let fresh = self.last_refresh.lock().map(|t| *t >= t0).unwrap_or(false);
         if fresh {
@@ -288,11 +405,32 @@ impl DbState {
         let Some(client) = guard.as_ref() else {
             return Err("no control connection".into());
         };
-        let generation = read_generation(client).await;
-        let cat = Catalog::load(client)
+        let set = shared.policy_set();
+        let policy = set.get(&self.name);
+        let mut wall_err = match (&policy, publish_first) {
+            (Some(p), true) => publish(client, p, &self.name).await,
+            _ => None,
+        };
+        let mut generation = read_generation(client).await;
+        let mut cat = Catalog::load(client)
             .await
             .map_err(|e| format!("catalog refresh of {:?} failed: {e}", self.name))?;
-        let set = shared.policy_set();
+        if let (Some(p), false) = (&policy, publish_first) {
+            // A relation became protected, or its columns changed, and the DDL trigger did not
+            // (yet) build its view: have the database build it now, then read the catalog again.
+            if Protections::build(p, Arc::new(cat.clone())).views_stale {
+                wall_err = publish(client, p, &self.name).await;
+                generation = read_generation(client).await;
+                cat = Catalog::load(client)
+                    .await
+                    .map_err(|e| format!("catalog refresh of {:?} failed: {e}", self.name))?;
+            }
+        }
+        let wall = match &policy {
+            Some(p) => wall_status(client, p, &shared.cfg.upstream.user, wall_err).await,
+            None => None,
+        };
+        self.set_wall(wall);
         let known = self.history.lock().map(|h| h.clone()).unwrap_or_default();
         let history = update_history(client, set.get(&self.name).as_deref(), &cat, known).await;
         if let Ok(mut h) = self.history.lock() {
@@ -391,8 +529,16 @@ impl DbState {
         shared: &Shared,
         t0: Instant,
     ) -> Result<Arc<Snapshot>, String> {
-        if !shared.cfg.per_statement_freshness {
-            return Ok(self.snapshot());
+        let snap = self.snapshot();
+        let proxy_enforced = snap
+            .policy
+            .as_deref()
+            .is_some_and(|p| p.enforcement == Enforcement::Proxy);
+        // Under database enforcement a stale decision cannot return raw data (PostgreSQL checks
+        // the privileges at every statement): the DDL trigger's notification refreshes the
+        // catalog, and no statement waits for a reading.
+        if !shared.cfg.per_statement_freshness || !proxy_enforced {
+            return Ok(snap);
         }
         let f = self.freshness_since(shared, t0).await?;
         let Some(generation) = f.ddl_generation else {
@@ -567,5 +713,103 @@ impl Snapshot {
             }
         }
         (d, out.unknown_names)
+    }
+}
+
+/// Locks a mutex, recovering the data of a poisoned one (a panicked holder cannot leave these
+/// maps half-written in a way that matters more than losing them).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// Publishes the policy to database `db` (see `crate::wall::publish`), logging what the
+/// database changed. Returns the error, if any, as the reason masked sessions are refused.
+async fn publish(client: &Client, policy: &DatabasePolicy, db: &str) -> Option<String> {
+    match crate::wall::publish(client, policy).await {
+        Ok(actions) => {
+            for a in actions {
+                tracing::info!("database {db}: {a}");
+            }
+            None
+        }
+        Err(e) => {
+            tracing::warn!("database {db}: {e}");
+            Some(e)
+        }
+    }
+}
+
+/// How many violations a refusal names.
+const VIOLATIONS_SHOWN: usize = 3;
+
+/// Why masked sessions of this database must be refused under database enforcement, or None.
+async fn wall_status(
+    client: &Client,
+    policy: &DatabasePolicy,
+    ctl: &str,
+    publish_error: Option<String>,
+) -> Option<String> {
+    if policy.enforcement == Enforcement::Proxy {
+        return None;
+    }
+    if let Some(e) = publish_error {
+        return Some(e);
+    }
+    let findings = match crate::wall::findings(client, policy, ctl).await {
+        Ok(f) => f,
+        Err(e) => {
+            return Some(format!(
+                "the privilege check could not run: {}",
+                crate::tls::error_chain(&e)
+            ))
+        }
+    };
+    let violations: Vec<String> = findings
+        .iter()
+        .filter(|f| f.severity == "violation")
+        .map(crate::wall::Finding::describe)
+        .collect();
+    if violations.is_empty() {
+        return None;
+    }
+    let mut msg = format!(
+        "database {:?} fails the privilege check, so PostgreSQL would not enforce the masks: {}",
+        policy.database,
+        violations[..violations.len().min(VIOLATIONS_SHOWN)].join("; ")
+    );
+    if violations.len() > VIOLATIONS_SHOWN {
+        msg.push_str(&format!(
+            "; and {} more (`pgredact check` lists them)",
+            violations.len() - VIOLATIONS_SHOWN
+        ));
+    }
+    msg.push_str("; a superuser must run the output of `pgredact setup-sql`");
+    Some(msg)
+}
+
+/// Refreshes the catalog of `db` when the DDL trigger says a DDL committed (LISTEN
+/// pgredact_ddl), so masked sessions see new masking views without waiting for the periodic
+/// refresh. Notifications that arrive during a refresh are served by the next one. Reconnects
+/// after errors; the periodic refresh is the backstop.
+async fn listen_ddl(shared: Arc<Shared>, db: Arc<DbState>) {
+    loop {
+        match shared.control_listen(&db.name, "pgredact_ddl").await {
+            Ok((_client, mut rx)) => {
+                while let Some(()) = rx.recv().await {
+                    while rx.try_recv().is_ok() {}
+                    if let Err(e) = db.refresh_since(&shared, Instant::now()).await {
+                        tracing::warn!("{e}");
+                    }
+                }
+            }
+            Err(e) => tracing::debug!("database {}: LISTEN failed: {e}", db.name),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(
+            shared.cfg.catalog_refresh_secs.max(1),
+        ))
+        .await;
     }
 }

@@ -790,7 +790,7 @@ impl<'a> State<'a> {
             _ => {}
         }
         if let Some(t) = &target {
-            self.rewrite_returning(s, t)?;
+            self.check_returning(s, t)?;
         }
         Ok(())
     }
@@ -862,21 +862,18 @@ impl<'a> State<'a> {
         Ok(())
     }
 
-    fn rewrite_returning(&mut self, s: &mut Statement, t: &Target) -> Result<(), Refusal> {
+    /// `RETURNING *` (or `t.*`) of a masked write target would return its PII columns, which a
+    /// masked role may not read (PostgreSQL denies it too): refused with the way out. Named PII
+    /// columns are refused by the `Checker`.
+    fn check_returning(&self, s: &Statement, t: &Target) -> Result<(), Refusal> {
         let returning = match s {
-            Statement::Insert(i) => i.returning.as_mut(),
-            Statement::Update(u) => u.returning.as_mut(),
-            Statement::Delete(d) => d.returning.as_mut(),
+            Statement::Insert(i) => i.returning.as_ref(),
+            Statement::Update(u) => u.returning.as_ref(),
+            Statement::Delete(d) => d.returning.as_ref(),
             _ => None,
         };
-        let Some(items) = returning else {
-            return Ok(());
-        };
-        let qualifier = t.names.first().cloned().unwrap_or_default();
-        let mut out = Vec::with_capacity(items.len());
-        let mut changed = false;
-        for it in items.drain(..) {
-            let whole = match &it {
+        for it in returning.into_iter().flatten() {
+            let whole = match it {
                 SelectItem::Wildcard(_) => true,
                 SelectItem::QualifiedWildcard(
                     SelectItemQualifiedWildcardKind::ObjectName(n),
@@ -887,18 +884,21 @@ impl<'a> State<'a> {
                 _ => false,
             };
             if whole {
-                let list = t.rel.masked_select_list(Some(&qualifier));
-                let q = parse_select_items(&list)
-                    .ok_or_else(|| Refusal::new("could not build the masked RETURNING list"))?;
-                out.extend(q);
-                changed = true;
-            } else {
-                out.push(it);
+                let plain: Vec<&str> = t
+                    .rel
+                    .columns
+                    .iter()
+                    .filter(|c| !t.rel.is_pii(c))
+                    .map(String::as_str)
+                    .collect();
+                return Err(Refusal::new(format!(
+                    "RETURNING * would return the PII columns of {}.{} ({}), which masked roles may not read",
+                    t.rel.schema,
+                    t.rel.name,
+                    t.rel.masks.keys().cloned().collect::<Vec<_>>().join(", ")
+                ))
+                .hint(format!("list the columns you need: RETURNING {}", plain.join(", "))));
             }
-        }
-        *items = out;
-        if changed {
-            self.changed = true;
         }
         Ok(())
     }
@@ -1070,9 +1070,11 @@ impl<'a> State<'a> {
                 .contains(&format!("{s}.{fname}"))
         };
         match schema {
-            Some(s) if s == crate::control::SCHEMA => Err(Refusal::new(format!(
-                "schema {s} belongs to pgredact and is not accessible to masked roles"
-            ))),
+            Some(s) if s == crate::control::SCHEMA || s == crate::wall::ADMIN_SCHEMA => {
+                Err(Refusal::new(format!(
+                    "schema {s} belongs to pgredact and is not accessible to masked roles"
+                )))
+            }
             Some(s) => {
                 if rules::is_system_schema(s) && rules::DENIED_FUNCTIONS.contains(&fname) {
                     return Err(denied());
@@ -1205,23 +1207,21 @@ impl<'a> State<'a> {
                 "this form of reading {name} (TABLESAMPLE or a non-PostgreSQL table modifier) is not supported for masked roles"
             )));
         }
-        let alias = alias.take().unwrap_or_else(|| TableAlias {
-            explicit: true,
-            name: Ident::with_quote('"', parts.last().cloned().unwrap_or_default()),
-            columns: vec![],
-            at: None,
-        });
-        let subquery = if only {
-            rel.derived_only.clone()
+        // The masking view under the original alias: everything above it sees masked values.
+        if alias.is_none() {
+            *alias = Some(TableAlias {
+                explicit: true,
+                name: Ident::with_quote('"', parts.last().cloned().unwrap_or_default()),
+                columns: vec![],
+                at: None,
+            });
+        }
+        *name = if only {
+            rel.only_view.clone()
         } else {
-            rel.derived.clone()
+            rel.view.clone()
         };
-        *tf = TableFactor::Derived {
-            lateral: false,
-            subquery,
-            alias: Some(alias),
-            sample: None,
-        };
+        *inheritance = None;
         self.expected_masked_refs += 1;
         self.changed = true;
         Ok(())
@@ -1561,14 +1561,6 @@ fn parse_query(sql: &str) -> Option<Query> {
     let mut stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
     match stmts.pop()? {
         Statement::Query(q) => Some(*q),
-        _ => None,
-    }
-}
-
-fn parse_select_items(list: &str) -> Option<Vec<SelectItem>> {
-    let q = parse_query(&format!("SELECT {list}"))?;
-    match *q.body {
-        sqlparser::ast::SetExpr::Select(s) => Some(s.projection),
         _ => None,
     }
 }

@@ -1,11 +1,9 @@
 //! What each relation means for a masked session, computed once per (policy, catalog) pair:
-//! masked (with its ready-made masking derived table) or refused (with the reason).
+//! masked (read through its masking view, see `crate::wall`) or refused (with the reason).
 
-use crate::catalog::{Catalog, Relation};
-use crate::policy::{mask_sql, quote_ident, DatabasePolicy, Mask};
-use sqlparser::ast::Query;
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
+use crate::catalog::{Catalog, MaskingView, Relation};
+use crate::policy::{DatabasePolicy, Mask};
+use sqlparser::ast::{Ident, ObjectName, ObjectNamePart};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -20,31 +18,23 @@ pub struct MaskedRel {
     pub masks: BTreeMap<String, (Mask, crate::policy::ColType)>,
     /// All columns in order.
     pub columns: Vec<String>,
-    /// `SELECT <masked columns> FROM schema.name` and the `FROM ONLY` variant.
-    pub derived: Box<Query>,
-    pub derived_only: Box<Query>,
+    /// The masking view that reads this relation (with its descendants), and the one that reads
+    /// `ONLY` this relation (the same view when it has no descendants).
+    pub view: ObjectName,
+    pub only_view: ObjectName,
 }
 
 impl MaskedRel {
     pub fn is_pii(&self, col: &str) -> bool {
         self.masks.contains_key(col)
     }
+}
 
-    /// The select list that masks every column, each column read through `qualifier.`.
-    pub fn masked_select_list(&self, qualifier: Option<&str>) -> String {
-        let q = |c: &str| match qualifier {
-            Some(a) => format!("{}.{}", quote_ident(a), quote_ident(c)),
-            None => quote_ident(c),
-        };
-        self.columns
-            .iter()
-            .map(|c| match self.masks.get(c) {
-                Some((m, ty)) => format!("{} AS {}", mask_sql(m, &q(c), ty), quote_ident(c)),
-                None => q(c),
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
+fn quoted_name(schema: &str, name: &str) -> ObjectName {
+    ObjectName(vec![
+        ObjectNamePart::Identifier(Ident::with_quote('"', schema)),
+        ObjectNamePart::Identifier(Ident::with_quote('"', name)),
+    ])
 }
 
 #[derive(Debug, Clone)]
@@ -70,6 +60,9 @@ pub struct Protections {
     pub parent_hazard: HashMap<u32, String>,
     /// Non-fatal problems found while building (policy columns missing from the table, ...).
     pub warnings: Vec<String>,
+    /// Some protected relation has no current masking view (it is refused until the database
+    /// builds one: `crate::wall::publish`).
+    pub views_stale: bool,
 }
 
 /// pg_catalog relations that hold data values, not schema.
@@ -105,18 +98,22 @@ impl Protections {
     ) -> Protections {
         let mut by_oid: HashMap<u32, Protection> = HashMap::new();
         let mut warnings = Vec::new();
+        let mut views_stale = false;
         let children = children_of(&catalog);
+        let fingerprint = policy.fingerprint();
         // 1. Policy tables and their descendants (partitions, inheritance children).
         walk_policy(policy, &catalog, |tp, root, r| {
             // A descendant with its own policy entry keeps its own masks.
             let own = policy.table(&r.schema, &r.name).is_some();
             if r.oid == root || !own {
-                let p = match masked_rel(r, tp, &mut warnings) {
-                    Some(m) => Protection::Mask(Arc::new(m)),
-                    None => Protection::Refuse(format!(
-                        "pgredact could not build the masking query for {}.{}",
-                        r.schema, r.name
-                    )),
+                let has_children = children.contains_key(&r.oid);
+                let p = match masked_rel(r, tp, &catalog, &fingerprint, has_children, &mut warnings)
+                {
+                    Ok(m) => Protection::Mask(Arc::new(m)),
+                    Err(why) => {
+                        views_stale = true;
+                        Protection::Refuse(format!("{}.{} {why}", r.schema, r.name))
+                    }
                 };
                 by_oid.insert(r.oid, p);
             }
@@ -153,7 +150,7 @@ impl Protections {
                     "{}.{} holds query texts with literal values",
                     r.schema, r.name
                 ))
-            } else if r.schema == crate::control::SCHEMA {
+            } else if r.schema == crate::control::SCHEMA || r.schema == crate::wall::ADMIN_SCHEMA {
                 Some(format!(
                     "{}.{} is pgredact's own control data",
                     r.schema, r.name
@@ -185,6 +182,10 @@ impl Protections {
                 let Some(v) = catalog.relations.get(view) else {
                     continue;
                 };
+                // pgredact's masking views read protected relations by design.
+                if crate::wall::is_masked_schema(&v.schema) {
+                    continue;
+                }
                 if let Some(src) = deps.iter().find(|d| by_oid.contains_key(d)) {
                     let src_name = catalog
                         .relations
@@ -280,6 +281,7 @@ impl Protections {
             }
         }
         sensitive_words.insert(crate::control::SCHEMA.to_string());
+        sensitive_words.insert(crate::wall::ADMIN_SCHEMA.to_string());
         Protections {
             by_oid,
             database: policy.database.clone(),
@@ -288,6 +290,7 @@ impl Protections {
             allowed_functions: policy.allowed_functions.iter().cloned().collect(),
             catalog,
             warnings,
+            views_stale,
         }
     }
 
@@ -348,8 +351,11 @@ pub fn policy_relations(policy: &DatabasePolicy, catalog: &Catalog) -> HashMap<u
 fn masked_rel(
     r: &Relation,
     tp: &crate::policy::TablePolicy,
+    catalog: &Catalog,
+    fingerprint: &str,
+    has_children: bool,
     warnings: &mut Vec<String>,
-) -> Option<MaskedRel> {
+) -> Result<MaskedRel, String> {
     let mut masks = BTreeMap::new();
     for (col, cp) in &tp.columns {
         match r.columns.iter().find(|c| &c.name == col) {
@@ -366,39 +372,85 @@ fn masked_rel(
     }
     let columns: Vec<String> = r.columns.iter().map(|c| c.name.clone()).collect();
     if columns.is_empty() {
-        return None;
+        return Err("has no columns pgredact can see".into());
     }
-    let mut m = MaskedRel {
+    let Some(mv) = catalog.masking_views.get(&r.oid) else {
+        return Err("has no masking view yet (a superuser must have run the output of `pgredact setup-sql`; pgredact then builds it)".into());
+    };
+    if mv.fingerprint.as_deref() != Some(fingerprint) {
+        return Err(match mv.fingerprint {
+            None => "has no masking view: the database could not build it (see the server log)".into(),
+            Some(_) => "has a masking view built from another version of the policy; pgredact is rebuilding it".into(),
+        });
+    }
+    let current = |name: &str| {
+        catalog
+            .lookup(&mv.schema, name)
+            .is_some_and(|v| v.kind == 'v' && v.columns == r.columns)
+    };
+    if !current(&mv.name) {
+        return Err(
+            "has a masking view that does not match its columns; pgredact is rebuilding it".into(),
+        );
+    }
+    let view = quoted_name(&mv.schema, &mv.name);
+    let only_view =
+        match (&mv.only, has_children) {
+            (_, false) => view.clone(),
+            (Some(o), true) if current(o) => quoted_name(&mv.schema, o),
+            _ => return Err(
+                "has descendants but no masking view of its own rows; pgredact is rebuilding it"
+                    .into(),
+            ),
+        };
+    Ok(MaskedRel {
         schema: r.schema.clone(),
         name: r.name.clone(),
         policy_table: tp.qualified(),
         masks,
         columns,
-        derived: Box::new(empty_query()),
-        derived_only: Box::new(empty_query()),
-    };
-    let list = m.masked_select_list(None);
-    let target = format!("{}.{}", quote_ident(&r.schema), quote_ident(&r.name));
-    m.derived = Box::new(parse_query(&format!("SELECT {list} FROM {target}"))?);
-    m.derived_only = Box::new(parse_query(&format!("SELECT {list} FROM ONLY {target}"))?);
-    Some(m)
+        view,
+        only_view,
+    })
 }
 
-/// Parses one of pgredact's own queries and checks that its display reads back identically
-/// (so splicing it into a displayed statement is faithful).
-fn parse_query(sql: &str) -> Option<Query> {
-    let mut stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
-    let q = match stmts.pop()? {
-        sqlparser::ast::Statement::Query(q) => *q,
-        _ => return None,
-    };
-    let again = Parser::parse_sql(&PostgreSqlDialect {}, &q.to_string()).ok()?;
-    match again.as_slice() {
-        [sqlparser::ast::Statement::Query(q2)] if **q2 == q => Some(q),
-        _ => None,
+/// Adds, for tests and benchmarks, the masking views the database would build for `policy`
+/// (as `pgredact_admin.sync()` names them), so `Protections::build` finds them current.
+#[doc(hidden)]
+pub fn fixture_masking_views(catalog: &mut Catalog, policy: &DatabasePolicy) {
+    let fp = policy.fingerprint();
+    let children = children_of(catalog);
+    let mut next = 1_000_000 + catalog.relations.len() as u32 * 10;
+    let mut add = Vec::new();
+    walk_policy(policy, catalog, |_, _, r| add.push(r.clone()));
+    for r in add {
+        let schema = if r.schema == "public" {
+            crate::wall::MASKED_SCHEMA.to_string()
+        } else {
+            format!("{}_{}", crate::wall::MASKED_SCHEMA, r.schema)
+        };
+        let only = children
+            .contains_key(&r.oid)
+            .then(|| format!("pgredact$only_{}", r.oid));
+        for name in std::iter::once(r.name.clone()).chain(only.clone()) {
+            next += 1;
+            catalog.add_relation(Relation {
+                oid: next,
+                schema: schema.clone(),
+                name,
+                kind: 'v',
+                columns: r.columns.clone(),
+            });
+            catalog.view_deps.insert(next, vec![r.oid]);
+        }
+        catalog.masking_views.insert(
+            r.oid,
+            MaskingView {
+                schema,
+                name: r.name.clone(),
+                only,
+                fingerprint: Some(fp.clone()),
+            },
+        );
     }
-}
-
-fn empty_query() -> Query {
-    parse_query("SELECT 1").unwrap_or_else(|| unreachable!("SELECT 1 parses"))
 }

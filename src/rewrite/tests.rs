@@ -146,7 +146,6 @@ pub(crate) fn fixture() -> Protections {
     }
     c.add_function_entry("public", "leak_fn", false);
     c.add_function_entry("public", "safe_fn", false);
-    c.add_function_entry("pgredact", "mask_hash", false);
     c.add_function_entry("pg_catalog", "sneaky_fn", false);
     c.risky_types.insert("zq_contact".into());
     c.user_operators.insert("===".into(), HashSet::from(['S']));
@@ -181,6 +180,7 @@ columns.Email = "redact"
         Path::new("t.toml"),
     )
     .unwrap();
+    crate::rewrite::protect::fixture_masking_views(&mut c, &pol);
     Protections::build(&pol, Arc::new(c))
 }
 
@@ -218,17 +218,30 @@ fn passes(sql: &str) {
     assert_eq!(run(sql).decision, Decision::Pass, "{sql}");
 }
 
+/// Whether `out` reads masked tables only through their masking views.
+fn reads_views_only(out: &str) -> bool {
+    let p = fixture();
+    let sp = path();
+    out.contains("\"pgredact_masked")
+        && Parser::new(&PostgreSqlDialect {})
+            .with_recursion_limit(RECURSION_LIMIT)
+            .try_with_sql(out)
+            .and_then(|mut p| p.parse_statements())
+            .unwrap_or_else(|e| panic!("{e}: {out}"))
+            .iter()
+            .all(|st| super::props::unmasked_refs(st, &p, &sp) == 0)
+}
+
 #[test]
 fn plain_select_is_masked_in_place() {
-    let out = rewritten("SELECT * FROM customers WHERE customer_id = 7");
-    assert!(
-        out.contains("FROM \"public\".\"customers\") AS \"customers\""),
-        "{out}"
+    assert_eq!(
+        rewritten("SELECT * FROM customers WHERE customer_id = 7"),
+        "SELECT * FROM \"pgredact_masked\".\"customers\" AS \"customers\" WHERE customer_id = 7"
     );
-    assert!(out.contains("AS \"email\""), "{out}");
-    assert!(out.contains("WHERE customer_id = 7"), "{out}");
-    // The derived table is the only reference to the table.
-    assert_eq!(out.matches("customers\"").count(), 2, "{out}");
+    assert_eq!(
+        rewritten("SELECT c.email FROM public.customers c"),
+        "SELECT c.email FROM \"pgredact_masked\".\"customers\" c"
+    );
 }
 
 #[test]
@@ -260,22 +273,34 @@ fn alias_and_positions() {
         "SELECT 1; SELECT email FROM customers",
     ] {
         let out = rewritten(sql);
-        assert!(out.contains("CASE WHEN") || out.contains("CAST(NULL"), "no mask in {out}");
+        assert!(reads_views_only(&out), "{sql} => {out}");
     }
 }
 
 #[test]
 fn only_and_children_and_quoted() {
-    assert!(
-        rewritten("SELECT * FROM ONLY customers").contains("FROM ONLY \"public\".\"customers\"")
+    // Without descendants, ONLY changes nothing: the one view.
+    assert_eq!(
+        rewritten("SELECT * FROM ONLY customers"),
+        "SELECT * FROM \"pgredact_masked\".\"customers\" AS \"customers\""
     );
-    let out = rewritten("SELECT * FROM customer_events_2024");
-    assert!(
-        out.contains("CAST(NULL AS inet) AS \"ip_address\""),
-        "{out}"
+    // With descendants, ONLY reads the view of the parent's own rows.
+    assert_eq!(
+        rewritten("SELECT * FROM ONLY customer_events e"),
+        "SELECT * FROM \"pgredact_masked\".\"pgredact$only_2\" e"
     );
-    let out = rewritten("SELECT * FROM crm.\"Contacts\"");
-    assert!(out.contains("'****'"), "{out}");
+    assert_eq!(
+        rewritten("SELECT * FROM customer_events"),
+        "SELECT * FROM \"pgredact_masked\".\"customer_events\" AS \"customer_events\""
+    );
+    assert_eq!(
+        rewritten("SELECT * FROM customer_events_2024"),
+        "SELECT * FROM \"pgredact_masked\".\"customer_events_2024\" AS \"customer_events_2024\""
+    );
+    assert_eq!(
+        rewritten("SELECT * FROM crm.\"Contacts\""),
+        "SELECT * FROM \"pgredact_masked_crm\".\"Contacts\" AS \"Contacts\""
+    );
     // Different case, quoted: a different (unknown) table, not the policy one.
     assert!(matches!(
         run("SELECT * FROM crm.contacts").decision,
@@ -285,10 +310,9 @@ fn only_and_children_and_quoted() {
 
 #[test]
 fn copy_table_to_becomes_query() {
-    let out = rewritten("COPY customers (customer_id, email) TO STDOUT WITH (FORMAT csv)");
-    assert!(
-        out.starts_with("COPY (SELECT customer_id, email FROM (SELECT"),
-        "{out}"
+    assert_eq!(
+        rewritten("COPY customers (customer_id, email) TO STDOUT WITH (FORMAT csv)"),
+        "COPY (SELECT customer_id, email FROM \"pgredact_masked\".\"customers\" AS \"customers\") TO STDOUT (FORMAT csv)"
     );
     assert!(refused("COPY customers TO '/tmp/x'").contains("file or program"));
     assert!(refused("COPY customers FROM STDIN").contains("without a column list"));
@@ -332,7 +356,7 @@ fn pii_writes_and_reads_in_writes_are_refused() {
         if want == "__rewritten__" {
             // reads of other masked tables in a write are masked, not refused
             let out = rewritten(sql);
-            assert!(out.contains("CASE WHEN"), "{out}");
+            assert!(reads_views_only(&out), "{out}");
             continue;
         }
         let m = refused(sql);
@@ -341,15 +365,23 @@ fn pii_writes_and_reads_in_writes_are_refused() {
 }
 
 #[test]
-fn returning_star_is_masked() {
-    let out = rewritten("UPDATE customers SET tier = 'x' WHERE customer_id = 1 RETURNING *");
-    assert!(
-        out.contains("RETURNING \"customers\".\"customer_id\""),
-        "{out}"
+fn returning_star_of_a_masked_target_is_refused_with_the_columns_to_list() {
+    let r = match run("UPDATE customers SET tier = 'x' WHERE customer_id = 1 RETURNING *").decision
+    {
+        Decision::Refuse(r) => r,
+        other => panic!("{other:?}"),
+    };
+    assert!(r.message.contains("RETURNING * would return the PII columns of public.customers (birth_date, email, first_name, phone)"), "{}", r.message);
+    assert_eq!(
+        r.hint.as_deref(),
+        Some("list the columns you need: RETURNING customer_id, tier")
     );
-    assert!(out.contains("AS \"email\""), "{out}");
-    let out = rewritten("DELETE FROM customers c WHERE customer_id = 1 RETURNING c.*");
-    assert!(out.contains("\"c\".\"email\""), "{out}");
+    assert!(
+        refused("DELETE FROM customers c WHERE customer_id = 1 RETURNING c.*")
+            .contains("RETURNING *")
+    );
+    passes("UPDATE customers SET tier = 'x' WHERE customer_id = 1 RETURNING customer_id, tier");
+    passes("UPDATE orders SET amount = 1 WHERE order_id = 1 RETURNING *");
 }
 
 #[test]
@@ -504,7 +536,7 @@ fn deep_nesting_is_parsed() {
     for _ in 0..40 {
         sql = format!("SELECT * FROM ({sql}) s");
     }
-    assert!(rewritten(&sql).contains("CASE WHEN"));
+    assert!(reads_views_only(&rewritten(&sql)));
 }
 
 #[test]
@@ -515,10 +547,14 @@ fn placeholders_survive() {
 
 #[test]
 fn table_statement_is_read_as_select_star() {
-    let out = rewritten("TABLE customers");
-    assert!(out.starts_with("SELECT * FROM (SELECT"), "{out}");
-    let out = rewritten("table only public.customers;");
-    assert!(out.contains("FROM ONLY"), "{out}");
+    assert_eq!(
+        rewritten("TABLE customers"),
+        "SELECT * FROM \"pgredact_masked\".\"customers\" AS \"customers\""
+    );
+    assert_eq!(
+        rewritten("table only public.customer_events;"),
+        "SELECT * FROM \"pgredact_masked\".\"pgredact$only_2\" AS \"customer_events\""
+    );
 }
 
 #[test]

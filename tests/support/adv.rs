@@ -97,9 +97,17 @@ SET client_min_messages = warning;
 DO $r$ BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'legacy') THEN CREATE ROLE legacy LOGIN PASSWORD 'legacy'; END IF;
   IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'zq_temp_reader') THEN CREATE ROLE zq_temp_reader LOGIN PASSWORD 'zq_temp_reader'; END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'zq_unmasked') THEN CREATE ROLE zq_unmasked LOGIN PASSWORD 'zq_unmasked'; END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'zq_unmasked_legacy') THEN CREATE ROLE zq_unmasked_legacy LOGIN PASSWORD 'zq_unmasked_legacy'; END IF;
 END $r$;
 ALTER ROLE legacy SET standard_conforming_strings = off;
-GRANT pii_readers TO zq_temp_reader;
+ALTER ROLE zq_unmasked_legacy SET standard_conforming_strings = off;
+GRANT pii_readers TO zq_unmasked_legacy;
+-- zq_temp_reader: raw access through pii_readers only, otherwise a support user.
+GRANT pii_readers, support TO zq_temp_reader;
+-- zq_unmasked: what the poison controls run as (sees raw data and every session's query).
+GRANT pii_readers, pg_read_all_stats TO zq_unmasked;
+-- A misconfiguration `pgredact setup-sql` removes: a masked role reading every query text.
 GRANT pg_read_all_stats TO support;
 
 INSERT INTO public.customers (customer_id, first_name, last_name, email, phone, address, city, country, birth_date, tier, segment, lifetime_value, created_at, updated_at) VALUES
@@ -198,13 +206,22 @@ CREATE FOREIGN TABLE public.zq_ft_child (customer_id bigint, email varchar(255))
 SELECT lo_from_bytea(77777, convert_to('{C_EMAIL}', 'UTF8'));
 GRANT SELECT ON LARGE OBJECT 77777 TO support;
 
-GRANT SELECT ON ALL TABLES IN SCHEMA public TO support, solutions, legacy, zq_temp_reader;
+GRANT SELECT ON ALL TABLES IN SCHEMA public TO support, solutions, legacy;
+GRANT ALL ON ALL TABLES IN SCHEMA public TO pii_readers;
+GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO pii_readers;
+GRANT SELECT ON LARGE OBJECT 77777 TO pii_readers;
 GRANT INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO solutions;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO solutions;
 ANALYZE public.customers, public.customer_events, public.orders, public.customer_history, public.zq_parted, public.zq_contacts, public.zq_base, public.zq_child;
 "#
     )
 }
+
+/// The role poison controls run as directly: unmasked, so without pgredact and without the
+/// database's wall the attacks must trip the oracles.
+pub const RAW_ROLE: &str = "zq_unmasked";
+/// The same, with `standard_conforming_strings = off` (for the attacks of role `legacy`).
+pub const RAW_LEGACY_ROLE: &str = "zq_unmasked_legacy";
 
 /// The whole fixture: the cluster with `app` behind the proxy, and the masked twin database.
 pub struct Fixture {
@@ -234,12 +251,16 @@ pub async fn setup() -> Fixture {
     .await
     .expect("fdw server");
     build_twin(&env).await;
+    // The twin's fixture granted the cluster-wide roles again: apply setup-sql once more, as a
+    // DBA would after changing grants.
+    let cfg = pgredact::config::Config::load(&env.dir.join("pgredact.toml")).expect("config");
+    super::apply_setup_sql(&env.cluster, &cfg).await;
     let canaries = Canaries::build(&app).await;
     Fixture { env, canaries }
 }
 
 /// Builds database `twin`: the same schema, data and fixture, then every policy column replaced
-/// by its mask (computed with pgredact's own `mask_sql`), as superuser.
+/// by its mask (computed with the reference implementation in `masks.rs`), as superuser.
 async fn build_twin(env: &Env) {
     let port = env.cluster.port;
     let fixture = fixture_sql();
@@ -284,7 +305,7 @@ async fn build_twin(env: &Env) {
             let q = pgredact::policy::quote_ident(col);
             sets.push(format!(
                 "{q} = {}",
-                pgredact::policy::mask_sql(&cp.mask, &q, &ty)
+                super::masks::mask_sql(&cp.mask, &q, &ty)
             ));
         }
         let sql = format!(

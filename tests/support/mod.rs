@@ -39,8 +39,14 @@ pub fn config_text(listen: &str, upstream_port: u16) -> String {
     )
 }
 
-/// Starts a cluster with the demo schema (plus `extra_sql` as superuser) and the proxy with `policy`.
+/// Starts a cluster with the demo schema (plus `extra_sql` as superuser), applies the output of
+/// `pgredact setup-sql` as a DBA would, and starts the proxy with `policy`.
 pub async fn start(policy: &str, opts: ClusterOptions, extra_sql: &str) -> Env {
+    start_with(policy, opts, extra_sql, true).await
+}
+
+/// `start`, optionally without running `setup-sql` (the database then fails the privilege check).
+pub async fn start_with(policy: &str, opts: ClusterOptions, extra_sql: &str, setup: bool) -> Env {
     set_env();
     let extra = extra_sql.to_string();
     let cluster = tokio::task::spawn_blocking(move || {
@@ -67,6 +73,9 @@ pub async fn start(policy: &str, opts: ClusterOptions, extra_sql: &str) -> Env {
     let cfg_path = dir.join("pgredact.toml");
     std::fs::write(&cfg_path, config_text("127.0.0.1:0", cluster.port)).expect("config");
     let cfg = Config::load(&cfg_path).expect("config loads");
+    if setup {
+        apply_setup_sql(&cluster, &cfg).await;
+    }
     let (listener, shared) = pgredact::proxy::bind(cfg).await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(pgredact::proxy::run(listener, shared.clone()));
@@ -76,6 +85,18 @@ pub async fn start(policy: &str, opts: ClusterOptions, extra_sql: &str) -> Env {
         dir,
         shared,
     }
+}
+
+/// Runs the output of `pgredact setup-sql` for database `app` as the superuser.
+pub async fn apply_setup_sql(cluster: &Cluster, cfg: &Config) {
+    let sql = pgredact::wall::setup_sql(cfg, Some(DB))
+        .await
+        .unwrap_or_else(|e| panic!("setup-sql: {e}"));
+    tokio::task::block_in_place(|| {
+        cluster
+            .superuser_psql(DB, &sql)
+            .unwrap_or_else(|e| panic!("running setup-sql: {e}\n{sql}"))
+    });
 }
 
 pub async fn start_default() -> Env {
@@ -217,4 +238,5 @@ pub async fn rows(c: &Client, sql: &str) -> Result<Vec<String>, tokio_postgres::
         .collect())
 }
 pub mod adv;
+pub mod masks;
 pub mod wire;

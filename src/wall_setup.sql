@@ -1,0 +1,385 @@
+-- pgredact: the superuser part of the wall, printed by `pgredact setup-sql` and run once per
+-- protected database by a superuser (again after upgrading pgredact). Idempotent.
+--
+-- Schema pgredact_admin belongs to the superuser running this: the control role (@CTL@) may
+-- use it and call pgredact_admin.enforce(), but cannot change anything in it, so no code the
+-- control role writes ever runs with superuser rights. The functions here read the policy
+-- (pgredact.policy, written by pgredact serve as data, never as SQL text) and the catalog, and
+-- they quote every name they put into a statement.
+SET client_min_messages = warning;
+CREATE SCHEMA IF NOT EXISTS pgredact AUTHORIZATION @CTL@;
+SET ROLE @CTL@;
+@CONTROL_OBJECTS@
+RESET ROLE;
+CREATE SCHEMA IF NOT EXISTS pgredact_admin;
+REVOKE ALL ON SCHEMA pgredact_admin FROM PUBLIC;
+GRANT USAGE ON SCHEMA pgredact_admin TO @CTL@;
+
+-- The masking views pgredact_admin.sync() built: which relation, where, and from which policy.
+CREATE TABLE IF NOT EXISTS pgredact_admin.masking_views (
+    relid oid PRIMARY KEY,
+    view_schema name NOT NULL,
+    view_name name NOT NULL,
+    only_view name,
+    fingerprint text,
+    body_md5 text
+);
+REVOKE ALL ON pgredact_admin.masking_views FROM PUBLIC;
+GRANT SELECT ON pgredact_admin.masking_views TO @CTL@;
+
+-- Table-level grants to masked roles that became column grants: a column added later that is
+-- not PII gets the same grant, so the conversion stays invisible to the grantee.
+CREATE TABLE IF NOT EXISTS pgredact_admin.converted_grants (
+    relid oid NOT NULL,
+    grantee text NOT NULL,
+    privilege text NOT NULL,
+    grantable boolean NOT NULL,
+    PRIMARY KEY (relid, grantee, privilege)
+);
+REVOKE ALL ON pgredact_admin.converted_grants FROM PUBLIC;
+
+-- A random token: pgredact_admin.enforce() sets it while it runs, so the DDL it issues does not
+-- start it again. Nobody but a superuser can read it, so nobody else can switch enforcement off.
+CREATE TABLE IF NOT EXISTS pgredact_admin.secret (id boolean PRIMARY KEY DEFAULT true CHECK (id), token text NOT NULL);
+REVOKE ALL ON pgredact_admin.secret FROM PUBLIC;
+INSERT INTO pgredact_admin.secret (token) VALUES (pg_catalog.gen_random_uuid()::text) ON CONFLICT (id) DO NOTHING;
+
+CREATE OR REPLACE FUNCTION pgredact_admin.wall_version() RETURNS integer LANGUAGE sql IMMUTABLE AS $f$ SELECT @VERSION@ $f$;
+REVOKE ALL ON FUNCTION pgredact_admin.wall_version() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pgredact_admin.wall_version() TO @CTL@;
+
+-- The masking expression of one column: column name, type, typmod and the mask (jsonb: kind and
+-- its options). NULL in gives NULL out, and the result keeps the column's type. Types are
+-- written as format_type prints them with search_path = pg_catalog (qualified outside it).
+CREATE OR REPLACE FUNCTION pgredact_admin.mask_expr(col name, typ oid, typmod integer, m jsonb)
+RETURNS text LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $f$
+DECLARE
+  t text := format_type(typ, typmod);
+  c text := quote_ident(col);
+  ct text := format('CAST(%s AS pg_catalog.text)', quote_ident(col));
+  base name;
+  cat "char";
+  kind text := m ->> 'kind';
+  kf integer := coalesce((m ->> 'keep_first')::integer, 0);
+  kl integer := coalesce((m ->> 'keep_last')::integer, 0);
+  -- The outer CAST keeps the type modifier too (a CASE would drop it).
+  guard text := format('CAST(CASE WHEN %s IS NULL THEN NULL ELSE %%s END AS %s)', c, t);
+  v text;
+BEGIN
+  SELECT bt.typname, bt.typcategory INTO base, cat
+  FROM pg_type ty JOIN pg_type bt ON bt.oid = CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END
+  WHERE ty.oid = typ;
+  CASE kind
+  WHEN 'null' THEN
+    RETURN format('CAST(NULL AS %s)', t);
+  WHEN 'redact' THEN
+    v := CASE WHEN cat = 'S' THEN '''****''' WHEN cat = 'N' THEN '0'
+              WHEN base = 'date' THEN '''1900-01-01'''
+              WHEN base IN ('timestamp', 'timestamptz') THEN '''1900-01-01 00:00''' END;
+    IF v IS NULL THEN RETURN format('CAST(NULL AS %s)', t); END IF;
+    RETURN format(guard, v);
+  WHEN 'constant' THEN
+    RETURN format(guard, quote_literal(m ->> 'value'));
+  WHEN 'email' THEN
+    RETURN format(guard, format(
+      'CASE WHEN pg_catalog.strpos(%1$s, ''@'') > 0 THEN pg_catalog.concat(pg_catalog.left(%1$s, 1), ''***@'', pg_catalog.substr(%1$s, pg_catalog.strpos(%1$s, ''@'') + 1)) ELSE ''****'' END', ct));
+  WHEN 'partial' THEN
+    RETURN format(guard, format(
+      'CASE WHEN pg_catalog.length(%1$s) <= %2$s THEN %3$s ELSE pg_catalog.concat(pg_catalog.left(%1$s, %4$s), %3$s, pg_catalog.right(%1$s, %5$s)) END',
+      ct, kf + kl, quote_literal(coalesce(m ->> 'padding', '****')), kf, kl));
+  WHEN 'hash' THEN
+    -- HMAC-SHA256 with the key only the control role (the view's owner) can read.
+    RETURN format(guard, format(
+      'pg_catalog.left(pg_catalog.encode(pg_catalog.sha256((SELECT k.opad FROM pgredact.hash_key k WHERE k.id) OPERATOR(pg_catalog.||) pg_catalog.sha256((SELECT k.ipad FROM pgredact.hash_key k WHERE k.id) OPERATOR(pg_catalog.||) pg_catalog.convert_to(%s, ''UTF8''))), ''hex''), 16)', ct));
+  WHEN 'year' THEN
+    IF base = 'date' THEN
+      RETURN format(guard, format('pg_catalog.date_trunc(''year'', CAST(%s AS pg_catalog.timestamp))', c));
+    END IF;
+    RETURN format(guard, format('pg_catalog.date_trunc(''year'', %s)', c));
+  ELSE
+    RAISE EXCEPTION 'pgredact: unknown mask kind %', kind;
+  END CASE;
+END
+$f$;
+
+REVOKE ALL ON FUNCTION pgredact_admin.mask_expr(name, oid, integer, jsonb) FROM PUBLIC;
+
+-- Everything that breaks the wall (see wall_violations.sql), for the stored policy.
+CREATE OR REPLACE FUNCTION pgredact_admin.violations()
+RETURNS TABLE (severity text, kind text, role text, object text, col text, privilege text, how text, fix text, auto boolean)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+DECLARE
+  s jsonb := (SELECT p.spec FROM pgredact.policy p WHERE p.id);
+  ctl name := (SELECT r.rolname FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner WHERE n.nspname = 'pgredact');
+BEGIN
+  IF s IS NULL THEN RETURN; END IF;
+  RETURN QUERY EXECUTE $violations$@VIOLATIONS@$violations$ USING s, ctl;
+END
+$f$;
+REVOKE ALL ON FUNCTION pgredact_admin.violations() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pgredact_admin.violations() TO @CTL@;
+
+-- Builds or updates the masking view of every protected relation: same column names, order and
+-- types, masked where the policy says, owned by the control role (so relation access inside is
+-- checked as that role), readable by exactly the roles that may read the relation. Drops the
+-- views of relations no longer protected. Returns what it did.
+CREATE OR REPLACE FUNCTION pgredact_admin.sync() RETURNS SETOF text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+DECLARE
+  s jsonb := (SELECT p.spec FROM pgredact.policy p WHERE p.id);
+  ctl name := (SELECT r.rolname FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner WHERE n.nspname = 'pgredact');
+  fp text := s ->> 'fingerprint';
+  r record;
+  g record;
+  vs name;
+  sel text;
+  body text;
+  only_name name;
+  cur pgredact_admin.masking_views;
+  built oid[] := '{}';
+  failed oid[] := '{}';
+  only_missing boolean;
+BEGIN
+  IF s IS NULL OR ctl IS NULL THEN RETURN; END IF;
+  PERFORM pg_advisory_xact_lock(7320452);
+  FOR r IN
+    WITH RECURSIVE spec AS (SELECT s AS j), @PROTECTED@
+    SELECT p.relid, t.tj, n.nspname, c.relname, c.relkind,
+           EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = p.relid) AS has_children
+    FROM prot p JOIN ptab t ON t.relid = p.policy_relid
+    JOIN pg_class c ON c.oid = p.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p')
+    ORDER BY n.nspname, c.relname
+  LOOP
+    vs := CASE WHEN r.nspname = 'public' THEN 'pgredact_masked' ELSE 'pgredact_masked_' || r.nspname END;
+    IF octet_length(vs) > 63 THEN
+      RAISE WARNING 'pgredact: schema name % is too long for its masking schema; %.% stays refused', r.nspname, r.nspname, r.relname;
+      CONTINUE;
+    END IF;
+    BEGIN
+      SELECT string_agg(CASE WHEN r.tj -> 'columns' ? a.attname
+                             THEN pgredact_admin.mask_expr(a.attname, a.atttypid, a.atttypmod, r.tj -> 'columns' -> a.attname) || ' AS ' || quote_ident(a.attname)
+                             ELSE quote_ident(a.attname) END, ', ' ORDER BY a.attnum)
+        INTO sel
+      FROM pg_attribute a WHERE a.attrelid = r.relid AND a.attnum > 0 AND NOT a.attisdropped;
+      IF sel IS NULL THEN CONTINUE; END IF;
+      body := format('SELECT %s FROM %I.%I', sel, r.nspname, r.relname);
+      only_name := CASE WHEN r.has_children THEN 'pgredact$only_' || r.relid::text END;
+      SELECT * INTO cur FROM pgredact_admin.masking_views m WHERE m.relid = r.relid;
+      only_missing := false;
+      IF only_name IS NOT NULL THEN
+        only_missing := to_regclass(format('%I.%I', vs, only_name)) IS NULL;
+      END IF;
+      IF cur.relid IS NULL OR cur.body_md5 IS DISTINCT FROM md5(body) OR cur.only_view IS DISTINCT FROM only_name
+         OR to_regclass(format('%I.%I', vs, r.relname)) IS NULL
+         OR only_missing THEN
+        IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = vs) THEN
+          EXECUTE format('CREATE SCHEMA %I AUTHORIZATION %I', vs, ctl);
+          EXECUTE format('GRANT USAGE ON SCHEMA %I TO PUBLIC', vs);
+        END IF;
+        -- The view's owner reads the relation: the control role needs SELECT on it (a new
+        -- partition does not inherit its parent's grants).
+        IF NOT has_table_privilege(ctl, r.relid, 'SELECT') THEN
+          EXECUTE format('GRANT SELECT ON %s TO %I', r.relid::regclass, ctl);
+        END IF;
+        PERFORM pgredact_admin.replace_view(vs, r.relname, body, ctl);
+        IF only_name IS NOT NULL THEN
+          PERFORM pgredact_admin.replace_view(vs, only_name, format('SELECT %s FROM ONLY %I.%I', sel, r.nspname, r.relname), ctl);
+        END IF;
+        RETURN NEXT format('masking view %I.%I built for %s', vs, r.relname, r.relid::regclass);
+      END IF;
+      INSERT INTO pgredact_admin.masking_views AS m (relid, view_schema, view_name, only_view, fingerprint, body_md5)
+      VALUES (r.relid, vs, r.relname, only_name, fp, md5(body))
+      ON CONFLICT (relid) DO UPDATE SET view_schema = EXCLUDED.view_schema, view_name = EXCLUDED.view_name,
+        only_view = EXCLUDED.only_view, fingerprint = EXCLUDED.fingerprint, body_md5 = EXCLUDED.body_md5
+      WHERE (m.view_schema, m.view_name, m.only_view, m.fingerprint, m.body_md5)
+            IS DISTINCT FROM (EXCLUDED.view_schema, EXCLUDED.view_name, EXCLUDED.only_view, EXCLUDED.fingerprint, EXCLUDED.body_md5);
+      -- Readers of the view: every role that holds SELECT on the relation or on one of its columns.
+      FOR g IN
+        WITH want AS (
+          SELECT DISTINCT acl.grantee FROM pg_class c, aclexplode(c.relacl) acl
+          WHERE c.oid = r.relid AND acl.privilege_type = 'SELECT' AND acl.grantee <> c.relowner
+          UNION
+          SELECT DISTINCT acl.grantee FROM pg_attribute a, aclexplode(a.attacl) acl
+          WHERE a.attrelid = r.relid AND a.attnum > 0 AND NOT a.attisdropped AND acl.privilege_type = 'SELECT'
+        ), views AS (
+          SELECT v.oid, v.relowner, v.relacl FROM pg_class v
+          WHERE v.oid IN (to_regclass(format('%I.%I', vs, r.relname)),
+                          CASE WHEN only_name IS NOT NULL THEN to_regclass(format('%I.%I', vs, only_name)) END)
+        ), have AS (
+          SELECT v.oid AS view, acl.grantee FROM views v, aclexplode(v.relacl) acl
+          WHERE acl.privilege_type = 'SELECT' AND acl.grantee <> v.relowner
+        )
+        SELECT 'GRANT' AS verb, v.oid AS view, w.grantee FROM views v CROSS JOIN want w
+        WHERE NOT EXISTS (SELECT 1 FROM have h WHERE h.view = v.oid AND h.grantee = w.grantee) AND w.grantee <> v.relowner
+        UNION ALL
+        SELECT 'REVOKE', h.view, h.grantee FROM have h WHERE NOT EXISTS (SELECT 1 FROM want w WHERE w.grantee = h.grantee)
+      LOOP
+        EXECUTE format('%s SELECT ON %s %s %s', g.verb, g.view::regclass,
+                       CASE g.verb WHEN 'GRANT' THEN 'TO' ELSE 'FROM' END,
+                       CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE quote_ident((SELECT rolname FROM pg_roles WHERE oid = g.grantee)) END);
+      END LOOP;
+      built := built || r.relid;
+    EXCEPTION WHEN OTHERS THEN
+      RAISE WARNING 'pgredact: could not build the masking view of %: %', r.relid::regclass, SQLERRM;
+      failed := failed || r.relid;
+    END;
+  END LOOP;
+  -- Views of relations that are no longer protected (or no longer exist), and of those whose
+  -- view could not be built: an old view may mask less than the policy now says. A failed one
+  -- keeps its entry, without fingerprint, so pgredact refuses it.
+  FOR r IN SELECT m.* FROM pgredact_admin.masking_views m WHERE m.relid <> ALL (built) LOOP
+    IF r.only_view IS NOT NULL THEN PERFORM pgredact_admin.drop_view(r.view_schema, r.only_view); END IF;
+    PERFORM pgredact_admin.drop_view(r.view_schema, r.view_name);
+    IF r.relid = ANY (failed) THEN
+      UPDATE pgredact_admin.masking_views SET fingerprint = NULL, body_md5 = NULL WHERE relid = r.relid;
+    ELSE
+      DELETE FROM pgredact_admin.masking_views WHERE relid = r.relid;
+    END IF;
+    RETURN NEXT format('masking view %I.%I dropped', r.view_schema, r.view_name);
+  END LOOP;
+END
+$f$;
+REVOKE ALL ON FUNCTION pgredact_admin.sync() FROM PUBLIC;
+
+-- CREATE OR REPLACE VIEW, or drop and create when the columns changed; owned by the control role.
+CREATE OR REPLACE FUNCTION pgredact_admin.replace_view(vs name, vn name, body text, ctl name) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $f$
+BEGIN
+  BEGIN
+    EXECUTE format('CREATE OR REPLACE VIEW %I.%I AS %s', vs, vn, body);
+  EXCEPTION WHEN invalid_table_definition OR feature_not_supported OR datatype_mismatch OR wrong_object_type THEN
+    PERFORM pgredact_admin.drop_view(vs, vn);
+    EXECUTE format('CREATE VIEW %I.%I AS %s', vs, vn, body);
+  END;
+  EXECUTE format('ALTER VIEW %I.%I OWNER TO %I', vs, vn, ctl);
+END
+$f$;
+REVOKE ALL ON FUNCTION pgredact_admin.replace_view(name, name, text, name) FROM PUBLIC;
+
+-- Drops a view, only in a masking schema.
+CREATE OR REPLACE FUNCTION pgredact_admin.drop_view(vs name, vn name) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $f$
+BEGIN
+  IF vs = 'pgredact_masked' OR vs LIKE 'pgredact\_masked\_%' THEN
+    EXECUTE format('DROP VIEW IF EXISTS %I.%I', vs, vn);
+  END IF;
+END
+$f$;
+REVOKE ALL ON FUNCTION pgredact_admin.drop_view(name, name) FROM PUBLIC;
+
+-- Applies every fix PostgreSQL lets a superuser make as the object's owner (table and column
+-- grants become grants without the PII columns; exposing views, rules, foreign tables, security
+-- definer routines and large objects are revoked from masked roles), then rebuilds the masking
+-- views. Returns what it did. Called by the DDL trigger, and by pgredact when its policy changes.
+CREATE OR REPLACE FUNCTION pgredact_admin.enforce() RETURNS SETOF text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+DECLARE
+  f record;
+  g record;
+  tok text := (SELECT token FROM pgredact_admin.secret);
+  prev text := current_setting('pgredact.enforcing', true);
+BEGIN
+  IF (SELECT p.spec FROM pgredact.policy p WHERE p.id) IS NULL THEN RETURN; END IF;
+  PERFORM pg_advisory_xact_lock(7320452);
+  PERFORM set_config('pgredact.enforcing', tok, true);
+  -- Under enforcement = "proxy" the DBA opted out: privileges stay as they are.
+  IF (SELECT p.spec ->> 'enforcement' FROM pgredact.policy p WHERE p.id) IS DISTINCT FROM 'proxy' THEN
+    FOR f IN SELECT DISTINCT v.fix FROM pgredact_admin.violations() v WHERE v.severity = 'fix' AND v.auto LOOP
+      EXECUTE f.fix;
+      RETURN NEXT f.fix;
+    END LOOP;
+    -- Converted grants reach the columns added since (those that are not PII).
+    FOR g IN
+      WITH RECURSIVE spec AS (SELECT (SELECT p.spec FROM pgredact.policy p WHERE p.id) AS j), @PROTECTED@,
+      pii AS (SELECT p.relid, k.col FROM prot p JOIN ptab t ON t.relid = p.policy_relid,
+                     jsonb_object_keys(t.tj -> 'columns') k(col)),
+      cg AS (SELECT c.*, CASE WHEN c.grantee = 'PUBLIC' THEN 0 ELSE r.oid END AS goid
+             FROM pgredact_admin.converted_grants c LEFT JOIN pg_roles r ON r.rolname = c.grantee
+             WHERE c.relid IN (SELECT relid FROM prot) AND (c.grantee = 'PUBLIC' OR r.oid IS NOT NULL))
+      SELECT cg.relid, cg.grantee, cg.privilege, cg.grantable,
+             string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) AS cols
+      FROM cg JOIN pg_attribute a ON a.attrelid = cg.relid AND a.attnum > 0 AND NOT a.attisdropped
+      WHERE NOT EXISTS (SELECT 1 FROM pii WHERE pii.relid = cg.relid AND pii.col = a.attname)
+        AND NOT EXISTS (SELECT 1 FROM aclexplode(a.attacl) x WHERE x.grantee = cg.goid AND x.privilege_type = cg.privilege)
+      GROUP BY cg.relid, cg.grantee, cg.privilege, cg.grantable
+    LOOP
+      EXECUTE format('GRANT %s (%s) ON %s TO %s%s', g.privilege, g.cols, g.relid::regclass,
+                     CASE WHEN g.grantee = 'PUBLIC' THEN 'PUBLIC' ELSE quote_ident(g.grantee) END,
+                     CASE WHEN g.grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+      RETURN NEXT format('columns %s of %s granted %s to %s (its table-level grant was converted)', g.cols, g.relid::regclass, g.privilege, g.grantee);
+    END LOOP;
+  END IF;
+  RETURN QUERY SELECT * FROM pgredact_admin.sync();
+  PERFORM set_config('pgredact.enforcing', coalesce(prev, ''), true);
+END
+$f$;
+REVOKE ALL ON FUNCTION pgredact_admin.enforce() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pgredact_admin.enforce() TO @CTL@;
+
+-- The DDL watch, at the end of every DDL command, in its transaction: counts it (the catalog
+-- generation pgredact reads), enforces the wall on what it changed, and wakes pgredact.
+CREATE OR REPLACE FUNCTION pgredact_admin.note_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+BEGIN
+  INSERT INTO pgredact.ddl_log (at) VALUES (now());
+  -- Only commands that can change who reads what (a CREATE INDEX cannot).
+  IF tg_tag IN ('GRANT', 'REVOKE', 'CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE',
+                'DROP TABLE', 'CREATE VIEW', 'ALTER VIEW', 'CREATE MATERIALIZED VIEW',
+                'ALTER MATERIALIZED VIEW', 'CREATE FUNCTION', 'ALTER FUNCTION', 'CREATE PROCEDURE',
+                'ALTER PROCEDURE', 'ALTER ROUTINE', 'CREATE RULE', 'CREATE FOREIGN TABLE',
+                'ALTER FOREIGN TABLE', 'IMPORT FOREIGN SCHEMA', 'ALTER DEFAULT PRIVILEGES',
+                'ALTER LARGE OBJECT', 'ALTER SCHEMA', 'CREATE SCHEMA')
+     AND current_setting('pgredact.enforcing', true) IS DISTINCT FROM (SELECT token FROM pgredact_admin.secret)
+     AND EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() c
+                 WHERE c.schema_name IS NULL OR c.schema_name NOT LIKE 'pg\_temp\_%') THEN
+    PERFORM pgredact_admin.enforce();
+  END IF;
+  PERFORM pg_notify('pgredact_ddl', '');
+END
+$f$;
+
+-- Before ALTER TABLE or DROP TABLE: drops the masking views of the relations the command names
+-- (found in its text; a name too many only costs a rebuild), so their columns can change; the end
+-- of the command rebuilds them. A view another object depends on is left, and PostgreSQL reports
+-- the dependency as it would for any view.
+CREATE OR REPLACE FUNCTION pgredact_admin.before_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+DECLARE
+  r record;
+  q text := lower(current_query());
+BEGIN
+  IF tg_tag NOT IN ('ALTER TABLE', 'DROP TABLE') THEN RETURN; END IF;
+  PERFORM set_config('pgredact.enforcing', (SELECT token FROM pgredact_admin.secret), true);
+  -- The relations named in the command, and their descendants (ALTER TABLE recurses to them).
+  FOR r IN
+    WITH RECURSIVE named AS (
+      SELECT m.relid FROM pgredact_admin.masking_views m JOIN pg_class c ON c.oid = m.relid
+      WHERE strpos(q, lower(c.relname)) > 0
+      UNION
+      SELECT i.inhrelid FROM named n JOIN pg_inherits i ON i.inhparent = n.relid
+    )
+    SELECT m.* FROM pgredact_admin.masking_views m WHERE m.relid IN (SELECT relid FROM named)
+  LOOP
+    BEGIN
+      IF r.only_view IS NOT NULL THEN PERFORM pgredact_admin.drop_view(r.view_schema, r.only_view); END IF;
+      PERFORM pgredact_admin.drop_view(r.view_schema, r.view_name);
+      UPDATE pgredact_admin.masking_views SET body_md5 = NULL WHERE relid = r.relid;
+    EXCEPTION WHEN dependent_objects_still_exist THEN
+      NULL;
+    END;
+  END LOOP;
+  PERFORM set_config('pgredact.enforcing', '', true);
+END
+$f$;
+
+REVOKE ALL ON FUNCTION pgredact_admin.note_ddl(), pgredact_admin.before_ddl() FROM PUBLIC;
+DROP EVENT TRIGGER IF EXISTS @DDL_TRIGGER@;
+CREATE EVENT TRIGGER @DDL_TRIGGER@ ON ddl_command_end EXECUTE FUNCTION pgredact_admin.note_ddl();
+ALTER EVENT TRIGGER @DDL_TRIGGER@ ENABLE ALWAYS;
+DROP EVENT TRIGGER IF EXISTS @DDL_TRIGGER@_start;
+CREATE EVENT TRIGGER @DDL_TRIGGER@_start ON ddl_command_start EXECUTE FUNCTION pgredact_admin.before_ddl();
+ALTER EVENT TRIGGER @DDL_TRIGGER@_start ENABLE ALWAYS;
+-- Earlier versions: the watch function and the hash function callable by every role.
+DROP FUNCTION IF EXISTS pgredact.note_ddl();
+DROP FUNCTION IF EXISTS pgredact.mask_hash(text);
