@@ -224,6 +224,50 @@ fn words(sql: &str) -> impl Iterator<Item = String> + '_ {
         .map(|w| truncate_ident(w.to_lowercase()))
 }
 
+/// A replacement of the client's text: the span of a relation name, and what replaces it.
+struct Splice {
+    span: sqlparser::tokenizer::Span,
+    text: String,
+}
+
+/// The text with every splice applied, or None when a span cannot be placed (then the caller
+/// sends the parsed statement's own text instead).
+fn splice(sql: &str, splices: &[Splice]) -> Option<String> {
+    use sqlparser::tokenizer::Location;
+    let line_starts: Vec<usize> = std::iter::once(0)
+        .chain(sql.match_indices('\n').map(|(i, _)| i + 1))
+        .collect();
+    // Location: 1-based line, 1-based column counted in characters.
+    let offset = |loc: Location| -> Option<usize> {
+        let start = *line_starts.get(usize::try_from(loc.line).ok()?.checked_sub(1)?)?;
+        let col = usize::try_from(loc.column).ok()?.checked_sub(1)?;
+        let line = &sql[start..];
+        let line = &line[..line.find('\n').unwrap_or(line.len())];
+        match line.char_indices().nth(col) {
+            Some((i, _)) => Some(start + i),
+            None if line.chars().count() == col => Some(start + line.len()),
+            None => None,
+        }
+    };
+    let mut ranges: Vec<(usize, usize, &str)> = splices
+        .iter()
+        .map(|s| Some((offset(s.span.start)?, offset(s.span.end)?, s.text.as_str())))
+        .collect::<Option<_>>()?;
+    ranges.sort_by_key(|r| r.0);
+    let mut out = String::with_capacity(sql.len() + 64 * ranges.len());
+    let mut at = 0;
+    for (a, b, text) in ranges {
+        if a < at || b <= a {
+            return None;
+        }
+        out.push_str(&sql[at..a]);
+        out.push_str(text);
+        at = b;
+    }
+    out.push_str(&sql[at..]);
+    Some(out)
+}
+
 /// The write target of an INSERT/UPDATE/DELETE on a masked relation.
 struct Target {
     names: Vec<String>,
@@ -236,6 +280,11 @@ struct State<'a> {
     ctx: &'a SessionCtx<'a>,
     unknown: bool,
     changed: bool,
+    /// Every change is a relation name replaced by its masking view (plus an alias where there
+    /// was none): the client's own text can be sent with those spans replaced.
+    splices: Vec<Splice>,
+    /// Some change cannot be expressed as a splice of the client's text.
+    splice_ok: bool,
     /// Masked-relation references we replaced by derived tables or approved as write targets.
     expected_masked_refs: usize,
     /// Lower-case names seen in relation or function position (for the lexical cross-check).
@@ -258,6 +307,8 @@ impl<'a> State<'a> {
             ctx,
             unknown: false,
             changed: false,
+            splices: Vec::new(),
+            splice_ok: true,
             expected_masked_refs: 0,
             analyzed: HashMap::new(),
             extra_sensitive: HashSet::new(),
@@ -278,12 +329,15 @@ impl<'a> State<'a> {
                 .try_with_sql(text)
                 .and_then(|mut p| p.parse_statements())
         };
+        let mut source = std::borrow::Cow::Borrowed(sql);
         let mut parsed = parse(sql);
         if parsed.is_err() {
             // `TABLE name` (sqlparser does not read it) is exactly `SELECT * FROM name`.
             if let Some(rest) = table_statement(sql) {
-                parsed = parse(&format!("SELECT * FROM {rest}"));
+                source = std::borrow::Cow::Owned(format!("SELECT * FROM {rest}"));
+                parsed = parse(&source);
                 self.changed = true;
+                self.splice_ok = false;
             }
         }
         let mut stmts = match parsed {
@@ -302,8 +356,6 @@ impl<'a> State<'a> {
             self.count_names(s);
             structure_check(s)?;
         }
-        // The client's statements as parsed, before any substitution (for the fidelity checks).
-        let original = stmts.clone();
         for s in &mut stmts {
             self.statement(s)?;
         }
@@ -313,6 +365,13 @@ impl<'a> State<'a> {
         }
         let verbatim_ok = self.lexically_explained(sql)
             && (self.expected_masked_refs == 0 || lexically_plain(sql));
+        if verbatim_ok && self.changed && self.splice_ok {
+            // The client's text with each masked relation's name replaced by its masking view:
+            // PostgreSQL runs exactly what was parsed and checked, in the client's own words.
+            if let Some(text) = splice(sql, &self.splices) {
+                return Ok(Decision::Rewrite(text));
+            }
+        }
         if self.changed || !verbatim_ok {
             let text = stmts
                 .iter()
@@ -321,7 +380,10 @@ impl<'a> State<'a> {
                 .join(";\n");
             // PostgreSQL will run the displayed text: the client's part of it must read back as
             // exactly what was checked, and name nothing sensitive outside analysed positions.
-            // (The derived tables spliced in are pgredact's own SQL, verified when built.)
+            // (The masking view names put in are pgredact's own.)
+            let original = parse(&source).map_err(|e| {
+                Refusal::new(format!("statement refused: it no longer parses ({e})"))
+            })?;
             let text0 = original
                 .iter()
                 .map(|s| s.to_string())
@@ -406,14 +468,54 @@ impl<'a> State<'a> {
                 ControlFlow::Continue(())
             }
             fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
-                if let Expr::Function(f) = e {
-                    self.0.note_name(&f.name);
+                match e {
+                    Expr::Function(f) => self.0.note_name(&f.name),
+                    // Qualifiers name FROM items, which are analysed where they are defined.
+                    Expr::CompoundIdentifier(ids) => {
+                        for i in &ids[..ids.len().saturating_sub(1)] {
+                            *self.0.analyzed.entry(i.value.to_lowercase()).or_default() += 1;
+                        }
+                    }
+                    Expr::QualifiedWildcard(n, _) => {
+                        for p in &n.0 {
+                            if let ObjectNamePart::Identifier(i) = p {
+                                *self.0.analyzed.entry(i.value.to_lowercase()).or_default() += 1;
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+                ControlFlow::Continue(())
+            }
+            fn pre_visit_select(&mut self, s: &Select) -> ControlFlow<()> {
+                for it in &s.projection {
+                    if let SelectItem::QualifiedWildcard(
+                        SelectItemQualifiedWildcardKind::ObjectName(n),
+                        _,
+                    ) = it
+                    {
+                        for p in &n.0 {
+                            if let ObjectNamePart::Identifier(i) = p {
+                                *self.0.analyzed.entry(i.value.to_lowercase()).or_default() += 1;
+                            }
+                        }
+                    }
                 }
                 ControlFlow::Continue(())
             }
             fn pre_visit_table_factor(&mut self, tf: &TableFactor) -> ControlFlow<()> {
-                if let TableFactor::Function { name, .. } = tf {
-                    self.0.note_name(name);
+                match tf {
+                    TableFactor::Function { name, .. } => self.0.note_name(name),
+                    // An alias named like a protected relation is a FROM item's name.
+                    TableFactor::Table { alias: Some(a), .. }
+                    | TableFactor::Derived { alias: Some(a), .. } => {
+                        *self
+                            .0
+                            .analyzed
+                            .entry(a.name.value.to_lowercase())
+                            .or_default() += 1;
+                    }
+                    _ => {}
                 }
                 ControlFlow::Continue(())
             }
@@ -950,6 +1052,7 @@ impl<'a> State<'a> {
                             self.substitute(&mut q, None)?;
                             *source = CopySource::Query(Box::new(q));
                             self.changed = true;
+                            self.splice_ok = false;
                         }
                     }
                 }
@@ -1208,19 +1311,44 @@ impl<'a> State<'a> {
             )));
         }
         // The masking view under the original alias: everything above it sees masked values.
-        if alias.is_none() {
-            *alias = Some(TableAlias {
-                explicit: true,
-                name: Ident::with_quote('"', parts.last().cloned().unwrap_or_default()),
-                columns: vec![],
-                at: None,
-            });
-        }
-        *name = if only {
+        let view = if only {
             rel.only_view.clone()
         } else {
             rel.view.clone()
         };
+        let added_alias = if alias.is_none() {
+            let a = Ident::with_quote('"', parts.last().cloned().unwrap_or_default());
+            *alias = Some(TableAlias {
+                explicit: true,
+                name: a.clone(),
+                columns: vec![],
+                at: None,
+            });
+            Some(a)
+        } else {
+            None
+        };
+        // `name*` and `ONLY (name)` without an alias have no place to splice an alias into.
+        let splicable = match inheritance {
+            Some(TableInheritance::IncludeDescendants) => false,
+            Some(TableInheritance::Only { parenthesized }) => {
+                !*parenthesized || added_alias.is_none()
+            }
+            None => true,
+        };
+        if splicable {
+            let span = sqlparser::ast::Spanned::span(&*name);
+            self.splices.push(Splice {
+                span,
+                text: match added_alias {
+                    Some(a) => format!("{view} AS {a}"),
+                    None => view.to_string(),
+                },
+            });
+        } else {
+            self.splice_ok = false;
+        }
+        *name = view;
         *inheritance = None;
         self.expected_masked_refs += 1;
         self.changed = true;

@@ -245,6 +245,22 @@ fn plain_select_is_masked_in_place() {
 }
 
 #[test]
+fn substitution_keeps_the_clients_text() {
+    assert_eq!(
+        rewritten("SELECT c.email /* note */ FROM public . customers c\nWHERE c.tier = 'é' -- end"),
+        "SELECT c.email /* note */ FROM \"pgredact_masked\".\"customers\" c\nWHERE c.tier = 'é' -- end"
+    );
+    assert_eq!(
+        rewritten("select 'ü', customers.tier from\n\t\"customers\" join orders using (customer_id), customers x"),
+        "select 'ü', customers.tier from\n\t\"pgredact_masked\".\"customers\" AS \"customers\" join orders using (customer_id), \"pgredact_masked\".\"customers\" x"
+    );
+    assert_eq!(
+        rewritten("SELECT 1;\n  SELECT email FROM customers WHERE customer_id = $1"),
+        "SELECT 1;\n  SELECT email FROM \"pgredact_masked\".\"customers\" AS \"customers\" WHERE customer_id = $1"
+    );
+}
+
+#[test]
 fn alias_and_positions() {
     for sql in [
         "SELECT c.email FROM customers c",
@@ -279,15 +295,24 @@ fn alias_and_positions() {
 
 #[test]
 fn only_and_children_and_quoted() {
-    // Without descendants, ONLY changes nothing: the one view.
+    // Without descendants, ONLY changes nothing: the one view (ONLY on a view is a no-op).
     assert_eq!(
         rewritten("SELECT * FROM ONLY customers"),
-        "SELECT * FROM \"pgredact_masked\".\"customers\" AS \"customers\""
+        "SELECT * FROM ONLY \"pgredact_masked\".\"customers\" AS \"customers\""
     );
     // With descendants, ONLY reads the view of the parent's own rows.
     assert_eq!(
         rewritten("SELECT * FROM ONLY customer_events e"),
-        "SELECT * FROM \"pgredact_masked\".\"pgredact$only_2\" e"
+        "SELECT * FROM ONLY \"pgredact_masked\".\"pgredact$only_2\" e"
+    );
+    // Where no alias can be spliced in, the parsed statement is sent.
+    assert_eq!(
+        rewritten("SELECT * FROM ONLY (customer_events)"),
+        "SELECT * FROM \"pgredact_masked\".\"pgredact$only_2\" AS \"customer_events\""
+    );
+    assert_eq!(
+        rewritten("SELECT * FROM customer_events*"),
+        "SELECT * FROM \"pgredact_masked\".\"customer_events\" AS \"customer_events\""
     );
     assert_eq!(
         rewritten("SELECT * FROM customer_events"),
