@@ -51,12 +51,13 @@ GRANT EXECUTE ON FUNCTION pgredact_admin.wall_version() TO @CTL@;
 -- The masking expression of one column: column name, type, typmod and the mask (jsonb: kind and
 -- its options). NULL in gives NULL out, and the result keeps the column's type. Types are
 -- written as format_type prints them with search_path = pg_catalog (qualified outside it).
+-- Columns are read through the alias r, the key through k (see sync()).
 CREATE OR REPLACE FUNCTION pgredact_admin.mask_expr(col name, typ oid, typmod integer, m jsonb)
 RETURNS text LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $f$
 DECLARE
   t text := format_type(typ, typmod);
-  c text := quote_ident(col);
-  ct text := format('CAST(%s AS pg_catalog.text)', quote_ident(col));
+  c text := 'r.' || quote_ident(col);
+  ct text := format('CAST(r.%s AS pg_catalog.text)', quote_ident(col));
   base name;
   cat "char";
   kind text := m ->> 'kind';
@@ -88,9 +89,9 @@ BEGIN
       'CASE WHEN pg_catalog.length(%1$s) <= %2$s THEN %3$s ELSE pg_catalog.concat(pg_catalog.left(%1$s, %4$s), %3$s, pg_catalog.right(%1$s, %5$s)) END',
       ct, kf + kl, quote_literal(coalesce(m ->> 'padding', '****')), kf, kl));
   WHEN 'hash' THEN
-    -- HMAC-SHA256 with the key only the control role (the view's owner) can read.
+    -- HMAC-SHA256 with the key only the control role (the view's owner) can read (joined as k).
     RETURN format(guard, format(
-      'pg_catalog.left(pg_catalog.encode(pg_catalog.sha256((SELECT k.opad FROM pgredact.hash_key k WHERE k.id) OPERATOR(pg_catalog.||) pg_catalog.sha256((SELECT k.ipad FROM pgredact.hash_key k WHERE k.id) OPERATOR(pg_catalog.||) pg_catalog.convert_to(%s, ''UTF8''))), ''hex''), 16)', ct));
+      'pg_catalog.left(pg_catalog.encode(pg_catalog.sha256(k.opad OPERATOR(pg_catalog.||) pg_catalog.sha256(k.ipad OPERATOR(pg_catalog.||) pg_catalog.convert_to(%s, ''UTF8''))), ''hex''), 16)', ct));
   WHEN 'year' THEN
     IF base = 'date' THEN
       RETURN format(guard, format('pg_catalog.date_trunc(''year'', CAST(%s AS pg_catalog.timestamp))', c));
@@ -139,6 +140,8 @@ DECLARE
   built oid[] := '{}';
   failed oid[] := '{}';
   only_missing boolean;
+  uses_key boolean;
+  joined text;
 BEGIN
   IF s IS NULL OR ctl IS NULL THEN RETURN; END IF;
   PERFORM pg_advisory_xact_lock(7320452);
@@ -159,11 +162,15 @@ BEGIN
     BEGIN
       SELECT string_agg(CASE WHEN r.tj -> 'columns' ? a.attname
                              THEN pgredact_admin.mask_expr(a.attname, a.atttypid, a.atttypmod, r.tj -> 'columns' -> a.attname) || ' AS ' || quote_ident(a.attname)
-                             ELSE quote_ident(a.attname) END, ', ' ORDER BY a.attnum)
-        INTO sel
+                             ELSE 'r.' || quote_ident(a.attname) END, ', ' ORDER BY a.attnum),
+             bool_or(r.tj -> 'columns' -> a.attname ->> 'kind' = 'hash')
+        INTO sel, uses_key
       FROM pg_attribute a WHERE a.attrelid = r.relid AND a.attnum > 0 AND NOT a.attisdropped;
       IF sel IS NULL THEN CONTINUE; END IF;
-      body := format('SELECT %s FROM %I.%I', sel, r.nspname, r.relname);
+      -- The key is joined (a one-row table), only where a hash mask needs it: cheaper to plan
+      -- and run than a subquery per use.
+      joined := CASE WHEN uses_key THEN ' AS r LEFT JOIN pgredact.hash_key AS k ON k.id' ELSE ' AS r' END;
+      body := format('SELECT %s FROM %I.%I', sel, r.nspname, r.relname) || joined;
       only_name := CASE WHEN r.has_children THEN 'pgredact$only_' || r.relid::text END;
       SELECT * INTO cur FROM pgredact_admin.masking_views m WHERE m.relid = r.relid;
       only_missing := false;
@@ -184,7 +191,7 @@ BEGIN
         END IF;
         PERFORM pgredact_admin.replace_view(vs, r.relname, body, ctl);
         IF only_name IS NOT NULL THEN
-          PERFORM pgredact_admin.replace_view(vs, only_name, format('SELECT %s FROM ONLY %I.%I', sel, r.nspname, r.relname), ctl);
+          PERFORM pgredact_admin.replace_view(vs, only_name, format('SELECT %s FROM ONLY %I.%I', sel, r.nspname, r.relname) || joined, ctl);
         END IF;
         RETURN NEXT format('masking view %I.%I built for %s', vs, r.relname, r.relid::regclass);
       END IF;
