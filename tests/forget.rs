@@ -1075,3 +1075,223 @@ fn config_errors_are_clear() {
         .unwrap_err();
     assert!(err.contains("nothing to forget"), "{err}");
 }
+
+/// `customer_history` becomes a partitioned table (two partitions); `customer_notes` gets an
+/// inheritance child. Both are policy tables; the partitions and the child are not listed.
+const TREE_SETUP: &str = r#"
+ALTER TABLE public.customer_history RENAME TO customer_history_flat;
+CREATE TABLE public.customer_history (
+    history_id bigint NOT NULL, customer_id bigint, changed_at timestamptz NOT NULL,
+    email varchar(255), phone text, address text
+) PARTITION BY RANGE (changed_at);
+CREATE TABLE public.customer_history_2023 PARTITION OF public.customer_history
+    FOR VALUES FROM ('2023-01-01') TO ('2024-01-01');
+CREATE TABLE public.customer_history_other PARTITION OF public.customer_history DEFAULT;
+CREATE INDEX ON public.customer_history (customer_id);
+INSERT INTO public.customer_history SELECT * FROM public.customer_history_flat;
+DROP TABLE public.customer_history_flat;
+CREATE TABLE public.customer_notes (customer_id bigint, note text, kind text);
+CREATE TABLE public.customer_notes_archive (archived_on date) INHERITS (public.customer_notes);
+INSERT INTO public.customer_notes VALUES (1234, 'called about order', 'call'), (77, 'prefers e-mail', 'pref'), (500, 'keep me', 'call');
+INSERT INTO public.customer_notes_archive VALUES (1234, 'old complaint', 'complaint', '2020-01-01'), (500, 'kept too', 'call', '2020-01-01');
+ALTER TABLE public.customer_history OWNER TO pgredact;
+ALTER TABLE public.customer_history_2023 OWNER TO pgredact;
+ALTER TABLE public.customer_history_other OWNER TO pgredact;
+ALTER TABLE public.customer_notes OWNER TO pgredact;
+ALTER TABLE public.customer_notes_archive OWNER TO pgredact;
+GRANT SELECT, INSERT, UPDATE ON public.customer_history, public.customer_history_2023, public.customer_history_other,
+    public.customer_notes, public.customer_notes_archive TO solutions;
+"#;
+
+fn tree_env() -> Env {
+    let mut env = demo_env();
+    sql(&env, TREE_SETUP);
+    let policy = format!(
+        "{DEMO_POLICY}\n[tables.\"public.customer_notes\"]\nsubject = \"customer_id\"\ncolumns.note = \"null\"\n"
+    );
+    let (cfg, dir) = write_config(&env.cluster, &policy);
+    env.cfg = cfg;
+    env._dir = dir;
+    env
+}
+
+/// Rows of these customers that still hold PII, in each partition and in the child (ONLY).
+fn pii_left_in_tree(env: &Env, ids: &str) -> String {
+    sql(
+        env,
+        &format!(
+            "SELECT (SELECT count(*) FROM ONLY customer_history_2023 WHERE customer_id IN ({ids}) AND (email IS NOT NULL OR phone IS NOT NULL OR address IS NOT NULL)) \
+             || '/' || (SELECT count(*) FROM ONLY customer_history_other WHERE customer_id IN ({ids}) AND (email IS NOT NULL OR phone IS NOT NULL OR address IS NOT NULL)) \
+             || '/' || (SELECT count(*) FROM ONLY customer_notes WHERE customer_id IN ({ids}) AND note IS NOT NULL) \
+             || '/' || (SELECT count(*) FROM ONLY customer_notes_archive WHERE customer_id IN ({ids}) AND note IS NOT NULL)"
+        ),
+    )
+}
+
+#[test]
+fn partitioned_and_inherited_policy_tables_are_forgotten_and_suppressed() {
+    let env = tree_env();
+    // A customer with history rows in both partitions.
+    let both = sql(
+        &env,
+        "SELECT customer_id FROM customer_history WHERE phone IS NOT NULL GROUP BY 1 \
+         HAVING count(*) FILTER (WHERE changed_at >= '2023-01-01' AND changed_at < '2024-01-01') > 0 \
+            AND count(*) FILTER (WHERE changed_at < '2023-01-01' OR changed_at >= '2024-01-01') > 0 \
+         ORDER BY 1 LIMIT 1",
+    );
+    assert!(
+        !both.is_empty(),
+        "the demo data needs a customer in both partitions"
+    );
+    let ids = format!("1234,77,{both}");
+    assert_ne!(pii_left_in_tree(&env, &ids), "0/0/0/0");
+    let others = sql(
+        &env,
+        "SELECT count(*) FROM customer_notes WHERE customer_id = 500 AND note IS NOT NULL",
+    );
+    assert_eq!(others, "2");
+
+    let report = rt()
+        .block_on(forget::run_cli(&env.cfg, forget_args(&ids)))
+        .unwrap_or_else(|e| panic!("forget failed: {e}"));
+    assert!(report.contains(": done"), "{report}");
+    assert!(report.contains("no PII left"), "{report}");
+    assert_eq!(pii_left_in_tree(&env, &ids), "0/0/0/0");
+    // Rows kept, other customers untouched, the child analyzed too.
+    assert_eq!(
+        sql(
+            &env,
+            "SELECT count(*) FROM customer_notes WHERE customer_id IN (1234, 77)"
+        ),
+        "3"
+    );
+    assert_eq!(
+        sql(
+            &env,
+            "SELECT count(*) FROM customer_notes WHERE customer_id = 500 AND note IS NOT NULL"
+        ),
+        "2"
+    );
+    assert!(report.contains("public.customer_notes_archive"), "{report}");
+
+    // Loads straight into the parent, into a partition, into the inheritance child.
+    let load = format!(
+        "INSERT INTO customer_history VALUES (900001, 1234, '2023-06-01', 'john@example.com', '+44 1', '1 Main St'); \
+         INSERT INTO customer_history_2023 VALUES (900002, 77, '2023-07-01', 'x@example.com', '+44 2', '2 Main St'); \
+         INSERT INTO customer_history_other VALUES (900003, {both}, '2021-07-01', 'y@example.com', '+44 3', '3 Main St'); \
+         INSERT INTO customer_history VALUES (900004, 500, '2023-06-01', 'kept@example.com', '+44 4', '4 Main St'); \
+         INSERT INTO customer_notes VALUES (77, 'new note', 'call'); \
+         INSERT INTO customer_notes_archive VALUES (1234, 'archived again', 'call', '2024-01-01'); \
+         UPDATE customer_notes_archive SET note = 'changed' WHERE customer_id = 1234; \
+         INSERT INTO customer_notes_archive VALUES (500, 'other customer', 'call', '2024-01-01');"
+    );
+    env.cluster
+        .psql("solutions", None, DEMO_DB, &load)
+        .expect("load");
+    assert_eq!(pii_left_in_tree(&env, &ids), "0/0/0/0");
+    assert_eq!(
+        sql(&env, "SELECT count(*) FROM customer_history WHERE history_id BETWEEN 900001 AND 900003 AND email IS NULL AND phone IS NULL"),
+        "3"
+    );
+    assert_eq!(
+        sql(
+            &env,
+            "SELECT email FROM customer_history WHERE history_id = 900004"
+        ),
+        "kept@example.com"
+    );
+    assert_eq!(
+        sql(
+            &env,
+            "SELECT count(*) FROM customer_notes WHERE customer_id = 500 AND note IS NOT NULL"
+        ),
+        "3"
+    );
+
+    // A second CLI job on the same tables (the install step runs again).
+    let second = sql(&env, "SELECT min(customer_id) FROM ONLY customer_history_2023 WHERE phone IS NOT NULL AND customer_id > 2000");
+    let report = rt()
+        .block_on(forget::run_cli(&env.cfg, forget_args(&second)))
+        .unwrap_or_else(|e| panic!("second forget failed: {e}"));
+    assert!(report.contains(": done"), "{report}");
+    assert_eq!(pii_left_in_tree(&env, &second), "0/0/0/0");
+
+    // And through the API.
+    let api_id = sql(&env, "SELECT min(customer_id) FROM ONLY customer_history_other WHERE phone IS NOT NULL AND customer_id > 3000");
+    sql(&env, &format!("INSERT INTO customer_notes_archive VALUES ({api_id}, 'api note', 'call', '2020-01-01')"));
+    rt().block_on(async {
+        let addr = start_admin(&env).await;
+        let auth = format!("Bearer {TOKEN}");
+        let (st, body) = http(
+            addr,
+            "POST",
+            "/v1/customers/remove-pii",
+            &[
+                ("Content-Type", "application/json"),
+                ("Authorization", auth.as_str()),
+            ],
+            format!("{{\"customer_ids\":[{api_id}]}}").as_bytes(),
+        )
+        .await;
+        assert_eq!(st, 202, "{body}");
+        let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["job_id"]
+            .as_i64()
+            .unwrap();
+        let status = wait_job(addr, &auth, id).await;
+        assert_eq!(status["state"], "done", "{status}");
+    });
+    assert_eq!(pii_left_in_tree(&env, &api_id), "0/0/0/0");
+    env.cluster
+        .psql(
+            "solutions",
+            None,
+            DEMO_DB,
+            &format!("INSERT INTO customer_history_other VALUES (900005, {api_id}, '2020-07-01', 'z@example.com', '+44 5', '5 Main St'); \
+                      INSERT INTO customer_notes_archive VALUES ({api_id}, 'again', 'call', '2020-01-01');"),
+        )
+        .expect("load");
+    assert_eq!(pii_left_in_tree(&env, &api_id), "0/0/0/0");
+
+    // A partition listed in the policy too: covered by its parent when it forgets the same
+    // columns the same way, a blocker otherwise.
+    let listed = |cols: &str| {
+        format!(
+            "{DEMO_POLICY}\n[tables.\"public.customer_history_2023\"]\nsubject = \"customer_id\"\n{cols}"
+        )
+    };
+    let same =
+        listed("columns.email = \"null\"\ncolumns.phone = \"null\"\ncolumns.address = \"null\"\n");
+    let (cfg, _dir) = write_config(&env.cluster, &same);
+    let out = rt()
+        .block_on(forget::run_cli(
+            &cfg,
+            ForgetArgs {
+                dry_run: true,
+                ..forget_args("1234")
+            },
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.contains("blockers: none"), "{out}");
+    let (cfg, _dir) = write_config(&env.cluster, &listed("columns.email = \"null\"\n"));
+    let err = rt()
+        .block_on(forget::run_cli(&cfg, forget_args("1234")))
+        .expect_err("a partition that forgets differently blocks");
+    assert!(
+        err.contains("public.customer_history_2023 is listed in the policy")
+            && err
+                .contains("partition or inheritance child of policy table public.customer_history"),
+        "{err}"
+    );
+}
+
+/// Starts the admin API with its worker; returns its address.
+async fn start_admin(env: &Env) -> std::net::SocketAddr {
+    let state = pgredact::admin::AdminState::from_config(&env.cfg).expect("admin state");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    pgredact::admin::spawn_worker(state.clone());
+    tokio::spawn(async move { axum::serve(listener, pgredact::admin::router(state)).await });
+    addr
+}

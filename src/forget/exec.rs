@@ -498,7 +498,7 @@ async fn finalize_locked(
         .collect();
     let mut refreshed = Vec::new();
     let mut warnings = Vec::new();
-    let oids: Vec<u32> = changed_specs.iter().map(|t| t.oid).collect();
+    let oids: Vec<u32> = changed_specs.iter().flat_map(|t| t.tree_oids()).collect();
     for (mv, owned) in plan::dependent_matviews(client, &oids)
         .await
         .map_err(fatal)?
@@ -516,25 +516,18 @@ async fn finalize_locked(
         refreshed.push(mv);
     }
     let mut analyzed = Vec::new();
-    for t in &changed_specs {
-        if !t.owned {
+    for (qname, shown, owned) in analyze_targets(&changed_specs) {
+        if !owned {
             warnings.push(format!(
-                "{} not analyzed: not owned by the control role",
-                t.display()
+                "{shown} not analyzed: not owned by the control role"
             ));
             continue;
         }
         client
-            .batch_execute(&format!("ANALYZE {}", t.qname()))
+            .batch_execute(&format!("ANALYZE {qname}"))
             .await
-            .map_err(|e| {
-                fatal(format!(
-                    "analyzing {}: {}",
-                    t.display(),
-                    super::db_error(&e)
-                ))
-            })?;
-        analyzed.push(t.display());
+            .map_err(|e| fatal(format!("analyzing {shown}: {}", super::db_error(&e))))?;
+        analyzed.push(shown);
     }
     let summary = json!({
         "refreshed": refreshed,
@@ -560,6 +553,20 @@ async fn finalize_locked(
         .map_err(pg)?;
     clear_ids(client, job_id).await?;
     Ok(())
+}
+
+/// What to ANALYZE: each changed table (for a partitioned one, ANALYZE covers its partitions)
+/// and its inheritance children (ANALYZE of a parent does not analyze them). `(qname, display,
+/// owned)`.
+fn analyze_targets(tables: &[&plan::TableSpec]) -> Vec<(String, String, bool)> {
+    let mut out = Vec::new();
+    for t in tables {
+        out.push((t.qname(), t.display(), t.owned));
+        for d in t.inheritance_children() {
+            out.push((d.qname(), d.display(), d.owned));
+        }
+    }
+    out
 }
 
 async fn clear_ids(client: &Client, job_id: i64) -> Result<(), JobError> {

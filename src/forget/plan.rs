@@ -49,6 +49,32 @@ impl ColSpec {
     }
 }
 
+/// A partition or inheritance child (at any depth) of a policy table that is not itself listed
+/// in the policy: forget covers it through its policy ancestor (the UPDATE and the verification
+/// of the ancestor reach its rows, its suppression trigger runs the ancestor's function).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Descendant {
+    pub oid: u32,
+    pub schema: String,
+    pub name: String,
+    /// A partition: PostgreSQL gives it a clone of its parent's trigger (and keeps it in step).
+    /// Otherwise an inheritance child, which inherits no trigger and needs its own.
+    pub partition: bool,
+    /// Partitioned itself (its rows live in its partitions).
+    pub partitioned: bool,
+    /// The control role may ANALYZE it.
+    pub owned: bool,
+}
+
+impl Descendant {
+    pub fn display(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+    pub fn qname(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+}
+
 /// One policy table with a subject, resolved against the catalog.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TableSpec {
@@ -62,11 +88,13 @@ pub struct TableSpec {
     pub columns: Vec<ColSpec>,
     /// The subject ID is PII: it is replaced by the token.
     pub tokenize: bool,
-    /// All columns `(name, attnum)`, for CHECK evaluation.
-    pub all_columns: Vec<(String, i16)>,
     pub reltuples: f64,
     /// The control role may ANALYZE it (owner or member of the owner role).
     pub owned: bool,
+    /// A partitioned table (relkind `p`): its trigger is cloned onto every partition.
+    pub partitioned: bool,
+    /// Its partitions and inheritance children (at any depth) not listed in the policy.
+    pub descendants: Vec<Descendant>,
 }
 
 impl TableSpec {
@@ -78,6 +106,27 @@ impl TableSpec {
     }
     fn subj(&self, alias: &str) -> String {
         format!("{alias}.{}", quote_ident(&self.subject))
+    }
+    /// The inheritance children (not partitions) that need a trigger of their own.
+    pub fn inheritance_children(&self) -> impl Iterator<Item = &Descendant> {
+        self.descendants.iter().filter(|d| !d.partition)
+    }
+    /// This table and its descendants, as `(oid, schema, name, partitioned)`.
+    fn relations(&self) -> Vec<(u32, String, String, bool)> {
+        let mut v = vec![(
+            self.oid,
+            self.schema.clone(),
+            self.name.clone(),
+            self.partitioned,
+        )];
+        for d in &self.descendants {
+            v.push((d.oid, d.schema.clone(), d.name.clone(), d.partitioned));
+        }
+        v
+    }
+    /// The oids of this table and of its descendants.
+    pub fn tree_oids(&self) -> Vec<u32> {
+        self.relations().iter().map(|r| r.0).collect()
     }
     /// True when forget changes something in this table.
     pub fn changes_anything(&self) -> bool {
@@ -430,6 +479,15 @@ pub async fn resolve(client: &Client, policy: &DatabasePolicy) -> Result<Spec, S
                  (pg_stats may keep removed values until the owner or autovacuum analyzes it)"
             ));
         }
+        let descendants = descendants(
+            client,
+            oid,
+            subject,
+            changes(tokenize, &columns),
+            &mut blockers,
+            &mut warnings,
+        )
+        .await?;
         tables.push(TableSpec {
             schema: tp.schema.clone(),
             name: tp.name.clone(),
@@ -439,11 +497,13 @@ pub async fn resolve(client: &Client, policy: &DatabasePolicy) -> Result<Spec, S
             subject_attnum: subj.attnum,
             columns,
             tokenize,
-            all_columns: attrs.iter().map(|a| (a.name.clone(), a.attnum)).collect(),
             reltuples,
             owned,
+            partitioned: relkind == "p",
+            descendants,
         });
     }
+    fold_listed_descendants(policy, &mut tables, &mut blockers);
     if tables.is_empty() && blockers.is_empty() {
         return Err(format!(
             "database {:?}: no policy table has a `subject` column, so there is nothing to forget",
@@ -467,6 +527,124 @@ pub async fn resolve(client: &Client, policy: &DatabasePolicy) -> Result<Spec, S
 
 fn changes(tokenize: bool, columns: &[ColSpec]) -> bool {
     tokenize || !columns.is_empty()
+}
+
+/// The partitions and inheritance children of `oid`, at any depth, with what a forget job
+/// needs of each: an index on the subject column when large; for inheritance children (which
+/// get a trigger of their own) the TRIGGER privilege.
+async fn descendants(
+    client: &Client,
+    oid: u32,
+    subject: &str,
+    changes: bool,
+    blockers: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<Descendant>, String> {
+    let rows = client
+        .query(
+            "WITH RECURSIVE tree(oid) AS ( \
+               SELECT i.inhrelid FROM pg_catalog.pg_inherits i WHERE i.inhparent = $1 \
+               UNION SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.oid) \
+             SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text, c.relispartition, \
+                    c.reltuples::float8, pg_catalog.pg_has_role(c.relowner, 'USAGE'), \
+                    pg_catalog.has_table_privilege(c.oid, 'TRIGGER'), \
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_index x JOIN pg_catalog.pg_attribute a \
+                              ON a.attrelid = c.oid AND a.attnum = x.indkey[0] \
+                            WHERE x.indrelid = c.oid AND a.attname = $2 AND x.indisvalid AND x.indpred IS NULL) \
+             FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.oid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace ORDER BY 2, 3",
+            &[&oid, &subject],
+        )
+        .await
+        .map_err(pg_err)?;
+    let mut out = Vec::new();
+    for r in rows {
+        let d = Descendant {
+            oid: r.get(0),
+            schema: r.get(1),
+            name: r.get(2),
+            partition: r.get(4),
+            partitioned: r.get::<_, String>(3) == "p",
+            owned: r.get(6),
+        };
+        let (relkind, reltuples, can_trigger, indexed): (String, f64, bool, bool) =
+            (r.get(3), r.get(5), r.get(7), r.get(8));
+        let shown = d.display();
+        if relkind == "f" {
+            warnings.push(format!(
+                "{shown} is a foreign table under a policy table: forget updates and verifies it through its \
+                 foreign-data wrapper, but writes made on the remote server are not suppressed"
+            ));
+        }
+        if relkind == "r" && !indexed && reltuples > LARGE_TABLE_ROWS {
+            blockers.push(format!(
+                "{shown} has about {} rows and no index on its subject column {subject}: every batch would scan \
+                 the whole table. Create one first: CREATE INDEX CONCURRENTLY ON {} ({})",
+                reltuples as i64,
+                d.qname(),
+                quote_ident(subject)
+            ));
+        }
+        if changes && !d.partition && !can_trigger {
+            blockers.push(format!(
+                "{shown} inherits from a policy table but the control role lacks the TRIGGER privilege on it, so \
+                 re-ingestion into it cannot be suppressed (GRANT TRIGGER ON {} TO <control role>)",
+                d.qname()
+            ));
+        }
+        if changes && !d.partition && !d.owned {
+            warnings.push(format!(
+                "{shown}: the control role does not own this inheritance child, so it cannot ANALYZE it afterwards \
+                 (pg_stats may keep removed values until the owner or autovacuum analyzes it)"
+            ));
+        }
+        out.push(d);
+    }
+    Ok(out)
+}
+
+/// A policy table that is a partition or child of another policy table is covered by that
+/// ancestor (one UPDATE, one trigger: PostgreSQL would refuse a second trigger of the same name
+/// on a partition, and two UPDATEs of one row in one statement keep only one). It must then
+/// forget the same columns the same way; otherwise the job is blocked.
+fn fold_listed_descendants(
+    policy: &DatabasePolicy,
+    tables: &mut Vec<TableSpec>,
+    blockers: &mut Vec<String>,
+) {
+    let same = |a: &TableSpec, b: &TableSpec| {
+        let key = |t: &TableSpec| {
+            let mut v: Vec<(String, Option<String>)> = t
+                .columns
+                .iter()
+                .map(|c| (c.name.clone(), c.forget.clone()))
+                .collect();
+            v.sort();
+            (t.subject.clone(), v)
+        };
+        key(a) == key(b)
+    };
+    let mut covered = Vec::new();
+    for t in tables.iter() {
+        for u in tables.iter() {
+            if u.oid == t.oid || !t.descendants.iter().any(|d| d.oid == u.oid) {
+                continue;
+            }
+            covered.push(u.oid);
+            if !same(t, u) {
+                blockers.push(format!(
+                    "{} is listed in the policy of database {:?} and is also a partition or inheritance child of \
+                     policy table {}, whose UPDATE and suppression trigger already reach its rows: give it the same \
+                     subject, PII columns and forget values as {}, or list only one of them",
+                    u.display(),
+                    policy.database,
+                    t.display(),
+                    t.display()
+                ));
+            }
+        }
+    }
+    tables.retain(|t| !covered.contains(&t.oid));
 }
 
 /// With tokenized IDs, foreign keys on subject columns must stay satisfiable: between two
@@ -554,7 +732,7 @@ pub async fn plan(client: &Client, spec: &Spec, ids: &[String]) -> Result<Plan, 
         }
         if t.changes_anything() && matched > 0 {
             check_blockers(client, t, &ids_vec, &mut plan.blockers).await?;
-            unique_blockers(client, t, matched, &mut plan.blockers).await?;
+            unique_blockers(client, t, &ids_vec, &mut plan.blockers).await?;
         }
         plan.tables.push(TablePlan {
             table: t.display(),
@@ -563,7 +741,7 @@ pub async fn plan(client: &Client, spec: &Spec, ids: &[String]) -> Result<Plan, 
             rows_matched: matched,
         });
     }
-    let oids: Vec<u32> = spec.changing_tables().map(|t| t.oid).collect();
+    let oids: Vec<u32> = spec.changing_tables().flat_map(|t| t.tree_oids()).collect();
     for (mv, owned) in dependent_matviews(client, &oids).await? {
         if !owned {
             plan.warnings.push(format!(
@@ -576,122 +754,148 @@ pub async fn plan(client: &Client, spec: &Spec, ids: &[String]) -> Result<Plan, 
     Ok(plan)
 }
 
-/// CHECK constraints that the forgotten values would violate on the matched rows.
+/// CHECK constraints that the forgotten values would violate on the matched rows: the table's
+/// own (inherited by its descendants) and those its descendants add.
 async fn check_blockers(
     client: &Client,
     t: &TableSpec,
     ids: &Vec<String>,
     blockers: &mut Vec<String>,
 ) -> Result<(), String> {
-    let rows = client
-        .query(
-            "SELECT conname::text, pg_catalog.pg_get_expr(conbin, conrelid), conkey \
-             FROM pg_catalog.pg_constraint WHERE conrelid = $1 AND contype = 'c'",
-            &[&t.oid],
-        )
-        .await
-        .map_err(pg_err)?;
-    for r in rows {
-        let (name, expr, keys): (String, String, Vec<i16>) = (r.get(0), r.get(1), r.get(2));
-        let touches = t.columns.iter().any(|c| keys.contains(&c.attnum))
-            || (t.tokenize && keys.contains(&t.subject_attnum));
-        if !touches {
-            continue;
-        }
-        // Evaluate the constraint over the rows as forget would leave them.
-        let projected: Vec<String> = t
-            .all_columns
-            .iter()
-            .map(|(n, _)| {
-                let q = quote_ident(n);
-                if let Some(c) = t.columns.iter().find(|c| &c.name == n) {
-                    format!("{} AS {q}", c.value_sql())
-                } else if t.tokenize && n == &t.subject {
-                    format!("{} AS {q}", t.token_sql(&format!("s.{q}")))
-                } else {
-                    format!("s.{q}")
-                }
-            })
-            .collect();
-        let sql = format!(
-            "SELECT count(*) FROM (SELECT {} FROM {} AS s WHERE {}) AS t WHERE ({expr}) IS FALSE",
-            projected.join(", "),
-            t.qname(),
-            t.match_sql("s", "$1")
-        );
-        match client.query_one(&sql, &[ids]).await {
-            Ok(row) => {
-                let n: i64 = row.get(0);
-                if n > 0 {
-                    blockers.push(format!(
-                        "{}: CHECK constraint {name} ({expr}) would reject the forgotten values on {n} row(s): \
-                         set a `forget` value that satisfies it",
-                        t.display()
-                    ));
-                }
+    for (oid, schema, name, _) in t.relations() {
+        let rows = client
+            .query(
+                "SELECT con.conname::text, pg_catalog.pg_get_expr(con.conbin, con.conrelid), \
+                        ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a \
+                              WHERE a.attrelid = con.conrelid AND a.attnum = ANY(con.conkey)), \
+                        ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a \
+                              WHERE a.attrelid = con.conrelid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum) \
+                 FROM pg_catalog.pg_constraint con \
+                 WHERE con.conrelid = $1 AND con.contype = 'c' AND ($1 = $2 OR con.conislocal)",
+                &[&oid, &t.oid],
+            )
+            .await
+            .map_err(pg_err)?;
+        let rel = format!("{}.{}", quote_ident(&schema), quote_ident(&name));
+        for r in rows {
+            let (con, expr, keys, all): (String, String, Vec<String>, Vec<String>) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
+            let touches = t.columns.iter().any(|c| keys.contains(&c.name))
+                || (t.tokenize && keys.contains(&t.subject));
+            if !touches {
+                continue;
             }
-            Err(e) => blockers.push(format!(
-                "{}: cannot evaluate CHECK constraint {name} against the forgotten values: {}",
-                t.display(),
-                pg_err(e)
-            )),
+            let shown = format!("{schema}.{name}");
+            if let Some(b) = check_violation(client, t, &rel, &all, &con, &expr, ids).await? {
+                blockers.push(format!("{shown}: {b}"));
+            }
         }
     }
     Ok(())
 }
 
+/// Evaluates one CHECK constraint over the matched rows of `rel` as forget would leave them.
+async fn check_violation(
+    client: &Client,
+    t: &TableSpec,
+    rel: &str,
+    all_columns: &[String],
+    con: &str,
+    expr: &str,
+    ids: &Vec<String>,
+) -> Result<Option<String>, String> {
+    let projected: Vec<String> = all_columns
+        .iter()
+        .map(|n| {
+            let q = quote_ident(n);
+            if let Some(c) = t.columns.iter().find(|c| &c.name == n) {
+                format!("{} AS {q}", c.value_sql())
+            } else if t.tokenize && n == &t.subject {
+                format!("{} AS {q}", t.token_sql(&format!("s.{q}")))
+            } else {
+                format!("s.{q}")
+            }
+        })
+        .collect();
+    let sql = format!(
+        "SELECT count(*) FROM (SELECT {} FROM {rel} AS s WHERE {}) AS t WHERE ({expr}) IS FALSE",
+        projected.join(", "),
+        t.match_sql("s", "$1")
+    );
+    Ok(match client.query_one(&sql, &[ids]).await {
+        Ok(row) => {
+            let n: i64 = row.get(0);
+            (n > 0).then(|| {
+                format!(
+                    "CHECK constraint {con} ({expr}) would reject the forgotten values on {n} row(s): \
+                     set a `forget` value that satisfies it"
+                )
+            })
+        }
+        Err(e) => Some(format!(
+            "cannot evaluate CHECK constraint {con} against the forgotten values: {}",
+            pg_err(e)
+        )),
+    })
+}
+
 /// UNIQUE indexes on a PII column whose forget value is a constant (or NULL with NULLS NOT
-/// DISTINCT): two forgotten rows would collide.
+/// DISTINCT): two forgotten rows would collide. Indexes of the table and of its descendants
+/// (a partition's copy of its parent's index is the parent's).
 async fn unique_blockers(
     client: &Client,
     t: &TableSpec,
-    matched: i64,
+    ids: &Vec<String>,
     blockers: &mut Vec<String>,
 ) -> Result<(), String> {
-    let rows = client
-        .query(
-            "SELECT i.indexrelid::regclass::text, i.indkey::int2[], \
-                    coalesce((pg_catalog.to_jsonb(i) ->> 'indnullsnotdistinct')::boolean, false) \
-             FROM pg_catalog.pg_index i WHERE i.indrelid = $1 AND i.indisunique",
-            &[&t.oid],
-        )
-        .await
-        .map_err(pg_err)?;
-    for r in rows {
-        let (name, keys, nulls_not_distinct): (String, Vec<i16>, bool) =
-            (r.get(0), r.get(1), r.get(2));
-        for c in &t.columns {
-            if !keys.contains(&c.attnum) {
-                continue;
-            }
-            let constant = c.forget.is_some() || nulls_not_distinct;
-            if !constant {
-                continue;
-            }
-            if keys.len() > 1 {
+    for (oid, schema, name, partitioned) in t.relations() {
+        let rows = client
+            .query(
+                "SELECT i.indexrelid::regclass::text, pg_catalog.cardinality(i.indkey::int2[]), \
+                        ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a \
+                              WHERE a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey::int2[])), \
+                        coalesce((pg_catalog.to_jsonb(i) ->> 'indnullsnotdistinct')::boolean, false) \
+                 FROM pg_catalog.pg_index i WHERE i.indrelid = $1 AND i.indisunique \
+                   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits h WHERE h.inhrelid = i.indexrelid)",
+                &[&oid],
+            )
+            .await
+            .map_err(pg_err)?;
+        // A partitioned table's index spans its partitions; any other index one table only.
+        let scan = format!(
+            "{}{}.{}",
+            if partitioned { "" } else { "ONLY " },
+            quote_ident(&schema),
+            quote_ident(&name)
+        );
+        for r in rows {
+            let (index, nkeys, keys, nulls_not_distinct): (String, i32, Vec<String>, bool) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
+            if nkeys > 1 {
                 continue; // other key columns may keep rows apart; execution reports a conflict
             }
-            let taken: bool = client
-                .query_one(
-                    &format!(
-                        "SELECT EXISTS (SELECT 1 FROM {} AS t WHERE t.{} IS NOT DISTINCT FROM {})",
-                        t.qname(),
-                        quote_ident(&c.name),
-                        c.value_sql()
-                    ),
-                    &[],
-                )
-                .await
-                .map_err(pg_err)?
-                .get(0);
-            if matched > 1 || taken {
-                blockers.push(format!(
-                    "{}.{}: unique index {name} would reject the same forgotten value {} on several rows: \
-                     use NULL (no `forget` value) or drop the unique index",
-                    t.display(),
-                    c.name,
+            for c in &t.columns {
+                let constant = c.forget.is_some() || nulls_not_distinct;
+                if !keys.contains(&c.name) || !constant {
+                    continue;
+                }
+                let q = format!(
+                    "SELECT (SELECT count(*) FROM {scan} AS t WHERE {}), \
+                            EXISTS (SELECT 1 FROM {scan} AS t WHERE t.{} IS NOT DISTINCT FROM {})",
+                    t.match_sql("t", "$1"),
+                    quote_ident(&c.name),
                     c.value_sql()
-                ));
+                );
+                let row = client.query_one(&q, &[ids]).await.map_err(pg_err)?;
+                let (matched, taken): (i64, bool) = (row.get(0), row.get(1));
+                if matched > 1 || (matched > 0 && taken) {
+                    blockers.push(format!(
+                        "{schema}.{name}.{}: unique index {index} would reject the same forgotten value {} on several rows: \
+                         use NULL (no `forget` value) or drop the unique index",
+                        c.name,
+                        c.value_sql()
+                    ));
+                }
             }
         }
     }

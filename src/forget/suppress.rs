@@ -96,9 +96,10 @@ pub fn function_body(t: &TableSpec) -> String {
     )
 }
 
-/// Installs (or updates) the trigger of every changing table of `spec`, and drops pgredact
-/// triggers left on tables that no longer take part. Skips tables whose function is already
-/// current, so a restart does not take table locks. Serialized with an advisory lock.
+/// Installs (or updates) the trigger of every changing table of `spec` and of its inheritance
+/// children (partitions get PostgreSQL's clones of their parent's trigger), and drops pgredact
+/// triggers left on tables that no longer take part. Skips triggers that are already current, so
+/// a restart does not take table locks. Serialized with an advisory lock.
 pub async fn ensure(client: &mut Client, spec: &Spec) -> Result<Vec<String>, String> {
     let err = |e: tokio_postgres::Error| super::db_error(&e);
     let tx = client.transaction().await.map_err(err)?;
@@ -116,7 +117,6 @@ pub async fn ensure(client: &mut Client, spec: &Spec) -> Result<Vec<String>, Str
                 t.display()
             ));
         }
-        keep.push(t.oid);
         let current: Option<String> = tx
             .query_opt(
                 "SELECT p.prosrc FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
@@ -126,48 +126,61 @@ pub async fn ensure(client: &mut Client, spec: &Spec) -> Result<Vec<String>, Str
             .await
             .map_err(err)?
             .map(|r| r.get(0));
-        let has_trigger: bool = tx
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2)",
-                &[&t.oid, &TRIGGER_NAME],
-            )
+        let fresh = current.as_deref() == Some(body.as_str());
+        if !fresh {
+            tx.batch_execute(&format!(
+                "CREATE OR REPLACE FUNCTION pgredact.{f}() RETURNS trigger LANGUAGE plpgsql \
+                 SECURITY DEFINER AS {TAG}{body}{TAG};\n\
+                 REVOKE ALL ON FUNCTION pgredact.{f}() FROM PUBLIC;",
+                f = quote_ident(&fname),
+            ))
             .await
-            .map_err(err)?
-            .get(0);
-        if current.as_deref() == Some(body.as_str()) && has_trigger {
-            continue;
+            .map_err(|e| {
+                format!(
+                    "installing the suppression function of {}: {}",
+                    t.display(),
+                    super::db_error(&e)
+                )
+            })?;
         }
-        let ddl = format!(
-            "CREATE OR REPLACE FUNCTION pgredact.{f}() RETURNS trigger LANGUAGE plpgsql \
-             SECURITY DEFINER AS {TAG}{body}{TAG};\n\
-             REVOKE ALL ON FUNCTION pgredact.{f}() FROM PUBLIC;\n\
-             CREATE OR REPLACE TRIGGER {trg} BEFORE INSERT OR UPDATE ON {table} FOR EACH ROW \
-             WHEN ({when}) EXECUTE FUNCTION pgredact.{f}();",
-            f = quote_ident(&fname),
-            trg = quote_ident(TRIGGER_NAME),
-            table = t.qname(),
-            when = when_sql(t),
+        let mut targets = vec![(t.oid, t.qname(), t.display())];
+        targets.extend(
+            t.inheritance_children()
+                .map(|d| (d.oid, d.qname(), d.display())),
         );
-        tx.batch_execute(&ddl).await.map_err(|e| {
-            format!(
-                "installing the suppression trigger on {}: {}",
-                t.display(),
-                super::db_error(&e)
-            )
-        })?;
-        changed.push(t.display());
+        for (oid, qname, shown) in targets {
+            keep.push(oid);
+            if fresh && trigger_current(&tx, oid, &fname).await.map_err(err)? {
+                continue;
+            }
+            let ddl = format!(
+                "CREATE OR REPLACE TRIGGER {trg} BEFORE INSERT OR UPDATE ON {qname} FOR EACH ROW \
+                 WHEN ({when}) EXECUTE FUNCTION pgredact.{f}();",
+                f = quote_ident(&fname),
+                trg = quote_ident(TRIGGER_NAME),
+                when = when_sql(t),
+            );
+            tx.batch_execute(&ddl).await.map_err(|e| {
+                format!(
+                    "installing the suppression trigger on {shown}: {}",
+                    super::db_error(&e)
+                )
+            })?;
+            changed.push(shown);
+        }
     }
-    // Triggers of ours on tables that left the policy.
+    // Triggers of ours on tables that left the policy. A partition's clone of its parent's
+    // trigger (tgparentid <> 0) goes with the parent's and cannot be dropped on its own.
     let stale = tx
         .query(
-            "SELECT tg.tgrelid, tg.tgrelid::regclass::text FROM pg_catalog.pg_trigger tg \
-             WHERE tg.tgname = $1 AND NOT (tg.tgrelid = ANY($2))",
+            "SELECT tg.tgrelid::regclass::text FROM pg_catalog.pg_trigger tg \
+             WHERE tg.tgname = $1 AND tg.tgparentid = 0 AND NOT (tg.tgrelid = ANY($2))",
             &[&TRIGGER_NAME, &keep],
         )
         .await
         .map_err(err)?;
     for r in stale {
-        let name: String = r.get(1);
+        let name: String = r.get(0);
         tx.batch_execute(&format!(
             "DROP TRIGGER IF EXISTS {} ON {name}",
             quote_ident(TRIGGER_NAME)
@@ -185,11 +198,28 @@ pub async fn ensure(client: &mut Client, spec: &Spec) -> Result<Vec<String>, Str
     Ok(changed)
 }
 
+/// The relation has pgredact's trigger, calling this function.
+async fn trigger_current(
+    tx: &tokio_postgres::Transaction<'_>,
+    oid: u32,
+    fname: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    Ok(tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger tg JOIN pg_catalog.pg_proc p ON p.oid = tg.tgfoid \
+               JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+             WHERE tg.tgrelid = $1 AND tg.tgname = $2 AND n.nspname = 'pgredact' AND p.proname = $3)",
+            &[&oid, &TRIGGER_NAME, &fname],
+        )
+        .await?
+        .get(0))
+}
+
 /// Removes every suppression trigger (used by the bench to measure ingest without them).
 pub async fn drop_all(client: &Client) -> Result<(), String> {
     let rows = client
         .query(
-            "SELECT tgrelid::regclass::text FROM pg_catalog.pg_trigger WHERE tgname = $1",
+            "SELECT tgrelid::regclass::text FROM pg_catalog.pg_trigger WHERE tgname = $1 AND tgparentid = 0",
             &[&TRIGGER_NAME],
         )
         .await
@@ -237,9 +267,10 @@ mod tests {
                 },
             ],
             tokenize,
-            all_columns: vec![],
             reltuples: 0.0,
             owned: true,
+            partitioned: false,
+            descendants: vec![],
         }
     }
 
