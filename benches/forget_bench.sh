@@ -170,7 +170,7 @@ echo "== ingest: COPY $LOAD_ROWS events ($((100 * FORGET / CUSTOMERS))% for forg
 psql_su -d app -c "COPY (SELECT 1 + (i * 7919) % $CUSTOMERS, 'nightly', ('172.16.' || (i % 250) || '.' || (1 + i % 200))::inet,
                                 'loader/1.0 (' || (i % 50) || ')', jsonb_build_object('n', i), timestamptz '2024-01-01' + i * interval '1 second'
                          FROM generate_series(1::bigint, $LOAD_ROWS) i) TO STDOUT" >"$BENCH_DIR/load.tsv"
-TRIGGER_DDL=$(psql_su -d app -c "SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgname = 'zzz_pgredact_forget' AND tgrelid = 'customer_events'::regclass")
+TRIGGER_DDL=$(psql_su -d app -c "SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgname = '~pgredact_forget' AND tgrelid = 'customer_events'::regclass")
 # One COPY in a transaction that is rolled back; prints "wall_seconds backend_cpu_seconds" (CPU
 # time of the server process from /proc: less disturbed than wall time on a busy machine).
 copy_run() {
@@ -187,8 +187,8 @@ copy_run() {
     echo "$(elapsed "$t0" "$t1") $(echo "$out" | awk -v hz="$ticks_hz" 'NR == 1 {a = $1} NR == 2 {printf "%.2f", ($1 - a) / hz}')"
 }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
-without() { psql_su -d app -c "DROP TRIGGER IF EXISTS zzz_pgredact_forget ON customer_events"; }
-with() { psql_su -d app -c "DROP TRIGGER IF EXISTS zzz_pgredact_forget ON customer_events" -c "$TRIGGER_DDL"; }
+without() { psql_su -d app -c 'DROP TRIGGER IF EXISTS "~pgredact_forget" ON customer_events'; }
+with() { psql_su -d app -c 'DROP TRIGGER IF EXISTS "~pgredact_forget" ON customer_events' -c "$TRIGGER_DDL" -c 'ALTER TABLE customer_events ENABLE ALWAYS TRIGGER "~pgredact_forget"'; }
 run_as() {   # run_as with|without: prints "wall cpu" of one run, after a VACUUM (rolled-back rows)
     psql_su -d app -c "VACUUM customer_events"
     "$1"

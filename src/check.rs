@@ -215,6 +215,13 @@ pub async fn run(cfg: &Config) -> (Vec<String>, bool) {
                 Err(e) => out.push(format!("warning: {file}: forget plan not checked: {e}")),
             }
         }
+        // Suppression triggers: missing, disabled, not ALWAYS, or outrun by a later-named trigger.
+        if let Some(problems) = crate::forget::suppression_problems(cfg, &p).await {
+            for line in problems {
+                out.push(format!("error: {file}: forget suppression: {line}"));
+                failed = true;
+            }
+        }
         if !failed {
             out.push(format!("{file}: ok against the live schema"));
         }

@@ -286,7 +286,7 @@ fn dry_run_and_blocked_plans_change_nothing() {
     assert_eq!(
         sql(
             &env,
-            "SELECT count(*) FROM pg_trigger WHERE tgname = 'zzz_pgredact_forget'"
+            "SELECT count(*) FROM pg_trigger WHERE tgname = '~pgredact_forget'"
         ),
         "0"
     );
@@ -1294,4 +1294,121 @@ async fn start_admin(env: &Env) -> std::net::SocketAddr {
     pgredact::admin::spawn_worker(state.clone());
     tokio::spawn(async move { axum::serve(listener, pgredact::admin::router(state)).await });
     addr
+}
+
+/// `pgredact check`'s lines about the suppression triggers.
+fn suppression_errors(env: &Env) -> Vec<String> {
+    let (lines, _) = rt().block_on(pgredact::check::run(&env.cfg));
+    lines
+        .into_iter()
+        .filter(|l| l.starts_with("error:") && l.contains("forget suppression"))
+        .collect()
+}
+
+#[test]
+fn suppression_triggers_fire_always_and_last_and_check_reports_holes() {
+    let env = tree_env();
+    assert_eq!(suppression_errors(&env), Vec::<String>::new());
+    // A trigger of the application, named late in the alphabet, that writes PII.
+    sql(
+        &env,
+        "CREATE FUNCTION public.put_back() RETURNS trigger LANGUAGE plpgsql AS \
+           $$BEGIN NEW.first_name := 'Back'; RETURN NEW; END$$; \
+         CREATE TRIGGER zzzz_put_back BEFORE INSERT OR UPDATE ON public.customers \
+           FOR EACH ROW EXECUTE FUNCTION public.put_back();",
+    );
+    let report = rt()
+        .block_on(forget::run_cli(&env.cfg, forget_args("1234,77")))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.contains(": done"), "{report}");
+    // Every pgredact trigger (partition clones included) fires ALWAYS.
+    assert_eq!(
+        sql(
+            &env,
+            "SELECT string_agg(DISTINCT tgenabled::text, ','), count(*) FROM pg_trigger WHERE tgname = '~pgredact_forget'"
+        ),
+        "A|8"
+    );
+    // It has the last word over zzzz_put_back.
+    sql(
+        &env,
+        "UPDATE customers SET last_name = 'Smith' WHERE customer_id = 1234",
+    );
+    assert_eq!(
+        sql(
+            &env,
+            "SELECT first_name IS NULL, last_name IS NULL FROM customers WHERE customer_id = 1234"
+        ),
+        "t|t"
+    );
+    // (the application's trigger does run: for a customer not forgotten it writes its value)
+    sql(
+        &env,
+        "UPDATE customers SET last_name = 'Doe' WHERE customer_id = 1235",
+    );
+    assert_eq!(
+        sql(
+            &env,
+            "SELECT first_name FROM customers WHERE customer_id = 1235"
+        ),
+        "Back"
+    );
+    // A load under session_replication_role = replica (as logical replication applies rows).
+    sql(
+        &env,
+        "SET session_replication_role = replica; \
+         INSERT INTO customers (customer_id, first_name, email, country) VALUES (77, 'Ann', 'ann@example.com', 'UK') \
+           ON CONFLICT (customer_id) DO UPDATE SET first_name = EXCLUDED.first_name, email = EXCLUDED.email, country = EXCLUDED.country; \
+         INSERT INTO customer_history_2023 VALUES (900010, 77, '2023-03-01', 'ann@example.com', '+44 9', '9 Main St'); \
+         INSERT INTO customer_notes_archive VALUES (77, 'replicated note', 'call', '2024-01-01');",
+    );
+    assert_eq!(
+        sql(&env, "SELECT first_name IS NULL, email IS NULL, country IS NULL FROM customers WHERE customer_id = 77"),
+        "t|t|t"
+    );
+    assert_eq!(pii_left_in_tree(&env, "1234, 77"), "0/0/0/0");
+    assert_eq!(suppression_errors(&env), Vec::<String>::new());
+
+    // check: a trigger sorting after pgredact's, a disabled one, one not ALWAYS, a missing one.
+    sql(
+        &env,
+        "CREATE TRIGGER \"~~late\" BEFORE UPDATE ON public.customer_notes_archive \
+           FOR EACH ROW EXECUTE FUNCTION public.put_back(); \
+         ALTER TABLE public.customer_notes_archive DISABLE TRIGGER \"~~late\"; \
+         CREATE TRIGGER \"~~later\" BEFORE INSERT ON public.customer_events \
+           FOR EACH ROW EXECUTE FUNCTION public.put_back();",
+    );
+    let errors = suppression_errors(&env);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0].contains("public.customer_events: trigger \"~~later\" fires after"),
+        "{errors:#?}"
+    );
+    sql(
+        &env,
+        "DROP TRIGGER \"~~later\" ON public.customer_events; \
+               ALTER TABLE public.customers DISABLE TRIGGER \"~pgredact_forget\"; \
+               ALTER TABLE public.customer_history_2023 ENABLE TRIGGER \"~pgredact_forget\"; \
+               DROP TRIGGER \"~pgredact_forget\" ON public.customer_notes_archive;",
+    );
+    let errors = suppression_errors(&env).join("\n");
+    assert!(
+        errors
+            .contains("public.customers: the suppression trigger \"~pgredact_forget\" is disabled"),
+        "{errors}"
+    );
+    assert!(errors.contains("public.customer_history_2023: the suppression trigger \"~pgredact_forget\" is not ENABLE ALWAYS"), "{errors}");
+    assert!(errors.contains("public.customer_notes_archive: the suppression trigger \"~pgredact_forget\" is missing"), "{errors}");
+    assert_eq!(errors.lines().count(), 3, "{errors}");
+    // The next job repairs all three.
+    rt().block_on(forget::run_cli(&env.cfg, forget_args("78")))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(suppression_errors(&env), Vec::<String>::new());
+    assert_eq!(
+        sql(
+            &env,
+            "SELECT string_agg(DISTINCT tgenabled::text, ','), count(*) FROM pg_trigger WHERE tgname = '~pgredact_forget'"
+        ),
+        "A|8"
+    );
 }

@@ -377,6 +377,24 @@ async fn stored_key_check(client: &Client) -> Result<Option<String>, String> {
         .map(|r| r.get(0)))
 }
 
+/// For `pgredact check`: what is wrong with the suppression triggers of a policy's tables (see
+/// [`suppress::audit`]). `None` when the policy has no subject table or the database cannot be
+/// read (the forget plan check reports that).
+pub async fn suppression_problems(cfg: &Config, policy: &DatabasePolicy) -> Option<Vec<String>> {
+    if !policy.tables.values().any(|t| t.subject.is_some()) {
+        return None;
+    }
+    let client = Target::from_config(cfg, &policy.database)
+        .connect()
+        .await
+        .ok()?;
+    let spec = plan::resolve(&client, policy).await.ok()?;
+    match suppress::audit(&client, &spec).await {
+        Ok(p) => Some(p),
+        Err(e) => Some(vec![format!("cannot read the triggers: {e}")]),
+    }
+}
+
 /// The policy for `database`, or the only one whose tables have a subject.
 pub fn pick_policy(cfg: &Config, database: Option<&str>) -> Result<Arc<DatabasePolicy>, String> {
     let set = load_dir(&cfg.policies_dir(), 0)?;

@@ -8,17 +8,25 @@
 //! COPY FROM, MERGE), because it runs inside PostgreSQL. The trigger function is SECURITY
 //! DEFINER, owned by the control role, every name in it schema-qualified (see
 //! [`function_body`] for why not `SET search_path`): the writing role needs no access to the key
-//! or the list. Its name starts with `zzz_` so it fires after the table's own
-//! BEFORE triggers (they fire in name order) and has the last word. A `WHEN` clause skips the
-//! function call for rows that carry no PII at all.
+//! or the list. Its name starts with `~` so it fires after the table's own BEFORE triggers (they
+//! fire in name order) and has the last word; it is `ENABLE ALWAYS`, so sessions with
+//! `session_replication_role = replica` (bulk loads, logical replication) fire it too. A `WHEN`
+//! clause skips the function call for rows that carry no PII at all. [`audit`] is what
+//! `pgredact check` reports about these triggers.
 
 use super::plan::{Spec, TableSpec, TOKEN_HEX, TOKEN_PREFIX};
 use crate::policy::{quote_ident, quote_literal};
 use sha2::{Digest, Sha256};
 use tokio_postgres::Client;
 
-/// Name of the trigger on each table.
-pub const TRIGGER_NAME: &str = "zzz_pgredact_forget";
+/// Name of the trigger on each table. PostgreSQL fires the BEFORE ROW triggers of one event in
+/// name order, comparing bytes, and the last one has the last word on the row: `~` (0x7E) sorts
+/// after every ASCII letter, digit, `_` and `$`, so this fires after any ordinarily named
+/// trigger. `pgredact check` reports (as an error) a BEFORE INSERT/UPDATE row trigger on a policy
+/// table whose name sorts after it.
+pub const TRIGGER_NAME: &str = "~pgredact_forget";
+/// Former names of the trigger, replaced by [`TRIGGER_NAME`] at the next install.
+const LEGACY_TRIGGER_NAMES: &[&str] = &["zzz_pgredact_forget"];
 /// Dollar-quote tag of generated function bodies.
 const TAG: &str = "$pgredact_forget$";
 
@@ -153,9 +161,12 @@ pub async fn ensure(client: &mut Client, spec: &Spec) -> Result<Vec<String>, Str
             if fresh && trigger_current(&tx, oid, &fname).await.map_err(err)? {
                 continue;
             }
+            // CREATE OR REPLACE resets the firing mode to ORIGIN: ALWAYS again in the same
+            // transaction, so no session ever sees the trigger skippable.
             let ddl = format!(
                 "CREATE OR REPLACE TRIGGER {trg} BEFORE INSERT OR UPDATE ON {qname} FOR EACH ROW \
-                 WHEN ({when}) EXECUTE FUNCTION pgredact.{f}();",
+                 WHEN ({when}) EXECUTE FUNCTION pgredact.{f}();\n\
+                 ALTER TABLE {qname} ENABLE ALWAYS TRIGGER {trg};",
                 f = quote_ident(&fname),
                 trg = quote_ident(TRIGGER_NAME),
                 when = when_sql(t),
@@ -168,22 +179,25 @@ pub async fn ensure(client: &mut Client, spec: &Spec) -> Result<Vec<String>, Str
             })?;
             changed.push(shown);
         }
+        changed.extend(enable_clones(&tx, t).await?);
     }
     // Triggers of ours on tables that left the policy. A partition's clone of its parent's
     // trigger (tgparentid <> 0) goes with the parent's and cannot be dropped on its own.
     let stale = tx
         .query(
-            "SELECT tg.tgrelid::regclass::text FROM pg_catalog.pg_trigger tg \
-             WHERE tg.tgname = $1 AND tg.tgparentid = 0 AND NOT (tg.tgrelid = ANY($2))",
-            &[&TRIGGER_NAME, &keep],
+            "SELECT tg.tgrelid::regclass::text, tg.tgname::text FROM pg_catalog.pg_trigger tg \
+               JOIN pg_catalog.pg_proc p ON p.oid = tg.tgfoid JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+             WHERE tg.tgparentid = 0 AND n.nspname = 'pgredact' \
+               AND ((tg.tgname = $1 AND NOT (tg.tgrelid = ANY($2))) OR tg.tgname = ANY($3))",
+            &[&TRIGGER_NAME, &keep, &LEGACY_TRIGGER_NAMES],
         )
         .await
         .map_err(err)?;
     for r in stale {
-        let name: String = r.get(0);
+        let (name, trigger): (String, String) = (r.get(0), r.get(1));
         tx.batch_execute(&format!(
             "DROP TRIGGER IF EXISTS {} ON {name}",
-            quote_ident(TRIGGER_NAME)
+            quote_ident(&trigger)
         ))
         .await
         .map_err(|e| {
@@ -208,11 +222,173 @@ async fn trigger_current(
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger tg JOIN pg_catalog.pg_proc p ON p.oid = tg.tgfoid \
                JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
-             WHERE tg.tgrelid = $1 AND tg.tgname = $2 AND n.nspname = 'pgredact' AND p.proname = $3)",
+             WHERE tg.tgrelid = $1 AND tg.tgname = $2 AND n.nspname = 'pgredact' AND p.proname = $3 \
+               AND tg.tgenabled = 'A')",
             &[&oid, &TRIGGER_NAME, &fname],
         )
         .await?
         .get(0))
+}
+
+/// Partition clones of the table's trigger that are not ALWAYS (disabled on one partition, or
+/// cloned while the parent's was not): made ALWAYS again.
+async fn enable_clones(
+    tx: &tokio_postgres::Transaction<'_>,
+    t: &TableSpec,
+) -> Result<Vec<String>, String> {
+    let rows = tx
+        .query(
+            "SELECT tg.tgrelid::regclass::text FROM pg_catalog.pg_trigger tg \
+             WHERE tg.tgname = $1 AND tg.tgparentid <> 0 AND tg.tgenabled <> 'A' AND tg.tgrelid = ANY($2)",
+            &[&TRIGGER_NAME, &t.tree_oids()],
+        )
+        .await
+        .map_err(|e| super::db_error(&e))?;
+    let mut out = Vec::new();
+    for r in rows {
+        let name: String = r.get(0);
+        tx.batch_execute(&format!(
+            "ALTER TABLE {name} ENABLE ALWAYS TRIGGER {}",
+            quote_ident(TRIGGER_NAME)
+        ))
+        .await
+        .map_err(|e| {
+            format!(
+                "enabling the suppression trigger on partition {name}: {}",
+                super::db_error(&e)
+            )
+        })?;
+        out.push(format!("{name} (trigger enabled ALWAYS)"));
+    }
+    Ok(out)
+}
+
+/// What is wrong with suppression on the policy tables, their partitions and children: each
+/// line is an error for `pgredact check`. A missing trigger counts only once the forget list
+/// has entries (before the first job there is nothing to suppress).
+pub async fn audit(client: &Client, spec: &Spec) -> Result<Vec<String>, String> {
+    let err = |e: tokio_postgres::Error| super::db_error(&e);
+    let list_used: bool = client
+        .query_one(
+            "SELECT pg_catalog.to_regclass('pgredact.forget_list') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(err)?
+        .get(0);
+    let list_used = list_used
+        && client
+            .query_one("SELECT EXISTS (SELECT 1 FROM pgredact.forget_list)", &[])
+            .await
+            .map_err(err)?
+            .get::<_, bool>(0);
+    let mut out = Vec::new();
+    for t in spec.changing_tables() {
+        let rows = client
+            .query(
+                "SELECT c.oid, c.oid::regclass::text, tg.tgname::text, tg.tgenabled::text, tg.tgtype::int4, \
+                        n.nspname::text, p.proname::text \
+                 FROM pg_catalog.pg_class c \
+                 LEFT JOIN pg_catalog.pg_trigger tg ON tg.tgrelid = c.oid AND NOT tg.tgisinternal \
+                 LEFT JOIN pg_catalog.pg_proc p ON p.oid = tg.tgfoid \
+                 LEFT JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+                 WHERE c.oid = ANY($1) ORDER BY 2, 3",
+                &[&t.tree_oids()],
+            )
+            .await
+            .map_err(err)?;
+        for oid in t.tree_oids() {
+            let mine: Vec<TriggerRow> = rows
+                .iter()
+                .filter(|r| r.get::<_, u32>(0) == oid)
+                .map(TriggerRow::from)
+                .collect();
+            let Some(rel) = mine.first().map(|r| r.rel.clone()) else {
+                continue;
+            };
+            out.extend(audit_relation(&rel, &mine, list_used));
+        }
+    }
+    Ok(out)
+}
+
+struct TriggerRow {
+    rel: String,
+    name: Option<String>,
+    enabled: String,
+    tgtype: i32,
+    function: String,
+}
+
+impl From<&tokio_postgres::Row> for TriggerRow {
+    fn from(r: &tokio_postgres::Row) -> TriggerRow {
+        let schema: Option<String> = r.get(5);
+        let proname: Option<String> = r.get(6);
+        TriggerRow {
+            rel: r.get(1),
+            name: r.get(2),
+            enabled: r.get::<_, Option<String>>(3).unwrap_or_default(),
+            tgtype: r.get::<_, Option<i32>>(4).unwrap_or(0),
+            function: format!(
+                "{}.{}",
+                schema.unwrap_or_default(),
+                proname.unwrap_or_default()
+            ),
+        }
+    }
+}
+
+/// BEFORE, ROW, and INSERT or UPDATE (`pg_trigger.tgtype` bits).
+fn before_row_write(tgtype: i32) -> bool {
+    const ROW: i32 = 1;
+    const BEFORE: i32 = 2;
+    const INSERT: i32 = 4;
+    const UPDATE: i32 = 16;
+    tgtype & ROW != 0 && tgtype & BEFORE != 0 && tgtype & (INSERT | UPDATE) != 0
+}
+
+/// The findings for one relation from its (non-internal) triggers.
+fn audit_relation(rel: &str, triggers: &[TriggerRow], list_used: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    let ours = triggers
+        .iter()
+        .find(|r| r.name.as_deref() == Some(TRIGGER_NAME));
+    match ours {
+        None if list_used => out.push(format!(
+            "{rel}: the suppression trigger {TRIGGER_NAME:?} is missing, so writes can put forgotten customers' PII \
+             back; the next forget job or admin server start reinstalls it"
+        )),
+        None => {}
+        Some(r) if !r.function.starts_with("pgredact.forget_suppress_") => out.push(format!(
+            "{rel}: trigger {TRIGGER_NAME:?} calls {} instead of pgredact's suppression function: drop it; the \
+             next forget job reinstalls pgredact's",
+            r.function
+        )),
+        Some(r) if r.enabled == "D" => out.push(format!(
+            "{rel}: the suppression trigger {TRIGGER_NAME:?} is disabled, so writes can put forgotten customers' PII \
+             back: ALTER TABLE {rel} ENABLE ALWAYS TRIGGER \"{TRIGGER_NAME}\""
+        )),
+        Some(r) if r.enabled != "A" => out.push(format!(
+            "{rel}: the suppression trigger {TRIGGER_NAME:?} is not ENABLE ALWAYS, so loads with \
+             session_replication_role = replica and logical replication skip it: \
+             ALTER TABLE {rel} ENABLE ALWAYS TRIGGER \"{TRIGGER_NAME}\""
+        )),
+        Some(_) => {}
+    }
+    for r in triggers {
+        let Some(name) = &r.name else { continue };
+        if name.as_bytes() > TRIGGER_NAME.as_bytes()
+            && r.enabled != "D"
+            && before_row_write(r.tgtype)
+        {
+            out.push(format!(
+                "{rel}: trigger {name:?} fires after pgredact's suppression trigger {TRIGGER_NAME:?} (BEFORE triggers \
+                 fire in name order, byte by byte) and can put a forgotten customer's PII back: rename it so it \
+                 sorts before {TRIGGER_NAME:?} (ALTER TRIGGER ... ON {rel} RENAME TO ...)"
+            ));
+        }
+    }
+    out
 }
 
 /// Removes every suppression trigger (used by the bench to measure ingest without them).
@@ -299,6 +475,54 @@ mod tests {
             assert!(body.contains("NEW.\"name\" := NULL;"), "{body}");
             assert_eq!(body.contains("'forgotten:'"), tokenize, "{body}");
         }
+    }
+
+    fn trig(name: &str, enabled: &str, tgtype: i32, function: &str) -> TriggerRow {
+        TriggerRow {
+            rel: "public.t".into(),
+            name: Some(name.into()),
+            enabled: enabled.into(),
+            tgtype,
+            function: function.into(),
+        }
+    }
+
+    /// BEFORE ROW INSERT/UPDATE triggers named after pgredact's are reported, byte-wise.
+    #[test]
+    fn audit_reports_later_names_and_broken_triggers() {
+        let ours = trig(
+            TRIGGER_NAME,
+            "A",
+            1 | 2 | 4 | 16,
+            "pgredact.forget_suppress_ab",
+        );
+        let before_row_insert = 1 | 2 | 4;
+        let rows = vec![
+            trig("zzzz_late", "O", before_row_insert, "public.f"),
+            trig("~~later", "O", before_row_insert, "public.f"),
+            trig("\u{e9}t\u{e9}", "A", 1 | 2 | 16, "public.f"),
+            trig("~~after_row", "O", 1 | 4, "public.f"),
+            trig("~~disabled", "D", before_row_insert, "public.f"),
+            trig("~~statement", "O", 2 | 4, "public.f"),
+        ];
+        let mut all = vec![ours];
+        all.extend(rows);
+        let found = audit_relation("public.t", &all, true).join("\n");
+        assert!(found.contains("\"~~later\" fires after"), "{found}");
+        assert!(found.contains("\"\u{e9}t\u{e9}\" fires after"), "{found}");
+        assert_eq!(found.lines().count(), 2, "{found}");
+        for (enabled, function, says) in [
+            ("D", "pgredact.forget_suppress_ab", "is disabled"),
+            ("O", "pgredact.forget_suppress_ab", "is not ENABLE ALWAYS"),
+            ("R", "pgredact.forget_suppress_ab", "is not ENABLE ALWAYS"),
+            ("A", "public.evil", "calls public.evil instead"),
+        ] {
+            let r = [trig(TRIGGER_NAME, enabled, 1 | 2 | 4 | 16, function)];
+            let found = audit_relation("public.t", &r, true).join("\n");
+            assert!(found.contains(says), "{enabled}: {found}");
+        }
+        assert!(audit_relation("public.t", &[], false).is_empty());
+        assert!(audit_relation("public.t", &[], true)[0].contains("is missing"));
     }
 
     #[test]
