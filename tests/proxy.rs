@@ -179,7 +179,7 @@ async fn writes_of_non_pii_pass_byte_for_byte_and_pii_writes_are_refused() {
         ("INSERT INTO customers (customer_id, email) VALUES (99999, 'a@b.c')", "column email"),
         ("INSERT INTO customers VALUES (99999)", "without a column list"),
         ("COPY customers (customer_id, email) FROM STDIN", "PII column email"),
-        ("MERGE INTO customers c USING orders o ON o.customer_id = c.customer_id WHEN MATCHED THEN UPDATE SET tier = 'x'", "MERGE"),
+        ("MERGE INTO customers c USING orders o ON o.customer_id = c.customer_id WHEN MATCHED THEN UPDATE SET email = 'x'", "column email"),
     ] {
         assert_refused(sol.execute(sql, &[]).await, want, sql);
         assert_refused(sol.simple_query(sql).await, want, sql);
@@ -472,14 +472,30 @@ async fn auth_methods_cancel_and_connect_time_refusals() {
         .unwrap_or_default();
     assert!(msg.contains("no masking policy"), "{msg}");
     // A forbidden startup setting for a masked role.
-    let cs = format!(
-        "{} options='-c search_path=evil'",
-        env.proxy_connstr("support", DB)
-    );
+    let cs = format!("{} options='-c role=dba'", env.proxy_connstr("support", DB));
     let Err(e) = tokio_postgres::connect(&cs, tokio_postgres::NoTls).await else {
         panic!("refused");
     };
     assert_eq!(code(&e), "42501");
+    // What drivers send at startup: a search path (JDBC's currentSchema), 'utf-8' with quotes
+    // (asyncpg). The session's search path is read back before the client gets control.
+    let mut cfg: tokio_postgres::Config = env.proxy_connstr("support", DB).parse().unwrap();
+    cfg.options("-c search_path=pg_catalog,public -c client_encoding='utf-8'");
+    let (c, conn) = cfg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("driver startup settings are accepted");
+    tokio::spawn(conn);
+    let r = rows(&c, "SELECT email FROM customers WHERE customer_id = 1")
+        .await
+        .unwrap();
+    assert!(r[0].contains("***@"), "{r:?}");
+    // Planner switches would let a masked session force a scan of a PII index (rows in raw order).
+    assert_refused(
+        c.simple_query("SET enable_seqscan = off").await,
+        "enable_seqscan",
+        "planner switch",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -119,6 +119,12 @@ fn corpus() -> Vec<Q> {
         (w, Twin, false, "DELETE FROM orders WHERE order_id = 19999"),
         (w, Twin, false, "UPDATE customers SET tier = 'gold' WHERE customer_id = 10 RETURNING *"),
         (w, Twin, false, "UPDATE orders o SET status = 'paid' FROM customers c WHERE c.customer_id = o.customer_id AND c.tier = 'platinum' AND o.status = 'pending'"),
+        (w, Twin, false, "DELETE FROM customer_events WHERE event_type = 'page_view' AND occurred_at < '2019-03-01'"),
+        (w, Twin, false, "DELETE FROM orders o USING customers c WHERE c.customer_id = o.customer_id AND c.tier = 'platinum' AND o.status = 'refunded'"),
+        (w, Twin, false, "WITH big AS (SELECT customer_id FROM orders WHERE amount > 490) UPDATE customers SET tier = 'gold' WHERE customer_id IN (SELECT customer_id FROM big)"),
+        (w, Twin, false, "WITH c AS (SELECT customer_id FROM customers WHERE segment = 'smb') INSERT INTO orders (customer_id, amount, status, ordered_at) SELECT customer_id, 1, 'pending', '2024-01-01' FROM c"),
+        (w, Twin, false, "MERGE INTO customers c USING (SELECT customer_id, max(amount) AS m FROM orders GROUP BY customer_id) o ON c.customer_id = o.customer_id WHEN MATCHED AND o.m > 490 THEN UPDATE SET tier = 'gold'"),
+        (w, Twin, false, "MERGE INTO orders o USING (VALUES (5, 'shipped')) v(id, st) ON o.order_id = v.id WHEN MATCHED THEN UPDATE SET status = v.st WHEN NOT MATCHED THEN INSERT (customer_id, amount, status, ordered_at) VALUES (10, 1, v.st, '2024-01-01')"),
     ];
     let mut n = 0;
     list.into_iter()

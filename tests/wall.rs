@@ -175,6 +175,21 @@ async fn masked_roles_straight_to_postgresql_are_denied_pii_and_read_the_masking
             .unwrap(),
         vec!["anna@eu.example"]
     );
+    // A masked user's temp tables named like types cannot break the masks: the views' types
+    // were resolved when they were built.
+    let p = env.proxy("support").await;
+    p.batch_execute("CREATE TEMP TABLE date (x int); CREATE TEMP TABLE text (x int); CREATE TEMP TABLE inet (x int)")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(
+            &p,
+            "SELECT birth_date, email, first_name FROM customers WHERE customer_id = 1"
+        )
+        .await
+        .unwrap(),
+        vec!["1999-01-01|d***@example.com|D***"]
+    );
     // pgredact check passes on this database.
     let cfg = pgredact::config::Config::load(&env.dir.join("pgredact.toml")).unwrap();
     let (lines, failed) = pgredact::check::run(&cfg).await;

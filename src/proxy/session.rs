@@ -396,7 +396,8 @@ fn check_masked_startup(params: &[(String, String)]) -> Result<(), String> {
         match k.as_str() {
             "user" | "database" | "application_name" | "fallback_application_name" => {}
             "client_encoding" => {
-                let v = v.to_ascii_lowercase();
+                // asyncpg sends 'utf-8', quotes included; PostgreSQL accepts that spelling.
+                let v = v.trim().trim_matches('\'').to_ascii_lowercase();
                 if !["utf8", "unicode", "utf-8"].contains(&v.as_str()) {
                     return Err(format!(
                         "masked sessions must use client_encoding UTF8, not {v}"
@@ -421,8 +422,14 @@ fn check_masked_startup(params: &[(String, String)]) -> Result<(), String> {
 
 fn check_startup_setting(name: &str, value: &str) -> Result<(), String> {
     let n = name.to_ascii_lowercase().replace('-', "_");
+    // A search path set at startup (JDBC's currentSchema) is read back with the session's
+    // current_schemas(true) before the client gets control, so names resolve as PostgreSQL does.
+    if n == "search_path" {
+        return Ok(());
+    }
     if let Some(allowed) = crate::rewrite::rules::pinned_setting(&n) {
-        if allowed.contains(&value.to_ascii_lowercase().as_str()) {
+        let v = value.trim().trim_matches('\'').to_ascii_lowercase();
+        if allowed.contains(&v.as_str()) {
             return Ok(());
         }
     } else if crate::rewrite::rules::setting_allowed(&n) {

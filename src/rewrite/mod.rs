@@ -603,6 +603,26 @@ impl<'a> State<'a> {
     fn statement(&mut self, s: &mut Statement) -> Result<(), Refusal> {
         self.collect_ctes(s);
         match s {
+            Statement::Query(q) if write_body(&q.body).is_some() => {
+                // WITH ... INSERT/UPDATE/DELETE: the WITH queries are reads (masked), the main
+                // statement is a write under the write rules.
+                if let Some(w) = q.with.as_mut() {
+                    for cte in w.cte_tables.iter_mut() {
+                        self.check(&*cte.query, None)?;
+                        self.substitute(&mut *cte.query, None)?;
+                    }
+                }
+                if q.order_by.is_some() || q.limit_clause.is_some() || q.fetch.is_some() {
+                    return Err(Refusal::new("ORDER BY or LIMIT on a data-modifying statement is not supported"));
+                }
+                match &mut *q.body {
+                    sqlparser::ast::SetExpr::Insert(w)
+                    | sqlparser::ast::SetExpr::Update(w)
+                    | sqlparser::ast::SetExpr::Delete(w)
+                    | sqlparser::ast::SetExpr::Merge(w) => self.statement(w)?,
+                    _ => {}
+                }
+            }
             Statement::Query(q) => {
                 self.check(&**q, None)?;
                 self.substitute(&mut **q, None)?;
@@ -695,11 +715,7 @@ impl<'a> State<'a> {
                     "LISTEN is not allowed for masked roles: notification payloads from other sessions are not masked",
                 ))
             }
-            Statement::Merge(_) => {
-                return Err(Refusal::new(
-                    "MERGE is not supported for masked roles: use INSERT ... ON CONFLICT or UPDATE on non-PII columns",
-                ))
-            }
+            Statement::Merge(_) => self.write(s)?,
             Statement::Call(_) => {
                 return Err(Refusal::new(
                     "CALL is not allowed for masked roles: procedures may read PII internally",
@@ -817,6 +833,12 @@ impl<'a> State<'a> {
                 }
                 write_target(&from[0].relation, "DELETE")?
             }
+            Statement::Merge(m) => {
+                if m.output.is_some() {
+                    return Err(Refusal::new("MERGE with an OUTPUT clause is not supported"));
+                }
+                write_target(&m.table, "MERGE")?
+            }
             _ => return Ok(()),
         };
         let prot = if only {
@@ -889,6 +911,10 @@ impl<'a> State<'a> {
                 };
                 self.substitute(d, Some(skip))?;
             }
+            Statement::Merge(m) => {
+                let skip = &m.table as *const TableFactor;
+                self.substitute(m, Some(skip))?;
+            }
             _ => {}
         }
         if let Some(t) = &target {
@@ -956,6 +982,57 @@ impl<'a> State<'a> {
                         if t.rel.is_pii(&n) {
                             return Err(refuse_col(&n, "writing"));
                         }
+                    }
+                }
+            }
+            Statement::Merge(m) => {
+                use sqlparser::ast::{MergeAction, MergeInsertKind, MergeUpdateKind};
+                for c in &m.clauses {
+                    match &c.action {
+                        MergeAction::Update(u) => {
+                            if u.update_predicate.is_some() || u.delete_predicate.is_some() {
+                                return Err(Refusal::new("this MERGE form is not PostgreSQL's"));
+                            }
+                            match &u.kind {
+                                MergeUpdateKind::Set(assignments) => {
+                                    for a in assignments {
+                                        for n in assignment_columns(&a.target) {
+                                            if t.rel.is_pii(&n) {
+                                                return Err(refuse_col(&n, "writing"));
+                                            }
+                                        }
+                                    }
+                                }
+                                _ => {
+                                    return Err(Refusal::new(format!(
+                                        "MERGE ... UPDATE SET * writes every column of {table}, including PII columns"
+                                    )))
+                                }
+                            }
+                        }
+                        MergeAction::Insert(i) => {
+                            if i.columns.is_empty() || !matches!(i.kind, MergeInsertKind::Values(_))
+                            {
+                                return Err(Refusal::new(format!(
+                                    "MERGE ... INSERT into {table} without a column list writes every column, including PII columns"
+                                ))
+                                .hint("list the non-PII columns you insert"));
+                            }
+                            if i.insert_predicate.is_some() {
+                                return Err(Refusal::new("this MERGE form is not PostgreSQL's"));
+                            }
+                            for c in &i.columns {
+                                let n =
+                                    c.0.last()
+                                        .and_then(|p| p.as_ident())
+                                        .map(fold)
+                                        .unwrap_or_default();
+                                if t.rel.is_pii(&n) {
+                                    return Err(refuse_col(&n, "writing"));
+                                }
+                            }
+                        }
+                        MergeAction::Delete { .. } | MergeAction::DoNothing { .. } => {}
                     }
                 }
             }
@@ -1548,10 +1625,24 @@ fn assignment_columns(t: &AssignmentTarget) -> Vec<String> {
     }
 }
 
+/// The data-modifying statement a query's body is (`WITH ... UPDATE ...` parses as a query).
+fn write_body(body: &sqlparser::ast::SetExpr) -> Option<&Statement> {
+    use sqlparser::ast::SetExpr;
+    match body {
+        SetExpr::Insert(w) | SetExpr::Update(w) | SetExpr::Delete(w) | SetExpr::Merge(w) => Some(w),
+        _ => None,
+    }
+}
+
 /// Refuses query shapes whose relations are not visible as table factors: `TABLE t` inside a
-/// set operation, and data-modifying statements inside WITH.
+/// set operation, and data-modifying statements inside WITH (a statement whose main part is a
+/// write, after its WITH queries, is fine).
 fn structure_check(s: &Statement) -> Result<(), Refusal> {
-    struct S(Option<Refusal>);
+    let top: Option<*const Query> = match s {
+        Statement::Query(q) if write_body(&q.body).is_some() => Some(&**q as *const Query),
+        _ => None,
+    };
+    struct S(Option<Refusal>, Option<*const Query>);
     fn walk(se: &sqlparser::ast::SetExpr) -> Option<Refusal> {
         use sqlparser::ast::SetExpr;
         match se {
@@ -1570,6 +1661,9 @@ fn structure_check(s: &Statement) -> Result<(), Refusal> {
     impl Visitor for S {
         type Break = ();
         fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+            if self.1 == Some(q as *const Query) {
+                return ControlFlow::Continue(());
+            }
             if let Some(r) = walk(&q.body) {
                 self.0 = Some(r);
                 return ControlFlow::Break(());
@@ -1577,7 +1671,7 @@ fn structure_check(s: &Statement) -> Result<(), Refusal> {
             ControlFlow::Continue(())
         }
     }
-    let mut v = S(None);
+    let mut v = S(None, top);
     let _ = s.visit(&mut v);
     match v.0 {
         Some(r) => Err(r),

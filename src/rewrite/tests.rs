@@ -375,7 +375,6 @@ fn pii_writes_and_reads_in_writes_are_refused() {
         ("INSERT INTO customers (customer_id) VALUES (1) ON CONFLICT (email) DO NOTHING", "column email"),
         ("UPDATE customers SET tier = 'x' RETURNING email", "PII column email"),
         ("UPDATE orders SET amount = 1 FROM customers c WHERE c.customer_id = orders.customer_id AND c.email = 'x'", "__rewritten__"),
-        ("MERGE INTO customers c USING orders o ON c.customer_id = o.customer_id WHEN MATCHED THEN UPDATE SET tier = 'x'", "MERGE"),
         ("UPDATE customer_events_2024 SET customer_id = 1 WHERE ip_address IS NULL", "PII column ip_address"),
     ] {
         if want == "__rewritten__" {
@@ -658,4 +657,52 @@ fn prepared_effects_names_prepare_execute_deallocate() {
         ]
     );
     assert!(prepared_effects("SELECT 'no statements here'").is_empty());
+}
+
+#[test]
+fn write_shapes_of_the_data_team() {
+    // DELETE and UPDATE with non-PII predicates, in any shape.
+    passes("DELETE FROM customer_events WHERE event_id = 5");
+    passes("DELETE FROM customer_events e WHERE e.customer_id = 5 AND e.event_id > 3");
+    passes("DELETE FROM customers WHERE customer_id IN (SELECT customer_id FROM orders WHERE amount > 5)");
+    passes("delete from customers where tier = 'x' returning customer_id");
+    assert_eq!(
+        rewritten("DELETE FROM orders o USING customers c WHERE c.customer_id = o.customer_id AND c.tier = 'x'"),
+        "DELETE FROM orders o USING \"pgredact_masked\".\"customers\" c WHERE c.customer_id = o.customer_id AND c.tier = 'x'"
+    );
+    // WITH queries whose main statement writes non-PII columns: the WITH queries are masked reads.
+    passes("WITH x AS (SELECT customer_id FROM orders WHERE amount > 5) UPDATE customers SET tier = 'gold' WHERE customer_id IN (SELECT customer_id FROM x)");
+    assert_eq!(
+        rewritten("WITH x AS (SELECT customer_id, email FROM customers) DELETE FROM orders WHERE customer_id IN (SELECT customer_id FROM x)"),
+        "WITH x AS (SELECT customer_id, email FROM \"pgredact_masked\".\"customers\" AS \"customers\") DELETE FROM orders WHERE customer_id IN (SELECT customer_id FROM x)"
+    );
+    assert!(
+        refused("WITH x AS (SELECT 1) UPDATE customers SET email = 'x'").contains("column email")
+    );
+    assert!(
+        refused("WITH x AS (SELECT 1) UPDATE customers SET tier = 'x' RETURNING *")
+            .contains("RETURNING *")
+    );
+    // Data-modifying statements inside WITH stay refused.
+    assert!(refused(
+        "WITH u AS (UPDATE customers SET tier = 'x' RETURNING customer_id) SELECT * FROM u"
+    )
+    .contains("inside WITH"));
+    // MERGE, analysed like INSERT/UPDATE/DELETE.
+    passes("MERGE INTO customers c USING orders o ON c.customer_id = o.customer_id WHEN MATCHED THEN UPDATE SET tier = 'x'");
+    passes("MERGE INTO orders o USING (VALUES (5, 'shipped')) v(id, st) ON o.order_id = v.id WHEN MATCHED THEN UPDATE SET amount = 1 WHEN NOT MATCHED THEN INSERT (customer_id, amount) VALUES (10, 1)");
+    assert_eq!(
+        rewritten("MERGE INTO orders o USING customers c ON o.customer_id = c.customer_id WHEN MATCHED AND c.tier = 'x' THEN DELETE"),
+        "MERGE INTO orders o USING \"pgredact_masked\".\"customers\" c ON o.customer_id = c.customer_id WHEN MATCHED AND c.tier = 'x' THEN DELETE"
+    );
+    for (sql, want) in [
+        ("MERGE INTO customers c USING orders o ON c.customer_id = o.customer_id WHEN MATCHED THEN UPDATE SET email = 'x'", "writing column email"),
+        ("MERGE INTO customers c USING orders o ON c.email = 'x' WHEN MATCHED THEN DELETE", "reading PII column email"),
+        ("MERGE INTO customers c USING orders o ON c.customer_id = o.customer_id WHEN NOT MATCHED THEN INSERT VALUES (o.customer_id)", "without a column list"),
+        ("MERGE INTO customers c USING orders o ON c.customer_id = o.customer_id WHEN NOT MATCHED THEN INSERT (customer_id, phone) VALUES (o.customer_id, '1')", "writing column phone"),
+        ("MERGE INTO customers c USING orders o ON c.customer_id = o.customer_id WHEN MATCHED AND c.phone IS NULL THEN UPDATE SET tier = 'x'", "reading PII column phone"),
+    ] {
+        let m = refused(sql);
+        assert!(m.contains(want), "{sql}: {m}");
+    }
 }
