@@ -5,7 +5,10 @@
 //!   `"database"`, `"requester"`) or a `text/csv` body (one ID a line; `?database=` and the
 //!   `X-Requester` header instead). At most [`MAX_IDS`] IDs: more is 413. Answers 202 with the job
 //!   ID; a background worker in this server runs the job.
+//!   A request whose plan is blocked is answered 422 with the `blockers` (no job is created).
 //! - `GET /v1/jobs/{id}` (optional `?database=`): state and counts.
+//! - `POST /v1/jobs/{id}/retry` (optional `?database=`): a failed or blocked job runs again
+//!   (202); 409 for a job in another state.
 //!
 //! Every `/v1` call needs `Authorization: Bearer <token>`, the token being the value of the
 //! environment variable named by `[admin] token_env`. Errors are JSON `{"error": "..."}`.
@@ -175,6 +178,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(healthz))
         .route("/v1/customers/remove-pii", post(remove_pii))
         .route("/v1/jobs/{id}", get(job_status))
+        .route("/v1/jobs/{id}/retry", post(retry_job))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -341,8 +345,16 @@ async fn remove_pii(
             .unwrap_or_else(|| "api".to_string()),
         source: "api".to_string(),
     };
+    // Planned now: a blocked request is answered here, and no job holds its IDs.
+    let plan = session
+        .plan(&list.ids)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    if plan.has_blockers() {
+        return Ok(blocked(&plan));
+    }
     let job = session
-        .submit(&origin, &list, state.batch_size)
+        .submit_planned(&origin, &list, state.batch_size, Some(&plan))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
     state.wake.notify_one();
@@ -356,6 +368,57 @@ async fn remove_pii(
             "ids": list.ids.len(),
             "duplicates": list.duplicates,
             "status_url": format!("/v1/jobs/{job}?database={db}"),
+        })),
+    )
+        .into_response())
+}
+
+/// 422: the plan is blocked; nothing was changed and no job was created.
+fn blocked(plan: &forget::Plan) -> Response {
+    (
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Json(json!({
+            "error": format!(
+                "the request is blocked: nothing was changed and no job was created; fix the blockers and send it again: {}",
+                plan.blockers.join("; ")
+            ),
+            "blockers": plan.blockers,
+            "plan": plan,
+        })),
+    )
+        .into_response()
+}
+
+/// `POST /v1/jobs/{id}/retry`: a failed or blocked job runs again (it kept its IDs).
+async fn retry_job(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+    Query(q): Query<DbQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::bad(format!("job id {id:?} is not a number")))?;
+    let policy = state.policy(q.database.as_deref())?;
+    let mut session = state.session(policy).await?;
+    let db = session.spec.database.clone();
+    let new_state = session.retry(id).await.map_err(|e| match e {
+        forget::RetryError::NotFound => ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no job {id} in database {db:?}"),
+        ),
+        forget::RetryError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
+        forget::RetryError::Other(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m),
+    })?;
+    state.wake.notify_one();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "job_id": id,
+            "database": db,
+            "state": new_state,
+            "status_url": format!("/v1/jobs/{id}?database={db}"),
         })),
     )
         .into_response())

@@ -17,6 +17,9 @@ pub struct Config {
     pub admin: Option<Admin>,
     #[serde(default)]
     pub secrets: Secrets,
+    /// Right to be forgotten: timeouts and retries of forget jobs.
+    #[serde(default)]
+    pub forget: ForgetSettings,
     /// Seconds between periodic catalog refreshes.
     #[serde(default = "default_refresh")]
     pub catalog_refresh_secs: u64,
@@ -86,6 +89,43 @@ pub struct Admin {
 pub struct Secrets {
     #[serde(default = "default_hash_key_env")]
     pub hash_key_env: String,
+}
+
+/// `[forget]`: how long forget statements may wait and run, and how often a job run retries
+/// after a transient error (deadlock, serialization failure, lock or statement timeout, lost
+/// connection) before it leaves the job for the next run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForgetSettings {
+    /// `lock_timeout` of forget sessions, in milliseconds.
+    #[serde(default = "default_forget_lock_timeout_ms")]
+    pub lock_timeout_ms: u64,
+    /// `statement_timeout` of forget sessions, in seconds.
+    #[serde(default = "default_forget_statement_timeout_secs")]
+    pub statement_timeout_secs: u64,
+    /// Attempts of one job run (the first included) before it is left resumable.
+    #[serde(default = "default_forget_attempts")]
+    pub attempts: u32,
+}
+
+impl Default for ForgetSettings {
+    fn default() -> Self {
+        ForgetSettings {
+            lock_timeout_ms: default_forget_lock_timeout_ms(),
+            statement_timeout_secs: default_forget_statement_timeout_secs(),
+            attempts: default_forget_attempts(),
+        }
+    }
+}
+
+fn default_forget_lock_timeout_ms() -> u64 {
+    10_000
+}
+fn default_forget_statement_timeout_secs() -> u64 {
+    900
+}
+fn default_forget_attempts() -> u32 {
+    8
 }
 
 impl Default for Secrets {

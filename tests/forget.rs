@@ -80,12 +80,17 @@ fn set_env() {
 }
 
 fn write_config(cluster: &Cluster, policy: &str) -> (Config, tempfile::TempDir) {
+    write_config_extra(cluster, policy, "")
+}
+
+/// [`write_config`] with more TOML at the end (e.g. a `[forget]` section).
+fn write_config_extra(cluster: &Cluster, policy: &str, extra: &str) -> (Config, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir(dir.path().join("policies")).expect("mkdir policies");
     std::fs::write(dir.path().join("policies/app.toml"), policy).expect("write policy");
     let toml = format!(
         "listen = \"127.0.0.1:0\"\npolicies = \"policies\"\n\n[upstream]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"pgredact\"\n\n\
-         [admin]\nlisten = \"127.0.0.1:0\"\ntoken_env = \"{TOKEN_ENV}\"\n\n[secrets]\nhash_key_env = \"{HASH_KEY_ENV}\"\n",
+         [admin]\nlisten = \"127.0.0.1:0\"\ntoken_env = \"{TOKEN_ENV}\"\n\n[secrets]\nhash_key_env = \"{HASH_KEY_ENV}\"\n{extra}",
         cluster.port
     );
     let path = dir.path().join("pgredact.toml");
@@ -1410,5 +1415,309 @@ fn suppression_triggers_fire_always_and_last_and_check_reports_holes() {
             "SELECT string_agg(DISTINCT tgenabled::text, ','), count(*) FROM pg_trigger WHERE tgname = '~pgredact_forget'"
         ),
         "A|8"
+    );
+}
+
+#[test]
+fn transient_errors_are_retried_until_the_job_completes() {
+    let mut env = demo_env();
+    let (cfg, dir) = write_config_extra(
+        &env.cluster,
+        DEMO_POLICY,
+        "\n[forget]\nlock_timeout_ms = 100\n",
+    );
+    env.cfg = cfg;
+    env._dir = dir;
+    // A first job installs the triggers (so the second one takes no table lock to start).
+    rt().block_on(forget::run_cli(&env.cfg, forget_args("1")))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let report = rt().block_on(async {
+        // Another session holds a lock that blocks the job's UPDATE (not its reads).
+        let locker = env
+            .cluster
+            .superuser_connect(DEMO_DB)
+            .await
+            .expect("superuser connection");
+        locker
+            .batch_execute("BEGIN; LOCK TABLE public.customer_events IN EXCLUSIVE MODE")
+            .await
+            .expect("lock");
+        let cfg = env.cfg.clone();
+        let job = tokio::spawn(async move { forget::run_cli(&cfg, forget_args("1234,77")).await });
+        // Until the job has met the lock timeout at least once.
+        loop {
+            let retries: i64 = locker
+                .query_one(
+                    "SELECT coalesce(max(retries), 0)::int8 FROM pgredact.forget_jobs",
+                    &[],
+                )
+                .await
+                .expect("retries")
+                .get(0);
+            if retries > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        locker.batch_execute("COMMIT").await.expect("unlock");
+        job.await.expect("join").unwrap_or_else(|e| panic!("{e}"))
+    });
+    assert!(report.contains(": done"), "{report}");
+    assert!(
+        report.contains("retried after transient errors"),
+        "{report}"
+    );
+    assert!(report.contains("lock timeout (55P03)"), "{report}");
+    assert!(report.contains("2 forgotten now"), "{report}");
+    assert_eq!(
+        sql(&env, "SELECT count(*) FROM customer_events WHERE customer_id IN (1234, 77) AND ip_address IS NOT NULL"),
+        "0"
+    );
+    assert_eq!(
+        sql(
+            &env,
+            "SELECT state FROM pgredact.forget_jobs ORDER BY id DESC LIMIT 1"
+        ),
+        "done"
+    );
+}
+
+#[test]
+fn blocked_requests_are_refused_with_422_and_their_ids_kept_nowhere() {
+    let mut env = demo_env();
+    let blocked = DEMO_POLICY.replace(
+        "columns.country = \"null\"",
+        "columns.country = \"null\"\ncolumns.tier = \"null\"",
+    );
+    let (cfg, dir) = write_config(&env.cluster, &blocked);
+    env.cfg = cfg;
+    env._dir = dir;
+    rt().block_on(async {
+        let addr = start_admin(&env).await;
+        let auth = format!("Bearer {TOKEN}");
+        let (st, body) = http(
+            addr,
+            "POST",
+            "/v1/customers/remove-pii",
+            &[
+                ("Content-Type", "application/json"),
+                ("Authorization", auth.as_str()),
+            ],
+            br#"{"customer_ids":[1234, 77]}"#,
+        )
+        .await;
+        assert_eq!(st, 422, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        let blockers = v["blockers"].as_array().expect("blockers array");
+        assert!(
+            blockers.iter().any(|b| b
+                .as_str()
+                .unwrap_or("")
+                .contains("public.customers.tier is NOT NULL")),
+            "{body}"
+        );
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("no job was created"),
+            "{body}"
+        );
+    });
+    assert_eq!(sql(&env, "SELECT count(*) FROM pgredact.forget_jobs"), "0");
+    assert_eq!(sql(&env, "SELECT count(*) FROM pgredact.forget_list"), "0");
+    assert_eq!(
+        sql(&env, "SELECT count(*) FROM customers WHERE customer_id IN (1234, 77) AND first_name IS NOT NULL"),
+        "2"
+    );
+}
+
+#[test]
+fn a_failed_refresh_ends_done_with_warnings() {
+    let env = demo_env();
+    sql(
+        &env,
+        "CREATE TABLE public.refresh_switch (broken boolean); \
+         INSERT INTO public.refresh_switch VALUES (false); \
+         ALTER TABLE public.refresh_switch OWNER TO pgredact; \
+         CREATE FUNCTION public.refresh_guard() RETURNS int LANGUAGE plpgsql AS \
+           $$BEGIN IF EXISTS (SELECT 1 FROM public.refresh_switch WHERE broken) THEN \
+             RAISE EXCEPTION 'refresh refused'; END IF; RETURN 1; END$$; \
+         CREATE MATERIALIZED VIEW public.customer_names AS \
+           SELECT customer_id, first_name, public.refresh_guard() AS g FROM public.customers; \
+         ALTER MATERIALIZED VIEW public.customer_names OWNER TO pgredact; \
+         UPDATE public.refresh_switch SET broken = true;",
+    );
+    let report = rt()
+        .block_on(forget::run_cli(&env.cfg, forget_args("1234")))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.contains(": done"), "{report}");
+    assert!(report.contains("no PII left"), "{report}");
+    assert!(
+        report.contains("warning: materialized view public.customer_names still holds copies")
+            && report.contains("refresh refused"),
+        "{report}"
+    );
+    assert!(
+        report.contains("refreshed: public.customer_country"),
+        "{report}"
+    );
+    let policy = forget::pick_policy(&env.cfg, Some("app")).unwrap();
+    let target = Target::from_config(&env.cfg, "app");
+    let status = rt().block_on(async {
+        let s = Session::open(&target, policy, Some(HASH_KEY.as_bytes()))
+            .await
+            .expect("session");
+        s.status(1).await.expect("status").expect("job 1")
+    });
+    assert_eq!(status.state, "done");
+    assert!(
+        status.warnings.iter().any(|w| w.contains("customer_names")),
+        "{:?}",
+        status.warnings
+    );
+    let json = serde_json::to_value(&status).expect("job JSON");
+    assert!(
+        json["warnings"].as_array().is_some_and(|a| !a.is_empty()),
+        "{json}"
+    );
+    assert_eq!(
+        sql(
+            &env,
+            "SELECT count(*) FROM customers WHERE customer_id = 1234 AND first_name IS NOT NULL"
+        ),
+        "0"
+    );
+}
+
+/// An application trigger on orders that refuses updates while the switch is on.
+const REFUSE_UPDATES: &str = "CREATE TABLE public.update_switch (broken boolean); \
+    INSERT INTO public.update_switch VALUES (true); \
+    ALTER TABLE public.update_switch OWNER TO pgredact; \
+    CREATE FUNCTION public.refuse_update() RETURNS trigger LANGUAGE plpgsql AS \
+      $$BEGIN IF EXISTS (SELECT 1 FROM public.update_switch WHERE broken) THEN \
+        RAISE EXCEPTION 'orders are frozen'; END IF; RETURN NEW; END$$; \
+    CREATE TRIGGER aaa_refuse_update BEFORE UPDATE ON public.orders \
+      FOR EACH ROW EXECUTE FUNCTION public.refuse_update();";
+
+#[test]
+fn failed_jobs_keep_their_ids_and_can_be_retried_from_cli_and_api() {
+    let env = demo_env();
+    sql(&env, REFUSE_UPDATES);
+    let err = rt()
+        .block_on(forget::run_cli(&env.cfg, forget_args("1234,77")))
+        .expect_err("the job fails");
+    assert!(
+        err.contains(": failed") && err.contains("orders are frozen"),
+        "{err}"
+    );
+    // The IDs are kept (none of these customers is forgotten yet), and they stay suppressed.
+    assert_eq!(
+        sql(&env, "SELECT count(*) FROM pgredact.forget_batches WHERE ids IS NOT NULL AND state = 'pending'"),
+        "1"
+    );
+    assert_eq!(sql(&env, "SELECT count(*) FROM pgredact.forget_list"), "2");
+    assert_eq!(
+        sql(&env, "SELECT count(*) FROM customers WHERE customer_id IN (1234, 77) AND first_name IS NOT NULL"),
+        "2"
+    );
+    // Retrying while the cause is still there fails again, still keeping the IDs.
+    let retry = |job: i64| ForgetArgs {
+        retry: Some(job),
+        ids: None,
+        ..forget_args("")
+    };
+    let err = rt()
+        .block_on(forget::run_cli(&env.cfg, retry(1)))
+        .expect_err("still failing");
+    assert!(err.contains("orders are frozen"), "{err}");
+    sql(&env, "UPDATE public.update_switch SET broken = false");
+    let report = rt()
+        .block_on(forget::run_cli(&env.cfg, retry(1)))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        report.contains("job 1 ") && report.contains(": done"),
+        "{report}"
+    );
+    assert!(report.contains("2 forgotten now"), "{report}");
+    assert_eq!(
+        sql(&env, "SELECT count(*) FROM customers WHERE customer_id IN (1234, 77) AND first_name IS NOT NULL"),
+        "0"
+    );
+    assert_eq!(
+        sql(
+            &env,
+            "SELECT count(*) FROM pgredact.forget_batches WHERE ids IS NOT NULL"
+        ),
+        "0"
+    );
+    let err = rt()
+        .block_on(forget::run_cli(&env.cfg, retry(1)))
+        .expect_err("a done job is not retried");
+    assert!(err.contains("only failed or blocked"), "{err}");
+
+    // The same through the API.
+    sql(&env, "UPDATE public.update_switch SET broken = true");
+    rt().block_on(async {
+        let addr = start_admin(&env).await;
+        let auth = format!("Bearer {TOKEN}");
+        let (st, body) = http(
+            addr,
+            "POST",
+            "/v1/customers/remove-pii",
+            &[
+                ("Content-Type", "application/json"),
+                ("Authorization", auth.as_str()),
+            ],
+            br#"{"customer_ids":[88]}"#,
+        )
+        .await;
+        assert_eq!(st, 202, "{body}");
+        let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["job_id"]
+            .as_i64()
+            .unwrap();
+        let status = wait_job(addr, &auth, id).await;
+        assert_eq!(status["state"], "failed", "{status}");
+        sql(&env, "UPDATE public.update_switch SET broken = false");
+        let path = format!("/v1/jobs/{id}/retry");
+        let (st, body) = http(
+            addr,
+            "POST",
+            &path,
+            &[("Authorization", auth.as_str())],
+            b"",
+        )
+        .await;
+        assert_eq!(st, 202, "{body}");
+        let status = wait_job(addr, &auth, id).await;
+        assert_eq!(status["state"], "done", "{status}");
+        assert_eq!(status["ids_forgotten"], 1, "{status}");
+        let (st, body) = http(
+            addr,
+            "POST",
+            &path,
+            &[("Authorization", auth.as_str())],
+            b"",
+        )
+        .await;
+        assert_eq!(st, 409, "{body}");
+        let (st, _) = http(
+            addr,
+            "POST",
+            "/v1/jobs/999/retry",
+            &[("Authorization", auth.as_str())],
+            b"",
+        )
+        .await;
+        assert_eq!(st, 404);
+        let (st, _) = http(addr, "POST", &path, &[], b"").await;
+        assert_eq!(st, 401);
+    });
+    assert_eq!(
+        sql(
+            &env,
+            "SELECT count(*) FROM customers WHERE customer_id = 88 AND first_name IS NOT NULL"
+        ),
+        "0"
     );
 }

@@ -38,22 +38,72 @@ pub struct Faults {
 pub enum RunEnd {
     /// The job reached a final state (done, blocked or failed) or another worker finalizes it.
     Finished,
-    /// A fault hook stopped the run; the job stays resumable.
+    /// The run stopped and the job stays resumable: a fault hook, or transient errors that
+    /// outlasted the retries.
     Interrupted(String),
+    /// A transient error (deadlock, serialization failure, lock or statement timeout, lost
+    /// connection) stopped this attempt; the job is unchanged and may be run again at once.
+    Transient(String),
 }
 
-/// Error with a flag telling whether the job should be marked failed.
+/// SQLSTATEs worth another attempt: deadlock_detected, serialization_failure,
+/// lock_not_available (lock_timeout), query_canceled (statement_timeout), admin_shutdown,
+/// crash_shutdown, cannot_connect_now, and the connection exceptions.
+pub const TRANSIENT_SQLSTATES: &[&str] = &[
+    "40P01", "40001", "55P03", "57014", "57P01", "57P02", "57P03", "08000", "08003", "08006",
+    "08001", "08004",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// The job is marked failed (and keeps its IDs, for a retry).
+    Fatal,
+    /// Worth another attempt; the job is left as it is.
+    Transient,
+    /// A fault hook; the job is left as it is.
+    Interrupted,
+}
+
 struct JobError {
     msg: String,
-    fatal: bool,
+    kind: Kind,
 }
 
-fn fatal(msg: String) -> JobError {
-    JobError { msg, fatal: true }
+/// An error from a message; transient when it ends with a transient SQLSTATE (as
+/// [`super::db_error`] writes them).
+fn failure(msg: String) -> JobError {
+    let transient = TRANSIENT_SQLSTATES
+        .iter()
+        .any(|c| msg.trim_end().ends_with(&format!("({c})")));
+    let kind = if transient {
+        Kind::Transient
+    } else {
+        Kind::Fatal
+    };
+    JobError { msg, kind }
+}
+
+/// True for errors a later attempt may well not meet again: see [`TRANSIENT_SQLSTATES`], plus a closed
+/// connection or an I/O error.
+pub fn is_transient(e: &tokio_postgres::Error) -> bool {
+    match e.as_db_error() {
+        Some(d) => TRANSIENT_SQLSTATES.contains(&d.code().code()),
+        None => {
+            e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+        }
+    }
 }
 
 fn pg(e: tokio_postgres::Error) -> JobError {
-    fatal(super::db_error(&e))
+    let kind = if is_transient(&e) {
+        Kind::Transient
+    } else {
+        Kind::Fatal
+    };
+    JobError {
+        msg: super::db_error(&e),
+        kind,
+    }
 }
 
 /// Drives a job as far as this worker can: start if queued, run pending batches, finalize.
@@ -66,7 +116,9 @@ pub async fn run_job(
     let started = Instant::now();
     match drive(client, spec, job_id, faults, started).await {
         Ok(end) => Ok(end),
-        Err(e) if !e.fatal => Ok(RunEnd::Interrupted(e.msg)),
+        Err(e) if e.kind == Kind::Interrupted => Ok(RunEnd::Interrupted(e.msg)),
+        // Whatever failed, a lost connection is worth another attempt.
+        Err(e) if e.kind == Kind::Transient || client.is_closed() => Ok(RunEnd::Transient(e.msg)),
         Err(e) => {
             mark_failed(client, job_id, &e.msg).await?;
             Err(e.msg)
@@ -94,7 +146,7 @@ async fn drive(
         if faults.stop_after_batches == Some(done) {
             return Err(JobError {
                 msg: format!("stopped by fault injection after {done} batch(es)"),
-                fatal: false,
+                kind: Kind::Interrupted,
             });
         }
         let inject = faults.fail_inside_batch == Some(done + 1);
@@ -116,7 +168,7 @@ async fn job_state(client: &Client, job_id: i64) -> Result<String, JobError> {
         .await
         .map_err(pg)?
         .map(|r| r.get(0))
-        .ok_or_else(|| fatal(format!("job {job_id} does not exist")))
+        .ok_or_else(|| failure(format!("job {job_id} does not exist")))
 }
 
 async fn try_job_lock(client: &Client, job_id: i64) -> Result<bool, JobError> {
@@ -184,22 +236,32 @@ async fn start_locked(client: &mut Client, spec: &Spec, job_id: i64) -> Result<(
         .get(0);
     let plan = match stored.and_then(|s| serde_json::from_str::<plan::Plan>(&s).ok()) {
         Some(p) if !p.has_blockers() => p,
-        _ => plan::plan(client, spec, &ids).await.map_err(fatal)?,
+        _ => plan::plan(client, spec, &ids).await.map_err(failure)?,
     };
-    let plan_json = serde_json::to_string(&plan).map_err(|e| fatal(e.to_string()))?;
+    let plan_json = serde_json::to_string(&plan).map_err(|e| failure(e.to_string()))?;
     if plan.has_blockers() {
+        // The IDs stay (nothing was done for these customers yet): fix the blockers, then retry.
         client
             .execute(
                 "UPDATE pgredact.forget_jobs SET state = 'blocked', plan = CAST($2 AS text)::jsonb, \
                  finished_at = now(), error = $3 WHERE id = $1",
-                &[&job_id, &plan_json, &format!("blocked by the plan: {}", plan.blockers.join("; "))],
+                &[
+                    &job_id,
+                    &plan_json,
+                    &format!(
+                        "blocked by the plan: {}; nothing was changed: fix the blockers, then retry job {job_id} \
+                         (pgredact forget --retry {job_id}, or POST /v1/jobs/{job_id}/retry)",
+                        plan.blockers.join("; ")
+                    ),
+                ],
             )
             .await
             .map_err(pg)?;
-        clear_ids(client, job_id).await?;
         return Ok(());
     }
-    super::suppress::ensure(client, spec).await.map_err(fatal)?;
+    super::suppress::ensure(client, spec)
+        .await
+        .map_err(failure)?;
     let tx = client.transaction().await.map_err(pg)?;
     // Sorted, so concurrent jobs with overlapping IDs wait on each other in one order.
     let new: i64 = tx
@@ -365,7 +427,7 @@ async fn run_batch(
                 // Dropping the transaction rolls the batch back, as a crash would.
                 return Err(JobError {
                     msg: format!("failed by fault injection inside batch {batch}"),
-                    fatal: false,
+                    kind: Kind::Interrupted,
                 });
             }
             let v = tx.query_one(&ver, &[&process]).await.map_err(pg)?;
@@ -381,7 +443,7 @@ async fn run_batch(
                 .filter(|(_, n)| **n > 0)
                 .map(|(t, n)| format!("{t}: {n}"))
                 .collect();
-            return Err(fatal(format!(
+            return Err(failure(format!(
                 "batch {batch}: rows still hold PII after the update ({}); the batch was rolled back",
                 left.join(", ")
             )));
@@ -501,7 +563,7 @@ async fn finalize_locked(
     let oids: Vec<u32> = changed_specs.iter().flat_map(|t| t.tree_oids()).collect();
     for (mv, owned) in plan::dependent_matviews(client, &oids)
         .await
-        .map_err(fatal)?
+        .map_err(failure)?
     {
         if !owned {
             warnings.push(format!(
@@ -509,11 +571,18 @@ async fn finalize_locked(
             ));
             continue;
         }
-        client
+        match client
             .batch_execute(&format!("REFRESH MATERIALIZED VIEW {mv}"))
             .await
-            .map_err(|e| fatal(format!("refreshing {mv}: {}", super::db_error(&e))))?;
-        refreshed.push(mv);
+        {
+            Ok(()) => refreshed.push(mv),
+            Err(e) if client.is_closed() => return Err(pg(e)),
+            Err(e) => warnings.push(format!(
+                "materialized view {mv} still holds copies of the removed values: refreshing it failed: {}; \
+                 run REFRESH MATERIALIZED VIEW {mv}",
+                super::db_error(&e)
+            )),
+        }
     }
     let mut analyzed = Vec::new();
     for (qname, shown, owned) in analyze_targets(&changed_specs) {
@@ -523,11 +592,14 @@ async fn finalize_locked(
             ));
             continue;
         }
-        client
-            .batch_execute(&format!("ANALYZE {qname}"))
-            .await
-            .map_err(|e| fatal(format!("analyzing {shown}: {}", super::db_error(&e))))?;
-        analyzed.push(shown);
+        match client.batch_execute(&format!("ANALYZE {qname}")).await {
+            Ok(()) => analyzed.push(shown),
+            Err(e) if client.is_closed() => return Err(pg(e)),
+            Err(e) => warnings.push(format!(
+                "{shown}: ANALYZE failed, so pg_stats may still show removed values: {}; run ANALYZE {qname}",
+                super::db_error(&e)
+            )),
+        }
     }
     let summary = json!({
         "refreshed": refreshed,
@@ -581,29 +653,108 @@ async fn clear_ids(client: &Client, job_id: i64) -> Result<(), JobError> {
     Ok(())
 }
 
+/// Marks the job failed. Its IDs stay (the customers not forgotten yet must not be lost): a
+/// retry ([`retry`]) runs it on.
 async fn mark_failed(client: &Client, job_id: i64, msg: &str) -> Result<(), String> {
     client
         .execute(
-            "UPDATE pgredact.forget_jobs SET state = $2, finished_at = now(), error = $3 \
+            "UPDATE pgredact.forget_jobs SET state = $2, finished_at = now(), \
+             error = $3 || '; the job keeps its customer IDs: fix the cause, then retry it' \
              WHERE id = $1 AND state IN ('queued', 'running', 'finalizing')",
             &[&job_id, &FAILED, &msg],
         )
         .await
         .map_err(|e| super::db_error(&e))?;
-    clear_ids(client, job_id).await.map_err(|e| e.msg)?;
     Ok(())
 }
 
-/// Resumes every unfinished job of the database (after a crash, or left by another worker).
-pub async fn resume_all(
-    client: &mut Client,
-    spec: &Spec,
-    faults: Faults,
-) -> Result<Vec<(i64, RunEnd)>, String> {
-    let mut out = Vec::new();
-    for id in jobs::active(client).await? {
-        let end = run_job(client, spec, id, faults).await?;
-        out.push((id, end));
+/// Makes a failed or blocked job runnable again: queued when it never started (it is planned
+/// again), running otherwise (its pending batches run, then finalize verifies every ID).
+/// Returns the new state.
+pub async fn retry(client: &mut Client, job_id: i64) -> Result<String, RetryError> {
+    let err = |e: tokio_postgres::Error| RetryError::Other(super::db_error(&e));
+    let tx = client.transaction().await.map_err(err)?;
+    let row = tx
+        .query_opt(
+            "SELECT state, started_at IS NOT NULL, kind, \
+                    EXISTS (SELECT 1 FROM pgredact.forget_batches b WHERE b.job_id = j.id AND b.ids IS NULL) \
+             FROM pgredact.forget_jobs j WHERE id = $1 FOR UPDATE",
+            &[&job_id],
+        )
+        .await
+        .map_err(err)?
+        .ok_or(RetryError::NotFound)?;
+    let (state, started, kind, cleared): (String, bool, String, bool) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    if kind != "forget" || !(state == FAILED || state == jobs::BLOCKED) {
+        return Err(RetryError::Conflict(format!(
+            "job {job_id} ({kind}) is {state}: only failed or blocked forget jobs can be retried"
+        )));
     }
-    Ok(out)
+    if cleared {
+        return Err(RetryError::Conflict(format!(
+            "job {job_id} no longer holds its customer IDs (an earlier pgredact version cleared them when it \
+             ended): submit the IDs again"
+        )));
+    }
+    let next = if started && state == FAILED {
+        RUNNING
+    } else {
+        QUEUED
+    };
+    tx.execute(
+        "UPDATE pgredact.forget_jobs SET state = $2, finished_at = NULL, error = NULL, \
+         plan = CASE WHEN $2 = 'queued' THEN NULL ELSE plan END WHERE id = $1",
+        &[&job_id, &next],
+    )
+    .await
+    .map_err(err)?;
+    tx.execute(
+        "UPDATE pgredact.forget_batches SET state = 'pending' WHERE job_id = $1 AND state = 'cancelled'",
+        &[&job_id],
+    )
+    .await
+    .map_err(err)?;
+    tx.commit().await.map_err(err)?;
+    Ok(next.to_string())
+}
+
+/// Why a job cannot be retried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RetryError {
+    NotFound,
+    Conflict(String),
+    Other(String),
+}
+
+impl std::fmt::Display for RetryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RetryError::NotFound => write!(f, "no such job"),
+            RetryError::Conflict(m) | RetryError::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_ending_with_a_transient_sqlstate_are_retried() {
+        for code in ["40P01", "40001", "55P03", "57014"] {
+            let e = failure(format!(
+                "installing the trigger on public.t: canceling statement ({code})"
+            ));
+            assert_eq!(e.kind, Kind::Transient, "{code}");
+        }
+        for msg in [
+            "duplicate key value violates unique constraint (23505)",
+            "orders are frozen (P0001)",
+            "batch 0: rows still hold PII after the update (public.t: 1); the batch was rolled back",
+            "deadlock mentioned (40P01) but not at the end",
+        ] {
+            assert_eq!(failure(msg.to_string()).kind, Kind::Fatal, "{msg}");
+        }
+    }
 }

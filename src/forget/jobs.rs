@@ -47,7 +47,9 @@ CREATE TABLE IF NOT EXISTS pgredact.forget_jobs (
     plan          jsonb,
     summary       jsonb,
     verification  jsonb,
-    error         text
+    error         text,
+    retries       integer NOT NULL DEFAULT 0,
+    last_retry_error text
 );
 CREATE INDEX IF NOT EXISTS forget_jobs_active ON pgredact.forget_jobs (id)
     WHERE state IN ('queued', 'running', 'finalizing');
@@ -69,6 +71,14 @@ CREATE TABLE IF NOT EXISTS pgredact.forget_list (
     forgotten_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
     job_id       bigint
 );
+DO $retries$ BEGIN
+    -- Columns added after the table's first version (no DDL when present).
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = 'pgredact.forget_jobs'::pg_catalog.regclass
+                   AND attname = 'retries' AND NOT attisdropped) THEN
+        ALTER TABLE pgredact.forget_jobs ADD COLUMN retries integer NOT NULL DEFAULT 0,
+                                         ADD COLUMN last_retry_error text;
+    END IF;
+END $retries$;
 CREATE TABLE IF NOT EXISTS pgredact.forget_meta (
     id        boolean PRIMARY KEY DEFAULT true CHECK (id),
     key_check text NOT NULL
@@ -186,6 +196,12 @@ pub struct JobStatus {
     pub summary: Option<Value>,
     pub verification: Option<Value>,
     pub error: Option<String>,
+    /// What a job that ended done could not do (a refresh or ANALYZE that failed, a view it does
+    /// not own): the data is clean, these copies or statistics may not be.
+    pub warnings: Vec<String>,
+    /// Attempts repeated after transient errors (deadlock, timeouts, lost connection).
+    pub retries: i64,
+    pub last_retry_error: Option<String>,
 }
 
 /// Reads a job (None when there is no such job).
@@ -197,7 +213,8 @@ pub async fn status(client: &Client, job_id: i64) -> Result<Option<JobStatus>, S
                     to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
                     to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
                     to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
-                    ids_total::int8, ids_duplicate::int8, plan::text, summary::text, verification::text, error \
+                    ids_total::int8, ids_duplicate::int8, plan::text, summary::text, verification::text, error, \
+                    retries::int8, last_retry_error \
              FROM pgredact.forget_jobs WHERE id = $1",
             &[&job_id],
         )
@@ -223,6 +240,17 @@ pub async fn status(client: &Client, job_id: i64) -> Result<Option<JobStatus>, S
         Some(Value::Object(m)) => m,
         _ => serde_json::Map::new(),
     };
+    let summary = parse(j.get(12));
+    let warnings = summary
+        .as_ref()
+        .and_then(|s| s.get("warnings"))
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|w| w.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(Some(JobStatus {
         job_id: j.get(0),
         kind: j.get(1),
@@ -242,9 +270,12 @@ pub async fn status(client: &Client, job_id: i64) -> Result<Option<JobStatus>, S
         ids_unknown: b.get(4),
         rows_changed,
         plan: parse(j.get(11)),
-        summary: parse(j.get(12)),
+        summary,
         verification: parse(j.get(13)),
         error: j.get(14),
+        warnings,
+        retries: j.get(15),
+        last_retry_error: j.get(16),
     }))
 }
 
@@ -305,6 +336,16 @@ impl JobStatus {
             if let Some(w) = sm.get("wall_seconds").and_then(Value::as_f64) {
                 s.push_str(&format!("  wall time: {w:.2} s\n"));
             }
+        }
+        for w in &self.warnings {
+            s.push_str(&format!("  warning: {w}\n"));
+        }
+        if self.retries > 0 {
+            s.push_str(&format!(
+                "  retried after transient errors: {} time(s) (last: {})\n",
+                self.retries,
+                self.last_retry_error.as_deref().unwrap_or("-")
+            ));
         }
         if let Some(e) = &self.error {
             s.push_str(&format!("  error: {e}\n"));

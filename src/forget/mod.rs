@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio_postgres::Client;
 
-pub use exec::{Faults, RunEnd};
+pub use exec::{Faults, RetryError, RunEnd};
 pub use jobs::{JobStatus, Origin};
 pub use plan::{Plan, Spec};
 
@@ -53,6 +53,9 @@ pub struct ForgetArgs {
     /// Resume unfinished jobs (after a crash) instead of starting a new one.
     #[arg(long, conflicts_with_all = ["csv", "ids", "dry_run"])]
     pub resume: bool,
+    /// Retry a failed or blocked job (it kept its customer IDs) and run it to the end.
+    #[arg(long, value_name = "JOB_ID", conflicts_with_all = ["csv", "ids", "dry_run", "resume"])]
+    pub retry: Option<i64>,
 }
 
 /// `pgredact unforget`: lifts suppression for IDs (audited; anonymized data stays anonymized).
@@ -93,6 +96,8 @@ pub struct Target {
     pub password: Option<String>,
     pub database: String,
     pub tls: Option<crate::tls::UpstreamTls>,
+    /// Timeouts of the session and retries of job runs (`[forget]`).
+    pub settings: crate::config::ForgetSettings,
 }
 
 impl Target {
@@ -104,6 +109,7 @@ impl Target {
             password: cfg.upstream_password(),
             database: database.to_string(),
             tls: cfg.upstream_tls.clone(),
+            settings: cfg.forget.clone(),
         }
     }
 
@@ -116,7 +122,12 @@ impl Target {
             .application_name("pgredact-forget")
             // Type names from format_type() come out schema-qualified unless built in, and
             // nothing the session runs can be redirected by objects in other schemas.
-            .options("-c search_path=pg_catalog -c client_min_messages=warning");
+            // lock_timeout: a forget statement queued behind a long lock would hold its own
+            // locks and stall every writer queued behind it; it gives up and is retried instead.
+            .options(format!(
+                "-c search_path=pg_catalog -c client_min_messages=warning -c lock_timeout={}ms -c statement_timeout={}s",
+                self.settings.lock_timeout_ms, self.settings.statement_timeout_secs
+            ));
         if let Some(p) = &self.password {
             c.password(p);
         }
@@ -141,6 +152,19 @@ pub struct Session {
     pub client: Client,
     pub spec: Spec,
     pub policy: Arc<DatabasePolicy>,
+    /// Where `client` goes (to reconnect after a lost connection).
+    pub target: Target,
+}
+
+/// Pause before attempt `n + 1` after a transient error: 200 ms doubling to 10 s, with up to
+/// 25% jitter so workers that failed together do not retry together.
+fn backoff(n: u32) -> std::time::Duration {
+    use rand::Rng;
+    let base = 200u64
+        .saturating_mul(1u64 << n.saturating_sub(1).min(16))
+        .min(10_000);
+    let jitter = rand::thread_rng().gen_range(0..=base / 4);
+    std::time::Duration::from_millis(base + jitter)
 }
 
 impl Session {
@@ -224,6 +248,7 @@ impl Session {
             client,
             spec,
             policy,
+            target: target.clone(),
         })
     }
 
@@ -276,14 +301,87 @@ impl Session {
         .await
     }
 
-    /// Runs (or resumes) a job as far as this worker can.
+    /// Runs (or resumes) a job as far as this worker can. Transient errors (deadlock,
+    /// serialization failure, lock or statement timeout, lost connection) are retried with
+    /// backoff, up to `[forget] attempts` in all; then the run ends `Interrupted` and the job
+    /// stays as it is (resumable, every ID kept). Never returns `RunEnd::Transient`.
     pub async fn run(&mut self, job_id: i64, faults: Faults) -> Result<RunEnd, String> {
+        let attempts = self.target.settings.attempts.max(1);
+        let mut last: Option<String> = None;
+        for attempt in 1..=attempts {
+            if let Some(msg) = &last {
+                tracing::warn!(
+                    job = job_id,
+                    attempt,
+                    "forget job: retrying after a transient error: {msg}"
+                );
+                tokio::time::sleep(backoff(attempt - 1)).await;
+            }
+            let msg = match self.attempt(job_id, faults, last.as_deref()).await {
+                Ok(RunEnd::Transient(m)) => m,
+                Err(e) if self.client.is_closed() => e,
+                other => return other,
+            };
+            last = Some(msg);
+        }
+        Ok(RunEnd::Interrupted(format!(
+            "gave up after {attempts} attempt(s) that met transient errors (last: {}); the job keeps its IDs \
+             and resumes at the next run",
+            last.unwrap_or_default()
+        )))
+    }
+
+    /// One attempt: reconnects when the connection was lost, records the previous attempt's
+    /// transient error, runs the job.
+    async fn attempt(
+        &mut self,
+        job_id: i64,
+        faults: Faults,
+        previous_error: Option<&str>,
+    ) -> Result<RunEnd, String> {
+        if self.client.is_closed() {
+            if let Err(e) = self.reconnect().await {
+                return Ok(RunEnd::Transient(e));
+            }
+        }
+        if let Some(msg) = previous_error {
+            self.note_retry(job_id, msg).await;
+        }
         exec::run_job(&mut self.client, &self.spec, job_id, faults).await
+    }
+
+    /// Records a transient error in the job (best effort: the job's progress does not depend on it).
+    async fn note_retry(&self, job_id: i64, msg: &str) {
+        let _ = self
+            .client
+            .execute(
+                "UPDATE pgredact.forget_jobs SET retries = retries + 1, last_retry_error = $2 WHERE id = $1",
+                &[&job_id, &msg],
+            )
+            .await;
+    }
+
+    async fn reconnect(&mut self) -> Result<(), String> {
+        self.client = self.target.connect().await?;
+        Ok(())
     }
 
     /// Resumes every unfinished job.
     pub async fn resume_all(&mut self, faults: Faults) -> Result<Vec<(i64, RunEnd)>, String> {
-        exec::resume_all(&mut self.client, &self.spec, faults).await
+        if self.client.is_closed() {
+            self.reconnect().await?;
+        }
+        let mut out = Vec::new();
+        for id in jobs::active(&self.client).await? {
+            let end = self.run(id, faults).await?;
+            out.push((id, end));
+        }
+        Ok(out)
+    }
+
+    /// Makes a failed or blocked job runnable again (see [`exec::retry`]); returns its new state.
+    pub async fn retry(&mut self, job_id: i64) -> Result<String, RetryError> {
+        exec::retry(&mut self.client, job_id).await
     }
 
     pub async fn status(&self, job_id: i64) -> Result<Option<JobStatus>, String> {
@@ -470,6 +568,13 @@ pub async fn run_cli_with(
     let target = Target::from_config(cfg, &policy.database);
     let key = cfg.hash_key();
     let mut session = Session::open(&target, policy, key.as_deref()).await?;
+    if let Some(job) = args.retry {
+        session
+            .retry(job)
+            .await
+            .map_err(|e| format!("cannot retry job {job}: {e}"))?;
+        return run_to_end(&mut session, job, faults).await;
+    }
     if args.resume {
         let ends = session.resume_all(faults).await?;
         if ends.is_empty() {
@@ -504,6 +609,11 @@ pub async fn run_cli_with(
     let job = session
         .submit_planned(&origin, &list, args.batch_size, Some(&plan))
         .await?;
+    run_to_end(&mut session, job, faults).await
+}
+
+/// Runs a job and renders its report; an error unless it ended done.
+async fn run_to_end(session: &mut Session, job: i64, faults: Faults) -> Result<String, String> {
     let end = session.run(job, faults).await;
     let status = session
         .status(job)
@@ -512,7 +622,7 @@ pub async fn run_cli_with(
     let report = status.render();
     match end {
         Err(e) => Err(format!("{report}forget failed: {e}")),
-        Ok(RunEnd::Interrupted(m)) => Err(format!(
+        Ok(RunEnd::Interrupted(m)) | Ok(RunEnd::Transient(m)) => Err(format!(
             "{report}interrupted: {m}; run `pgredact forget --resume` to finish job {job}"
         )),
         Ok(RunEnd::Finished) => match status.state.as_str() {
@@ -545,4 +655,16 @@ pub async fn run_unforget_cli(cfg: &Config, args: UnforgetArgs) -> Result<String
         args.requester,
         list.ids.len()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn backoff_doubles_up_to_ten_seconds() {
+        let ms = |n| super::backoff(n).as_millis() as u64;
+        assert!((200..=250).contains(&ms(1)), "{}", ms(1));
+        assert!((400..=500).contains(&ms(2)), "{}", ms(2));
+        assert!((10_000..=12_500).contains(&ms(7)), "{}", ms(7));
+        assert!((10_000..=12_500).contains(&ms(60)), "{}", ms(60));
+    }
 }
