@@ -263,7 +263,7 @@ async fn refusals_for_identity_dynamic_sql_and_catalog_leaks() {
             "pg_stats",
         ),
         ("SELECT * FROM pg_catalog.pg_statistic", "pgredact"),
-        ("SET search_path = pg_catalog", "search_path"),
+        ("SET search_path TO DEFAULT", "search_path"),
         ("SELEKT 1", "could not parse"),
         ("SELECT 1; SET ROLE dba", "identity"),
         ("SELECT pgredact.mask_hash('x')", "pgredact"),
@@ -490,6 +490,41 @@ async fn auth_methods_cancel_and_connect_time_refusals() {
         .await
         .unwrap();
     assert!(r[0].contains("***@"), "{r:?}");
+    // The search path is tracked: names resolve as PostgreSQL resolves them after the change.
+    c.batch_execute("SELECT pg_catalog.set_config('search_path', '', false)")
+        .await
+        .expect("pg_dump's form");
+    let e = c
+        .simple_query("SELECT email FROM customers WHERE customer_id = 1")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "42P01", "not on the path any more: {e}");
+    assert!(rows(
+        &c,
+        "SELECT email FROM public.customers WHERE customer_id = 1"
+    )
+    .await
+    .unwrap()[0]
+        .contains("***@"));
+    c.batch_execute("SET search_path TO public").await.unwrap();
+    assert!(
+        rows(&c, "SELECT email FROM customers WHERE customer_id = 1")
+            .await
+            .unwrap()[0]
+            .contains("***@")
+    );
+    c.batch_execute("BEGIN").await.unwrap();
+    assert_refused(
+        c.simple_query("SET search_path TO pg_catalog").await,
+        "outside a transaction block",
+        "search path in a transaction",
+    );
+    c.batch_execute("ROLLBACK").await.unwrap();
+    assert_refused(
+        c.simple_query("SET LOCAL search_path TO pg_catalog").await,
+        "transaction-local",
+        "SET LOCAL search_path",
+    );
     // Planner switches would let a masked session force a scan of a PII index (rows in raw order).
     assert_refused(
         c.simple_query("SET enable_seqscan = off").await,

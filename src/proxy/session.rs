@@ -220,7 +220,7 @@ async fn relay<C: SplitStream, S: SplitStream>(
         }
         unmasked_relay(shared, &db, user, c, s, cbuf).await;
     } else {
-        masked_session(shared.clone(), db, c, cbuf, s, sbuf, ready).await;
+        masked_session(shared.clone(), db, user, c, cbuf, s, sbuf, ready).await;
     }
 }
 
@@ -605,12 +605,23 @@ enum StmtEffect {
     RemoveAll,
 }
 
-#[derive(Default)]
 struct Pending {
     units: VecDeque<Unit>,
+    /// The transaction status of the last ReadyForQuery (`I`, `T` or `E`).
+    tx_status: u8,
     /// Prepared statements known to exist, by name: every text the statement may have been
     /// prepared from (one, unless a unit failed part-way and it is unknown which one holds).
     statements: HashMap<String, Vec<Prep>>,
+}
+
+impl Default for Pending {
+    fn default() -> Self {
+        Pending {
+            units: VecDeque::new(),
+            tx_status: b'I',
+            statements: HashMap::new(),
+        }
+    }
 }
 
 impl Pending {
@@ -658,9 +669,11 @@ impl Pending {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn masked_session<C: SplitStream, S: SplitStream>(
     shared: Arc<Shared>,
     db: Arc<DbState>,
+    user: &str,
     cstream: C,
     cbuf: BytesMut,
     sstream: S,
@@ -705,12 +718,6 @@ async fn masked_session<C: SplitStream, S: SplitStream>(
     if cwr.write_all(&ready).await.is_err() || cwr.flush().await.is_err() {
         return;
     }
-    let path_id = {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        search_path.hash(&mut h);
-        h.finish()
-    };
     let pending = Arc::new(Mutex::new(Pending::default()));
     let reading_safe = Arc::new(AtomicBool::new(true));
     let protocol_error = Arc::new(Mutex::new(None::<String>));
@@ -721,8 +728,7 @@ async fn masked_session<C: SplitStream, S: SplitStream>(
         swr,
         pending.clone(),
         reading_safe.clone(),
-        search_path,
-        path_id,
+        SessionPath::new(search_path, user.to_string()),
         protocol_error.clone(),
     ));
     let down = server_to_client(srd, &mut cwr, pending, reading_safe).await;
@@ -795,17 +801,15 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
     swr: SW,
     pending: Arc<Mutex<Pending>>,
     reading_safe: Arc<AtomicBool>,
-    search_path: Vec<String>,
-    path_id: u64,
+    path: SessionPath,
     protocol_error: Arc<Mutex<Option<String>>>,
 ) {
     let mut swr = BufWriter::with_capacity(64 * 1024, swr);
     let mut out = BytesMut::with_capacity(8 * 1024);
-    let cx = DecideCtx {
+    let mut cx = DecideCtx {
         shared: &shared,
         db: &db,
-        path_id,
-        search_path: &search_path,
+        path,
         reading_safe: &reading_safe,
     };
     loop {
@@ -825,6 +829,38 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
         let tag = f[0];
         let res: Result<(), FrameError> = match tag {
             b'Q' => match frame::decode_query(&f) {
+                Ok(sql) if crate::rewrite::search_path::search_path_change(&sql).is_some() => {
+                    // The session's search path changes: analysed here, not refused.
+                    let change = crate::rewrite::search_path::search_path_change(&sql);
+                    let mut p = lock(&pending);
+                    // Outside a transaction block and with nothing in flight, the change takes
+                    // effect exactly when this statement runs (it cannot fail there).
+                    let idle = p.units.is_empty() && p.tx_status == b'I';
+                    let unit = p.open();
+                    match change {
+                        Some(Ok(listed)) if idle => {
+                            cx.path.set(crate::rewrite::search_path::effective_path(
+                                &listed,
+                                &cx.path.user,
+                            ));
+                            out.extend_from_slice(&f);
+                        }
+                        Some(Ok(_)) => {
+                            unit.refusals.push_back(Refusal {
+                                message: "pgredact: masked sessions change search_path only outside a transaction block, with no statement in flight".into(),
+                                hint: Some("set it before BEGIN, and wait for the previous statement's answer".into()),
+                            });
+                            frame::encode_query(&mut out, SENTINEL);
+                        }
+                        Some(Err(r)) => {
+                            unit.refusals.push_back(r);
+                            frame::encode_query(&mut out, SENTINEL);
+                        }
+                        None => out.extend_from_slice(&f),
+                    }
+                    unit.closed = true;
+                    Ok(())
+                }
                 Ok(sql) => {
                     let t0 = crd.filled_at();
                     let d = cx.decide(&sql, t0).await;
@@ -1094,12 +1130,40 @@ fn close_statement(f: &[u8]) -> Result<Option<String>, FrameError> {
     }
 }
 
+/// The session's search path as `current_schemas(true)` lists it, and its id in the rewrite
+/// cache's key.
+struct SessionPath {
+    schemas: Vec<String>,
+    id: u64,
+    /// The session user (`$user` in a search path).
+    user: String,
+}
+
+impl SessionPath {
+    fn new(schemas: Vec<String>, user: String) -> SessionPath {
+        let mut p = SessionPath {
+            schemas: Vec::new(),
+            id: 0,
+            user,
+        };
+        p.set(schemas);
+        p
+    }
+
+    fn set(&mut self, schemas: Vec<String>) {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        schemas.hash(&mut h);
+        self.id = h.finish();
+        self.schemas = schemas;
+    }
+}
+
 /// What deciding a statement of this session needs.
 struct DecideCtx<'a> {
     shared: &'a Arc<Shared>,
     db: &'a Arc<DbState>,
-    path_id: u64,
-    search_path: &'a [String],
+    path: SessionPath,
     reading_safe: &'a AtomicBool,
 }
 
@@ -1110,8 +1174,8 @@ impl DecideCtx<'_> {
             self.db,
             sql,
             t0,
-            self.path_id,
-            self.search_path,
+            self.path.id,
+            &self.path.schemas,
             self.reading_safe,
         )
         .await
@@ -1216,6 +1280,9 @@ async fn server_to_client<SR: tokio::io::AsyncRead + Unpin, CW: tokio::io::Async
                     let mut p = lock(&pending);
                     if let Some(u) = p.units.pop_front() {
                         p.finish(u);
+                    }
+                    if let Some(&status) = f.get(5) {
+                        p.tx_status = status;
                     }
                 }
                 cwr.write_all(&f).await?;

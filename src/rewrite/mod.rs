@@ -18,6 +18,7 @@
 
 pub mod protect;
 pub mod rules;
+pub mod search_path;
 
 pub use protect::{MaskedRel, Protection, Protections};
 

@@ -140,6 +140,11 @@ pub fn setting_allowed(name: &str) -> bool {
         "default_text_search_config",
         "synchronous_commit",
         "escape_string_warning",
+        // pg_dump's: heap order from block 0, quoting of identifiers, and row_security = off,
+        // which makes a query fail where row-level security would filter (it never bypasses it).
+        "synchronize_seqscans",
+        "quote_all_identifiers",
+        "row_security",
         "tcp_keepalives_idle",
         "tcp_keepalives_interval",
         "tcp_keepalives_count",

@@ -1,0 +1,260 @@
+//! Changing the search path in a masked session, as an analysed operation: pgredact must resolve
+//! names exactly as PostgreSQL will, so it recognizes the statements that set `search_path` for
+//! the session (`SET [SESSION] search_path ...`, and `SELECT pg_catalog.set_config('search_path',
+//! '...', false)` as pg_dump sends it), works out the new path itself, and uses it for the
+//! statements that follow. Every other way of changing it stays refused.
+
+use super::{Refusal, RECURSION_LIMIT};
+use sqlparser::ast::{
+    ContextModifier, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, SelectItem, Set,
+    SetExpr, Statement, Value,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+/// The schemas a statement sets `search_path` to, as listed (`$user` not yet replaced), when
+/// `sql` is one statement that sets it for the session; None for any other statement.
+pub fn search_path_change(sql: &str) -> Option<Result<Vec<String>, Refusal>> {
+    // Cheap filter: nearly every statement is not one of these.
+    if !sql
+        .as_bytes()
+        .windows(11)
+        .any(|w| w.eq_ignore_ascii_case(b"search_path"))
+    {
+        return None;
+    }
+    let stmts = Parser::new(&PostgreSqlDialect {})
+        .with_recursion_limit(RECURSION_LIMIT)
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_statements())
+        .ok()?;
+    let [stmt] = stmts.as_slice() else {
+        return None;
+    };
+    match stmt {
+        Statement::Set(Set::SingleAssignment {
+            scope,
+            variable,
+            values,
+            ..
+        }) if variable.to_string().eq_ignore_ascii_case("search_path") => {
+            if matches!(scope, Some(ContextModifier::Local)) {
+                return Some(Err(local_refusal()));
+            }
+            let mut out = Vec::new();
+            for v in values {
+                match v {
+                    // SET search_path TO DEFAULT: the role's or database's default, which
+                    // pgredact would have to read back.
+                    Expr::Identifier(i)
+                        if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("default") =>
+                    {
+                        return Some(Err(value_refusal()))
+                    }
+                    // An identifier is one schema, folded as PostgreSQL folds names.
+                    Expr::Identifier(i) => out.push(super::fold(i)),
+                    // A string is one schema, exactly as written (search_path quotes list items).
+                    Expr::Value(v) => match &v.value {
+                        Value::SingleQuotedString(s) => out.push(s.clone()),
+                        _ => return Some(Err(value_refusal())),
+                    },
+                    _ => return Some(Err(value_refusal())),
+                }
+            }
+            Some(Ok(out))
+        }
+        Statement::Query(q) => {
+            let SetExpr::Select(s) = &*q.body else {
+                return None;
+            };
+            let [SelectItem::UnnamedExpr(Expr::Function(f))] = s.projection.as_slice() else {
+                return None;
+            };
+            let name = f.name.to_string().to_ascii_lowercase();
+            if name != "set_config" && name != "pg_catalog.set_config" {
+                return None;
+            }
+            let plain = s.from.is_empty()
+                && s.selection.is_none()
+                && q.with.is_none()
+                && q.order_by.is_none()
+                && q.limit_clause.is_none();
+            let FunctionArguments::List(l) = &f.args else {
+                return None;
+            };
+            let args: Vec<Option<&Value>> = l
+                .args
+                .iter()
+                .map(|a| match a {
+                    FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v))) => Some(&v.value),
+                    _ => None,
+                })
+                .collect();
+            match args.as_slice() {
+                [Some(Value::SingleQuotedString(n)), Some(Value::SingleQuotedString(v)), Some(Value::Boolean(local))]
+                    if n.eq_ignore_ascii_case("search_path") && plain =>
+                {
+                    if *local {
+                        return Some(Err(local_refusal()));
+                    }
+                    Some(split_list(v).ok_or_else(value_refusal))
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The search path PostgreSQL uses after such a change, as `current_schemas(true)` lists it:
+/// `pg_catalog` first unless listed, `$user` as the session user.
+pub fn effective_path(listed: &[String], user: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    if !listed.iter().any(|s| s == "pg_catalog") {
+        out.push("pg_catalog".into());
+    }
+    for s in listed {
+        let s = if s == "$user" { user } else { s.as_str() };
+        // pg_temp is searched through the session's own temporary schema, which pgredact never
+        // resolves names in (a temporary table named like a protected one is over-masked).
+        if s != "pg_temp" && !out.iter().any(|x| x == s) {
+            out.push(s.to_string());
+        }
+    }
+    out
+}
+
+/// Splits a list setting's text the way PostgreSQL does (SplitIdentifierString): comma-separated
+/// names, each unquoted (folded to lower case) or double-quoted (`""` for a quote).
+fn split_list(text: &str) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            return if out.is_empty() && text.trim().is_empty() {
+                Some(out)
+            } else {
+                None
+            };
+        }
+        let mut name = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '"' if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        name.push('"');
+                    }
+                    '"' => break,
+                    c => name.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == ',' || c.is_whitespace() {
+                    break;
+                }
+                name.push(c.to_ascii_lowercase());
+                chars.next();
+            }
+            if name.is_empty() {
+                return None;
+            }
+        }
+        out.push(name);
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        match chars.next() {
+            None => return Some(out),
+            Some(',') => continue,
+            Some(_) => return None,
+        }
+    }
+}
+
+fn local_refusal() -> Refusal {
+    Refusal::new(
+        "a transaction-local search_path (SET LOCAL, set_config(..., true)) is not supported for masked roles",
+    )
+    .hint("set it for the session, outside a transaction block")
+}
+
+fn value_refusal() -> Refusal {
+    Refusal::new("this search_path value is not supported for masked roles; list schema names")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(sql: &str) -> Vec<String> {
+        match search_path_change(sql) {
+            Some(Ok(v)) => v,
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn recognizes_the_session_forms() {
+        assert_eq!(
+            listed("SELECT pg_catalog.set_config('search_path', '', false);"),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            listed("select set_config('search_path', 'CRM, \"Odd\"\"Name\", public', false)"),
+            vec!["crm", "Odd\"Name", "public"]
+        );
+        assert_eq!(
+            listed("SET search_path = public, \"$user\""),
+            vec!["public", "$user"]
+        );
+        assert_eq!(
+            listed("SET SESSION search_path TO 'My Schema', pg_catalog"),
+            vec!["My Schema", "pg_catalog"]
+        );
+        assert!(search_path_change("SELECT 1").is_none());
+        assert!(search_path_change(
+            "SELECT set_config('search_path', 'x', false), email FROM customers"
+        )
+        .is_none());
+        assert!(search_path_change("SET search_path = a; SELECT 1").is_none());
+        assert!(matches!(
+            search_path_change("SET LOCAL search_path = a"),
+            Some(Err(_))
+        ));
+        assert!(matches!(
+            search_path_change("SET search_path TO DEFAULT"),
+            Some(Err(_))
+        ));
+        assert_eq!(listed("SET search_path TO \"default\""), vec!["default"]);
+        assert!(matches!(
+            search_path_change("SELECT set_config('search_path', 'a', true)"),
+            Some(Err(_))
+        ));
+        assert!(matches!(
+            search_path_change("SELECT set_config('search_path', 'a b', false)"),
+            Some(Err(_))
+        ));
+    }
+
+    #[test]
+    fn effective_path_is_what_current_schemas_lists() {
+        assert_eq!(effective_path(&[], "u"), vec!["pg_catalog"]);
+        assert_eq!(
+            effective_path(&["$user".into(), "public".into()], "support"),
+            vec!["pg_catalog", "support", "public"]
+        );
+        assert_eq!(
+            effective_path(
+                &["public".into(), "pg_catalog".into(), "pg_temp".into()],
+                "u"
+            ),
+            vec!["public", "pg_catalog"]
+        );
+    }
+}
