@@ -292,6 +292,67 @@ async fn refusals_for_identity_dynamic_sql_and_catalog_leaks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_planner_shows_masked_sessions_no_raw_statistics_or_order() {
+    let env = start_default().await;
+    let s = env.proxy("support").await;
+    // EXPLAIN of a statement over a masked table: the shape, without estimates computed on raw
+    // values; ANALYZE and explicit COSTS are refused with the reason.
+    let plan = rows(
+        &s,
+        "EXPLAIN SELECT email FROM customers WHERE customer_id = 1",
+    )
+    .await
+    .unwrap()
+    .join("\n");
+    assert!(plan.contains("Scan"), "{plan}");
+    assert!(!plan.contains("cost="), "{plan}");
+    for sql in [
+        "EXPLAIN ANALYZE SELECT * FROM customers",
+        "EXPLAIN (ANALYZE, COSTS OFF) SELECT count(DISTINCT email) FROM customers",
+        "EXPLAIN (COSTS) SELECT DISTINCT email FROM customers",
+        "EXPLAIN ANALYZE UPDATE customers SET tier = tier",
+    ] {
+        assert_refused(s.simple_query(sql).await, "EXPLAIN", sql);
+    }
+    // Tables without PII keep the full EXPLAIN.
+    let plan = rows(&s, "EXPLAIN ANALYZE SELECT count(*) FROM orders")
+        .await
+        .unwrap()
+        .join("\n");
+    assert!(plan.contains("actual time="), "{plan}");
+    // Index-only scans are off for the whole masked session (an index on a PII column would
+    // order masked values by the raw ones), and the client cannot switch them back on.
+    assert_eq!(
+        rows(&s, "SHOW enable_indexonlyscan").await.unwrap(),
+        vec!["off"]
+    );
+    assert_refused(
+        s.simple_query("SET enable_indexonlyscan = on").await,
+        "enable_indexonlyscan",
+        "SET",
+    );
+    assert_refused(
+        s.simple_query("RESET enable_indexonlyscan").await,
+        "enable_indexonlyscan",
+        "RESET",
+    );
+    // DBAs keep theirs.
+    let d = env.proxy("dba").await;
+    assert_eq!(
+        rows(&d, "SHOW enable_indexonlyscan").await.unwrap(),
+        vec!["on"]
+    );
+    let plan = rows(
+        &d,
+        "EXPLAIN SELECT email FROM customers WHERE customer_id = 1",
+    )
+    .await
+    .unwrap()
+    .join("\n");
+    assert!(plan.contains("cost="), "{plan}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitions_children_views_and_new_tables_follow_the_policy() {
     let extra = "CREATE TABLE vip_customers (vip_since date) INHERITS (customers);
                  INSERT INTO vip_customers (customer_id, first_name, last_name, email, tier) VALUES (900001, 'Vera', 'Secret', 'vera.secret@example.com', 'vip');

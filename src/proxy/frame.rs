@@ -163,6 +163,23 @@ pub fn startup_params(pkt: &[u8]) -> Result<Vec<(String, String)>, FrameError> {
     Ok(out)
 }
 
+/// A protocol 3.0 StartupMessage with these parameters.
+pub fn encode_startup(params: &[(String, String)]) -> Bytes {
+    let mut b = BytesMut::new();
+    b.put_i32(0);
+    b.put_i32(PROTOCOL_3);
+    for (k, v) in params {
+        b.put_slice(k.as_bytes());
+        b.put_u8(0);
+        b.put_slice(v.as_bytes());
+        b.put_u8(0);
+    }
+    b.put_u8(0);
+    let n = b.len() as i32;
+    b[..4].copy_from_slice(&n.to_be_bytes());
+    b.freeze()
+}
+
 /// Takes a NUL-terminated UTF-8 string from the front of `b`.
 pub fn take_cstr(b: &mut &[u8]) -> Result<String, FrameError> {
     let pos = b
@@ -355,6 +372,24 @@ mod tests {
         assert_eq!(decode_query(&f1).unwrap(), "SELECT 1");
         assert_eq!(decode_query(&f2).unwrap(), "SELECT 2");
         assert!(r.next().await.unwrap().is_none());
+    }
+
+    #[test]
+    fn startup_round_trip() {
+        let p = vec![
+            ("user".to_string(), "support".to_string()),
+            ("enable_indexonlyscan".to_string(), "off".to_string()),
+        ];
+        let pkt = encode_startup(&p);
+        assert_eq!(
+            i32::from_be_bytes([pkt[0], pkt[1], pkt[2], pkt[3]]) as usize,
+            pkt.len()
+        );
+        assert_eq!(
+            i32::from_be_bytes([pkt[4], pkt[5], pkt[6], pkt[7]]),
+            PROTOCOL_3
+        );
+        assert_eq!(startup_params(&pkt).unwrap(), p);
     }
 
     #[test]

@@ -162,6 +162,16 @@ pub async fn handle(shared: Arc<Shared>, tcp: TcpStream) {
             return;
         }
     };
+    // A masked session's planner may not use index-only scans: an index on a PII column would
+    // hand out masked values in the order of the raw ones. As a startup parameter it is the
+    // session's default, so RESET ALL and DISCARD ALL keep it; changing it is refused.
+    let pkt = if unmasked {
+        pkt
+    } else {
+        let mut p = params.clone();
+        p.push(("enable_indexonlyscan".into(), "off".into()));
+        frame::encode_startup(&p)
+    };
     if server.write_all(&pkt).await.is_err() {
         return;
     }

@@ -97,18 +97,23 @@ impl Shared {
         }
     }
 
-    /// Opens a control-plane connection to `db`.
-    pub async fn control_connect(&self, db: &str) -> Result<Client, String> {
+    /// The control-plane login to `db`. Every name pgredact's own SQL uses resolves in
+    /// pg_catalog (or is qualified), and format_type qualifies types outside it.
+    fn control_config(&self, db: &str, application_name: &str) -> tokio_postgres::Config {
         let u = &self.cfg.upstream;
         let mut c = tokio_postgres::Config::new();
         c.host(&u.host).port(u.port).user(&u.user).dbname(db);
-        c.application_name("pgredact-control");
-        // Every name pgredact's own SQL uses resolves in pg_catalog (or is qualified), and
-        // format_type qualifies types outside it.
+        c.application_name(application_name);
         c.options("-c search_path=pg_catalog");
         if let Some(p) = self.cfg.upstream_password() {
             c.password(p);
         }
+        c
+    }
+
+    /// Opens a control-plane connection to `db`.
+    pub async fn control_connect(&self, db: &str) -> Result<Client, String> {
+        let c = self.control_config(db, "pgredact-control");
         let client = crate::tls::pg_connect(c, self.cfg.upstream_tls.as_ref())
             .await
             .map_err(|e| {
@@ -127,14 +132,7 @@ impl Shared {
         db: &str,
         channel: &str,
     ) -> Result<(Client, tokio::sync::mpsc::UnboundedReceiver<()>), String> {
-        let u = &self.cfg.upstream;
-        let mut c = tokio_postgres::Config::new();
-        c.host(&u.host).port(u.port).user(&u.user).dbname(db);
-        c.application_name("pgredact-listen");
-        c.options("-c search_path=pg_catalog");
-        if let Some(p) = self.cfg.upstream_password() {
-            c.password(p);
-        }
+        let c = self.control_config(db, "pgredact-listen");
         let (client, rx) = crate::tls::pg_connect_notified(c, self.cfg.upstream_tls.as_ref())
             .await
             .map_err(|e| crate::tls::error_chain(&e))?;

@@ -354,7 +354,7 @@ impl<'a> State<'a> {
             return Ok(Decision::Pass);
         }
         for s in &stmts {
-            self.count_names(s);
+            count_positions(s, &mut self.analyzed);
             structure_check(s)?;
         }
         for s in &mut stmts {
@@ -459,77 +459,6 @@ impl<'a> State<'a> {
         Ok(())
     }
 
-    /// Counts the names the parser saw in relation and function positions.
-    fn count_names(&mut self, s: &Statement) {
-        struct N<'x, 'y>(&'x mut State<'y>);
-        impl Visitor for N<'_, '_> {
-            type Break = ();
-            fn pre_visit_relation(&mut self, r: &ObjectName) -> ControlFlow<()> {
-                self.0.note_name(r);
-                ControlFlow::Continue(())
-            }
-            fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
-                match e {
-                    Expr::Function(f) => self.0.note_name(&f.name),
-                    // Qualifiers name FROM items, which are analysed where they are defined.
-                    Expr::CompoundIdentifier(ids) => {
-                        for i in &ids[..ids.len().saturating_sub(1)] {
-                            *self.0.analyzed.entry(i.value.to_lowercase()).or_default() += 1;
-                        }
-                    }
-                    Expr::QualifiedWildcard(n, _) => {
-                        for p in &n.0 {
-                            if let ObjectNamePart::Identifier(i) = p {
-                                *self.0.analyzed.entry(i.value.to_lowercase()).or_default() += 1;
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-                ControlFlow::Continue(())
-            }
-            fn pre_visit_select(&mut self, s: &Select) -> ControlFlow<()> {
-                for it in &s.projection {
-                    if let SelectItem::QualifiedWildcard(
-                        SelectItemQualifiedWildcardKind::ObjectName(n),
-                        _,
-                    ) = it
-                    {
-                        for p in &n.0 {
-                            if let ObjectNamePart::Identifier(i) = p {
-                                *self.0.analyzed.entry(i.value.to_lowercase()).or_default() += 1;
-                            }
-                        }
-                    }
-                }
-                ControlFlow::Continue(())
-            }
-            fn pre_visit_table_factor(&mut self, tf: &TableFactor) -> ControlFlow<()> {
-                match tf {
-                    TableFactor::Function { name, .. } => self.0.note_name(name),
-                    // An alias named like a protected relation is a FROM item's name.
-                    TableFactor::Table { alias: Some(a), .. }
-                    | TableFactor::Derived { alias: Some(a), .. } => {
-                        *self
-                            .0
-                            .analyzed
-                            .entry(a.name.value.to_lowercase())
-                            .or_default() += 1;
-                    }
-                    _ => {}
-                }
-                ControlFlow::Continue(())
-            }
-        }
-        let _ = s.visit(&mut N(self));
-    }
-
-    fn note_name(&mut self, name: &ObjectName) {
-        if let Some(ObjectNamePart::Identifier(i)) = name.0.last() {
-            *self.analyzed.entry(i.value.to_lowercase()).or_default() += 1;
-        }
-    }
-
     fn resolve(&mut self, name: &ObjectName) -> Result<Resolved<'a>, Refusal> {
         let cat: &'a crate::catalog::Catalog = &self.ctx.prot.catalog;
         let parts = name_parts(name)
@@ -630,11 +559,20 @@ impl<'a> State<'a> {
             }
             Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_) => self.write(s)?,
             Statement::Copy { .. } => self.copy(s)?,
-            Statement::Explain { statement, .. } => {
+            Statement::Explain {
+                statement,
+                analyze,
+                options,
+                ..
+            } => {
                 if matches!(**statement, Statement::Explain { .. }) {
                     return Err(Refusal::new("nested EXPLAIN is not supported"));
                 }
-                self.statement(statement)?
+                let before = self.expected_masked_refs;
+                self.statement(statement)?;
+                if self.expected_masked_refs > before {
+                    self.explain_shape_only(analyze, options)?;
+                }
             }
             Statement::Prepare { statement, .. } => {
                 if !matches!(
@@ -729,6 +667,45 @@ impl<'a> State<'a> {
                 )));
             }
         }
+        Ok(())
+    }
+
+    /// EXPLAIN of a statement that reads a masked relation shows the plan's shape only: the
+    /// planner works on the raw columns under each mask, so its estimates and costs (row counts
+    /// of GROUP BY or DISTINCT), and ANALYZE's actual counts and cache counters (Memoize), are
+    /// counted on raw values. ANALYZE is refused; COSTS is switched off.
+    fn explain_shape_only(
+        &mut self,
+        analyze: &bool,
+        options: &mut Option<Vec<sqlparser::ast::UtilityOption>>,
+    ) -> Result<(), Refusal> {
+        use sqlparser::ast::{UtilityOption, Value};
+        let off = |o: &UtilityOption| {
+            matches!(&o.arg, Some(Expr::Value(v)) if matches!(&v.value, Value::Boolean(false)))
+                || matches!(&o.arg, Some(Expr::Identifier(i)) if i.value.eq_ignore_ascii_case("off") || i.value.eq_ignore_ascii_case("false"))
+                || matches!(&o.arg, Some(Expr::Value(v)) if matches!(&v.value, Value::Number(n, _) if n == "0"))
+        };
+        let named = |o: &UtilityOption, n: &str| o.name.value.eq_ignore_ascii_case(n);
+        let opts = options.get_or_insert_with(Vec::new);
+        if *analyze || opts.iter().any(|o| named(o, "analyze") && !off(o)) {
+            return Err(Refusal::new(
+                "EXPLAIN ANALYZE of a statement that reads a table with PII is not allowed for masked roles: its row counts and cache counters are counted on the raw values",
+            )
+            .hint("EXPLAIN without ANALYZE shows the plan's shape"));
+        }
+        if opts.iter().any(|o| named(o, "costs") && !off(o)) {
+            return Err(Refusal::new(
+                "EXPLAIN with COSTS of a statement that reads a table with PII is not allowed for masked roles: the planner's estimates are computed on the raw values",
+            ));
+        }
+        if !opts.iter().any(|o| named(o, "costs")) {
+            opts.push(UtilityOption {
+                name: Ident::new("COSTS"),
+                arg: Some(Expr::Value(Value::Boolean(false).into())),
+            });
+        }
+        self.changed = true;
+        self.splice_ok = false;
         Ok(())
     }
 
@@ -1104,36 +1081,33 @@ impl<'a> State<'a> {
                 CopySource::Table {
                     table_name,
                     columns,
-                } => {
-                    self.note_name(table_name);
-                    match self.protection_with_descendants(table_name)? {
-                        None => {}
-                        Some(Protection::Refuse(r)) => {
-                            return Err(Refusal::new(format!(
-                                "COPY {table_name} TO is not allowed: {r}"
-                            )))
-                        }
-                        Some(Protection::Mask(_)) => {
-                            let cols = if columns.is_empty() {
-                                "*".to_string()
-                            } else {
-                                columns
-                                    .iter()
-                                    .map(|c| c.to_string())
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            };
-                            let sql = format!("SELECT {cols} FROM {table_name}");
-                            let mut q = parse_query(&sql).ok_or_else(|| {
-                                Refusal::new("could not rewrite COPY into a masked query")
-                            })?;
-                            self.substitute(&mut q, None)?;
-                            *source = CopySource::Query(Box::new(q));
-                            self.changed = true;
-                            self.splice_ok = false;
-                        }
+                } => match self.protection_with_descendants(table_name)? {
+                    None => {}
+                    Some(Protection::Refuse(r)) => {
+                        return Err(Refusal::new(format!(
+                            "COPY {table_name} TO is not allowed: {r}"
+                        )))
                     }
-                }
+                    Some(Protection::Mask(_)) => {
+                        let cols = if columns.is_empty() {
+                            "*".to_string()
+                        } else {
+                            columns
+                                .iter()
+                                .map(|c| c.to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        };
+                        let sql = format!("SELECT {cols} FROM {table_name}");
+                        let mut q = parse_query(&sql).ok_or_else(|| {
+                            Refusal::new("could not rewrite COPY into a masked query")
+                        })?;
+                        self.substitute(&mut q, None)?;
+                        *source = CopySource::Query(Box::new(q));
+                        self.changed = true;
+                        self.splice_ok = false;
+                    }
+                },
             }
         } else {
             if !matches!(target, CopyTarget::Stdin) {
@@ -1148,7 +1122,6 @@ impl<'a> State<'a> {
             else {
                 return Err(Refusal::new("unsupported COPY form"));
             };
-            self.note_name(table_name);
             if let Resolved::Rel(r) = self.resolve(table_name)? {
                 if let Some(why) = self.ctx.prot.catalog.risky_writes.get(&r.oid) {
                     return Err(Refusal::new(format!(
@@ -1680,7 +1653,9 @@ fn structure_check(s: &Statement) -> Result<(), Refusal> {
     }
 }
 
-/// Counts, per lower-case name, the identifiers standing in relation or function names or aliases.
+/// Counts, per lower-case name, the identifiers standing in relation or function names, aliases
+/// and qualifiers: the positions the checks analyse. Both lexical cross-checks compare a text's
+/// sensitive words with these counts.
 fn count_positions(s: &Statement, out: &mut HashMap<String, usize>) {
     struct N<'x>(&'x mut HashMap<String, usize>);
     impl N<'_> {
@@ -1718,6 +1693,7 @@ fn count_positions(s: &Statement, out: &mut HashMap<String, usize>) {
                         *self.0.entry(fold(i).to_lowercase()).or_default() += 1;
                     }
                 }
+                Expr::QualifiedWildcard(n, _) => self.name(n),
                 _ => {}
             }
             ControlFlow::Continue(())

@@ -280,7 +280,7 @@ fn alias_and_positions() {
         "COPY (SELECT * FROM customers) TO STDOUT",
         "SELECT (SELECT max(email) FROM customers)",
         "SELECT row_to_json(c) FROM customers c",
-        "EXPLAIN ANALYZE SELECT * FROM customers",
+        "EXPLAIN SELECT * FROM customers",
         "PREPARE p(bigint) AS SELECT * FROM customers WHERE customer_id = $1",
         "DECLARE cur CURSOR FOR SELECT * FROM customers",
         "SELECT * FROM ONLY customers",
@@ -707,4 +707,26 @@ fn write_shapes_of_the_data_team() {
         let m = refused(sql);
         assert!(m.contains(want), "{sql}: {m}");
     }
+}
+
+#[test]
+fn explain_over_masked_tables_shows_the_shape_only() {
+    let out = rewritten("EXPLAIN SELECT email FROM customers");
+    assert!(out.contains("COSTS false"), "{out}");
+    assert!(reads_views_only(&out), "{out}");
+    let out = rewritten("EXPLAIN (VERBOSE, COSTS OFF) SELECT email FROM customers");
+    assert!(!out.contains("COSTS false"), "{out}");
+    for sql in [
+        "EXPLAIN ANALYZE SELECT * FROM customers",
+        "EXPLAIN (ANALYZE) SELECT * FROM customers",
+        "EXPLAIN (ANALYZE true, COSTS off) SELECT * FROM customers",
+        "EXPLAIN (COSTS) SELECT DISTINCT email FROM customers",
+        "EXPLAIN (COSTS on) SELECT DISTINCT email FROM customers",
+        "EXPLAIN ANALYZE UPDATE customers SET tier = 'x'",
+    ] {
+        assert!(refused(sql).contains("EXPLAIN"), "{sql}");
+    }
+    // No masked table: the statement is untouched.
+    passes("EXPLAIN ANALYZE SELECT count(*) FROM orders");
+    passes("EXPLAIN (ANALYZE false) SELECT 1");
 }
