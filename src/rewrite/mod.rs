@@ -293,6 +293,9 @@ struct State<'a> {
     /// Extra words that must not appear in text passed verbatim (PII columns of write targets).
     extra_sensitive: HashSet<String>,
     cte_names: HashSet<String>,
+    /// Lower-case PII column names and FROM-item names of the masked relations seen (what a
+    /// reference to PII or a whole row of one could be called).
+    pii_names: HashSet<String>,
 }
 
 enum Resolved<'c> {
@@ -314,6 +317,7 @@ impl<'a> State<'a> {
             analyzed: HashMap::new(),
             extra_sensitive: HashSet::new(),
             cte_names: HashSet::new(),
+            pii_names: HashSet::new(),
         }
     }
 
@@ -568,9 +572,9 @@ impl<'a> State<'a> {
                 if matches!(**statement, Statement::Explain { .. }) {
                     return Err(Refusal::new("nested EXPLAIN is not supported"));
                 }
-                let before = self.expected_masked_refs;
+                self.pii_names.clear();
                 self.statement(statement)?;
-                if self.expected_masked_refs > before {
+                if reads_pii(statement, &self.pii_names) {
                     self.explain_shape_only(analyze, options)?;
                 }
             }
@@ -670,10 +674,10 @@ impl<'a> State<'a> {
         Ok(())
     }
 
-    /// EXPLAIN of a statement that reads a masked relation shows the plan's shape only: the
-    /// planner works on the raw columns under each mask, so its estimates and costs (row counts
-    /// of GROUP BY or DISTINCT), and ANALYZE's actual counts and cache counters (Memoize), are
-    /// counted on raw values. ANALYZE is refused; COSTS is switched off.
+    /// EXPLAIN of a statement that reads PII shows the plan's shape only: the planner works on
+    /// the raw columns under each mask, so its estimates (row counts of GROUP BY or DISTINCT,
+    /// widths) come from the raw columns' statistics, and ANALYZE's memory and cache counters
+    /// from raw values. ANALYZE is refused; COSTS is switched off.
     fn explain_shape_only(
         &mut self,
         analyze: &bool,
@@ -707,6 +711,15 @@ impl<'a> State<'a> {
         self.changed = true;
         self.splice_ok = false;
         Ok(())
+    }
+
+    fn note_pii_names(&mut self, rel: &protect::MaskedRel, alias: Option<&Ident>) {
+        self.pii_names
+            .extend(rel.masks.keys().map(|c| c.to_lowercase()));
+        self.pii_names.insert(rel.name.to_lowercase());
+        if let Some(a) = alias {
+            self.pii_names.insert(a.value.to_lowercase());
+        }
     }
 
     fn set(&mut self, set: &Set) -> Result<(), Refusal> {
@@ -839,6 +852,7 @@ impl<'a> State<'a> {
             }
             Some(Protection::Mask(rel)) => {
                 self.expected_masked_refs += 1;
+                self.note_pii_names(&rel, alias.as_ref());
                 let mut names = vec![];
                 match &alias {
                     Some(a) => names.push(fold(a)),
@@ -1399,6 +1413,7 @@ impl<'a> State<'a> {
         } else {
             self.splice_ok = false;
         }
+        self.note_pii_names(&rel, alias.as_ref().map(|a| &a.name));
         *name = view;
         *inheritance = None;
         self.expected_masked_refs += 1;
@@ -1651,6 +1666,48 @@ fn structure_check(s: &Statement) -> Result<(), Refusal> {
         Some(r) => Err(r),
         None => Ok(()),
     }
+}
+
+/// Whether `s` may read a PII column: an identifier named like a PII column or like a masked
+/// FROM item (a whole-row reference), or any `*` other than `count(*)`. Errs towards yes.
+fn reads_pii(s: &Statement, names: &HashSet<String>) -> bool {
+    struct R<'x>(&'x HashSet<String>);
+    impl Visitor for R<'_> {
+        type Break = ();
+        fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+            let hit = match e {
+                Expr::Identifier(i) => self.0.contains(&i.value.to_lowercase()),
+                // The qualifiers name FROM items; the last part is the column.
+                Expr::CompoundIdentifier(ids) => ids
+                    .last()
+                    .is_some_and(|i| self.0.contains(&i.value.to_lowercase())),
+                Expr::Wildcard(_) | Expr::QualifiedWildcard(..) => true,
+                Expr::Function(f) => matches!(&f.args, FunctionArguments::List(l)
+                    if l.args.iter().any(|a| matches!(a,
+                        FunctionArg::Unnamed(FunctionArgExpr::QualifiedWildcard(_))
+                        | FunctionArg::Named { arg: FunctionArgExpr::QualifiedWildcard(_), .. }))),
+                _ => false,
+            };
+            if hit {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        }
+        fn pre_visit_select(&mut self, sel: &Select) -> ControlFlow<()> {
+            if sel.projection.iter().any(|i| {
+                matches!(
+                    i,
+                    SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)
+                )
+            }) {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        }
+    }
+    !names.is_empty() && s.visit(&mut R(names)).is_break()
 }
 
 /// Counts, per lower-case name, the identifiers standing in relation or function names, aliases
