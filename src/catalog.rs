@@ -181,7 +181,7 @@ impl Catalog {
                         pg_catalog.string_agg(DISTINCT t.typcategory::text, '') \
                  FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
                  LEFT JOIN pg_catalog.pg_type t ON t.oid = p.prorettype \
-                 WHERE n.nspname NOT IN ('pgredact', 'pgredact_admin') \
+                 WHERE n.nspname NOT IN ('pgredact', 'pgredact_admin', 'pgredact_mask') \
                  GROUP BY 1, 2",
                 &[],
             )
@@ -245,7 +245,9 @@ impl Catalog {
                   AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
                  JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid \
                  JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
-                 WHERE p.oid >= 16384 OR p.proname = ANY($1::text[])",
+                 WHERE (p.oid >= 16384 OR p.proname = ANY($1::text[])) \
+                   AND NOT (n.nspname = 'pgredact_mask' AND EXISTS (SELECT 1 FROM pg_catalog.pg_roles o \
+                            WHERE o.oid = p.proowner AND o.rolsuper))",
                 &[&crate::rewrite::rules::DENIED_FUNCTIONS],
             )
             .await?
@@ -253,6 +255,7 @@ impl Catalog {
             let (v, f): (i64, String) = (r.get(0), r.get(1));
             cat.view_functions.insert(v as u32, f);
         }
+        // (The masking views call the JSON maskers in pgredact_mask, which a superuser installed.)
         // Built-in functions are pinned and have no pg_depend entries: find views calling a
         // denied built-in (query_to_xml, ...) from their definition text.
         for r in client

@@ -20,6 +20,190 @@ pub enum Mask {
     },
     Hash,
     Year,
+    /// A json or jsonb column masked per key path (see [`JsonMask`]).
+    Json(JsonMask),
+}
+
+/// Masks inside a json/jsonb document. Every node has a path: the object keys from the root
+/// (arrays are traversed, their elements share the array's path). A node matched by a rule takes
+/// that rule's mask for itself and everything under it, until a deeper rule matches; the root
+/// starts with `default`. When several rules match one node, the strictest wins. `None` is keep.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct JsonMask {
+    pub rules: Vec<JsonRule>,
+    pub default: Option<Box<Mask>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct JsonRule {
+    /// As written in the policy, e.g. `$.billing.name` or `$.**.phone`.
+    pub path: String,
+    pub segments: Vec<PathSeg>,
+    /// `None` keeps the value.
+    pub mask: Option<Box<Mask>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PathSeg {
+    /// One object key.
+    Key(String),
+    /// `*`: any one key.
+    AnyKey,
+    /// `**`: any number of keys, none included.
+    AnyDepth,
+}
+
+impl JsonRule {
+    /// A PostgreSQL regular expression (ARE) matching the node paths this rule selects. Node
+    /// paths are written as `/key` per level, keys escaped as in JSON Pointer (`~0`, `~1`).
+    pub fn regex(&self) -> String {
+        let mut re = String::from("^");
+        for s in &self.segments {
+            match s {
+                PathSeg::Key(k) => {
+                    re.push('/');
+                    re.push_str(&are_escape(&k.replace('~', "~0").replace('/', "~1")));
+                }
+                PathSeg::AnyKey => re.push_str("/[^/]*"),
+                PathSeg::AnyDepth => re.push_str("(/[^/]*)*"),
+            }
+        }
+        re.push('$');
+        re
+    }
+}
+
+/// `s` as a literal in a PostgreSQL regular expression (ARE): every character other than a
+/// letter, digit or `_` is escaped.
+fn are_escape(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        if !(c.is_alphanumeric() || c == '_') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl JsonRule {
+    /// Text that the document's `jsonb::text` form must contain for this rule to select
+    /// anything: its last key as jsonb writes keys (`"key": `). None when the last segment is a
+    /// wildcard, or the key has characters whose escaping could differ.
+    pub fn needle(&self) -> Option<String> {
+        match self.segments.last() {
+            Some(PathSeg::Key(k)) if !k.chars().any(|c| c.is_control()) => {
+                serde_json::to_string(k).ok().map(|q| format!("{q}: "))
+            }
+            _ => None,
+        }
+    }
+
+    /// The path as a PostgreSQL text[] literal for `#>` and `jsonb_set`, when it has no
+    /// wildcard (an array on the way makes `#>` return NULL, and the caller falls back to the
+    /// full walk).
+    pub fn keys_literal(&self) -> Option<String> {
+        let mut out = Vec::new();
+        for s in &self.segments {
+            match s {
+                PathSeg::Key(k) => out.push(format!(
+                    "\"{}\"",
+                    k.replace('\\', "\\\\").replace('"', "\\\"")
+                )),
+                _ => return None,
+            }
+        }
+        if out.is_empty() {
+            return None;
+        }
+        Some(format!("{{{}}}", out.join(",")))
+    }
+}
+
+/// Strictness of a mask inside JSON (higher is stricter); `None` is keep.
+fn json_strictness(m: &Option<Box<Mask>>) -> u8 {
+    match m.as_deref() {
+        Some(Mask::Null) => 6,
+        Some(Mask::Redact) => 5,
+        Some(Mask::Constant(_)) => 4,
+        Some(Mask::Hash) => 3,
+        Some(Mask::Email) => 2,
+        Some(Mask::Partial { .. }) => 1,
+        _ => 0,
+    }
+}
+
+/// Parses a JSON path as policies write it: `$`, then `.key`, `."quoted key"`, `['key']`,
+/// `.*` (any key), `.**` (any depth) and `[*]` (array elements; arrays are traversed anyway).
+pub fn parse_json_path(path: &str) -> Result<Vec<PathSeg>, String> {
+    let mut rest = path
+        .strip_prefix('$')
+        .ok_or_else(|| format!("JSON path {path:?} must start with `$`"))?;
+    let mut out = Vec::new();
+    let quoted = |s: &str, q: char| -> Result<(String, usize), String> {
+        let mut key = String::new();
+        let mut it = s.char_indices().skip(1);
+        while let Some((i, c)) = it.next() {
+            if c == '\\' {
+                match it.next() {
+                    Some((_, e)) => key.push(e),
+                    None => break,
+                }
+            } else if c == q {
+                return Ok((key, i + 1));
+            } else {
+                key.push(c);
+            }
+        }
+        Err(format!("JSON path {path:?}: unterminated quote"))
+    };
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix(".**") {
+            out.push(PathSeg::AnyDepth);
+            rest = r;
+        } else if let Some(r) = rest.strip_prefix(".*") {
+            out.push(PathSeg::AnyKey);
+            rest = r;
+        } else if let Some(r) = rest.strip_prefix("[*]") {
+            rest = r;
+        } else if let Some(r) = rest.strip_prefix('.') {
+            if r.starts_with('"') {
+                let (k, n) = quoted(r, '"')?;
+                out.push(PathSeg::Key(k));
+                rest = &r[n..];
+            } else {
+                let end = r.find(['.', '[']).unwrap_or(r.len());
+                let k = &r[..end];
+                if k.is_empty() || k.contains(['"', '\'', ']', ' ']) {
+                    return Err(format!(
+                        "JSON path {path:?}: expected a key after `.` (quote keys with special characters: .\"my key\")"
+                    ));
+                }
+                out.push(PathSeg::Key(k.to_string()));
+                rest = &r[end..];
+            }
+        } else if let Some(r) = rest.strip_prefix('[') {
+            if r.starts_with('\'') || r.starts_with('"') {
+                let q = if r.starts_with('"') { '"' } else { '\'' };
+                let (k, n) = quoted(r, q)?;
+                let after = &r[n..];
+                rest = after
+                    .strip_prefix(']')
+                    .ok_or_else(|| format!("JSON path {path:?}: expected `]`"))?;
+                out.push(PathSeg::Key(k));
+            } else {
+                return Err(format!(
+                    "JSON path {path:?}: array positions are not supported; arrays are traversed, so leave them out or write [*]"
+                ));
+            }
+        } else {
+            return Err(format!(
+                "JSON path {path:?}: unexpected {:?}",
+                rest.chars().next().unwrap_or(' ')
+            ));
+        }
+    }
+    Ok(out)
 }
 
 impl Mask {
@@ -35,7 +219,67 @@ impl Mask {
             } => {
                 json!({"kind": "partial", "keep_first": keep_first, "keep_last": keep_last, "padding": padding})
             }
+            Mask::Json(j) => {
+                use serde_json::Value;
+                let leaf = |m: &Option<Box<Mask>>| match m {
+                    Some(m) => m.spec(),
+                    None => json!({"kind": "keep"}),
+                };
+                // Strictest first: the database takes the first rule that matches a node.
+                let mut rules: Vec<&JsonRule> = j.rules.iter().collect();
+                rules.sort_by_key(|r| std::cmp::Reverse(json_strictness(&r.mask)));
+                let uses_key = j.default.as_deref() == Some(&Mask::Hash)
+                    || j.rules
+                        .iter()
+                        .any(|r| r.mask.as_deref() == Some(&Mask::Hash));
+                // A document whose text holds none of the rules' last keys is left as it is
+                // (only when nothing else is masked by default and every rule ends in a key).
+                let needles: Option<Vec<String>> = if j.default.is_none() {
+                    j.rules.iter().map(|r| r.needle()).collect()
+                } else {
+                    None
+                };
+                let prefilter = needles.filter(|n| !n.is_empty()).map(|n| {
+                    n.iter()
+                        .map(|x| are_escape(x))
+                        .collect::<Vec<_>>()
+                        .join("|")
+                });
+                json!({
+                    "kind": "json",
+                    "default": leaf(&j.default),
+                    "prefilter": prefilter,
+                    "uses_key": uses_key,
+                    "rules": rules
+                        .iter()
+                        .map(|r| {
+                            let mut o = json!({"path": r.path, "re": r.regex(), "mask": leaf(&r.mask)});
+                            if let Some(n) = r.needle() {
+                                o["needle"] = Value::String(n);
+                            }
+                            if let Some(k) = r.keys_literal() {
+                                o["keys"] = Value::String(k);
+                            }
+                            o
+                        })
+                        .collect::<Vec<_>>(),
+                })
+            }
             other => json!({"kind": other.kind()}),
+        }
+    }
+
+    /// Whether the mask needs the HMAC key.
+    pub fn uses_key(&self) -> bool {
+        match self {
+            Mask::Hash => true,
+            Mask::Json(j) => {
+                j.default.as_deref() == Some(&Mask::Hash)
+                    || j.rules
+                        .iter()
+                        .any(|r| r.mask.as_deref() == Some(&Mask::Hash))
+            }
+            _ => false,
         }
     }
 
@@ -48,6 +292,7 @@ impl Mask {
             Mask::Partial { .. } => "partial",
             Mask::Hash => "hash",
             Mask::Year => "year",
+            Mask::Json(_) => "json",
         }
     }
 }
@@ -109,7 +354,7 @@ impl DatabasePolicy {
         self.tables
             .values()
             .flat_map(|t| t.columns.values())
-            .any(|c| c.mask == Mask::Hash)
+            .any(|c| c.mask.uses_key())
     }
 
     /// The policy as the database's own functions read it (`pgredact.policy`): unmasked roles
@@ -217,6 +462,12 @@ struct RawColumnFull {
     value: Option<String>,
     #[serde(default)]
     forget: Option<String>,
+    /// mask "json": JSON path -> mask of what it selects.
+    #[serde(default)]
+    paths: Option<BTreeMap<String, RawColumn>>,
+    /// mask "json": the mask of nodes no path selects (`keep` when absent).
+    #[serde(default)]
+    default: Option<Box<RawColumn>>,
 }
 
 /// 1-based line of a byte offset.
@@ -283,18 +534,22 @@ pub fn split_qualified(name: &str) -> Result<(String, String), String> {
 }
 
 fn parse_mask(raw: RawColumn) -> Result<(Mask, Option<String>), String> {
-    let (kind, kf, kl, pad, value, forget) = match raw {
-        RawColumn::Kind(k) => (k, None, None, None, None, None),
-        RawColumn::Full(f) => (
-            f.mask,
-            f.keep_first,
-            f.keep_last,
-            f.padding,
-            f.value,
-            f.forget,
-        ),
+    let f = match raw {
+        RawColumn::Kind(k) => RawColumnFull {
+            mask: k,
+            keep_first: None,
+            keep_last: None,
+            padding: None,
+            value: None,
+            forget: None,
+            paths: None,
+            default: None,
+        },
+        RawColumn::Full(f) => f,
     };
-    let only_partial = kf.is_some() || kl.is_some() || pad.is_some();
+    let kind = f.mask.clone();
+    let only_partial = f.keep_first.is_some() || f.keep_last.is_some() || f.padding.is_some();
+    let only_json = f.paths.is_some() || f.default.is_some();
     let mask = match kind.as_str() {
         "null" => Mask::Null,
         "redact" => Mask::Redact,
@@ -302,16 +557,38 @@ fn parse_mask(raw: RawColumn) -> Result<(Mask, Option<String>), String> {
         "hash" => Mask::Hash,
         "year" => Mask::Year,
         "constant" => Mask::Constant(
-            value.clone().ok_or("mask \"constant\" needs a `value`")?,
+            f.value
+                .clone()
+                .ok_or("mask \"constant\" needs a `value`")?,
         ),
         "partial" => Mask::Partial {
-            keep_first: kf.unwrap_or(0),
-            keep_last: kl.unwrap_or(0),
-            padding: pad.clone().unwrap_or_else(|| "****".into()),
+            keep_first: f.keep_first.unwrap_or(0),
+            keep_last: f.keep_last.unwrap_or(0),
+            padding: f.padding.clone().unwrap_or_else(|| "****".into()),
         },
+        "json" => {
+            let paths = f
+                .paths
+                .ok_or("mask \"json\" needs `paths`, e.g. paths = { \"$.email\" = \"email\" }")?;
+            let mut rules = Vec::new();
+            for (path, m) in paths {
+                let segments = parse_json_path(&path)?;
+                let mask = json_leaf(m).map_err(|e| format!("path {path:?}: {e}"))?;
+                rules.push(JsonRule {
+                    path,
+                    segments,
+                    mask,
+                });
+            }
+            let default = match f.default {
+                None => None,
+                Some(d) => json_leaf(*d).map_err(|e| format!("default: {e}"))?,
+            };
+            Mask::Json(JsonMask { rules, default })
+        }
         other => {
             return Err(format!(
-                "unknown mask kind {other:?} (expected null, redact, constant, email, partial, hash or year)"
+                "unknown mask kind {other:?} (expected null, redact, constant, email, partial, hash, year or json)"
             ))
         }
     };
@@ -320,12 +597,39 @@ fn parse_mask(raw: RawColumn) -> Result<(Mask, Option<String>), String> {
             "keep_first/keep_last/padding only apply to mask \"partial\", not {kind:?}"
         ));
     }
-    if value.is_some() && !matches!(mask, Mask::Constant(_)) {
+    if f.value.is_some() && !matches!(mask, Mask::Constant(_)) {
         return Err(format!(
             "`value` only applies to mask \"constant\", not {kind:?}"
         ));
     }
-    Ok((mask, forget))
+    if only_json && !matches!(mask, Mask::Json(_)) {
+        return Err(format!(
+            "`paths` and `default` only apply to mask \"json\", not {kind:?}"
+        ));
+    }
+    Ok((mask, f.forget))
+}
+
+/// A mask for values inside a JSON document: `keep` (None) or a kind that works on JSON scalars.
+fn json_leaf(raw: RawColumn) -> Result<Option<Box<Mask>>, String> {
+    if let RawColumn::Kind(k) = &raw {
+        if k == "keep" {
+            return Ok(None);
+        }
+    }
+    if let RawColumn::Full(f) = &raw {
+        if f.forget.is_some() {
+            return Err("`forget` applies to the column, not to a JSON path".into());
+        }
+    }
+    let (m, _) = parse_mask(raw)?;
+    match m {
+        Mask::Year | Mask::Json(_) => Err(format!(
+            "mask {:?} does not apply inside JSON (use keep, null, redact, constant, email, partial or hash)",
+            m.kind()
+        )),
+        m => Ok(Some(Box::new(m))),
+    }
 }
 
 fn is_sql_name(s: &str) -> bool {
@@ -485,6 +789,10 @@ pub fn mask_fits(mask: &Mask, ty: &ColType) -> Result<(), String> {
             mask.kind(),
             ty.sql
         )),
+        Mask::Json(_) if !matches!(ty.base.as_str(), "json" | "jsonb") => Err(format!(
+            "mask \"json\" needs a json or jsonb column, not {}",
+            ty.sql
+        )),
         Mask::Year if !matches!(ty.base.as_str(), "date" | "timestamp" | "timestamptz") => {
             Err(format!(
                 "mask \"year\" needs a date or timestamp column, not {}",
@@ -628,5 +936,128 @@ columns.ip_address = "null"
             hash_pseudonym(b"Jefe", "what do ya want for nothing?"),
             "5bdcc146bf60754e"
         );
+    }
+
+    #[test]
+    fn json_path_masks_parse_and_compile() {
+        let pol = p(r#"
+database = "app"
+[tables."public.customer_events"]
+columns.ip_address = "null"
+[tables."public.customer_events".columns.payload]
+mask = "json"
+default = "keep"
+paths = { "$.to" = "email", "$.billing.name" = "redact", "$.**.phone" = "null", "$.items[*].\"a/b~c\"" = { mask = "partial", keep_last = 2 }, "$.*.sku" = "hash" }
+"#)
+        .unwrap();
+        let t = pol.table("public", "customer_events").unwrap();
+        let Mask::Json(j) = &t.columns["payload"].mask else {
+            panic!("json mask expected")
+        };
+        assert_eq!(t.columns["payload"].line, 5);
+        assert_eq!(j.default, None);
+        let re: BTreeMap<&str, String> = j
+            .rules
+            .iter()
+            .map(|r| (r.path.as_str(), r.regex()))
+            .collect();
+        assert_eq!(re["$.to"], "^/to$");
+        assert_eq!(re["$.billing.name"], "^/billing/name$");
+        assert_eq!(re["$.**.phone"], "^(/[^/]*)*/phone$");
+        assert_eq!(re["$.items[*].\"a/b~c\""], "^/items/a\\~1b\\~0c$");
+        assert_eq!(re["$.*.sku"], "^/[^/]*/sku$");
+        assert!(t.columns["payload"].mask.uses_key());
+        assert!(pol.uses_hash());
+        // Strictest first in the spec the database reads.
+        let spec = t.columns["payload"].mask.spec();
+        let kinds: Vec<&str> = spec["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["mask"]["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, ["null", "redact", "hash", "email", "partial"]);
+        assert_eq!(spec["default"]["kind"], "keep");
+        let by_path = |p: &str| {
+            spec["rules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["path"] == p)
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(by_path("$.billing.name")["needle"], "\"name\": ");
+        assert_eq!(by_path("$.billing.name")["keys"], "{\"billing\",\"name\"}");
+        assert_eq!(by_path("$.**.phone")["needle"], "\"phone\": ");
+        assert!(by_path("$.**.phone").get("keys").is_none());
+        assert_eq!(
+            by_path("$.items[*].\"a/b~c\"")["keys"],
+            "{\"items\",\"a/b~c\"}"
+        );
+        assert!(by_path("$.*.sku").get("keys").is_none());
+        // `$.*.sku` ends in a key too, so the prefilter applies; a default mask disables it.
+        assert_eq!(
+            spec["prefilter"].as_str().unwrap().split('|').count(),
+            5,
+            "{}",
+            spec["prefilter"]
+        );
+        assert!(spec["prefilter"]
+            .as_str()
+            .unwrap()
+            .contains("\\\"name\\\"\\:\\ "));
+        assert_eq!(spec["uses_key"], true);
+        let jsonb = ColType {
+            sql: "jsonb".into(),
+            base: "jsonb".into(),
+            category: 'U',
+        };
+        let text = ColType {
+            sql: "text".into(),
+            base: "text".into(),
+            category: 'S',
+        };
+        assert!(mask_fits(&t.columns["payload"].mask, &jsonb).is_ok());
+        assert!(mask_fits(&t.columns["payload"].mask, &text).is_err());
+    }
+
+    #[test]
+    fn json_path_mask_errors_name_the_line_and_path() {
+        for (body, want) in [
+            ("columns.p = { mask = \"json\" }", "needs `paths`"),
+            (
+                "columns.p = { mask = \"json\", paths = { \"email\" = \"email\" } }",
+                "must start with `$`",
+            ),
+            (
+                "columns.p = { mask = \"json\", paths = { \"$.a[0]\" = \"null\" } }",
+                "array positions",
+            ),
+            (
+                "columns.p = { mask = \"json\", paths = { \"$.a\" = \"year\" } }",
+                "does not apply inside JSON",
+            ),
+            (
+                "columns.p = { mask = \"json\", paths = { \"$.a\" = \"bogus\" } }",
+                "unknown mask kind",
+            ),
+            (
+                "columns.p = { mask = \"null\", paths = { \"$.a\" = \"null\" } }",
+                "only apply to mask \"json\"",
+            ),
+            (
+                "columns.p = { mask = \"json\", paths = { \"$..a\" = \"null\" } }",
+                "expected a key",
+            ),
+            (
+                "columns.p = { mask = \"json\", paths = {}, default = \"keep\", keep_last = 1 }",
+                "partial",
+            ),
+        ] {
+            let e = p(&format!("database = \"app\"\n[tables.t]\n{body}\n")).unwrap_err();
+            assert!(e.contains(want), "{body}: {e}");
+            assert!(e.starts_with("policies/app.toml:3:"), "{body}: {e}");
+        }
     }
 }

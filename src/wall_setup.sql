@@ -52,6 +52,141 @@ GRANT EXECUTE ON FUNCTION pgredact_admin.wall_version() TO @CTL@;
 -- its options). NULL in gives NULL out, and the result keeps the column's type. Types are
 -- written as format_type prints them with search_path = pg_catalog (qualified outside it).
 -- Columns are read through the alias r, the key through k (see sync()).
+-- Masks inside json/jsonb documents, in a schema of their own. The masking views call these as
+-- the reading role (PostgreSQL checks function privileges, and resolves the names inside SQL and
+-- PL/pgSQL bodies, as the caller), so this schema is usable by PUBLIC and holds nothing else. A
+-- masked role calling them directly learns only the mask of a value it already has: the keyed
+-- hash needs the key as an argument, which only the views' owner can read. No `SET search_path` (a GUC save/restore on every call,
+-- and these run once per JSON node): every function, operator and type below is qualified with
+-- pg_catalog, so the caller's search_path cannot redirect anything.
+CREATE SCHEMA IF NOT EXISTS pgredact_mask;
+REVOKE ALL ON SCHEMA pgredact_mask FROM PUBLIC;
+GRANT USAGE ON SCHEMA pgredact_mask TO PUBLIC;
+CREATE OR REPLACE FUNCTION pgredact_mask.mask_json_leaf(v pg_catalog.jsonb, m pg_catalog.jsonb, ipad pg_catalog.bytea, opad pg_catalog.bytea)
+RETURNS pg_catalog.jsonb LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $f$
+DECLARE
+  k pg_catalog.text := m OPERATOR(pg_catalog.->>) 'kind';
+  ty pg_catalog.text := pg_catalog.jsonb_typeof(v);
+  t pg_catalog.text;
+  kf pg_catalog.int4;
+  kl pg_catalog.int4;
+  pad pg_catalog.text;
+BEGIN
+  IF v IS NULL OR ty OPERATOR(pg_catalog.=) 'null' OR k OPERATOR(pg_catalog.=) 'keep' THEN RETURN v; END IF;
+  IF k OPERATOR(pg_catalog.=) 'null' OR ty OPERATOR(pg_catalog.=) 'object' OR ty OPERATOR(pg_catalog.=) 'array' THEN
+    RETURN CAST('null' AS pg_catalog.jsonb);
+  END IF;
+  IF k OPERATOR(pg_catalog.=) 'redact' THEN
+    RETURN CAST(CASE WHEN ty OPERATOR(pg_catalog.=) 'string' THEN '"****"'
+      WHEN ty OPERATOR(pg_catalog.=) 'number' THEN '0' ELSE 'false' END AS pg_catalog.jsonb);
+  END IF;
+  IF k OPERATOR(pg_catalog.=) 'constant' THEN
+    RETURN pg_catalog.to_jsonb(m OPERATOR(pg_catalog.->>) 'value');
+  END IF;
+  IF ty OPERATOR(pg_catalog.=) 'boolean' THEN RETURN CAST('false' AS pg_catalog.jsonb); END IF;
+  t := v OPERATOR(pg_catalog.#>>) '{}';
+  IF k OPERATOR(pg_catalog.=) 'email' THEN
+    RETURN pg_catalog.to_jsonb(CASE WHEN pg_catalog.strpos(t, '@') OPERATOR(pg_catalog.>) 0
+      THEN pg_catalog.concat(pg_catalog.left(t, 1), '***@', pg_catalog.substr(t, pg_catalog.strpos(t, '@') OPERATOR(pg_catalog.+) 1))
+      ELSE '****' END);
+  END IF;
+  IF k OPERATOR(pg_catalog.=) 'partial' THEN
+    kf := COALESCE(pg_catalog.int4(m OPERATOR(pg_catalog.->) 'keep_first'), 0);
+    kl := COALESCE(pg_catalog.int4(m OPERATOR(pg_catalog.->) 'keep_last'), 0);
+    pad := COALESCE(m OPERATOR(pg_catalog.->>) 'padding', '****');
+    RETURN pg_catalog.to_jsonb(CASE WHEN pg_catalog.length(t) OPERATOR(pg_catalog.<=) (kf OPERATOR(pg_catalog.+) kl) THEN pad
+      ELSE pg_catalog.concat(pg_catalog.left(t, kf), pad, pg_catalog.right(t, kl)) END);
+  END IF;
+  IF k OPERATOR(pg_catalog.=) 'hash' THEN
+    IF ipad IS NULL OR opad IS NULL THEN RETURN CAST('null' AS pg_catalog.jsonb); END IF;
+    RETURN pg_catalog.to_jsonb(pg_catalog.left(pg_catalog.encode(pg_catalog.sha256(opad OPERATOR(pg_catalog.||)
+      pg_catalog.sha256(ipad OPERATOR(pg_catalog.||) pg_catalog.convert_to(t, 'UTF8'))), 'hex'), 16));
+  END IF;
+  RETURN CAST('null' AS pg_catalog.jsonb);
+END
+$f$;
+REVOKE ALL ON FUNCTION pgredact_mask.mask_json_leaf(jsonb, jsonb, bytea, bytea) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pgredact_mask.mask_json_leaf(jsonb, jsonb, bytea, bytea) TO PUBLIC;
+
+-- Walks a document: `path` is the node's path (`/key` per object level, JSON Pointer escapes;
+-- array elements share their array's path), `m` the mask in force. The first rule (strictest
+-- first) whose regular expression matches the path replaces `m` for the node and below.
+CREATE OR REPLACE FUNCTION pgredact_mask.mask_json_walk(doc pg_catalog.jsonb, rules pg_catalog.jsonb, ipad pg_catalog.bytea, opad pg_catalog.bytea, path pg_catalog.text, m pg_catalog.jsonb)
+RETURNS pg_catalog.jsonb LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $f$
+DECLARE
+  i pg_catalog.int4;
+  ty pg_catalog.text := pg_catalog.jsonb_typeof(doc);
+  out pg_catalog.jsonb;
+BEGIN
+  FOR i IN 0 .. pg_catalog.jsonb_array_length(rules) OPERATOR(pg_catalog.-) 1 LOOP
+    IF path OPERATOR(pg_catalog.~) (rules OPERATOR(pg_catalog.->) i OPERATOR(pg_catalog.->>) 're') THEN
+      m := rules OPERATOR(pg_catalog.->) i OPERATOR(pg_catalog.->) 'mask';
+      EXIT;
+    END IF;
+  END LOOP;
+  IF ty OPERATOR(pg_catalog.=) 'object' OR ty OPERATOR(pg_catalog.=) 'array' THEN
+    IF m OPERATOR(pg_catalog.->>) 'kind' OPERATOR(pg_catalog.=) 'null' THEN RETURN CAST('null' AS pg_catalog.jsonb); END IF;
+    IF ty OPERATOR(pg_catalog.=) 'object' THEN
+      SELECT pg_catalog.jsonb_object_agg(j.k, pgredact_mask.mask_json_walk(j.v, rules, ipad, opad,
+               path OPERATOR(pg_catalog.||) '/' OPERATOR(pg_catalog.||) pg_catalog.replace(pg_catalog.replace(j.k, '~', '~0'), '/', '~1'), m))
+        INTO out FROM pg_catalog.jsonb_each(doc) AS j(k, v);
+      RETURN COALESCE(out, CAST('{}' AS pg_catalog.jsonb));
+    END IF;
+    SELECT pg_catalog.jsonb_agg(pgredact_mask.mask_json_walk(j.v, rules, ipad, opad, path, m) ORDER BY j.n)
+      INTO out FROM pg_catalog.jsonb_array_elements(doc) WITH ORDINALITY AS j(v, n);
+    RETURN COALESCE(out, CAST('[]' AS pg_catalog.jsonb));
+  END IF;
+  IF m OPERATOR(pg_catalog.->>) 'kind' OPERATOR(pg_catalog.=) 'keep' THEN RETURN doc; END IF;
+  RETURN pgredact_mask.mask_json_leaf(doc, m, ipad, opad);
+END
+$f$;
+REVOKE ALL ON FUNCTION pgredact_mask.mask_json_walk(jsonb, jsonb, bytea, bytea, text, jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pgredact_mask.mask_json_walk(jsonb, jsonb, bytea, bytea, text, jsonb) TO PUBLIC;
+
+-- The mask of one document. The walk above is the definition; this is the same answer, faster
+-- for the usual case (default keep): a rule can select something only if the document's text
+-- holds its last key (`needle`); a document no rule can touch is returned as it is, and when
+-- every rule that can is a plain key path to a scalar, those scalars are replaced in place
+-- (least strict first, so the strictest wins). Anything else takes the walk.
+CREATE OR REPLACE FUNCTION pgredact_mask.mask_json(doc pg_catalog.jsonb, spec pg_catalog.jsonb, ipad pg_catalog.bytea, opad pg_catalog.bytea)
+RETURNS pg_catalog.jsonb LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $f$
+DECLARE
+  rules pg_catalog.jsonb := spec OPERATOR(pg_catalog.->) 'rules';
+  dflt pg_catalog.jsonb := COALESCE(spec OPERATOR(pg_catalog.->) 'default', CAST('{"kind": "keep"}' AS pg_catalog.jsonb));
+  t pg_catalog.text;
+  r pg_catalog.jsonb;
+  v pg_catalog.jsonb;
+  ks pg_catalog.text[];
+  out pg_catalog.jsonb := doc;
+  i pg_catalog.int4;
+BEGIN
+  IF doc IS NULL THEN RETURN NULL; END IF;
+  IF dflt OPERATOR(pg_catalog.->>) 'kind' OPERATOR(pg_catalog.<>) 'keep' THEN
+    RETURN pgredact_mask.mask_json_walk(doc, rules, ipad, opad, '', dflt);
+  END IF;
+  t := CAST(doc AS pg_catalog.text);
+  FOR i IN REVERSE pg_catalog.jsonb_array_length(rules) OPERATOR(pg_catalog.-) 1 .. 0 LOOP
+    r := rules OPERATOR(pg_catalog.->) i;
+    IF (r OPERATOR(pg_catalog.?) 'needle')
+       AND pg_catalog.strpos(t, r OPERATOR(pg_catalog.->>) 'needle') OPERATOR(pg_catalog.=) 0 THEN
+      CONTINUE;
+    END IF;
+    IF NOT (r OPERATOR(pg_catalog.?) 'keys') THEN
+      RETURN pgredact_mask.mask_json_walk(doc, rules, ipad, opad, '', dflt);
+    END IF;
+    ks := CAST(r OPERATOR(pg_catalog.->>) 'keys' AS pg_catalog.text[]);
+    v := doc OPERATOR(pg_catalog.#>) ks;
+    IF v IS NULL OR pg_catalog.jsonb_typeof(v) OPERATOR(pg_catalog.=) 'object' OR pg_catalog.jsonb_typeof(v) OPERATOR(pg_catalog.=) 'array' THEN
+      RETURN pgredact_mask.mask_json_walk(doc, rules, ipad, opad, '', dflt);
+    END IF;
+    out := pg_catalog.jsonb_set(out, ks, pgredact_mask.mask_json_leaf(v, r OPERATOR(pg_catalog.->) 'mask', ipad, opad));
+  END LOOP;
+  RETURN out;
+END
+$f$;
+REVOKE ALL ON FUNCTION pgredact_mask.mask_json(jsonb, jsonb, bytea, bytea) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pgredact_mask.mask_json(jsonb, jsonb, bytea, bytea) TO PUBLIC;
+
 CREATE OR REPLACE FUNCTION pgredact_admin.mask_expr(col name, typ oid, typmod integer, m jsonb)
 RETURNS text LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $f$
 DECLARE
@@ -92,6 +227,20 @@ BEGIN
     -- HMAC-SHA256 with the key only the control role (the view's owner) can read (joined as k).
     RETURN format(guard, format(
       'pg_catalog.left(pg_catalog.encode(pg_catalog.sha256(k.opad OPERATOR(pg_catalog.||) pg_catalog.sha256(k.ipad OPERATOR(pg_catalog.||) pg_catalog.convert_to(%s, ''UTF8''))), ''hex''), 16)', ct));
+  WHEN 'json' THEN
+    IF base NOT IN ('json', 'jsonb') THEN
+      RAISE EXCEPTION 'pgredact: mask "json" needs a json or jsonb column, not %', t;
+    END IF;
+    v := format('pgredact_mask.mask_json(CAST(%s AS pg_catalog.jsonb), CAST(%s AS pg_catalog.jsonb), %s)',
+      c, quote_literal(m::text),
+      CASE WHEN (m ->> 'uses_key')::boolean THEN 'k.ipad, k.opad' ELSE 'NULL, NULL' END);
+    -- Documents that hold none of the rules' keys skip the function call (a regular expression
+    -- over the jsonb text, which writes every key as "key": ).
+    IF m ->> 'prefilter' IS NOT NULL THEN
+      v := format('CASE WHEN CAST(CAST(%s AS pg_catalog.jsonb) AS pg_catalog.text) OPERATOR(pg_catalog.~) %s THEN %s ELSE CAST(%s AS pg_catalog.jsonb) END',
+        c, quote_literal(m ->> 'prefilter'), v, c);
+    END IF;
+    RETURN format(guard, v);
   WHEN 'year' THEN
     IF base = 'date' THEN
       RETURN format(guard, format('pg_catalog.date_trunc(''year'', CAST(%s AS pg_catalog.timestamp))', c));
@@ -163,7 +312,8 @@ BEGIN
       SELECT string_agg(CASE WHEN r.tj -> 'columns' ? a.attname
                              THEN pgredact_admin.mask_expr(a.attname, a.atttypid, a.atttypmod, r.tj -> 'columns' -> a.attname) || ' AS ' || quote_ident(a.attname)
                              ELSE 'r.' || quote_ident(a.attname) END, ', ' ORDER BY a.attnum),
-             bool_or(r.tj -> 'columns' -> a.attname ->> 'kind' = 'hash')
+             bool_or(r.tj -> 'columns' -> a.attname ->> 'kind' = 'hash'
+                     OR coalesce((r.tj -> 'columns' -> a.attname ->> 'uses_key')::boolean, false))
         INTO sel, uses_key
       FROM pg_attribute a WHERE a.attrelid = r.relid AND a.attnum > 0 AND NOT a.attisdropped;
       IF sel IS NULL THEN CONTINUE; END IF;

@@ -112,7 +112,7 @@ fn corpus() -> Vec<Q> {
         (w, Twin, false, "INSERT INTO orders (customer_id, amount, status, ordered_at) VALUES (10, 99.5, 'pending', '2024-01-01')"),
         (w, Twin, false, "INSERT INTO customers (customer_id, tier, segment) VALUES (900100, 'standard', 'smb')"),
         (w, Twin, false, "UPDATE customers SET tier = 'silver' WHERE customer_id = 10 RETURNING customer_id, tier"),
-        (w, Twin, false, "INSERT INTO customer_events (customer_id, event_type, payload, occurred_at) VALUES (10, 'note', '{}', '2024-01-01')"),
+        (w, Twin, false, "INSERT INTO customer_events (customer_id, event_type, occurred_at) VALUES (10, 'note', '2024-01-01')"),
         (w, Twin, false, "UPDATE orders SET amount = amount * 1.1 WHERE customer_id = 10 AND status = 'pending'"),
         (w, Twin, false, "INSERT INTO customers (customer_id, tier) VALUES (10, 'gold') ON CONFLICT (customer_id) DO UPDATE SET tier = EXCLUDED.tier"),
         (w, Twin, false, "UPDATE customers SET tier = 'gold' WHERE customer_id IN (SELECT customer_id FROM orders WHERE amount > 499)"),

@@ -115,6 +115,9 @@ INSERT INTO public.customers (customer_id, first_name, last_name, email, phone, 
  (777778, '{C_FIRST}', '{C_LAST}', '{C_EMAIL}', '{C_PHONE}', '{C_ADDR}', 'Lisbon', 'Portugal', '{C_BIRTH}', 'silver', 'zqseg2', 78.78, '2020-07-07 08:07:07+00', '2020-07-08 08:07:07+00');
 INSERT INTO public.customer_events (customer_id, event_type, ip_address, user_agent, payload, occurred_at)
  SELECT 777777, 'login', '{C_IP}', '{C_UA}', '{{}}', timestamptz '2023-07-07 00:00+00' + i * interval '1 minute' FROM generate_series(1, 3) i;
+INSERT INTO public.customer_events (customer_id, event_type, ip_address, user_agent, payload, occurred_at) VALUES
+ (777777, 'purchase', '{C_IP}', '{C_UA}', '{{"total": 77.7, "currency": "EUR", "to": "{C_EMAIL}", "billing": {{"name": "{C_FIRST} {C_LAST}", "address": "{C_ADDR}"}}, "callback_phone": "{C_PHONE}", "items": [{{"sku": "SKU-7", "contact": {{"phone": "{C_HIST_PHONE}"}}}}, {{"sku": "SKU-8", "phone": null}}], "a/b~c": 1}}', '2023-07-07 07:07+00'),
+ (777777, 'login', '{C_IP}', '{C_UA}', '{{"method": "password", "username": "{C_EMAIL}", "success": true}}', '2023-07-07 07:08+00');
 INSERT INTO public.orders (customer_id, amount, status, shipping_address, ordered_at) VALUES
  (777777, 77.77, 'paid', '{C_SHIP}', '2023-07-07 07:00+00'), (777778, 12.50, 'shipped', '{C_SHIP}', '2023-07-08 07:00+00');
 INSERT INTO public.customer_history (customer_id, changed_at, email, phone, address)
@@ -317,6 +320,40 @@ async fn build_twin(env: &Env) {
         t.batch_execute(&sql)
             .await
             .unwrap_or_else(|e| panic!("masking twin {sql}: {e:?}"));
+        // JSON path masks, row by row with the reference implementation.
+        for (col, cp) in &tp.columns {
+            let pgredact::policy::Mask::Json(jm) = &cp.mask else {
+                continue;
+            };
+            let rel = format!(
+                "{}.{}",
+                pgredact::policy::quote_ident(&tp.schema),
+                pgredact::policy::quote_ident(&tp.name)
+            );
+            let q = pgredact::policy::quote_ident(col);
+            let rows = t
+                .query(
+                    &format!("SELECT ctid::text, {q}::text FROM {rel} WHERE {q} IS NOT NULL"),
+                    &[],
+                )
+                .await
+                .expect("twin json rows");
+            let (mut ids, mut vals) = (Vec::new(), Vec::new());
+            for r in rows {
+                let doc: serde_json::Value =
+                    serde_json::from_str(r.get::<_, &str>(1)).expect("stored json parses");
+                ids.push(r.get::<_, String>(0));
+                vals.push(super::masks::mask_json(jm, &doc, HASH_KEY.as_bytes()).to_string());
+            }
+            t.execute(
+                &format!(
+                    "UPDATE {rel} AS t SET {q} = CAST(x.v AS pg_catalog.jsonb) FROM unnest($1::text[], $2::text[]) AS x(id, v) WHERE t.ctid = x.id::tid"
+                ),
+                &[&ids, &vals],
+            )
+            .await
+            .expect("twin json update");
+        }
     }
     t.batch_execute(
         "REFRESH MATERIALIZED VIEW public.zq_mv_direct; REFRESH MATERIALIZED VIEW public.zq_mv_func; \
