@@ -405,7 +405,8 @@ impl SplitStream for tokio_rustls::client::TlsStream<TcpStream> {
 
 // tokio-postgres (control connections) over the same rustls settings.
 
-/// A rustls stream as tokio-postgres wants it (no channel binding).
+/// A rustls stream as tokio-postgres wants it, with `tls-server-end-point` channel binding to
+/// PostgreSQL's certificate (tokio-postgres then uses `SCRAM-SHA-256-PLUS` when offered).
 pub struct PgTlsStream<S>(tokio_rustls::client::TlsStream<S>);
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for PgTlsStream<S> {
@@ -438,7 +439,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for PgTlsStream<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> tokio_postgres::tls::TlsStream for PgTlsStream<S> {
     fn channel_binding(&self) -> tokio_postgres::tls::ChannelBinding {
-        tokio_postgres::tls::ChannelBinding::none()
+        let hash = self
+            .0
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| server_end_point(c));
+        match hash {
+            Some(h) => tokio_postgres::tls::ChannelBinding::tls_server_end_point(h),
+            None => tokio_postgres::tls::ChannelBinding::none(),
+        }
     }
 }
 
