@@ -54,6 +54,101 @@ pub fn acceptor(tls: &Tls, base: &Path) -> Result<tokio_rustls::TlsAcceptor, Str
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
 
+/// The `tls-server-end-point` channel-binding data (RFC 5929) of the first certificate in
+/// `[tls] cert`, the one pgredact presents; None when it cannot be read or its signature
+/// algorithm names no usable hash (clients are then offered no `-PLUS` mechanism).
+pub fn cert_file_end_point(tls: &Tls, base: &Path) -> Option<Vec<u8>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let path = base.join(&tls.cert);
+    let first = CertificateDer::pem_file_iter(&path).ok()?.next()?.ok()?;
+    server_end_point(first.as_ref())
+}
+
+/// RFC 5929 `tls-server-end-point`: the hash of the DER certificate with the hash function of
+/// its signature algorithm, SHA-256 for MD5 and SHA-1. None for algorithms without one
+/// (RSASSA-PSS, Ed25519...), as in PostgreSQL and libpq, which then cannot bind either.
+pub fn server_end_point(der: &[u8]) -> Option<Vec<u8>> {
+    use sha2::Digest;
+    /// One DER element: (tag, contents, rest).
+    fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, b) = b.split_first()?;
+        let (&first, b) = b.split_first()?;
+        let (len, b) = if first < 0x80 {
+            (first as usize, b)
+        } else {
+            let n = (first & 0x7f) as usize;
+            if n == 0 || n > 4 || b.len() < n {
+                return None;
+            }
+            let len = b[..n]
+                .iter()
+                .fold(0usize, |acc, x| (acc << 8) | *x as usize);
+            (len, &b[n..])
+        };
+        if b.len() < len {
+            return None;
+        }
+        Some((tag, &b[..len], &b[len..]))
+    }
+    // Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue }
+    let (0x30, cert, _) = tlv(der)? else {
+        return None;
+    };
+    let (0x30, _tbs, rest) = tlv(cert)? else {
+        return None;
+    };
+    let (0x30, alg, _) = tlv(rest)? else {
+        return None;
+    };
+    let (0x06, oid, _) = tlv(alg)? else {
+        return None;
+    };
+    const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01]; // 1.2.840.113549.1.1
+    const ECDSA: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04]; // 1.2.840.10045.4
+    const DSA_SHA1: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x38, 0x04, 0x03]; // 1.2.840.10040.4.3
+    const NIST_SIG: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x03]; // 2.16.840.1.101.3.4.3
+    enum H {
+        S224,
+        S256,
+        S384,
+        S512,
+    }
+    let h = if let Some(r) = oid.strip_prefix(RSA) {
+        match r {
+            [0x04] | [0x05] | [0x0b] => H::S256, // md5, sha1, sha256 WithRSAEncryption
+            [0x0c] => H::S384,
+            [0x0d] => H::S512,
+            [0x0e] => H::S224,
+            _ => return None,
+        }
+    } else if let Some(r) = oid.strip_prefix(ECDSA) {
+        match r {
+            [0x01] | [0x03, 0x02] => H::S256, // ecdsa-with-SHA1, -SHA256
+            [0x03, 0x01] => H::S224,
+            [0x03, 0x03] => H::S384,
+            [0x03, 0x04] => H::S512,
+            _ => return None,
+        }
+    } else if oid == DSA_SHA1 {
+        H::S256
+    } else if let Some(r) = oid.strip_prefix(NIST_SIG) {
+        match r {
+            [0x01] => H::S224, // dsa-with-sha224
+            [0x02] => H::S256, // dsa-with-sha256
+            _ => return None,
+        }
+    } else {
+        return None;
+    };
+    Some(match h {
+        H::S224 => sha2::Sha224::digest(der).to_vec(),
+        H::S256 => sha2::Sha256::digest(der).to_vec(),
+        H::S384 => sha2::Sha384::digest(der).to_vec(),
+        H::S512 => sha2::Sha512::digest(der).to_vec(),
+    })
+}
+
 /// A connection, before or after TLS (`T`: rustls' server or client stream).
 pub enum MaybeTls<T> {
     Plain(TcpStream),
@@ -290,6 +385,16 @@ impl UpstreamTls {
     }
 }
 
+impl ServerStream {
+    /// The `tls-server-end-point` data of PostgreSQL's certificate on a TLS connection.
+    pub fn peer_end_point(&self) -> Option<Vec<u8>> {
+        match self {
+            MaybeTls::Tls(s) => server_end_point(s.get_ref().1.peer_certificates()?.first()?),
+            MaybeTls::Plain(_) => None,
+        }
+    }
+}
+
 impl SplitStream for tokio_rustls::client::TlsStream<TcpStream> {
     type R = tokio::io::ReadHalf<Self>;
     type W = tokio::io::WriteHalf<Self>;
@@ -300,7 +405,8 @@ impl SplitStream for tokio_rustls::client::TlsStream<TcpStream> {
 
 // tokio-postgres (control connections) over the same rustls settings.
 
-/// A rustls stream as tokio-postgres wants it (no channel binding).
+/// A rustls stream as tokio-postgres wants it, with `tls-server-end-point` channel binding to
+/// PostgreSQL's certificate (tokio-postgres then uses `SCRAM-SHA-256-PLUS` when offered).
 pub struct PgTlsStream<S>(tokio_rustls::client::TlsStream<S>);
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for PgTlsStream<S> {
@@ -333,7 +439,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for PgTlsStream<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> tokio_postgres::tls::TlsStream for PgTlsStream<S> {
     fn channel_binding(&self) -> tokio_postgres::tls::ChannelBinding {
-        tokio_postgres::tls::ChannelBinding::none()
+        let hash = self
+            .0
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| server_end_point(c));
+        match hash {
+            Some(h) => tokio_postgres::tls::ChannelBinding::tls_server_end_point(h),
+            None => tokio_postgres::tls::ChannelBinding::none(),
+        }
     }
 }
 
@@ -448,5 +564,59 @@ async fn drive<S, T>(
             }
             None => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A DER certificate skeleton signed with the algorithm `oid` (contents beyond the
+    /// structure the hash choice reads do not matter).
+    fn cert_with(oid: &[u8]) -> Vec<u8> {
+        let mut alg = vec![0x06, oid.len() as u8];
+        alg.extend_from_slice(oid);
+        alg.extend_from_slice(&[0x05, 0x00]);
+        let mut body = vec![0x30, 0x03, 0x02, 0x01, 0x01]; // tbsCertificate (a stand-in)
+        body.push(0x30);
+        body.push(alg.len() as u8);
+        body.extend_from_slice(&alg);
+        body.extend_from_slice(&[0x03, 0x02, 0x00, 0xff]);
+        let mut der = vec![0x30, 0x81, body.len() as u8];
+        der.extend_from_slice(&body);
+        der
+    }
+
+    #[test]
+    fn end_point_hash_follows_the_signature_algorithm() {
+        use sha2::Digest;
+        let rsa = |last: u8| cert_with(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, last]);
+        for (der, len) in [
+            (rsa(0x05), 32), // sha1WithRSAEncryption: SHA-256
+            (rsa(0x0b), 32),
+            (rsa(0x0c), 48),
+            (rsa(0x0d), 64),
+            (
+                cert_with(&[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03]),
+                48,
+            ),
+            (
+                cert_with(&[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02]),
+                32,
+            ),
+        ] {
+            let h = server_end_point(&der).expect("a hash");
+            assert_eq!(h.len(), len);
+        }
+        assert_eq!(
+            server_end_point(&rsa(0x0c)).unwrap(),
+            sha2::Sha384::digest(rsa(0x0c)).to_vec()
+        );
+        // RSASSA-PSS and Ed25519 name no hash; truncated input is not a certificate.
+        assert_eq!(server_end_point(&rsa(0x0a)), None);
+        assert_eq!(server_end_point(&cert_with(&[0x2b, 0x65, 0x70])), None);
+        let der = rsa(0x0b);
+        assert_eq!(server_end_point(&der[..der.len() - 3]), None);
+        assert_eq!(server_end_point(&[]), None);
     }
 }

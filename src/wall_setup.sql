@@ -48,6 +48,21 @@ CREATE OR REPLACE FUNCTION pgredact_admin.wall_version() RETURNS integer LANGUAG
 REVOKE ALL ON FUNCTION pgredact_admin.wall_version() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pgredact_admin.wall_version() TO @CTL@;
 
+-- The SCRAM verifier (pg_authid.rolpassword) of a role that may log in, for pgredact to
+-- complete SCRAM itself: with TLS on both legs a relayed exchange cannot succeed, and channel
+-- binding needs it (README, "SCRAM through pgredact"). A verifier and the ClientKey pgredact
+-- recovers with it suffice to log in as the role, so only the control role may call this, and
+-- superusers' verifiers are never returned: a compromised pgredact cannot become a superuser.
+-- NULL for other roles and for md5 or no passwords (pgredact then relays the exchange).
+CREATE OR REPLACE FUNCTION pgredact_admin.auth_verifier(role_name name) RETURNS text
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+  SELECT a.rolpassword FROM pg_catalog.pg_authid a
+   WHERE a.rolname = role_name AND a.rolcanlogin AND NOT a.rolsuper
+     AND pg_catalog.starts_with(a.rolpassword, 'SCRAM-SHA-256$')
+$f$;
+REVOKE ALL ON FUNCTION pgredact_admin.auth_verifier(name) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pgredact_admin.auth_verifier(name) TO @CTL@;
+
 -- The masking expression of one column: column name, type, typmod and the mask (jsonb: kind and
 -- its options). NULL in gives NULL out, and the result keeps the column's type. Types are
 -- written as format_type prints them with search_path = pg_catalog (qualified outside it).

@@ -2,6 +2,7 @@
 //! catalogs current.
 
 pub mod frame;
+pub mod scram;
 pub mod session;
 pub mod state;
 

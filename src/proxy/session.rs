@@ -177,7 +177,7 @@ pub async fn handle(shared: Arc<Shared>, tcp: TcpStream) {
     }
     let mut sreader = FrameReader::new(server);
     let mut creader = FrameReader::new(client);
-    let keys = match authenticate(&shared, &mut creader, &mut sreader).await {
+    let keys = match authenticate(&shared, &database, &user, &mut creader, &mut sreader).await {
         Ok(Some(k)) => k,
         _ => return,
     };
@@ -495,10 +495,14 @@ fn parse_options(s: &str) -> Vec<Result<(String, String), String>> {
     out
 }
 
-/// Relays authentication until PostgreSQL says ReadyForQuery. Replaces the backend key with a
-/// proxy-issued one. Returns None when the session ended (auth failure, disconnect).
+/// Relays authentication until PostgreSQL says ReadyForQuery (SASL is completed by
+/// `scram::authenticate_sasl`, at pgredact when it can read the role's verifier). Replaces the
+/// backend key with a proxy-issued one. Returns None when the session ended (auth failure,
+/// disconnect).
 async fn authenticate(
-    shared: &Shared,
+    shared: &Arc<Shared>,
+    database: &str,
+    user: &str,
     client: &mut FrameReader<ClientStream>,
     server: &mut FrameReader<ServerStream>,
 ) -> Result<Option<Keys>, FrameError> {
@@ -513,9 +517,17 @@ async fn authenticate(
                     return Err(FrameError::Protocol("short authentication message".into()));
                 }
                 let code = i32::from_be_bytes([f[5], f[6], f[7], f[8]]);
+                if code == 10 {
+                    if !super::scram::authenticate_sasl(shared, database, user, client, server, &f)
+                        .await?
+                    {
+                        return Ok(None);
+                    }
+                    continue;
+                }
                 write_raw(client, &f).await?;
-                // 3 cleartext, 5 md5, 10 SASL, 11 SASL continue: the client answers.
-                if matches!(code, 3 | 5 | 10 | 11) {
+                // 3 cleartext, 5 md5, 11 SASL continue (relayed SASL): the client answers.
+                if matches!(code, 3 | 5 | 11) {
                     let Some(resp) = client.next().await? else {
                         return Ok(None);
                     };

@@ -28,6 +28,9 @@ pub struct Shared {
     pub cancels: Mutex<HashMap<(i32, i32), (i32, i32)>>,
     /// Client-side TLS, when `[tls]` is configured.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The `tls-server-end-point` data of pgredact's certificate, for SCRAM channel binding
+    /// (None without `[tls]`, or when the certificate's algorithm names no hash).
+    pub tls_end_point: Option<Vec<u8>>,
 }
 
 /// What masked sessions of one database consult for every statement.
@@ -81,12 +84,17 @@ impl Shared {
         policies: PolicySet,
         tls: Option<tokio_rustls::TlsAcceptor>,
     ) -> Arc<Shared> {
+        let tls_end_point = match (&tls, &cfg.tls) {
+            (Some(_), Some(t)) => crate::tls::cert_file_end_point(t, &cfg.base_dir),
+            _ => None,
+        };
         Arc::new(Shared {
             cfg,
             policies: RwLock::new(Arc::new(policies)),
             dbs: tokio::sync::Mutex::new(HashMap::new()),
             cancels: Mutex::new(HashMap::new()),
             tls,
+            tls_end_point,
         })
     }
 
@@ -568,6 +576,29 @@ impl DbState {
                 tracing::debug!("pruning the DDL log failed: {e}");
             }
         }
+    }
+
+    /// The SCRAM verifier of `user` through `pgredact_admin.auth_verifier` (installed by
+    /// setup-sql): None when the role has none pgredact may read. The text is a secret: callers
+    /// never log it. Errors say why the function could not answer (missing, not granted...).
+    pub async fn auth_verifier(
+        &self,
+        shared: &Shared,
+        user: &str,
+    ) -> Result<Option<String>, String> {
+        let mut guard = self.control.lock().await;
+        if guard.as_ref().is_none_or(|c| c.is_closed()) {
+            *guard = Some(shared.control_connect(&self.name).await?);
+        }
+        let Some(client) = guard.as_ref() else {
+            return Err("no control connection".into());
+        };
+        let row = client
+            .query_one("SELECT pgredact_admin.auth_verifier($1::name)", &[&user])
+            .await
+            .map_err(|e| crate::tls::error_chain(&e))?;
+        row.try_get::<_, Option<String>>(0)
+            .map_err(|e| e.to_string())
     }
 
     /// Whether `user` is a member (direct or inherited) of an unmasked role, or a superuser.
