@@ -1721,3 +1721,84 @@ fn failed_jobs_keep_their_ids_and_can_be_retried_from_cli_and_api() {
         "0"
     );
 }
+
+#[test]
+fn json_payloads_lose_only_their_masked_paths_now_and_in_later_loads() {
+    set_env();
+    let cluster = default_demo_cluster();
+    cluster
+        .superuser_psql(DEMO_DB, DEMO_SETUP)
+        .expect("demo setup");
+    let policy = DEMO_POLICY.replace(
+        "columns.payload = \"null\"",
+        "columns.payload = { mask = \"json\", paths = { \"$.to\" = \"email\", \"$.billing.name\" = \"hash\", \
+         \"$.billing.address\" = \"redact\", \"$.**.phone\" = \"null\" } }",
+    );
+    let (cfg, dir) = write_config(&cluster, &policy);
+    let env = Env {
+        cluster,
+        cfg,
+        _dir: dir,
+    };
+    let id = sql(
+        &env,
+        "SELECT customer_id FROM customer_events WHERE event_type = 'purchase' \
+         INTERSECT SELECT customer_id FROM customer_events WHERE event_type = 'email_open' \
+         INTERSECT SELECT customer_id FROM customer_events WHERE event_type = 'page_view' ORDER BY 1 LIMIT 1",
+    );
+    assert!(!id.is_empty());
+    let others_before = fingerprint_except(&env, &id);
+    let report = rt()
+        .block_on(forget::run_cli(&env.cfg, forget_args(&id)))
+        .unwrap_or_else(|e| panic!("forget failed: {e}"));
+    assert!(report.contains("no PII left"), "{report}");
+    // The masked paths are JSON null; the keys and every other value stay.
+    assert_eq!(
+        sql(&env, &format!(
+            "SELECT bool_and(payload ? 'to' AND payload->'to' = 'null' AND payload->>'campaign' IS NOT NULL) \
+             FROM customer_events WHERE customer_id = {id} AND event_type = 'email_open'"
+        )),
+        "t"
+    );
+    assert_eq!(
+        sql(&env, &format!(
+            "SELECT bool_and(payload->'billing' = '{{\"name\": null, \"address\": null}}' AND payload->>'total' IS NOT NULL) \
+             FROM customer_events WHERE customer_id = {id} AND event_type = 'purchase'"
+        )),
+        "t"
+    );
+    assert_eq!(
+        sql(&env, &format!(
+            "SELECT bool_and(payload->>'path' IS NOT NULL) FROM customer_events WHERE customer_id = {id} AND event_type = 'page_view'"
+        )),
+        "t"
+    );
+    assert_eq!(fingerprint_except(&env, &id), others_before);
+    // A later delivery of the same customer's events keeps its data but not its PII.
+    sql(
+        &env,
+        &format!(
+            "INSERT INTO customer_events (customer_id, event_type, payload, occurred_at) VALUES \
+             ({id}, 'email_open', '{{\"to\": \"back@example.com\", \"campaign\": \"c1\", \"x\": {{\"phone\": \"+1 555\"}}}}', now())"
+        ),
+    );
+    assert_eq!(
+        sql(&env, &format!(
+            "SELECT payload::text FROM customer_events WHERE customer_id = {id} AND payload->>'campaign' = 'c1'"
+        )),
+        r#"{"x": {"phone": null}, "to": null, "campaign": "c1"}"#
+    );
+    // Another customer's delivery is untouched.
+    sql(
+        &env,
+        "INSERT INTO customer_events (customer_id, event_type, payload, occurred_at) VALUES \
+         (2, 'email_open', '{\"to\": \"kept@example.com\"}', now())",
+    );
+    assert_eq!(
+        sql(
+            &env,
+            "SELECT count(*) FROM customer_events WHERE payload->>'to' = 'kept@example.com'"
+        ),
+        "1"
+    );
+}

@@ -28,25 +28,76 @@ pub struct ColSpec {
     /// Replacement value (SQL literal text); `None` means NULL.
     pub forget: Option<String>,
     pub attnum: i16,
+    /// A json/jsonb column with a `json` mask and no `forget` value: only the masked paths are
+    /// cleared (set to JSON null), with this spec for `pgredact_mask.mask_json`.
+    pub json_paths: Option<String>,
 }
 
 impl ColSpec {
-    /// The forgotten value as SQL.
-    pub fn value_sql(&self) -> String {
+    /// For a `json_paths` column: the forgotten document of `col` as jsonb (no other type name
+    /// appears, so it is safe in trigger bodies, which run under the writer's search_path).
+    pub fn json_value_sql(&self, col: &str) -> Option<String> {
+        self.json_paths.as_ref().map(|spec| {
+            format!(
+                "pgredact_mask.mask_json(CAST({col} AS pg_catalog.jsonb), CAST({} AS pg_catalog.jsonb), NULL, NULL)",
+                quote_literal(spec)
+            )
+        })
+    }
+
+    /// The forgotten value of the column's value `col` (an SQL expression) as SQL.
+    pub fn value_sql(&self, col: &str) -> String {
+        if let Some(v) = self.json_value_sql(col) {
+            return format!("CAST({v} AS {})", self.sql_type);
+        }
         match &self.forget {
             None => "NULL".to_string(),
             Some(v) => format!("CAST({} AS {})", quote_literal(v), self.sql_type),
         }
     }
 
+    /// What forget writes, for plans and messages.
+    pub fn shown(&self) -> String {
+        match (&self.json_paths, &self.forget) {
+            (Some(_), _) => "its masked JSON paths set to null".into(),
+            (None, Some(v)) => quote_literal(v),
+            (None, None) => "NULL".into(),
+        }
+    }
+
     /// `<alias>.<col>` still differs from its forgotten value.
     pub fn differs_sql(&self, alias: &str) -> String {
         let c = format!("{alias}.{}", quote_ident(&self.name));
-        match &self.forget {
-            None => format!("{c} IS NOT NULL"),
-            Some(_) => format!("{c} IS DISTINCT FROM {}", self.value_sql()),
+        match (&self.json_paths, &self.forget) {
+            (None, None) => format!("{c} IS NOT NULL"),
+            // json has no equality operator: compare as jsonb.
+            (Some(_), _) => format!(
+                "CAST({c} AS pg_catalog.jsonb) IS DISTINCT FROM CAST({} AS pg_catalog.jsonb)",
+                self.value_sql(&c)
+            ),
+            (None, Some(_)) => format!("{c} IS DISTINCT FROM {}", self.value_sql(&c)),
         }
     }
+}
+
+/// The `mask_json` spec that forgets a `json` mask's paths: every path's node becomes JSON null,
+/// everything else stays.
+pub fn json_forget_spec(m: &crate::policy::JsonMask) -> String {
+    use crate::policy::{JsonMask, JsonRule, Mask};
+    Mask::Json(JsonMask {
+        rules: m
+            .rules
+            .iter()
+            .filter(|r| r.mask.is_some())
+            .map(|r| JsonRule {
+                mask: Some(Box::new(Mask::Null)),
+                ..r.clone()
+            })
+            .collect(),
+        default: None,
+    })
+    .spec()
+    .to_string()
 }
 
 /// A partition or inheritance child (at any depth) of a policy table that is not itself listed
@@ -161,7 +212,13 @@ impl TableSpec {
         let mut parts: Vec<String> = self
             .columns
             .iter()
-            .map(|c| format!("{} = {}", quote_ident(&c.name), c.value_sql()))
+            .map(|c| {
+                format!(
+                    "{} = {}",
+                    quote_ident(&c.name),
+                    c.value_sql(&format!("t.{}", quote_ident(&c.name)))
+                )
+            })
             .collect();
         if self.tokenize {
             parts.push(format!(
@@ -402,7 +459,11 @@ pub async fn resolve(client: &Client, policy: &DatabasePolicy) -> Result<Spec, S
                 ));
                 continue;
             };
-            if a.not_null && cp.forget.is_none() {
+            let json_paths = match (&cp.mask, &cp.forget) {
+                (crate::policy::Mask::Json(j), None) => Some(json_forget_spec(j)),
+                _ => None,
+            };
+            if a.not_null && cp.forget.is_none() && json_paths.is_none() {
                 blockers.push(format!(
                     "{shown}.{cname} is NOT NULL and has no `forget` value in the policy (line {}): \
                      add e.g. columns.{cname} = {{ mask = \"...\", forget = \"...\" }}",
@@ -426,6 +487,7 @@ pub async fn resolve(client: &Client, policy: &DatabasePolicy) -> Result<Spec, S
                 not_null: a.not_null,
                 forget: cp.forget.clone(),
                 attnum: a.attnum,
+                json_paths,
             });
         }
         if tokenize {
@@ -614,10 +676,11 @@ fn fold_listed_descendants(
 ) {
     let same = |a: &TableSpec, b: &TableSpec| {
         let key = |t: &TableSpec| {
-            let mut v: Vec<(String, Option<String>)> = t
+            #[allow(clippy::type_complexity)]
+            let mut v: Vec<(String, Option<String>, Option<String>)> = t
                 .columns
                 .iter()
-                .map(|c| (c.name.clone(), c.forget.clone()))
+                .map(|c| (c.name.clone(), c.forget.clone(), c.json_paths.clone()))
                 .collect();
             v.sort();
             (t.subject.clone(), v)
@@ -717,15 +780,7 @@ pub async fn plan(client: &Client, spec: &Spec, ids: &[String]) -> Result<Plan, 
         let mut columns: Vec<(String, String)> = t
             .columns
             .iter()
-            .map(|c| {
-                (
-                    c.name.clone(),
-                    c.forget
-                        .as_ref()
-                        .map(|v| quote_literal(v))
-                        .unwrap_or_else(|| "NULL".into()),
-                )
-            })
+            .map(|c| (c.name.clone(), c.shown()))
             .collect();
         if t.tokenize {
             columns.push((t.subject.clone(), format!("'{TOKEN_PREFIX}<keyed hash>'")));
@@ -809,7 +864,7 @@ async fn check_violation(
         .map(|n| {
             let q = quote_ident(n);
             if let Some(c) = t.columns.iter().find(|c| &c.name == n) {
-                format!("{} AS {q}", c.value_sql())
+                format!("{} AS {q}", c.value_sql(&format!("s.{q}")))
             } else if t.tokenize && n == &t.subject {
                 format!("{} AS {q}", t.token_sql(&format!("s.{q}")))
             } else {
@@ -875,7 +930,7 @@ async fn unique_blockers(
                 continue; // other key columns may keep rows apart; execution reports a conflict
             }
             for c in &t.columns {
-                let constant = c.forget.is_some() || nulls_not_distinct;
+                let constant = c.json_paths.is_none() && (c.forget.is_some() || nulls_not_distinct);
                 if !keys.contains(&c.name) || !constant {
                     continue;
                 }
@@ -884,7 +939,7 @@ async fn unique_blockers(
                             EXISTS (SELECT 1 FROM {scan} AS t WHERE t.{} IS NOT DISTINCT FROM {})",
                     t.match_sql("t", "$1"),
                     quote_ident(&c.name),
-                    c.value_sql()
+                    c.value_sql("t")
                 );
                 let row = client.query_one(&q, &[ids]).await.map_err(pg_err)?;
                 let (matched, taken): (i64, bool) = (row.get(0), row.get(1));
@@ -893,7 +948,7 @@ async fn unique_blockers(
                         "{schema}.{name}.{}: unique index {index} would reject the same forgotten value {} on several rows: \
                          use NULL (no `forget` value) or drop the unique index",
                         c.name,
-                        c.value_sql()
+                        c.shown()
                     ));
                 }
             }

@@ -67,9 +67,13 @@ pub fn function_body(t: &TableSpec) -> String {
     let subj = format!("NEW.{}", quote_ident(&t.subject));
     let mut resets = String::new();
     for c in &t.columns {
-        let v = match &c.forget {
-            None => "NULL".to_string(),
-            Some(v) => quote_literal(v),
+        let v = match (
+            c.json_value_sql(&format!("NEW.{}", quote_ident(&c.name))),
+            &c.forget,
+        ) {
+            (Some(v), _) => v,
+            (None, None) => "NULL".to_string(),
+            (None, Some(v)) => quote_literal(v),
         };
         resets.push_str(&format!("    NEW.{} := {v};\n", quote_ident(&c.name)));
     }
@@ -432,6 +436,7 @@ mod tests {
                     sql_type: "text".into(),
                     not_null: false,
                     forget: None,
+                    json_paths: None,
                     attnum: 2,
                 },
                 ColSpec {
@@ -439,6 +444,7 @@ mod tests {
                     sql_type: "text".into(),
                     not_null: true,
                     forget: Some("it's gone".into()),
+                    json_paths: None,
                     attnum: 3,
                 },
             ],
