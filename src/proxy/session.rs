@@ -14,12 +14,36 @@ use bytes::{Bytes, BytesMut};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 
 /// The statement text sent in place of a refused one. It fails in PostgreSQL's parser with a
 /// syntax error naming this word, which the server-side relay recognizes and replaces.
 const SENTINEL: &str = "pgredact_refused_statement_5f2c9a";
+
+/// Terminate, sent to PostgreSQL when pgredact ends a session at a message boundary.
+const TERMINATE: [u8; 5] = [b'X', 0, 0, 0, 4];
+
+/// A session refused during startup: the FATAL error the client gets.
+struct Fatal {
+    code: &'static str,
+    message: String,
+    hint: Option<&'static str>,
+}
+
+impl Fatal {
+    fn new(code: &'static str, message: String) -> Fatal {
+        Fatal {
+            code,
+            message,
+            hint: None,
+        }
+    }
+
+    async fn send<W: AsyncWrite + Unpin>(&self, w: &mut W) {
+        frame::send_fatal(w, self.code, &self.message, self.hint).await
+    }
+}
 
 pub async fn handle(shared: Arc<Shared>, tcp: TcpStream) {
     let _ = tcp.set_nodelay(true);
@@ -117,44 +141,8 @@ pub async fn handle(shared: Arc<Shared>, tcp: TcpStream) {
     let database = get("database")
         .filter(|d| !d.is_empty())
         .unwrap_or_else(|| user.clone());
-    let db = match shared.db(&database).await {
-        Ok(d) => d,
-        Err(e) => {
-            frame::send_fatal(&mut client, "08006", &format!("pgredact: {e}"), None).await;
-            return;
-        }
-    };
-    let unmasked = match db.is_unmasked(&shared, &user).await {
-        Ok(u) => u,
-        Err(e) => {
-            frame::send_fatal(&mut client, "08006", &format!("pgredact: {e}"), None).await;
-            return;
-        }
-    };
-    if !unmasked {
-        if db.snapshot().policy.is_none() {
-            frame::send_fatal(
-                &mut client,
-                REFUSAL_SQLSTATE,
-                &format!(
-                    "pgredact: database {database:?} has no masking policy, so masked roles such as {user:?} may not connect"
-                ),
-                Some("a DBA must add a policy file for this database"),
-            )
-            .await;
-            return;
-        }
-        if let Err(m) = check_masked_startup(&params) {
-            frame::send_fatal(
-                &mut client,
-                REFUSAL_SQLSTATE,
-                &format!("pgredact: {m}"),
-                None,
-            )
-            .await;
-            return;
-        }
-    }
+    // Until PostgreSQL has authenticated the client, the client's own connection is the only
+    // one opened for it: control connections, catalog loads and the role lookup come after.
     let mut server = match shared.upstream_connect().await {
         Ok(s) => s,
         Err(e) => {
@@ -162,16 +150,7 @@ pub async fn handle(shared: Arc<Shared>, tcp: TcpStream) {
             return;
         }
     };
-    // A masked session's planner may not use index-only scans: an index on a PII column would
-    // hand out masked values in the order of the raw ones. As a startup parameter it is the
-    // session's default, so RESET ALL and DISCARD ALL keep it; changing it is refused.
-    let pkt = if unmasked {
-        pkt
-    } else {
-        let mut p = params.clone();
-        p.push(("enable_indexonlyscan".into(), "off".into()));
-        frame::encode_startup(&p)
-    };
+    // The startup packet goes as the client sent it.
     if server.write_all(&pkt).await.is_err() {
         return;
     }
@@ -185,10 +164,19 @@ pub async fn handle(shared: Arc<Shared>, tcp: TcpStream) {
         shared: shared.clone(),
         key: keys.client_key,
     };
+    let (db, unmasked, search_path) =
+        match admit(&shared, &database, &user, &params, &mut sreader).await {
+            Ok(a) => a,
+            Err(f) => {
+                f.send(creader.get_mut()).await;
+                let _ = write_raw(&mut sreader, &TERMINATE).await;
+                return;
+            }
+        };
     tracing::info!(user = %user, database = %database, masked = !unmasked, tls = creader.get_mut().is_tls(), "session started");
     let (cstream, cbuf) = creader.into_parts();
     let (sstream, sbuf) = sreader.into_parts();
-    let (sh, u, r) = (&shared, user.as_str(), keys.ready);
+    let (sh, u, r) = (&shared, user.as_str(), (keys.ready, search_path));
     match (cstream, sstream) {
         (ClientStream::Plain(c), ServerStream::Plain(s)) => {
             relay(sh, db, u, unmasked, c, cbuf, s, sbuf, r).await
@@ -206,6 +194,58 @@ pub async fn handle(shared: Arc<Shared>, tcp: TcpStream) {
     drop(guard);
 }
 
+/// After PostgreSQL has authenticated the client, before it gets its first ReadyForQuery: the
+/// database's state (control connection, catalog) and the role lookup; for a masked role, the
+/// checks that refuse the session and its setup on its own connection. Returns the database,
+/// whether the role is unmasked, and a masked session's search path.
+async fn admit(
+    shared: &Arc<Shared>,
+    database: &str,
+    user: &str,
+    params: &[(String, String)],
+    server: &mut FrameReader<ServerStream>,
+) -> Result<(Arc<DbState>, bool, Vec<String>), Fatal> {
+    let db = shared
+        .db(database)
+        .await
+        .map_err(|e| Fatal::new("08006", format!("pgredact: {e}")))?;
+    let unmasked = db
+        .is_unmasked(shared, user)
+        .await
+        .map_err(|e| Fatal::new("08006", format!("pgredact: {e}")))?;
+    if unmasked {
+        return Ok((db, true, Vec::new()));
+    }
+    let snap = db.snapshot();
+    if snap.policy.is_none() {
+        return Err(Fatal {
+            code: REFUSAL_SQLSTATE,
+            message: format!(
+                "pgredact: database {database:?} has no masking policy, so masked roles such as {user:?} may not connect"
+            ),
+            hint: Some("a DBA must add a policy file for this database"),
+        });
+    }
+    check_masked_startup(params)
+        .map_err(|m| Fatal::new(REFUSAL_SQLSTATE, format!("pgredact: {m}")))?;
+    // Refused after authentication, so only a role of the database learns why (it could read
+    // the same grants in pg_catalog).
+    if let Some(why) = &snap.wall_refusal {
+        return Err(Fatal {
+            code: REFUSAL_SQLSTATE,
+            message: format!("pgredact: masked sessions are refused: {why}"),
+            hint: Some("`pgredact check` lists every violation; a policy may opt out with enforcement = \"proxy\", which is weaker (direct connections read raw data)"),
+        });
+    }
+    let path = session_setup(server).await.map_err(|e| {
+        Fatal::new(
+            "08006",
+            format!("pgredact: could not set up the masked session: {e}"),
+        )
+    })?;
+    Ok((db, false, path))
+}
+
 /// The session after authentication, over a plain or TLS client stream.
 #[allow(clippy::too_many_arguments)]
 async fn relay<C: SplitStream, S: SplitStream>(
@@ -217,7 +257,7 @@ async fn relay<C: SplitStream, S: SplitStream>(
     cbuf: BytesMut,
     s: S,
     sbuf: BytesMut,
-    ready: Bytes,
+    (ready, search_path): (Bytes, Vec<String>),
 ) {
     if unmasked {
         // Raw relay, both directions. Flush what the startup readers had buffered first.
@@ -230,7 +270,18 @@ async fn relay<C: SplitStream, S: SplitStream>(
         }
         unmasked_relay(shared, &db, user, c, s, cbuf).await;
     } else {
-        masked_session(shared.clone(), db, user, c, cbuf, s, sbuf, ready).await;
+        masked_session(
+            shared.clone(),
+            db,
+            user,
+            c,
+            cbuf,
+            s,
+            sbuf,
+            ready,
+            search_path,
+        )
+        .await;
     }
 }
 
@@ -689,42 +740,12 @@ async fn masked_session<C: SplitStream, S: SplitStream>(
     sstream: S,
     sbuf: BytesMut,
     ready: Bytes,
+    search_path: Vec<String>,
 ) {
     let (crd, cwr) = cstream.split_owned();
-    let (srd, mut swr) = sstream.split_owned();
-    let mut srd = FrameReader::with_buffer(srd, sbuf);
+    let (srd, swr) = sstream.split_owned();
+    let srd = FrameReader::with_buffer(srd, sbuf);
     let mut cwr = BufWriter::with_capacity(64 * 1024, cwr);
-    // Refused after authentication, so only a role of the database learns why (it could read
-    // the same grants in pg_catalog).
-    if let Some(why) = &db.snapshot().wall_refusal {
-        let mut out = BytesMut::new();
-        ErrorFields::new(
-            "FATAL",
-            REFUSAL_SQLSTATE,
-            &format!("pgredact: masked sessions are refused: {why}"),
-        )
-        .with(b'H', Some("`pgredact check` lists every violation; a policy may opt out with enforcement = \"proxy\", which is weaker (direct connections read raw data)"))
-        .encode(b'E', &mut out);
-        let _ = cwr.write_all(&out).await;
-        let _ = cwr.flush().await;
-        return;
-    }
-    // Learn the session's search path on its own connection before the client gets control.
-    let search_path = match session_search_path(&mut swr, &mut srd).await {
-        Ok(p) => p,
-        Err(e) => {
-            let mut out = BytesMut::new();
-            ErrorFields::new(
-                "FATAL",
-                "08006",
-                &format!("pgredact: could not read the session's search_path: {e}"),
-            )
-            .encode(b'E', &mut out);
-            let _ = cwr.write_all(&out).await;
-            let _ = cwr.flush().await;
-            return;
-        }
-    };
     if cwr.write_all(&ready).await.is_err() || cwr.flush().await.is_err() {
         return;
     }
@@ -756,23 +777,27 @@ async fn masked_session<C: SplitStream, S: SplitStream>(
     }
 }
 
-async fn session_search_path<
-    SR: tokio::io::AsyncRead + Unpin,
-    SW: tokio::io::AsyncWrite + Unpin,
->(
-    swr: &mut SW,
-    srd: &mut FrameReader<SR>,
+/// Before a masked session's client gets control, on the session's own connection: turns
+/// index-only scans off (an index-only scan of an index on a PII column hands out masked values
+/// in the order of the raw ones; every statement that could turn them on again, `SET`, `RESET`,
+/// `RESET ALL`, `DISCARD ALL`, `set_config`, is refused), and reads the search path that names
+/// resolve with.
+async fn session_setup<S: AsyncRead + AsyncWrite + Unpin>(
+    srv: &mut FrameReader<S>,
 ) -> Result<Vec<String>, String> {
     let mut q = BytesMut::new();
     frame::encode_query(
         &mut q,
-        "SELECT pg_catalog.unnest(pg_catalog.current_schemas(true))::pg_catalog.text",
+        "SET enable_indexonlyscan = off; SELECT pg_catalog.unnest(pg_catalog.current_schemas(true))::pg_catalog.text",
     );
-    swr.write_all(&q).await.map_err(|e| e.to_string())?;
+    srv.get_mut()
+        .write_all(&q)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     let mut err = None;
     loop {
-        let f = srd
+        let f = srv
             .next()
             .await
             .map_err(|e| e.to_string())?
