@@ -39,15 +39,36 @@ pub struct Config {
     /// Seconds between policy directory re-reads (hot reload).
     #[serde(default = "default_reload")]
     pub policy_reload_secs: u64,
+    /// Client connections served at once (sessions and logins in progress); one more is refused
+    /// with 53300 before anything is opened for it.
+    #[serde(default = "default_max_client_conn")]
+    pub max_client_conn: usize,
+    /// Seconds a client gets from connecting to the end of its authentication (0: no limit).
+    #[serde(default = "default_login_timeout")]
+    pub login_timeout_secs: u64,
+    /// Seconds running statements and open transactions get after SIGTERM or SIGINT before the
+    /// remaining sessions are closed with 57P01.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout_secs: u64,
+    /// Seconds a masked session may stay idle outside a transaction before it is closed with
+    /// 57P05 (0: no limit).
+    #[serde(default)]
+    pub masked_idle_timeout_secs: u64,
+    /// The same for unmasked sessions (0: no limit).
+    #[serde(default)]
+    pub unmasked_idle_timeout_secs: u64,
     /// Directory of the file this was loaded from (policies and other paths are relative to it).
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// The file this was loaded from (re-read on SIGHUP).
+    #[serde(skip)]
+    pub file: PathBuf,
     /// TLS towards PostgreSQL, built from `[upstream] sslmode` and `ca` when the file is loaded.
     #[serde(skip)]
     pub upstream_tls: Option<crate::tls::UpstreamTls>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
     #[serde(default = "default_host")]
@@ -64,9 +85,13 @@ pub struct Upstream {
     pub sslmode: String,
     #[serde(default)]
     pub ca: Option<PathBuf>,
+    /// Seconds to open a connection to PostgreSQL: TCP, TLS and the server's first answer to
+    /// the startup packet (0: no limit).
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tls {
     pub cert: PathBuf,
@@ -75,7 +100,7 @@ pub struct Tls {
     pub require: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
     #[serde(default = "default_admin_listen")]
@@ -84,7 +109,7 @@ pub struct Admin {
     pub token_env: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Secrets {
     #[serde(default = "default_hash_key_env")]
@@ -94,7 +119,7 @@ pub struct Secrets {
 /// `[forget]`: how long forget statements may wait and run, and how often a job run retries
 /// after a transient error (deadlock, serialization failure, lock or statement timeout, lost
 /// connection) before it leaves the job for the next run.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ForgetSettings {
     /// `lock_timeout` of forget sessions, in milliseconds.
@@ -172,6 +197,18 @@ fn default_true() -> bool {
 fn default_reload() -> u64 {
     5
 }
+fn default_max_client_conn() -> usize {
+    1000
+}
+fn default_login_timeout() -> u64 {
+    60
+}
+fn default_shutdown_timeout() -> u64 {
+    30
+}
+fn default_connect_timeout() -> u64 {
+    10
+}
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, String> {
@@ -183,13 +220,63 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Config, String> {
         let mut cfg: Config =
             toml::from_str(text).map_err(|e| crate::policy::toml_error(path, text, &e))?;
+        if cfg.max_client_conn == 0 {
+            return Err(format!(
+                "{}: max_client_conn must be at least 1",
+                path.display()
+            ));
+        }
         cfg.base_dir = path
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
+        cfg.file = path.to_path_buf();
         cfg.upstream_tls =
             crate::tls::upstream(&cfg).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(cfg)
+    }
+
+    /// The settings of `new` that differ from this configuration and take effect only after a
+    /// restart (everything but the connection limit and the timeouts, which a reload changes).
+    pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let mut diff = |name, changed: bool| {
+            if changed {
+                out.push(name);
+            }
+        };
+        diff("listen", self.listen != new.listen);
+        diff("policies", self.policies != new.policies);
+        let same_upstream = Upstream {
+            connect_timeout_secs: self.upstream.connect_timeout_secs,
+            ..new.upstream.clone()
+        };
+        diff("[upstream]", self.upstream != same_upstream);
+        diff("[tls]", self.tls != new.tls);
+        diff("[admin]", self.admin != new.admin);
+        diff("[secrets]", self.secrets != new.secrets);
+        diff("[forget]", self.forget != new.forget);
+        diff(
+            "catalog_refresh_secs",
+            self.catalog_refresh_secs != new.catalog_refresh_secs,
+        );
+        diff(
+            "membership_recheck_secs",
+            self.membership_recheck_secs != new.membership_recheck_secs,
+        );
+        diff(
+            "per_statement_freshness",
+            self.per_statement_freshness != new.per_statement_freshness,
+        );
+        diff(
+            "per_statement_membership",
+            self.per_statement_membership != new.per_statement_membership,
+        );
+        diff(
+            "policy_reload_secs",
+            self.policy_reload_secs != new.policy_reload_secs,
+        );
+        out
     }
 
     pub fn policies_dir(&self) -> PathBuf {
@@ -209,5 +296,36 @@ impl Config {
             .ok()
             .filter(|k| !k.is_empty())
             .map(String::into_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "[upstream]\nuser = \"pgredact\"\n";
+
+    #[test]
+    fn lifecycle_defaults_and_restart_needed() {
+        let path = Path::new("/etc/pgredact/pgredact.toml");
+        let c = Config::parse(BASE, path).unwrap();
+        assert_eq!(c.max_client_conn, 1000);
+        assert_eq!(c.login_timeout_secs, 60);
+        assert_eq!(c.shutdown_timeout_secs, 30);
+        assert_eq!(c.masked_idle_timeout_secs, 0);
+        assert_eq!(c.unmasked_idle_timeout_secs, 0);
+        assert_eq!(c.upstream.connect_timeout_secs, 10);
+        assert_eq!(c.file, path);
+        // Reloadable settings need no restart; others are named.
+        let n = Config::parse(
+            &format!("max_client_conn = 5\nlogin_timeout_secs = 1\nlisten = \"0.0.0.0:7000\"\n{BASE}connect_timeout_secs = 3\n"),
+            path,
+        )
+        .unwrap();
+        assert_eq!(c.restart_needed(&n), vec!["listen"]);
+        let n = Config::parse(&format!("{BASE}port = 5433\n"), path).unwrap();
+        assert_eq!(c.restart_needed(&n), vec!["[upstream]"]);
+        let e = Config::parse(&format!("max_client_conn = 0\n{BASE}"), path).unwrap_err();
+        assert!(e.contains("max_client_conn must be at least 1"), "{e}");
     }
 }

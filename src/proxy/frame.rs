@@ -122,6 +122,135 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Reads until a complete frame is buffered (true) or the stream ends (false), without
+    /// taking it. Cancel-safe.
+    pub async fn wait_frame(&mut self) -> Result<bool, FrameError> {
+        loop {
+            if self.has_frame() {
+                return Ok(true);
+            }
+            if self.buf.len() >= 5 {
+                // Checks the length (an error for a bad one) and reserves room for the frame.
+                self.try_frame_len()?;
+            }
+            let n = self.inner.read_buf(&mut self.buf).await?;
+            self.filled_at = std::time::Instant::now();
+            if n == 0 {
+                return Ok(false);
+            }
+        }
+    }
+
+    fn try_frame_len(&mut self) -> Result<(), FrameError> {
+        let len = i32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
+        if len < 4 || len as usize > MAX_MESSAGE {
+            return Err(FrameError::Protocol(format!(
+                "invalid message length {len} for message type {:?}",
+                self.buf[0] as char
+            )));
+        }
+        let total = 1 + len as usize;
+        if self.buf.len() < total {
+            self.buf.reserve(total - self.buf.len());
+        }
+        Ok(())
+    }
+}
+
+/// Follows the message boundaries of a byte stream that is relayed without being parsed (the
+/// unmasked relay): per message it keeps the type byte and the first body byte (a
+/// ReadyForQuery's transaction status) and skips the rest, so its cost is per message, not per
+/// byte. A length that cannot be right makes it give up (`lost`).
+#[derive(Debug, Default)]
+pub struct MessageTracker {
+    /// Type, length, first body byte of the current message.
+    head: [u8; 6],
+    /// How many of `head` are read (0: at a message boundary).
+    have: usize,
+    /// Body bytes of the current message after `head`, still to come.
+    left: usize,
+    lost: bool,
+}
+
+impl MessageTracker {
+    /// Whether the bytes fed so far end at a message boundary.
+    pub fn at_boundary(&self) -> bool {
+        self.have == 0 && !self.lost
+    }
+
+    /// Whether the stream stopped making sense (then nothing is known about it).
+    pub fn lost(&self) -> bool {
+        self.lost
+    }
+
+    /// Feeds bytes; `done(type, first body byte)` is called for every message that completes.
+    pub fn feed(&mut self, data: &[u8], done: impl FnMut(u8, Option<u8>)) {
+        self.feed_inner(data, false, done);
+    }
+
+    /// Feeds bytes up to the first message boundary; returns how many it took (all of `data`
+    /// when no message ends in it).
+    pub fn feed_to_boundary(&mut self, data: &[u8], done: impl FnMut(u8, Option<u8>)) -> usize {
+        self.feed_inner(data, true, done)
+    }
+
+    fn feed_inner(
+        &mut self,
+        data: &[u8],
+        stop_at_boundary: bool,
+        mut done: impl FnMut(u8, Option<u8>),
+    ) -> usize {
+        let mut i = 0;
+        while i < data.len() && !self.lost {
+            if self.left > 0 {
+                let k = self.left.min(data.len() - i);
+                self.left -= k;
+                i += k;
+            } else {
+                self.head[self.have] = data[i];
+                self.have += 1;
+                i += 1;
+                if self.have == 5 {
+                    let len = i32::from_be_bytes([
+                        self.head[1],
+                        self.head[2],
+                        self.head[3],
+                        self.head[4],
+                    ]);
+                    if len < 4 {
+                        self.lost = true;
+                        break;
+                    }
+                    if len > 4 {
+                        // The first body byte is read into `head` next.
+                        continue;
+                    }
+                } else if self.have == 6 {
+                    let len = i32::from_be_bytes([
+                        self.head[1],
+                        self.head[2],
+                        self.head[3],
+                        self.head[4],
+                    ]);
+                    self.left = len as usize - 5;
+                } else {
+                    continue;
+                }
+            }
+            if self.left == 0 && self.have >= 5 {
+                let first = (self.have == 6).then_some(self.head[5]);
+                done(self.head[0], first);
+                self.have = 0;
+                if stop_at_boundary {
+                    break;
+                }
+            }
+        }
+        i
+    }
+}
+
 /// Reads an untagged startup-phase packet (length includes itself).
 pub async fn read_startup<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Bytes>, FrameError> {
     let mut len = [0u8; 4];
@@ -445,5 +574,48 @@ mod tests {
         let mut out = BytesMut::new();
         e.encode(b'E', &mut out);
         assert_eq!(ErrorFields::decode(&out).unwrap(), e);
+    }
+
+    /// Every split of a stream into chunks reports the same messages, and boundaries are seen
+    /// exactly where messages end.
+    #[test]
+    fn tracker_follows_messages_across_any_split() {
+        let mut all = BytesMut::new();
+        encode_query(&mut all, "SELECT 1");
+        all.put_u8(b'1'); // ParseComplete: empty body
+        all.put_i32(4);
+        encode_ready(&mut all, b'T');
+        all.put_u8(b'D');
+        all.put_i32(4 + 300);
+        all.extend_from_slice(&[7u8; 300]);
+        encode_ready(&mut all, b'I');
+        let want = vec![
+            (b'Q', Some(b'S')),
+            (b'1', None),
+            (b'Z', Some(b'T')),
+            (b'D', Some(7)),
+            (b'Z', Some(b'I')),
+        ];
+        for chunk in [1, 2, 3, 5, 6, 7, 64, all.len()] {
+            let mut t = MessageTracker::default();
+            let mut got = Vec::new();
+            for c in all.chunks(chunk) {
+                t.feed(c, |tag, first| got.push((tag, first)));
+            }
+            assert_eq!(got, want, "chunks of {chunk}");
+            assert!(t.at_boundary() && !t.lost());
+        }
+        // Stopping at the first boundary inside a chunk.
+        let mut t = MessageTracker::default();
+        t.feed(&all[..3], |_, _| {});
+        assert!(!t.at_boundary());
+        let q_len = 1 + 4 + "SELECT 1".len() + 1;
+        let k = t.feed_to_boundary(&all[3..], |_, _| {});
+        assert_eq!(k, q_len - 3);
+        assert!(t.at_boundary());
+        // A length below 4 cannot be followed.
+        let mut t = MessageTracker::default();
+        t.feed(&[b'Z', 0, 0, 0, 2, b'I'], |_, _| panic!("no message"));
+        assert!(t.lost() && !t.at_boundary());
     }
 }

@@ -2,6 +2,7 @@
 //! catalogs current.
 
 pub mod frame;
+pub mod lifecycle;
 pub mod scram;
 pub mod session;
 pub mod state;
@@ -49,18 +50,31 @@ pub async fn bind(cfg: Config) -> Result<(TcpListener, Arc<Shared>), String> {
     Ok((listener, Shared::with_tls(cfg, set, tls)))
 }
 
-/// Serves clients forever.
+/// Serves clients until the drain starts (SIGTERM, SIGINT), then waits for the sessions (see
+/// `lifecycle`) and returns.
 pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
     tokio::spawn(policy_reloader(shared.clone()));
     tokio::spawn(catalog_refresher(shared.clone()));
+    let life = &shared.life;
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            biased;
+            _ = life.draining() => break,
+            r = listener.accept() => r,
+        };
+        match accepted {
             Ok((sock, peer)) => {
                 tracing::debug!(%peer, "connection");
                 let sh = shared.clone();
-                tokio::spawn(async move {
-                    session::handle(sh, sock).await;
-                });
+                let limit = life.settings.max_client_conn();
+                if life.open_connections() < limit {
+                    life.spawn_session(session::handle(sh, sock, true));
+                } else {
+                    // Refused after its startup packet (so cancel requests still work), before
+                    // anything is opened for it; not counted, and bounded by the login timeout.
+                    tracing::warn!(%peer, "refusing a client: max_client_conn ({limit}) reached");
+                    tokio::spawn(session::handle(sh, sock, false));
+                }
             }
             Err(e) => {
                 tracing::warn!("accept failed: {e}");
@@ -68,21 +82,47 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
             }
         }
     }
+    drop(listener);
+    life.wait_for_sessions().await;
 }
 
+/// Serves until SIGTERM or SIGINT and the drain that follows; SIGHUP reloads.
 pub async fn serve(cfg: Config) -> Result<(), String> {
     let (l, shared) = bind(cfg).await?;
+    lifecycle::listen_for_signals(shared.clone())?;
     tracing::info!("pgredact listening on {}", shared.cfg.listen);
     run(l, shared).await;
     Ok(())
 }
 
-/// Re-reads the policy directory when it changes; a broken file is reported (file:line: reason)
-/// and the last good policy set stays in force.
+/// SIGHUP: the reloadable settings of the configuration file, then the policies.
+pub async fn reload(shared: Arc<Shared>) {
+    lifecycle::reload_config(&shared);
+    reload_policies(&shared).await;
+}
+
+/// Re-reads the policy directory and installs it when it differs from the policies in force. A
+/// broken file is reported (file:line: reason) and the last good policy set stays in force.
+pub async fn reload_policies(shared: &Arc<Shared>) {
+    let _serial = shared.life.reload.lock().await;
+    let current = shared.policy_set();
+    let version = current.version + 1;
+    match policy::load_dir(&shared.cfg.policies_dir(), version) {
+        Ok(set) if set.by_database == current.by_database => {
+            tracing::info!("policies unchanged (version {})", current.version)
+        }
+        Ok(set) => {
+            tracing::info!("policies reloaded (version {version})");
+            shared.set_policies(set).await;
+        }
+        Err(e) => tracing::error!("policy reload failed, keeping the last good policies: {e}"),
+    }
+}
+
+/// Checks the policy directory every `policy_reload_secs` and reloads it when it changed.
 async fn policy_reloader(shared: Arc<Shared>) {
     let dir = shared.cfg.policies_dir();
     let mut last = dir_fingerprint(&dir);
-    let mut version = shared.policy_set().version;
     let period = Duration::from_secs(shared.cfg.policy_reload_secs.max(1));
     loop {
         tokio::time::sleep(period).await;
@@ -91,14 +131,7 @@ async fn policy_reloader(shared: Arc<Shared>) {
             continue;
         }
         last = fp;
-        match policy::load_dir(&dir, version + 1) {
-            Ok(set) => {
-                version += 1;
-                tracing::info!("policies reloaded (version {version})");
-                shared.set_policies(set).await;
-            }
-            Err(e) => tracing::error!("policy reload failed, keeping the last good policies: {e}"),
-        }
+        reload_policies(&shared).await;
     }
 }
 

@@ -7,6 +7,7 @@
 //! state and pipelining stay exact) and the server's error is swapped for the refusal.
 
 use super::frame::{self, ErrorFields, FrameError, FrameReader};
+use super::lifecycle::{until, within, Lifecycle, Stop, HALT_GRACE, SHUTTING_DOWN};
 use super::state::{lock, DbState, Shared};
 use crate::rewrite::{Decision, Refusal, REFUSAL_SQLSTATE};
 use crate::tls::{ClientStream, ServerStream, SplitStream};
@@ -14,24 +15,106 @@ use bytes::{Bytes, BytesMut};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 /// The statement text sent in place of a refused one. It fails in PostgreSQL's parser with a
 /// syntax error naming this word, which the server-side relay recognizes and replaces.
 const SENTINEL: &str = "pgredact_refused_statement_5f2c9a";
 
-pub async fn handle(shared: Arc<Shared>, tcp: TcpStream) {
+/// Terminate, sent to PostgreSQL when pgredact ends a session at a message boundary.
+const TERMINATE: [u8; 5] = [b'X', 0, 0, 0, 4];
+
+/// Why the startup phase ended before the session was established.
+#[derive(Clone, Copy)]
+enum Interrupted {
+    /// `login_timeout_secs` (the value) passed.
+    LoginTimeout(u64),
+    /// The drain started.
+    Shutdown,
+}
+
+impl Interrupted {
+    async fn tell<W: AsyncWrite + Unpin>(self, w: &mut W) {
+        match self {
+            Interrupted::LoginTimeout(secs) => {
+                tracing::info!(
+                    "closing a client that did not complete startup and authentication within {secs} s"
+                );
+                frame::send_fatal(
+                    w,
+                    "08P01",
+                    &format!("pgredact: startup and authentication did not complete within {secs} s (login_timeout_secs)"),
+                    None,
+                )
+                .await
+            }
+            Interrupted::Shutdown => frame::send_fatal(w, "57P01", SHUTTING_DOWN, None).await,
+        }
+    }
+}
+
+/// Runs one step of the startup phase within the login deadline (with its value in seconds),
+/// and only until the drain starts.
+async fn bounded<F: std::future::Future>(
+    shared: &Shared,
+    login: Option<(Instant, u64)>,
+    f: F,
+) -> Result<F::Output, Interrupted> {
+    tokio::select! {
+        biased;
+        r = f => Ok(r),
+        _ = shared.life.draining() => Err(Interrupted::Shutdown),
+        _ = until(login.map(|l| l.0)) => Err(Interrupted::LoginTimeout(login.map_or(0, |l| l.1))),
+    }
+}
+
+/// A session refused during startup: the FATAL error the client gets.
+struct Fatal {
+    code: &'static str,
+    message: String,
+    hint: Option<&'static str>,
+}
+
+impl Fatal {
+    fn new(code: &'static str, message: String) -> Fatal {
+        Fatal {
+            code,
+            message,
+            hint: None,
+        }
+    }
+
+    async fn send<W: AsyncWrite + Unpin>(&self, w: &mut W) {
+        frame::send_fatal(w, self.code, &self.message, self.hint).await
+    }
+}
+
+/// One client connection, from accept to close. `admitted` is false for a connection beyond
+/// `max_client_conn`: it is answered 53300 after its startup packet (a cancel request is still
+/// served).
+pub async fn handle(shared: Arc<Shared>, tcp: TcpStream, admitted: bool) {
     let _ = tcp.set_nodelay(true);
+    let login = shared
+        .life
+        .settings
+        .login_timeout()
+        .map(|d| (Instant::now() + d, d.as_secs()));
+    let sh = &*shared;
     let mut client = ClientStream::Plain(tcp);
     // Startup phase: at most one SSLRequest/GSSENCRequest before the StartupMessage.
     let mut negotiations = 0;
     let pkt = loop {
-        let pkt = match frame::read_startup(&mut client).await {
-            Ok(Some(p)) => p,
-            Ok(None) => return,
-            Err(e) => {
+        let pkt = match bounded(sh, login, frame::read_startup(&mut client)).await {
+            Ok(Ok(Some(p))) => p,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
                 frame::send_fatal(&mut client, "08P01", &format!("pgredact: {e}"), None).await;
+                return;
+            }
+            Err(i) => {
+                i.tell(&mut client).await;
                 return;
             }
         };
@@ -51,12 +134,14 @@ pub async fn handle(shared: Arc<Shared>, tcp: TcpStream) {
                 else {
                     return;
                 };
-                client = match acceptor.accept(tcp).await {
-                    Ok(t) => ClientStream::Tls(Box::new(t)),
-                    Err(e) => {
+                client = match bounded(sh, login, acceptor.accept(tcp)).await {
+                    Ok(Ok(t)) => ClientStream::Tls(Box::new(t)),
+                    Ok(Err(e)) => {
                         tracing::debug!("TLS handshake failed: {e}");
                         return;
                     }
+                    // In the middle of a handshake nothing can be said to the client.
+                    Err(_) => return,
                 };
             }
             frame::SSL_REQUEST | frame::GSSENC_REQUEST if pkt.len() == 8 && negotiations < 2 => {
@@ -96,6 +181,19 @@ pub async fn handle(shared: Arc<Shared>, tcp: TcpStream) {
             }
         }
     };
+    if !admitted {
+        frame::send_fatal(
+            &mut client,
+            "53300",
+            &format!(
+                "pgredact: too many connections to pgredact (max_client_conn = {})",
+                shared.life.settings.max_client_conn()
+            ),
+            None,
+        )
+        .await;
+        return;
+    }
     let params = match frame::startup_params(&pkt) {
         Ok(p) => p,
         Err(e) => {
@@ -117,138 +215,272 @@ pub async fn handle(shared: Arc<Shared>, tcp: TcpStream) {
     let database = get("database")
         .filter(|d| !d.is_empty())
         .unwrap_or_else(|| user.clone());
-    let db = match shared.db(&database).await {
-        Ok(d) => d,
-        Err(e) => {
+    // Until PostgreSQL has authenticated the client, the client's own connection is the only
+    // one opened for it: control connections, catalog loads and the role lookup come after.
+    let by = shared.connect_deadline();
+    let server = match bounded(sh, login, shared.upstream_connect(by)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::warn!("{e}");
             frame::send_fatal(&mut client, "08006", &format!("pgredact: {e}"), None).await;
             return;
         }
-    };
-    let unmasked = match db.is_unmasked(&shared, &user).await {
-        Ok(u) => u,
-        Err(e) => {
-            frame::send_fatal(&mut client, "08006", &format!("pgredact: {e}"), None).await;
+        Err(i) => {
+            i.tell(&mut client).await;
             return;
         }
     };
-    if !unmasked {
-        if db.snapshot().policy.is_none() {
-            frame::send_fatal(
-                &mut client,
-                REFUSAL_SQLSTATE,
-                &format!(
-                    "pgredact: database {database:?} has no masking policy, so masked roles such as {user:?} may not connect"
-                ),
-                Some("a DBA must add a policy file for this database"),
-            )
-            .await;
-            return;
-        }
-        if let Err(m) = check_masked_startup(&params) {
-            frame::send_fatal(
-                &mut client,
-                REFUSAL_SQLSTATE,
-                &format!("pgredact: {m}"),
-                None,
-            )
-            .await;
-            return;
-        }
-    }
-    let mut server = match shared.upstream_connect().await {
-        Ok(s) => s,
-        Err(e) => {
-            frame::send_fatal(&mut client, "08006", &format!("pgredact: {e}"), None).await;
-            return;
-        }
-    };
-    // A masked session's planner may not use index-only scans: an index on a PII column would
-    // hand out masked values in the order of the raw ones. As a startup parameter it is the
-    // session's default, so RESET ALL and DISCARD ALL keep it; changing it is refused.
-    let pkt = if unmasked {
-        pkt
-    } else {
-        let mut p = params.clone();
-        p.push(("enable_indexonlyscan".into(), "off".into()));
-        frame::encode_startup(&p)
-    };
-    if server.write_all(&pkt).await.is_err() {
-        return;
-    }
     let mut sreader = FrameReader::new(server);
     let mut creader = FrameReader::new(client);
-    let keys = match authenticate(&shared, &database, &user, &mut creader, &mut sreader).await {
-        Ok(Some(k)) => k,
-        _ => return,
+    let auth = bounded(sh, login, async {
+        // The startup packet goes as the client sent it. The server's first answer is part of
+        // connecting (connect_timeout_secs); the client's answers are not.
+        write_raw(&mut sreader, &pkt).await.map_err(|_| None)?;
+        if within(by, sreader.wait_frame()).await.is_err() {
+            let e = shared.no_answer();
+            tracing::warn!("{e}");
+            return Err(Some(Fatal::new("08006", format!("pgredact: {e}"))));
+        }
+        match authenticate(&shared, &database, &user, &mut creader, &mut sreader).await {
+            Ok(Some(k)) => Ok(k),
+            _ => Err(None),
+        }
+    })
+    .await;
+    let keys = match auth {
+        Ok(Ok(k)) => k,
+        Ok(Err(None)) => return,
+        Ok(Err(Some(f))) => {
+            f.send(creader.get_mut()).await;
+            return;
+        }
+        Err(i) => {
+            i.tell(creader.get_mut()).await;
+            return;
+        }
     };
     let guard = CancelGuard {
         shared: shared.clone(),
         key: keys.client_key,
     };
+    let (db, unmasked, search_path) = match bounded(
+        sh,
+        login,
+        admit(&shared, &database, &user, &params, &mut sreader),
+    )
+    .await
+    {
+        Ok(Ok(a)) => a,
+        Ok(Err(f)) => {
+            f.send(creader.get_mut()).await;
+            let _ = write_raw(&mut sreader, &TERMINATE).await;
+            return;
+        }
+        Err(i) => {
+            i.tell(creader.get_mut()).await;
+            let _ = write_raw(&mut sreader, &TERMINATE).await;
+            return;
+        }
+    };
     tracing::info!(user = %user, database = %database, masked = !unmasked, tls = creader.get_mut().is_tls(), "session started");
     let (cstream, cbuf) = creader.into_parts();
     let (sstream, sbuf) = sreader.into_parts();
-    let (sh, u, r) = (&shared, user.as_str(), keys.ready);
+    let s = Established {
+        shared: shared.clone(),
+        db,
+        user,
+        client_key: keys.client_key,
+        search_path,
+    };
+    let r = keys.ready;
     match (cstream, sstream) {
-        (ClientStream::Plain(c), ServerStream::Plain(s)) => {
-            relay(sh, db, u, unmasked, c, cbuf, s, sbuf, r).await
+        (ClientStream::Plain(c), ServerStream::Plain(s2)) => {
+            relay(s, unmasked, c, cbuf, s2, sbuf, r).await
         }
-        (ClientStream::Plain(c), ServerStream::Tls(s)) => {
-            relay(sh, db, u, unmasked, c, cbuf, *s, sbuf, r).await
+        (ClientStream::Plain(c), ServerStream::Tls(s2)) => {
+            relay(s, unmasked, c, cbuf, *s2, sbuf, r).await
         }
-        (ClientStream::Tls(c), ServerStream::Plain(s)) => {
-            relay(sh, db, u, unmasked, *c, cbuf, s, sbuf, r).await
+        (ClientStream::Tls(c), ServerStream::Plain(s2)) => {
+            relay(s, unmasked, *c, cbuf, s2, sbuf, r).await
         }
-        (ClientStream::Tls(c), ServerStream::Tls(s)) => {
-            relay(sh, db, u, unmasked, *c, cbuf, *s, sbuf, r).await
+        (ClientStream::Tls(c), ServerStream::Tls(s2)) => {
+            relay(s, unmasked, *c, cbuf, *s2, sbuf, r).await
         }
     }
     drop(guard);
 }
 
-/// The session after authentication, over a plain or TLS client stream.
-#[allow(clippy::too_many_arguments)]
-async fn relay<C: SplitStream, S: SplitStream>(
+/// After PostgreSQL has authenticated the client, before it gets its first ReadyForQuery: the
+/// database's state (control connection, catalog) and the role lookup; for a masked role, the
+/// checks that refuse the session and its setup on its own connection. Returns the database,
+/// whether the role is unmasked, and a masked session's search path.
+async fn admit(
     shared: &Arc<Shared>,
-    db: Arc<DbState>,
+    database: &str,
     user: &str,
+    params: &[(String, String)],
+    server: &mut FrameReader<ServerStream>,
+) -> Result<(Arc<DbState>, bool, Vec<String>), Fatal> {
+    let db = shared
+        .db(database)
+        .await
+        .map_err(|e| Fatal::new("08006", format!("pgredact: {e}")))?;
+    let unmasked = db
+        .is_unmasked(shared, user)
+        .await
+        .map_err(|e| Fatal::new("08006", format!("pgredact: {e}")))?;
+    if unmasked {
+        return Ok((db, true, Vec::new()));
+    }
+    let snap = db.snapshot();
+    if snap.policy.is_none() {
+        return Err(Fatal {
+            code: REFUSAL_SQLSTATE,
+            message: format!(
+                "pgredact: database {database:?} has no masking policy, so masked roles such as {user:?} may not connect"
+            ),
+            hint: Some("a DBA must add a policy file for this database"),
+        });
+    }
+    check_masked_startup(params)
+        .map_err(|m| Fatal::new(REFUSAL_SQLSTATE, format!("pgredact: {m}")))?;
+    // Refused after authentication, so only a role of the database learns why (it could read
+    // the same grants in pg_catalog).
+    if let Some(why) = &snap.wall_refusal {
+        return Err(Fatal {
+            code: REFUSAL_SQLSTATE,
+            message: format!("pgredact: masked sessions are refused: {why}"),
+            hint: Some("`pgredact check` lists every violation; a policy may opt out with enforcement = \"proxy\", which is weaker (direct connections read raw data)"),
+        });
+    }
+    let path = session_setup(server).await.map_err(|e| {
+        Fatal::new(
+            "08006",
+            format!("pgredact: could not set up the masked session: {e}"),
+        )
+    })?;
+    Ok((db, false, path))
+}
+
+/// An established session, as its relay sees it.
+struct Established {
+    shared: Arc<Shared>,
+    db: Arc<DbState>,
+    user: String,
+    /// The key the client cancels with (pgredact's own, mapped to the backend's).
+    client_key: (i32, i32),
+    /// A masked session's search path (empty for unmasked ones).
+    search_path: Vec<String>,
+}
+
+impl Established {
+    /// Cancels the statement the session's backend runs (as the client's CancelRequest would).
+    async fn cancel_statement(&self) {
+        cancel(&self.shared, self.client_key.0, self.client_key.1).await
+    }
+}
+
+/// The session after authentication, over a plain or TLS client stream.
+async fn relay<C: SplitStream, S: SplitStream>(
+    s: Established,
     unmasked: bool,
     mut c: C,
     cbuf: BytesMut,
-    s: S,
+    srv: S,
     sbuf: BytesMut,
     ready: Bytes,
 ) {
     if unmasked {
         // Raw relay, both directions. Flush what the startup readers had buffered first.
-        let keys_ready = ready;
-        if c.write_all(&keys_ready).await.is_err() {
+        if c.write_all(&ready).await.is_err() {
             return;
         }
         if !sbuf.is_empty() && c.write_all(&sbuf).await.is_err() {
             return;
         }
-        unmasked_relay(shared, &db, user, c, s, cbuf).await;
+        let tx_status = ready.get(5).copied().unwrap_or(b'I');
+        unmasked_relay(&s, c, srv, cbuf, tx_status, &sbuf).await;
     } else {
-        masked_session(shared.clone(), db, user, c, cbuf, s, sbuf, ready).await;
+        masked_session(s, c, cbuf, srv, sbuf, ready).await;
     }
+}
+
+/// What the unmasked relay knows of a session from the message boundaries it follows in both
+/// directions (it parses nothing else): enough to tell an idle session from a busy one.
+struct Activity {
+    /// ReadyForQuery answers the client's messages ask for (Query, Sync, FunctionCall), and
+    /// those the server sent.
+    asked: u64,
+    answered: u64,
+    /// Extended-protocol messages sent since the last Sync.
+    unsynced: bool,
+    /// The transaction status of the last ReadyForQuery.
+    tx_status: u8,
+    /// The bytes relayed so far end inside a message.
+    client_mid: bool,
+    server_mid: bool,
+    /// A stream could not be followed: the session counts as busy from then on.
+    lost: bool,
+    /// The client's last message or the last ReadyForQuery, whichever came later.
+    last_event: Instant,
+}
+
+impl Activity {
+    fn in_flight(&self) -> bool {
+        self.lost || self.asked > self.answered || self.unsynced || self.client_mid
+    }
+
+    fn idle(&self) -> bool {
+        !self.in_flight() && !self.server_mid && self.tx_status == b'I'
+    }
+}
+
+/// How the server-to-client half of the unmasked relay ended.
+enum Down {
+    Eof,
+    /// pgredact ends the session; true when the client's stream is at a message boundary (so a
+    /// FATAL error can follow).
+    Stop(Stop, bool),
 }
 
 /// The relay of an unmasked session: raw bytes both ways. Membership can be revoked while the
 /// session is open: with per-statement freshness, bytes from the client are forwarded only after
 /// a role reading taken after they arrived shows the role still exempt (re-checked when roles or
 /// memberships changed); a periodic re-check also ends idle sessions.
+///
+/// The relay follows message boundaries (type and length, not contents) in both directions, to
+/// know when the session is idle: the drain closes idle sessions at once, the idle timeout closes
+/// those idle that long, and the deadline closes the rest between two server messages.
 async fn unmasked_relay<C: SplitStream, S: SplitStream>(
-    shared: &Arc<Shared>,
-    db: &Arc<DbState>,
-    user: &str,
+    s: &Established,
     c: C,
-    s: S,
+    srv: S,
     early: BytesMut,
+    tx_status: u8,
+    sbuf: &[u8],
 ) {
     use tokio::io::AsyncReadExt;
+    let (shared, db, user) = (&s.shared, &s.db, s.user.as_str());
+    let life = &shared.life;
     let (mut crd, mut cwr) = c.split_owned();
-    let (mut srd, mut swr) = s.split_owned();
+    let (mut srd, mut swr) = srv.split_owned();
+    let mut strack = frame::MessageTracker::default();
+    let act = Mutex::new(Activity {
+        asked: 0,
+        answered: 0,
+        unsynced: false,
+        tx_status,
+        client_mid: false,
+        server_mid: false,
+        lost: false,
+        last_event: Instant::now(),
+    });
+    if !sbuf.is_empty() {
+        let mut a = lock(&act);
+        strack.feed(sbuf, |tag, first| server_message(&mut a, tag, first));
+        a.server_mid = !strack.at_boundary();
+    }
+    let wake = tokio::sync::Notify::new();
     // Under database enforcement the exemption is a PostgreSQL privilege: a revoked membership
     // counts from the next statement with no help from pgredact, and the relay is a plain copy.
     // Under proxy enforcement pgredact re-checks it, per statement and periodically.
@@ -272,93 +504,232 @@ async fn unmasked_relay<C: SplitStream, S: SplitStream>(
     let per_statement = shared.cfg.per_statement_membership && proxy_enforced;
     // Every reading from now on asks whether this role is still exempt.
     let _tracked = proxy_enforced.then(|| db.track_unmasked(user));
-    let upward = async {
-        let mut buf = vec![0u8; 64 * 1024];
-        // Bytes the client sent along with its authentication (a pipelined first statement) go
-        // through the same gate as everything after them.
-        let mut early = Some(early).filter(|b| !b.is_empty());
-        loop {
-            let n = match early.take() {
-                Some(b) => {
-                    buf.resize(buf.len().max(b.len()), 0);
-                    buf[..b.len()].copy_from_slice(&b);
-                    b.len()
-                }
-                None => match crd.read(&mut buf).await {
-                    Ok(0) | Err(_) => return Ended::Normally,
-                    Ok(n) => n,
-                },
-            };
-            if per_statement {
-                // Forward these bytes only after a reading sent after they arrived says the role
-                // is still exempt.
-                let t0 = std::time::Instant::now();
-                let f = match db.freshness_since(shared, t0).await {
-                    Ok(f) => f,
-                    Err(e) => return Ended::Unverifiable(e),
-                };
-                let still = if f.asked.iter().any(|u| u == user) {
-                    f.exempt.iter().any(|u| u == user)
-                } else {
-                    match db.is_unmasked(shared, user).await {
-                        Ok(b) => b,
-                        Err(e) => return Ended::Unverifiable(e),
-                    }
-                };
-                if !still {
-                    return Ended::Revoked;
-                }
-            }
-            if swr.write_all(&buf[..n]).await.is_err() {
-                return Ended::Normally;
-            }
-        }
-    };
-    // Server bytes are forwarded until the server closes; a session ended by pgredact is closed
-    // on the server side first, so the client gets every complete reply before the FATAL.
     let why = {
-        let downward = tokio::io::copy(&mut srd, &mut cwr);
+        let upward = async {
+            let mut ctrack = frame::MessageTracker::default();
+            let mut buf = vec![0u8; 64 * 1024];
+            // Bytes the client sent along with its authentication (a pipelined first statement)
+            // go through the same gate as everything after them.
+            let mut early = Some(early).filter(|b| !b.is_empty());
+            loop {
+                let n = match early.take() {
+                    Some(b) => {
+                        buf.resize(buf.len().max(b.len()), 0);
+                        buf[..b.len()].copy_from_slice(&b);
+                        b.len()
+                    }
+                    None => match crd.read(&mut buf).await {
+                        Ok(0) | Err(_) => return Ended::Normally,
+                        Ok(n) => n,
+                    },
+                };
+                {
+                    let mut a = lock(&act);
+                    ctrack.feed(&buf[..n], |tag, _| client_message(&mut a, tag));
+                    a.client_mid = !ctrack.at_boundary();
+                    a.lost |= ctrack.lost();
+                    a.last_event = Instant::now();
+                }
+                if per_statement {
+                    // Forward these bytes only after a reading sent after they arrived says the
+                    // role is still exempt.
+                    let t0 = std::time::Instant::now();
+                    let f = match db.freshness_since(shared, t0).await {
+                        Ok(f) => f,
+                        Err(e) => return Ended::Unverifiable(e),
+                    };
+                    let still = if f.asked.iter().any(|u| u == user) {
+                        f.exempt.iter().any(|u| u == user)
+                    } else {
+                        match db.is_unmasked(shared, user).await {
+                            Ok(b) => b,
+                            Err(e) => return Ended::Unverifiable(e),
+                        }
+                    };
+                    if !still {
+                        return Ended::Revoked;
+                    }
+                }
+                if swr.write_all(&buf[..n]).await.is_err() {
+                    return Ended::Normally;
+                }
+                if lock(&act).idle() {
+                    wake.notify_one();
+                }
+            }
+        };
+        let downward = async {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let idle_since = {
+                    let a = lock(&act);
+                    a.idle().then_some(a.last_event)
+                };
+                let limit = life.settings.idle_timeout(false);
+                let timer = idle_since.zip(limit).map(|(t, d)| t + d);
+                let stop = tokio::select! {
+                    biased;
+                    _ = life.halted() => {
+                        // Finish the server's current message, so the FATAL error follows a whole one.
+                        let whole = tokio::time::timeout(HALT_GRACE, async {
+                            while !strack.at_boundary() {
+                                let n = match srd.read(&mut buf).await {
+                                    Ok(0) | Err(_) => return false,
+                                    Ok(n) => n,
+                                };
+                                let k = strack.feed_to_boundary(&buf[..n], |_, _| {});
+                                if strack.lost() || cwr.write_all(&buf[..k]).await.is_err() {
+                                    return false;
+                                }
+                            }
+                            true
+                        })
+                        .await
+                        .unwrap_or(false);
+                        return Down::Stop(Stop::Shutdown, whole);
+                    }
+                    _ = life.draining(), if idle_since.is_some() => Stop::Shutdown,
+                    _ = until(timer), if timer.is_some() => Stop::Idle {
+                        masked: false,
+                        secs: limit.map_or(0, |d| d.as_secs()),
+                    },
+                    r = srd.read(&mut buf) => match r {
+                        Ok(0) | Err(_) => return Down::Eof,
+                        Ok(n) => {
+                            {
+                                let mut a = lock(&act);
+                                strack.feed(&buf[..n], |tag, first| server_message(&mut a, tag, first));
+                                a.server_mid = !strack.at_boundary();
+                                a.lost |= strack.lost();
+                            }
+                            if cwr.write_all(&buf[..n]).await.is_err() {
+                                return Down::Eof;
+                            }
+                            continue;
+                        }
+                    },
+                    _ = wake.notified() => continue,
+                };
+                // Decided with the session's state as it is now: both halves run in this task,
+                // so no client message can be forwarded between this check and the close.
+                let a = lock(&act);
+                let due = match (stop, limit) {
+                    (Stop::Idle { .. }, Some(d)) => Instant::now() >= a.last_event + d,
+                    (Stop::Idle { .. }, None) => false,
+                    (Stop::Shutdown, _) => true,
+                };
+                if a.idle() && due {
+                    return Down::Stop(stop, true);
+                }
+            }
+        };
         tokio::pin!(downward);
+        // Server bytes are forwarded until the server closes; a session ended by pgredact is
+        // closed on the server side first, so the client gets every complete reply before the
+        // FATAL.
         let why = tokio::select! {
             e = upward => e,
             _ = watch => Ended::Revoked,
-            _ = &mut downward => Ended::Normally,
+            d = &mut downward => match d {
+                Down::Eof => Ended::Normally,
+                Down::Stop(stop, whole) => Ended::Stopped(stop, whole),
+            },
+            _ = life.halted_long_ago() => Ended::Stopped(Stop::Shutdown, false),
         };
-        if matches!(why, Ended::Normally) {
-            return;
+        match why {
+            Ended::Normally => return,
+            Ended::Stopped(..) => {}
+            Ended::Revoked | Ended::Unverifiable(_) => {
+                // Close the server's side (no more client bytes); it finishes what it was sending.
+                let _ = swr.shutdown().await;
+                let _ = (&mut downward).await;
+            }
         }
-        // Close the server's side (no more client bytes); it finishes what it was sending.
-        drop(swr);
-        let _ = (&mut downward).await;
         why
     };
-    let (code, msg) = match why {
-        Ended::Revoked => {
-            tracing::info!(user = %user, "membership in an unmasked role was revoked: ending the session");
-            (
-                "57P01",
-                "pgredact: this role is no longer exempt from masking; reconnect".to_string(),
-            )
-        }
-        Ended::Unverifiable(e) => {
-            tracing::warn!(user = %user, "ending an unmasked session: {e}");
-            (
-                "08006",
-                format!("pgredact: the role's exemption from masking could not be re-checked: {e}"),
-            )
+    let (stop, whole) = match why {
+        Ended::Stopped(stop, whole) => (stop, whole),
+        Ended::Revoked | Ended::Unverifiable(_) => {
+            let (code, msg) = match why {
+                Ended::Unverifiable(e) => {
+                    tracing::warn!(user = %user, "ending an unmasked session: {e}");
+                    (
+                        "08006",
+                        format!("pgredact: the role's exemption from masking could not be re-checked: {e}"),
+                    )
+                }
+                _ => {
+                    tracing::info!(user = %user, "membership in an unmasked role was revoked: ending the session");
+                    (
+                        "57P01",
+                        "pgredact: this role is no longer exempt from masking; reconnect"
+                            .to_string(),
+                    )
+                }
+            };
+            let mut out = BytesMut::new();
+            ErrorFields::new("FATAL", code, &msg).encode(b'E', &mut out);
+            let _ = cwr.write_all(&out).await;
+            let _ = cwr.shutdown().await;
+            return;
         }
         Ended::Normally => return,
     };
-    let mut out = BytesMut::new();
-    ErrorFields::new("FATAL", code, &msg).encode(b'E', &mut out);
-    let _ = cwr.write_all(&out).await;
+    let (in_flight, client_mid) = {
+        let a = lock(&act);
+        (a.in_flight(), a.client_mid)
+    };
+    if stop == Stop::Shutdown && in_flight {
+        s.cancel_statement().await;
+    }
+    let (code, msg) = stop.error();
+    tracing::info!(user = %user, masked = false, "closing the session: {msg}");
+    if whole {
+        let mut out = BytesMut::new();
+        ErrorFields::new("FATAL", code, &msg).encode(b'E', &mut out);
+        let _ = cwr.write_all(&out).await;
+    }
     let _ = cwr.shutdown().await;
+    if !client_mid {
+        let _ = swr.write_all(&TERMINATE).await;
+    }
+    let _ = swr.shutdown().await;
+}
+
+/// A message the unmasked relay forwarded to the server.
+fn client_message(a: &mut Activity, tag: u8) {
+    match tag {
+        b'Q' | b'F' => a.asked += 1,
+        b'S' => {
+            a.asked += 1;
+            a.unsynced = false;
+        }
+        b'P' | b'B' | b'E' | b'D' | b'C' | b'H' => a.unsynced = true,
+        _ => {}
+    }
+}
+
+/// A message the unmasked relay forwarded to the client.
+fn server_message(a: &mut Activity, tag: u8, first: Option<u8>) {
+    if tag == b'Z' {
+        a.answered += 1;
+        if let Some(s) = first {
+            a.tx_status = s;
+        }
+        a.last_event = Instant::now();
+        // More answers than questions: the stream is not what the relay thinks it is.
+        if a.answered > a.asked {
+            a.lost = true;
+        }
+    }
 }
 
 enum Ended {
     Normally,
     Revoked,
     Unverifiable(String),
+    /// pgredact ends the session (true: at a message boundary of the server's stream).
+    Stopped(Stop, bool),
 }
 
 struct Keys {
@@ -387,8 +758,8 @@ async fn cancel(shared: &Shared, pid: i32, key: i32) {
         .ok()
         .and_then(|m| m.get(&(pid, key)).copied());
     let Some((upid, ukey)) = target else { return };
-    let addr = format!("{}:{}", shared.cfg.upstream.host, shared.cfg.upstream.port);
-    if let Ok(mut s) = TcpStream::connect(addr).await {
+    let addr = shared.upstream_addr();
+    if let Ok(Ok(mut s)) = within(shared.connect_deadline(), TcpStream::connect(addr)).await {
         let mut p = Vec::with_capacity(16);
         p.extend_from_slice(&16i32.to_be_bytes());
         p.extend_from_slice(&frame::CANCEL_REQUEST.to_be_bytes());
@@ -634,6 +1005,12 @@ struct Pending {
     /// Prepared statements known to exist, by name: every text the statement may have been
     /// prepared from (one, unless a unit failed part-way and it is unknown which one holds).
     statements: HashMap<String, Vec<Prep>>,
+    /// A client message is being decided and forwarded.
+    busy_client: bool,
+    /// pgredact ends the session: no further client message is forwarded.
+    closing: bool,
+    /// The client's last message or the last ReadyForQuery, whichever came later.
+    last_event: Instant,
 }
 
 impl Default for Pending {
@@ -642,11 +1019,24 @@ impl Default for Pending {
             units: VecDeque::new(),
             tx_status: b'I',
             statements: HashMap::new(),
+            busy_client: false,
+            closing: false,
+            last_event: Instant::now(),
         }
     }
 }
 
 impl Pending {
+    /// Something was sent that PostgreSQL has not answered with ReadyForQuery yet.
+    fn in_flight(&self) -> bool {
+        !self.units.is_empty() || self.busy_client
+    }
+
+    /// Outside a transaction block, with nothing in flight.
+    fn idle(&self) -> bool {
+        !self.in_flight() && self.tx_status == b'I'
+    }
+
     /// Applies a finished unit's effects. Without an error every message ran, so creations
     /// replace and removals remove; after an error it is unknown which ran, so creations are
     /// added as further candidates and removals are ignored (PostgreSQL may still have them).
@@ -691,11 +1081,8 @@ impl Pending {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn masked_session<C: SplitStream, S: SplitStream>(
-    shared: Arc<Shared>,
-    db: Arc<DbState>,
-    user: &str,
+    mut s: Established,
     cstream: C,
     cbuf: BytesMut,
     sstream: S,
@@ -703,88 +1090,99 @@ async fn masked_session<C: SplitStream, S: SplitStream>(
     ready: Bytes,
 ) {
     let (crd, cwr) = cstream.split_owned();
-    let (srd, mut swr) = sstream.split_owned();
-    let mut srd = FrameReader::with_buffer(srd, sbuf);
+    let (srd, swr) = sstream.split_owned();
+    let srd = FrameReader::with_buffer(srd, sbuf);
     let mut cwr = BufWriter::with_capacity(64 * 1024, cwr);
-    // Refused after authentication, so only a role of the database learns why (it could read
-    // the same grants in pg_catalog).
-    if let Some(why) = &db.snapshot().wall_refusal {
-        let mut out = BytesMut::new();
-        ErrorFields::new(
-            "FATAL",
-            REFUSAL_SQLSTATE,
-            &format!("pgredact: masked sessions are refused: {why}"),
-        )
-        .with(b'H', Some("`pgredact check` lists every violation; a policy may opt out with enforcement = \"proxy\", which is weaker (direct connections read raw data)"))
-        .encode(b'E', &mut out);
-        let _ = cwr.write_all(&out).await;
-        let _ = cwr.flush().await;
-        return;
-    }
-    // Learn the session's search path on its own connection before the client gets control.
-    let search_path = match session_search_path(&mut swr, &mut srd).await {
-        Ok(p) => p,
-        Err(e) => {
-            let mut out = BytesMut::new();
-            ErrorFields::new(
-                "FATAL",
-                "08006",
-                &format!("pgredact: could not read the session's search_path: {e}"),
-            )
-            .encode(b'E', &mut out);
-            let _ = cwr.write_all(&out).await;
-            let _ = cwr.flush().await;
-            return;
-        }
-    };
     if cwr.write_all(&ready).await.is_err() || cwr.flush().await.is_err() {
         return;
     }
+    let shared = s.shared.clone();
+    let life = &shared.life;
     let pending = Arc::new(Mutex::new(Pending::default()));
     let reading_safe = Arc::new(AtomicBool::new(true));
     let protocol_error = Arc::new(Mutex::new(None::<String>));
-    let up = tokio::spawn(client_to_server(
-        shared,
-        db,
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut up = tokio::spawn(client_to_server(
+        shared.clone(),
+        s.db.clone(),
         FrameReader::with_buffer(crd, cbuf),
         swr,
         pending.clone(),
         reading_safe.clone(),
-        SessionPath::new(search_path, user.to_string()),
+        SessionPath::new(std::mem::take(&mut s.search_path), s.user.clone()),
         protocol_error.clone(),
+        Wakes {
+            idle: wake.clone(),
+            stop: stop_rx,
+        },
     ));
-    let down = server_to_client(srd, &mut cwr, pending, reading_safe).await;
-    if let Err(e) = down {
-        tracing::debug!("server side ended: {e}");
+    let stop = tokio::select! {
+        down = server_to_client(srd, &mut cwr, pending.clone(), reading_safe, life, &wake) => match down {
+            Ok(stop) => stop.map(|s| (s, true)),
+            Err(e) => {
+                tracing::debug!("server side ended: {e}");
+                None
+            }
+        },
+        // A client that does not read holds the relay in a write: it is dropped.
+        _ = life.halted_long_ago() => Some((Stop::Shutdown, false)),
+    };
+    let Some((stop, whole)) = stop else {
+        up.abort();
+        // A client protocol error ends only this session, with an ErrorResponse saying why.
+        let err = lock(&protocol_error).take();
+        if let Some(msg) = err {
+            let mut out = BytesMut::new();
+            ErrorFields::new("FATAL", "08P01", &format!("pgredact: {msg}")).encode(b'E', &mut out);
+            let _ = cwr.write_all(&out).await;
+            let _ = cwr.flush().await;
+        }
+        return;
+    };
+    // pgredact ends the session. A statement still running at the deadline is cancelled, so
+    // its backend does not run on after the proxy is gone.
+    let in_flight = lock(&pending).in_flight();
+    if stop == Stop::Shutdown && in_flight {
+        s.cancel_statement().await;
     }
-    up.abort();
-    // A client protocol error ends only this session, with an ErrorResponse saying why.
-    let err = lock(&protocol_error).take();
-    if let Some(msg) = err {
+    let (code, msg) = stop.error();
+    tracing::info!(user = %s.user, masked = true, "closing the session: {msg}");
+    if whole {
         let mut out = BytesMut::new();
-        ErrorFields::new("FATAL", "08P01", &format!("pgredact: {msg}")).encode(b'E', &mut out);
+        ErrorFields::new("FATAL", code, &msg).encode(b'E', &mut out);
         let _ = cwr.write_all(&out).await;
         let _ = cwr.flush().await;
     }
+    let _ = cwr.shutdown().await;
+    // The client-side task says goodbye to the server (Terminate) and ends.
+    let _ = stop_tx.send(());
+    if tokio::time::timeout(HALT_GRACE, &mut up).await.is_err() {
+        up.abort();
+    }
 }
 
-async fn session_search_path<
-    SR: tokio::io::AsyncRead + Unpin,
-    SW: tokio::io::AsyncWrite + Unpin,
->(
-    swr: &mut SW,
-    srd: &mut FrameReader<SR>,
+/// Before a masked session's client gets control, on the session's own connection: turns
+/// index-only scans off (an index-only scan of an index on a PII column hands out masked values
+/// in the order of the raw ones; every statement that could turn them on again, `SET`, `RESET`,
+/// `RESET ALL`, `DISCARD ALL`, `set_config`, is refused), and reads the search path that names
+/// resolve with.
+async fn session_setup<S: AsyncRead + AsyncWrite + Unpin>(
+    srv: &mut FrameReader<S>,
 ) -> Result<Vec<String>, String> {
     let mut q = BytesMut::new();
     frame::encode_query(
         &mut q,
-        "SELECT pg_catalog.unnest(pg_catalog.current_schemas(true))::pg_catalog.text",
+        "SET enable_indexonlyscan = off; SELECT pg_catalog.unnest(pg_catalog.current_schemas(true))::pg_catalog.text",
     );
-    swr.write_all(&q).await.map_err(|e| e.to_string())?;
+    srv.get_mut()
+        .write_all(&q)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     let mut err = None;
     loop {
-        let f = srd
+        let f = srv
             .next()
             .await
             .map_err(|e| e.to_string())?
@@ -815,6 +1213,14 @@ async fn session_search_path<
     }
 }
 
+/// How the client-side task of a masked session learns that the session changed state.
+struct Wakes {
+    /// Told when the session may have become idle (for the server-side half's wait).
+    idle: Arc<tokio::sync::Notify>,
+    /// Resolves when pgredact ends the session.
+    stop: tokio::sync::oneshot::Receiver<()>,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::AsyncWrite + Unpin>(
     shared: Arc<Shared>,
@@ -825,6 +1231,7 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
     reading_safe: Arc<AtomicBool>,
     path: SessionPath,
     protocol_error: Arc<Mutex<Option<String>>>,
+    mut wakes: Wakes,
 ) {
     let mut swr = BufWriter::with_capacity(64 * 1024, swr);
     let mut out = BytesMut::with_capacity(8 * 1024);
@@ -835,18 +1242,41 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
         reading_safe: &reading_safe,
     };
     loop {
-        let f = match crd.next().await {
-            Ok(Some(f)) => f,
-            Ok(None) => break,
-            Err(e) => {
+        let next = tokio::select! {
+            biased;
+            _ = &mut wakes.stop => None,
+            r = crd.next() => Some(r),
+        };
+        let f = match next {
+            Some(Ok(Some(f))) => f,
+            Some(Ok(None)) => break,
+            Some(Err(e)) => {
                 // Protocol error: record it for the client, then tell the server we are leaving.
                 tracing::info!("closing masked session: {e}");
                 *lock(&protocol_error) = Some(e.to_string());
-                let _ = swr.write_all(&[b'X', 0, 0, 0, 4]).await;
+                let _ = swr.write_all(&TERMINATE).await;
+                let _ = swr.flush().await;
+                break;
+            }
+            // pgredact ends the session (the client has its FATAL error).
+            None => {
+                let _ = swr.write_all(&TERMINATE).await;
                 let _ = swr.flush().await;
                 break;
             }
         };
+        let closing = {
+            let mut p = lock(&pending);
+            p.busy_client = !p.closing;
+            p.last_event = Instant::now();
+            p.closing
+        };
+        if closing {
+            // Ended while idle: this message arrived too late to be forwarded.
+            let _ = swr.write_all(&TERMINATE).await;
+            let _ = swr.flush().await;
+            break;
+        }
         out.clear();
         let tag = f[0];
         let res: Result<(), FrameError> = match tag {
@@ -1021,7 +1451,7 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
         if let Err(e) = res {
             tracing::info!("closing masked session: {e}");
             *lock(&protocol_error) = Some(e.to_string());
-            let _ = swr.write_all(&[b'X', 0, 0, 0, 4]).await;
+            let _ = swr.write_all(&TERMINATE).await;
             let _ = swr.flush().await;
             break;
         }
@@ -1035,6 +1465,14 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
         // Flush when the client has nothing more buffered (keeps pipelined batches together).
         if !crd.has_frame() && swr.flush().await.is_err() {
             break;
+        }
+        let idle = {
+            let mut p = lock(&pending);
+            p.busy_client = false;
+            p.idle()
+        };
+        if idle {
+            wakes.idle.notify_one();
         }
     }
 }
@@ -1251,21 +1689,76 @@ async fn decide(
     }
 }
 
+/// What the server-side half of a masked session waits for.
+enum Next {
+    Frame(Bytes),
+    Eof,
+    Stop(Stop),
+}
+
+/// Waits for the server's next frame, or for a reason to end the session: the deadline; the
+/// drain or the idle timeout while the session is idle. The close is decided under the
+/// session's lock (`closing`), so no client message slips through after it.
+async fn next_or_stop<R: AsyncRead + Unpin>(
+    srd: &mut FrameReader<R>,
+    pending: &Mutex<Pending>,
+    life: &Lifecycle,
+    wake: &tokio::sync::Notify,
+) -> Result<Next, FrameError> {
+    loop {
+        let idle_since = {
+            let p = lock(pending);
+            p.idle().then_some(p.last_event)
+        };
+        let limit = life.settings.idle_timeout(true);
+        let timer = idle_since.zip(limit).map(|(t, d)| t + d);
+        let stop = tokio::select! {
+            biased;
+            _ = life.halted() => {
+                lock(pending).closing = true;
+                return Ok(Next::Stop(Stop::Shutdown));
+            }
+            _ = life.draining(), if idle_since.is_some() => Stop::Shutdown,
+            _ = until(timer), if timer.is_some() => Stop::Idle {
+                masked: true,
+                secs: limit.map_or(0, |d| d.as_secs()),
+            },
+            r = srd.next() => return Ok(r?.map_or(Next::Eof, Next::Frame)),
+            _ = wake.notified() => continue,
+        };
+        let mut p = lock(pending);
+        let due = match (stop, limit) {
+            (Stop::Idle { .. }, Some(d)) => Instant::now() >= p.last_event + d,
+            (Stop::Idle { .. }, None) => false,
+            (Stop::Shutdown, _) => true,
+        };
+        if p.idle() && due {
+            p.closing = true;
+            return Ok(Next::Stop(stop));
+        }
+    }
+}
+
+/// Relays the server's frames to the client until the server closes (None) or pgredact ends
+/// the session (the reason).
 async fn server_to_client<SR: tokio::io::AsyncRead + Unpin, CW: tokio::io::AsyncWrite + Unpin>(
     mut srd: FrameReader<SR>,
     cwr: &mut BufWriter<CW>,
     pending: Arc<Mutex<Pending>>,
     reading_safe: Arc<AtomicBool>,
-) -> Result<(), FrameError> {
+    life: &Lifecycle,
+    wake: &tokio::sync::Notify,
+) -> Result<Option<Stop>, FrameError> {
     let mut out = BytesMut::with_capacity(8 * 1024);
     loop {
         let f = match srd.try_frame()? {
             Some(f) => f,
             None => {
                 cwr.flush().await?;
-                match srd.next().await? {
-                    Some(f) => f,
-                    None => return Ok(()),
+                match next_or_stop(&mut srd, &pending, life, wake).await? {
+                    Next::Frame(f) => f,
+                    Next::Eof => return Ok(None),
+                    Next::Stop(s) => return Ok(Some(s)),
                 }
             }
         };
@@ -1306,6 +1799,7 @@ async fn server_to_client<SR: tokio::io::AsyncRead + Unpin, CW: tokio::io::Async
                     if let Some(&status) = f.get(5) {
                         p.tx_status = status;
                     }
+                    p.last_event = Instant::now();
                 }
                 cwr.write_all(&f).await?;
             }

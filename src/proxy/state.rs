@@ -1,6 +1,7 @@
 //! Process-wide state: the current policy set, one entry per database (control-plane connection,
 //! catalog snapshot, protections, rewrite cache), and the cancel-key map.
 
+use super::lifecycle::within;
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::control::{Freshness, FRESHNESS_SQL};
@@ -31,6 +32,8 @@ pub struct Shared {
     /// The `tls-server-end-point` data of pgredact's certificate, for SCRAM channel binding
     /// (None without `[tls]`, or when the certificate's algorithm names no hash).
     pub tls_end_point: Option<Vec<u8>>,
+    /// Shutdown, reloadable settings, open client connections.
+    pub life: super::lifecycle::Lifecycle,
 }
 
 /// What masked sessions of one database consult for every statement.
@@ -89,6 +92,7 @@ impl Shared {
             _ => None,
         };
         Arc::new(Shared {
+            life: super::lifecycle::Lifecycle::new(&cfg),
             cfg,
             policies: RwLock::new(Arc::new(policies)),
             dbs: tokio::sync::Mutex::new(HashMap::new()),
@@ -116,21 +120,59 @@ impl Shared {
         if let Some(p) = self.cfg.upstream_password() {
             c.password(p);
         }
+        if let Some(t) = self.life.settings.connect_timeout() {
+            c.connect_timeout(t);
+        }
         c
     }
 
-    /// Opens a control-plane connection to `db`.
+    /// Opens a control-plane connection to `db`, within `[upstream] connect_timeout_secs`.
     pub async fn control_connect(&self, db: &str) -> Result<Client, String> {
         let c = self.control_config(db, "pgredact-control");
-        let client = crate::tls::pg_connect(c, self.cfg.upstream_tls.as_ref())
-            .await
-            .map_err(|e| {
-                format!(
-                    "control-plane connection to database {db:?} failed: {}",
-                    crate::tls::error_chain(&e)
-                )
-            })?;
+        let by = self.connect_deadline();
+        let connected = within(
+            by,
+            crate::tls::pg_connect(c, self.cfg.upstream_tls.as_ref()),
+        )
+        .await
+        .map_err(|_| {
+            format!(
+                "control-plane connection to database {db:?} failed: {}",
+                self.no_answer()
+            )
+        })?;
+        let client = connected.map_err(|e| {
+            format!(
+                "control-plane connection to database {db:?} failed: {}",
+                crate::tls::error_chain(&e)
+            )
+        })?;
         Ok(client)
+    }
+
+    /// When a connection to PostgreSQL started now must be open, by `connect_timeout_secs`.
+    pub fn connect_deadline(&self) -> Option<tokio::time::Instant> {
+        self.life
+            .settings
+            .connect_timeout()
+            .map(|d| tokio::time::Instant::now() + d)
+    }
+
+    /// The upstream address, `host:port`.
+    pub fn upstream_addr(&self) -> String {
+        format!("{}:{}", self.cfg.upstream.host, self.cfg.upstream.port)
+    }
+
+    /// Why a connection to PostgreSQL timed out.
+    pub fn no_answer(&self) -> String {
+        format!(
+            "PostgreSQL at {} did not answer within {} s (connect_timeout_secs)",
+            self.upstream_addr(),
+            self.life
+                .settings
+                .connect_timeout()
+                .map_or(0, |d| d.as_secs())
+        )
     }
 
     /// A control connection that LISTENs on `channel`: the receiver gets one message per
@@ -141,9 +183,13 @@ impl Shared {
         channel: &str,
     ) -> Result<(Client, tokio::sync::mpsc::UnboundedReceiver<()>), String> {
         let c = self.control_config(db, "pgredact-listen");
-        let (client, rx) = crate::tls::pg_connect_notified(c, self.cfg.upstream_tls.as_ref())
-            .await
-            .map_err(|e| crate::tls::error_chain(&e))?;
+        let (client, rx) = within(
+            self.connect_deadline(),
+            crate::tls::pg_connect_notified(c, self.cfg.upstream_tls.as_ref()),
+        )
+        .await
+        .map_err(|_| self.no_answer())?
+        .map_err(|e| crate::tls::error_chain(&e))?;
         client
             .batch_execute(&format!("LISTEN {}", crate::policy::quote_ident(channel)))
             .await
@@ -151,18 +197,27 @@ impl Shared {
         Ok((client, rx))
     }
 
-    /// Opens a session connection to PostgreSQL (with TLS when `[upstream] sslmode` asks).
-    pub async fn upstream_connect(&self) -> Result<crate::tls::ServerStream, String> {
-        let u = &self.cfg.upstream;
-        let addr = format!("{}:{}", u.host, u.port);
-        let tcp = tokio::net::TcpStream::connect(&addr)
-            .await
-            .map_err(|e| format!("cannot connect to PostgreSQL at {addr}: {e}"))?;
-        let _ = tcp.set_nodelay(true);
-        match &self.cfg.upstream_tls {
-            Some(t) => t.start(tcp).await,
-            None => Ok(crate::tls::ServerStream::Plain(tcp)),
-        }
+    /// Opens a session connection to PostgreSQL (with TLS when `[upstream] sslmode` asks), by
+    /// `by`. Errors are one line that names the address.
+    pub async fn upstream_connect(
+        &self,
+        by: Option<tokio::time::Instant>,
+    ) -> Result<crate::tls::ServerStream, String> {
+        let addr = self.upstream_addr();
+        let connect = async {
+            let tcp = tokio::net::TcpStream::connect(&addr)
+                .await
+                .map_err(|e| format!("cannot connect to PostgreSQL at {addr}: {e}"))?;
+            let _ = tcp.set_nodelay(true);
+            match &self.cfg.upstream_tls {
+                Some(t) => t.start(tcp).await.map_err(|e| {
+                    let first = e.lines().next().unwrap_or_default();
+                    format!("cannot connect to PostgreSQL at {addr}: {first}")
+                }),
+                None => Ok(crate::tls::ServerStream::Plain(tcp)),
+            }
+        };
+        within(by, connect).await.map_err(|_| self.no_answer())?
     }
 
     /// The state of database `db`, connecting and loading its catalog on first use.
