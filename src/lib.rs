@@ -1,8 +1,15 @@
 //! pgredact: a PostgreSQL wire-protocol proxy that masks PII for every role a policy does not exempt.
 //!
-//! Modules: `config` (pgredact.toml), `policy` (policy files, masks as SQL), `catalog` (live
-//! schema snapshot), `rewrite` (the pure masking rewriter), `proxy` (listener, startup, relay),
-//! `control` (the in-database control schema), `check`, `demo`, `pgcluster` (throwaway clusters).
+//! Modules: `config` (pgredact.toml), `policy` (policy files, masks as data), `catalog` (live
+//! schema snapshot), `rewrite` (the pure masking rewriter), `proxy` (listener, startup, SCRAM,
+//! relay, lifecycle), `wall` (the superuser-installed masking views and privilege checks),
+//! `control` (the in-database control schema), `forget` (right to be forgotten), `admin` (HTTP
+//! API), `tls`, `check`, `demo`, `pgcluster` (throwaway clusters).
+//!
+//! Lints: no `unwrap()` outside tests (input from the network and files is never unwrapped);
+//! CI runs clippy with `-D warnings`, so these are errors there.
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+#![warn(rust_2018_idioms, unreachable_pub)]
 pub mod admin;
 pub mod catalog;
 pub mod check;

@@ -29,6 +29,7 @@
 //! All functions here except [`Cluster::connect`] and [`Cluster::superuser_connect`] block; from
 //! async code with a multi-threaded runtime, prefer `tokio::task::spawn_blocking` for `start`.
 
+use crate::policy::quote_ident;
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs;
@@ -390,11 +391,6 @@ impl Cluster {
         &self.root_dir
     }
 
-    /// The directory holding the server binaries this cluster runs.
-    pub fn server_bin_dir(&self) -> &Path {
-        &self.bin_dir
-    }
-
     /// `server.log`, next to the data directory.
     pub fn log_path(&self) -> PathBuf {
         self.root_dir.join("server.log")
@@ -702,11 +698,6 @@ pub fn quote_conn_value(value: &str) -> String {
     }
     out.push('\'');
     out
-}
-
-/// Quotes an SQL identifier (`"` doubled).
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// A free port not handed out before by this process (ports of live clusters in this process

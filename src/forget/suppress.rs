@@ -395,28 +395,6 @@ fn audit_relation(rel: &str, triggers: &[TriggerRow], list_used: bool) -> Vec<St
     out
 }
 
-/// Removes every suppression trigger (used by the bench to measure ingest without them).
-pub async fn drop_all(client: &Client) -> Result<(), String> {
-    let rows = client
-        .query(
-            "SELECT tgrelid::regclass::text FROM pg_catalog.pg_trigger WHERE tgname = $1 AND tgparentid = 0",
-            &[&TRIGGER_NAME],
-        )
-        .await
-        .map_err(|e| super::db_error(&e))?;
-    for r in rows {
-        let name: String = r.get(0);
-        client
-            .batch_execute(&format!(
-                "DROP TRIGGER IF EXISTS {} ON {name}",
-                quote_ident(TRIGGER_NAME)
-            ))
-            .await
-            .map_err(|e| super::db_error(&e))?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

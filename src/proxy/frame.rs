@@ -458,12 +458,6 @@ impl ErrorFields {
     }
 }
 
-pub fn encode_ready(out: &mut BytesMut, status: u8) {
-    out.put_u8(b'Z');
-    out.put_i32(5);
-    out.put_u8(status);
-}
-
 /// Writes a FATAL error to a client during startup (best effort).
 pub async fn send_fatal<W: AsyncWrite + Unpin>(
     w: &mut W,
@@ -482,6 +476,12 @@ pub async fn send_fatal<W: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn encode_ready(out: &mut BytesMut, status: u8) {
+        out.put_u8(b'Z');
+        out.put_i32(5);
+        out.put_u8(status);
+    }
 
     #[tokio::test]
     async fn frames_split_under_partial_reads_and_pipelining() {

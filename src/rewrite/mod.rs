@@ -139,7 +139,7 @@ pub struct SessionCtx<'a> {
 const RECURSION_LIMIT: usize = 200;
 
 /// Rewrites one Query or Parse text for a masked session.
-pub fn rewrite(sql: &str, ctx: &SessionCtx) -> Outcome {
+pub fn rewrite(sql: &str, ctx: &SessionCtx<'_>) -> Outcome {
     let mut st = State::new(ctx);
     let decision = match st.run(sql) {
         Ok(d) => d,
