@@ -445,7 +445,8 @@ async fn connection_limit_and_login_idle_and_connect_timeouts() {
         &env,
         "login",
         env.cluster.port,
-        "login_timeout_secs = 1\n",
+        // Long enough for a first login's control connection and catalog load on a busy machine.
+        "login_timeout_secs = 5\n",
         "",
     )
     .await;
@@ -457,6 +458,11 @@ async fn connection_limit_and_login_idle_and_connect_timeouts() {
         got.first() == Some(&b'E') && has_error(&got, "08P01"),
         "{got:?}"
     );
+    // A first login opens the database's control connection (SCRAM reads the verifier over
+    // it), so the stalled client below gets its SCRAM offer well within the login timeout.
+    let (warm, _) = must_connect(port, "support").await;
+    assert_eq!(rows(&warm, "SELECT 1").await.unwrap(), vec!["1"]);
+    drop(warm);
     let mut stalled = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();

@@ -374,6 +374,64 @@ async fn json_payloads_are_masked_per_path_through_pgredact_and_directly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_dump_through_pgredact_writes_a_masked_dump() {
+    let env = start_default().await;
+    let su = env.direct("postgres").await;
+    // Sequence values are not PII; pg_dump reads them.
+    su.batch_execute("GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO support")
+        .await
+        .unwrap();
+    let dba = env.proxy("dba").await;
+    let raw: Vec<String> = dba
+        .query(
+            "SELECT email FROM customers ORDER BY customer_id LIMIT 20",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let bin = pgredact::pgcluster::Cluster::bin_dir()
+        .map(|d| d.join("pg_dump"))
+        .ok()
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| "pg_dump".into());
+    let out = tokio::task::block_in_place(|| {
+        std::process::Command::new(bin)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "support",
+                "-d",
+                "app",
+                "-N",
+                "pgredact*",
+                "-p",
+            ])
+            .arg(env.addr.port().to_string())
+            .env("PGPASSWORD", "support")
+            .output()
+            .expect("run pg_dump")
+    });
+    let dump = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        dump.contains("COPY public.customers ("),
+        "no customers data"
+    );
+    assert!(dump.matches("***@").count() > 1000);
+    for e in &raw {
+        assert!(!dump.contains(e.as_str()), "raw e-mail {e} in the dump");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_planner_shows_masked_sessions_no_raw_statistics_or_order() {
     let env = start_default().await;
     let s = env.proxy("support").await;

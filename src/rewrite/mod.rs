@@ -536,6 +536,11 @@ impl<'a> State<'a> {
 
     fn statement(&mut self, s: &mut Statement) -> Result<(), Refusal> {
         self.collect_ctes(s);
+        if search_path::restrict_relkind_without_views(s) {
+            self.changed = true;
+            self.splice_ok = false;
+            return Ok(());
+        }
         match s {
             Statement::Query(q) if write_body(&q.body).is_some() => {
                 // WITH ... INSERT/UPDATE/DELETE: the WITH queries are reads (masked), the main
@@ -652,6 +657,7 @@ impl<'a> State<'a> {
                     self.substitute(&mut **q, None)?;
                 }
             }
+            Statement::Lock(l) => self.lock(l)?,
             Statement::Drop { .. } | Statement::Truncate(_) => {}
             Statement::LISTEN { .. } => {
                 return Err(Refusal::new(
@@ -710,6 +716,48 @@ impl<'a> State<'a> {
         }
         self.changed = true;
         self.splice_ok = false;
+        Ok(())
+    }
+
+    /// `LOCK TABLE ... IN ACCESS SHARE MODE` (what pg_dump takes on every table it dumps): a
+    /// protected table is locked through its masking view, which PostgreSQL locks together with
+    /// the table under it (checked as the view's owner). Other modes are refused: a masked
+    /// session has no business blocking writers.
+    fn lock(&mut self, l: &mut sqlparser::ast::Lock) -> Result<(), Refusal> {
+        use sqlparser::ast::LockTableMode;
+        if l.lock_mode != Some(LockTableMode::AccessShare) {
+            return Err(Refusal::new(
+                "LOCK TABLE is allowed for masked roles only IN ACCESS SHARE MODE (the lock pg_dump takes)",
+            ));
+        }
+        for t in l.tables.iter_mut() {
+            let prot = if t.only {
+                self.protection(&t.name)?
+            } else {
+                self.protection_with_descendants(&t.name)?
+            };
+            match prot {
+                None => {}
+                Some(Protection::Refuse(r)) => {
+                    return Err(Refusal::new(format!(
+                        "LOCK TABLE {} is not allowed for masked roles: {r}",
+                        t.name
+                    )))
+                }
+                Some(Protection::Mask(rel)) => {
+                    t.name = if t.only {
+                        rel.only_view.clone()
+                    } else {
+                        rel.view.clone()
+                    };
+                    t.only = false;
+                    t.has_asterisk = false;
+                    self.expected_masked_refs += 1;
+                    self.changed = true;
+                    self.splice_ok = false;
+                }
+            }
+        }
         Ok(())
     }
 

@@ -106,6 +106,75 @@ pub fn search_path_change(sql: &str) -> Option<Result<Vec<String>, Refusal>> {
     }
 }
 
+/// pg_dump's `SELECT set_config(name, 'view, foreign-table', false) FROM pg_settings WHERE name =
+/// 'restrict_nonsystem_relation_kind'` (a setting that only restricts, in servers that have it):
+/// rewritten in place to keep every kind but `view`, because a masked session reads every
+/// protected table through a view. Returns whether `s` was that statement. Any other use of
+/// set_config stays refused.
+pub fn restrict_relkind_without_views(s: &mut Statement) -> bool {
+    let Statement::Query(q) = s else {
+        return false;
+    };
+    if q.with.is_some() || q.order_by.is_some() || q.limit_clause.is_some() || q.fetch.is_some() {
+        return false;
+    }
+    let SetExpr::Select(sel) = &mut *q.body else {
+        return false;
+    };
+    let from_settings = matches!(sel.from.as_slice(), [t] if t.joins.is_empty()
+        && matches!(&t.relation, sqlparser::ast::TableFactor::Table { name, alias: None, args: None, .. }
+            if matches!(name.to_string().to_ascii_lowercase().as_str(), "pg_settings" | "pg_catalog.pg_settings")));
+    let where_restrict = matches!(&sel.selection, Some(Expr::BinaryOp { left, op: sqlparser::ast::BinaryOperator::Eq, right })
+        if matches!(&**left, Expr::Identifier(i) if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("name"))
+        && matches!(&**right, Expr::Value(v) if matches!(&v.value, Value::SingleQuotedString(n) if n == "restrict_nonsystem_relation_kind")));
+    if !from_settings
+        || !where_restrict
+        || sel.group_by != sqlparser::ast::GroupByExpr::Expressions(vec![], vec![])
+        || sel.having.is_some()
+        || sel.distinct.is_some()
+    {
+        return false;
+    }
+    let [SelectItem::UnnamedExpr(Expr::Function(f))] = sel.projection.as_mut_slice() else {
+        return false;
+    };
+    if !matches!(
+        f.name.to_string().to_ascii_lowercase().as_str(),
+        "set_config" | "pg_catalog.set_config"
+    ) || f.filter.is_some()
+        || f.over.is_some()
+    {
+        return false;
+    }
+    let FunctionArguments::List(l) = &mut f.args else {
+        return false;
+    };
+    if !l.clauses.is_empty() || l.duplicate_treatment.is_some() {
+        return false;
+    }
+    let [FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Identifier(n))), FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v))), FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(local)))] =
+        l.args.as_mut_slice()
+    else {
+        return false;
+    };
+    if n.quote_style.is_some()
+        || !n.value.eq_ignore_ascii_case("name")
+        || local.value != Value::Boolean(false)
+    {
+        return false;
+    }
+    let Value::SingleQuotedString(kinds) = &v.value else {
+        return false;
+    };
+    let kept: Vec<&str> = kinds
+        .split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && !k.eq_ignore_ascii_case("view"))
+        .collect();
+    v.value = Value::SingleQuotedString(kept.join(", "));
+    true
+}
+
 /// The search path PostgreSQL uses after such a change, as `current_schemas(true)` lists it:
 /// `pg_catalog` first unless listed, `$user` as the session user.
 pub fn effective_path(listed: &[String], user: &str) -> Vec<String> {
@@ -256,5 +325,32 @@ mod tests {
             ),
             vec!["public", "pg_catalog"]
         );
+    }
+
+    #[test]
+    fn pg_dump_restrict_setting_keeps_every_kind_but_view() {
+        let rewrite = |sql: &str| {
+            let mut st = sqlparser::parser::Parser::parse_sql(
+                &sqlparser::dialect::PostgreSqlDialect {},
+                sql,
+            )
+            .unwrap()
+            .remove(0);
+            restrict_relkind_without_views(&mut st).then(|| st.to_string())
+        };
+        assert_eq!(
+            rewrite("SELECT set_config(name, 'view, foreign-table', false) FROM pg_settings WHERE name = 'restrict_nonsystem_relation_kind'").as_deref(),
+            Some("SELECT set_config(name, 'foreign-table', false) FROM pg_settings WHERE name = 'restrict_nonsystem_relation_kind'")
+        );
+        for other in [
+            "SELECT set_config(name, 'x', false) FROM pg_settings WHERE name = 'role'",
+            "SELECT set_config('role', 'dba', false) FROM pg_settings WHERE name = 'restrict_nonsystem_relation_kind'",
+            "SELECT set_config(name, 'view', true) FROM pg_settings WHERE name = 'restrict_nonsystem_relation_kind'",
+            "SELECT set_config(name, 'view', false) FROM pg_settings WHERE name = 'restrict_nonsystem_relation_kind' OR true",
+            "SELECT set_config(name, 'view', false) FROM pg_settings s WHERE name = 'restrict_nonsystem_relation_kind'",
+            "SELECT set_config(name, 'view', false), 1 FROM pg_settings WHERE name = 'restrict_nonsystem_relation_kind'",
+        ] {
+            assert_eq!(rewrite(other), None, "{other}");
+        }
     }
 }

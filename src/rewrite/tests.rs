@@ -745,3 +745,15 @@ fn explain_over_masked_tables_shows_the_shape_only() {
     passes("EXPLAIN ANALYZE UPDATE customers SET tier = 'x'");
     passes("EXPLAIN (ANALYZE false) SELECT 1");
 }
+
+#[test]
+fn lock_in_access_share_mode_goes_through_the_masking_view() {
+    let out = rewritten("LOCK TABLE public.customers, orders IN ACCESS SHARE MODE");
+    assert!(reads_views_only(&out), "{out}");
+    assert!(
+        out.starts_with("LOCK TABLE \"pgredact_masked\".\"customers\""),
+        "{out}"
+    );
+    assert!(refused("LOCK TABLE customers").contains("ACCESS SHARE"));
+    assert!(refused("LOCK TABLE customers IN EXCLUSIVE MODE").contains("ACCESS SHARE"));
+}
