@@ -959,6 +959,12 @@ impl<'a> State<'a> {
         }
         if let Some(t) = &target {
             self.check_returning(s, t)?;
+            if let Some(c) = system_column(s) {
+                return Err(Refusal::new(format!(
+                    "the system column {c} of {}.{} is not allowed in writes by masked roles: a row's physical position and versions depend on the raw sizes of its PII columns",
+                    t.rel.schema, t.rel.name
+                )));
+            }
         }
         Ok(())
     }
@@ -1714,6 +1720,34 @@ fn structure_check(s: &Statement) -> Result<(), Refusal> {
         Some(r) => Err(r),
         None => Ok(()),
     }
+}
+
+/// The first system column (`ctid`, `xmin`, `xmax`, `cmin`, `cmax`) named anywhere in `s`.
+fn system_column(s: &Statement) -> Option<String> {
+    struct Sys(Option<String>);
+    impl Visitor for Sys {
+        type Break = ();
+        fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+            let last = match e {
+                Expr::Identifier(i) => Some(i),
+                Expr::CompoundIdentifier(ids) => ids.last(),
+                _ => None,
+            };
+            match last {
+                Some(i)
+                    if ["ctid", "xmin", "xmax", "cmin", "cmax"]
+                        .contains(&i.value.to_ascii_lowercase().as_str()) =>
+                {
+                    self.0 = Some(i.value.to_ascii_lowercase());
+                    ControlFlow::Break(())
+                }
+                _ => ControlFlow::Continue(()),
+            }
+        }
+    }
+    let mut v = Sys(None);
+    let _ = s.visit(&mut v);
+    v.0
 }
 
 /// Whether `s` may read a PII column: an identifier named like a PII column or like a masked

@@ -757,3 +757,17 @@ fn lock_in_access_share_mode_goes_through_the_masking_view() {
     assert!(refused("LOCK TABLE customers").contains("ACCESS SHARE"));
     assert!(refused("LOCK TABLE customers IN EXCLUSIVE MODE").contains("ACCESS SHARE"));
 }
+
+#[test]
+fn system_columns_of_masked_write_targets_are_refused() {
+    for sql in [
+        "UPDATE customers SET tier = tier RETURNING ctid",
+        "UPDATE customers SET tier = 'x' WHERE ctid = '(0,1)'",
+        "DELETE FROM customers c WHERE customer_id = 1 RETURNING c.xmin",
+        "INSERT INTO customers (customer_id, tier) VALUES (1, 'x') RETURNING xmax",
+    ] {
+        assert!(refused(sql).contains("system column"), "{sql}");
+    }
+    // Tables without PII keep them.
+    passes("UPDATE orders SET amount = 1 WHERE order_id = 1 RETURNING ctid");
+}
