@@ -87,14 +87,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         if self.buf.len() < 5 {
             return Ok(None);
         }
-        let len = i32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
-        if len < 4 || len as usize > MAX_MESSAGE {
-            return Err(FrameError::Protocol(format!(
-                "invalid message length {len} for message type {:?}",
-                self.buf[0] as char
-            )));
-        }
-        let total = 1 + len as usize;
+        let total = self.frame_total()?;
         if self.buf.len() < total {
             self.buf.reserve(total - self.buf.len());
             return Ok(None);
@@ -143,6 +136,16 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     fn try_frame_len(&mut self) -> Result<(), FrameError> {
+        let total = self.frame_total()?;
+        if self.buf.len() < total {
+            self.buf.reserve(total - self.buf.len());
+        }
+        Ok(())
+    }
+
+    /// The size of the frame at the front of the buffer (its 5-byte header must be there),
+    /// checked against the strict bounds.
+    fn frame_total(&self) -> Result<usize, FrameError> {
         let len = i32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
         if len < 4 || len as usize > MAX_MESSAGE {
             return Err(FrameError::Protocol(format!(
@@ -150,11 +153,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 self.buf[0] as char
             )));
         }
-        let total = 1 + len as usize;
-        if self.buf.len() < total {
-            self.buf.reserve(total - self.buf.len());
-        }
-        Ok(())
+        Ok(1 + len as usize)
     }
 }
 
