@@ -4,6 +4,7 @@
 //! schema snapshot), `rewrite` (the pure masking rewriter), `proxy` (listener, startup, relay),
 //! `control` (the in-database control schema), `check`, `demo`, `pgcluster` (throwaway clusters).
 pub mod admin;
+pub mod audit;
 pub mod catalog;
 pub mod check;
 pub mod config;

@@ -71,6 +71,10 @@ pub struct Outcome {
     pub decision: Decision,
     /// Some name was not in the catalog snapshot: refresh it and rewrite again.
     pub unknown_names: bool,
+    /// The relations the statement's names resolved to (`schema.name`, sorted, each once), as
+    /// far as the rewriter got before deciding. Informational (the audit log's tables touched):
+    /// the decision never depends on it.
+    pub relations: Vec<String>,
 }
 
 /// What a statement does to the session's SQL-level prepared statements (names folded as
@@ -148,6 +152,7 @@ pub fn rewrite(sql: &str, ctx: &SessionCtx) -> Outcome {
     Outcome {
         decision,
         unknown_names: st.unknown,
+        relations: st.relations(),
     }
 }
 
@@ -296,6 +301,8 @@ struct State<'a> {
     /// Lower-case PII column names and FROM-item names of the masked relations seen (what a
     /// reference to PII or a whole row of one could be called).
     pii_names: HashSet<String>,
+    /// The oid of every relation a name resolved to (for `Outcome::relations`).
+    resolved: HashSet<u32>,
 }
 
 enum Resolved<'c> {
@@ -318,7 +325,21 @@ impl<'a> State<'a> {
             extra_sensitive: HashSet::new(),
             cte_names: HashSet::new(),
             pii_names: HashSet::new(),
+            resolved: HashSet::new(),
         }
+    }
+
+    /// `schema.name` of every relation resolved so far, sorted.
+    fn relations(&self) -> Vec<String> {
+        let cat = &self.ctx.prot.catalog;
+        let mut v: Vec<String> = self
+            .resolved
+            .iter()
+            .filter_map(|o| cat.relations.get(o))
+            .map(|r| format!("{}.{}", r.schema, r.name))
+            .collect();
+        v.sort();
+        v
     }
 
     fn run(&mut self, sql: &str) -> Result<Decision, Refusal> {
@@ -502,7 +523,10 @@ impl<'a> State<'a> {
             _ => return Err(Refusal::new(format!("unsupported relation name {name}"))),
         };
         match found {
-            Some(r) => Ok(Resolved::Rel(r)),
+            Some(r) => {
+                self.resolved.insert(r.oid);
+                Ok(Resolved::Rel(r))
+            }
             None => {
                 self.unknown = true;
                 Ok(Resolved::Unknown)
