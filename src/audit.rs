@@ -560,6 +560,9 @@ struct Derived {
 
 const DERIVED_CACHE: usize = 10_000;
 
+/// A statement's text as the writer caches what it derives: snapshot epoch, search path, text.
+type DerivedKey = (u64, Arc<[String]>, Arc<str>);
+
 struct Writer {
     path: PathBuf,
     file: File,
@@ -575,7 +578,7 @@ struct Writer {
     max_bytes: u64,
     max_age: Option<u64>,
     unsynced: bool,
-    cache: HashMap<(u64, Arc<[String]>, Arc<str>), Arc<Derived>>,
+    cache: HashMap<DerivedKey, Arc<Derived>>,
 }
 
 /// The name a rotated file gets: the current path plus the seq of its first record, padded so

@@ -301,8 +301,10 @@ struct State<'a> {
     /// Lower-case PII column names and FROM-item names of the masked relations seen (what a
     /// reference to PII or a whole row of one could be called).
     pii_names: HashSet<String>,
-    /// The oid of every relation a name resolved to (for `Outcome::relations`).
+    /// The oid of every relation a name of the client's statement resolved to (for
+    /// `Outcome::relations`; not the masking views put in, which the final audit resolves).
     resolved: HashSet<u32>,
+    auditing: bool,
 }
 
 enum Resolved<'c> {
@@ -326,6 +328,7 @@ impl<'a> State<'a> {
             cte_names: HashSet::new(),
             pii_names: HashSet::new(),
             resolved: HashSet::new(),
+            auditing: false,
         }
     }
 
@@ -386,6 +389,7 @@ impl<'a> State<'a> {
             self.statement(s)?;
         }
         // Independent audit of the final statements.
+        self.auditing = true;
         for s in &stmts {
             self.audit(s)?;
         }
@@ -524,7 +528,9 @@ impl<'a> State<'a> {
         };
         match found {
             Some(r) => {
-                self.resolved.insert(r.oid);
+                if !self.auditing {
+                    self.resolved.insert(r.oid);
+                }
                 Ok(Resolved::Rel(r))
             }
             None => {

@@ -745,3 +745,14 @@ fn explain_over_masked_tables_shows_the_shape_only() {
     passes("EXPLAIN ANALYZE UPDATE customers SET tier = 'x'");
     passes("EXPLAIN (ANALYZE false) SELECT 1");
 }
+
+#[test]
+fn outcome_lists_the_relations_the_statement_names_not_the_masking_views() {
+    let o = run("SELECT c.tier FROM customers c JOIN orders o USING (customer_id)");
+    assert!(matches!(o.decision, Decision::Rewrite(_)), "{o:?}");
+    assert_eq!(o.relations, vec!["public.customers", "public.orders"]);
+    let o = run("UPDATE customers SET email = 'x' WHERE customer_id = 1");
+    assert!(matches!(o.decision, Decision::Refuse(_)), "{o:?}");
+    assert_eq!(o.relations, vec!["public.customers"]);
+    assert!(run("SELEC 1").relations.is_empty());
+}
