@@ -298,6 +298,8 @@ struct Event {
 enum Cmd {
     Event(Box<Event>),
     Flush(oneshot::Sender<()>),
+    /// Time passed: sync what is due.
+    Tick,
 }
 
 /// A line of the log (field order is the order on disk).
@@ -939,29 +941,27 @@ pub fn start(cfg: &AuditConfig, base_dir: &Path) -> Result<Audit, String> {
     let mut w = Writer::open(cfg, path)?;
     let (tx, mut rx) = mpsc::channel::<Cmd>(cfg.queue.max(1));
     let interval = Duration::from_millis(cfg.fsync_interval_ms);
-    let rt = tokio::runtime::Handle::current();
-    let spawner = rt.clone();
-    spawner.spawn_blocking(move || {
+    if !interval.is_zero() {
+        // Wakes the writer so unsynced records get their fdatasync within about `interval`
+        // even when no more come. A weak sender: it does not keep the writer alive.
+        let weak = tx.downgrade();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval((interval / 2).max(Duration::from_millis(10)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(tx) = weak.upgrade() else { break };
+                if tx.send(Cmd::Tick).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    // The writer: blocking file I/O on tokio's blocking pool, never on a runtime worker. It ends
+    // when every sender is gone (the runtime drops the sessions and the shared state).
+    tokio::task::spawn_blocking(move || {
         let mut last_sync = Instant::now();
-        loop {
-            // Wait for work; with unsynced records, only until their fsync is due.
-            let first = if w.unsynced {
-                let left = interval.saturating_sub(last_sync.elapsed());
-                match rt.block_on(tokio::time::timeout(left, rx.recv())) {
-                    Ok(Some(c)) => c,
-                    Ok(None) => break,
-                    Err(_) => {
-                        w.sync();
-                        last_sync = Instant::now();
-                        continue;
-                    }
-                }
-            } else {
-                match rx.blocking_recv() {
-                    Some(c) => c,
-                    None => break,
-                }
-            };
+        while let Some(first) = rx.blocking_recv() {
             let mut flushes = Vec::new();
             let mut next = Some(first);
             let mut n = 0;
@@ -969,6 +969,7 @@ pub fn start(cfg: &AuditConfig, base_dir: &Path) -> Result<Audit, String> {
                 match c {
                     Cmd::Event(e) => w.record(&e),
                     Cmd::Flush(t) => flushes.push(t),
+                    Cmd::Tick => {}
                 }
                 n += 1;
                 if n < 4096 {
@@ -976,7 +977,7 @@ pub fn start(cfg: &AuditConfig, base_dir: &Path) -> Result<Audit, String> {
                 }
             }
             w.write_out();
-            if !flushes.is_empty() || last_sync.elapsed() >= interval {
+            if !flushes.is_empty() || (w.unsynced && last_sync.elapsed() >= interval) {
                 w.sync();
                 last_sync = Instant::now();
             }
