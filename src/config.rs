@@ -15,6 +15,9 @@ pub struct Config {
     pub tls: Option<Tls>,
     #[serde(default)]
     pub admin: Option<Admin>,
+    /// The audit trail of masked sessions (off when absent).
+    #[serde(default)]
+    pub audit: Option<crate::audit::AuditConfig>,
     #[serde(default)]
     pub secrets: Secrets,
     /// Right to be forgotten: timeouts and retries of forget jobs.
@@ -254,6 +257,7 @@ impl Config {
         diff("[upstream]", self.upstream != same_upstream);
         diff("[tls]", self.tls != new.tls);
         diff("[admin]", self.admin != new.admin);
+        diff("[audit]", self.audit != new.audit);
         diff("[secrets]", self.secrets != new.secrets);
         diff("[forget]", self.forget != new.forget);
         diff(

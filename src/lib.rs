@@ -11,6 +11,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 #![warn(rust_2018_idioms, unreachable_pub)]
 pub mod admin;
+pub mod audit;
 pub mod catalog;
 pub mod check;
 pub mod config;

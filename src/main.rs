@@ -46,11 +46,27 @@ enum Cmd {
         #[arg(long)]
         database: Option<String>,
     },
+    /// The audit trail of masked sessions.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
     /// Start a throwaway PostgreSQL with sample customer data and pgredact in front of it.
     Demo {
         /// Where pgredact listens.
         #[arg(long, default_value = "127.0.0.1:6432")]
         listen: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Check the hash chain of audit files, given oldest first (rotated files, then the current
+    /// one): every line parses, seq goes up by one, prev is the SHA-256 of the previous line.
+    /// Exits 0 with a summary, 1 naming the first broken line (file:line and why).
+    Verify {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
 }
 
@@ -66,6 +82,21 @@ fn init_tracing() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Audit {
+        cmd: AuditCmd::Verify { files },
+    } = &cli.cmd
+    {
+        return match pgredact::audit::verify(files) {
+            Ok(summary) => {
+                println!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("pgredact: audit chain broken: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     init_tracing();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -122,6 +153,7 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Cmd::Demo { listen } => pgredact::demo::run(&listen).await,
+            Cmd::Audit { .. } => Ok(()),
         }
     });
     match res {

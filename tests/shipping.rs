@@ -69,7 +69,10 @@ fn the_systemd_unit_reloads_with_sighup_and_outlasts_the_drain() {
         .and_then(|v| v.parse().ok())
         .expect("TimeoutStopSec");
     let cfg = pgredact::config::Config::load(&repo("docs/pgredact.example.toml")).expect("example");
-    assert!(stop > cfg.shutdown_timeout_secs, "systemd would kill the drain");
+    assert!(
+        stop > cfg.shutdown_timeout_secs,
+        "systemd would kill the drain"
+    );
     // systemd's own check, where systemd is installed, with ExecStart pointing at this build.
     let Ok(out) = std::process::Command::new("systemd-analyze")
         .arg("--version")

@@ -47,7 +47,15 @@ pub async fn bind(cfg: Config) -> Result<(TcpListener, Arc<Shared>), String> {
     let listener = TcpListener::bind(&cfg.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
-    Ok((listener, Shared::with_tls(cfg, set, tls)))
+    let audit = match &cfg.audit {
+        Some(a) => Some(crate::audit::start(a, &cfg.base_dir)?),
+        None => None,
+    };
+    let shared = Shared::with_tls(cfg, set, tls);
+    if let Some(a) = audit {
+        let _ = shared.audit.set(a);
+    }
+    Ok((listener, shared))
 }
 
 /// Serves clients until the drain starts (SIGTERM, SIGINT), then waits for the sessions (see
@@ -84,6 +92,9 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
     }
     drop(listener);
     life.wait_for_sessions().await;
+    if let Some(a) = shared.audit.get() {
+        a.flush().await;
+    }
 }
 
 /// Serves until SIGTERM or SIGINT and the drain that follows; SIGHUP reloads.

@@ -96,6 +96,7 @@ impl Fatal {
 /// served).
 pub async fn handle(shared: Arc<Shared>, tcp: TcpStream, admitted: bool) {
     let _ = tcp.set_nodelay(true);
+    let peer = tcp.peer_addr().ok();
     let login = shared
         .life
         .settings
@@ -291,6 +292,7 @@ pub async fn handle(shared: Arc<Shared>, tcp: TcpStream, admitted: bool) {
         user,
         client_key: keys.client_key,
         search_path,
+        peer,
     };
     let r = keys.ready;
     match (cstream, sstream) {
@@ -371,6 +373,8 @@ struct Established {
     client_key: (i32, i32),
     /// A masked session's search path (empty for unmasked ones).
     search_path: Vec<String>,
+    /// The client's address (for the audit log).
+    peer: Option<std::net::SocketAddr>,
 }
 
 impl Established {
@@ -401,7 +405,19 @@ async fn relay<C: SplitStream, S: SplitStream>(
         let tx_status = ready.get(5).copied().unwrap_or(b'I');
         unmasked_relay(&s, c, srv, cbuf, tx_status, &sbuf).await;
     } else {
-        masked_session(s, c, cbuf, srv, sbuf, ready).await;
+        // The audit log of masked sessions: a record at start and at end, one per statement.
+        let audit = s
+            .shared
+            .audit
+            .get()
+            .map(|a| a.session(&s.user, &s.db.name, s.peer.map(|p| p.to_string())));
+        if let Some(a) = &audit {
+            a.start().await;
+        }
+        masked_session(s, c, cbuf, srv, sbuf, ready, audit.clone()).await;
+        if let Some(a) = &audit {
+            a.end().await;
+        }
     }
 }
 
@@ -988,6 +1004,8 @@ struct Unit {
     /// arrives: exactly when the unit had no error, conservatively otherwise.
     effects: Vec<StmtEffect>,
     errored: bool,
+    /// The unit's statements for the audit log, and the rows returned for each.
+    audit: crate::audit::UnitLog,
 }
 
 /// A change to the session's prepared statements (PostgreSQL has one namespace for PREPARE
@@ -1011,6 +1029,8 @@ struct Pending {
     closing: bool,
     /// The client's last message or the last ReadyForQuery, whichever came later.
     last_event: Instant,
+    /// The session's audit log, when `[audit]` is configured.
+    audit: Option<crate::audit::SessionAudit>,
 }
 
 impl Default for Pending {
@@ -1022,6 +1042,7 @@ impl Default for Pending {
             busy_client: false,
             closing: false,
             last_event: Instant::now(),
+            audit: None,
         }
     }
 }
@@ -1088,6 +1109,7 @@ async fn masked_session<C: SplitStream, S: SplitStream>(
     sstream: S,
     sbuf: BytesMut,
     ready: Bytes,
+    audit: Option<crate::audit::SessionAudit>,
 ) {
     let (crd, cwr) = cstream.split_owned();
     let (srd, swr) = sstream.split_owned();
@@ -1098,7 +1120,10 @@ async fn masked_session<C: SplitStream, S: SplitStream>(
     }
     let shared = s.shared.clone();
     let life = &shared.life;
-    let pending = Arc::new(Mutex::new(Pending::default()));
+    let pending = Arc::new(Mutex::new(Pending {
+        audit,
+        ..Pending::default()
+    }));
     let reading_safe = Arc::new(AtomicBool::new(true));
     let protocol_error = Arc::new(Mutex::new(None::<String>));
     let wake = Arc::new(tokio::sync::Notify::new());
@@ -1241,6 +1266,7 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
         path,
         reading_safe: &reading_safe,
     };
+    let auditing = lock(&pending).audit.is_some();
     loop {
         let next = tokio::select! {
             biased;
@@ -1289,8 +1315,12 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
                     // effect exactly when this statement runs (it cannot fail there).
                     let idle = p.units.is_empty() && p.tx_status == b'I';
                     let unit = p.open();
+                    let audit_res = auditing.then(|| cx.audit_resolve());
                     match change {
                         Some(Ok(listed)) if idle => {
+                            if auditing {
+                                unit.audit.query(&sql, &Arc::new(Decision::Pass), audit_res);
+                            }
                             cx.path.set(crate::rewrite::search_path::effective_path(
                                 &listed,
                                 &cx.path.user,
@@ -1298,13 +1328,20 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
                             out.extend_from_slice(&f);
                         }
                         Some(Ok(_)) => {
-                            unit.refusals.push_back(Refusal {
+                            let r = Refusal {
                                 message: "pgredact: masked sessions change search_path only outside a transaction block, with no statement in flight".into(),
                                 hint: Some("set it before BEGIN, and wait for the previous statement's answer".into()),
-                            });
+                            };
+                            if auditing {
+                                unit.audit.refused("query", Some(sql.as_str().into()), &r);
+                            }
+                            unit.refusals.push_back(r);
                             frame::encode_query(&mut out, SENTINEL);
                         }
                         Some(Err(r)) => {
+                            if auditing {
+                                unit.audit.refused("query", Some(sql.as_str().into()), &r);
+                            }
                             unit.refusals.push_back(r);
                             frame::encode_query(&mut out, SENTINEL);
                         }
@@ -1317,9 +1354,13 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
                     let t0 = crd.filled_at();
                     let d = cx.decide(&sql, t0).await;
                     let (d, effects) = statement_effects(&pending, &sql, d, &cx, t0, true).await;
+                    let audit_res = auditing.then(|| cx.audit_resolve());
                     let mut p = lock(&pending);
                     let unit = p.open();
                     unit.effects.extend(effects);
+                    if auditing {
+                        unit.audit.query(&sql, &d, audit_res);
+                    }
                     match &*d {
                         Decision::Pass => out.extend_from_slice(&f),
                         Decision::Rewrite(s) => {
@@ -1355,9 +1396,13 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
                             },
                         ));
                     }
+                    let audit_res = auditing.then(|| cx.audit_resolve());
                     let mut p = lock(&pending);
                     let unit = p.open();
                     unit.effects.extend(effects);
+                    if auditing {
+                        unit.audit.parse(&pm.name, &pm.query, &d, audit_res);
+                    }
                     match &*d {
                         Decision::Pass => out.extend_from_slice(&f),
                         Decision::Rewrite(s) => {
@@ -1379,10 +1424,14 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
                 // FunctionCall: refused; a failing Query stands in so the reply order holds.
                 let mut p = lock(&pending);
                 let unit = p.open();
-                unit.refusals.push_back(Refusal {
+                let r = Refusal {
                     message: "pgredact: the FunctionCall protocol message is not allowed for masked roles".into(),
                     hint: None,
-                });
+                };
+                if auditing {
+                    unit.audit.refused("function_call", None, &r);
+                }
+                unit.refusals.push_back(r);
                 unit.closed = true;
                 frame::encode_query(&mut out, SENTINEL);
                 Ok(())
@@ -1404,8 +1453,23 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
                         if let Err(r) = check_statement(&pending, &name, &cx, t0, true).await {
                             refusal = Some(r);
                         }
+                        let audit_res = auditing.then(|| cx.audit_resolve());
                         let mut p = lock(&pending);
+                        let prepared = if auditing {
+                            p.candidates(&name)
+                                .into_iter()
+                                .next()
+                                .map(|c| (c.sql, c.decision))
+                        } else {
+                            None
+                        };
                         let unit = p.open();
+                        if auditing {
+                            match &refusal {
+                                Some(r) => unit.audit.refused("bind", prepared.map(|p| p.0), r),
+                                None => unit.audit.bind(&name, prepared, audit_res),
+                            }
+                        }
                         match refusal {
                             Some(r) => {
                                 unit.refusals.push_back(r);
@@ -1628,6 +1692,14 @@ struct DecideCtx<'a> {
 }
 
 impl DecideCtx<'_> {
+    /// What the audit log resolves this session's statements against.
+    fn audit_resolve(&self) -> crate::audit::Resolve {
+        crate::audit::Resolve {
+            snapshot: self.db.snapshot(),
+            search_path: self.path.schemas.as_slice().into(),
+        }
+    }
+
     async fn decide(&self, sql: &str, t0: std::time::Instant) -> Arc<Decision> {
         decide(
             self.shared,
@@ -1750,6 +1822,9 @@ async fn server_to_client<SR: tokio::io::AsyncRead + Unpin, CW: tokio::io::Async
     wake: &tokio::sync::Notify,
 ) -> Result<Option<Stop>, FrameError> {
     let mut out = BytesMut::with_capacity(8 * 1024);
+    // Rows returned since the audit log last counted them (DataRow, CopyData).
+    let mut rows: u64 = 0;
+    let audit = lock(&pending).audit.clone();
     loop {
         let f = match srd.try_frame()? {
             Some(f) => f,
@@ -1790,16 +1865,35 @@ async fn server_to_client<SR: tokio::io::AsyncRead + Unpin, CW: tokio::io::Async
                 e.encode(f[0], &mut out);
                 cwr.write_all(&out).await?;
             }
+            b'D' | b'd' => {
+                rows += 1;
+                cwr.write_all(&f).await?;
+            }
+            b'2' if audit.is_some() => {
+                // BindComplete: the rows that follow are the next bound statement's.
+                if let Some(u) = lock(&pending).units.front_mut() {
+                    u.audit.rows(std::mem::take(&mut rows));
+                    u.audit.bind_complete();
+                }
+                cwr.write_all(&f).await?;
+            }
             b'Z' => {
+                let mut log = Vec::new();
                 {
                     let mut p = lock(&pending);
-                    if let Some(u) = p.units.pop_front() {
+                    if let Some(mut u) = p.units.pop_front() {
+                        u.audit.rows(std::mem::take(&mut rows));
+                        log = u.audit.take();
                         p.finish(u);
                     }
                     if let Some(&status) = f.get(5) {
                         p.tx_status = status;
                     }
                     p.last_event = Instant::now();
+                }
+                // Waits while the audit writer's queue is full (records are never dropped).
+                if let (Some(a), false) = (&audit, log.is_empty()) {
+                    a.statements(log).await;
                 }
                 cwr.write_all(&f).await?;
             }

@@ -34,6 +34,8 @@ pub struct Shared {
     pub tls_end_point: Option<Vec<u8>>,
     /// Shutdown, reloadable settings, open client connections.
     pub life: super::lifecycle::Lifecycle,
+    /// The audit log of masked sessions, when `[audit]` is configured (set by `proxy::bind`).
+    pub audit: std::sync::OnceLock<crate::audit::Audit>,
 }
 
 /// What masked sessions of one database consult for every statement.
@@ -99,6 +101,7 @@ impl Shared {
             cancels: Mutex::new(HashMap::new()),
             tls,
             tls_end_point,
+            audit: std::sync::OnceLock::new(),
         })
     }
 

@@ -71,6 +71,10 @@ pub struct Outcome {
     pub decision: Decision,
     /// Some name was not in the catalog snapshot: refresh it and rewrite again.
     pub unknown_names: bool,
+    /// The relations the statement's names resolved to (`schema.name`, sorted, each once), as
+    /// far as the rewriter got before deciding. Informational (the audit log's tables touched):
+    /// the decision never depends on it.
+    pub relations: Vec<String>,
 }
 
 /// What a statement does to the session's SQL-level prepared statements (names folded as
@@ -148,6 +152,7 @@ pub fn rewrite(sql: &str, ctx: &SessionCtx<'_>) -> Outcome {
     Outcome {
         decision,
         unknown_names: st.unknown,
+        relations: st.relations(),
     }
 }
 
@@ -296,6 +301,10 @@ struct State<'a> {
     /// Lower-case PII column names and FROM-item names of the masked relations seen (what a
     /// reference to PII or a whole row of one could be called).
     pii_names: HashSet<String>,
+    /// The oid of every relation a name of the client's statement resolved to (for
+    /// `Outcome::relations`; not the masking views put in, which the final audit resolves).
+    resolved: HashSet<u32>,
+    auditing: bool,
 }
 
 enum Resolved<'c> {
@@ -318,7 +327,22 @@ impl<'a> State<'a> {
             extra_sensitive: HashSet::new(),
             cte_names: HashSet::new(),
             pii_names: HashSet::new(),
+            resolved: HashSet::new(),
+            auditing: false,
         }
+    }
+
+    /// `schema.name` of every relation resolved so far, sorted.
+    fn relations(&self) -> Vec<String> {
+        let cat = &self.ctx.prot.catalog;
+        let mut v: Vec<String> = self
+            .resolved
+            .iter()
+            .filter_map(|o| cat.relations.get(o))
+            .map(|r| format!("{}.{}", r.schema, r.name))
+            .collect();
+        v.sort();
+        v
     }
 
     fn run(&mut self, sql: &str) -> Result<Decision, Refusal> {
@@ -365,6 +389,7 @@ impl<'a> State<'a> {
             self.statement(s)?;
         }
         // Independent audit of the final statements.
+        self.auditing = true;
         for s in &stmts {
             self.audit(s)?;
         }
@@ -502,7 +527,12 @@ impl<'a> State<'a> {
             _ => return Err(Refusal::new(format!("unsupported relation name {name}"))),
         };
         match found {
-            Some(r) => Ok(Resolved::Rel(r)),
+            Some(r) => {
+                if !self.auditing {
+                    self.resolved.insert(r.oid);
+                }
+                Ok(Resolved::Rel(r))
+            }
             None => {
                 self.unknown = true;
                 Ok(Resolved::Unknown)

@@ -771,3 +771,14 @@ fn system_columns_of_masked_write_targets_are_refused() {
     // Tables without PII keep them.
     passes("UPDATE orders SET amount = 1 WHERE order_id = 1 RETURNING ctid");
 }
+
+#[test]
+fn outcome_lists_the_relations_the_statement_names_not_the_masking_views() {
+    let o = run("SELECT c.tier FROM customers c JOIN orders o USING (customer_id)");
+    assert!(matches!(o.decision, Decision::Rewrite(_)), "{o:?}");
+    assert_eq!(o.relations, vec!["public.customers", "public.orders"]);
+    let o = run("UPDATE customers SET email = 'x' WHERE customer_id = 1");
+    assert!(matches!(o.decision, Decision::Refuse(_)), "{o:?}");
+    assert_eq!(o.relations, vec!["public.customers"]);
+    assert!(run("SELEC 1").relations.is_empty());
+}
