@@ -10,12 +10,21 @@
 //! - `POST /v1/jobs/{id}/retry` (optional `?database=`): a failed or blocked job runs again
 //!   (202); 409 for a job in another state.
 //!
+//! - `GET /metrics`: Prometheus/OpenMetrics text (see `crate::metrics`), no token.
+//! - `GET /readyz`: 200 `ready` when the proxy runs in this process, is not shutting down, has
+//!   policies loaded and PostgreSQL answers `SELECT 1` on a control connection; 503 and one line
+//!   saying why otherwise. No token.
+//!
 //! Every `/v1` call needs `Authorization: Bearer <token>`, the token being the value of the
 //! environment variable named by `[admin] token_env`. Errors are JSON `{"error": "..."}`.
+//! `/healthz`, `/readyz` and `/metrics` are served without the token on purpose: load balancers
+//! and Prometheus scrapers do not send one, and nothing they return is secret (counts, bounded
+//! categories, policy versions and fingerprints; no role, address, statement or value).
 
 use crate::config::Config;
 use crate::forget::{self, csv, Faults, Origin, Session, Target};
 use crate::policy::{load_dir, DatabasePolicy, PolicySet};
+use crate::proxy::Shared;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -50,6 +59,26 @@ pub struct AdminState {
     pub wake: Arc<Notify>,
     /// IDs per batch of API jobs.
     pub batch_size: usize,
+    /// The proxy of this process, when it runs one (metrics and readiness read it).
+    pub proxy: Option<Arc<Shared>>,
+    /// What `/metrics` and `/readyz` keep between requests.
+    probes: Arc<Probes>,
+}
+
+/// Connections and caches of `/metrics` and `/readyz`.
+#[derive(Default)]
+struct Probes {
+    /// The control connection `/readyz` checks PostgreSQL with.
+    ready: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+    /// Per database: the connection forget job counts are read with, and when they were read;
+    /// held through a scrape.
+    forget: tokio::sync::Mutex<ForgetCounts>,
+}
+
+#[derive(Default)]
+struct ForgetCounts {
+    clients: HashMap<String, tokio_postgres::Client>,
+    read_at: Option<std::time::Instant>,
 }
 
 impl AdminState {
@@ -74,7 +103,15 @@ impl AdminState {
             hash_key: cfg.hash_key().map(Arc::new),
             wake: Arc::new(Notify::new()),
             batch_size: forget::DEFAULT_BATCH_SIZE,
+            proxy: None,
+            probes: Arc::new(Probes::default()),
         })
+    }
+
+    /// The same state, serving the metrics and readiness of `proxy`.
+    pub fn with_proxy(mut self, proxy: Arc<Shared>) -> AdminState {
+        self.proxy = Some(proxy);
+        self
     }
 
     /// The current policies: the directory as it is now, or the last good set when it is broken.
@@ -176,6 +213,8 @@ impl IntoResponse for ApiError {
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/v1/customers/remove-pii", post(remove_pii))
         .route("/v1/jobs/{id}", get(job_status))
         .route("/v1/jobs/{id}/retry", post(retry_job))
@@ -185,6 +224,178 @@ pub fn router(state: AdminState) -> Router {
 
 async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
+}
+
+/// How long a readiness or forget-count query may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Forget job counts are read at most this often (a faster scraper gets the last counts).
+const FORGET_COUNTS_EVERY: Duration = Duration::from_secs(1);
+
+async fn readyz(State(state): State<AdminState>) -> Response {
+    match state.readiness().await {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(why) => {
+            tracing::debug!("/readyz: not ready: {why}");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    // One scrape at a time: the gauges read at scrape time are rebuilt, then encoded.
+    let mut counts = state.probes.forget.lock().await;
+    state.update_gauges(&mut counts).await;
+    let text = crate::metrics::encode();
+    drop(counts);
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
+}
+
+impl AdminState {
+    /// Ok when the proxy can serve: it runs, is not draining, has policies, and PostgreSQL
+    /// answers on a control connection (kept open between probes, reopened when it closed).
+    async fn readiness(&self) -> Result<(), String> {
+        let Some(shared) = &self.proxy else {
+            return Err("the proxy does not run in this process".into());
+        };
+        if shared.life.is_draining() {
+            return Err("shutting down".into());
+        }
+        let set = shared.policy_set();
+        let mut dbs: Vec<&String> = set.by_database.keys().collect();
+        dbs.sort();
+        let Some(first) = dbs.first() else {
+            return Err("no policy is loaded".into());
+        };
+        let db = shared.cfg.upstream.database.as_deref().unwrap_or(first);
+        let mut ready = self.probes.ready.lock().await;
+        if ready.as_ref().is_none_or(|c| c.is_closed()) {
+            *ready = None;
+            *ready = Some(shared.control_connect(db).await?);
+        }
+        let Some(client) = ready.as_ref() else {
+            return Err("no control connection".into());
+        };
+        let ping = tokio::time::timeout(PROBE_TIMEOUT, client.simple_query("SELECT 1")).await;
+        match ping {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => {
+                *ready = None;
+                Err(format!(
+                    "PostgreSQL at {} did not answer: {}",
+                    shared.upstream_addr(),
+                    crate::tls::error_chain(&e)
+                ))
+            }
+            Err(_) => {
+                *ready = None;
+                Err(format!(
+                    "PostgreSQL at {} did not answer SELECT 1 within {} s",
+                    shared.upstream_addr(),
+                    PROBE_TIMEOUT.as_secs()
+                ))
+            }
+        }
+    }
+
+    /// Gauges read at scrape time: the policy version and fingerprints of the proxy, and the
+    /// forget jobs per state in every database with subject tables.
+    async fn update_gauges(&self, counts: &mut ForgetCounts) {
+        let m = crate::metrics::get();
+        if let Some(shared) = &self.proxy {
+            let set = shared.policy_set();
+            m.policy_version
+                .set(i64::try_from(set.version).unwrap_or(i64::MAX));
+            m.policy_info.clear();
+            for (db, p) in &set.by_database {
+                m.policy_info
+                    .get_or_create(&crate::metrics::PolicyLabels {
+                        database: db.clone(),
+                        fingerprint: p.fingerprint(),
+                    })
+                    .set(1);
+            }
+        }
+        if counts
+            .read_at
+            .is_some_and(|t| t.elapsed() < FORGET_COUNTS_EVERY)
+        {
+            return;
+        }
+        counts.read_at = Some(std::time::Instant::now());
+        let policies = match &self.proxy {
+            Some(shared) => shared.policy_set(),
+            None => self.current_policies(),
+        };
+        m.forget_jobs.clear();
+        for policy in subject_databases(&policies) {
+            let db = policy.database.clone();
+            match self.forget_counts(&mut counts.clients, &db).await {
+                Ok(by_state) => {
+                    for (state, n) in by_state {
+                        m.forget_jobs
+                            .get_or_create(&crate::metrics::ForgetLabels {
+                                database: db.clone(),
+                                state,
+                            })
+                            .set(n);
+                    }
+                }
+                Err(e) => {
+                    counts.clients.remove(&db);
+                    m.forget_query_errors.inc();
+                    tracing::debug!(database = %db, "/metrics: reading the forget jobs failed: {e}");
+                }
+            }
+        }
+    }
+
+    /// Forget jobs of `db` per state (every state, zero included).
+    async fn forget_counts(
+        &self,
+        clients: &mut HashMap<String, tokio_postgres::Client>,
+        db: &str,
+    ) -> Result<Vec<(&'static str, i64)>, String> {
+        if clients.get(db).is_none_or(|c| c.is_closed()) {
+            let target = Target::from_config(&self.cfg, db);
+            let c = tokio::time::timeout(PROBE_TIMEOUT, target.connect())
+                .await
+                .map_err(|_| "connecting timed out".to_string())??;
+            clients.insert(db.to_string(), c);
+        }
+        let client = clients.get(db).ok_or("no connection")?;
+        let rows = tokio::time::timeout(
+            PROBE_TIMEOUT,
+            client.query(
+                "SELECT state, pg_catalog.count(*) FROM pgredact.forget_jobs \
+                 WHERE kind = 'forget' GROUP BY state",
+                &[],
+            ),
+        )
+        .await
+        .map_err(|_| "the query timed out".to_string())?;
+        let rows = match rows {
+            Ok(r) => r,
+            // No job was ever submitted in this database: no table yet.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+                Vec::new()
+            }
+            Err(e) => return Err(crate::tls::error_chain(&e)),
+        };
+        let mut out: Vec<(&'static str, i64)> =
+            forget::jobs::STATES.iter().map(|s| (*s, 0)).collect();
+        for r in rows {
+            let state: String = r.try_get(0).map_err(|e| e.to_string())?;
+            let n: i64 = r.try_get(1).map_err(|e| e.to_string())?;
+            if let Some(slot) = out.iter_mut().find(|(s, _)| *s == state) {
+                slot.1 = n;
+            }
+        }
+        Ok(out)
+    }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -513,9 +724,14 @@ pub fn spawn_worker(state: AdminState) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// Serves the admin API on `[admin] listen` with its job worker, until the process ends.
-pub async fn serve_admin(cfg: &Config) -> Result<(), String> {
-    let state = AdminState::from_config(cfg)?;
+/// Binds `[admin] listen` and builds the admin state (serving `proxy`'s metrics and readiness
+/// when given), so that errors are reported before anything is served.
+pub async fn bind(
+    cfg: &Config,
+    proxy: Option<Arc<Shared>>,
+) -> Result<(tokio::net::TcpListener, AdminState), String> {
+    let mut state = AdminState::from_config(cfg)?;
+    state.proxy = proxy;
     let listen = cfg
         .admin
         .as_ref()
@@ -524,9 +740,26 @@ pub async fn serve_admin(cfg: &Config) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .map_err(|e| format!("admin API: cannot listen on {listen}: {e}"))?;
-    tracing::info!("admin API listening on {listen}");
+    Ok((listener, state))
+}
+
+/// Serves the admin API on a bound listener with its job worker, until the process ends.
+pub async fn serve_bound(
+    listener: tokio::net::TcpListener,
+    state: AdminState,
+) -> Result<(), String> {
+    if let Ok(a) = listener.local_addr() {
+        tracing::info!("admin API listening on {a} (/metrics and /readyz without a token)");
+    }
     spawn_worker(state.clone());
     axum::serve(listener, router(state))
         .await
         .map_err(|e| format!("admin API: {e}"))
+}
+
+/// Serves the admin API on `[admin] listen` with its job worker (without a proxy), until the
+/// process ends.
+pub async fn serve_admin(cfg: &Config) -> Result<(), String> {
+    let (listener, state) = bind(cfg, None).await?;
+    serve_bound(listener, state).await
 }

@@ -60,6 +60,9 @@ pub struct Config {
     /// The same for unmasked sessions (0: no limit).
     #[serde(default)]
     pub unmasked_idle_timeout_secs: u64,
+    /// Log lines on stderr: `text` (colour only on a terminal) or `json` (one object a line).
+    #[serde(default)]
+    pub log_format: LogFormat,
     /// Directory of the file this was loaded from (policies and other paths are relative to it).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -69,6 +72,15 @@ pub struct Config {
     /// TLS towards PostgreSQL, built from `[upstream] sslmode` and `ca` when the file is loaded.
     #[serde(skip)]
     pub upstream_tls: Option<crate::tls::UpstreamTls>,
+}
+
+/// `log_format`: how log lines are written to stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -249,6 +261,7 @@ impl Config {
             }
         };
         diff("listen", self.listen != new.listen);
+        diff("log_format", self.log_format != new.log_format);
         diff("policies", self.policies != new.policies);
         let same_upstream = Upstream {
             connect_timeout_secs: self.upstream.connect_timeout_secs,
@@ -329,6 +342,12 @@ mod tests {
         assert_eq!(c.restart_needed(&n), vec!["listen"]);
         let n = Config::parse(&format!("{BASE}port = 5433\n"), path).unwrap();
         assert_eq!(c.restart_needed(&n), vec!["[upstream]"]);
+        let n = Config::parse(&format!("log_format = \"json\"\n{BASE}"), path).unwrap();
+        assert_eq!(n.log_format, LogFormat::Json);
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.restart_needed(&n), vec!["log_format"]);
+        let e = Config::parse(&format!("log_format = \"xml\"\n{BASE}"), path).unwrap_err();
+        assert!(e.contains("expected `text` or `json`"), "{e}");
         let e = Config::parse(&format!("max_client_conn = 0\n{BASE}"), path).unwrap_err();
         assert!(e.contains("max_client_conn must be at least 1"), "{e}");
     }

@@ -4,7 +4,8 @@
 //! schema snapshot), `rewrite` (the pure masking rewriter), `proxy` (listener, startup, SCRAM,
 //! relay, lifecycle), `wall` (the superuser-installed masking views and privilege checks),
 //! `control` (the in-database control schema), `forget` (right to be forgotten), `admin` (HTTP
-//! API), `tls`, `check`, `demo`, `pgcluster` (throwaway clusters).
+//! API), `metrics` (what `/metrics` serves), `tls`, `check`, `demo`, `pgcluster` (throwaway
+//! clusters).
 //!
 //! Lints: no `unwrap()` outside tests (input from the network and files is never unwrapped);
 //! CI runs clippy with `-D warnings`, so these are errors there.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod forget;
+pub mod metrics;
 pub mod pgcluster;
 pub mod policy;
 pub mod proxy;

@@ -1,4 +1,6 @@
 use clap::{Parser, Subcommand};
+use pgredact::config::LogFormat;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -70,14 +72,39 @@ enum AuditCmd {
     },
 }
 
-fn init_tracing() {
+/// Logs to stderr as `log_format` says: text (ANSI colour only when stderr is a terminal) or
+/// JSON lines (with the session span's fields).
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PGREDACT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => fmt
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
+}
+
+/// The log format of the configuration a command uses (text when it has none or it does not
+/// load: the command itself reports why).
+fn log_format(cmd: &Cmd) -> LogFormat {
+    let config = match cmd {
+        Cmd::Serve { config }
+        | Cmd::Check { config }
+        | Cmd::Forget { config, .. }
+        | Cmd::Unforget { config, .. }
+        | Cmd::SetupSql { config, .. } => config,
+        Cmd::Demo { .. } | Cmd::Audit { .. } => return LogFormat::Text,
+    };
+    pgredact::config::Config::load(config)
+        .map(|c| c.log_format)
+        .unwrap_or_default()
 }
 
 fn main() -> ExitCode {
@@ -97,7 +124,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    init_tracing();
+    init_tracing(log_format(&cli.cmd));
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -112,15 +139,7 @@ fn main() -> ExitCode {
         match cli.cmd {
             Cmd::Serve { config } => {
                 let cfg = pgredact::config::Config::load(&config)?;
-                if cfg.admin.is_some() {
-                    let admin_cfg = cfg.clone();
-                    tokio::select! {
-                        r = pgredact::proxy::serve(cfg) => r,
-                        r = pgredact::admin::serve_admin(&admin_cfg) => r,
-                    }
-                } else {
-                    pgredact::proxy::serve(cfg).await
-                }
+                pgredact::proxy::serve(cfg).await
             }
             Cmd::Forget { config, args } => {
                 let cfg = pgredact::config::Config::load(&config)?;

@@ -23,6 +23,8 @@ pub const FINALIZING: &str = "finalizing";
 pub const DONE: &str = "done";
 pub const BLOCKED: &str = "blocked";
 pub const FAILED: &str = "failed";
+/// Every job state.
+pub const STATES: [&str; 6] = [QUEUED, RUNNING, FINALIZING, DONE, BLOCKED, FAILED];
 
 /// Creates the control tables (idempotent; after `control::ensure`).
 pub async fn ensure_schema(client: &Client) -> Result<(), String> {

@@ -97,13 +97,26 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-/// Serves until SIGTERM or SIGINT and the drain that follows; SIGHUP reloads.
+/// Serves until SIGTERM or SIGINT and the drain that follows; SIGHUP reloads. With `[admin]`,
+/// the admin server runs beside the proxy (with its metrics and readiness) until the proxy ends.
 pub async fn serve(cfg: Config) -> Result<(), String> {
     let (l, shared) = bind(cfg).await?;
+    let admin = match &shared.cfg.admin {
+        Some(_) => Some(crate::admin::bind(&shared.cfg, Some(shared.clone())).await?),
+        None => None,
+    };
     lifecycle::listen_for_signals(shared.clone())?;
     tracing::info!("pgredact listening on {}", shared.cfg.listen);
-    run(l, shared).await;
-    Ok(())
+    match admin {
+        Some((listener, state)) => tokio::select! {
+            _ = run(l, shared) => Ok(()),
+            r = crate::admin::serve_bound(listener, state) => r,
+        },
+        None => {
+            run(l, shared).await;
+            Ok(())
+        }
+    }
 }
 
 /// SIGHUP: the reloadable settings of the configuration file, then the policies.

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 /// The statement text sent in place of a refused one. It fails in PostgreSQL's parser with a
 /// syntax error naming this word, which the server-side relay recognizes and replaces.
@@ -95,6 +96,14 @@ impl Fatal {
 /// `max_client_conn`: it is answered 53300 after its startup packet (a cancel request is still
 /// served).
 pub async fn handle(shared: Arc<Shared>, tcp: TcpStream, admitted: bool) {
+    // One span per client connection: every line logged for it carries these fields.
+    let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let e = tracing::field::Empty;
+    let span = tracing::info_span!("session", %peer, user = e, database = e, masked = e);
+    handle_in_span(shared, tcp, admitted).instrument(span).await
+}
+
+async fn handle_in_span(shared: Arc<Shared>, tcp: TcpStream, admitted: bool) {
     let _ = tcp.set_nodelay(true);
     let peer = tcp.peer_addr().ok();
     let login = shared
@@ -216,6 +225,9 @@ pub async fn handle(shared: Arc<Shared>, tcp: TcpStream, admitted: bool) {
     let database = get("database")
         .filter(|d| !d.is_empty())
         .unwrap_or_else(|| user.clone());
+    let span = tracing::Span::current();
+    span.record("user", user.as_str());
+    span.record("database", database.as_str());
     // Until PostgreSQL has authenticated the client, the client's own connection is the only
     // one opened for it: control connections, catalog loads and the role lookup come after.
     let by = shared.connect_deadline();
@@ -239,6 +251,7 @@ pub async fn handle(shared: Arc<Shared>, tcp: TcpStream, admitted: bool) {
         write_raw(&mut sreader, &pkt).await.map_err(|_| None)?;
         if within(by, sreader.wait_frame()).await.is_err() {
             let e = shared.no_answer();
+            crate::metrics::upstream_error("session");
             tracing::warn!("{e}");
             return Err(Some(Fatal::new("08006", format!("pgredact: {e}"))));
         }
@@ -283,6 +296,8 @@ pub async fn handle(shared: Arc<Shared>, tcp: TcpStream, admitted: bool) {
             return;
         }
     };
+    tracing::Span::current().record("masked", !unmasked);
+    let _counted = crate::metrics::session_started(!unmasked);
     tracing::info!(user = %user, database = %database, masked = !unmasked, tls = creader.get_mut().is_tls(), "session started");
     let (cstream, cbuf) = creader.into_parts();
     let (sstream, sbuf) = sreader.into_parts();
@@ -1128,7 +1143,7 @@ async fn masked_session<C: SplitStream, S: SplitStream>(
     let protocol_error = Arc::new(Mutex::new(None::<String>));
     let wake = Arc::new(tokio::sync::Notify::new());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut up = tokio::spawn(client_to_server(
+    let c2s = client_to_server(
         shared.clone(),
         s.db.clone(),
         FrameReader::with_buffer(crd, cbuf),
@@ -1141,7 +1156,8 @@ async fn masked_session<C: SplitStream, S: SplitStream>(
             idle: wake.clone(),
             stop: stop_rx,
         },
-    ));
+    );
+    let mut up = tokio::spawn(c2s.in_current_span());
     let stop = tokio::select! {
         down = server_to_client(srd, &mut cwr, pending.clone(), reading_safe, life, &wake) => match down {
             Ok(stop) => stop.map(|s| (s, true)),
@@ -1335,6 +1351,7 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
                             if auditing {
                                 unit.audit.refused("query", Some(sql.as_str().into()), &r);
                             }
+                            crate::metrics::refused(&r);
                             unit.refusals.push_back(r);
                             frame::encode_query(&mut out, SENTINEL);
                         }
@@ -1342,6 +1359,7 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
                             if auditing {
                                 unit.audit.refused("query", Some(sql.as_str().into()), &r);
                             }
+                            crate::metrics::refused(&r);
                             unit.refusals.push_back(r);
                             frame::encode_query(&mut out, SENTINEL);
                         }
@@ -1355,6 +1373,7 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
                     let d = cx.decide(&sql, t0).await;
                     let (d, effects) = statement_effects(&pending, &sql, d, &cx, t0, true).await;
                     let audit_res = auditing.then(|| cx.audit_resolve());
+                    crate::metrics::statement(&d);
                     let mut p = lock(&pending);
                     let unit = p.open();
                     unit.effects.extend(effects);
@@ -1385,6 +1404,7 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
                     // creations are recorded now (more candidates is safe), removals never.
                     let (d, mut effects) =
                         statement_effects(&pending, &pm.query, d, &cx, t0, false).await;
+                    crate::metrics::statement(&d);
                     // Remember what this statement was decided as, to check it again whenever
                     // it is bound.
                     if !matches!(*d, Decision::Refuse(_)) {
@@ -1431,6 +1451,7 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
                 if auditing {
                     unit.audit.refused("function_call", None, &r);
                 }
+                crate::metrics::refused(&r);
                 unit.refusals.push_back(r);
                 unit.closed = true;
                 frame::encode_query(&mut out, SENTINEL);
@@ -1451,6 +1472,7 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
                 match bind_statement(&f) {
                     Ok(name) => {
                         if let Err(r) = check_statement(&pending, &name, &cx, t0, true).await {
+                            crate::metrics::refused(&r);
                             refusal = Some(r);
                         }
                         let audit_res = auditing.then(|| cx.audit_resolve());

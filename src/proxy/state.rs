@@ -139,12 +139,14 @@ impl Shared {
         )
         .await
         .map_err(|_| {
+            crate::metrics::upstream_error("control");
             format!(
                 "control-plane connection to database {db:?} failed: {}",
                 self.no_answer()
             )
         })?;
         let client = connected.map_err(|e| {
+            crate::metrics::upstream_error("control");
             format!(
                 "control-plane connection to database {db:?} failed: {}",
                 crate::tls::error_chain(&e)
@@ -191,8 +193,9 @@ impl Shared {
             crate::tls::pg_connect_notified(c, self.cfg.upstream_tls.as_ref()),
         )
         .await
-        .map_err(|_| self.no_answer())?
-        .map_err(|e| crate::tls::error_chain(&e))?;
+        .map_err(|_| self.no_answer())
+        .and_then(|r| r.map_err(|e| crate::tls::error_chain(&e)))
+        .inspect_err(|_| crate::metrics::upstream_error("control"))?;
         client
             .batch_execute(&format!("LISTEN {}", crate::policy::quote_ident(channel)))
             .await
@@ -220,7 +223,11 @@ impl Shared {
                 None => Ok(crate::tls::ServerStream::Plain(tcp)),
             }
         };
-        within(by, connect).await.map_err(|_| self.no_answer())?
+        within(by, connect)
+            .await
+            .map_err(|_| self.no_answer())
+            .and_then(|r| r)
+            .inspect_err(|_| crate::metrics::upstream_error("session"))
     }
 
     /// The state of database `db`, connecting and loading its catalog on first use.
@@ -242,9 +249,9 @@ impl Shared {
             None => None,
         };
         let generation = read_generation(&client).await;
-        let catalog = Catalog::load(&client)
-            .await
-            .map_err(|e| format!("reading the catalog of {db:?} failed: {e}"))?;
+        let catalog = Catalog::load(&client).await;
+        crate::metrics::catalog_refresh(catalog.is_ok());
+        let catalog = catalog.map_err(|e| format!("reading the catalog of {db:?} failed: {e}"))?;
         let catalog = Arc::new(catalog);
         if generation.is_none() {
             tracing::warn!(
@@ -457,11 +464,23 @@ impl DbState {
         t0: Instant,
         publish_first: bool,
     ) -> Result<(), String> {
-        let mut guard = self.control.lock().await;
+        let guard = self.control.lock().await;
         let fresh = self.last_refresh.lock().map(|t| *t >= t0).unwrap_or(false);
         if fresh {
             return Ok(());
         }
+        let r = self.reload(guard, shared, publish_first).await;
+        crate::metrics::catalog_refresh(r.is_ok());
+        r
+    }
+
+    /// `refresh` once it is known to be needed, under the control connection's lock.
+    async fn reload(
+        &self,
+        mut guard: tokio::sync::MutexGuard<'_, Option<Client>>,
+        shared: &Shared,
+        publish_first: bool,
+    ) -> Result<(), String> {
         let started = Instant::now();
         if guard.as_ref().is_none_or(|c| c.is_closed()) {
             *guard = Some(shared.control_connect(&self.name).await?);
@@ -775,9 +794,12 @@ impl Snapshot {
     pub fn decide(&self, sql: &str, path_id: u64, search_path: &[String]) -> (Arc<Decision>, bool) {
         if let Ok(c) = self.cache.read() {
             if let Some(d) = c.get(&path_id).and_then(|m| m.get(sql)) {
+                crate::metrics::rewrite_cache(true);
                 return (d.clone(), false);
             }
         }
+        crate::metrics::rewrite_cache(false);
+        let started = Instant::now();
         // The parser bounds nesting, but cloning, displaying and comparing a deep AST recurse
         // too: run the rewrite on its own large stack so no statement can overflow a worker's.
         let out = stacker::grow(REWRITE_STACK, || {
@@ -789,6 +811,9 @@ impl Snapshot {
                 },
             )
         });
+        crate::metrics::get()
+            .rewrite_seconds
+            .observe(started.elapsed().as_secs_f64());
         let d = Arc::new(out.decision);
         if !out.unknown_names {
             if let Ok(mut c) = self.cache.write() {
