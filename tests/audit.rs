@@ -14,7 +14,12 @@ fn records(files: &[PathBuf]) -> (String, Vec<Value>) {
     let mut text = String::new();
     let mut recs = Vec::new();
     for f in files {
-        let t = std::fs::read_to_string(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let t = match std::fs::read_to_string(f) {
+            Ok(t) => t,
+            // Renamed by a rotation since it was listed (only while sessions still write).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => panic!("{}: {e}", f.display()),
+        };
         for l in t.lines() {
             recs.push(serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")));
         }
@@ -23,9 +28,13 @@ fn records(files: &[PathBuf]) -> (String, Vec<Value>) {
     (text, recs)
 }
 
+/// The rotated files, then the current one (which a rotation renames away until the next record
+/// is written).
 fn all_files(path: &Path) -> Vec<PathBuf> {
     let mut v = pgredact::audit::rotated_files(path);
-    v.push(path.to_path_buf());
+    if path.exists() {
+        v.push(path.to_path_buf());
+    }
     v
 }
 
