@@ -600,6 +600,12 @@ fn blocked(plan: &forget::Plan) -> Response {
         .into_response()
 }
 
+/// The job id of a `/v1/jobs/{id}` path.
+fn job_id(id: &str) -> Result<i64, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::bad(format!("job id {id:?} is not a number")))
+}
+
 /// `POST /v1/jobs/{id}/retry`: a failed or blocked job runs again (it kept its IDs).
 async fn retry_job(
     State(state): State<AdminState>,
@@ -608,9 +614,7 @@ async fn retry_job(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
-    let id: i64 = id
-        .parse()
-        .map_err(|_| ApiError::bad(format!("job id {id:?} is not a number")))?;
+    let id = job_id(&id)?;
     let policy = state.policy(q.database.as_deref())?;
     let mut session = state.session(policy).await?;
     let db = session.spec.database.clone();
@@ -642,9 +646,7 @@ async fn job_status(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
-    let id: i64 = id
-        .parse()
-        .map_err(|_| ApiError::bad(format!("job id {id:?} is not a number")))?;
+    let id = job_id(&id)?;
     let policy = state.policy(q.database.as_deref())?;
     let target = Target::from_config(&state.cfg, &policy.database);
     let client = target

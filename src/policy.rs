@@ -228,10 +228,7 @@ impl Mask {
                 // Strictest first: the database takes the first rule that matches a node.
                 let mut rules: Vec<&JsonRule> = j.rules.iter().collect();
                 rules.sort_by_key(|r| std::cmp::Reverse(json_strictness(&r.mask)));
-                let uses_key = j.default.as_deref() == Some(&Mask::Hash)
-                    || j.rules
-                        .iter()
-                        .any(|r| r.mask.as_deref() == Some(&Mask::Hash));
+                let uses_key = self.uses_key();
                 // A document whose text holds none of the rules' last keys is left as it is
                 // (only when nothing else is masked by default and every rule ends in a key).
                 let needles: Option<Vec<String>> = if j.default.is_none() {

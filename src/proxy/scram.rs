@@ -516,6 +516,21 @@ fn offered(f: &[u8]) -> Result<Vec<String>, FrameError> {
     }
 }
 
+/// Ends a login with a FATAL naming pgredact as the one that refused it.
+async fn refuse(
+    client: &mut FrameReader<ClientStream>,
+    e: &ScramError,
+) -> Result<bool, FrameError> {
+    frame::send_fatal(
+        client.get_mut(),
+        e.code,
+        &format!("pgredact: {}", e.message),
+        None,
+    )
+    .await;
+    Ok(false)
+}
+
 /// The code and data of an authentication request from PostgreSQL.
 fn auth_request(f: &[u8]) -> Option<(i32, &[u8])> {
     if f.first() != Some(&b'R') || f.len() < 9 {
@@ -825,14 +840,7 @@ async fn terminate(
         Ok(m) => m,
         Err(e) => {
             tracing::info!(user = %user, "SCRAM login refused: {}", e.message);
-            frame::send_fatal(
-                client.get_mut(),
-                e.code,
-                &format!("pgredact: {}", e.message),
-                None,
-            )
-            .await;
-            return Ok(false);
+            return refuse(client, &e).await;
         }
     };
     send(server, &sasl_response(client_final.as_bytes())).await?;
@@ -841,14 +849,7 @@ async fn terminate(
     };
     if let Err(e) = ce.verify_server_final(&data, v) {
         tracing::warn!(user = %user, "{}", e.message);
-        frame::send_fatal(
-            client.get_mut(),
-            e.code,
-            &format!("pgredact: {}", e.message),
-            None,
-        )
-        .await;
-        return Ok(false);
+        return refuse(client, &e).await;
     }
     if !recovered.proven {
         // PostgreSQL accepted a key whose hash is not the StoredKey pgredact read, with the

@@ -298,9 +298,10 @@ struct State<'a> {
     /// Extra words that must not appear in text passed verbatim (PII columns of write targets).
     extra_sensitive: HashSet<String>,
     cte_names: HashSet<String>,
-    /// Lower-case PII column names and FROM-item names of the masked relations seen (what a
-    /// reference to PII or a whole row of one could be called).
-    pii_names: HashSet<String>,
+    /// Inside EXPLAIN: lower-case PII column names and FROM-item names of the masked relations
+    /// seen (what a reference to PII or a whole row of one could be called). None elsewhere, so
+    /// other statements do not collect them.
+    pii_names: Option<HashSet<String>>,
     /// The oid of every relation a name of the client's statement resolved to (for
     /// `Outcome::relations`; not the masking views put in, which the final audit resolves).
     resolved: HashSet<u32>,
@@ -326,7 +327,7 @@ impl<'a> State<'a> {
             analyzed: HashMap::new(),
             extra_sensitive: HashSet::new(),
             cte_names: HashSet::new(),
-            pii_names: HashSet::new(),
+            pii_names: None,
             resolved: HashSet::new(),
             auditing: false,
         }
@@ -607,9 +608,10 @@ impl<'a> State<'a> {
                 if matches!(**statement, Statement::Explain { .. }) {
                     return Err(Refusal::new("nested EXPLAIN is not supported"));
                 }
-                self.pii_names.clear();
+                self.pii_names = Some(HashSet::new());
                 self.statement(statement)?;
-                if reads_pii(statement, &self.pii_names) {
+                let names = self.pii_names.take().unwrap_or_default();
+                if reads_pii(statement, &names) {
                     self.explain_shape_only(analyze, options)?;
                 }
             }
@@ -792,11 +794,13 @@ impl<'a> State<'a> {
     }
 
     fn note_pii_names(&mut self, rel: &protect::MaskedRel, alias: Option<&Ident>) {
-        self.pii_names
-            .extend(rel.masks.keys().map(|c| c.to_lowercase()));
-        self.pii_names.insert(rel.name.to_lowercase());
+        let Some(names) = self.pii_names.as_mut() else {
+            return;
+        };
+        names.extend(rel.masks.keys().map(|c| c.to_lowercase()));
+        names.insert(rel.name.to_lowercase());
         if let Some(a) = alias {
-            self.pii_names.insert(a.value.to_lowercase());
+            names.insert(a.value.to_lowercase());
         }
     }
 

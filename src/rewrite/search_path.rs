@@ -121,14 +121,17 @@ pub fn restrict_relkind_without_views(s: &mut Statement) -> bool {
     let SetExpr::Select(sel) = &mut *q.body else {
         return false;
     };
-    let from_settings = matches!(sel.from.as_slice(), [t] if t.joins.is_empty()
-        && matches!(&t.relation, sqlparser::ast::TableFactor::Table { name, alias: None, args: None, .. }
-            if matches!(name.to_string().to_ascii_lowercase().as_str(), "pg_settings" | "pg_catalog.pg_settings")));
     let where_restrict = matches!(&sel.selection, Some(Expr::BinaryOp { left, op: sqlparser::ast::BinaryOperator::Eq, right })
         if matches!(&**left, Expr::Identifier(i) if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("name"))
         && matches!(&**right, Expr::Value(v) if matches!(&v.value, Value::SingleQuotedString(n) if n == "restrict_nonsystem_relation_kind")));
+    // The WHERE clause first: it fails fast, without allocating, for every other query.
+    if !where_restrict {
+        return false;
+    }
+    let from_settings = matches!(sel.from.as_slice(), [t] if t.joins.is_empty()
+        && matches!(&t.relation, sqlparser::ast::TableFactor::Table { name, alias: None, args: None, .. }
+            if matches!(name.to_string().to_ascii_lowercase().as_str(), "pg_settings" | "pg_catalog.pg_settings")));
     if !from_settings
-        || !where_restrict
         || sel.group_by != sqlparser::ast::GroupByExpr::Expressions(vec![], vec![])
         || sel.having.is_some()
         || sel.distinct.is_some()
