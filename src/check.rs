@@ -109,6 +109,7 @@ pub async fn run(cfg: &Config) -> (Vec<String>, bool) {
                 failed = true;
             }
         }
+        instances_report(&client, &p, &mut out).await;
         match crate::wall::findings(&client, &p, &cfg.upstream.user).await {
             Ok(findings) => {
                 let mut violations = 0;
@@ -227,4 +228,67 @@ pub async fn run(cfg: &Config) -> (Vec<String>, bool) {
         }
     }
     (out, failed)
+}
+
+/// The pgredact instances serving the database (`pgredact.instances`), and those whose policy
+/// is not this file's: a rolling policy change in progress, or an instance left behind.
+async fn instances_report(
+    client: &tokio_postgres::Client,
+    p: &crate::policy::DatabasePolicy,
+    out: &mut Vec<String>,
+) {
+    let Ok(live) = crate::proxy::peers::live(client).await else {
+        return;
+    };
+    let fp = p.fingerprint();
+    let published = client
+        .query_opt(
+            "SELECT spec OPERATOR(pg_catalog.->>) 'fingerprint' FROM pgredact.policy WHERE id",
+            &[],
+        )
+        .await
+        .ok()
+        .flatten()
+        .and_then(|r| r.get::<_, Option<String>>(0));
+    let names: Vec<String> = live
+        .iter()
+        .map(|i| {
+            format!(
+                "{} (peer {}, version {}, policy {}, seen {} s ago)",
+                i.name,
+                i.peer_id.map_or("-".into(), |n| n.to_string()),
+                i.version,
+                i.fingerprint.as_deref().unwrap_or("none"),
+                i.age_secs
+            )
+        })
+        .collect();
+    out.push(format!(
+        "database {:?}: this policy's fingerprint is {fp}; {} live pgredact instance(s): {}",
+        p.database,
+        live.len(),
+        if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join(", ")
+        }
+    ));
+    for i in &live {
+        if i.fingerprint.as_deref() != Some(fp.as_str()) {
+            out.push(format!(
+                "warning: database {:?}: instance {} runs another policy (fingerprint {}) than {} ({fp}): masked reads of the tables whose masks differ are refused on one side until every instance runs the same policy",
+                p.database,
+                i.name,
+                i.fingerprint.as_deref().unwrap_or("none"),
+                p.file.display()
+            ));
+        }
+    }
+    if let Some(pfp) = published.filter(|f| *f != fp) {
+        out.push(format!(
+            "warning: database {:?}: the masking views were built from another policy (fingerprint {pfp}) than {} ({fp})",
+            p.database,
+            p.file.display()
+        ));
+    }
 }

@@ -23,6 +23,10 @@ pub struct Config {
     /// Right to be forgotten: timeouts and retries of forget jobs.
     #[serde(default)]
     pub forget: ForgetSettings,
+    /// Several instances behind one address: this instance's peer id and its peers (cancel
+    /// requests that reach the wrong instance are forwarded to the right one).
+    #[serde(default)]
+    pub peering: Option<Peering>,
     /// Seconds between periodic catalog refreshes.
     #[serde(default = "default_refresh")]
     pub catalog_refresh_secs: u64,
@@ -122,6 +126,45 @@ pub struct Admin {
     pub listen: String,
     #[serde(default = "default_token_env")]
     pub token_env: String,
+}
+
+/// `[peering]`: pgredact instances behind one address (a TCP load balancer). Each has a peer id,
+/// which every cancel key it hands out carries; a cancel request that reaches another instance
+/// is forwarded to the address listed for that id (as pgbouncer's peering does).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peering {
+    /// This instance's id, 1 to 255, unique among the instances behind one address.
+    pub peer_id: u8,
+    /// The other instances: peer id (as a string key) -> the address they listen on, as this
+    /// instance reaches them directly (not through the load balancer).
+    #[serde(default)]
+    pub peers: std::collections::BTreeMap<String, String>,
+}
+
+impl Peering {
+    /// The peers by id, checked: ids 1 to 255, none equal to this instance's, addresses given.
+    pub fn peer_addrs(&self) -> Result<std::collections::BTreeMap<u8, String>, String> {
+        if self.peer_id == 0 {
+            return Err("[peering] peer_id must be between 1 and 255".into());
+        }
+        let mut out = std::collections::BTreeMap::new();
+        for (k, addr) in &self.peers {
+            let id: u8 = k.trim().parse().ok().filter(|i| *i > 0).ok_or_else(|| {
+                format!("[peering.peers] {k:?}: a peer id is a number from 1 to 255")
+            })?;
+            if id == self.peer_id {
+                return Err(format!(
+                    "[peering.peers] {id}: that is this instance's own peer_id"
+                ));
+            }
+            if addr.trim().is_empty() {
+                return Err(format!("[peering.peers] {id}: the address is empty"));
+            }
+            out.insert(id, addr.trim().to_string());
+        }
+        Ok(out)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -241,6 +284,10 @@ impl Config {
                 path.display()
             ));
         }
+        if let Some(p) = &cfg.peering {
+            p.peer_addrs()
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
         cfg.base_dir = path
             .parent()
             .map(Path::to_path_buf)
@@ -273,6 +320,7 @@ impl Config {
         diff("[audit]", self.audit != new.audit);
         diff("[secrets]", self.secrets != new.secrets);
         diff("[forget]", self.forget != new.forget);
+        diff("[peering]", self.peering != new.peering);
         diff(
             "catalog_refresh_secs",
             self.catalog_refresh_secs != new.catalog_refresh_secs,
@@ -350,5 +398,45 @@ mod tests {
         assert!(e.contains("expected `text` or `json`"), "{e}");
         let e = Config::parse(&format!("max_client_conn = 0\n{BASE}"), path).unwrap_err();
         assert!(e.contains("max_client_conn must be at least 1"), "{e}");
+    }
+
+    #[test]
+    fn peering_is_checked() {
+        let path = Path::new("/etc/pgredact/pgredact.toml");
+        let c = Config::parse(
+            &format!("{BASE}[peering]\npeer_id = 1\n[peering.peers]\n2 = \"10.0.0.2:6432\"\n"),
+            path,
+        )
+        .unwrap();
+        let p = c.peering.as_ref().unwrap();
+        assert_eq!(p.peer_id, 1);
+        assert_eq!(
+            p.peer_addrs().unwrap().into_iter().collect::<Vec<_>>(),
+            vec![(2, "10.0.0.2:6432".to_string())]
+        );
+        for (bad, why) in [
+            ("[peering]\npeer_id = 0\n", "between 1 and 255"),
+            (
+                "[peering]\npeer_id = 256\n",
+                "pgredact.toml:4: invalid value: integer `256`",
+            ),
+            (
+                "[peering]\npeer_id = 1\n[peering.peers]\n1 = \"x:1\"\n",
+                "own peer_id",
+            ),
+            (
+                "[peering]\npeer_id = 1\n[peering.peers]\nx = \"x:1\"\n",
+                "a number from 1 to 255",
+            ),
+            (
+                "[peering]\npeer_id = 1\n[peering.peers]\n3 = \" \"\n",
+                "address is empty",
+            ),
+        ] {
+            let e = Config::parse(&format!("{BASE}{bad}"), path).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let n = Config::parse(&format!("{BASE}[peering]\npeer_id = 2\n"), path).unwrap();
+        assert_eq!(c.restart_needed(&n), vec!["[peering]"]);
     }
 }

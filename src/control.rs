@@ -70,8 +70,18 @@ CREATE TABLE IF NOT EXISTS pgredact.policy (
     spec jsonb NOT NULL,
     written_at timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
+-- The pgredact instances serving this database (crate::proxy::peers).
+CREATE TABLE IF NOT EXISTS pgredact.instances (
+    instance text PRIMARY KEY,
+    peer_id integer,
+    version text NOT NULL,
+    policy_fingerprint text,
+    policy_tables text[] NOT NULL DEFAULT '{}',
+    started_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    seen_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
 REVOKE ALL ON pgredact.ddl_log, pgredact.ddl_pruned, pgredact.protected_relations,
-    pgredact.hash_key, pgredact.policy FROM PUBLIC;
+    pgredact.hash_key, pgredact.policy, pgredact.instances FROM PUBLIC;
 CREATE OR REPLACE FUNCTION pgredact.hmac_hex(v text) RETURNS text
 LANGUAGE sql STABLE STRICT SECURITY DEFINER AS $f$
   SELECT pg_catalog.encode(pg_catalog.sha256(k.opad OPERATOR(pg_catalog.||)
@@ -95,9 +105,12 @@ pub async fn protection_history(
 }
 
 /// Records the relations protected now, keeps `keep` (relations that left the policy's reach
-/// without the policy saying so), forgets the rest.
+/// without the policy saying so), forgets the rest, except those recorded under a table that
+/// another live instance's policy (`pgredact.instances`, instance `me` excluded) still names:
+/// during a rolling policy change, the record is the union of the instances' records.
 pub async fn record_protection(
     client: &Client,
+    me: &str,
     current: &std::collections::HashMap<u32, String>,
     keep: &[u32],
 ) -> Result<(), tokio_postgres::Error> {
@@ -106,13 +119,23 @@ pub async fn record_protection(
     client
         .execute(
             "WITH del AS (DELETE FROM pgredact.protected_relations p \
-                 WHERE NOT (p.relid = ANY($1::pg_catalog.oid[]) OR p.relid = ANY($3::pg_catalog.oid[]))) \
+                 WHERE NOT (p.relid = ANY($1::pg_catalog.oid[]) OR p.relid = ANY($3::pg_catalog.oid[])) \
+                   AND NOT EXISTS (SELECT 1 FROM pgredact.instances i \
+                         WHERE i.instance <> $4::pg_catalog.text \
+                           AND i.seen_at > (pg_catalog.now() - pg_catalog.make_interval(secs => $5::pg_catalog.float8)) \
+                           AND p.policy_table = ANY (i.policy_tables))) \
              INSERT INTO pgredact.protected_relations (relid, policy_table) \
              SELECT c.relid, c.policy_table \
              FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.oid[]), pg_catalog.unnest($2::pg_catalog.text[])) \
                   AS c(relid, policy_table) \
              ON CONFLICT (relid) DO UPDATE SET policy_table = EXCLUDED.policy_table",
-            &[&oids, &names, &keep],
+            &[
+                &oids,
+                &names,
+                &keep,
+                &me,
+                &f64::from(crate::proxy::peers::LIVE_SECS),
+            ],
         )
         .await?;
     Ok(())

@@ -65,6 +65,11 @@ pub struct ConnectionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DatabaseLabels {
+    pub database: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ForgetLabels {
     pub database: String,
     pub state: &'static str,
@@ -89,6 +94,9 @@ pub struct Metrics {
     pub forget_query_errors: Counter,
     pub policy_version: Gauge,
     pub policy_info: Family<PolicyLabels, Gauge>,
+    pub cancel_requests: Family<OutcomeLabels, Counter>,
+    pub instances: Family<PolicyLabels, Gauge>,
+    pub policy_disagreements: Family<DatabaseLabels, Gauge>,
 }
 
 impl Metrics {
@@ -108,6 +116,9 @@ impl Metrics {
             forget_query_errors: Counter::default(),
             policy_version: Gauge::default(),
             policy_info: Family::default(),
+            cancel_requests: Family::default(),
+            instances: Family::default(),
+            policy_disagreements: Family::default(),
         };
         // Label sets that exist from the start, so rates work from the first scrape.
         for kind in [Kind::masked, Kind::unmasked] {
@@ -128,6 +139,9 @@ impl Metrics {
             let _ = m
                 .catalog_refreshes
                 .get_or_create(&OutcomeLabels { outcome });
+        }
+        for outcome in ["local", "unknown", "forwarded", "unroutable"] {
+            let _ = m.cancel_requests.get_or_create(&OutcomeLabels { outcome });
         }
         for connection in ["session", "control"] {
             let _ = m
@@ -190,6 +204,21 @@ impl Metrics {
             "policy_info",
             "The policy in force per database, with its fingerprint (value always 1)",
             m.policy_info.clone(),
+        );
+        r.register(
+            "cancel_requests",
+            "Cancel requests received, by outcome: local (sent to this instance's backend), unknown (no session here holds the key), forwarded (to the peer whose id the key carries), unroutable (that peer is not listed or did not answer)",
+            m.cancel_requests.clone(),
+        );
+        r.register(
+            "instances",
+            "Live pgredact instances serving a database (pgredact.instances, read at each catalog refresh), by the fingerprint of their policy",
+            m.instances.clone(),
+        );
+        r.register(
+            "policy_disagreements",
+            "Live instances serving a database whose policy differs from this instance's (0 when all agree)",
+            m.policy_disagreements.clone(),
         );
         m
     }
@@ -262,6 +291,48 @@ pub fn upstream_error(connection: &'static str) {
         .upstream_errors
         .get_or_create(&ConnectionLabels { connection })
         .inc();
+}
+
+pub fn cancel_request(outcome: &'static str) {
+    get()
+        .cancel_requests
+        .get_or_create(&OutcomeLabels { outcome })
+        .inc();
+}
+
+/// The registry's view of `database`: live instances by policy fingerprint, and how many of
+/// them disagree with this instance.
+pub fn instances(database: &str, by_fingerprint: &[(String, i64)], disagreeing: usize) {
+    static SHOWN: LazyLock<std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>> =
+        LazyLock::new(Default::default);
+    let m = get();
+    let mut shown = match SHOWN.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    for fingerprint in shown.remove(database).unwrap_or_default() {
+        m.instances.remove(&PolicyLabels {
+            database: database.to_string(),
+            fingerprint,
+        });
+    }
+    shown.insert(
+        database.to_string(),
+        by_fingerprint.iter().map(|(f, _)| f.clone()).collect(),
+    );
+    for (fingerprint, n) in by_fingerprint {
+        m.instances
+            .get_or_create(&PolicyLabels {
+                database: database.to_string(),
+                fingerprint: fingerprint.clone(),
+            })
+            .set(*n);
+    }
+    m.policy_disagreements
+        .get_or_create(&DatabaseLabels {
+            database: database.to_string(),
+        })
+        .set(i64::try_from(disagreeing).unwrap_or(i64::MAX));
 }
 
 pub fn catalog_refresh(ok: bool) {

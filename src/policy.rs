@@ -317,6 +317,24 @@ impl TablePolicy {
     pub fn qualified(&self) -> String {
         format!("{}.{}", self.schema, self.name)
     }
+
+    /// This table's part of [`DatabasePolicy::spec`] (schema, name, column masks), without its
+    /// fingerprint.
+    fn spec_body(&self) -> serde_json::Value {
+        let cols: serde_json::Map<String, serde_json::Value> = self
+            .columns
+            .iter()
+            .map(|(c, cp)| (c.clone(), cp.mask.spec()))
+            .collect();
+        serde_json::json!({"schema": self.schema, "name": self.name, "columns": cols})
+    }
+
+    /// The fingerprint of this table's masks: stored with its masking views, so a view is known
+    /// current exactly when the masks it was built from are this policy's. Two policies that
+    /// differ elsewhere (another table, the unmasked roles) share it.
+    pub fn fingerprint(&self) -> String {
+        fingerprint(&self.spec_body().to_string())
+    }
 }
 
 /// Who enforces the masks for this database.
@@ -358,17 +376,14 @@ impl DatabasePolicy {
     /// and, per table, each PII column's mask kind and options, plus a fingerprint of all that.
     /// Data only: the masking SQL is written by `pgredact_admin.mask_expr` inside PostgreSQL.
     pub fn spec(&self) -> serde_json::Value {
-        use serde_json::{json, Map, Value};
+        use serde_json::{json, Value};
         let tables: Vec<Value> = self
             .tables
             .values()
             .map(|t| {
-                let cols: Map<String, Value> = t
-                    .columns
-                    .iter()
-                    .map(|(c, cp)| (c.clone(), cp.mask.spec()))
-                    .collect();
-                json!({"schema": t.schema, "name": t.name, "columns": cols})
+                let mut v = t.spec_body();
+                v["fingerprint"] = Value::String(t.fingerprint());
+                v
             })
             .collect();
         let mut spec = json!({

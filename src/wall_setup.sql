@@ -361,7 +361,7 @@ BEGIN
         RETURN NEXT format('masking view %I.%I built for %s', vs, r.relname, r.relid::regclass);
       END IF;
       INSERT INTO pgredact_admin.masking_views AS m (relid, view_schema, view_name, only_view, fingerprint, body_md5)
-      VALUES (r.relid, vs, r.relname, only_name, fp, md5(body))
+      VALUES (r.relid, vs, r.relname, only_name, coalesce(r.tj ->> 'fingerprint', fp), md5(body))
       ON CONFLICT (relid) DO UPDATE SET view_schema = EXCLUDED.view_schema, view_name = EXCLUDED.view_name,
         only_view = EXCLUDED.only_view, fingerprint = EXCLUDED.fingerprint, body_md5 = EXCLUDED.body_md5
       WHERE (m.view_schema, m.view_name, m.only_view, m.fingerprint, m.body_md5)

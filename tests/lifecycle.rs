@@ -8,86 +8,12 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+use support::serve::*;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, NoTls};
-
-/// How long a poll waits before the test gives up (a hang, not a slow machine).
-const PATIENCE: Duration = Duration::from_secs(120);
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Writes `pgredact.toml` (with `top` before the defaults of the other suites and `upstream`
-/// inside `[upstream]`) and the demo policy into `dir`.
-fn write_config(
-    dir: &Path,
-    listen: &str,
-    upstream_port: u16,
-    top: &str,
-    upstream: &str,
-) -> PathBuf {
-    std::fs::create_dir_all(dir.join("policies")).expect("mkdir");
-    std::fs::write(
-        dir.join("policies/app.toml"),
-        pgredact::demo::EXAMPLE_POLICY,
-    )
-    .expect("policy");
-    let base = config_text(listen, upstream_port);
-    // A value set in `top` replaces the default of the other suites.
-    let base = if top.contains("policy_reload_secs") {
-        base.replace("policy_reload_secs = 1\n", "")
-    } else {
-        base
-    };
-    let text = format!("{top}{base}").replace("[upstream]\n", &format!("[upstream]\n{upstream}"));
-    let p = dir.join("pgredact.toml");
-    std::fs::write(&p, text).expect("config");
-    p
-}
-
-/// Starts `pgredact serve` on `port` and waits until it accepts a masked login.
-async fn serve(cfg: &Path, port: u16) -> (Proc, PathBuf) {
-    let log = cfg.with_file_name("serve.log");
-    let mut child = Proc(
-        Command::new(env!("CARGO_BIN_EXE_pgredact"))
-            .args(["serve", "--config"])
-            .arg(cfg)
-            .env("PGREDACT_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn pgredact serve"),
-    );
-    let started = Instant::now();
-    loop {
-        if let Some(st) = child.0.try_wait().expect("try_wait") {
-            panic!("pgredact serve exited: {st}\n{}", read(&log));
-        }
-        if connect(port, "support").await.is_ok() {
-            return (child, log);
-        }
-        assert!(
-            started.elapsed() < PATIENCE,
-            "serve never came up\n{}",
-            read(&log)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn read(p: &Path) -> String {
-    std::fs::read_to_string(p).unwrap_or_default()
-}
 
 fn conn_str(port: u16, user: &str) -> String {
     format!(
@@ -129,45 +55,6 @@ async fn ended_with(h: JoinHandle<Result<(), tokio_postgres::Error>>, what: &str
         Ok(Ok(Ok(()))) => panic!("{what}: closed without an error"),
         Ok(Err(e)) => panic!("{what}: connection task: {e}"),
         Err(_) => panic!("{what}: still open"),
-    }
-}
-
-fn signal(child: &Proc, sig: &str) {
-    let st = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(child.0.id().to_string())
-        .status()
-        .expect("kill");
-    assert!(st.success(), "kill -{sig}");
-}
-
-async fn wait_exit(child: &mut Proc, log: &Path) -> ExitStatus {
-    let started = Instant::now();
-    loop {
-        if let Some(st) = child.0.try_wait().expect("try_wait") {
-            return st;
-        }
-        assert!(
-            started.elapsed() < PATIENCE,
-            "serve did not exit\n{}",
-            read(log)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn wait_log(log: &Path, needle: &str) -> String {
-    let started = Instant::now();
-    loop {
-        let text = read(log);
-        if text.contains(needle) {
-            return text;
-        }
-        assert!(
-            started.elapsed() < PATIENCE,
-            "the log never said {needle:?}\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

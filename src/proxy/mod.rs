@@ -3,6 +3,7 @@
 
 pub mod frame;
 pub mod lifecycle;
+pub mod peers;
 pub mod scram;
 pub mod session;
 pub mod state;
@@ -92,6 +93,9 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
     }
     drop(listener);
     life.wait_for_sessions().await;
+    for db in shared.all_dbs().await {
+        db.unregister(&shared).await;
+    }
     if let Some(a) = shared.audit.get() {
         a.flush().await;
     }
@@ -168,6 +172,7 @@ async fn catalog_refresher(shared: Arc<Shared>) {
                 tracing::warn!("{e}");
             }
             db.prune_ddl_log().await;
+            db.heartbeat(&shared).await;
         }
     }
 }

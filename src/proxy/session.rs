@@ -8,6 +8,7 @@
 
 use super::frame::{self, ErrorFields, FrameError, FrameReader};
 use super::lifecycle::{until, within, Lifecycle, Stop, HALT_GRACE, SHUTTING_DOWN};
+use super::peers;
 use super::state::{lock, DbState, Shared};
 use crate::rewrite::{Decision, Refusal, REFUSAL_SQLSTATE};
 use crate::tls::{ClientStream, ServerStream, SplitStream};
@@ -160,10 +161,11 @@ async fn handle_in_span(shared: Arc<Shared>, tcp: TcpStream, admitted: bool) {
                     return;
                 }
             }
-            frame::CANCEL_REQUEST if pkt.len() == 16 => {
+            code @ (frame::CANCEL_REQUEST | peers::PEER_CANCEL_REQUEST) if pkt.len() == 16 => {
                 let pid = i32::from_be_bytes([pkt[8], pkt[9], pkt[10], pkt[11]]);
                 let key = i32::from_be_bytes([pkt[12], pkt[13], pkt[14], pkt[15]]);
-                cancel(&shared, pid, key).await;
+                let from_peer = code == peers::PEER_CANCEL_REQUEST;
+                cancel_request(&shared, pid, key, from_peer).await;
                 return;
             }
             frame::PROTOCOL_3
@@ -395,7 +397,7 @@ struct Established {
 impl Established {
     /// Cancels the statement the session's backend runs (as the client's CancelRequest would).
     async fn cancel_statement(&self) {
-        cancel(&self.shared, self.client_key.0, self.client_key.1).await
+        cancel(&self.shared, self.client_key.0, self.client_key.1).await;
     }
 }
 
@@ -782,23 +784,58 @@ impl Drop for CancelGuard {
     }
 }
 
-async fn cancel(shared: &Shared, pid: i32, key: i32) {
+/// A cancel request from a client (or forwarded by a peer): served here when the key is this
+/// instance's, forwarded once to the peer whose id the key carries otherwise (`peers`).
+async fn cancel_request(shared: &Shared, pid: i32, key: i32, from_peer: bool) {
+    let own = shared.identity.peer_id;
+    let owner = peers::peer_of(pid);
+    if own == 0 || from_peer || owner == own {
+        let outcome = if cancel(shared, pid, key).await {
+            "local"
+        } else {
+            "unknown"
+        };
+        crate::metrics::cancel_request(outcome);
+        return;
+    }
+    let Some(addr) = shared.peer_addrs.get(&owner) else {
+        tracing::warn!("a cancel request names peer {owner}, which [peering.peers] does not list");
+        crate::metrics::cancel_request("unroutable");
+        return;
+    };
+    let packet = peers::cancel_packet(peers::PEER_CANCEL_REQUEST, pid, key);
+    let timeout = shared
+        .life
+        .settings
+        .connect_timeout()
+        .unwrap_or(std::time::Duration::from_secs(10));
+    match peers::send_packet(addr, &packet, timeout).await {
+        Ok(()) => crate::metrics::cancel_request("forwarded"),
+        Err(e) => {
+            tracing::warn!("forwarding a cancel request to peer {owner} failed: {e}");
+            crate::metrics::cancel_request("unroutable");
+        }
+    }
+}
+
+/// Sends the cancel request for the session that holds client key (pid, key) to its backend;
+/// false when no session here holds that key.
+async fn cancel(shared: &Shared, pid: i32, key: i32) -> bool {
     let target = shared
         .cancels
         .lock()
         .ok()
         .and_then(|m| m.get(&(pid, key)).copied());
-    let Some((upid, ukey)) = target else { return };
+    let Some((upid, ukey)) = target else {
+        return false;
+    };
     let addr = shared.upstream_addr();
     if let Ok(Ok(mut s)) = within(shared.connect_deadline(), TcpStream::connect(addr)).await {
-        let mut p = Vec::with_capacity(16);
-        p.extend_from_slice(&16i32.to_be_bytes());
-        p.extend_from_slice(&frame::CANCEL_REQUEST.to_be_bytes());
-        p.extend_from_slice(&upid.to_be_bytes());
-        p.extend_from_slice(&ukey.to_be_bytes());
+        let p = peers::cancel_packet(frame::CANCEL_REQUEST, upid, ukey);
         let _ = s.write_all(&p).await;
         let _ = s.shutdown().await;
     }
+    true
 }
 
 /// Startup parameters a masked session may set: anything that could change identity,
@@ -981,7 +1018,10 @@ fn new_cancel_key(shared: &Shared, upstream: (i32, i32)) -> (i32, i32) {
         return upstream;
     };
     loop {
-        let k: (i32, i32) = (rand::random::<i32>() & 0x3fff_ffff, rand::random());
+        let k: (i32, i32) = (
+            peers::encode_pid(shared.identity.peer_id, rand::random()),
+            rand::random(),
+        );
         if let std::collections::hash_map::Entry::Vacant(e) = m.entry(k) {
             e.insert(upstream);
             return k;

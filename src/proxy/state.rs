@@ -36,6 +36,10 @@ pub struct Shared {
     pub life: super::lifecycle::Lifecycle,
     /// The audit log of masked sessions, when `[audit]` is configured (set by `proxy::bind`).
     pub audit: std::sync::OnceLock<crate::audit::Audit>,
+    /// This instance, as the registry records it (`peers`).
+    pub identity: super::peers::Identity,
+    /// `[peering] peers`: peer id -> address (checked when the configuration was loaded).
+    pub peer_addrs: std::collections::BTreeMap<u8, String>,
 }
 
 /// What masked sessions of one database consult for every statement.
@@ -76,6 +80,8 @@ pub struct DbState {
     wall: Mutex<Option<String>>,
     snapshot: RwLock<Arc<Snapshot>>,
     last_refresh: Mutex<Instant>,
+    /// The live instances serving this database, at the last registry reading (`peers`).
+    instances: Mutex<Vec<super::peers::Instance>>,
 }
 
 impl Shared {
@@ -93,6 +99,12 @@ impl Shared {
             (Some(_), Some(t)) => crate::tls::cert_file_end_point(t, &cfg.base_dir),
             _ => None,
         };
+        let identity = super::peers::Identity::new(&cfg);
+        let peer_addrs = cfg
+            .peering
+            .as_ref()
+            .and_then(|p| p.peer_addrs().ok())
+            .unwrap_or_default();
         Arc::new(Shared {
             life: super::lifecycle::Lifecycle::new(&cfg),
             cfg,
@@ -102,6 +114,8 @@ impl Shared {
             tls,
             tls_end_point,
             audit: std::sync::OnceLock::new(),
+            identity,
+            peer_addrs,
         })
     }
 
@@ -244,6 +258,11 @@ impl Shared {
                 tracing::warn!("database {db}: could not install the pgredact control schema: {e}");
             }
         }
+        if let Err(e) = super::peers::register(&client, &self.identity, policy.as_deref()).await {
+            tracing::debug!(
+                "database {db}: recording this instance in pgredact.instances failed: {e}"
+            );
+        }
         let wall_err = match &policy {
             Some(p) => publish(&client, p, db).await,
             None => None,
@@ -265,8 +284,14 @@ impl Shared {
             );
         }
         let set = self.policy_set();
-        let history =
-            update_history(&client, set.get(db).as_deref(), &catalog, HashMap::new()).await;
+        let history = update_history(
+            &client,
+            &self.identity,
+            set.get(db).as_deref(),
+            &catalog,
+            HashMap::new(),
+        )
+        .await;
         let formerly = formerly_protected(&history, set.get(db).as_deref(), &catalog);
         let wall = match set.get(db) {
             Some(p) => wall_status(&client, &p, &self.cfg.upstream.user, wall_err).await,
@@ -293,12 +318,14 @@ impl Shared {
             history: Mutex::new(history),
             wall: Mutex::new(wall),
             last_refresh: Mutex::new(Instant::now()),
+            instances: Mutex::new(Vec::new()),
         });
         dbs.insert(db.to_string(), st.clone());
         drop(dbs);
         if set.get(db).is_some() {
             tokio::spawn(listen_ddl(self.clone(), st.clone()));
         }
+        st.heartbeat(self).await;
         Ok(st)
     }
 
@@ -490,6 +517,12 @@ impl DbState {
         };
         let set = shared.policy_set();
         let policy = set.get(&self.name);
+        if let Err(e) = super::peers::register(client, &shared.identity, policy.as_deref()).await {
+            tracing::debug!(
+                "database {}: recording this instance in pgredact.instances failed: {e}",
+                self.name
+            );
+        }
         let mut wall_err = match (&policy, publish_first) {
             (Some(p), true) => publish(client, p, &self.name).await,
             _ => None,
@@ -501,7 +534,12 @@ impl DbState {
         if let (Some(p), false) = (&policy, publish_first) {
             // A relation became protected, or its columns changed, and the DDL trigger did not
             // (yet) build its view: have the database build it now, then read the catalog again.
-            if Protections::build(p, Arc::new(cat.clone())).views_stale {
+            // Unless the views follow another live instance's policy: that instance published
+            // it last, and overwriting it would make the two rebuild each other's views
+            // forever. Relations whose masks differ stay refused here until the policies agree.
+            if Protections::build(p, Arc::new(cat.clone())).views_stale
+                && !self.published_elsewhere(client, shared, p).await
+            {
                 wall_err = publish(client, p, &self.name).await;
                 generation = read_generation(client).await;
                 cat = Catalog::load(client)
@@ -515,7 +553,14 @@ impl DbState {
         };
         self.set_wall(wall);
         let known = self.history.lock().map(|h| h.clone()).unwrap_or_default();
-        let history = update_history(client, set.get(&self.name).as_deref(), &cat, known).await;
+        let history = update_history(
+            client,
+            &shared.identity,
+            set.get(&self.name).as_deref(),
+            &cat,
+            known,
+        )
+        .await;
         if let Ok(mut h) = self.history.lock() {
             *h = history;
         }
@@ -639,6 +684,96 @@ impl DbState {
         Ok(self.snapshot())
     }
 
+    /// Whether the policy published in the database is another live instance's (then this
+    /// instance leaves the masking views as they are). Logged when it is.
+    async fn published_elsewhere(
+        &self,
+        client: &Client,
+        shared: &Shared,
+        policy: &DatabasePolicy,
+    ) -> bool {
+        match super::peers::published_by_other(client, &shared.identity, &policy.fingerprint())
+            .await
+        {
+            Ok(Some((other, fp))) => {
+                tracing::warn!(
+                    "database {}: the masking views follow the policy of instance {other} (fingerprint {fp}); this instance's policy has fingerprint {}: masked reads of the tables whose masks differ are refused here until both run the same policy",
+                    self.name,
+                    policy.fingerprint()
+                );
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                tracing::debug!(
+                    "database {}: reading pgredact.instances failed: {e}",
+                    self.name
+                );
+                false
+            }
+        }
+    }
+
+    /// Records this instance in the registry and reads the live instances (for `/metrics`,
+    /// `pgredact check` and the log). Runs at every periodic refresh.
+    pub async fn heartbeat(&self, shared: &Shared) {
+        let guard = self.control.lock().await;
+        let Some(client) = guard.as_ref().filter(|c| !c.is_closed()) else {
+            return;
+        };
+        let policy = shared.policy_set().get(&self.name);
+        let read = async {
+            super::peers::register(client, &shared.identity, policy.as_deref()).await?;
+            super::peers::live(client).await
+        };
+        let live = match read.await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!("database {}: the instance registry: {e}", self.name);
+                return;
+            }
+        };
+        drop(guard);
+        let own = policy.map(|p| p.fingerprint()).unwrap_or_default();
+        let disagree = super::peers::disagreements(&live, &shared.identity, &own);
+        let mut by_fp: std::collections::BTreeMap<String, i64> = Default::default();
+        for i in &live {
+            *by_fp
+                .entry(i.fingerprint.clone().unwrap_or_else(|| "none".into()))
+                .or_default() += 1;
+        }
+        crate::metrics::instances(
+            &self.name,
+            &by_fp.into_iter().collect::<Vec<_>>(),
+            disagree.len(),
+        );
+        let mut cur = lock(&self.instances);
+        let before = super::peers::disagreements(&cur, &shared.identity, &own);
+        if before != disagree && !disagree.is_empty() {
+            tracing::warn!(
+                "database {}: instances with another policy than this one ({own}): {}",
+                self.name,
+                disagree.join(", ")
+            );
+        }
+        *cur = live;
+    }
+
+    /// The live instances at the last registry reading.
+    pub fn instances(&self) -> Vec<super::peers::Instance> {
+        lock(&self.instances).clone()
+    }
+
+    /// Removes this instance from the registry (at shutdown).
+    pub async fn unregister(&self, shared: &Shared) {
+        let guard = self.control.lock().await;
+        if let Some(client) = guard.as_ref().filter(|c| !c.is_closed()) {
+            if let Err(e) = super::peers::unregister(client, &shared.identity).await {
+                tracing::debug!("database {}: leaving the instance registry: {e}", self.name);
+            }
+        }
+    }
+
     /// Prunes the DDL log when it has grown (the generation does not change).
     pub async fn prune_ddl_log(&self) {
         let guard = self.control.lock().await;
@@ -751,6 +886,7 @@ fn formerly_protected(
 /// policy's reach, and returns that. A database error is logged and leaves the record as it was.
 async fn update_history(
     client: &Client,
+    me: &super::peers::Identity,
     policy: Option<&DatabasePolicy>,
     catalog: &Catalog,
     mut known: HashMap<u32, String>,
@@ -769,8 +905,11 @@ async fn update_history(
     let current = crate::rewrite::protect::policy_relations(p, catalog);
     let orphans = formerly_protected(&known, Some(p), catalog);
     let keep: Vec<u32> = orphans.keys().copied().collect();
-    if let Err(e) = crate::control::record_protection(client, &current, &keep).await {
-        tracing::warn!("recording pgredact.protected_relations failed: {e}");
+    if let Err(e) = crate::control::record_protection(client, &me.name, &current, &keep).await {
+        tracing::warn!(
+            "recording pgredact.protected_relations failed: {}",
+            crate::tls::error_chain(&e)
+        );
     }
     let mut out = current;
     out.extend(orphans);

@@ -100,15 +100,13 @@ impl Protections {
         let mut warnings = Vec::new();
         let mut views_stale = false;
         let children = children_of(&catalog);
-        let fingerprint = policy.fingerprint();
         // 1. Policy tables and their descendants (partitions, inheritance children).
         walk_policy(policy, &catalog, |tp, root, r| {
             // A descendant with its own policy entry keeps its own masks.
             let own = policy.table(&r.schema, &r.name).is_some();
             if r.oid == root || !own {
                 let has_children = children.contains_key(&r.oid);
-                let p = match masked_rel(r, tp, &catalog, &fingerprint, has_children, &mut warnings)
-                {
+                let p = match masked_rel(r, tp, &catalog, has_children, &mut warnings) {
                     Ok(m) => Protection::Mask(Arc::new(m)),
                     Err(why) => {
                         views_stale = true;
@@ -352,7 +350,6 @@ fn masked_rel(
     r: &Relation,
     tp: &crate::policy::TablePolicy,
     catalog: &Catalog,
-    fingerprint: &str,
     has_children: bool,
     warnings: &mut Vec<String>,
 ) -> Result<MaskedRel, String> {
@@ -377,10 +374,10 @@ fn masked_rel(
     let Some(mv) = catalog.masking_views.get(&r.oid) else {
         return Err("has no masking view yet (a superuser must have run the output of `pgredact setup-sql`; pgredact then builds it)".into());
     };
-    if mv.fingerprint.as_deref() != Some(fingerprint) {
+    if mv.fingerprint.as_deref() != Some(tp.fingerprint().as_str()) {
         return Err(match mv.fingerprint {
             None => "has no masking view: the database could not build it (see the server log)".into(),
-            Some(_) => "has a masking view built from another version of the policy; pgredact is rebuilding it".into(),
+            Some(_) => "has a masking view built from other masks than this pgredact's policy gives it (the policy changed and the view is being rebuilt, or another pgredact instance published a different policy: `pgredact check` shows the instances)".into(),
         });
     }
     let current = |name: &str| {
@@ -418,12 +415,15 @@ fn masked_rel(
 /// (as `pgredact_admin.sync()` names them), so `Protections::build` finds them current.
 #[doc(hidden)]
 pub fn fixture_masking_views(catalog: &mut Catalog, policy: &DatabasePolicy) {
-    let fp = policy.fingerprint();
     let children = children_of(catalog);
     let mut next = 1_000_000 + catalog.relations.len() as u32 * 10;
     let mut add = Vec::new();
-    walk_policy(policy, catalog, |_, _, r| add.push(r.clone()));
-    for r in add {
+    walk_policy(policy, catalog, |tp, _, r| {
+        // A descendant with its own policy entry gets its own masks (and their fingerprint).
+        let own = policy.table(&r.schema, &r.name).unwrap_or(tp);
+        add.push((r.clone(), own.fingerprint()))
+    });
+    for (r, fp) in add {
         let schema = if r.schema == "public" {
             crate::wall::MASKED_SCHEMA.to_string()
         } else {

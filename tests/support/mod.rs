@@ -239,4 +239,5 @@ pub async fn rows(c: &Client, sql: &str) -> Result<Vec<String>, tokio_postgres::
 }
 pub mod adv;
 pub mod masks;
+pub mod serve;
 pub mod wire;
