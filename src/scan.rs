@@ -1912,47 +1912,67 @@ pub async fn scan(
             all_columns: r.get::<_, i64>(6) as usize,
         };
         let table = format!("{}.{}", t.schema, t.name);
+        // Columns it may not read are judged by their names alone.
+        let mut found: Vec<Finding> = cat
+            .relations
+            .get(&t.oid)
+            .map(|rel| {
+                rel.columns
+                    .iter()
+                    .filter(|c| !t.readable.contains(&c.name))
+                    .filter_map(|c| {
+                        let d = name_hint(&c.name).filter(|d| type_can_hold(*d, &c.ty))?;
+                        let f = Tally::default().findings(Some(d)).into_iter().next()?;
+                        Some(finding(&table, &c.name, None, f, Some(c.ty.clone())))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         if t.readable.is_empty() && t.all_columns > 0 {
             report.skipped.push(Skipped {
-                table,
+                table: table.clone(),
                 reason: format!(
-                    "the control role ({}) may read none of its columns",
+                    "the control role ({}) may read none of its columns (judged by column names only)",
                     cfg.upstream.user
                 ),
             });
-            continue;
-        }
-        match scan_table(&client, &cat, &t, args).await {
-            Ok(mut found) => {
-                report.tables_sampled += 1;
-                if t.readable.len() < t.all_columns {
-                    report.skipped.push(Skipped {
-                        table: table.clone(),
-                        reason: format!(
-                            "{} of its {} columns are not readable by the control role and were not sampled",
-                            t.all_columns - t.readable.len(),
-                            t.all_columns
-                        ),
-                    });
+        } else {
+            match scan_table(&client, &cat, &t, args).await {
+                Ok(sampled) => {
+                    report.tables_sampled += 1;
+                    found.extend(sampled);
+                    if t.readable.len() < t.all_columns {
+                        report.skipped.push(Skipped {
+                            table: table.clone(),
+                            reason: format!(
+                                "{} of its {} columns are not readable by the control role (judged by their names only)",
+                                t.all_columns - t.readable.len(),
+                                t.all_columns
+                            ),
+                        });
+                    }
                 }
-                let tp = table_policy(pol.as_deref(), &cat, t.oid);
-                for f in &mut found {
-                    let keys = f.path.as_ref().and_then(|p| {
-                        policy::parse_json_path(p).ok().map(|segs| {
-                            segs.into_iter()
-                                .map(|s| match s {
-                                    PathSeg::Key(k) => PathKey::Key(k),
-                                    _ => PathKey::Any,
-                                })
-                                .collect::<Vec<_>>()
-                        })
-                    });
-                    f.covered_by = covered_by(tp, &f.column, keys.as_deref());
-                }
-                report.findings.extend(found);
+                Err(e) => report.skipped.push(Skipped {
+                    table: table.clone(),
+                    reason: e,
+                }),
             }
-            Err(e) => report.skipped.push(Skipped { table, reason: e }),
         }
+        let tp = table_policy(pol.as_deref(), &cat, t.oid);
+        for f in &mut found {
+            let keys = f.path.as_ref().and_then(|p| {
+                policy::parse_json_path(p).ok().map(|segs| {
+                    segs.into_iter()
+                        .map(|s| match s {
+                            PathSeg::Key(k) => PathKey::Key(k),
+                            _ => PathKey::Any,
+                        })
+                        .collect::<Vec<_>>()
+                })
+            });
+            f.covered_by = covered_by(tp, &f.column, keys.as_deref());
+        }
+        report.findings.extend(found);
     }
     Ok((report, pol))
 }
