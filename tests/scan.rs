@@ -189,7 +189,10 @@ fn planted() -> (String, Vec<String>) {
            country char(2), http_status int, version text, sku text, digest text, trace_id uuid, ok boolean, \
            event_type text, tier text, took interval, user_agent text, page text, city text, note text);\n\
          CREATE TABLE leads_new (id int, email text, mobile_phone text, tier text);\n\
-         CREATE TABLE secret (id int, email text);\n",
+         CREATE TABLE secret (id int, email text);\n\
+         CREATE TABLE part_people (id int, contact text, tier text) PARTITION BY RANGE (id);\n\
+         CREATE TABLE part_people_a PARTITION OF part_people FOR VALUES FROM (0) TO (60);\n\
+         CREATE TABLE part_people_b PARTITION OF part_people FOR VALUES FROM (60) TO (1000);\n",
     );
     let mut raw = Vec::new();
     let tiers = ["standard", "silver", "gold", "platinum"];
@@ -294,6 +297,11 @@ fn planted() -> (String, Vec<String>) {
             _ => "The parcel arrived late, no further details.".to_string(),
         };
         sql.push_str(&format!(
+            "INSERT INTO part_people VALUES ({i}, {}, {});\n",
+            lit(&p.email),
+            lit(tiers[i % 4])
+        ));
+        sql.push_str(&format!(
             "INSERT INTO tickets VALUES ({i}, {}, {}, {});\n",
             lit(&format!("Question about order #{}", 1000 + i)),
             lit(&body),
@@ -351,7 +359,7 @@ fn planted() -> (String, Vec<String>) {
          ANALYZE;\n\
          GRANT CONNECT, CREATE ON DATABASE plant TO pgredact;\n\
          GRANT USAGE ON SCHEMA public TO pgredact;\n\
-         GRANT SELECT ON people, unnamed, tickets, events, metrics, leads_new TO pgredact;\n",
+         GRANT SELECT ON people, unnamed, tickets, events, metrics, leads_new, part_people TO pgredact;\n",
     );
     (sql, raw)
 }
@@ -388,6 +396,8 @@ fn expected() -> BTreeSet<String> {
         "public.events|doc|$.billing.card|card_number|values",
         "public.events|doc|$.note|email|free_text",
         "public.leads_new|email||email|name",
+        // Sampled through the partitioned parent, not per partition.
+        "public.part_people|contact||email|values",
         "public.leads_new|mobile_phone||phone|name",
         // Not readable by the control role: judged by its name.
         "public.secret|email||email|name",
@@ -449,6 +459,18 @@ async fn scan_finds_every_planted_pii_and_nothing_else_and_proposes_a_policy_che
         .unwrap();
     assert_eq!(email["matched"], ROWS);
     assert_eq!(email["sampled"], ROWS);
+
+    // A smaller sample than the tables: TABLESAMPLE BERNOULLI (and the partitioned parent
+    // through its partitions) finds the same.
+    let small = pgredact(&["scan", "--format", "json", "--sample", "60"], &cfg);
+    assert!(small.status.success(), "{}", text(&small));
+    let small = json_report(&small);
+    assert_eq!(findings(&small), want);
+    assert!(small["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|f| f["sampled"].as_u64().unwrap_or(0) <= 60 * 3));
 
     // Text output, --fail-on-unlisted, --propose: never a planted value.
     let plain = pgredact(&["scan", "--fail-on-unlisted"], &cfg);
