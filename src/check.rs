@@ -196,6 +196,11 @@ pub async fn run(cfg: &Config) -> (Vec<String>, bool) {
                 }
             }
         }
+        // Likely PII the policy does not list (by column name and type; `pgredact scan`
+        // samples values). A warning: the policy may leave a column out on purpose.
+        for w in crate::scan::name_warnings(&p, &cat) {
+            out.push(format!("warning: {file}: {w}"));
+        }
         // Right to be forgotten: what would block a forget job on this schema.
         if p.tables.values().any(|t| t.subject.is_some()) {
             let target = crate::forget::Target::from_config(cfg, &p.database);

@@ -4,7 +4,7 @@
 //! schema snapshot), `rewrite` (the pure masking rewriter), `proxy` (listener, startup, SCRAM,
 //! relay, lifecycle), `wall` (the superuser-installed masking views and privilege checks),
 //! `control` (the in-database control schema), `forget` (right to be forgotten), `admin` (HTTP
-//! API), `metrics` (what `/metrics` serves), `tls`, `check`, `demo`, `pgcluster` (throwaway
+//! API), `metrics` (what `/metrics` serves), `tls`, `check`, `scan` (finding unlisted PII), `demo`, `pgcluster` (throwaway
 //! clusters).
 //!
 //! Lints: no `unwrap()` outside tests (input from the network and files is never unwrapped);
@@ -24,5 +24,6 @@ pub mod pgcluster;
 pub mod policy;
 pub mod proxy;
 pub mod rewrite;
+pub mod scan;
 pub mod tls;
 pub mod wall;

@@ -48,6 +48,14 @@ enum Cmd {
         #[arg(long)]
         database: Option<String>,
     },
+    /// Sample every table the control role can read and report the columns and JSON paths that
+    /// look like PII, and whether the policy covers them (never prints a sampled value).
+    Scan {
+        #[arg(long, default_value = "pgredact.toml")]
+        config: PathBuf,
+        #[command(flatten)]
+        args: pgredact::scan::ScanArgs,
+    },
     /// The audit trail of masked sessions.
     Audit {
         #[command(subcommand)]
@@ -99,7 +107,8 @@ fn log_format(cmd: &Cmd) -> LogFormat {
         | Cmd::Check { config }
         | Cmd::Forget { config, .. }
         | Cmd::Unforget { config, .. }
-        | Cmd::SetupSql { config, .. } => config,
+        | Cmd::SetupSql { config, .. }
+        | Cmd::Scan { config, .. } => config,
         Cmd::Demo { .. } | Cmd::Audit { .. } => return LogFormat::Text,
     };
     pgredact::config::Config::load(config)
@@ -135,6 +144,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Cmd::Scan { config, args } = &cli.cmd {
+        return rt.block_on(pgredact::scan::run_cli(config, args));
+    }
     let res: Result<(), String> = rt.block_on(async move {
         match cli.cmd {
             Cmd::Serve { config } => {
@@ -172,7 +184,7 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Cmd::Demo { listen } => pgredact::demo::run(&listen).await,
-            Cmd::Audit { .. } => Ok(()),
+            Cmd::Audit { .. } | Cmd::Scan { .. } => Ok(()),
         }
     });
     match res {
