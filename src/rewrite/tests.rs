@@ -430,6 +430,35 @@ fn identity_and_settings() {
 }
 
 #[test]
+fn set_config_of_a_setting_set_may_change_passes() {
+    // asyncpg around its type introspection, pgAdmin at connect: the same change as SET.
+    passes("SELECT current_setting('jit') AS cur, set_config('jit', 'off', false) AS new");
+    passes("SELECT set_config('jit', $1, false)");
+    passes("SELECT pg_catalog.set_config('bytea_output','hex',false) FROM pg_settings WHERE name = 'bytea_output'");
+    passes("SELECT set_config('statement_timeout', '5s', true)");
+    // The value is an ordinary expression: masked like any other read.
+    assert!(reads_views_only(&rewritten(
+        "SELECT set_config('application_name', (SELECT email FROM customers LIMIT 1), false)"
+    )));
+    // Settings SET may not change, names that are not literals, and other schemas stay refused.
+    for sql in [
+        "SELECT set_config('role', 'dba', false)",
+        "SELECT set_config('enable_indexonlyscan', 'on', false)",
+        "SELECT set_config('client_encoding', 'LATIN1', false)",
+        "SELECT set_config('standard_conforming_strings', 'off', false)",
+        "SELECT set_config('search_path', 'evil', true)",
+        "SELECT set_config('session_authorization', 'dba', false)",
+        "SELECT set_config(name, 'x', false) FROM pg_settings WHERE name = 'jit'",
+        "SELECT set_config('ji' || 't', 'off', false)",
+        "SELECT set_config('jit', 'off')",
+        "SELECT * FROM set_config('jit', 'off', false)",
+    ] {
+        assert!(refused(sql).contains("set_config"), "{sql}");
+    }
+    assert!(refused("SELECT public.set_config('jit', 'off', false)").contains("not known"));
+}
+
+#[test]
 fn dangerous_functions_and_relations() {
     assert!(
         refused("SELECT query_to_xml('select * from customers', true, false, '')")
