@@ -104,6 +104,11 @@ pub(crate) fn fixture() -> Protections {
         cols(&[("id", big.clone()), ("Email", text.clone())]),
     ));
     c.add_relation(rel(100, "pg_catalog", "pg_stats", 'v', vec![]));
+    c.add_relation(rel(103, "pg_catalog", "pg_shadow", 'v', vec![]));
+    c.add_relation(rel(104, "pg_catalog", "pg_user", 'v', vec![]));
+    c.view_deps.insert(104, vec![103]);
+    c.add_relation(rel(105, "public", "shadow_copy", 'v', vec![]));
+    c.view_deps.insert(105, vec![103]);
     c.add_relation(rel(101, "pg_catalog", "pg_class", 'r', vec![]));
     c.add_relation(rel(
         102,
@@ -141,6 +146,7 @@ pub(crate) fn fixture() -> Protections {
         "max",
         "min",
         "format",
+        "pg_is_in_recovery",
     ] {
         c.add_function("pg_catalog", f);
     }
@@ -456,6 +462,16 @@ fn set_config_of_a_setting_set_may_change_passes() {
         assert!(refused(sql).contains("set_config"), "{sql}");
     }
     assert!(refused("SELECT public.set_config('jit', 'off', false)").contains("not known"));
+}
+
+#[test]
+fn pg_user_is_readable_pg_shadow_is_not() {
+    // pgAdmin at connect; pg_user shows '********' for the password it reads from pg_shadow.
+    passes("SELECT CASE WHEN usesuper THEN pg_catalog.pg_is_in_recovery() ELSE NULL END as inrecovery FROM pg_catalog.pg_user WHERE usename=current_user");
+    passes("SELECT usename FROM pg_user");
+    assert!(refused("SELECT passwd FROM pg_catalog.pg_shadow").contains("secrets"));
+    // Any other view over pg_shadow stays refused.
+    assert!(refused("SELECT * FROM shadow_copy").contains("pg_catalog.pg_shadow"));
 }
 
 #[test]
