@@ -149,6 +149,7 @@ fn run_client(
     write: Option<(i64, &str)>,
 ) -> Value {
     cmd.current_dir(scripts_dir())
+        .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("PGR_HOST", "127.0.0.1")
         .env("PGR_PORT", env.addr.port().to_string())
         .env("PGR_USER", user)
