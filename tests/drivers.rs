@@ -486,12 +486,11 @@ async fn pgadmin_and_dbeaver_startup_queries_answer_masked() {
         for (tool, list) in [("pgAdmin", PGADMIN), ("DBeaver", DBEAVER)] {
             let c = env.proxy(user).await;
             for sql in list {
-                // Simple protocol as sent; single statements also over the extended protocol
-                // (pgAdmin's psycopg 3 and DBeaver's pgjdbc use it).
-                let r = c.simple_query(sql).await;
-                assert!(r.is_ok(), "{tool} as {user}: {sql}: {:?}", r.err());
-                // Parse and Describe (tokio-postgres asks for binary results, which aclitem
-                // has not: executing is left to the simple protocol above).
+                // Single statements over the extended protocol (pgAdmin's psycopg 3 and
+                // DBeaver's pgjdbc use it): Parse and Describe (tokio-postgres asks for binary
+                // results, which aclitem has not: executing is left to the simple protocol).
+                // First, because tokio-postgres's prepare returns before its ReadyForQuery,
+                // and pgredact takes a search_path change only with no statement in flight.
                 if !sql.trim_end_matches(';').contains(';') && !sql.starts_with("SET") {
                     let r = c.prepare(sql).await;
                     assert!(
@@ -500,6 +499,9 @@ async fn pgadmin_and_dbeaver_startup_queries_answer_masked() {
                         r.err()
                     );
                 }
+                // Then the simple protocol, as sent.
+                let r = c.simple_query(sql).await;
+                assert!(r.is_ok(), "{tool} as {user}: {sql}: {:?}", r.err());
             }
             // The table's data, as each tool's data viewer reads it.
             let view = match tool {
