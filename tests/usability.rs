@@ -125,6 +125,10 @@ fn corpus() -> Vec<Q> {
         (w, Twin, false, "WITH c AS (SELECT customer_id FROM customers WHERE segment = 'smb') INSERT INTO orders (customer_id, amount, status, ordered_at) SELECT customer_id, 1, 'pending', '2024-01-01' FROM c"),
         (w, Twin, false, "MERGE INTO customers c USING (SELECT customer_id, max(amount) AS m FROM orders GROUP BY customer_id) o ON c.customer_id = o.customer_id WHEN MATCHED AND o.m > 490 THEN UPDATE SET tier = 'gold'"),
         (w, Twin, false, "MERGE INTO orders o USING (VALUES (5, 'shipped')) v(id, st) ON o.order_id = v.id WHEN MATCHED THEN UPDATE SET status = v.st WHEN NOT MATCHED THEN INSERT (customer_id, amount, status, ordered_at) VALUES (10, 1, v.st, '2024-01-01')"),
+        // what drivers and GUI clients send at connect (tests/drivers.rs): pgAdmin 4, asyncpg
+        (s, Twin, false, "SELECT set_config('bytea_output','hex',false) FROM pg_settings WHERE name = 'bytea_output'"),
+        (s, Succeed, false, "SELECT CASE WHEN usesuper THEN pg_catalog.pg_is_in_recovery() ELSE NULL END as inrecovery, CASE WHEN usesuper AND pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_is_wal_replay_paused() ELSE NULL END as isreplaypaused FROM pg_catalog.pg_user WHERE usename=current_user"),
+        (s, Succeed, false, "SELECT current_setting('jit') AS cur, set_config('jit', 'off', false) AS new"),
     ];
     let mut n = 0;
     list.into_iter()

@@ -190,6 +190,32 @@ fn name_parts(name: &ObjectName) -> Option<Vec<String>> {
         .collect()
 }
 
+/// `set_config('<name>', value, is_local)` with a literal name that `SET` may change in a masked
+/// session: the same change as `SET`, which drivers and GUI clients make this way (asyncpg's
+/// `set_config('jit', 'off', false)` around its type introspection, pgAdmin's
+/// `set_config('bytea_output', 'hex', false)`). The value may be any expression: it is checked
+/// and masked like any other. search_path, identity, encoding and planner settings stay refused.
+fn set_config_of_allowed_setting(f: &sqlparser::ast::Function) -> bool {
+    let Some(parts) = name_parts(&f.name) else {
+        return false;
+    };
+    let is_set_config = match parts.as_slice() {
+        [n] => n == "set_config",
+        [s, n] => s == "pg_catalog" && n == "set_config",
+        _ => false,
+    };
+    let FunctionArguments::List(l) = &f.args else {
+        return false;
+    };
+    is_set_config
+        && l.args.len() == 3
+        && matches!(
+            &l.args[0],
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v)))
+                if matches!(&v.value, sqlparser::ast::Value::SingleQuotedString(n) if rules::setting_allowed(n))
+        )
+}
+
 fn has_unicode_escape(sql: &str) -> bool {
     let b = sql.as_bytes();
     b.windows(3)
@@ -1300,6 +1326,13 @@ impl<'a> State<'a> {
     }
 
     fn check_function(&mut self, name: &ObjectName) -> Result<(), Refusal> {
+        self.check_function_with(name, false)
+    }
+
+    /// `check_function`; with `settable`, `set_config` passes the list of denied functions (its
+    /// setting was checked: `set_config_of_allowed_setting`), and still has to resolve to the
+    /// built-in one.
+    fn check_function_with(&mut self, name: &ObjectName, settable: bool) -> Result<(), Refusal> {
         let parts = name_parts(name)
             .ok_or_else(|| Refusal::new(format!("unsupported function name {name}")))?;
         let cat = &self.ctx.prot.catalog;
@@ -1332,7 +1365,10 @@ impl<'a> State<'a> {
                 )))
             }
             Some(s) => {
-                if rules::is_system_schema(s) && rules::DENIED_FUNCTIONS.contains(&fname) {
+                if rules::is_system_schema(s)
+                    && rules::DENIED_FUNCTIONS.contains(&fname)
+                    && !settable
+                {
                     return Err(denied());
                 }
                 match cat
@@ -1355,7 +1391,7 @@ impl<'a> State<'a> {
                 if rules::KEYWORD_FUNCTIONS.contains(&fname) {
                     return Ok(());
                 }
-                if rules::DENIED_FUNCTIONS.contains(&fname) {
+                if rules::DENIED_FUNCTIONS.contains(&fname) && !settable {
                     return Err(denied());
                 }
                 let Some(entries) = cat.functions.get(fname) else {
@@ -2026,7 +2062,10 @@ impl Visitor for Checker<'_, '_, '_> {
         }
         match e {
             Expr::Function(f) => {
-                if let Err(r) = self.st.check_function(&f.name) {
+                if let Err(r) = self
+                    .st
+                    .check_function_with(&f.name, set_config_of_allowed_setting(f))
+                {
                     return self.fail(r);
                 }
                 if let Some(t) = self.target {

@@ -80,6 +80,11 @@ pub const DENIED_CATALOG_RELATIONS: &[&str] = &[
     "pg_user_mappings",
 ];
 
+/// pg_catalog views that read a relation above but hand out none of its secrets: `pg_user`
+/// reads `pg_shadow` and shows the constant `********` for the password (PostgreSQL grants it
+/// to PUBLIC; pgAdmin reads it at connect). Exempt from the transitive rule for views.
+pub const SAFE_CATALOG_VIEWS: &[&str] = &["pg_user"];
+
 /// Relation names refused in any schema (extensions that expose query texts with literals).
 pub const DENIED_ANY_SCHEMA_RELATIONS: &[&str] = &["pg_stat_statements", "pg_stat_statements_info"];
 
@@ -181,7 +186,9 @@ impl Protections {
                     continue;
                 };
                 // pgredact's masking views read protected relations by design.
-                if crate::wall::is_masked_schema(&v.schema) {
+                if crate::wall::is_masked_schema(&v.schema)
+                    || v.schema == "pg_catalog" && SAFE_CATALOG_VIEWS.contains(&v.name.as_str())
+                {
                     continue;
                 }
                 if let Some(src) = deps.iter().find(|d| by_oid.contains_key(d)) {

@@ -104,6 +104,11 @@ pub(crate) fn fixture() -> Protections {
         cols(&[("id", big.clone()), ("Email", text.clone())]),
     ));
     c.add_relation(rel(100, "pg_catalog", "pg_stats", 'v', vec![]));
+    c.add_relation(rel(103, "pg_catalog", "pg_shadow", 'v', vec![]));
+    c.add_relation(rel(104, "pg_catalog", "pg_user", 'v', vec![]));
+    c.view_deps.insert(104, vec![103]);
+    c.add_relation(rel(105, "public", "shadow_copy", 'v', vec![]));
+    c.view_deps.insert(105, vec![103]);
     c.add_relation(rel(101, "pg_catalog", "pg_class", 'r', vec![]));
     c.add_relation(rel(
         102,
@@ -141,6 +146,7 @@ pub(crate) fn fixture() -> Protections {
         "max",
         "min",
         "format",
+        "pg_is_in_recovery",
     ] {
         c.add_function("pg_catalog", f);
     }
@@ -427,6 +433,45 @@ fn identity_and_settings() {
     passes("SET synchronize_seqscans TO off");
     passes("SET statement_timeout = '5s'");
     passes("SET TIME ZONE 'UTC'");
+}
+
+#[test]
+fn set_config_of_a_setting_set_may_change_passes() {
+    // asyncpg around its type introspection, pgAdmin at connect: the same change as SET.
+    passes("SELECT current_setting('jit') AS cur, set_config('jit', 'off', false) AS new");
+    passes("SELECT set_config('jit', $1, false)");
+    passes("SELECT pg_catalog.set_config('bytea_output','hex',false) FROM pg_settings WHERE name = 'bytea_output'");
+    passes("SELECT set_config('statement_timeout', '5s', true)");
+    // The value is an ordinary expression: masked like any other read.
+    assert!(reads_views_only(&rewritten(
+        "SELECT set_config('application_name', (SELECT email FROM customers LIMIT 1), false)"
+    )));
+    // Settings SET may not change, names that are not literals, and other schemas stay refused.
+    for sql in [
+        "SELECT set_config('role', 'dba', false)",
+        "SELECT set_config('enable_indexonlyscan', 'on', false)",
+        "SELECT set_config('client_encoding', 'LATIN1', false)",
+        "SELECT set_config('standard_conforming_strings', 'off', false)",
+        "SELECT set_config('search_path', 'evil', true)",
+        "SELECT set_config('session_authorization', 'dba', false)",
+        "SELECT set_config(name, 'x', false) FROM pg_settings WHERE name = 'jit'",
+        "SELECT set_config('ji' || 't', 'off', false)",
+        "SELECT set_config('jit', 'off')",
+        "SELECT * FROM set_config('jit', 'off', false)",
+    ] {
+        assert!(refused(sql).contains("set_config"), "{sql}");
+    }
+    assert!(refused("SELECT public.set_config('jit', 'off', false)").contains("not known"));
+}
+
+#[test]
+fn pg_user_is_readable_pg_shadow_is_not() {
+    // pgAdmin at connect; pg_user shows '********' for the password it reads from pg_shadow.
+    passes("SELECT CASE WHEN usesuper THEN pg_catalog.pg_is_in_recovery() ELSE NULL END as inrecovery FROM pg_catalog.pg_user WHERE usename=current_user");
+    passes("SELECT usename FROM pg_user");
+    assert!(refused("SELECT passwd FROM pg_catalog.pg_shadow").contains("secrets"));
+    // Any other view over pg_shadow stays refused.
+    assert!(refused("SELECT * FROM shadow_copy").contains("pg_catalog.pg_shadow"));
 }
 
 #[test]
