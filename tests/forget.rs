@@ -1802,3 +1802,118 @@ fn json_payloads_lose_only_their_masked_paths_now_and_in_later_loads() {
         "1"
     );
 }
+
+/// Polls the superuser's `q` until it answers `want`.
+async fn wait_sql(env: &Env, q: &str, want: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        // An error (the forget tables not created yet) counts as not yet.
+        let got = env
+            .cluster
+            .superuser_psql(DEMO_DB, q)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|e| e);
+        if got == want {
+            return;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "{q}: {got}, waiting for {want}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn finalize_waits_for_older_transactions_and_for_jobs_that_own_its_ids() {
+    let env = demo_env();
+    let policy = forget::pick_policy(&env.cfg, Some("app")).unwrap();
+    let target = Target::from_config(&env.cfg, "app");
+    let key = HASH_KEY.as_bytes().to_vec();
+    let origin = Origin {
+        requester: "test".into(),
+        source: "cli".into(),
+    };
+    let submit = |ids: String, batch: usize, faults: Faults| {
+        let (target, policy, key, origin) = (
+            target.clone(),
+            Arc::clone(&policy),
+            key.clone(),
+            origin.clone(),
+        );
+        async move {
+            let mut s = Session::open(&target, policy, Some(&key)).await?;
+            let list = s.parse_ids(&ids)?;
+            let job = s.submit(&origin, &list, batch).await?;
+            s.run(job, faults).await?;
+            s.status(job).await?.ok_or_else(|| "no job".to_string())
+        }
+    };
+    rt().block_on(async {
+        // 1. A REPEATABLE READ transaction whose snapshot is older than the job's forget list:
+        //    its insert cannot see the list, so the suppression trigger lets the PII through.
+        let old = env
+            .cluster
+            .connect("postgres", Some("postgres"), DEMO_DB)
+            .await
+            .expect("connect");
+        old.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM customers")
+            .await
+            .expect("old snapshot");
+        let job = tokio::spawn(submit("7".into(), 25, Faults::default()));
+        wait_sql(&env, "SELECT state FROM pgredact.forget_jobs", "finalizing").await;
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        // Finalize waits while the older transaction is open...
+        assert_eq!(sql(&env, "SELECT state FROM pgredact.forget_jobs"), "finalizing");
+        old.batch_execute(
+            "INSERT INTO customer_history (customer_id, changed_at, email, phone, address) \
+             VALUES (7, now(), 'late.writer@example.com', '+1 555 0100', '1 Late Street'); COMMIT",
+        )
+        .await
+        .expect("late insert");
+        // ...then verifies, and finds and clears what it wrote.
+        let st = job.await.expect("join").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(st.state, "done", "{}", st.render());
+        assert_eq!(
+            sql(&env, "SELECT count(*) FROM customer_history WHERE customer_id = 7 AND (email IS NOT NULL OR phone IS NOT NULL OR address IS NOT NULL)"),
+            "0"
+        );
+
+        // 2. Job A stops after its first batch of 10 (customers 101..110 done, 111..150 not),
+        //    and job B asks for 120..125, which A owns.
+        let a = submit(
+            (101..=150).map(|i| i.to_string()).collect::<Vec<_>>().join(","),
+            10,
+            Faults {
+                stop_after_batches: Some(1),
+                ..Faults::default()
+            },
+        )
+        .await;
+        assert!(a.is_err() || a.as_ref().is_ok_and(|s| s.state == "running"), "{:?}", a.as_ref().map(|s| s.render()));
+        let pii_b = "SELECT count(*) FROM customers WHERE customer_id BETWEEN 120 AND 125 AND first_name IS NOT NULL";
+        assert_eq!(sql(&env, pii_b), "6");
+        let b = tokio::spawn(submit("120,121,122,123,124,125".into(), 25, Faults::default()));
+        let b_state = "SELECT state FROM pgredact.forget_jobs ORDER BY id DESC LIMIT 1";
+        wait_sql(&env, b_state, "finalizing").await;
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        // B does not report customers A has not anonymized yet.
+        assert_eq!(sql(&env, b_state), "finalizing");
+        assert_eq!(sql(&env, pii_b), "6");
+        // A resumes and finishes; then B verifies all six.
+        let a_id: i64 = sql(&env, "SELECT min(id) FROM pgredact.forget_jobs WHERE state = 'running'")
+            .parse()
+            .expect("job a");
+        let mut s = Session::open(&target, Arc::clone(&policy), Some(&key))
+            .await
+            .expect("session");
+        s.run(a_id, Faults::default()).await.expect("resume a");
+        let st = b.await.expect("join").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(st.state, "done", "{}", st.render());
+        assert_eq!(st.ids_already_forgotten, 6, "{}", st.render());
+        let v = st.verification.clone().expect("verification");
+        assert_eq!(v["ids_checked"], 6, "{v}");
+        assert_eq!(v["ok"], true, "{v}");
+        assert_eq!(sql(&env, pii_b), "0");
+    });
+}

@@ -284,7 +284,91 @@ async fn start_locked(client: &mut Client, spec: &Spec, job_id: i64) -> Result<(
     .await
     .map_err(pg)?;
     tx.commit().await.map_err(pg)?;
+    // Transactions open now may have taken their snapshot before the list committed: their
+    // writes do not see it (a REPEATABLE READ load, a statement already running), so the
+    // suppression triggers let them through. Finalize waits for every one of them to end.
+    client
+        .execute(
+            "UPDATE pgredact.forget_jobs SET list_wait = ARRAY( \
+               SELECT l.virtualxid FROM pg_catalog.pg_locks l \
+               WHERE l.locktype = 'virtualxid' AND l.granted \
+                 AND l.pid IS DISTINCT FROM pg_catalog.pg_backend_pid()) WHERE id = $1",
+            &[&job_id],
+        )
+        .await
+        .map_err(pg)?;
     Ok(())
+}
+
+/// How long one finalize attempt waits for older transactions, or for the jobs that own some
+/// of its IDs, before it leaves the job for a later attempt (a transient outcome).
+const FINALIZE_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Waits until `done` says so, polling every 200 ms; after [`FINALIZE_WAIT`], a transient
+/// error saying what it waited for.
+async fn wait_until<F, Fut>(what: impl Fn(i64) -> String, mut left: F) -> Result<(), JobError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<i64, JobError>>,
+{
+    let deadline = Instant::now() + FINALIZE_WAIT;
+    loop {
+        let n = left().await?;
+        if n == 0 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(JobError {
+                msg: what(n),
+                kind: Kind::Transient,
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Finalize's waits, before it verifies: (1) every transaction that was open when the job's
+/// forget list committed has ended, so no write that could not see the list is still to come;
+/// (2) every other job that owns some of this job's IDs has finished its batches, so this job
+/// can verify every ID it reports (not only those it anonymized itself).
+async fn wait_before_verifying(
+    client: &Client,
+    job_id: i64,
+    ids: &[String],
+) -> Result<(), JobError> {
+    wait_until(
+        |n| format!("{n} transaction(s) older than the job's forget list are still open; finalize waits for them (see pg_stat_activity for long transactions)"),
+        || async {
+            Ok(client
+                .query_one(
+                    "SELECT pg_catalog.count(*) FROM pg_catalog.pg_locks l, pgredact.forget_jobs j \
+                     WHERE j.id = $1 AND l.locktype = 'virtualxid' AND l.granted \
+                       AND l.virtualxid = ANY (j.list_wait)",
+                    &[&job_id],
+                )
+                .await
+                .map_err(pg)?
+                .get::<_, i64>(0))
+        },
+    )
+    .await?;
+    wait_until(
+        |n| format!("{n} of this job's IDs belong to other forget jobs still running; finalize verifies them once those jobs have anonymized them"),
+        || async {
+            Ok(client
+                .query_one(
+                    "SELECT pg_catalog.count(*) FROM pg_catalog.unnest(CAST($1 AS pg_catalog.text[])) AS x(v) \
+                     JOIN pgredact.forget_list f ON f.subject_hash = pg_catalog.decode(pgredact.hmac_hex(x.v), 'hex') \
+                     JOIN pgredact.forget_jobs j ON j.id = f.job_id \
+                     WHERE f.job_id <> $2 AND j.state IN ('queued', 'running')",
+                    &[&ids, &job_id],
+                )
+                .await
+                .map_err(pg)?
+                .get::<_, i64>(0))
+        },
+    )
+    .await
 }
 
 /// IDs of `ids` this job may anonymize now, and how many were already forgotten before it.
@@ -508,7 +592,9 @@ async fn finalize_locked(
     }
     let tables: Vec<String> = spec.changing_tables().map(|t| t.display()).collect();
     let ids = all_ids(client, job_id).await?;
-    let (process, _, _) = owned_ids(&*client, job_id, &ids).await?;
+    wait_before_verifying(client, job_id, &ids).await?;
+    // Every ID the job reports, its own and those other jobs forgot.
+    let process = ids;
     // Verification: re-query every table for these IDs (a second pass fixes rows that a write
     // started before the job committed after its batch).
     let mut remaining = vec![0i64; tables.len()];

@@ -80,6 +80,12 @@ DO $retries$ BEGIN
         ALTER TABLE pgredact.forget_jobs ADD COLUMN retries integer NOT NULL DEFAULT 0,
                                          ADD COLUMN last_retry_error text;
     END IF;
+    -- The transactions open when the job's forget list committed (their virtual transaction
+    -- ids): finalize waits for them before it verifies.
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = 'pgredact.forget_jobs'::pg_catalog.regclass
+                   AND attname = 'list_wait' AND NOT attisdropped) THEN
+        ALTER TABLE pgredact.forget_jobs ADD COLUMN list_wait text[];
+    END IF;
 END $retries$;
 CREATE TABLE IF NOT EXISTS pgredact.forget_meta (
     id        boolean PRIMARY KEY DEFAULT true CHECK (id),
