@@ -715,6 +715,18 @@ fn customer_id_that_is_pii_becomes_one_token_everywhere() {
         )),
         "1|10"
     );
+    // Untraceable: the token is random (kept on the forget list), not the keyed hash of the ID
+    // that `hash` masks show (nor any part of it), so no masked value leads back to Alice.
+    let keyed = q("SELECT pgredact.hmac_hex('alice@example.com')");
+    let hex = token.trim_start_matches("forgotten:");
+    assert_eq!(hex.len(), 24, "{token}");
+    assert!(!keyed.contains(&hex[..8]), "{token} vs {keyed}");
+    assert_eq!(
+        q(&format!(
+            "SELECT count(*) FROM pgredact.forget_list WHERE token = '{token}'"
+        )),
+        "1"
+    );
     // Untraceable: the raw ID is nowhere, not in the data nor in pgredact's own tables.
     let everywhere = "SELECT (SELECT count(*) FROM accounts a WHERE a::text LIKE '%alice%') \
                       + (SELECT count(*) FROM sessions s WHERE s::text LIKE '%alice%') \

@@ -266,11 +266,14 @@ async fn start_locked(client: &mut Client, spec: &Spec, job_id: i64) -> Result<(
     // Sorted, so concurrent jobs with overlapping IDs wait on each other in one order.
     let new: i64 = tx
         .query_one(
-            "WITH ins AS (INSERT INTO pgredact.forget_list (subject_hash, job_id) \
-               SELECT h, $2 FROM (SELECT pg_catalog.decode(pgredact.hmac_hex(v), 'hex') AS h \
+            &format!(
+                "WITH ins AS (INSERT INTO pgredact.forget_list (subject_hash, job_id, token) \
+               SELECT h, $2, {token} FROM (SELECT pg_catalog.decode(pgredact.hmac_hex(v), 'hex') AS h \
                                   FROM pg_catalog.unnest(CAST($1 AS pg_catalog.text[])) AS v) s \
                ORDER BY h ON CONFLICT (subject_hash) DO NOTHING RETURNING 1) \
              SELECT count(*) FROM ins",
+                token = plan::NEW_TOKEN_SQL
+            ),
             &[&ids, &job_id],
         )
         .await

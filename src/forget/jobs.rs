@@ -86,6 +86,12 @@ DO $retries$ BEGIN
                    AND attname = 'list_wait' AND NOT attisdropped) THEN
         ALTER TABLE pgredact.forget_jobs ADD COLUMN list_wait text[];
     END IF;
+    -- The random token that replaces a subject ID that is PII (NULL for entries of earlier
+    -- versions, whose tokens were derived from the keyed hash).
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = 'pgredact.forget_list'::pg_catalog.regclass
+                   AND attname = 'token' AND NOT attisdropped) THEN
+        ALTER TABLE pgredact.forget_list ADD COLUMN token text;
+    END IF;
 END $retries$;
 CREATE TABLE IF NOT EXISTS pgredact.forget_meta (
     id        boolean PRIMARY KEY DEFAULT true CHECK (id),

@@ -11,9 +11,14 @@ use crate::policy::{quote_ident, quote_literal, DatabasePolicy};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
-/// Prefix of the token that replaces a subject ID that is itself PII.
+/// Prefix of the token that replaces a subject ID that is itself PII. The rest is random
+/// ([`NEW_TOKEN_SQL`]), kept with the ID's keyed hash on the forget list, so one customer keeps
+/// one token everywhere, and no key, masking path or stored table derives it from the ID.
 pub const TOKEN_PREFIX: &str = "forgotten:";
-/// Hex digits of the keyed hash kept in the token.
+/// SQL of a new token: the prefix and [`TOKEN_HEX`] hex digits of a random UUID (PostgreSQL's
+/// `gen_random_uuid`, from its strong random source).
+pub const NEW_TOKEN_SQL: &str = "'forgotten:' OPERATOR(pg_catalog.||) pg_catalog.left(pg_catalog.replace(CAST(pg_catalog.gen_random_uuid() AS pg_catalog.text), '-', ''), 24)";
+/// Hex digits after the prefix.
 pub const TOKEN_HEX: usize = 24;
 /// Tables with more (estimated) rows than this need an index on the subject column.
 pub const LARGE_TABLE_ROWS: f64 = 100_000.0;
@@ -200,10 +205,14 @@ impl TableSpec {
         let parts: Vec<String> = self.columns.iter().map(|c| c.differs_sql(alias)).collect();
         format!("({})", parts.join(" OR "))
     }
-    /// The token for a subject value expression.
+    /// The token for a subject value expression: the random token the forget list holds for it
+    /// (entries of earlier versions have none: their token was derived from the keyed hash).
     pub fn token_sql(&self, value: &str) -> String {
+        let hex = format!("pgredact.hmac_hex(CAST({value} AS pg_catalog.text))");
         format!(
-            "CAST(('{TOKEN_PREFIX}' OPERATOR(pg_catalog.||) pg_catalog.left(pgredact.hmac_hex(CAST({value} AS pg_catalog.text)), {TOKEN_HEX})) AS {})",
+            "CAST(COALESCE((SELECT f.token FROM pgredact.forget_list f \
+             WHERE f.subject_hash OPERATOR(pg_catalog.=) pg_catalog.decode({hex}, 'hex')), \
+             '{TOKEN_PREFIX}' OPERATOR(pg_catalog.||) pg_catalog.left({hex}, {TOKEN_HEX})) AS {})",
             self.subject_type
         )
     }
@@ -283,7 +292,7 @@ impl Plan {
             self.database,
             self.ids,
             if self.subject_is_pii {
-                "; the customer ID is PII: it becomes 'forgotten:<keyed hash>' everywhere"
+                "; the customer ID is PII: it becomes one random 'forgotten:<hex>' token everywhere"
             } else {
                 ""
             }

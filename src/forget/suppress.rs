@@ -86,8 +86,9 @@ pub fn function_body(t: &TableSpec) -> String {
     if t.tokenize {
         resets.push_str(&format!(
             "    IF {as_text} OPERATOR(pg_catalog.!~~) '{TOKEN_PREFIX}%' THEN\n      \
-             {subj} := (SELECT '{TOKEN_PREFIX}' OPERATOR(pg_catalog.||) pg_catalog.left(pg_catalog.encode({}, 'hex'), {TOKEN_HEX}) \
-             FROM pgredact.hash_key k);\n    \
+             {subj} := (SELECT COALESCE(f.token, '{TOKEN_PREFIX}' OPERATOR(pg_catalog.||) \
+             pg_catalog.left(pg_catalog.encode(f.subject_hash, 'hex'), {TOKEN_HEX})) \
+             FROM pgredact.hash_key k JOIN pgredact.forget_list f ON f.subject_hash OPERATOR(pg_catalog.=) {});\n    \
              END IF;\n",
             hmac_sql(&subj),
         ));
