@@ -792,7 +792,7 @@ pub async fn plan(client: &Client, spec: &Spec, ids: &[String]) -> Result<Plan, 
             .map(|c| (c.name.clone(), c.shown()))
             .collect();
         if t.tokenize {
-            columns.push((t.subject.clone(), format!("'{TOKEN_PREFIX}<keyed hash>'")));
+            columns.push((t.subject.clone(), format!("'{TOKEN_PREFIX}<random>'")));
         }
         if t.changes_anything() && matched > 0 {
             check_blockers(client, t, &ids_vec, &mut plan.blockers).await?;
