@@ -1929,3 +1929,97 @@ fn finalize_waits_for_older_transactions_and_for_jobs_that_own_its_ids() {
         assert_eq!(sql(&env, pii_b), "0");
     });
 }
+
+const CI_SCHEMA: &str = r#"
+CREATE EXTENSION IF NOT EXISTS citext;
+CREATE TABLE public.members (email citext PRIMARY KEY, name text, tier text);
+CREATE TABLE public.logins (login_id serial PRIMARY KEY, email text NOT NULL, ip inet);
+CREATE INDEX ON public.logins (email);
+INSERT INTO public.members VALUES ('Carol@Example.com', 'Carol', 'gold'), ('dave@example.com', 'Dave', 'silver');
+INSERT INTO public.logins (email, ip) VALUES ('carol@example.com', '10.0.0.1'), ('CAROL@EXAMPLE.COM', '10.0.0.2'), ('dave@example.com', '10.0.0.3');
+ALTER TABLE public.members OWNER TO pgredact;
+ALTER TABLE public.logins OWNER TO pgredact;
+"#;
+
+const CI_POLICY: &str = r#"
+database = "app"
+[tables."public.members"]
+subject = "email"
+columns.email = "email"
+columns.name = "null"
+[tables."public.logins"]
+subject = "email"
+columns.email = "email"
+columns.ip = "null"
+"#;
+
+#[test]
+fn case_insensitive_ids_are_forgotten_and_suppressed_in_every_spelling() {
+    set_env();
+    let cluster = Cluster::start(Default::default()).expect("cluster");
+    cluster.create_database(DEMO_DB).expect("create db");
+    cluster
+        .superuser_psql(DEMO_DB, &pgredact::pgcluster::demo_schema_sql())
+        .expect("demo roles");
+    cluster.superuser_psql(DEMO_DB, CI_SCHEMA).expect("schema");
+    let (cfg, _dir) = write_config(&cluster, CI_POLICY);
+    let q = |s: &str| {
+        cluster
+            .superuser_psql(DEMO_DB, s)
+            .unwrap_or_else(|e| panic!("{s}: {e}"))
+            .trim()
+            .to_string()
+    };
+    // Requested in yet another spelling, with spaces around it.
+    let report = rt()
+        .block_on(forget::run_cli(&cfg, forget_args(" CAROL@example.COM ")))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.contains(": done"), "{report}");
+    let token = q("SELECT email FROM members WHERE tier = 'gold'");
+    assert!(token.starts_with("forgotten:"), "{token}\n{report}");
+    assert_eq!(
+        q("SELECT name IS NULL FROM members WHERE tier = 'gold'"),
+        "t"
+    );
+    // Both spellings in the text table: one token, no IP.
+    assert_eq!(
+        q(&format!(
+            "SELECT count(*), bool_and(ip IS NULL) FROM logins WHERE email = '{token}'"
+        )),
+        "2|t"
+    );
+    // Later deliveries in other spellings are suppressed and land on the token.
+    q(
+        "INSERT INTO logins (email, ip) VALUES ('Carol@EXAMPLE.com', '10.9.9.9'); \
+       INSERT INTO members VALUES ('carol@example.COM', 'Carol again', 'platinum') \
+       ON CONFLICT (email) DO UPDATE SET name = EXCLUDED.name, tier = EXCLUDED.tier",
+    );
+    assert_eq!(
+        q(&format!(
+            "SELECT count(*), bool_and(ip IS NULL) FROM logins WHERE email = '{token}'"
+        )),
+        "3|t"
+    );
+    assert_eq!(
+        q(&format!(
+            "SELECT name IS NULL, tier FROM members WHERE email = '{token}'"
+        )),
+        "t|platinum"
+    );
+    assert_eq!(
+        q(
+            "SELECT (SELECT count(*) FROM members m WHERE m::text ILIKE '%carol%') \
+            + (SELECT count(*) FROM logins l WHERE l::text ILIKE '%carol%')"
+        ),
+        "0"
+    );
+    // Dave is untouched.
+    assert_eq!(
+        q("SELECT name FROM members WHERE email = 'DAVE@example.com'"),
+        "Dave"
+    );
+    assert_eq!(
+        q("SELECT count(*) FROM logins WHERE email = 'dave@example.com' AND ip IS NOT NULL"),
+        "1"
+    );
+}

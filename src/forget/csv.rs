@@ -23,6 +23,9 @@ pub enum IdKind {
     },
     Uuid,
     Text,
+    /// Text where some subject column is case-insensitive (`citext`): IDs are compared, hashed
+    /// and suppressed in lower case, in every subject table.
+    CiText,
 }
 
 impl IdKind {
@@ -42,7 +45,8 @@ impl IdKind {
                 max: i64::MAX,
             },
             "uuid" => IdKind::Uuid,
-            "text" | "varchar" | "bpchar" | "name" | "citext" => IdKind::Text,
+            "text" | "varchar" | "bpchar" | "name" => IdKind::Text,
+            "citext" => IdKind::CiText,
             _ => return None,
         })
     }
@@ -55,9 +59,12 @@ impl IdKind {
                 min: a.max(c),
                 max: b.min(d),
             }),
-            (Int { .. }, Text) | (Text, Int { .. }) => Ok(self.strictest_int(other)),
-            (Uuid, Uuid) | (Uuid, Text) | (Text, Uuid) => Ok(Uuid),
+            (Int { .. }, Text | CiText) | (Text | CiText, Int { .. }) => {
+                Ok(self.strictest_int(other))
+            }
+            (Uuid, Uuid) | (Uuid, Text | CiText) | (Text | CiText, Uuid) => Ok(Uuid),
             (Text, Text) => Ok(Text),
+            (CiText, Text | CiText) | (Text, CiText) => Ok(CiText),
             (Int { .. }, Uuid) | (Uuid, Int { .. }) => {
                 Err("subject columns mix integer and uuid types".to_string())
             }
@@ -77,6 +84,7 @@ impl IdKind {
             IdKind::Int { min, max } => format!("an integer between {min} and {max}"),
             IdKind::Uuid => "a UUID".to_string(),
             IdKind::Text => "a non-empty text ID".to_string(),
+            IdKind::CiText => "a non-empty text ID (case-insensitive)".to_string(),
         }
     }
 }
@@ -122,6 +130,9 @@ pub fn canonical_id(raw: &str, kind: IdKind) -> Result<String, String> {
             ))
         }
         IdKind::Text => Ok(s.to_string()),
+        // The same folding as PostgreSQL's lower() for the IDs that matter (e-mails, codes);
+        // the SQL side folds with lower() as well (TableSpec::id_text_sql).
+        IdKind::CiText => Ok(s.to_lowercase()),
     }
 }
 
@@ -174,7 +185,7 @@ fn looks_like_header(field: &str, kind: IdKind, subject_names: &[String]) -> boo
         return true;
     }
     // For integer and UUID subjects any name-like first line is a header.
-    kind != IdKind::Text
+    !matches!(kind, IdKind::Text | IdKind::CiText)
         && canonical_id(field, kind).is_err()
         && !f.is_empty()
         && f.chars()
@@ -352,6 +363,13 @@ mod tests {
             "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
         );
         assert_eq!(canonical_id(" a@b.c ", IdKind::Text).unwrap(), "a@b.c");
+        assert_eq!(canonical_id(" A@B.c ", IdKind::Text).unwrap(), "A@B.c");
+        assert_eq!(canonical_id(" A@B.c ", IdKind::CiText).unwrap(), "a@b.c");
+        let ci = IdKind::for_type("citext").unwrap();
+        assert_eq!(ci, IdKind::CiText);
+        assert_eq!(IdKind::Text.combine(ci).unwrap(), IdKind::CiText);
+        assert_eq!(ci.combine(IdKind::Uuid).unwrap(), IdKind::Uuid);
+        assert_eq!(ci.combine(i4).unwrap(), i4);
         assert!(canonical_id("a\u{7}b", IdKind::Text).is_err());
         assert_eq!(IdKind::for_type("int8").unwrap().combine(i4).unwrap(), i4);
     }

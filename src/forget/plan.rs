@@ -144,6 +144,9 @@ pub struct TableSpec {
     pub columns: Vec<ColSpec>,
     /// The subject ID is PII: it is replaced by the token.
     pub tokenize: bool,
+    /// IDs are case-insensitive in this database (a subject column is `citext`): matched,
+    /// hashed and suppressed in lower case.
+    pub fold_case: bool,
     pub reltuples: f64,
     /// The control role may ANALYZE it (owner or member of the owner role).
     pub owned: bool,
@@ -188,13 +191,39 @@ impl TableSpec {
     pub fn changes_anything(&self) -> bool {
         self.tokenize || !self.columns.is_empty()
     }
-    /// `<alias>.subject = ANY(<param as text[] cast to the subject type>)`.
+    /// `<alias>.subject = ANY(<param as text[] cast to the subject type>)`; with case-folded
+    /// IDs (already lower case in `param`), a text subject is compared in lower case (a citext
+    /// one compares so by itself, and keeps its index).
     pub fn match_sql(&self, alias: &str, param: &str) -> String {
+        if self.fold_case {
+            // citext's own `=` (in its extension's schema: control sessions resolve names in
+            // pg_catalog only, where `=` would be text's, case-sensitive), which its indexes use.
+            if let Some((schema, "citext")) = self.subject_type.rsplit_once('.') {
+                return format!(
+                    "{} OPERATOR({schema}.=) ANY(CAST(CAST({param} AS pg_catalog.text[]) AS {}[]))",
+                    self.subj(alias),
+                    self.subject_type
+                );
+            }
+            return format!(
+                "{} = ANY(CAST({param} AS pg_catalog.text[]))",
+                self.id_text_sql(&self.subj(alias))
+            );
+        }
         format!(
             "{} = ANY(CAST(CAST({param} AS pg_catalog.text[]) AS {}[]))",
             self.subj(alias),
             self.subject_type
         )
+    }
+    /// A subject value as the text its keyed hash is computed from (lower case when IDs are
+    /// case-insensitive).
+    pub fn id_text_sql(&self, value: &str) -> String {
+        if self.fold_case {
+            format!("pg_catalog.lower(CAST({value} AS pg_catalog.text))")
+        } else {
+            format!("CAST({value} AS pg_catalog.text)")
+        }
     }
     /// The row still holds something forget would change (for tokenized tables, matching the
     /// raw ID is enough: the raw ID itself is PII).
@@ -208,7 +237,7 @@ impl TableSpec {
     /// The token for a subject value expression: the random token the forget list holds for it
     /// (entries of earlier versions have none: their token was derived from the keyed hash).
     pub fn token_sql(&self, value: &str) -> String {
-        let hex = format!("pgredact.hmac_hex(CAST({value} AS pg_catalog.text))");
+        let hex = format!("pgredact.hmac_hex({})", self.id_text_sql(value));
         format!(
             "CAST(COALESCE((SELECT f.token FROM pgredact.forget_list f \
              WHERE f.subject_hash OPERATOR(pg_catalog.=) pg_catalog.decode({hex}, 'hex')), \
@@ -568,6 +597,7 @@ pub async fn resolve(client: &Client, policy: &DatabasePolicy) -> Result<Spec, S
             subject_attnum: subj.attnum,
             columns,
             tokenize,
+            fold_case: false,
             reltuples,
             owned,
             partitioned: relkind == "p",
@@ -581,10 +611,14 @@ pub async fn resolve(client: &Client, policy: &DatabasePolicy) -> Result<Spec, S
             policy.database
         ));
     }
+    let id_kind = kind.unwrap_or(IdKind::Text);
+    for t in &mut tables {
+        t.fold_case = id_kind == IdKind::CiText;
+    }
     let mut spec = Spec {
         database: policy.database.clone(),
         tables,
-        id_kind: kind.unwrap_or(IdKind::Text),
+        id_kind,
         tokenize,
         subject_names,
         static_blockers: blockers,

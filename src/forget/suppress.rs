@@ -38,10 +38,10 @@ pub fn function_name(t: &TableSpec) -> String {
 
 /// The keyed hash of a subject expression, as bytea (matches `pgredact.hmac_hex`). Every name is
 /// schema-qualified: the function runs with the caller's `search_path` (see [`function_body`]).
-fn hmac_sql(value: &str) -> String {
+fn hmac_sql(text: &str) -> String {
     format!(
         "pg_catalog.sha256(k.opad OPERATOR(pg_catalog.||) pg_catalog.sha256(k.ipad OPERATOR(pg_catalog.||) \
-         pg_catalog.convert_to(CAST({value} AS pg_catalog.text), 'UTF8')))"
+         pg_catalog.convert_to({text}, 'UTF8')))"
     )
 }
 
@@ -90,7 +90,7 @@ pub fn function_body(t: &TableSpec) -> String {
              pg_catalog.left(pg_catalog.encode(f.subject_hash, 'hex'), {TOKEN_HEX})) \
              FROM pgredact.hash_key k JOIN pgredact.forget_list f ON f.subject_hash OPERATOR(pg_catalog.=) {});\n    \
              END IF;\n",
-            hmac_sql(&subj),
+            hmac_sql(&t.id_text_sql(&subj)),
         ));
     }
     format!(
@@ -105,7 +105,7 @@ pub fn function_body(t: &TableSpec) -> String {
          END\n",
         table = t.display().replace('\n', " "),
         when = when_sql(t).replace('\n', " "),
-        hash = hmac_sql(&subj),
+        hash = hmac_sql(&t.id_text_sql(&subj)),
     )
 }
 
@@ -428,6 +428,7 @@ mod tests {
                 },
             ],
             tokenize,
+            fold_case: false,
             reltuples: 0.0,
             owned: true,
             partitioned: false,
