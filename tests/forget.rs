@@ -2023,3 +2023,98 @@ fn case_insensitive_ids_are_forgotten_and_suppressed_in_every_spelling() {
         "1"
     );
 }
+
+#[test]
+fn sweep_reapplies_the_forget_list_after_a_restore_and_to_new_policy_columns() {
+    let env = demo_env();
+    let report = rt()
+        .block_on(forget::run_cli(&env.cfg, forget_args("11,12")))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.contains(": done"), "{report}");
+    let untouched = "SELECT md5(c::text) FROM customers c WHERE customer_id = 13";
+    let customer_13 = sql(&env, untouched);
+    // A restore from a backup taken before the job: the old values come back (triggers off, as
+    // a restore of the data files or a dump with --disable-triggers would), and the schema
+    // restore lost the trigger of the events table, so a delivery for customer 11 lands raw.
+    sql(
+        &env,
+        "ALTER TABLE customers DISABLE TRIGGER ALL; \
+         UPDATE customers SET first_name = 'Restored', email = 'restored@example.com', segment = 'vip' \
+         WHERE customer_id IN (11, 12); \
+         ALTER TABLE customers ENABLE TRIGGER ALL; \
+         DROP TRIGGER \"~pgredact_forget\" ON customer_events; \
+         INSERT INTO customer_events (customer_id, event_type, ip_address, occurred_at) \
+         VALUES (11, 'login', '192.0.2.11', now())",
+    );
+    assert_eq!(
+        sql(&env, "SELECT count(*) FROM customers WHERE customer_id IN (11, 12) AND first_name = 'Restored'"),
+        "2"
+    );
+    // Meanwhile `segment` joined the policy.
+    let (cfg2, _dir2) = write_config(
+        &env.cluster,
+        &DEMO_POLICY.replace(
+            "columns.birth_date = \"year\"\n",
+            "columns.birth_date = \"year\"\ncolumns.segment = \"null\"\n",
+        ),
+    );
+    let report = rt()
+        .block_on(forget::run_cli(
+            &cfg2,
+            ForgetArgs {
+                sweep: true,
+                ..ForgetArgs::default()
+            },
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.contains("forget list (2 customer(s))"), "{report}");
+    assert!(
+        report.contains("public.customers: 2 row(s) changed"),
+        "{report}"
+    );
+    assert!(
+        report.contains("public.customer_events: 1 row(s) changed"),
+        "{report}"
+    );
+    assert!(
+        report.contains("verification: no row of a forgotten customer holds PII"),
+        "{report}"
+    );
+    assert_eq!(
+        sql(
+            &env,
+            "SELECT count(*) FROM customers WHERE customer_id IN (11, 12) \
+                   AND (first_name IS NOT NULL OR email IS NOT NULL OR segment IS NOT NULL)"
+        ),
+        "0"
+    );
+    assert_eq!(
+        sql(&env, "SELECT count(*) FROM customer_events WHERE customer_id = 11 AND ip_address IS NOT NULL"),
+        "0"
+    );
+    // The lost trigger is back, and suppresses again.
+    sql(
+        &env,
+        "INSERT INTO customer_events (customer_id, event_type, ip_address, occurred_at) \
+         VALUES (12, 'login', '192.0.2.12', now())",
+    );
+    assert_eq!(
+        sql(&env, "SELECT count(*) FROM customer_events WHERE customer_id = 12 AND ip_address IS NOT NULL"),
+        "0"
+    );
+    // Everyone else is untouched; a second sweep finds nothing to do.
+    assert_eq!(sql(&env, untouched), customer_13);
+    let again = rt()
+        .block_on(forget::run_cli(
+            &cfg2,
+            ForgetArgs {
+                sweep: true,
+                ..ForgetArgs::default()
+            },
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        again.contains("public.customers: 0 row(s) changed"),
+        "{again}"
+    );
+}

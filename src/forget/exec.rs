@@ -443,6 +443,86 @@ fn verify_sql(spec: &Spec) -> String {
     format!("SELECT {}", sels.join(", "))
 }
 
+/// What `pgredact forget --sweep` did to one table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SweepTable {
+    pub table: String,
+    /// Rows of forgotten customers that held PII and were anonymized now.
+    pub changed: i64,
+    /// Rows of forgotten customers that still hold PII after the sweep (0 when it worked).
+    pub left: i64,
+}
+
+/// The rows of `t` whose subject is on the forget list (its keyed hash computed inline from
+/// the key table `k`, so no function call per row) and still hold something forget changes.
+fn swept_rows_sql(t: &plan::TableSpec) -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM pgredact.forget_list f WHERE f.subject_hash OPERATOR(pg_catalog.=) \
+         pg_catalog.sha256(k.opad OPERATOR(pg_catalog.||) pg_catalog.sha256(k.ipad OPERATOR(pg_catalog.||) \
+         pg_catalog.convert_to({}, 'UTF8')))) AND {}",
+        t.id_text_sql(&t.subj("t")),
+        t.not_forgotten_sql("t")
+    )
+}
+
+/// Re-applies the whole forget list to every subject table: after a restore from a backup
+/// taken before some customers were forgotten, or after a table or column joined the policy.
+/// One statement per table (each its own transaction, retried after transient errors), then a
+/// re-query. The IDs are never needed: rows are found by the keyed hash of their subject.
+pub async fn sweep(client: &mut Client, spec: &Spec) -> Result<Vec<SweepTable>, String> {
+    super::suppress::ensure(client, spec).await?;
+    let mut out = Vec::new();
+    for t in spec.changing_tables() {
+        let update = format!(
+            "WITH u AS (UPDATE {} AS t SET {} FROM pgredact.hash_key AS k WHERE {} RETURNING 1) \
+             SELECT pg_catalog.count(*) FROM u",
+            t.qname(),
+            t.set_sql(),
+            swept_rows_sql(t)
+        );
+        let mut attempt = 0;
+        let changed: i64 = loop {
+            match client.query_one(&update, &[]).await {
+                Ok(r) => break r.get(0),
+                Err(e) if is_transient(&e) && attempt < 4 && !client.is_closed() => {
+                    attempt += 1;
+                    tracing::warn!(
+                        "sweep of {}: retrying after {}",
+                        t.display(),
+                        super::db_error(&e)
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+                }
+                Err(e) => return Err(format!("sweep of {}: {}", t.display(), super::db_error(&e))),
+            }
+        };
+        let left: i64 = client
+            .query_one(
+                &format!(
+                    "SELECT pg_catalog.count(*) FROM {} AS t, pgredact.hash_key AS k WHERE {}",
+                    t.qname(),
+                    swept_rows_sql(t)
+                ),
+                &[],
+            )
+            .await
+            .map_err(|e| {
+                format!(
+                    "verifying the sweep of {}: {}",
+                    t.display(),
+                    super::db_error(&e)
+                )
+            })?
+            .get(0);
+        out.push(SweepTable {
+            table: t.display(),
+            changed,
+            left,
+        });
+    }
+    Ok(out)
+}
+
 /// IDs with no row in any policy table.
 fn unknown_sql(spec: &Spec) -> String {
     let exists: Vec<String> = spec
@@ -450,10 +530,9 @@ fn unknown_sql(spec: &Spec) -> String {
         .iter()
         .map(|t| {
             format!(
-                "EXISTS (SELECT 1 FROM {} AS t WHERE t.{} = CAST(x.v AS {}))",
+                "EXISTS (SELECT 1 FROM {} AS t WHERE {})",
                 t.qname(),
-                crate::policy::quote_ident(&t.subject),
-                t.subject_type
+                t.match_sql("t", "ARRAY[x.v]")
             )
         })
         .collect();

@@ -56,6 +56,10 @@ pub struct ForgetArgs {
     /// Retry a failed or blocked job (it kept its customer IDs) and run it to the end.
     #[arg(long, value_name = "JOB_ID", conflicts_with_all = ["csv", "ids", "dry_run", "resume"])]
     pub retry: Option<i64>,
+    /// Re-apply the whole forget list to every subject table (after restoring a backup, or
+    /// after a table or column joined the policy), reinstalling the suppression triggers.
+    #[arg(long, conflicts_with_all = ["csv", "ids", "dry_run", "resume", "retry"])]
+    pub sweep: bool,
 }
 
 /// `pgredact unforget`: lifts suppression for IDs (audited; anonymized data stays anonymized).
@@ -574,6 +578,35 @@ pub async fn run_cli_with(
             .await
             .map_err(|e| format!("cannot retry job {job}: {e}"))?;
         return run_to_end(&mut session, job, faults).await;
+    }
+    if args.sweep {
+        let tables = exec::sweep(&mut session.client, &session.spec).await?;
+        let listed: i64 = session
+            .client
+            .query_one("SELECT pg_catalog.count(*) FROM pgredact.forget_list", &[])
+            .await
+            .map_err(|e| db_error(&e))?
+            .get(0);
+        let mut out = format!(
+            "sweep of database {:?}: the forget list ({listed} customer(s)) re-applied to every subject table\n",
+            session.spec.database
+        );
+        for t in &tables {
+            out.push_str(&format!("  {}: {} row(s) changed\n", t.table, t.changed));
+        }
+        let left: Vec<String> = tables
+            .iter()
+            .filter(|t| t.left > 0)
+            .map(|t| format!("{}: {}", t.table, t.left))
+            .collect();
+        if !left.is_empty() {
+            return Err(format!(
+                "{out}  verification FAILED: rows of forgotten customers still hold PII ({})\n",
+                left.join(", ")
+            ));
+        }
+        out.push_str("  verification: no row of a forgotten customer holds PII\n");
+        return Ok(out);
     }
     if args.resume {
         let ends = session.resume_all(faults).await?;

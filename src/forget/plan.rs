@@ -163,7 +163,7 @@ impl TableSpec {
     pub fn qname(&self) -> String {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
     }
-    fn subj(&self, alias: &str) -> String {
+    pub fn subj(&self, alias: &str) -> String {
         format!("{alias}.{}", quote_ident(&self.subject))
     }
     /// The inheritance children (not partitions) that need a trigger of their own.
