@@ -187,21 +187,34 @@ copy_run() {
     echo "$(elapsed "$t0" "$t1") $(echo "$out" | awk -v hz="$ticks_hz" 'NR == 1 {a = $1} NR == 2 {printf "%.2f", ($1 - a) / hz}')"
 }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
-without() { psql_su -d app -c 'DROP TRIGGER IF EXISTS "~pgredact_forget" ON customer_events'; }
-with() { psql_su -d app -c 'DROP TRIGGER IF EXISTS "~pgredact_forget" ON customer_events' -c "$TRIGGER_DDL" -c 'ALTER TABLE customer_events ENABLE ALWAYS TRIGGER "~pgredact_forget"'; }
+psql_su -d app -c "CREATE OR REPLACE FUNCTION public.bench_noop() RETURNS trigger LANGUAGE plpgsql AS \$\$ BEGIN RETURN NEW; END \$\$"
+drop_all() { psql_su -d app -c 'DROP TRIGGER IF EXISTS "~pgredact_forget" ON customer_events' -c 'DROP TRIGGER IF EXISTS bench_floor ON customer_events'; }
+without() { drop_all; }
+with() { drop_all; psql_su -d app -c "$TRIGGER_DDL" -c 'ALTER TABLE customer_events ENABLE ALWAYS TRIGGER "~pgredact_forget"'; }
+# The floor: a BEFORE ROW trigger whose function does nothing (COPY stops batching inserts as
+# soon as a table has one), what any row-level suppression design pays.
+floor() { drop_all; psql_su -d app -c 'CREATE TRIGGER bench_floor BEFORE INSERT OR UPDATE ON customer_events FOR EACH ROW EXECUTE FUNCTION public.bench_noop()'; }
 run_as() {   # run_as with|without: prints "wall cpu" of one run, after a VACUUM (rolled-back rows)
     psql_su -d app -c "VACUUM customer_events"
     "$1"
     copy_run
 }
 copy_run >/dev/null   # warm-up (caches)
-W_WALL=(); W_CPU=(); WO_WALL=(); WO_CPU=()
+W_WALL=(); W_CPU=(); WO_WALL=(); WO_CPU=(); F_WALL=(); F_CPU=()
 for r in $(seq "$LOAD_RUNS"); do
-    # Alternate the order so neither variant always runs second.
-    if (( r % 2 )); then order=(without with); else order=(with without); fi
+    # Rotate the order so no variant always runs in the same place.
+    case $(( r % 3 )) in
+        1) order=(without floor with) ;;
+        2) order=(with without floor) ;;
+        *) order=(floor with without) ;;
+    esac
     for v in "${order[@]}"; do
         read -r wall cpu < <(run_as "$v")
-        if [[ $v == with ]]; then W_WALL+=("$wall"); W_CPU+=("$cpu"); else WO_WALL+=("$wall"); WO_CPU+=("$cpu"); fi
+        case $v in
+            with) W_WALL+=("$wall"); W_CPU+=("$cpu") ;;
+            floor) F_WALL+=("$wall"); F_CPU+=("$cpu") ;;
+            *) WO_WALL+=("$wall"); WO_CPU+=("$cpu") ;;
+        esac
     done
 done
 with   # leave suppression installed
@@ -210,11 +223,13 @@ W=$(median "${W_WALL[@]}"); WO=$(median "${WO_WALL[@]}")
 WC=$(median "${W_CPU[@]}"); WOC=$(median "${WO_CPU[@]}")
 echo "   without suppression: wall ${WO_WALL[*]} s (median $WO), backend CPU ${WO_CPU[*]} s (median $WOC)"
 echo "   with suppression:    wall ${W_WALL[*]} s (median $W), backend CPU ${W_CPU[*]} s (median $WC)"
-echo "   ingest slowdown: wall $(pct "$W" "$WO")%, backend CPU $(pct "$WC" "$WOC")%"
+F=$(median "${F_WALL[@]}"); FC=$(median "${F_CPU[@]}")
+echo "   floor (no-op trigger): wall ${F_WALL[*]} s (median $F), backend CPU ${F_CPU[*]} s (median $FC)"
+echo "   ingest slowdown: wall $(pct "$W" "$WO")%, backend CPU $(pct "$WC" "$WOC")%; the floor alone: wall $(pct "$F" "$WO")%, backend CPU $(pct "$FC" "$WOC")%"
 # Check that suppression worked on this load.
 { echo "BEGIN;"; echo "COPY customer_events (customer_id, event_type, ip_address, user_agent, payload, occurred_at) FROM STDIN;";
   head -100000 "$BENCH_DIR/load.tsv"; echo '\.';
   echo "SELECT 'rows of forgotten customers with PII after the load: ' || count(*) FROM customer_events WHERE event_type = 'nightly' AND ip_address IS NOT NULL AND customer_id % $STEP = 0 AND customer_id <= $STEP * $FORGET;";
   echo "ROLLBACK;"; } | psql -X -q -A -t -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U loader -d app | sed 's/^/   /'
 
-echo "== summary: forgot $FORGET of $CUSTOMERS customers in $WALL s ($ROWS rows changed); COPY slowdown with suppression: wall $(pct "$W" "$WO")%, backend CPU $(pct "$WC" "$WOC")%"
+echo "== summary: forgot $FORGET of $CUSTOMERS customers in $WALL s ($ROWS rows changed); COPY slowdown with suppression: wall $(pct "$W" "$WO")%, backend CPU $(pct "$WC" "$WOC")%; floor (no-op BEFORE ROW trigger): wall $(pct "$F" "$WO")%, backend CPU $(pct "$FC" "$WOC")%"

@@ -2118,3 +2118,52 @@ fn sweep_reapplies_the_forget_list_after_a_restore_and_to_new_policy_columns() {
         "{again}"
     );
 }
+
+#[test]
+fn code_of_other_roles_that_forget_would_run_is_a_blocker() {
+    let env = demo_env();
+    sql(
+        &env,
+        "CREATE ROLE app_owner; \
+         CREATE FUNCTION public.touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.updated_at := now(); RETURN NEW; END $$; \
+         ALTER FUNCTION public.touch() OWNER TO app_owner; \
+         CREATE TRIGGER touch BEFORE UPDATE ON customers FOR EACH ROW EXECUTE FUNCTION public.touch(); \
+         CREATE FUNCTION public.short_status(text) RETURNS boolean LANGUAGE sql IMMUTABLE AS $$ SELECT length($1) < 40 $$; \
+         ALTER FUNCTION public.short_status(text) OWNER TO app_owner; \
+         ALTER TABLE orders ADD CONSTRAINT status_short CHECK (public.short_status(status)); \
+         CREATE RULE keep_history AS ON UPDATE TO customer_history WHERE false DO ALSO NOTHING;",
+    );
+    let err = rt()
+        .block_on(forget::run_cli(&env.cfg, forget_args("21")))
+        .expect_err("blocked");
+    for want in [
+        "trigger touch on public.customers calls function public.touch(), owned by role app_owner and not SECURITY DEFINER",
+        "constraint status_short on public.orders calls function public.short_status(text), owned by role app_owner",
+        "rule keep_history on public.customer_history rewrites UPDATEs",
+    ] {
+        assert!(err.contains(want), "{want}\n{err}");
+    }
+    assert_eq!(
+        sql(
+            &env,
+            "SELECT count(*) FROM customers WHERE customer_id = 21 AND first_name IS NOT NULL"
+        ),
+        "1"
+    );
+    // SECURITY DEFINER (runs as its owner), a superuser's function, no rule: forget proceeds,
+    // and the application's trigger still runs.
+    sql(
+        &env,
+        "ALTER FUNCTION public.touch() SECURITY DEFINER; \
+         ALTER FUNCTION public.short_status(text) OWNER TO postgres; \
+         DROP RULE keep_history ON customer_history;",
+    );
+    let report = rt()
+        .block_on(forget::run_cli(&env.cfg, forget_args("21")))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.contains(": done"), "{report}");
+    assert_eq!(
+        sql(&env, "SELECT first_name IS NULL, updated_at > now() - interval '1 hour' FROM customers WHERE customer_id = 21"),
+        "t|t"
+    );
+}

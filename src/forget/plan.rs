@@ -365,6 +365,94 @@ impl Plan {
     }
 }
 
+/// Code owned by another role that the forget UPDATE of table `oid` (or of its partitions and
+/// inheritance children) would run with the control role's rights: functions called by enabled
+/// user triggers, CHECK constraints, domain constraints of its columns, index expressions and
+/// predicates, and stored generated columns, unless the function is SECURITY DEFINER (it then
+/// runs as its owner), in pg_catalog, or owned by a superuser or the control role. Such code could
+/// read what the control role reads: the hash key, the jobs' raw customer IDs, every table's raw
+/// PII. Also rules on the table (they rewrite the UPDATE) and row-level security that would hide
+/// rows from the UPDATE and from its verification.
+async fn foreign_code_blockers(
+    client: &Client,
+    oid: u32,
+    shown: &str,
+) -> Result<Vec<String>, String> {
+    let rows = client
+        .query(FOREIGN_CODE_SQL, &[&oid])
+        .await
+        .map_err(pg_err)?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let (kind, what, func, owner): (String, String, Option<String>, Option<String>) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
+            match (kind.as_str(), func, owner) {
+                ("rule", _, _) => format!(
+                    "{shown}: rule {what} rewrites UPDATEs of the table, so forget cannot know what its UPDATE does; drop the rule or remove the table from the forget policy"
+                ),
+                ("row security", _, _) => format!(
+                    "{shown}: row-level security is enabled on {what} and the control role neither owns it nor has BYPASSRLS: policies would hide rows from the forget UPDATE and from its verification (ALTER ROLE <control role> BYPASSRLS, or make it the owner without FORCE ROW LEVEL SECURITY)"
+                ),
+                (_, Some(f), Some(o)) => format!(
+                    "{shown}: {kind} {what} calls function {f}, owned by role {o} and not SECURITY DEFINER: it would run with the control role's rights during forgetting (the control role reads the hash key, the jobs' raw customer IDs and all raw PII); make it SECURITY DEFINER (it then runs as {o}), have a superuser own it, or drop or disable it"
+                ),
+                _ => format!("{shown}: {kind} {what} runs code of another role during forgetting"),
+            }
+        })
+        .collect())
+}
+
+/// The query behind [`foreign_code_blockers`] ($1 the table): `(kind, what, function, owner)`.
+const FOREIGN_CODE_SQL: &str = "WITH RECURSIVE tree(r) AS ( \
+    SELECT CAST($1 AS pg_catalog.oid) \
+    UNION SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.r), \
+  deps(kind, what, classid, objid) AS ( \
+    SELECT 'constraint', c.conname::text || ' on ' || c.conrelid::pg_catalog.regclass::text, \
+           'pg_catalog.pg_constraint'::pg_catalog.regclass, c.oid \
+      FROM pg_catalog.pg_constraint c JOIN tree ON c.conrelid = tree.r \
+    UNION ALL \
+    SELECT 'index', i.indexrelid::pg_catalog.regclass::text, 'pg_catalog.pg_class'::pg_catalog.regclass, i.indexrelid \
+      FROM pg_catalog.pg_index i JOIN tree ON i.indrelid = tree.r \
+    UNION ALL \
+    SELECT 'generated column', ad.adrelid::pg_catalog.regclass::text || '.' || a.attname::text, \
+           'pg_catalog.pg_attrdef'::pg_catalog.regclass, ad.oid \
+      FROM pg_catalog.pg_attrdef ad JOIN tree ON ad.adrelid = tree.r \
+      JOIN pg_catalog.pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum AND a.attgenerated = 's' \
+    UNION ALL \
+    SELECT 'domain constraint', c.conname::text || ' of ' || pg_catalog.format_type(c.contypid, NULL), \
+           'pg_catalog.pg_constraint'::pg_catalog.regclass, c.oid \
+      FROM pg_catalog.pg_attribute a JOIN tree ON a.attrelid = tree.r \
+      JOIN pg_catalog.pg_type t ON t.oid = a.atttypid AND t.typtype = 'd' \
+      JOIN pg_catalog.pg_constraint c ON c.contypid = t.oid \
+     WHERE a.attnum > 0 AND NOT a.attisdropped), \
+  code(kind, what, fn) AS ( \
+    SELECT 'trigger', t.tgname::text || ' on ' || t.tgrelid::pg_catalog.regclass::text, t.tgfoid \
+      FROM pg_catalog.pg_trigger t JOIN tree ON t.tgrelid = tree.r \
+     WHERE NOT t.tgisinternal AND t.tgenabled <> 'D' \
+       AND t.tgname NOT IN ('~pgredact_forget', 'zzz_pgredact_forget') \
+    UNION ALL \
+    SELECT DISTINCT deps.kind, deps.what, \
+           CASE WHEN d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass THEN d.refobjid \
+                ELSE (SELECT o.oprcode::pg_catalog.oid FROM pg_catalog.pg_operator o WHERE o.oid = d.refobjid) END \
+      FROM deps JOIN pg_catalog.pg_depend d ON d.classid = deps.classid AND d.objid = deps.objid \
+     WHERE d.refclassid IN ('pg_catalog.pg_proc'::pg_catalog.regclass, 'pg_catalog.pg_operator'::pg_catalog.regclass)) \
+SELECT DISTINCT code.kind, code.what, p.oid::pg_catalog.regprocedure::text, r.rolname::text \
+  FROM code JOIN pg_catalog.pg_proc p ON p.oid = code.fn \
+  JOIN pg_catalog.pg_roles r ON r.oid = p.proowner \
+ WHERE NOT p.prosecdef AND p.pronamespace <> 'pg_catalog'::pg_catalog.regnamespace \
+   AND NOT r.rolsuper AND r.rolname <> CURRENT_USER \
+UNION ALL \
+SELECT DISTINCT 'rule', w.rulename::text || ' on ' || w.ev_class::pg_catalog.regclass::text, NULL, NULL \
+  FROM pg_catalog.pg_rewrite w JOIN tree ON w.ev_class = tree.r WHERE w.rulename <> '_RETURN' \
+UNION ALL \
+SELECT 'row security', c.oid::pg_catalog.regclass::text, NULL, NULL \
+  FROM pg_catalog.pg_class c JOIN tree ON c.oid = tree.r \
+ WHERE c.relrowsecurity \
+   AND NOT (SELECT rolbypassrls OR rolsuper FROM pg_catalog.pg_roles WHERE rolname = CURRENT_USER) \
+   AND (c.relforcerowsecurity OR NOT pg_catalog.pg_has_role(c.relowner, 'USAGE')) \
+ORDER BY 1, 2";
+
 fn pg_err(e: tokio_postgres::Error) -> String {
     super::db_error(&e)
 }
@@ -572,6 +660,9 @@ pub async fn resolve(client: &Client, policy: &DatabasePolicy) -> Result<Spec, S
                 quote_ident(&tp.schema) + "." + &quote_ident(&tp.name),
                 quote_ident(subject)
             ));
+        }
+        if changes(tokenize, &columns) {
+            blockers.extend(foreign_code_blockers(client, oid, &shown).await?);
         }
         if !owned && changes(tokenize, &columns) {
             warnings.push(format!(
