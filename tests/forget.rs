@@ -2031,6 +2031,19 @@ fn sweep_reapplies_the_forget_list_after_a_restore_and_to_new_policy_columns() {
         .block_on(forget::run_cli(&env.cfg, forget_args("11,12")))
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(report.contains(": done"), "{report}");
+    // The customer ID is not PII here: the list keeps it raw, and the triggers look it up so.
+    assert_eq!(
+        sql(
+            &env,
+            "SELECT string_agg(subject_id, ',' ORDER BY subject_id) FROM pgredact.forget_list"
+        ),
+        "11,12"
+    );
+    assert_eq!(
+        sql(&env, "SELECT bool_and(p.prosrc LIKE '%f.subject_id%' AND p.prosrc NOT LIKE '%sha256%') \
+                   FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid WHERE t.tgname = '~pgredact_forget'"),
+        "t"
+    );
     let untouched = "SELECT md5(c::text) FROM customers c WHERE customer_id = 13";
     let customer_13 = sql(&env, untouched);
     // A restore from a backup taken before the job: the old values come back (triggers off, as

@@ -279,6 +279,17 @@ async fn start_locked(client: &mut Client, spec: &Spec, job_id: i64) -> Result<(
         .await
         .map_err(pg)?
         .get(0);
+    if !spec.tokenize {
+        // The ID is not PII in any table: keep it raw next to its hash (see suppress).
+        tx.execute(
+            "UPDATE pgredact.forget_list f SET subject_id = x.v \
+             FROM pg_catalog.unnest(CAST($1 AS pg_catalog.text[])) AS x(v) \
+             WHERE f.subject_hash = pg_catalog.decode(pgredact.hmac_hex(x.v), 'hex') AND f.subject_id IS NULL",
+            &[&ids],
+        )
+        .await
+        .map_err(pg)?;
+    }
     tx.execute(
         "UPDATE pgredact.forget_jobs SET state = 'running', started_at = now(), \
          plan = CAST($2 AS text)::jsonb, ids_new = $3 WHERE id = $1",

@@ -92,6 +92,13 @@ DO $retries$ BEGIN
                    AND attname = 'token' AND NOT attisdropped) THEN
         ALTER TABLE pgredact.forget_list ADD COLUMN token text;
     END IF;
+    -- The raw customer ID, kept only while no policy table treats it as PII (it stays in the
+    -- anonymized rows anyway): the triggers then look it up without a keyed hash per row.
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = 'pgredact.forget_list'::pg_catalog.regclass
+                   AND attname = 'subject_id' AND NOT attisdropped) THEN
+        ALTER TABLE pgredact.forget_list ADD COLUMN subject_id text;
+        CREATE INDEX forget_list_subject_id ON pgredact.forget_list (subject_id) WHERE subject_id IS NOT NULL;
+    END IF;
 END $retries$;
 CREATE TABLE IF NOT EXISTS pgredact.forget_meta (
     id        boolean PRIMARY KEY DEFAULT true CHECK (id),

@@ -224,7 +224,7 @@ impl Session {
         if !has_key {
             return Err(
                 "no hash key: set the environment variable named by [secrets] hash_key_env \
-                        (the forget list stores keyed hashes of IDs, never the IDs)"
+                        (the forget list is keyed by hashes of IDs)"
                     .to_string(),
             );
         }

@@ -63,7 +63,7 @@ pub fn when_sql(t: &TableSpec) -> String {
 /// every relation, function and operator in the body is schema-qualified, and no type name
 /// appears (assignments coerce literals to the column type), so the caller's `search_path`
 /// cannot redirect anything; `pg_temp` is never searched for functions or operators.
-pub fn function_body(t: &TableSpec) -> String {
+pub fn function_body(t: &TableSpec, raw_ids: bool) -> String {
     let subj = format!("NEW.{}", quote_ident(&t.subject));
     let mut resets = String::new();
     for c in &t.columns {
@@ -97,16 +97,58 @@ pub fn function_body(t: &TableSpec) -> String {
         "\n-- pgredact forget suppression for {table}; trigger WHEN ({when})\n\
          BEGIN\n  \
          IF {subj} IS NULL THEN RETURN NEW; END IF;\n  \
-         IF {token_check}EXISTS (SELECT 1 FROM pgredact.hash_key k JOIN pgredact.forget_list f\n      \
-         ON f.subject_hash OPERATOR(pg_catalog.=) {hash}) THEN\n\
+         IF {token_check}{listed} THEN\n\
          {resets}  \
          END IF;\n  \
          RETURN NEW;\n\
          END\n",
         table = t.display().replace('\n', " "),
         when = when_sql(t).replace('\n', " "),
-        hash = hmac_sql(&t.id_text_sql(&subj)),
+        listed = listed_sql(t, raw_ids),
     )
+}
+
+/// Whether the row's subject is on the forget list: by its raw ID when the list holds raw IDs
+/// (no table treats the customer ID as PII: an index lookup, no keyed hash per row), else by
+/// the keyed hash of the ID.
+fn listed_sql(t: &TableSpec, raw_ids: bool) -> String {
+    let subj = format!("NEW.{}", quote_ident(&t.subject));
+    if raw_ids && !t.tokenize {
+        format!(
+            "EXISTS (SELECT 1 FROM pgredact.forget_list f WHERE f.subject_id OPERATOR(pg_catalog.=) {})",
+            t.id_text_sql(&subj)
+        )
+    } else {
+        format!(
+            "EXISTS (SELECT 1 FROM pgredact.hash_key k JOIN pgredact.forget_list f\n      \
+             ON f.subject_hash OPERATOR(pg_catalog.=) {})",
+            hmac_sql(&t.id_text_sql(&subj))
+        )
+    }
+}
+
+/// Whether the triggers may look IDs up raw: no table treats the customer ID as PII, and every
+/// entry of the list has its raw ID (entries made before raw IDs were kept have only the hash).
+/// When the ID became PII, the raw IDs are removed from the list first.
+async fn raw_id_mode(
+    tx: &tokio_postgres::Transaction<'_>,
+    spec: &Spec,
+) -> Result<bool, tokio_postgres::Error> {
+    if spec.tokenize {
+        tx.execute(
+            "UPDATE pgredact.forget_list SET subject_id = NULL WHERE subject_id IS NOT NULL",
+            &[],
+        )
+        .await?;
+        return Ok(false);
+    }
+    Ok(tx
+        .query_one(
+            "SELECT NOT EXISTS (SELECT 1 FROM pgredact.forget_list WHERE subject_id IS NULL)",
+            &[],
+        )
+        .await?
+        .get(0))
 }
 
 /// Installs (or updates) the trigger of every changing table of `spec` and of its inheritance
@@ -119,11 +161,12 @@ pub async fn ensure(client: &mut Client, spec: &Spec) -> Result<Vec<String>, Str
     tx.execute("SELECT pg_catalog.pg_advisory_xact_lock(7320453)", &[])
         .await
         .map_err(err)?;
+    let raw = raw_id_mode(&tx, spec).await.map_err(err)?;
     let mut changed = Vec::new();
     let mut keep: Vec<u32> = Vec::new();
     for t in spec.changing_tables() {
         let fname = function_name(t);
-        let body = function_body(t);
+        let body = function_body(t, raw);
         if body.contains(TAG) {
             return Err(format!(
                 "{}: a forget value contains {TAG}, which pgredact reserves",
@@ -439,8 +482,11 @@ mod tests {
     /// The body runs with the caller's search_path: every function and operator is qualified.
     #[test]
     fn body_names_are_schema_qualified() {
-        for tokenize in [false, true] {
-            let body = function_body(&table(tokenize));
+        for (tokenize, raw) in [(false, false), (true, false), (false, true), (true, true)] {
+            let body = function_body(&table(tokenize), raw);
+            // Raw lookups only where the ID is not PII.
+            assert_eq!(body.contains("f.subject_id"), raw && !tokenize, "{body}");
+            assert_eq!(body.contains("sha256("), tokenize || !raw, "{body}");
             for f in ["sha256(", "convert_to(", "encode(", "left("] {
                 for (i, _) in body.match_indices(f) {
                     assert!(
