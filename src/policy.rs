@@ -177,13 +177,22 @@ impl Span {
     }
 }
 
-/// How mask `noise` moves a value.
+/// How mask `noise` moves a value. `per_row`: the offset also depends on the row's primary
+/// key (`per_row = true`), not only on the value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Noise {
     /// Numbers: up to ± `ppm` parts per million of the value (`ratio = 0.1` is 100000).
-    Ratio { ppm: u32 },
+    Ratio { ppm: u32, per_row: bool },
     /// Dates and timestamps: up to ± this length (days, hours, minutes, seconds or weeks).
-    Interval(Span),
+    Interval { span: Span, per_row: bool },
+}
+
+impl Noise {
+    pub fn per_row(&self) -> bool {
+        match self {
+            Noise::Ratio { per_row, .. } | Noise::Interval { per_row, .. } => *per_row,
+        }
+    }
 }
 
 /// How mask `bucket` generalises a value.
@@ -435,13 +444,14 @@ impl Mask {
                 })
             }
             Mask::Fake(k) => json!({"kind": "fake", "flavour": k.as_str(), "uses_key": true}),
-            Mask::Noise(Noise::Ratio { ppm }) => {
-                json!({"kind": "noise", "ppm": ppm, "uses_key": true})
+            Mask::Noise(Noise::Ratio { ppm, per_row }) => {
+                json!({"kind": "noise", "ppm": ppm, "per_row": per_row, "uses_key": true})
             }
-            Mask::Noise(Noise::Interval(sp)) => json!({
+            Mask::Noise(Noise::Interval { span, per_row }) => json!({
                 "kind": "noise",
-                "interval": sp.text(),
-                "seconds": sp.seconds().unwrap_or(0),
+                "interval": span.text(),
+                "seconds": span.seconds().unwrap_or(0),
+                "per_row": per_row,
                 "uses_key": true
             }),
             Mask::Bucket(Bucket::Step(st)) => json!({"kind": "bucket", "step": st}),
@@ -685,6 +695,9 @@ struct RawColumnFull {
     /// mask "bucket" on numbers: the bucket width (a number, or a decimal in a string).
     #[serde(default)]
     step: Option<toml::Value>,
+    /// mask "noise": the offset also depends on the row's primary key.
+    #[serde(default)]
+    per_row: Option<bool>,
 }
 
 /// 1-based line of a byte offset.
@@ -765,12 +778,14 @@ fn parse_mask(raw: RawColumn) -> Result<(Mask, Option<String>), String> {
             ratio: None,
             interval: None,
             step: None,
+            per_row: None,
         },
         RawColumn::Full(f) => *f,
     };
     let kind = f.mask.clone();
     let only_partial = f.keep_first.is_some() || f.keep_last.is_some() || f.padding.is_some();
     let only_json = f.paths.is_some() || f.default.is_some();
+    let per_row = f.per_row.unwrap_or(false);
     let mask = match kind.as_str() {
         "null" => Mask::Null,
         "redact" => Mask::Redact,
@@ -824,6 +839,7 @@ fn parse_mask(raw: RawColumn) -> Result<(Mask, Option<String>), String> {
                 }
                 Mask::Noise(Noise::Ratio {
                     ppm: (r * 1e6).round() as u32,
+                    per_row,
                 })
             }
             (None, Some(i)) => {
@@ -833,7 +849,7 @@ fn parse_mask(raw: RawColumn) -> Result<(Mask, Option<String>), String> {
                         "mask \"noise\": interval {i:?} has no fixed length; use days, hours, minutes, seconds or weeks (e.g. \"365 days\")"
                     ));
                 }
-                Mask::Noise(Noise::Interval(sp))
+                Mask::Noise(Noise::Interval { span: sp, per_row })
             }
             (Some(_), Some(_)) => {
                 return Err(
@@ -891,6 +907,11 @@ fn parse_mask(raw: RawColumn) -> Result<(Mask, Option<String>), String> {
     if f.interval.is_some() && !matches!(mask, Mask::Noise(_) | Mask::Bucket(_)) {
         return Err(format!(
             "`interval` only applies to masks \"noise\" and \"bucket\", not {kind:?}"
+        ));
+    }
+    if f.per_row.is_some() && !matches!(mask, Mask::Noise(_)) {
+        return Err(format!(
+            "`per_row` only applies to mask \"noise\", not {kind:?}"
         ));
     }
     if f.step.is_some() && !matches!(mask, Mask::Bucket(_)) {
@@ -1142,7 +1163,7 @@ pub fn mask_fits(mask: &Mask, ty: &ColType) -> Result<(), String> {
             ty.sql,
             if is_datetime(ty) { " (use `interval` for dates and timestamps)" } else { "" }
         )),
-        Mask::Noise(Noise::Interval(sp)) => {
+        Mask::Noise(Noise::Interval { span: sp, .. }) => {
             if !is_datetime(ty) {
                 return Err(format!(
                     "mask \"noise\" with `interval` needs a date or timestamp column, not {}{}",
@@ -1442,7 +1463,7 @@ database = "app"
 columns.first = { mask = "fake", kind = "first_name" }
 columns.mail = { mask = "fake", kind = "email" }
 columns.amount = { mask = "noise", ratio = 0.1 }
-columns.seen = { mask = "noise", interval = "30 days" }
+columns.seen = { mask = "noise", interval = "30 days", per_row = true }
 columns.age = { mask = "bucket", step = 10 }
 columns.price = { mask = "bucket", step = 0.25 }
 columns.fee = { mask = "bucket", step = "0.050" }
@@ -1452,13 +1473,22 @@ columns.at = { mask = "bucket", interval = "3 months" }
         .unwrap();
         let c = &pol.table("public", "people").unwrap().columns;
         assert_eq!(c["first"].mask, Mask::Fake(FakeKind::FirstName));
-        assert_eq!(c["amount"].mask, Mask::Noise(Noise::Ratio { ppm: 100_000 }));
+        assert_eq!(
+            c["amount"].mask,
+            Mask::Noise(Noise::Ratio {
+                ppm: 100_000,
+                per_row: false
+            })
+        );
         assert_eq!(
             c["seen"].mask,
-            Mask::Noise(Noise::Interval(Span {
-                n: 30,
-                unit: Unit::Day
-            }))
+            Mask::Noise(Noise::Interval {
+                span: Span {
+                    n: 30,
+                    unit: Unit::Day
+                },
+                per_row: true
+            })
         );
         assert_eq!(c["age"].mask, Mask::Bucket(Bucket::Step("10".into())));
         assert_eq!(c["price"].mask, Mask::Bucket(Bucket::Step("0.25".into())));
@@ -1500,6 +1530,7 @@ columns.at = { mask = "bucket", interval = "3 months" }
             ("columns.x = { mask = \"hash\", ratio = 0.1 }", "`ratio` only applies"),
             ("columns.x = { mask = \"year\", interval = \"1 year\" }", "`interval` only applies"),
             ("columns.x = { mask = \"noise\", ratio = 0.1, step = 1 }", "`step` only applies"),
+            ("columns.x = { mask = \"hash\", per_row = true }", "`per_row` only applies"),
             ("columns.x = { mask = \"json\", paths = { \"$.a\" = { mask = \"fake\", kind = \"name\" } } }", "does not apply inside JSON"),
         ] {
             let e = p(&format!("database = \"app\"\n[tables.t]\n{body}\n")).unwrap_err();
@@ -1518,10 +1549,19 @@ columns.at = { mask = "bucket", interval = "3 months" }
         let date = ty("date", "date", 'D');
         let tstz = ty("timestamp with time zone", "timestamptz", 'D');
         let fake = Mask::Fake(FakeKind::Name);
-        let ratio = Mask::Noise(Noise::Ratio { ppm: 100_000 });
+        let ratio = Mask::Noise(Noise::Ratio {
+            ppm: 100_000,
+            per_row: false,
+        });
         let span = |n, unit| Span { n, unit };
-        let days = Mask::Noise(Noise::Interval(span(30, Unit::Day)));
-        let hours = Mask::Noise(Noise::Interval(span(36, Unit::Hour)));
+        let days = Mask::Noise(Noise::Interval {
+            span: span(30, Unit::Day),
+            per_row: false,
+        });
+        let hours = Mask::Noise(Noise::Interval {
+            span: span(36, Unit::Hour),
+            per_row: true,
+        });
         let step = Mask::Bucket(Bucket::Step("10".into()));
         let half = Mask::Bucket(Bucket::Step("0.5".into()));
         let years = Mask::Bucket(Bucket::Interval(span(10, Unit::Year)));

@@ -527,9 +527,9 @@ BEGIN
       'pgredact_mask.fake(%s, pg_catalog.sha256(k.opad OPERATOR(pg_catalog.||) pg_catalog.sha256(k.ipad OPERATOR(pg_catalog.||) pg_catalog.convert_to(pg_catalog.concat(''fake'', %s), ''UTF8''))))',
       quote_literal(m ->> 'flavour'), ct));
   WHEN 'noise' THEN
-    -- HMAC-SHA256(key, 'noise' || row key || value): the row key (sha256 of each primary key
-    -- column of the policy table, from sync()) sets equal values of different rows apart;
-    -- values are read in a form no session setting changes.
+    -- HMAC-SHA256(key, 'noise' || row key || value): with per_row, the row key (sha256 of each
+    -- primary key column of the policy table, from sync()) sets equal values of different rows
+    -- apart; values are read in a form no session setting changes.
     v := pgredact_admin.stable_bytes(c, typ);
     IF v IS NULL THEN
       RAISE EXCEPTION 'pgredact: mask "noise" does not apply to %', t;
@@ -690,7 +690,7 @@ BEGIN
       CONTINUE;
     END IF;
     BEGIN
-      -- What tells rows apart for mask "noise": the policy table's primary key columns (by
+      -- What tells rows apart for mask "noise" with per_row: the policy table's primary key columns (by
       -- name, so its partitions and children agree), each as sha256 of its stable bytes; empty
       -- without a primary key, or when one of its columns has no stable form.
       SELECT CASE WHEN bool_and(x.b IS NOT NULL) THEN string_agg(format('pg_catalog.sha256(%s)', x.b), ' OPERATOR(pg_catalog.||) ' ORDER BY x.ord) END
@@ -702,7 +702,7 @@ BEGIN
             WHERE i.indrelid = r.policy_relid AND i.indisprimary) x;
       SELECT string_agg(CASE WHEN r.tj -> 'columns' ? a.attname
                              THEN pgredact_admin.mask_expr(a.attname, a.atttypid, a.atttypmod,
-                                    CASE WHEN r.tj -> 'columns' -> a.attname ->> 'kind' = 'noise'
+                                    CASE WHEN r.tj -> 'columns' -> a.attname ->> 'kind' = 'noise' AND (r.tj -> 'columns' -> a.attname ->> 'per_row')::boolean
                                          THEN (r.tj -> 'columns' -> a.attname) || jsonb_build_object('rowkey', coalesce(rowkey, ''))
                                          ELSE r.tj -> 'columns' -> a.attname END) || ' AS ' || quote_ident(a.attname)
                              ELSE 'r.' || quote_ident(a.attname) END, ', ' ORDER BY a.attnum),
