@@ -22,6 +22,187 @@ pub enum Mask {
     Year,
     /// A json or jsonb column masked per key path (see [`JsonMask`]).
     Json(JsonMask),
+    /// A realistic fake value from the `fake` crate's lists, chosen by the keyed hash of the
+    /// raw value (same input, same fake, in every table).
+    Fake(FakeKind),
+    /// Numbers, dates and timestamps moved by a keyed, per-row offset.
+    Noise(Noise),
+    /// Numbers, dates and timestamps generalised to the lower bound of their bucket.
+    Bucket(Bucket),
+}
+
+/// The flavours of mask `fake`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FakeKind {
+    Name,
+    FirstName,
+    LastName,
+    Email,
+    Phone,
+    StreetAddress,
+    City,
+}
+
+impl FakeKind {
+    pub const ALL: [FakeKind; 7] = [
+        FakeKind::Name,
+        FakeKind::FirstName,
+        FakeKind::LastName,
+        FakeKind::Email,
+        FakeKind::Phone,
+        FakeKind::StreetAddress,
+        FakeKind::City,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FakeKind::Name => "name",
+            FakeKind::FirstName => "first_name",
+            FakeKind::LastName => "last_name",
+            FakeKind::Email => "email",
+            FakeKind::Phone => "phone",
+            FakeKind::StreetAddress => "street_address",
+            FakeKind::City => "city",
+        }
+    }
+
+    fn parse(s: &str) -> Option<FakeKind> {
+        FakeKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// The word lists mask `fake` draws from, by name, as the `fake` crate ships them (its `EN`
+/// locale, the lists faker.js and Faker share; order and repeats kept, so the n-th entry is
+/// the same everywhere). `pgredact setup-sql` copies them into `pgredact_mask.fake_words`.
+pub fn fake_lists() -> Vec<(&'static str, &'static [&'static str])> {
+    use fake::locales::{Data, EN};
+    vec![
+        ("first_name", EN::NAME_FIRST_NAME),
+        ("last_name", EN::NAME_LAST_NAME),
+        ("street_suffix", EN::ADDRESS_STREET_SUFFIX),
+        ("city_prefix", EN::ADDRESS_CITY_PREFIX),
+        ("city_suffix", EN::ADDRESS_CITY_SUFFIX),
+        ("phone_format", EN::PHONE_CELL_NUMBER_FORMATS),
+    ]
+}
+
+/// A length of time as policies write it: `30 days`, `1 year`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Span {
+    pub n: u32,
+    pub unit: Unit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Unit {
+    Second,
+    Minute,
+    Hour,
+    Day,
+    Week,
+    Month,
+    Year,
+}
+
+impl Unit {
+    fn as_str(self) -> &'static str {
+        match self {
+            Unit::Second => "second",
+            Unit::Minute => "minute",
+            Unit::Hour => "hour",
+            Unit::Day => "day",
+            Unit::Week => "week",
+            Unit::Month => "month",
+            Unit::Year => "year",
+        }
+    }
+    /// Seconds in one unit; None for months and years (their length varies).
+    fn seconds(self) -> Option<u64> {
+        match self {
+            Unit::Second => Some(1),
+            Unit::Minute => Some(60),
+            Unit::Hour => Some(3600),
+            Unit::Day => Some(86_400),
+            Unit::Week => Some(604_800),
+            Unit::Month | Unit::Year => None,
+        }
+    }
+}
+
+impl Span {
+    /// Parses `<count> <unit>`: a whole count from 1 to 1,000,000 and second(s), minute(s),
+    /// hour(s), day(s), week(s), month(s) or year(s).
+    pub fn parse(s: &str) -> Result<Span, String> {
+        let bad = || {
+            format!(
+                "interval {s:?} must be a whole count and a unit, e.g. \"30 days\" (units: seconds, minutes, hours, days, weeks, months, years)"
+            )
+        };
+        let mut it = s.split_whitespace();
+        let (Some(n), Some(u), None) = (it.next(), it.next(), it.next()) else {
+            return Err(bad());
+        };
+        let n: u32 = n.parse().map_err(|_| bad())?;
+        if !(1..=1_000_000).contains(&n) {
+            return Err(format!(
+                "interval {s:?}: the count must be between 1 and 1000000"
+            ));
+        }
+        let unit = match u.to_ascii_lowercase().as_str() {
+            "second" | "seconds" | "sec" | "secs" => Unit::Second,
+            "minute" | "minutes" | "min" | "mins" => Unit::Minute,
+            "hour" | "hours" => Unit::Hour,
+            "day" | "days" => Unit::Day,
+            "week" | "weeks" => Unit::Week,
+            "month" | "months" => Unit::Month,
+            "year" | "years" => Unit::Year,
+            _ => return Err(bad()),
+        };
+        Ok(Span { n, unit })
+    }
+
+    /// Length in seconds; None for months and years.
+    pub fn seconds(&self) -> Option<u64> {
+        self.unit.seconds().map(|s| s * u64::from(self.n))
+    }
+
+    /// As written back: `30 days`, `1 year`.
+    pub fn text(&self) -> String {
+        format!(
+            "{} {}{}",
+            self.n,
+            self.unit.as_str(),
+            if self.n == 1 { "" } else { "s" }
+        )
+    }
+}
+
+/// How mask `noise` moves a value. `per_row`: the offset also depends on the row's primary
+/// key (`per_row = true`), not only on the value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Noise {
+    /// Numbers: up to ± `ppm` parts per million of the value (`ratio = 0.1` is 100000).
+    Ratio { ppm: u32, per_row: bool },
+    /// Dates and timestamps: up to ± this length (days, hours, minutes, seconds or weeks).
+    Interval { span: Span, per_row: bool },
+}
+
+impl Noise {
+    pub fn per_row(&self) -> bool {
+        match self {
+            Noise::Ratio { per_row, .. } | Noise::Interval { per_row, .. } => *per_row,
+        }
+    }
+}
+
+/// How mask `bucket` generalises a value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Bucket {
+    /// Numbers: `floor(x / step) * step`; the step as a plain decimal (`10`, `0.5`).
+    Step(String),
+    /// Dates and timestamps: the start of the calendar bucket (years, months) or of the
+    /// fixed-length bucket counted from Monday 2000-01-03 00:00 UTC (weeks, days, hours...).
+    Interval(Span),
 }
 
 /// Masks inside a json/jsonb document. Every node has a path: the object keys from the root
@@ -262,6 +443,25 @@ impl Mask {
                         .collect::<Vec<_>>(),
                 })
             }
+            Mask::Fake(k) => json!({"kind": "fake", "flavour": k.as_str(), "uses_key": true}),
+            Mask::Noise(Noise::Ratio { ppm, per_row }) => {
+                json!({"kind": "noise", "ppm": ppm, "per_row": per_row, "uses_key": true})
+            }
+            Mask::Noise(Noise::Interval { span, per_row }) => json!({
+                "kind": "noise",
+                "interval": span.text(),
+                "seconds": span.seconds().unwrap_or(0),
+                "per_row": per_row,
+                "uses_key": true
+            }),
+            Mask::Bucket(Bucket::Step(st)) => json!({"kind": "bucket", "step": st}),
+            Mask::Bucket(Bucket::Interval(sp)) => json!({
+                "kind": "bucket",
+                "interval": sp.text(),
+                "unit": sp.unit.as_str(),
+                "n": sp.n,
+                "seconds": sp.seconds()
+            }),
             other => json!({"kind": other.kind()}),
         }
     }
@@ -269,7 +469,7 @@ impl Mask {
     /// Whether the mask needs the HMAC key.
     pub fn uses_key(&self) -> bool {
         match self {
-            Mask::Hash => true,
+            Mask::Hash | Mask::Fake(_) | Mask::Noise(_) => true,
             Mask::Json(j) => {
                 j.default.as_deref() == Some(&Mask::Hash)
                     || j.rules
@@ -290,6 +490,9 @@ impl Mask {
             Mask::Hash => "hash",
             Mask::Year => "year",
             Mask::Json(_) => "json",
+            Mask::Fake(_) => "fake",
+            Mask::Noise(_) => "noise",
+            Mask::Bucket(_) => "bucket",
         }
     }
 }
@@ -459,7 +662,7 @@ struct RawTable {
 #[serde(untagged)]
 enum RawColumn {
     Kind(String),
-    Full(RawColumnFull),
+    Full(Box<RawColumnFull>),
 }
 
 #[derive(Deserialize)]
@@ -482,6 +685,21 @@ struct RawColumnFull {
     /// mask "json": the mask of nodes no path selects (`keep` when absent).
     #[serde(default)]
     default: Option<Box<RawColumn>>,
+    /// mask "fake": the flavour (name, first_name, last_name, email, phone, street_address, city).
+    #[serde(default)]
+    kind: Option<String>,
+    /// mask "noise": ± this share of the value (numbers).
+    #[serde(default)]
+    ratio: Option<f64>,
+    /// masks "noise" and "bucket" on dates and timestamps: `30 days`, `1 year`.
+    #[serde(default)]
+    interval: Option<String>,
+    /// mask "bucket" on numbers: the bucket width (a number, or a decimal in a string).
+    #[serde(default)]
+    step: Option<toml::Value>,
+    /// mask "noise": the offset also depends on the row's primary key.
+    #[serde(default)]
+    per_row: Option<bool>,
 }
 
 /// 1-based line of a byte offset.
@@ -558,12 +776,18 @@ fn parse_mask(raw: RawColumn) -> Result<(Mask, Option<String>), String> {
             forget: None,
             paths: None,
             default: None,
+            kind: None,
+            ratio: None,
+            interval: None,
+            step: None,
+            per_row: None,
         },
-        RawColumn::Full(f) => f,
+        RawColumn::Full(f) => *f,
     };
     let kind = f.mask.clone();
     let only_partial = f.keep_first.is_some() || f.keep_last.is_some() || f.padding.is_some();
     let only_json = f.paths.is_some() || f.default.is_some();
+    let per_row = f.per_row.unwrap_or(false);
     let mask = match kind.as_str() {
         "null" => Mask::Null,
         "redact" => Mask::Redact,
@@ -600,12 +824,103 @@ fn parse_mask(raw: RawColumn) -> Result<(Mask, Option<String>), String> {
             };
             Mask::Json(JsonMask { rules, default })
         }
+        "fake" => {
+            let k = f.kind.as_deref().ok_or(
+                "mask \"fake\" needs a `kind`: name, first_name, last_name, email, phone, street_address or city",
+            )?;
+            Mask::Fake(FakeKind::parse(k).ok_or_else(|| {
+                format!("unknown fake kind {k:?} (expected name, first_name, last_name, email, phone, street_address or city)")
+            })?)
+        }
+        "noise" => match (f.ratio, f.interval.as_deref()) {
+            (Some(r), None) => {
+                if !(0.001..=1.0).contains(&r) {
+                    return Err(format!(
+                        "mask \"noise\": ratio must be between 0.001 and 1 (0.1 is ±10%), not {r}"
+                    ));
+                }
+                Mask::Noise(Noise::Ratio {
+                    ppm: (r * 1e6).round() as u32,
+                    per_row,
+                })
+            }
+            (None, Some(i)) => {
+                let sp = Span::parse(i).map_err(|e| format!("mask \"noise\": {e}"))?;
+                if sp.seconds().is_none() {
+                    return Err(format!(
+                        "mask \"noise\": interval {i:?} has no fixed length; use days, hours, minutes, seconds or weeks (e.g. \"365 days\")"
+                    ));
+                }
+                Mask::Noise(Noise::Interval { span: sp, per_row })
+            }
+            (Some(_), Some(_)) => {
+                return Err(
+                    "mask \"noise\" takes either `ratio` (numbers) or `interval` (dates and timestamps), not both"
+                        .into(),
+                )
+            }
+            (None, None) => {
+                return Err(
+                    "mask \"noise\" needs `ratio` (numbers, e.g. ratio = 0.1) or `interval` (dates and timestamps, e.g. interval = \"30 days\")"
+                        .into(),
+                )
+            }
+        },
+        "bucket" => match (&f.step, f.interval.as_deref()) {
+            (Some(st), None) => Mask::Bucket(Bucket::Step(parse_step(st)?)),
+            (None, Some(i)) => {
+                let sp = Span::parse(i).map_err(|e| format!("mask \"bucket\": {e}"))?;
+                if sp.unit == Unit::Month && 12 % sp.n != 0 {
+                    return Err(format!(
+                        "mask \"bucket\": a bucket of months must divide the year (1, 2, 3, 4, 6 or 12 months), not {i:?}"
+                    ));
+                }
+                Mask::Bucket(Bucket::Interval(sp))
+            }
+            (Some(_), Some(_)) => {
+                return Err(
+                    "mask \"bucket\" takes either `step` (numbers) or `interval` (dates and timestamps), not both"
+                        .into(),
+                )
+            }
+            (None, None) => {
+                return Err(
+                    "mask \"bucket\" needs `step` (numbers, e.g. step = 10) or `interval` (dates and timestamps, e.g. interval = \"1 year\")"
+                        .into(),
+                )
+            }
+        },
         other => {
             return Err(format!(
-                "unknown mask kind {other:?} (expected null, redact, constant, email, partial, hash, year or json)"
+                "unknown mask kind {other:?} (expected null, redact, constant, email, partial, hash, year, json, fake, noise or bucket)"
             ))
         }
     };
+    if f.kind.is_some() && !matches!(mask, Mask::Fake(_)) {
+        return Err(format!(
+            "`kind` only applies to mask \"fake\", not {kind:?}"
+        ));
+    }
+    if f.ratio.is_some() && !matches!(mask, Mask::Noise(_)) {
+        return Err(format!(
+            "`ratio` only applies to mask \"noise\", not {kind:?}"
+        ));
+    }
+    if f.interval.is_some() && !matches!(mask, Mask::Noise(_) | Mask::Bucket(_)) {
+        return Err(format!(
+            "`interval` only applies to masks \"noise\" and \"bucket\", not {kind:?}"
+        ));
+    }
+    if f.per_row.is_some() && !matches!(mask, Mask::Noise(_)) {
+        return Err(format!(
+            "`per_row` only applies to mask \"noise\", not {kind:?}"
+        ));
+    }
+    if f.step.is_some() && !matches!(mask, Mask::Bucket(_)) {
+        return Err(format!(
+            "`step` only applies to mask \"bucket\", not {kind:?}"
+        ));
+    }
     if only_partial && !matches!(mask, Mask::Partial { .. }) {
         return Err(format!(
             "keep_first/keep_last/padding only apply to mask \"partial\", not {kind:?}"
@@ -624,6 +939,33 @@ fn parse_mask(raw: RawColumn) -> Result<(Mask, Option<String>), String> {
     Ok((mask, f.forget))
 }
 
+/// A bucket step as a plain positive decimal (`10`, `0.25`): an integer, a float, or a string
+/// holding a decimal (for steps a float cannot hold exactly).
+fn parse_step(v: &toml::Value) -> Result<String, String> {
+    let text = match v {
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Float(x) if x.is_finite() => format!("{x}"),
+        toml::Value::String(s) => s.trim().to_string(),
+        _ => String::new(),
+    };
+    let (int, frac) = text.split_once('.').unwrap_or((&text, ""));
+    let digits = |s: &str| s.chars().all(|c| c.is_ascii_digit());
+    let nonzero = text.chars().any(|c| ('1'..='9').contains(&c));
+    if int.is_empty() || !digits(int) || !digits(frac) || !nonzero || int.len() + frac.len() > 30 {
+        return Err(format!(
+            "mask \"bucket\": step must be a positive number, e.g. step = 10 or step = \"0.05\", not {v}"
+        ));
+    }
+    let frac = frac.trim_end_matches('0');
+    let int = int.trim_start_matches('0');
+    let int = if int.is_empty() { "0" } else { int };
+    Ok(if frac.is_empty() {
+        int.to_string()
+    } else {
+        format!("{int}.{frac}")
+    })
+}
+
 /// A mask for values inside a JSON document: `keep` (None) or a kind that works on JSON scalars.
 fn json_leaf(raw: RawColumn) -> Result<Option<Box<Mask>>, String> {
     if let RawColumn::Kind(k) = &raw {
@@ -638,7 +980,7 @@ fn json_leaf(raw: RawColumn) -> Result<Option<Box<Mask>>, String> {
     }
     let (m, _) = parse_mask(raw)?;
     match m {
-        Mask::Year | Mask::Json(_) => Err(format!(
+        Mask::Year | Mask::Json(_) | Mask::Fake(_) | Mask::Noise(_) | Mask::Bucket(_) => Err(format!(
             "mask {:?} does not apply inside JSON (use keep, null, redact, constant, email, partial or hash)",
             m.kind()
         )),
@@ -831,8 +1173,79 @@ pub fn mask_fits(mask: &Mask, ty: &ColType) -> Result<(), String> {
                 ty.sql
             ))
         }
+        Mask::Fake(k) if !text_like => Err(format!(
+            "mask \"fake\" (kind {}) needs a text column, not {}",
+            k.as_str(),
+            ty.sql
+        )),
+        Mask::Noise(Noise::Ratio { .. }) if !is_number(ty) => Err(format!(
+            "mask \"noise\" with `ratio` needs a number column (smallint, integer, bigint, numeric, real, double precision), not {}{}",
+            ty.sql,
+            if is_datetime(ty) { " (use `interval` for dates and timestamps)" } else { "" }
+        )),
+        Mask::Noise(Noise::Interval { span: sp, .. }) => {
+            if !is_datetime(ty) {
+                return Err(format!(
+                    "mask \"noise\" with `interval` needs a date or timestamp column, not {}{}",
+                    ty.sql,
+                    if is_number(ty) { " (use `ratio` for numbers)" } else { "" }
+                ));
+            }
+            if ty.base == "date" && sp.seconds().is_some_and(|s| s % 86_400 != 0) {
+                return Err(format!(
+                    "mask \"noise\": interval {:?} is not a whole number of days, as a date column needs",
+                    sp.text()
+                ));
+            }
+            Ok(())
+        }
+        Mask::Bucket(Bucket::Step(st)) => {
+            if !is_number(ty) {
+                return Err(format!(
+                    "mask \"bucket\" with `step` needs a number column, not {}{}",
+                    ty.sql,
+                    if is_datetime(ty) { " (use `interval` for dates and timestamps)" } else { "" }
+                ));
+            }
+            if matches!(ty.base.as_str(), "int2" | "int4" | "int8") && st.contains('.') {
+                return Err(format!(
+                    "mask \"bucket\": step {st} is not a whole number, as an integer column ({}) needs",
+                    ty.sql
+                ));
+            }
+            Ok(())
+        }
+        Mask::Bucket(Bucket::Interval(sp)) => {
+            if !is_datetime(ty) {
+                return Err(format!(
+                    "mask \"bucket\" with `interval` needs a date or timestamp column, not {}{}",
+                    ty.sql,
+                    if is_number(ty) { " (use `step` for numbers)" } else { "" }
+                ));
+            }
+            if ty.base == "date" && sp.seconds().is_some_and(|s| s % 86_400 != 0) {
+                return Err(format!(
+                    "mask \"bucket\": interval {:?} is not a whole number of days, as a date column needs",
+                    sp.text()
+                ));
+            }
+            Ok(())
+        }
         _ => Ok(()),
     }
+}
+
+/// The number types masks `noise` and `bucket` take.
+fn is_number(ty: &ColType) -> bool {
+    matches!(
+        ty.base.as_str(),
+        "int2" | "int4" | "int8" | "numeric" | "float4" | "float8"
+    )
+}
+
+/// The date and time types masks `noise` and `bucket` take.
+fn is_datetime(ty: &ColType) -> bool {
+    matches!(ty.base.as_str(), "date" | "timestamp" | "timestamptz")
 }
 
 /// HMAC-SHA256 inner/outer padded keys, so SQL can compute HMAC with `sha256` alone.
@@ -1074,6 +1487,164 @@ paths = { "$.to" = "email", "$.billing.name" = "redact", "$.**.phone" = "null", 
         };
         assert!(mask_fits(&t.columns["payload"].mask, &jsonb).is_ok());
         assert!(mask_fits(&t.columns["payload"].mask, &text).is_err());
+    }
+
+    fn ty(sql: &str, base: &str, category: char) -> ColType {
+        ColType {
+            sql: sql.into(),
+            base: base.into(),
+            category,
+        }
+    }
+
+    #[test]
+    fn fake_noise_bucket_parse_and_publish() {
+        let pol = p(r#"
+database = "app"
+[tables."public.people"]
+columns.first = { mask = "fake", kind = "first_name" }
+columns.mail = { mask = "fake", kind = "email" }
+columns.amount = { mask = "noise", ratio = 0.1 }
+columns.seen = { mask = "noise", interval = "30 days", per_row = true }
+columns.age = { mask = "bucket", step = 10 }
+columns.price = { mask = "bucket", step = 0.25 }
+columns.fee = { mask = "bucket", step = "0.050" }
+columns.born = { mask = "bucket", interval = "10 years" }
+columns.at = { mask = "bucket", interval = "3 months" }
+"#)
+        .unwrap();
+        let c = &pol.table("public", "people").unwrap().columns;
+        assert_eq!(c["first"].mask, Mask::Fake(FakeKind::FirstName));
+        assert_eq!(
+            c["amount"].mask,
+            Mask::Noise(Noise::Ratio {
+                ppm: 100_000,
+                per_row: false
+            })
+        );
+        assert_eq!(
+            c["seen"].mask,
+            Mask::Noise(Noise::Interval {
+                span: Span {
+                    n: 30,
+                    unit: Unit::Day
+                },
+                per_row: true
+            })
+        );
+        assert_eq!(c["age"].mask, Mask::Bucket(Bucket::Step("10".into())));
+        assert_eq!(c["price"].mask, Mask::Bucket(Bucket::Step("0.25".into())));
+        assert_eq!(c["fee"].mask, Mask::Bucket(Bucket::Step("0.05".into())));
+        assert_eq!(c["mail"].line, 5);
+        // Keyed kinds join the key; bucket does not need it.
+        assert!(c["first"].mask.uses_key() && c["amount"].mask.uses_key());
+        assert!(!c["age"].mask.uses_key());
+        assert!(pol.uses_hash());
+        let spec = c["seen"].mask.spec();
+        assert_eq!(spec["kind"], "noise");
+        assert_eq!(spec["seconds"], 30 * 86_400);
+        assert_eq!(spec["uses_key"], true);
+        assert_eq!(c["mail"].mask.spec()["flavour"], "email");
+        assert_eq!(c["born"].mask.spec()["unit"], "year");
+        assert_eq!(c["born"].mask.spec()["n"], 10);
+        assert_eq!(c["at"].mask.spec()["seconds"], serde_json::Value::Null);
+        assert_eq!(c["fee"].mask.spec()["step"], "0.05");
+    }
+
+    #[test]
+    fn fake_noise_bucket_errors_name_the_line() {
+        for (body, want) in [
+            ("columns.x = \"fake\"", "needs a `kind`"),
+            ("columns.x = { mask = \"fake\", kind = \"ssn\" }", "unknown fake kind"),
+            ("columns.x = { mask = \"noise\" }", "needs `ratio`"),
+            ("columns.x = { mask = \"noise\", ratio = 0 }", "between 0.001 and 1"),
+            ("columns.x = { mask = \"noise\", ratio = 1.5 }", "between 0.001 and 1"),
+            ("columns.x = { mask = \"noise\", ratio = 0.1, interval = \"1 day\" }", "not both"),
+            ("columns.x = { mask = \"noise\", interval = \"1 year\" }", "no fixed length"),
+            ("columns.x = { mask = \"noise\", interval = \"soon\" }", "whole count and a unit"),
+            ("columns.x = { mask = \"noise\", interval = \"0 days\" }", "between 1 and"),
+            ("columns.x = { mask = \"bucket\" }", "needs `step`"),
+            ("columns.x = { mask = \"bucket\", step = -5 }", "positive number"),
+            ("columns.x = { mask = \"bucket\", step = 0 }", "positive number"),
+            ("columns.x = { mask = \"bucket\", step = \"1e3\" }", "positive number"),
+            ("columns.x = { mask = \"bucket\", interval = \"5 months\" }", "divide the year"),
+            ("columns.x = { mask = \"hash\", kind = \"name\" }", "`kind` only applies"),
+            ("columns.x = { mask = \"hash\", ratio = 0.1 }", "`ratio` only applies"),
+            ("columns.x = { mask = \"year\", interval = \"1 year\" }", "`interval` only applies"),
+            ("columns.x = { mask = \"noise\", ratio = 0.1, step = 1 }", "`step` only applies"),
+            ("columns.x = { mask = \"hash\", per_row = true }", "`per_row` only applies"),
+            ("columns.x = { mask = \"json\", paths = { \"$.a\" = { mask = \"fake\", kind = \"name\" } } }", "does not apply inside JSON"),
+        ] {
+            let e = p(&format!("database = \"app\"\n[tables.t]\n{body}\n")).unwrap_err();
+            assert!(e.contains(want), "{body}: {e}");
+            assert!(e.starts_with("policies/app.toml:3:"), "{body}: {e}");
+        }
+    }
+
+    #[test]
+    fn new_kinds_type_fit() {
+        let text = ty("character varying(20)", "varchar", 'S');
+        let int = ty("integer", "int4", 'N');
+        let num = ty("numeric(12,2)", "numeric", 'N');
+        let float = ty("double precision", "float8", 'N');
+        let money = ty("money", "money", 'N');
+        let date = ty("date", "date", 'D');
+        let tstz = ty("timestamp with time zone", "timestamptz", 'D');
+        let fake = Mask::Fake(FakeKind::Name);
+        let ratio = Mask::Noise(Noise::Ratio {
+            ppm: 100_000,
+            per_row: false,
+        });
+        let span = |n, unit| Span { n, unit };
+        let days = Mask::Noise(Noise::Interval {
+            span: span(30, Unit::Day),
+            per_row: false,
+        });
+        let hours = Mask::Noise(Noise::Interval {
+            span: span(36, Unit::Hour),
+            per_row: true,
+        });
+        let step = Mask::Bucket(Bucket::Step("10".into()));
+        let half = Mask::Bucket(Bucket::Step("0.5".into()));
+        let years = Mask::Bucket(Bucket::Interval(span(10, Unit::Year)));
+        let hour = Mask::Bucket(Bucket::Interval(span(1, Unit::Hour)));
+        assert!(mask_fits(&fake, &text).is_ok());
+        assert!(mask_fits(&fake, &int)
+            .unwrap_err()
+            .contains("needs a text column"));
+        for t in [&int, &num, &float] {
+            assert!(mask_fits(&ratio, t).is_ok(), "{}", t.sql);
+            assert!(mask_fits(&step, t).is_ok(), "{}", t.sql);
+        }
+        assert!(mask_fits(&ratio, &text)
+            .unwrap_err()
+            .contains("number column"));
+        assert!(mask_fits(&ratio, &money).is_err());
+        assert!(mask_fits(&ratio, &date)
+            .unwrap_err()
+            .contains("use `interval`"));
+        assert!(mask_fits(&days, &date).is_ok() && mask_fits(&days, &tstz).is_ok());
+        assert!(mask_fits(&hours, &tstz).is_ok());
+        assert!(mask_fits(&hours, &date)
+            .unwrap_err()
+            .contains("whole number of days"));
+        assert!(mask_fits(&days, &int).unwrap_err().contains("use `ratio`"));
+        assert!(mask_fits(&half, &num).is_ok());
+        assert!(mask_fits(&half, &int)
+            .unwrap_err()
+            .contains("not a whole number"));
+        assert!(mask_fits(&step, &text).is_err());
+        assert!(mask_fits(&years, &date).is_ok() && mask_fits(&hour, &tstz).is_ok());
+        assert!(mask_fits(&hour, &date).is_err());
+        assert!(mask_fits(&years, &int).unwrap_err().contains("use `step`"));
+    }
+
+    #[test]
+    fn fake_lists_come_from_the_crate() {
+        let lists = fake_lists();
+        let first = lists.iter().find(|(n, _)| *n == "first_name").unwrap().1;
+        assert!(first.len() > 1000 && first.contains(&"Aaliyah"));
+        assert!(lists.iter().all(|(_, l)| !l.is_empty()));
     }
 
     #[test]

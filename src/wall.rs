@@ -20,7 +20,7 @@ use crate::policy::{quote_ident, DatabasePolicy};
 use tokio_postgres::Client;
 
 /// Version of the `pgredact_admin` functions this build expects (`pgredact_admin.wall_version()`).
-pub const VERSION: i32 = 3;
+pub const VERSION: i32 = 4;
 /// The superuser-owned schema.
 pub const ADMIN_SCHEMA: &str = "pgredact_admin";
 /// The masking schema of relations in `public`; other schemas get `pgredact_masked_<schema>`.
@@ -60,8 +60,40 @@ pub fn superuser_setup_sql(ctl: &str) -> String {
         .replace("@VIOLATIONS@", &violations_sql())
         .replace("@PROTECTED@", strip_comments(PROTECTED_SQL).trim_end())
         .replace("@VERSION@", &VERSION.to_string())
+        .replace("@FAKE_DATA@", &fake_data_sql())
         .replace("@DDL_TRIGGER@", crate::control::DDL_TRIGGER)
         .replace("@CTL@", &quote_ident(ctl))
+}
+
+/// The statements that make `pgredact_mask.fake_lists`/`fake_words` hold exactly
+/// [`crate::policy::fake_lists`] (mask `fake`), run inside one transaction by the setup SQL.
+fn fake_data_sql() -> String {
+    use crate::policy::quote_literal;
+    let lists = crate::policy::fake_lists();
+    let mut out = String::new();
+    let names: Vec<String> = lists.iter().map(|(n, _)| quote_literal(n)).collect();
+    out.push_str(&format!(
+        "DELETE FROM pgredact_mask.fake_lists WHERE list NOT IN ({});\n",
+        names.join(", ")
+    ));
+    for (name, words) in &lists {
+        out.push_str(&format!(
+            "INSERT INTO pgredact_mask.fake_lists (list, size) VALUES ({}, {}) ON CONFLICT (list) DO UPDATE SET size = EXCLUDED.size;\n",
+            quote_literal(name),
+            words.len()
+        ));
+        let rows: Vec<String> = words
+            .iter()
+            .enumerate()
+            .map(|(i, w)| format!("({}, {i}, {})", quote_literal(name), quote_literal(w)))
+            .collect();
+        out.push_str(&format!(
+            "INSERT INTO pgredact_mask.fake_words (list, n, word) VALUES\n{}\nON CONFLICT (list, n) DO UPDATE SET word = EXCLUDED.word;\n",
+            rows.join(",\n")
+        ));
+    }
+    out.push_str("DELETE FROM pgredact_mask.fake_words w WHERE NOT EXISTS (SELECT 1 FROM pgredact_mask.fake_lists l WHERE l.list = w.list AND w.n < l.size);");
+    out
 }
 
 /// One row of [`findings`].
@@ -323,6 +355,7 @@ mod tests {
             "@VERSION@",
             "@DDL_TRIGGER@",
             "@CONTROL_OBJECTS@",
+            "@FAKE_DATA@",
         ] {
             assert!(!s.contains(p), "{p} is filled");
         }

@@ -202,6 +202,256 @@ $f$;
 REVOKE ALL ON FUNCTION pgredact_mask.mask_json(jsonb, jsonb, bytea, bytea) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pgredact_mask.mask_json(jsonb, jsonb, bytea, bytea) TO PUBLIC;
 
+-- Masks `fake` and `noise` (README, "Mask kinds"), called by the masking views as the reader,
+-- like the JSON maskers above (every name qualified, no SET search_path). The keyed hash
+-- (HMAC-SHA256 with the key only the views' owner can read) is computed in the view and arrives
+-- here as `mac`: a masked role calling these directly cannot compute it for a value it guesses,
+-- so it learns nothing it does not already see.
+--
+-- The word lists of `fake`: the `fake` crate's EN locale as pgredact was built with it (filled
+-- below by `pgredact setup-sql`; public data, readable by everyone). n is 0-based.
+CREATE TABLE IF NOT EXISTS pgredact_mask.fake_lists (list text PRIMARY KEY, size integer NOT NULL CHECK (size > 0));
+CREATE TABLE IF NOT EXISTS pgredact_mask.fake_words (list text, n integer, word text NOT NULL, PRIMARY KEY (list, n));
+REVOKE ALL ON pgredact_mask.fake_lists, pgredact_mask.fake_words FROM PUBLIC;
+GRANT SELECT ON pgredact_mask.fake_lists, pgredact_mask.fake_words TO PUBLIC;
+BEGIN;
+@FAKE_DATA@
+COMMIT;
+
+-- `len` (at most 7) bytes of `mac` from byte `first` (0-based), big-endian, as a non-negative integer.
+CREATE OR REPLACE FUNCTION pgredact_mask.mac_int(mac pg_catalog.bytea, first pg_catalog.int4, len pg_catalog.int4)
+RETURNS pg_catalog.int8 LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT AS $f$
+  SELECT CAST(CAST(pg_catalog.concat('x', pg_catalog.lpad(pg_catalog.encode(pg_catalog.substr($1, $2 OPERATOR(pg_catalog.+) 1, $3), 'hex'), 16, '0')) AS pg_catalog.bit(64)) AS pg_catalog.int8)
+$f$;
+
+-- Entry (w_i mod size) of a fake list, w_i being bytes 4i..4i+3 of mac.
+CREATE OR REPLACE FUNCTION pgredact_mask.fake_pick(list pg_catalog.text, mac pg_catalog.bytea, i pg_catalog.int4)
+RETURNS pg_catalog.text LANGUAGE sql STABLE PARALLEL SAFE STRICT AS $f$
+  SELECT w.word FROM pgredact_mask.fake_lists l JOIN pgredact_mask.fake_words w ON w.list OPERATOR(pg_catalog.=) l.list
+  WHERE l.list OPERATOR(pg_catalog.=) $1
+    AND w.n OPERATOR(pg_catalog.=) CAST(pgredact_mask.mac_int($2, $3 OPERATOR(pg_catalog.*) 4, 4) OPERATOR(pg_catalog.%) l.size AS pg_catalog.int4)
+$f$;
+
+-- A format such as `(^##) ###-####` with each `#` replaced by a digit and each `^` by a digit
+-- 1-9, taken from the bytes of mac from byte `start` on (byte mod 10, 1 + byte mod 9).
+CREATE OR REPLACE FUNCTION pgredact_mask.fake_fill(tpl pg_catalog.text, mac pg_catalog.bytea, start pg_catalog.int4)
+RETURNS pg_catalog.text LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE STRICT AS $f$
+DECLARE
+  out pg_catalog.text := '';
+  ch pg_catalog.text;
+  b pg_catalog.int4 := start;
+  i pg_catalog.int4;
+BEGIN
+  FOR i IN 1 .. pg_catalog.length(tpl) LOOP
+    ch := pg_catalog.substr(tpl, i, 1);
+    IF ch OPERATOR(pg_catalog.=) '#' THEN
+      ch := CAST(pg_catalog.get_byte(mac, b) OPERATOR(pg_catalog.%) 10 AS pg_catalog.text);
+      b := b OPERATOR(pg_catalog.+) 1;
+    ELSIF ch OPERATOR(pg_catalog.=) '^' THEN
+      ch := CAST(1 OPERATOR(pg_catalog.+) (pg_catalog.get_byte(mac, b) OPERATOR(pg_catalog.%) 9) AS pg_catalog.text);
+      b := b OPERATOR(pg_catalog.+) 1;
+    END IF;
+    out := out OPERATOR(pg_catalog.||) ch;
+  END LOOP;
+  RETURN out;
+END
+$f$;
+
+-- Lower-case ASCII letters only (for e-mail local parts).
+CREATE OR REPLACE FUNCTION pgredact_mask.fake_ascii(t pg_catalog.text)
+RETURNS pg_catalog.text LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT AS $f$
+  SELECT pg_catalog.regexp_replace(pg_catalog.lower($1), '[^a-z]', '', 'g')
+$f$;
+
+-- The fake value of a flavour for mac = HMAC(key, 'fake' || value). See README for each flavour.
+CREATE OR REPLACE FUNCTION pgredact_mask.fake(flavour pg_catalog.text, mac pg_catalog.bytea)
+RETURNS pg_catalog.text LANGUAGE plpgsql STABLE PARALLEL SAFE AS $f$
+BEGIN
+  IF mac IS NULL THEN RETURN NULL; END IF;
+  IF flavour OPERATOR(pg_catalog.=) 'first_name' THEN
+    RETURN pgredact_mask.fake_pick('first_name', mac, 0);
+  ELSIF flavour OPERATOR(pg_catalog.=) 'last_name' THEN
+    RETURN pgredact_mask.fake_pick('last_name', mac, 0);
+  ELSIF flavour OPERATOR(pg_catalog.=) 'name' THEN
+    RETURN pg_catalog.concat(pgredact_mask.fake_pick('first_name', mac, 0), ' ', pgredact_mask.fake_pick('last_name', mac, 1));
+  ELSIF flavour OPERATOR(pg_catalog.=) 'email' THEN
+    RETURN pg_catalog.concat(pgredact_mask.fake_ascii(pgredact_mask.fake_pick('first_name', mac, 0)), '.',
+      pgredact_mask.fake_ascii(pgredact_mask.fake_pick('last_name', mac, 1)),
+      pgredact_mask.mac_int(mac, 8, 4) OPERATOR(pg_catalog.%) 100, '@example.',
+      (CAST('{com,net,org}' AS pg_catalog.text[]))[CAST(1 OPERATOR(pg_catalog.+) (pgredact_mask.mac_int(mac, 12, 4) OPERATOR(pg_catalog.%) 3) AS pg_catalog.int4)]);
+  ELSIF flavour OPERATOR(pg_catalog.=) 'phone' THEN
+    RETURN pgredact_mask.fake_fill(pgredact_mask.fake_pick('phone_format', mac, 0), mac, 4);
+  ELSIF flavour OPERATOR(pg_catalog.=) 'street_address' THEN
+    RETURN pg_catalog.concat(1 OPERATOR(pg_catalog.+) (pgredact_mask.mac_int(mac, 0, 4) OPERATOR(pg_catalog.%) 9999), ' ',
+      pgredact_mask.fake_pick('last_name', mac, 1), ' ', pgredact_mask.fake_pick('street_suffix', mac, 2));
+  ELSIF flavour OPERATOR(pg_catalog.=) 'city' THEN
+    RETURN pg_catalog.concat(
+      CASE WHEN (pgredact_mask.mac_int(mac, 8, 4) OPERATOR(pg_catalog.%) 4) OPERATOR(pg_catalog.=) 0
+           THEN pg_catalog.concat(pgredact_mask.fake_pick('city_prefix', mac, 3), ' ') ELSE '' END,
+      pgredact_mask.fake_pick('last_name', mac, 0), pgredact_mask.fake_pick('city_suffix', mac, 1));
+  END IF;
+  RETURN NULL;
+END
+$f$;
+
+-- A noise offset from mac: sign from the low bit of byte 7 (1: negative), size
+-- 1 + floor(u * max(m, 1) / 2^56) with u the first 7 bytes, so 1 to max(m, 1), never 0.
+CREATE OR REPLACE FUNCTION pgredact_mask.noise_offset(mac pg_catalog.bytea, m pg_catalog.numeric)
+RETURNS pg_catalog.numeric LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT AS $f$
+  SELECT (1 OPERATOR(pg_catalog.+) pg_catalog.div(CAST(pgredact_mask.mac_int($1, 0, 7) AS pg_catalog.numeric) OPERATOR(pg_catalog.*) GREATEST($2, 1),
+            CAST(72057594037927936 AS pg_catalog.numeric)))
+         OPERATOR(pg_catalog.*) CASE WHEN (pg_catalog.get_byte($1, 7) OPERATOR(pg_catalog.&) 1) OPERATOR(pg_catalog.=) 1 THEN -1 ELSE 1 END
+$f$;
+
+-- Noise on an integer or numeric x: in units of `unit` (1 for integers, 10^-scale for
+-- numeric(p,s), the value's own scale for numeric), x moves by 1 to floor(|x| * ppm / 10^6)
+-- units (at least one), the other way when the first would leave [lo, hi]. 0 stays 0.
+CREATE OR REPLACE FUNCTION pgredact_mask.noise_num(x pg_catalog.numeric, mac pg_catalog.bytea, ppm pg_catalog.int8, unit pg_catalog.numeric, lo pg_catalog.numeric, hi pg_catalog.numeric)
+RETURNS pg_catalog.numeric LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $f$
+DECLARE
+  un pg_catalog.numeric := unit;
+  xu pg_catalog.numeric;
+  d pg_catalog.numeric;
+  r pg_catalog.numeric;
+BEGIN
+  IF x IS NULL OR mac IS NULL THEN RETURN NULL; END IF;
+  IF x OPERATOR(pg_catalog.=) 0 OR x OPERATOR(pg_catalog.=) CAST('NaN' AS pg_catalog.numeric)
+     OR pg_catalog.abs(x) OPERATOR(pg_catalog.=) CAST('Infinity' AS pg_catalog.numeric) THEN
+    RETURN x;
+  END IF;
+  IF un IS NULL THEN
+    un := pg_catalog.power(CAST(10 AS pg_catalog.numeric), CAST(0 OPERATOR(pg_catalog.-) pg_catalog.scale(x) AS pg_catalog.numeric));
+  END IF;
+  xu := pg_catalog.round(x OPERATOR(pg_catalog./) un);
+  d := pgredact_mask.noise_offset(mac, pg_catalog.div(pg_catalog.abs(xu) OPERATOR(pg_catalog.*) ppm, CAST(1000000 AS pg_catalog.numeric)));
+  r := (xu OPERATOR(pg_catalog.+) d) OPERATOR(pg_catalog.*) un;
+  IF (lo IS NOT NULL AND r OPERATOR(pg_catalog.<) lo) OR (hi IS NOT NULL AND r OPERATOR(pg_catalog.>) hi) THEN
+    r := (xu OPERATOR(pg_catalog.-) d) OPERATOR(pg_catalog.*) un;
+  END IF;
+  IF unit IS NULL THEN
+    RETURN pg_catalog.round(r, pg_catalog.scale(x));
+  END IF;
+  RETURN r;
+END
+$f$;
+
+-- Noise on a float: x * (1 + k / 10^9), k = ±ppm * (1 + floor(u * 1000 / 2^56)) (a change of
+-- ppm/1000 to ppm parts per million), shrinking when |x| is within a factor 2 of the type's
+-- limit `maxabs`. 0, NaN and infinities stay as they are.
+CREATE OR REPLACE FUNCTION pgredact_mask.noise_float(x pg_catalog.float8, mac pg_catalog.bytea, ppm pg_catalog.int8, maxabs pg_catalog.float8)
+RETURNS pg_catalog.float8 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $f$
+DECLARE
+  k pg_catalog.int8;
+BEGIN
+  IF x IS NULL OR mac IS NULL THEN RETURN NULL; END IF;
+  IF x OPERATOR(pg_catalog.=) 0 OR x OPERATOR(pg_catalog.=) CAST('NaN' AS pg_catalog.float8)
+     OR pg_catalog.abs(x) OPERATOR(pg_catalog.=) CAST('Infinity' AS pg_catalog.float8) THEN
+    RETURN x;
+  END IF;
+  k := ppm OPERATOR(pg_catalog.*) (1 OPERATOR(pg_catalog.+) CAST(pg_catalog.div(CAST(pgredact_mask.mac_int(mac, 0, 7) AS pg_catalog.numeric) OPERATOR(pg_catalog.*) 1000,
+         CAST(72057594037927936 AS pg_catalog.numeric)) AS pg_catalog.int8));
+  IF (pg_catalog.get_byte(mac, 7) OPERATOR(pg_catalog.&) 1) OPERATOR(pg_catalog.=) 1
+     OR pg_catalog.abs(x) OPERATOR(pg_catalog.>) (maxabs OPERATOR(pg_catalog./) 2) THEN
+    k := 0 OPERATOR(pg_catalog.-) k;
+  END IF;
+  RETURN x OPERATOR(pg_catalog.*) (CAST(1 AS pg_catalog.float8) OPERATOR(pg_catalog.+) (CAST(k AS pg_catalog.float8) OPERATOR(pg_catalog./) CAST(1000000000 AS pg_catalog.float8)));
+END
+$f$;
+
+-- Noise on a date: ± 1 to `days` days, the other way when the first would leave the date range.
+CREATE OR REPLACE FUNCTION pgredact_mask.noise_date(x pg_catalog.date, mac pg_catalog.bytea, days pg_catalog.int8)
+RETURNS pg_catalog.date LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $f$
+DECLARE
+  d pg_catalog.int4;
+  dx pg_catalog.int8;
+BEGIN
+  IF x IS NULL OR mac IS NULL THEN RETURN NULL; END IF;
+  IF NOT pg_catalog.isfinite(x) THEN RETURN x; END IF;
+  d := CAST(pgredact_mask.noise_offset(mac, CAST(days AS pg_catalog.numeric)) AS pg_catalog.int4);
+  dx := x OPERATOR(pg_catalog.-) CAST('2000-01-01' AS pg_catalog.date);
+  -- 2145031948 and -2451545: the last and first dates PostgreSQL holds, counted from 2000-01-01.
+  IF (dx OPERATOR(pg_catalog.+) d) OPERATOR(pg_catalog.>) 2145031948
+     OR (dx OPERATOR(pg_catalog.+) d) OPERATOR(pg_catalog.<) -2451545 THEN
+    d := 0 OPERATOR(pg_catalog.-) d;
+  END IF;
+  RETURN x OPERATOR(pg_catalog.+) d;
+END
+$f$;
+
+-- Noise on a timestamp (without time zone): ± 1 to `secs` seconds, the other way at the range's ends.
+CREATE OR REPLACE FUNCTION pgredact_mask.noise_ts(x pg_catalog.timestamp, mac pg_catalog.bytea, secs pg_catalog.int8)
+RETURNS pg_catalog.timestamp LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $f$
+DECLARE
+  d pg_catalog.int8;
+  e pg_catalog.float8;
+BEGIN
+  IF x IS NULL OR mac IS NULL THEN RETURN NULL; END IF;
+  IF NOT pg_catalog.isfinite(x) THEN RETURN x; END IF;
+  d := CAST(pgredact_mask.noise_offset(mac, CAST(secs AS pg_catalog.numeric)) AS pg_catalog.int8);
+  e := pg_catalog.date_part('epoch', x);
+  IF (e OPERATOR(pg_catalog.+) d) OPERATOR(pg_catalog.>) 9224318015999 OR (e OPERATOR(pg_catalog.+) d) OPERATOR(pg_catalog.<) -210866803200 THEN
+    d := 0 OPERATOR(pg_catalog.-) d;
+  END IF;
+  RETURN x OPERATOR(pg_catalog.+) pg_catalog.make_interval(0, 0, 0, 0, 0, 0, CAST(d AS pg_catalog.float8));
+END
+$f$;
+
+-- The same for timestamptz: whole seconds added to an instant, so TimeZone plays no part.
+CREATE OR REPLACE FUNCTION pgredact_mask.noise_tstz(x pg_catalog.timestamptz, mac pg_catalog.bytea, secs pg_catalog.int8)
+RETURNS pg_catalog.timestamptz LANGUAGE plpgsql STABLE PARALLEL SAFE AS $f$
+DECLARE
+  d pg_catalog.int8;
+  e pg_catalog.float8;
+BEGIN
+  IF x IS NULL OR mac IS NULL THEN RETURN NULL; END IF;
+  IF NOT pg_catalog.isfinite(x) THEN RETURN x; END IF;
+  d := CAST(pgredact_mask.noise_offset(mac, CAST(secs AS pg_catalog.numeric)) AS pg_catalog.int8);
+  e := pg_catalog.date_part('epoch', x);
+  IF (e OPERATOR(pg_catalog.+) d) OPERATOR(pg_catalog.>) 9224318015999 OR (e OPERATOR(pg_catalog.+) d) OPERATOR(pg_catalog.<) -210866803200 THEN
+    d := 0 OPERATOR(pg_catalog.-) d;
+  END IF;
+  RETURN x OPERATOR(pg_catalog.+) pg_catalog.make_interval(0, 0, 0, 0, 0, 0, CAST(d AS pg_catalog.float8));
+END
+$f$;
+
+DO $g$
+DECLARE f text;
+BEGIN
+  FOREACH f IN ARRAY ARRAY['mac_int(bytea, integer, integer)', 'fake_pick(text, bytea, integer)', 'fake_fill(text, bytea, integer)',
+      'fake_ascii(text)', 'fake(text, bytea)', 'noise_offset(bytea, numeric)',
+      'noise_num(numeric, bytea, bigint, numeric, numeric, numeric)', 'noise_float(double precision, bytea, bigint, double precision)',
+      'noise_date(date, bytea, bigint)', 'noise_ts(timestamp without time zone, bytea, bigint)',
+      'noise_tstz(timestamp with time zone, bytea, bigint)'] LOOP
+    EXECUTE format('REVOKE ALL ON FUNCTION pgredact_mask.%s FROM PUBLIC', f);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION pgredact_mask.%s TO PUBLIC', f);
+  END LOOP;
+END
+$g$;
+
+-- Bytes of a value that no session setting changes (DateStyle, TimeZone, extra_float_digits,
+-- client_encoding...), as SQL text for expression `e` of type `typ`: UTF-8 text for strings and
+-- enums, the binary send form otherwise. NULL for arrays, composites, json and xml.
+CREATE OR REPLACE FUNCTION pgredact_admin.stable_bytes(e text, typ oid)
+RETURNS text LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $f$
+DECLARE
+  base oid;
+  cat "char";
+  send regproc;
+BEGIN
+  SELECT bt.oid, bt.typcategory, bt.typsend INTO base, cat, send
+  FROM pg_type ty JOIN pg_type bt ON bt.oid = CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END
+  WHERE ty.oid = typ;
+  IF cat IN ('S', 'E') THEN
+    RETURN format('pg_catalog.convert_to(CAST(%s AS pg_catalog.text), ''UTF8'')', e);
+  END IF;
+  IF cat IN ('A', 'C', 'P', 'X') OR base IN ('json'::regtype, 'jsonb'::regtype, 'xml'::regtype) OR send = 0 THEN
+    RETURN NULL;
+  END IF;
+  RETURN format('%s(CAST(%s AS %s))', send::text, e, format_type(base, NULL));
+END
+$f$;
+REVOKE ALL ON FUNCTION pgredact_admin.stable_bytes(text, oid) FROM PUBLIC;
+
 CREATE OR REPLACE FUNCTION pgredact_admin.mask_expr(col name, typ oid, typmod integer, m jsonb)
 RETURNS text LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $f$
 DECLARE
@@ -216,6 +466,13 @@ DECLARE
   -- The outer CAST keeps the type modifier too (a CASE would drop it).
   guard text := format('CAST(CASE WHEN %s IS NULL THEN NULL ELSE %%s END AS %s)', c, t);
   v text;
+  mac text;
+  ts text;
+  num_p integer;
+  num_s integer;
+  unit text;
+  lo text;
+  hi text;
 BEGIN
   SELECT bt.typname, bt.typcategory INTO base, cat
   FROM pg_type ty JOIN pg_type bt ON bt.oid = CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END
@@ -261,6 +518,114 @@ BEGIN
       RETURN format(guard, format('pg_catalog.date_trunc(''year'', CAST(%s AS pg_catalog.timestamp))', c));
     END IF;
     RETURN format(guard, format('pg_catalog.date_trunc(''year'', %s)', c));
+  WHEN 'fake' THEN
+    IF cat <> 'S' THEN
+      RAISE EXCEPTION 'pgredact: mask "fake" needs a text column, not %', t;
+    END IF;
+    -- HMAC-SHA256(key, 'fake' || value); the cast to the column type truncates to its length.
+    RETURN format(guard, format(
+      'pgredact_mask.fake(%s, pg_catalog.sha256(k.opad OPERATOR(pg_catalog.||) pg_catalog.sha256(k.ipad OPERATOR(pg_catalog.||) pg_catalog.convert_to(pg_catalog.concat(''fake'', %s), ''UTF8''))))',
+      quote_literal(m ->> 'flavour'), ct));
+  WHEN 'noise' THEN
+    -- HMAC-SHA256(key, 'noise' || row key || value): with per_row, the row key (sha256 of each
+    -- primary key column of the policy table, from sync()) sets equal values of different rows
+    -- apart; values are read in a form no session setting changes.
+    v := pgredact_admin.stable_bytes(c, typ);
+    IF v IS NULL THEN
+      RAISE EXCEPTION 'pgredact: mask "noise" does not apply to %', t;
+    END IF;
+    mac := format('pg_catalog.sha256(k.opad OPERATOR(pg_catalog.||) pg_catalog.sha256(k.ipad OPERATOR(pg_catalog.||) %s))',
+      concat_ws(' OPERATOR(pg_catalog.||) ', 'pg_catalog.convert_to(''noise'', ''UTF8'')', nullif(m ->> 'rowkey', ''), v));
+    IF m ? 'ppm' THEN
+      IF base IN ('int2', 'int4', 'int8') THEN
+        lo := CASE base WHEN 'int2' THEN '-32768' WHEN 'int4' THEN '-2147483648' ELSE '-9223372036854775808' END;
+        hi := CASE base WHEN 'int2' THEN '32767' WHEN 'int4' THEN '2147483647' ELSE '9223372036854775807' END;
+        unit := '1';
+      ELSIF base = 'numeric' THEN
+        IF typmod >= 4 THEN
+          num_p := ((typmod - 4) >> 16) & 65535;
+          num_s := (typmod - 4) & 65535;
+          IF num_s > num_p THEN num_s := NULL; END IF;
+        END IF;
+        IF num_s IS NOT NULL THEN
+          unit := round(10::numeric ^ (-num_s), num_s)::text;
+          hi := round(10::numeric ^ (num_p - num_s) - 10::numeric ^ (-num_s), num_s)::text;
+          lo := '-' || hi;
+        END IF;
+      ELSIF base IN ('float4', 'float8') THEN
+        RETURN format(guard, format('pgredact_mask.noise_float(CAST(%s AS pg_catalog.float8), %s, %s, %s)',
+          c, mac, (m ->> 'ppm')::bigint, CASE base WHEN 'float4' THEN '3.4028234663852886e38' ELSE '1.7976931348623157e308' END));
+      ELSE
+        RAISE EXCEPTION 'pgredact: mask "noise" with a ratio needs a number column, not %', t;
+      END IF;
+      RETURN format(guard, format('pgredact_mask.noise_num(CAST(%s AS pg_catalog.numeric), %s, %s, %s, %s, %s)',
+        c, mac, (m ->> 'ppm')::bigint,
+        coalesce(format('CAST(%L AS pg_catalog.numeric)', unit), 'NULL'),
+        coalesce(format('CAST(%L AS pg_catalog.numeric)', lo), 'NULL'),
+        coalesce(format('CAST(%L AS pg_catalog.numeric)', hi), 'NULL')));
+    END IF;
+    IF base = 'date' AND (m ->> 'seconds')::bigint % 86400 = 0 THEN
+      RETURN format(guard, format('pgredact_mask.noise_date(%s, %s, %s)', c, mac, (m ->> 'seconds')::bigint / 86400));
+    ELSIF base = 'timestamp' THEN
+      RETURN format(guard, format('pgredact_mask.noise_ts(%s, %s, %s)', c, mac, (m ->> 'seconds')::bigint));
+    ELSIF base = 'timestamptz' THEN
+      RETURN format(guard, format('pgredact_mask.noise_tstz(%s, %s, %s)', c, mac, (m ->> 'seconds')::bigint));
+    END IF;
+    RAISE EXCEPTION 'pgredact: mask "noise" with interval % does not apply to %', m ->> 'interval', t;
+  WHEN 'bucket' THEN
+    IF m ? 'step' THEN
+      IF base IN ('float4', 'float8') THEN
+        RETURN format(guard, format('pg_catalog.floor(CAST(%s AS pg_catalog.float8) / CAST(%L AS pg_catalog.float8)) * CAST(%L AS pg_catalog.float8)',
+          c, m ->> 'step', m ->> 'step'));
+      END IF;
+      IF base NOT IN ('int2', 'int4', 'int8', 'numeric') THEN
+        RAISE EXCEPTION 'pgredact: mask "bucket" with a step needs a number column, not %', t;
+      END IF;
+      v := format('pg_catalog.floor(CAST(%s AS pg_catalog.numeric) / CAST(%L AS pg_catalog.numeric)) * CAST(%L AS pg_catalog.numeric)',
+        c, m ->> 'step', m ->> 'step');
+      -- The lowest bucket of a bounded type can start below its range: it starts at the bound.
+      lo := CASE base WHEN 'int2' THEN '-32768' WHEN 'int4' THEN '-2147483648' WHEN 'int8' THEN '-9223372036854775808' END;
+      IF base = 'numeric' AND typmod >= 4 THEN
+        num_p := ((typmod - 4) >> 16) & 65535;
+        num_s := (typmod - 4) & 65535;
+        IF num_s <= num_p THEN
+          lo := '-' || round(10::numeric ^ (num_p - num_s) - 10::numeric ^ (-num_s), num_s)::text;
+        END IF;
+      END IF;
+      IF lo IS NOT NULL THEN
+        v := format('GREATEST(%s, CAST(%L AS pg_catalog.numeric))', v, lo);
+      ELSIF base = 'numeric' THEN
+        -- numeric without a scale keeps the value's own (at least the step's).
+        v := format('pg_catalog.round(%s, GREATEST(pg_catalog.scale(CAST(%s AS pg_catalog.numeric)), %s))',
+          v, c, coalesce(length(split_part(m ->> 'step', '.', 2)), 0));
+      END IF;
+      RETURN format(guard, v);
+    END IF;
+    -- Dates and timestamps, as timestamps (timestamptz in UTC, so TimeZone plays no part).
+    ts := CASE base WHEN 'date' THEN format('CAST(%s AS pg_catalog.timestamp)', c)
+                    WHEN 'timestamp' THEN c
+                    WHEN 'timestamptz' THEN format('pg_catalog.timezone(''UTC'', %s)', c) END;
+    IF ts IS NULL THEN
+      RAISE EXCEPTION 'pgredact: mask "bucket" with an interval needs a date or timestamp column, not %', t;
+    END IF;
+    IF m ->> 'unit' = 'year' THEN
+      v := format('pg_catalog.make_timestamp(CAST(GREATEST(1, pg_catalog.floor(pg_catalog.date_part(''year'', %1$s) / %2$s) * %2$s) AS pg_catalog.int4), 1, 1, 0, 0, 0)',
+        ts, (m ->> 'n')::integer);
+    ELSIF m ->> 'unit' = 'month' THEN
+      v := format('pg_catalog.make_timestamp(CAST(pg_catalog.date_part(''year'', %1$s) AS pg_catalog.int4), CAST(pg_catalog.floor((pg_catalog.date_part(''month'', %1$s) - 1) / %2$s) * %2$s + 1 AS pg_catalog.int4), 1, 0, 0, 0)',
+        ts, (m ->> 'n')::integer);
+    ELSE
+      IF base = 'date' AND (m ->> 'seconds')::bigint % 86400 <> 0 THEN
+        RAISE EXCEPTION 'pgredact: mask "bucket" on a date needs whole days, not %', m ->> 'interval';
+      END IF;
+      -- Fixed-length buckets counted from Monday 2000-01-03 00:00 (so weeks start on Mondays).
+      v := format('pg_catalog.date_bin(pg_catalog.make_interval(0, 0, 0, 0, 0, 0, %s), %s, CAST(''2000-01-03 00:00:00'' AS pg_catalog.timestamp))',
+        (m ->> 'seconds')::bigint, ts);
+    END IF;
+    v := CASE base WHEN 'date' THEN format('CAST(%s AS pg_catalog.date)', v)
+                   WHEN 'timestamp' THEN v
+                   ELSE format('pg_catalog.timezone(''UTC'', %s)', v) END;
+    RETURN format(guard, format('CASE WHEN pg_catalog.isfinite(%s) THEN %s ELSE %s END', c, v, c));
   ELSE
     RAISE EXCEPTION 'pgredact: unknown mask kind %', kind;
   END CASE;
@@ -306,12 +671,13 @@ DECLARE
   only_missing boolean;
   uses_key boolean;
   joined text;
+  rowkey text;
 BEGIN
   IF s IS NULL OR ctl IS NULL THEN RETURN; END IF;
   PERFORM pg_advisory_xact_lock(7320452);
   FOR r IN
     WITH RECURSIVE spec AS (SELECT s AS j), @PROTECTED@
-    SELECT p.relid, t.tj, n.nspname, c.relname, c.relkind,
+    SELECT p.relid, p.policy_relid, t.tj, n.nspname, c.relname, c.relkind,
            EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = p.relid) AS has_children
     FROM prot p JOIN ptab t ON t.relid = p.policy_relid
     JOIN pg_class c ON c.oid = p.relid JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -324,8 +690,21 @@ BEGIN
       CONTINUE;
     END IF;
     BEGIN
+      -- What tells rows apart for mask "noise" with per_row: the policy table's primary key columns (by
+      -- name, so its partitions and children agree), each as sha256 of its stable bytes; empty
+      -- without a primary key, or when one of its columns has no stable form.
+      SELECT CASE WHEN bool_and(x.b IS NOT NULL) THEN string_agg(format('pg_catalog.sha256(%s)', x.b), ' OPERATOR(pg_catalog.||) ' ORDER BY x.ord) END
+        INTO rowkey
+      FROM (SELECT pgredact_admin.stable_bytes('r.' || quote_ident(pa.attname), a.atttypid) AS b, k.ord
+            FROM pg_index i CROSS JOIN LATERAL unnest(CAST(i.indkey AS int2[])) WITH ORDINALITY AS k(attnum, ord)
+            JOIN pg_attribute pa ON pa.attrelid = i.indrelid AND pa.attnum = k.attnum
+            JOIN pg_attribute a ON a.attrelid = r.relid AND a.attname = pa.attname AND NOT a.attisdropped
+            WHERE i.indrelid = r.policy_relid AND i.indisprimary) x;
       SELECT string_agg(CASE WHEN r.tj -> 'columns' ? a.attname
-                             THEN pgredact_admin.mask_expr(a.attname, a.atttypid, a.atttypmod, r.tj -> 'columns' -> a.attname) || ' AS ' || quote_ident(a.attname)
+                             THEN pgredact_admin.mask_expr(a.attname, a.atttypid, a.atttypmod,
+                                    CASE WHEN r.tj -> 'columns' -> a.attname ->> 'kind' = 'noise' AND (r.tj -> 'columns' -> a.attname ->> 'per_row')::boolean
+                                         THEN (r.tj -> 'columns' -> a.attname) || jsonb_build_object('rowkey', coalesce(rowkey, ''))
+                                         ELSE r.tj -> 'columns' -> a.attname END) || ' AS ' || quote_ident(a.attname)
                              ELSE 'r.' || quote_ident(a.attname) END, ', ' ORDER BY a.attnum),
              bool_or(r.tj -> 'columns' -> a.attname ->> 'kind' = 'hash'
                      OR coalesce((r.tj -> 'columns' -> a.attname ->> 'uses_key')::boolean, false))

@@ -82,10 +82,28 @@ pub const FRAGMENTS: &[&str] = &[
     "test-hash-key",
 ];
 
+/// The demo policy with the kinds of issue 12 where they fit the demo's columns: `bucket` on
+/// the birth date (instead of `year`), `fake` on the history's e-mails (instead of `email`) and
+/// `noise` on the time of each change, plus the attack tables.
 pub fn policy_text() -> String {
+    let demo = pgredact::demo::EXAMPLE_POLICY
+        .replacen(
+            "columns.birth_date = \"year\"",
+            "columns.birth_date = { mask = \"bucket\", interval = \"10 years\" }",
+            1,
+        )
+        .replacen(
+            "[tables.\"public.customer_history\"]\nsubject = \"customer_id\"\ncolumns.email = \"email\"",
+            "[tables.\"public.customer_history\"]\nsubject = \"customer_id\"\ncolumns.email = { mask = \"fake\", kind = \"email\" }\ncolumns.changed_at = { mask = \"noise\", interval = \"3 days\" }",
+            1,
+        );
+    assert!(
+        demo.contains("interval = \"10 years\"") && demo.contains("interval = \"3 days\""),
+        "the demo policy changed: update policy_text"
+    );
     format!(
         "{}\n[tables.\"public.zq_parted\"]\nsubject = \"id\"\ncolumns.contact = \"redact\"\n\n[tables.\"public.zq_contacts_eu\"]\nsubject = \"id\"\ncolumns.contact = \"redact\"\n\n[tables.\"public.zq_child\"]\nsubject = \"id\"\ncolumns.secret = \"null\"\n\n[tables.\"public.{LONG_TABLE}\"]\nsubject = \"id\"\ncolumns.{LONG_COLUMN} = \"redact\"\n",
-        pgredact::demo::EXAMPLE_POLICY
+        demo
     )
 }
 
@@ -355,6 +373,11 @@ async fn build_twin(env: &Env) {
             .expect("twin json update");
         }
     }
+    for tp in policy.tables.values() {
+        for (col, cp) in &tp.columns {
+            twin_fake_noise(&t, tp, col, &cp.mask).await;
+        }
+    }
     t.batch_execute(
         "REFRESH MATERIALIZED VIEW public.zq_mv_direct; REFRESH MATERIALIZED VIEW public.zq_mv_func; \
          SELECT lo_unlink(77777); SELECT lo_from_bytea(77777, convert_to('z***@leak-test.example', 'UTF8')); \
@@ -373,6 +396,168 @@ async fn build_twin(env: &Env) {
         .unwrap()
         .get(0);
     assert_eq!(n, 0, "twin must be masked");
+}
+
+/// Masks `fake` and `noise` on the twin, row by row with the reference implementation
+/// (`masks.rs`): values read in binary (the bytes the keyed hash covers), results written back.
+pub async fn twin_fake_noise(
+    t: &Client,
+    tp: &pgredact::policy::TablePolicy,
+    col: &str,
+    mask: &pgredact::policy::Mask,
+) {
+    use pgredact::policy::{quote_ident, Mask, Noise};
+    if !matches!(mask, Mask::Fake(_) | Mask::Noise(_)) {
+        return;
+    }
+    let rel = format!("{}.{}", quote_ident(&tp.schema), quote_ident(&tp.name));
+    let q = quote_ident(col);
+    let row = t
+        .query_one(
+            "SELECT pg_catalog.format_type(a.atttypid, a.atttypmod), a.atttypmod FROM pg_attribute a \
+             WHERE a.attrelid = $1::text::regclass AND a.attname = $2",
+            &[&rel, &col],
+        )
+        .await
+        .expect("column type");
+    let (sql_type, typmod): (String, i32) = (row.get(0), row.get(1));
+    // The policy table's primary key columns, in key order (mask noise with per_row only).
+    let per_row = matches!(mask, Mask::Noise(n) if n.per_row());
+    let pk: Vec<String> = t
+        .query(
+            "SELECT a.attname::text FROM pg_index i, unnest(i.indkey::int2[]) WITH ORDINALITY k(n, o), pg_attribute a \
+             WHERE i.indrelid = $1::text::regclass AND i.indisprimary AND a.attrelid = i.indrelid AND a.attnum = k.n ORDER BY k.o",
+            &[&rel],
+        )
+        .await
+        .expect("primary key")
+        .iter()
+        .map(|r| r.get(0))
+        .filter(|_| per_row)
+        .collect();
+    let pk_sel: String = pk.iter().map(|c| format!(", {}", quote_ident(c))).collect();
+    let rows = t
+        .query(
+            &format!("SELECT tableoid::regclass::text, ctid::text, {q}::text, {q}{pk_sel} FROM {rel} WHERE {q} IS NOT NULL"),
+            &[],
+        )
+        .await
+        .expect("twin rows");
+    let key = HASH_KEY.as_bytes();
+    let (mut rels, mut ids, mut vals) = (Vec::new(), Vec::new(), Vec::new());
+    let mut value_expr = "CAST(x.v AS {T})".to_string();
+    for r in rows {
+        let text: String = r.get(2);
+        let Raw(bin) = r.get(3);
+        let row_key: Vec<Vec<u8>> = (0..pk.len()).map(|i| r.get::<_, Raw>(4 + i).0).collect();
+        let out = match mask {
+            Mask::Fake(k) => super::masks::fake(*k, key, &text),
+            Mask::Noise(n) => {
+                let mac = super::masks::noise_mac(key, &row_key, &bin);
+                match (n, sql_type.as_str()) {
+                    (Noise::Interval { span: sp, .. }, ty) => {
+                        // Days (dates) or microseconds (timestamps) from 2000-01-01;
+                        // infinity and -infinity stay as they are.
+                        let base = if ty == "date" {
+                            "DATE '2000-01-01' + CAST(x.v AS int4)"
+                        } else if ty.contains("with time zone") {
+                            "TIMESTAMPTZ '2000-01-01 00:00:00+00' + CAST(x.v AS int8) * INTERVAL '1 microsecond'"
+                        } else {
+                            "TIMESTAMP '2000-01-01 00:00:00' + CAST(x.v AS int8) * INTERVAL '1 microsecond'"
+                        };
+                        value_expr = format!(
+                            "CASE x.v WHEN 'max' THEN CAST('infinity' AS {{T}}) WHEN 'min' THEN CAST('-infinity' AS {{T}}) ELSE {base} END"
+                        );
+                        let (v, max, min, scale) = if ty == "date" {
+                            let d = i32::from_be_bytes(bin[..4].try_into().unwrap());
+                            (i128::from(d), i128::from(i32::MAX), i128::from(i32::MIN), 1)
+                        } else {
+                            let us = i64::from_be_bytes(bin[..8].try_into().unwrap());
+                            (
+                                i128::from(us),
+                                i128::from(i64::MAX),
+                                i128::from(i64::MIN),
+                                1_000_000,
+                            )
+                        };
+                        if v == max {
+                            "max".to_string()
+                        } else if v == min {
+                            "min".to_string()
+                        } else {
+                            (v + super::masks::noise_span(sp, &mac, ty == "date") * scale)
+                                .to_string()
+                        }
+                    }
+                    (Noise::Ratio { ppm, .. }, "double precision") => {
+                        let x = f64::from_be_bytes(bin[..8].try_into().unwrap());
+                        format!("{:?}", super::masks::noise_float(x, &mac, *ppm, f64::MAX))
+                    }
+                    (Noise::Ratio { ppm, .. }, "real") => {
+                        let x = f32::from_be_bytes(bin[..4].try_into().unwrap());
+                        let y = super::masks::noise_float(
+                            f64::from(x),
+                            &mac,
+                            *ppm,
+                            f64::from(f32::MAX),
+                        );
+                        format!("{:?}", y as f32)
+                    }
+                    (Noise::Ratio { ppm, .. }, ty) => {
+                        // Integers and numeric: in units of the column's scale.
+                        let (scale, bounds) = match ty {
+                            "smallint" => (0, Some((i128::from(i16::MIN), i128::from(i16::MAX)))),
+                            "integer" => (0, Some((i128::from(i32::MIN), i128::from(i32::MAX)))),
+                            "bigint" => (0, Some((i128::from(i64::MIN), i128::from(i64::MAX)))),
+                            _ if typmod >= 4 => {
+                                let p = ((typmod - 4) >> 16) & 0xffff;
+                                let s = (typmod - 4) & 0xffff;
+                                let hi = 10i128.pow(p as u32) - 1;
+                                (s as u32, Some((-hi, hi)))
+                            }
+                            _ => (
+                                text.split_once('.').map_or(0, |(_, f)| f.len() as u32),
+                                None,
+                            ),
+                        };
+                        let (neg, digits) = match text.strip_prefix('-') {
+                            Some(d) => (true, d),
+                            None => (false, text.as_str()),
+                        };
+                        let (i, f) = digits.split_once('.').unwrap_or((digits, ""));
+                        let f = format!("{f:0<width$}", width = scale as usize);
+                        let mut units: i128 = format!("{i}{f}").parse().expect("number");
+                        if neg {
+                            units = -units;
+                        }
+                        let out = super::masks::noise_units(units, &mac, *ppm, bounds);
+                        let sign = if out < 0 { "-" } else { "" };
+                        let a = out.unsigned_abs();
+                        if scale == 0 {
+                            format!("{sign}{a}")
+                        } else {
+                            let p = 10u128.pow(scale);
+                            format!("{sign}{}.{:0width$}", a / p, a % p, width = scale as usize)
+                        }
+                    }
+                }
+            }
+            _ => unreachable!(),
+        };
+        rels.push(r.get::<_, String>(0));
+        ids.push(r.get::<_, String>(1));
+        vals.push(out);
+    }
+    let value_expr = value_expr.replace("{T}", &sql_type);
+    t.execute(
+        &format!(
+            "UPDATE {rel} AS t SET {q} = {value_expr} FROM unnest($1::text[], $2::text[], $3::text[]) AS x(rel, id, v) \
+             WHERE t.tableoid = x.rel::regclass AND t.ctid = x.id::tid"
+        ),
+        &[&rels, &ids, &vals],
+    )
+    .await
+    .expect("twin fake/noise update");
 }
 
 impl Fixture {

@@ -3,7 +3,10 @@
 //! the product's implementation (`pgredact_admin.mask_expr`, inside PostgreSQL): the twin checks
 //! that one.
 
-use pgredact::policy::{quote_literal, ColType, JsonMask, Mask, PathSeg};
+use hmac::{Hmac, Mac};
+use pgredact::policy::{
+    quote_literal, Bucket, ColType, FakeKind, JsonMask, Mask, PathSeg, Span, Unit,
+};
 use serde_json::Value;
 
 /// The SQL expression that masks column `col` (quoted) of type `ty`, run by a superuser on the
@@ -44,9 +47,209 @@ pub fn mask_sql(mask: &Mask, col: &str, ty: &ColType) -> String {
             "date_trunc('year', CAST({col} AS timestamp))"
         )),
         Mask::Year => guard(format!("date_trunc('year', {col})")),
-        // Masked row by row in Rust: see `mask_json`.
-        Mask::Json(_) => col.to_string(),
+        // Masked row by row in Rust: see `mask_json`, `fake` and `noise_*`.
+        Mask::Json(_) | Mask::Fake(_) | Mask::Noise(_) => col.to_string(),
+        Mask::Bucket(b) => guard(bucket_sql(b, col, ty)),
     }
+}
+
+/// Mask `bucket` in SQL written from the README, with other constructs than the product's
+/// (`mod` instead of `floor`, `date_trunc` minus the remainder instead of `make_timestamp`,
+/// epoch arithmetic instead of `date_bin`).
+fn bucket_sql(b: &Bucket, col: &str, ty: &ColType) -> String {
+    match b {
+        Bucket::Step(step) => {
+            if matches!(ty.base.as_str(), "float4" | "float8") {
+                return format!("floor({col}::float8 / {step}::float8) * {step}::float8");
+            }
+            // x - ((x mod s) + s) mod s: the multiple of s at or below x.
+            let x = format!("{col}::numeric");
+            let v = format!(
+                "({x} - mod(mod({x}, {step}::numeric) + {step}::numeric, {step}::numeric))"
+            );
+            match ty.base.as_str() {
+                "int2" => format!("greatest({v}, -32768)"),
+                "int4" => format!("greatest({v}, -2147483648)"),
+                "int8" => format!("greatest({v}, -9223372036854775808)"),
+                _ => v,
+            }
+        }
+        Bucket::Interval(sp) => {
+            let t = match ty.base.as_str() {
+                "date" => format!("{col}::timestamp"),
+                "timestamptz" => format!("({col} AT TIME ZONE 'UTC')"),
+                _ => col.to_string(),
+            };
+            let n = sp.n;
+            let lower = match sp.unit {
+                Unit::Year => format!(
+                    "date_trunc('year', {t}) - make_interval(years => ((extract(year FROM {t})::int % {n}) + {n}) % {n})"
+                ),
+                Unit::Month => format!(
+                    "date_trunc('month', {t}) - make_interval(months => (extract(month FROM {t})::int - 1) % {n})"
+                ),
+                _ => {
+                    let secs = sp.seconds().unwrap_or(1);
+                    format!(
+                        "timestamp '2000-01-03' + make_interval(secs => floor(extract(epoch FROM {t} - timestamp '2000-01-03') / {secs}) * {secs})"
+                    )
+                }
+            };
+            let back = match ty.base.as_str() {
+                "date" => format!("({lower})::date"),
+                "timestamptz" => format!("(({lower}) AT TIME ZONE 'UTC')"),
+                _ => lower,
+            };
+            format!("CASE WHEN isfinite({col}) THEN {back} ELSE {col} END")
+        }
+    }
+}
+
+/// HMAC-SHA256 with the `hmac` crate (the product computes it in SQL with sha256 and pads).
+pub fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
+    let mut m = Hmac::<sha2::Sha256>::new_from_slice(key).expect("any key length");
+    m.update(msg);
+    m.finalize().into_bytes().into()
+}
+
+/// Word i of a keyed hash: bytes 4i..4i+3, big-endian.
+fn word(mac: &[u8; 32], i: usize) -> u64 {
+    u64::from(u32::from_be_bytes([
+        mac[4 * i],
+        mac[4 * i + 1],
+        mac[4 * i + 2],
+        mac[4 * i + 3],
+    ]))
+}
+
+fn pick(list: &[&'static str], mac: &[u8; 32], i: usize) -> &'static str {
+    list[(word(mac, i) % list.len() as u64) as usize]
+}
+
+/// Mask `fake` (README, "Mask kinds"): the `fake` crate's EN lists, read here straight from
+/// the crate, indexed by HMAC(key, "fake" || value).
+pub fn fake(kind: FakeKind, key: &[u8], value: &str) -> String {
+    use fake::locales::{Data, EN};
+    let mac = hmac(key, format!("fake{value}").as_bytes());
+    let ascii = |s: &str| -> String {
+        s.to_lowercase()
+            .chars()
+            .filter(|c| c.is_ascii_lowercase())
+            .collect()
+    };
+    match kind {
+        FakeKind::FirstName => pick(EN::NAME_FIRST_NAME, &mac, 0).to_string(),
+        FakeKind::LastName => pick(EN::NAME_LAST_NAME, &mac, 0).to_string(),
+        FakeKind::Name => format!(
+            "{} {}",
+            pick(EN::NAME_FIRST_NAME, &mac, 0),
+            pick(EN::NAME_LAST_NAME, &mac, 1)
+        ),
+        FakeKind::Email => format!(
+            "{}.{}{}@example.{}",
+            ascii(pick(EN::NAME_FIRST_NAME, &mac, 0)),
+            ascii(pick(EN::NAME_LAST_NAME, &mac, 1)),
+            word(&mac, 2) % 100,
+            ["com", "net", "org"][(word(&mac, 3) % 3) as usize]
+        ),
+        FakeKind::Phone => {
+            let mut b = 4;
+            pick(EN::PHONE_CELL_NUMBER_FORMATS, &mac, 0)
+                .chars()
+                .map(|c| match c {
+                    '#' | '^' => {
+                        let d = if c == '#' {
+                            mac[b] % 10
+                        } else {
+                            1 + mac[b] % 9
+                        };
+                        b += 1;
+                        char::from(b'0' + d)
+                    }
+                    c => c,
+                })
+                .collect()
+        }
+        FakeKind::StreetAddress => format!(
+            "{} {} {}",
+            1 + word(&mac, 0) % 9999,
+            pick(EN::NAME_LAST_NAME, &mac, 1),
+            pick(EN::ADDRESS_STREET_SUFFIX, &mac, 2)
+        ),
+        FakeKind::City => format!(
+            "{}{}{}",
+            if word(&mac, 2).is_multiple_of(4) {
+                format!("{} ", pick(EN::ADDRESS_CITY_PREFIX, &mac, 3))
+            } else {
+                String::new()
+            },
+            pick(EN::NAME_LAST_NAME, &mac, 0),
+            pick(EN::ADDRESS_CITY_SUFFIX, &mac, 1)
+        ),
+    }
+}
+
+/// The keyed hash of mask `noise`: HMAC(key, "noise" || sha256(pk column 1) || ... || value),
+/// each part in its binary (send) form, text as UTF-8.
+pub fn noise_mac(key: &[u8], row_key: &[Vec<u8>], value: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    let mut msg = b"noise".to_vec();
+    for part in row_key {
+        msg.extend_from_slice(&sha2::Sha256::digest(part));
+    }
+    msg.extend_from_slice(value);
+    hmac(key, &msg)
+}
+
+/// The signed offset: 1 + floor(u * max(m, 1) / 2^56), u = the first 7 bytes; negative when
+/// the low bit of byte 7 is set.
+pub fn noise_offset(mac: &[u8; 32], m: u128) -> i128 {
+    let mut u = 0u128;
+    for b in &mac[..7] {
+        u = (u << 8) | u128::from(*b);
+    }
+    let d = 1 + ((u * m.max(1)) >> 56) as i128;
+    if mac[7] & 1 == 1 {
+        -d
+    } else {
+        d
+    }
+}
+
+/// Mask `noise` with a ratio on a number held as `units` (the value times 10^scale), bounded
+/// by [lo, hi] in units when the type bounds it. Zero stays zero.
+pub fn noise_units(units: i128, mac: &[u8; 32], ppm: u32, bounds: Option<(i128, i128)>) -> i128 {
+    if units == 0 {
+        return 0;
+    }
+    let m = (units.unsigned_abs() * u128::from(ppm)) / 1_000_000;
+    let d = noise_offset(mac, m);
+    match bounds {
+        Some((lo, hi)) if !(lo..=hi).contains(&(units + d)) => units - d,
+        _ => units + d,
+    }
+}
+
+/// Mask `noise` with a ratio on a float (`maxabs`: the type's largest finite value).
+pub fn noise_float(x: f64, mac: &[u8; 32], ppm: u32, maxabs: f64) -> f64 {
+    if x == 0.0 || !x.is_finite() {
+        return x;
+    }
+    let mut u = 0u128;
+    for b in &mac[..7] {
+        u = (u << 8) | u128::from(*b);
+    }
+    let mut k = i64::from(ppm) * (1 + ((u * 1000) >> 56) as i64);
+    if mac[7] & 1 == 1 || x.abs() > maxabs / 2.0 {
+        k = -k;
+    }
+    x * (1.0 + (k as f64) / 1e9)
+}
+
+/// Mask `noise` with an interval: the offset in days (dates) or seconds (timestamps).
+pub fn noise_span(sp: &Span, mac: &[u8; 32], date: bool) -> i128 {
+    let secs = u128::from(sp.seconds().expect("noise intervals have a fixed length"));
+    noise_offset(mac, if date { secs / 86_400 } else { secs })
 }
 
 /// The reference implementation of mask `json` (README, "JSON path masks"), written from the
