@@ -17,9 +17,15 @@
 //!
 //! Every `/v1` call needs `Authorization: Bearer <token>`, the token being the value of the
 //! environment variable named by `[admin] token_env`. Errors are JSON `{"error": "..."}`.
+//! The token, a concurrency limit (503) and a per-token rate limit (429, both with
+//! `Retry-After`) are checked before a handler runs, so no body is read for a refused request
+//! (see `guard`). With `[tls]`, the listener speaks HTTPS only (see `tls_listener`).
 //! `/healthz`, `/readyz` and `/metrics` are served without the token on purpose: load balancers
 //! and Prometheus scrapers do not send one, and nothing they return is secret (counts, bounded
 //! categories, policy versions and fingerprints; no role, address, statement or value).
+
+mod guard;
+mod tls_listener;
 
 use crate::config::Config;
 use crate::forget::{self, csv, Faults, Origin, Session, Target};
@@ -63,6 +69,8 @@ pub struct AdminState {
     pub proxy: Option<Arc<Shared>>,
     /// What `/metrics` and `/readyz` keep between requests.
     probes: Arc<Probes>,
+    /// Concurrency and rate limits of `/v1`.
+    limits: Arc<guard::Limits>,
 }
 
 /// Connections and caches of `/metrics` and `/readyz`.
@@ -96,6 +104,7 @@ impl AdminState {
             ));
         }
         let policies = load_dir(&cfg.policies_dir(), 1)?;
+        let admin = cfg.admin.clone().unwrap_or_default();
         Ok(AdminState {
             cfg: Arc::new(cfg.clone()),
             token: Arc::new(token),
@@ -105,6 +114,11 @@ impl AdminState {
             batch_size: forget::DEFAULT_BATCH_SIZE,
             proxy: None,
             probes: Arc::new(Probes::default()),
+            limits: Arc::new(guard::Limits::new(
+                admin.max_concurrent_requests,
+                admin.requests_per_minute,
+                admin.request_burst,
+            )),
         })
     }
 
@@ -185,11 +199,21 @@ fn subject_databases(policies: &PolicySet) -> Vec<Arc<DatabasePolicy>> {
 pub struct ApiError {
     status: StatusCode,
     message: String,
+    /// Seconds for `Retry-After` (429 and 503 of the limits).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, message: String) -> ApiError {
-        ApiError { status, message }
+        ApiError {
+            status,
+            message,
+            retry_after: None,
+        }
+    }
+    fn retry_after(mut self, secs: u64) -> ApiError {
+        self.retry_after = Some(secs);
+        self
     }
     fn bad(message: String) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
@@ -199,6 +223,10 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut r = (self.status, Json(json!({ "error": self.message }))).into_response();
+        if let Some(secs) = self.retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -209,15 +237,23 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The routes (state included).
+/// The routes (state included). Every `/v1` route passes [`guard::guard`] (concurrency limit,
+/// bearer token, rate limit) before its handler runs, so that a request refused there never has
+/// its body read.
 pub fn router(state: AdminState) -> Router {
+    let v1 = Router::new()
+        .route("/v1/customers/remove-pii", post(remove_pii))
+        .route("/v1/jobs/{id}", get(job_status))
+        .route("/v1/jobs/{id}/retry", post(retry_job))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::guard,
+        ));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/v1/customers/remove-pii", post(remove_pii))
-        .route("/v1/jobs/{id}", get(job_status))
-        .route("/v1/jobs/{id}/retry", post(retry_job))
+        .merge(v1)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -398,35 +434,6 @@ impl AdminState {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
-    match given {
-        Some(t) if constant_time_eq(t.as_bytes(), state.token.as_bytes()) => Ok(()),
-        Some(_) => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid bearer token".to_string(),
-        )),
-        None => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing bearer token: send `Authorization: Bearer <token>`".to_string(),
-        )),
-    }
-}
-
 fn too_many(n: usize) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -453,7 +460,6 @@ async fn remove_pii(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -611,9 +617,7 @@ async fn retry_job(
     State(state): State<AdminState>,
     Path(id): Path<String>,
     Query(q): Query<DbQuery>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
     let id = job_id(&id)?;
     let policy = state.policy(q.database.as_deref())?;
     let mut session = state.session(policy).await?;
@@ -643,9 +647,7 @@ async fn job_status(
     State(state): State<AdminState>,
     Path(id): Path<String>,
     Query(q): Query<DbQuery>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
     let id = job_id(&id)?;
     let policy = state.policy(q.database.as_deref())?;
     let target = Target::from_config(&state.cfg, &policy.database);
@@ -739,10 +741,38 @@ pub async fn bind(
         .as_ref()
         .map(|a| a.listen.clone())
         .unwrap_or_else(|| "127.0.0.1:9187".to_string());
+    // A broken certificate or key is reported before anything listens.
+    tls_acceptor(cfg)?;
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .map_err(|e| format!("admin API: cannot listen on {listen}: {e}"))?;
     Ok((listener, state))
+}
+
+/// The acceptor of the `[tls]` certificate, when `[tls]` is configured (the admin API then
+/// speaks HTTPS only).
+fn tls_acceptor(cfg: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>, String> {
+    match &cfg.tls {
+        Some(tls) => crate::tls::acceptor(tls, &cfg.base_dir)
+            .map(Some)
+            .map_err(|e| format!("admin API: {e}")),
+        None => Ok(None),
+    }
+}
+
+/// Serves the router on a bound listener (no job worker): HTTPS with the `[tls]` certificate
+/// when `[tls]` is configured, plain HTTP otherwise.
+pub async fn serve(listener: tokio::net::TcpListener, state: AdminState) -> Result<(), String> {
+    let app = router(state.clone());
+    match tls_acceptor(&state.cfg)? {
+        Some(acceptor) => {
+            let tls = tls_listener::TlsListener::new(listener, acceptor)
+                .map_err(|e| format!("admin API: {e}"))?;
+            axum::serve(tls, app).await
+        }
+        None => axum::serve(listener, app).await,
+    }
+    .map_err(|e| format!("admin API: {e}"))
 }
 
 /// Serves the admin API on a bound listener with its job worker, until the process ends.
@@ -751,12 +781,17 @@ pub async fn serve_bound(
     state: AdminState,
 ) -> Result<(), String> {
     if let Ok(a) = listener.local_addr() {
-        tracing::info!("admin API listening on {a} (/metrics and /readyz without a token)");
+        let scheme = if state.cfg.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        tracing::info!(
+            "admin API listening on {scheme}://{a} (/metrics and /readyz without a token)"
+        );
     }
     spawn_worker(state.clone());
-    axum::serve(listener, router(state))
-        .await
-        .map_err(|e| format!("admin API: {e}"))
+    serve(listener, state).await
 }
 
 /// Serves the admin API on `[admin] listen` with its job worker (without a proxy), until the
