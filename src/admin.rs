@@ -25,6 +25,7 @@
 //! categories, policy versions and fingerprints; no role, address, statement or value).
 
 mod guard;
+mod requests;
 mod tls_listener;
 
 use crate::config::Config;
@@ -448,6 +449,25 @@ struct DbQuery {
     database: Option<String>,
 }
 
+/// Query parameters of `POST /v1/customers/remove-pii` (a CSV body has no other place for them;
+/// JSON members win over them).
+#[derive(Deserialize, Default)]
+struct SubmitQuery {
+    database: Option<String>,
+    external_id: Option<String>,
+    regulation: Option<String>,
+    deadline: Option<String>,
+}
+
+/// A JSON member that must be a string when present.
+fn json_str(obj: &serde_json::Map<String, Value>, key: &str) -> Result<Option<String>, ApiError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::bad(format!("\"{key}\" must be a string"))),
+    }
+}
+
 /// The IDs of a request, not yet validated against the subject types.
 enum RawIds {
     Json(Vec<csv::RawId>),
@@ -456,7 +476,7 @@ enum RawIds {
 
 async fn remove_pii(
     State(state): State<AdminState>,
-    Query(q): Query<DbQuery>,
+    Query(q): Query<SubmitQuery>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -476,6 +496,11 @@ async fn remove_pii(
         .unwrap_or("application/json")
         .to_ascii_lowercase();
     let mut database = q.database;
+    let mut fields = requests::Fields {
+        external_id: q.external_id,
+        regulation: q.regulation,
+        deadline: q.deadline,
+    };
     let mut requester = headers
         .get("x-requester")
         .and_then(|v| v.to_str().ok())
@@ -500,6 +525,15 @@ async fn remove_pii(
                     .ok_or_else(|| ApiError::bad("\"database\" must be a string".to_string()))?
                     .to_string(),
             );
+        }
+        for (key, slot) in [
+            ("external_id", &mut fields.external_id),
+            ("regulation", &mut fields.regulation),
+            ("deadline", &mut fields.deadline),
+        ] {
+            if let Some(v) = json_str(obj, key)? {
+                *slot = Some(v);
+            }
         }
         if let Some(r) = obj.get("requester") {
             requester = Some(
@@ -540,6 +574,7 @@ async fn remove_pii(
             format!("unsupported content type {ctype:?}: use application/json or text/csv"),
         ));
     };
+    let mut info = requests::request_info(&fields)?;
     let policy = state.policy(database.as_deref())?;
     let mut session = state.session(policy).await?;
     let list = match raw {
@@ -562,6 +597,44 @@ async fn remove_pii(
             .unwrap_or_else(|| "api".to_string()),
         source: "api".to_string(),
     };
+    let internal = |e: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e);
+    if let Some(d) = &info.deadline {
+        if let Err(e) = session
+            .client
+            .query_one("SELECT CAST($1 AS text)::timestamptz", &[d])
+            .await
+        {
+            return Err(ApiError::bad(format!(
+                "\"deadline\" {d:?}: {}",
+                forget::db_error(&e)
+            )));
+        }
+    }
+    // A repeated request id returns its job, before anything is planned.
+    if let Some(ext) = &info.external_id {
+        let hash: String = session
+            .client
+            .query_one(
+                "SELECT pgredact.hmac_hex(pg_catalog.string_agg(v, pg_catalog.chr(10) ORDER BY v COLLATE \"C\")) \
+                 FROM pg_catalog.unnest(CAST($1 AS pg_catalog.text[])) v",
+                &[&list.ids],
+            )
+            .await
+            .map_err(|e| internal(forget::db_error(&e)))?
+            .get(0);
+        info.request_hash = Some(hash);
+        let existing = session
+            .client
+            .query_opt(
+                "SELECT id, request_hash FROM pgredact.forget_jobs WHERE external_id = $1",
+                &[ext],
+            )
+            .await
+            .map_err(|e| internal(forget::db_error(&e)))?;
+        if let Some(row) = existing {
+            return existing_job(&session, &info, row.get(0), row.get(1)).await;
+        }
+    }
     // Planned now: a blocked request is answered here, and no job holds its IDs.
     let plan = session
         .plan(&list.ids)
@@ -570,12 +643,19 @@ async fn remove_pii(
     if plan.has_blockers() {
         return Ok(blocked(&plan));
     }
-    let job = session
-        .submit_planned(&origin, &list, state.batch_size, Some(&plan))
+    let job = match session
+        .submit_request(&origin, &list, state.batch_size, Some(&plan), &info)
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+        .map_err(internal)?
+    {
+        forget::jobs::Created::New(id) => id,
+        forget::jobs::Created::Existing(id, hash) => {
+            return existing_job(&session, &info, id, hash).await
+        }
+    };
     state.wake.notify_one();
     let db = session.spec.database.clone();
+    let st = session.status(job).await.map_err(internal)?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({
@@ -584,7 +664,52 @@ async fn remove_pii(
             "state": "queued",
             "ids": list.ids.len(),
             "duplicates": list.duplicates,
+            "external_id": info.external_id,
+            "regulation": info.regulation,
+            "deadline": st.and_then(|s| s.deadline),
             "status_url": format!("/v1/jobs/{job}?database={db}"),
+        })),
+    )
+        .into_response())
+}
+
+/// The answer to a request whose `external_id` names a job already: 200 with that job when the
+/// IDs are the same, 409 when they differ (nothing is created either way).
+async fn existing_job(
+    session: &Session,
+    info: &forget::jobs::RequestInfo,
+    id: i64,
+    hash: Option<String>,
+) -> Result<Response, ApiError> {
+    let ext = info.external_id.as_deref().unwrap_or_default();
+    if hash != info.request_hash {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "external_id {ext:?} already names job {id}, with other customer IDs: nothing was created; \
+                 use a new external_id for a new request"
+            ),
+        ));
+    }
+    let st = session
+        .status(id)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("job {id} vanished")))?;
+    let db = session.spec.database.clone();
+    Ok((
+        StatusCode::OK,
+        Json(json!({
+            "job_id": id,
+            "database": db,
+            "state": st.state,
+            "ids": st.ids_total,
+            "duplicates": st.ids_duplicate,
+            "external_id": st.external_id,
+            "regulation": st.regulation,
+            "deadline": st.deadline,
+            "existing": true,
+            "status_url": format!("/v1/jobs/{id}?database={db}"),
         })),
     )
         .into_response())

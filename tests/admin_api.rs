@@ -445,3 +445,115 @@ fn https_with_the_tls_certificate_and_plain_http_is_refused() {
         assert_eq!(https("/healthz", false).await.status, 200);
     });
 }
+
+/// Polls a job until it ends.
+async fn wait_job(addr: std::net::SocketAddr, id: i64) -> serde_json::Value {
+    loop {
+        let r = get(addr, &format!("/v1/jobs/{id}")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v = r.json();
+        if matches!(v["state"].as_str(), Some("done" | "failed" | "blocked")) {
+            return v;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[test]
+fn external_ids_are_idempotent_and_deadlines_are_kept_and_judged() {
+    let env = demo_env("");
+    rt().block_on(async {
+        let addr = start(&env.cfg, true).await;
+        let r = post_json(
+            addr,
+            "/v1/customers/remove-pii",
+            r#"{"customer_ids":[1,2],"external_id":"req-1"}"#,
+        )
+        .await;
+        assert_eq!(r.status, 202, "{}", r.body);
+        let first = r.json();
+        let id = first["job_id"].as_i64().expect("job_id");
+        assert_eq!(first["external_id"], "req-1");
+        assert_eq!(first["regulation"], "gdpr");
+        assert!(first["deadline"].as_str().is_some(), "{first}");
+        // GDPR: 30 days from receipt.
+        assert_eq!(
+            sql(&env, &format!("SELECT deadline - created_at FROM pgredact.forget_jobs WHERE id = {id}")),
+            "30 days"
+        );
+        // The same request again (the IDs in another order, one repeated): the same job, 200.
+        let r = post_json(
+            addr,
+            "/v1/customers/remove-pii",
+            r#"{"customer_ids":["2",1,2],"external_id":"req-1"}"#,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()["job_id"], id);
+        assert_eq!(r.json()["existing"], true);
+        // The same request id with other IDs: 409, nothing created.
+        let r = post_json(
+            addr,
+            "/v1/customers/remove-pii",
+            r#"{"customer_ids":[1,3],"external_id":"req-1"}"#,
+        )
+        .await;
+        assert_eq!(r.status, 409, "{}", r.body);
+        assert!(r.json()["error"].as_str().unwrap_or("").contains(&format!("job {id}")));
+        assert_eq!(
+            sql(&env, "SELECT count(*) FROM pgredact.forget_jobs WHERE external_id = 'req-1'"),
+            "1"
+        );
+        // CCPA: 45 days; the fields as query parameters of a CSV request.
+        let a = auth();
+        let r = http(
+            addr,
+            "POST",
+            "/v1/customers/remove-pii?external_id=req-2&regulation=ccpa",
+            &[("Authorization", a.as_str()), ("Content-Type", "text/csv")],
+            b"customer_id\n4\n5\n",
+        )
+        .await;
+        assert_eq!(r.status, 202, "{}", r.body);
+        let ccpa = r.json()["job_id"].as_i64().expect("job_id");
+        assert_eq!(
+            sql(&env, &format!("SELECT deadline - created_at FROM pgredact.forget_jobs WHERE id = {ccpa}")),
+            "45 days"
+        );
+        // A deadline already past when the request arrives: recorded, and judged missed.
+        let r = post_json(
+            addr,
+            "/v1/customers/remove-pii",
+            r#"{"customer_ids":[6],"external_id":"req-late","regulation":"lgpd","deadline":"2001-02-03"}"#,
+        )
+        .await;
+        assert_eq!(r.status, 202, "{}", r.body);
+        let late = r.json()["job_id"].as_i64().expect("job_id");
+        // Bad deadlines and regulations: 400, nothing created.
+        for (body, why) in [
+            (r#"{"customer_ids":[7],"deadline":"2025-02-30"}"#, "deadline"),
+            (r#"{"customer_ids":[7],"deadline":"2025-06-30T10:00:00"}"#, "offset"),
+            (r#"{"customer_ids":[7],"regulation":"lgpd"}"#, "no default deadline"),
+            (r#"{"customer_ids":[7],"external_id":""}"#, "external_id"),
+            (r#"{"customer_ids":[7],"external_id":5}"#, "must be a string"),
+        ] {
+            let r = post_json(addr, "/v1/customers/remove-pii", body).await;
+            assert_eq!(r.status, 400, "{body}: {}", r.body);
+            assert!(r.json()["error"].as_str().unwrap_or("").contains(why), "{body}: {}", r.body);
+        }
+        let done = wait_job(addr, id).await;
+        assert_eq!(done["state"], "done", "{done}");
+        assert_eq!(done["external_id"], "req-1");
+        assert_eq!(done["deadline_met"], true, "{done}");
+        let done = wait_job(addr, late).await;
+        assert_eq!(done["state"], "done", "{done}");
+        assert_eq!(done["deadline"], "2001-02-03T23:59:59.999Z", "{done}");
+        assert_eq!(done["deadline_met"], false, "{done}");
+        assert_eq!(done["regulation"], "lgpd");
+        assert_eq!(wait_job(addr, ccpa).await["deadline_met"], true);
+        assert_eq!(
+            sql(&env, "SELECT count(*) FROM pgredact.forget_jobs WHERE external_id IS NULL"),
+            "0"
+        );
+    });
+}

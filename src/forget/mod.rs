@@ -301,6 +301,32 @@ impl Session {
         .await
     }
 
+    /// [`Session::submit_planned`] with the request's id and deadline (an API request): a job
+    /// with the same `external_id` is returned instead of a new one.
+    pub async fn submit_request(
+        &mut self,
+        origin: &Origin,
+        list: &csv::IdList,
+        batch_size: usize,
+        plan: Option<&Plan>,
+        req: &jobs::RequestInfo,
+    ) -> Result<jobs::Created, String> {
+        if list.ids.is_empty() {
+            return Err("no customer IDs given".to_string());
+        }
+        jobs::create_with(
+            &mut self.client,
+            &self.spec.database,
+            origin,
+            &list.ids,
+            list.duplicates,
+            batch_size,
+            plan,
+            req,
+        )
+        .await
+    }
+
     /// Runs (or resumes) a job as far as this worker can. Transient errors (deadlock,
     /// serialization failure, lock or statement timeout, lost connection) are retried with
     /// backoff, up to `[forget] attempts` in all; then the run ends `Interrupted` and the job
