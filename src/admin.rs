@@ -7,6 +7,9 @@
 //!   ID; a background worker in this server runs the job.
 //!   A request whose plan is blocked is answered 422 with the `blockers` (no job is created).
 //! - `GET /v1/jobs/{id}` (optional `?database=`): state and counts.
+//! - `GET /v1/jobs` (`state`, `kind`, `since`, `until`, `external_id`, `limit`, `cursor`): jobs,
+//!   newest first.
+//! - `GET /v1/customers/{id}/status`: forgotten or not, from the keyed hash on the forget list.
 //! - `POST /v1/jobs/{id}/retry` (optional `?database=`): a failed or blocked job runs again
 //!   (202); 409 for a job in another state.
 //!
@@ -244,7 +247,9 @@ impl IntoResponse for ApiError {
 pub fn router(state: AdminState) -> Router {
     let v1 = Router::new()
         .route("/v1/customers/remove-pii", post(remove_pii))
+        .route("/v1/jobs", get(list_jobs))
         .route("/v1/jobs/{id}", get(job_status))
+        .route("/v1/customers/{id}/status", get(customer_status))
         .route("/v1/jobs/{id}/retry", post(retry_job))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -790,6 +795,215 @@ async fn job_status(
             )
         })?;
     Ok(Json(st).into_response())
+}
+
+/// Most jobs `GET /v1/jobs` returns at once.
+pub const MAX_LIST: i64 = 1000;
+
+#[derive(Deserialize, Default)]
+struct ListQuery {
+    database: Option<String>,
+    /// Comma-separated states.
+    state: Option<String>,
+    kind: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    external_id: Option<String>,
+    limit: Option<i64>,
+    /// The `next_cursor` of the previous page (jobs with smaller ids follow).
+    cursor: Option<i64>,
+}
+
+/// `GET /v1/jobs`: jobs newest first, filtered, a page at a time.
+async fn list_jobs(
+    State(state): State<AdminState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let states: Option<Vec<String>> = match &q.state {
+        None => None,
+        Some(s) => {
+            let v: Vec<String> = s
+                .split(',')
+                .map(|x| x.trim().to_string())
+                .filter(|x| !x.is_empty())
+                .collect();
+            if let Some(bad) = v
+                .iter()
+                .find(|x| !forget::jobs::STATES.contains(&x.as_str()))
+            {
+                return Err(ApiError::bad(format!(
+                    "unknown state {bad:?}: one of {}",
+                    forget::jobs::STATES.join(", ")
+                )));
+            }
+            Some(v)
+        }
+    };
+    if let Some(k) = &q.kind {
+        if k != "forget" && k != "unforget" {
+            return Err(ApiError::bad(format!(
+                "unknown kind {k:?}: forget or unforget"
+            )));
+        }
+    }
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=MAX_LIST).contains(&limit) {
+        return Err(ApiError::bad(format!(
+            "limit must be between 1 and {MAX_LIST}"
+        )));
+    }
+    let since = q
+        .since
+        .as_deref()
+        .map(|d| requests::instant_literal("since", d))
+        .transpose()?;
+    let until = q
+        .until
+        .as_deref()
+        .map(|d| requests::instant_literal("until", d))
+        .transpose()?;
+    let policy = state.policy(q.database.as_deref())?;
+    let target = Target::from_config(&state.cfg, &policy.database);
+    let client = target
+        .connect()
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    let ts =
+        |c: &str| format!("to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')");
+    let query = format!(
+        "SELECT id, kind, state, external_id, regulation, requester, source, {}, {}, {}, \
+                CASE WHEN deadline IS NULL THEN NULL WHEN state = 'done' THEN finished_at <= deadline \
+                     WHEN now() > deadline THEN false END, \
+                ids_total::int8, error \
+         FROM pgredact.forget_jobs \
+         WHERE ($1::text[] IS NULL OR state = ANY ($1)) AND ($2::text IS NULL OR kind = $2) \
+           AND ($3::text IS NULL OR created_at >= $3::timestamptz) AND ($4::text IS NULL OR created_at < $4::timestamptz) \
+           AND ($5::text IS NULL OR external_id = $5) AND ($6::int8 IS NULL OR id < $6) \
+         ORDER BY id DESC LIMIT $7",
+        ts("created_at"),
+        ts("finished_at"),
+        ts("deadline")
+    );
+    let rows = match client
+        .query(
+            &query,
+            &[
+                &states,
+                &q.kind,
+                &since,
+                &until,
+                &q.external_id,
+                &q.cursor,
+                &(limit + 1),
+            ],
+        )
+        .await
+    {
+        Ok(r) => r,
+        // No job was ever submitted in this database.
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Vec::new(),
+        Err(e) if e.code().is_some_and(|c| c.code().starts_with("22")) => {
+            return Err(ApiError::bad(format!(
+                "since/until: {}",
+                forget::db_error(&e)
+            )))
+        }
+        Err(e) => {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                forget::db_error(&e),
+            ))
+        }
+    };
+    let more = rows.len() as i64 > limit;
+    let jobs: Vec<Value> = rows
+        .iter()
+        .take(limit as usize)
+        .map(|r| {
+            json!({
+                "job_id": r.get::<_, i64>(0),
+                "kind": r.get::<_, String>(1),
+                "state": r.get::<_, String>(2),
+                "external_id": r.get::<_, Option<String>>(3),
+                "regulation": r.get::<_, Option<String>>(4),
+                "requester": r.get::<_, String>(5),
+                "source": r.get::<_, String>(6),
+                "created_at": r.get::<_, String>(7),
+                "finished_at": r.get::<_, Option<String>>(8),
+                "deadline": r.get::<_, Option<String>>(9),
+                "deadline_met": r.get::<_, Option<bool>>(10),
+                "ids_total": r.get::<_, i64>(11),
+                "error": r.get::<_, Option<String>>(12),
+            })
+        })
+        .collect();
+    let next = if more {
+        jobs.last().and_then(|j| j["job_id"].as_i64())
+    } else {
+        None
+    };
+    Ok(Json(json!({
+        "database": policy.database,
+        "jobs": jobs,
+        "next_cursor": next,
+    }))
+    .into_response())
+}
+
+/// `GET /v1/customers/{id}/status`: whether the customer is on the forget list, looked up by
+/// the keyed hash of the ID (the list holds no raw ID). The ID is never logged nor echoed.
+async fn customer_status(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+    Query(q): Query<DbQuery>,
+) -> Result<Response, ApiError> {
+    let policy = state.policy(q.database.as_deref())?;
+    let session = state.session(policy).await?;
+    let canonical = canonical_id(&session, &id)?;
+    let internal = |e: tokio_postgres::Error| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, forget::db_error(&e))
+    };
+    let row = session
+        .client
+        .query_opt(
+            "SELECT to_char(l.forgotten_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), l.job_id, \
+                    j.external_id, j.state \
+             FROM pgredact.forget_list l LEFT JOIN pgredact.forget_jobs j ON j.id = l.job_id \
+             WHERE l.subject_hash = pg_catalog.decode(pgredact.hmac_hex($1), 'hex')",
+            &[&canonical],
+        )
+        .await
+        .map_err(internal)?;
+    Ok(Json(match row {
+        Some(r) => json!({
+            "forgotten": true,
+            "forgotten_at": r.get::<_, String>(0),
+            "job_id": r.get::<_, Option<i64>>(1),
+            "external_id": r.get::<_, Option<String>>(2),
+            "job_state": r.get::<_, Option<String>>(3),
+        }),
+        None => json!({ "forgotten": false }),
+    })
+    .into_response())
+}
+
+/// The canonical form of one customer ID from a path, for this database's subject type. Errors
+/// never repeat the ID (it may be an e-mail address).
+fn canonical_id(session: &Session, id: &str) -> Result<String, ApiError> {
+    let bad = || {
+        ApiError::bad(
+            "the customer ID in the path is not one valid ID for this database's subject column type"
+                .to_string(),
+        )
+    };
+    if id.contains(',') || id.trim().is_empty() {
+        return Err(bad());
+    }
+    let list = session.parse_ids(id).map_err(|_| bad())?;
+    match <[String; 1]>::try_from(list.ids) {
+        Ok([one]) => Ok(one),
+        Err(_) => Err(bad()),
+    }
 }
 
 /// Runs jobs in the background: installs suppression at start, then resumes unfinished jobs

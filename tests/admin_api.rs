@@ -557,3 +557,96 @@ fn external_ids_are_idempotent_and_deadlines_are_kept_and_judged() {
         );
     });
 }
+
+#[test]
+fn jobs_are_listed_with_filters_and_customer_status_comes_from_the_keyed_hash() {
+    let env = demo_env("");
+    rt().block_on(async {
+        let addr = start(&env.cfg, true).await;
+        let empty = get(addr, "/v1/jobs").await;
+        assert_eq!(empty.status, 200, "{}", empty.body);
+        let mut ids = Vec::new();
+        for (ext, cid) in [("list-a", 10), ("list-b", 11), ("list-c", 12)] {
+            let r = post_json(
+                addr,
+                "/v1/customers/remove-pii",
+                &format!(r#"{{"customer_ids":[{cid}],"external_id":"{ext}"}}"#),
+            )
+            .await;
+            assert_eq!(r.status, 202, "{}", r.body);
+            let id = r.json()["job_id"].as_i64().expect("job_id");
+            assert_eq!(wait_job(addr, id).await["state"], "done");
+            ids.push(id);
+        }
+        let all = get(addr, "/v1/jobs").await.json();
+        let got: Vec<i64> = all["jobs"]
+            .as_array()
+            .expect("jobs")
+            .iter()
+            .map(|j| j["job_id"].as_i64().expect("id"))
+            .collect();
+        assert_eq!(got, vec![ids[2], ids[1], ids[0]], "newest first: {all}");
+        assert_eq!(all["jobs"][0]["external_id"], "list-c");
+        assert_eq!(all["jobs"][0]["deadline_met"], true);
+        assert!(all["next_cursor"].is_null(), "{all}");
+        // Pages.
+        let p1 = get(addr, "/v1/jobs?limit=2").await.json();
+        assert_eq!(p1["jobs"].as_array().map(Vec::len), Some(2));
+        let cursor = p1["next_cursor"].as_i64().expect("next_cursor");
+        let p2 = get(addr, &format!("/v1/jobs?limit=2&cursor={cursor}"))
+            .await
+            .json();
+        assert_eq!(p2["jobs"].as_array().map(Vec::len), Some(1));
+        assert_eq!(p2["jobs"][0]["job_id"], ids[0]);
+        assert!(p2["next_cursor"].is_null());
+        // Filters.
+        let b = get(addr, "/v1/jobs?external_id=list-b").await.json();
+        assert_eq!(b["jobs"].as_array().map(Vec::len), Some(1));
+        assert_eq!(b["jobs"][0]["job_id"], ids[1]);
+        let n = |v: serde_json::Value| v["jobs"].as_array().map(Vec::len).unwrap_or(99);
+        assert_eq!(
+            n(get(addr, "/v1/jobs?state=failed,blocked").await.json()),
+            0
+        );
+        assert_eq!(
+            n(get(addr, "/v1/jobs?state=done&kind=forget").await.json()),
+            3
+        );
+        assert_eq!(n(get(addr, "/v1/jobs?since=2000-01-01").await.json()), 3);
+        assert_eq!(
+            n(get(addr, "/v1/jobs?until=2000-01-01T00:00:00Z")
+                .await
+                .json()),
+            0
+        );
+        for bad in [
+            "/v1/jobs?state=bogus",
+            "/v1/jobs?limit=1001",
+            "/v1/jobs?limit=0",
+            "/v1/jobs?since=yesterday",
+            "/v1/jobs?kind=x",
+        ] {
+            assert_eq!(get(addr, bad).await.status, 400, "{bad}");
+        }
+        // One customer's status, from the keyed hash on the forget list.
+        let s = get(addr, "/v1/customers/11/status").await;
+        assert_eq!(s.status, 200, "{}", s.body);
+        let s = s.json();
+        assert_eq!(s["forgotten"], true, "{s}");
+        assert_eq!(s["job_id"], ids[1]);
+        assert_eq!(s["external_id"], "list-b");
+        assert!(s["forgotten_at"].as_str().is_some(), "{s}");
+        let s = get(addr, "/v1/customers/999/status").await.json();
+        assert_eq!(s, serde_json::json!({ "forgotten": false }));
+        // A malformed ID: 400, and the answer does not repeat it.
+        let r = get(addr, "/v1/customers/not-an-id%40example.com/status").await;
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(!r.body.contains("example.com"), "{}", r.body);
+        assert_eq!(
+            http(addr, "GET", "/v1/customers/11/status", &[], b"")
+                .await
+                .status,
+            401
+        );
+    });
+}

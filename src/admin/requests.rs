@@ -96,6 +96,20 @@ pub(super) fn deadline_literal(d: &str) -> Result<String, ApiError> {
     }
 }
 
+/// An ISO 8601 instant for the `since` / `until` filters: a date means midnight UTC at its start.
+pub(super) fn instant_literal(name: &str, d: &str) -> Result<String, ApiError> {
+    let d = d.trim();
+    let lit = deadline_literal(d).map_err(|_| {
+        ApiError::bad(format!(
+            "\"{name}\" {d:?} is not an ISO 8601 date (2025-06-30) or date and time with its offset (2025-06-30T17:00:00Z)"
+        ))
+    })?;
+    Ok(match lit.strip_suffix("T23:59:59.999999Z") {
+        Some(date) if date.len() == 10 => format!("{date}T00:00:00Z"),
+        _ => lit,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
