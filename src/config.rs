@@ -136,6 +136,9 @@ pub struct Admin {
     /// Requests a token may send at once above the steady rate (the bucket's size).
     #[serde(default = "default_admin_request_burst")]
     pub request_burst: u32,
+    /// Environment variable holding the key that signs receipts (HMAC-SHA256).
+    #[serde(default = "default_receipt_key_env")]
+    pub receipt_key_env: String,
 }
 
 impl Default for Admin {
@@ -146,6 +149,7 @@ impl Default for Admin {
             max_concurrent_requests: default_admin_max_concurrent(),
             requests_per_minute: default_admin_requests_per_minute(),
             request_burst: default_admin_request_burst(),
+            receipt_key_env: default_receipt_key_env(),
         }
     }
 }
@@ -158,6 +162,9 @@ fn default_admin_requests_per_minute() -> u32 {
 }
 fn default_admin_request_burst() -> u32 {
     60
+}
+fn default_receipt_key_env() -> String {
+    "PGREDACT_RECEIPT_KEY".into()
 }
 
 /// `[peering]`: pgredact instances behind one address (a TCP load balancer). Each has a peer id,

@@ -64,7 +64,7 @@ fn config(dir: &Path, port: u16, admin_extra: &str, extra: &str) -> Config {
     std::fs::write(dir.join("policies/app.toml"), POLICY).expect("write policy");
     let toml = format!(
         "listen = \"127.0.0.1:0\"\npolicies = \"policies\"\n\n[upstream]\nhost = \"127.0.0.1\"\nport = {port}\nuser = \"pgredact\"\n\n\
-         [admin]\nlisten = \"127.0.0.1:0\"\ntoken_env = \"{TOKEN_ENV}\"\n{admin_extra}\n\n[secrets]\nhash_key_env = \"{HASH_KEY_ENV}\"\n{extra}"
+         [admin]\nlisten = \"127.0.0.1:0\"\ntoken_env = \"{TOKEN_ENV}\"\nreceipt_key_env = \"{RECEIPT_KEY_ENV}\"\n{admin_extra}\n\n[secrets]\nhash_key_env = \"{HASH_KEY_ENV}\"\n{extra}"
     );
     let path = dir.join("pgredact.toml");
     std::fs::write(&path, toml).expect("write config");
@@ -648,5 +648,81 @@ fn jobs_are_listed_with_filters_and_customer_status_comes_from_the_keyed_hash() 
                 .status,
             401
         );
+    });
+}
+
+#[test]
+fn receipts_are_signed_and_verified_per_job_and_per_customer() {
+    let env = demo_env("");
+    rt().block_on(async {
+        let addr = start(&env.cfg, true).await;
+        let r = post_json(
+            addr,
+            "/v1/customers/remove-pii",
+            r#"{"customer_ids":[20,21],"external_id":"rc-1","regulation":"ccpa"}"#,
+        )
+        .await;
+        assert_eq!(r.status, 202, "{}", r.body);
+        let id = r.json()["job_id"].as_i64().expect("job_id");
+        assert_eq!(wait_job(addr, id).await["state"], "done");
+        let r = get(addr, &format!("/v1/jobs/{id}/receipt")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let doc = r.json();
+        let sig = doc["signature"].as_str().expect("signature").to_string();
+        assert_eq!(r.header("x-pgredact-signature"), Some(sig.clone()));
+        let rc = &doc["receipt"];
+        assert_eq!(rc["type"], "pgredact.erasure_receipt");
+        assert_eq!(rc["job_id"], id);
+        assert_eq!(rc["external_id"], "rc-1");
+        assert_eq!(rc["regulation"], "ccpa");
+        assert_eq!(rc["deadline_met"], true);
+        assert_eq!(rc["customers"]["requested"], 2);
+        assert_eq!(rc["rows_changed_per_table"]["public.customers"], 2, "{rc}");
+        assert!(
+            rc["rows_changed_per_table"].get("public.orders").is_some(),
+            "{rc}"
+        );
+        assert_eq!(rc["verification"]["ok"], true, "{rc}");
+        assert!(rc["pii_removed_at"].as_str().is_some(), "{rc}");
+        // The verifier: the key in the environment, the file as saved.
+        let verified = pgredact::admin::receipt::verify(RECEIPT_KEY.as_bytes(), &r.body)
+            .expect("valid receipt");
+        assert_eq!(&verified, rc);
+        let file = env._dir.path().join("receipt.json");
+        std::fs::write(&file, &r.body).expect("write receipt");
+        let args = pgredact::forget::ForgetArgs {
+            verify_receipt: Some(file.clone()),
+            ..Default::default()
+        };
+        let out = pgredact::forget::run_cli(&env.cfg, args.clone())
+            .await
+            .expect("verifies");
+        assert!(out.contains("valid receipt"), "{out}");
+        // Edited: refused, by the function and by the CLI.
+        let edited = r.body.replace("\"requested\":2", "\"requested\":3");
+        assert_ne!(edited, r.body);
+        assert!(pgredact::admin::receipt::verify(RECEIPT_KEY.as_bytes(), &edited).is_err());
+        std::fs::write(&file, &edited).expect("write receipt");
+        let e = pgredact::forget::run_cli(&env.cfg, args).await.unwrap_err();
+        assert!(
+            e.contains("INVALID") && e.contains("signature mismatch"),
+            "{e}"
+        );
+        // Per customer: the same job, with the customer's keyed hash and list time.
+        let r = get(addr, "/v1/customers/21/receipt").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let c = pgredact::admin::receipt::verify(RECEIPT_KEY.as_bytes(), &r.body).expect("valid");
+        assert_eq!(c["kind"], "customer");
+        assert_eq!(c["job_id"], id);
+        let hash = sql(
+            &env,
+            &format!(
+                "SELECT encode(subject_hash, 'hex') FROM pgredact.forget_list WHERE job_id = {id} \
+                 AND subject_hash = decode(pgredact.hmac_hex('21'), 'hex')"
+            ),
+        );
+        assert_eq!(c["subject"]["keyed_hash"], hash.as_str());
+        assert_eq!(get(addr, "/v1/customers/999/receipt").await.status, 404);
+        assert_eq!(get(addr, "/v1/jobs/999999/receipt").await.status, 404);
     });
 }

@@ -56,6 +56,10 @@ pub struct ForgetArgs {
     /// Retry a failed or blocked job (it kept its customer IDs) and run it to the end.
     #[arg(long, value_name = "JOB_ID", conflicts_with_all = ["csv", "ids", "dry_run", "resume"])]
     pub retry: Option<i64>,
+    /// Check the signature of a receipt saved from the admin API (`GET /v1/jobs/{id}/receipt`)
+    /// with the key in `[admin] receipt_key_env`; nothing else is done.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["csv", "ids", "dry_run", "resume", "retry"])]
+    pub verify_receipt: Option<PathBuf>,
 }
 
 /// `pgredact unforget`: lifts suppression for IDs (audited; anonymized data stays anonymized).
@@ -590,6 +594,9 @@ pub async fn run_cli_with(
     args: ForgetArgs,
     faults: Faults,
 ) -> Result<String, String> {
+    if let Some(path) = &args.verify_receipt {
+        return verify_receipt_file(cfg, path);
+    }
     let policy = pick_policy(cfg, args.database.as_deref())?;
     let target = Target::from_config(cfg, &policy.database);
     let key = cfg.hash_key();
@@ -636,6 +643,31 @@ pub async fn run_cli_with(
         .submit_planned(&origin, &list, args.batch_size, Some(&plan))
         .await?;
     run_to_end(&mut session, job, faults).await
+}
+
+/// `pgredact forget --verify-receipt FILE`.
+fn verify_receipt_file(cfg: &Config, path: &std::path::Path) -> Result<String, String> {
+    let var = cfg.admin.clone().unwrap_or_default().receipt_key_env;
+    let key = std::env::var(&var)
+        .ok()
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| {
+            format!(
+                "set the environment variable {var} ([admin] receipt_key_env) to the receipt key"
+            )
+        })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let r = crate::admin::receipt::verify(key.as_bytes(), &text)
+        .map_err(|e| format!("{}: INVALID: {e}", path.display()))?;
+    Ok(format!(
+        "{}: valid receipt: job {} on database {}, PII removed at {}, verification ok: {}\n",
+        path.display(),
+        r["job_id"],
+        r["database"],
+        r["pii_removed_at"],
+        r["verification"]["ok"]
+    ))
 }
 
 /// Runs a job and renders its report; an error unless it ended done.
