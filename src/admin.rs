@@ -7,6 +7,11 @@
 //!   ID; a background worker in this server runs the job.
 //!   A request whose plan is blocked is answered 422 with the `blockers` (no job is created).
 //! - `GET /v1/jobs/{id}` (optional `?database=`): state and counts.
+//! - `GET /v1/jobs` (`state`, `kind`, `since`, `until`, `external_id`, `limit`, `cursor`): jobs,
+//!   newest first.
+//! - `GET /v1/customers/{id}/status`: forgotten or not, from the keyed hash on the forget list.
+//! - `GET /v1/jobs/{id}/receipt`, `GET /v1/customers/{id}/receipt`: signed receipts (see
+//!   [`receipt`]).
 //! - `POST /v1/jobs/{id}/retry` (optional `?database=`): a failed or blocked job runs again
 //!   (202); 409 for a job in another state.
 //!
@@ -17,9 +22,17 @@
 //!
 //! Every `/v1` call needs `Authorization: Bearer <token>`, the token being the value of the
 //! environment variable named by `[admin] token_env`. Errors are JSON `{"error": "..."}`.
+//! The token, a concurrency limit (503) and a per-token rate limit (429, both with
+//! `Retry-After`) are checked before a handler runs, so no body is read for a refused request
+//! (see `guard`). With `[tls]`, the listener speaks HTTPS only (see `tls_listener`).
 //! `/healthz`, `/readyz` and `/metrics` are served without the token on purpose: load balancers
 //! and Prometheus scrapers do not send one, and nothing they return is secret (counts, bounded
 //! categories, policy versions and fingerprints; no role, address, statement or value).
+
+mod guard;
+pub mod receipt;
+mod requests;
+mod tls_listener;
 
 use crate::config::Config;
 use crate::forget::{self, csv, Faults, Origin, Session, Target};
@@ -63,6 +76,11 @@ pub struct AdminState {
     pub proxy: Option<Arc<Shared>>,
     /// What `/metrics` and `/readyz` keep between requests.
     probes: Arc<Probes>,
+    /// Concurrency and rate limits of `/v1`.
+    limits: Arc<guard::Limits>,
+    /// The key receipts are signed with (`[admin] receipt_key_env`), and that variable's name.
+    receipt_key: Option<Arc<Vec<u8>>>,
+    receipt_key_env: Arc<String>,
 }
 
 /// Connections and caches of `/metrics` and `/readyz`.
@@ -96,6 +114,7 @@ impl AdminState {
             ));
         }
         let policies = load_dir(&cfg.policies_dir(), 1)?;
+        let admin = cfg.admin.clone().unwrap_or_default();
         Ok(AdminState {
             cfg: Arc::new(cfg.clone()),
             token: Arc::new(token),
@@ -105,6 +124,16 @@ impl AdminState {
             batch_size: forget::DEFAULT_BATCH_SIZE,
             proxy: None,
             probes: Arc::new(Probes::default()),
+            limits: Arc::new(guard::Limits::new(
+                admin.max_concurrent_requests,
+                admin.requests_per_minute,
+                admin.request_burst,
+            )),
+            receipt_key: std::env::var(&admin.receipt_key_env)
+                .ok()
+                .filter(|k| !k.is_empty())
+                .map(|k| Arc::new(k.into_bytes())),
+            receipt_key_env: Arc::new(admin.receipt_key_env.clone()),
         })
     }
 
@@ -185,11 +214,21 @@ fn subject_databases(policies: &PolicySet) -> Vec<Arc<DatabasePolicy>> {
 pub struct ApiError {
     status: StatusCode,
     message: String,
+    /// Seconds for `Retry-After` (429 and 503 of the limits).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, message: String) -> ApiError {
-        ApiError { status, message }
+        ApiError {
+            status,
+            message,
+            retry_after: None,
+        }
+    }
+    fn retry_after(mut self, secs: u64) -> ApiError {
+        self.retry_after = Some(secs);
+        self
     }
     fn bad(message: String) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
@@ -199,6 +238,10 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut r = (self.status, Json(json!({ "error": self.message }))).into_response();
+        if let Some(secs) = self.retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -209,15 +252,27 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The routes (state included).
+/// The routes (state included). Every `/v1` route passes [`guard::guard`] (concurrency limit,
+/// bearer token, rate limit) before its handler runs, so that a request refused there never has
+/// its body read.
 pub fn router(state: AdminState) -> Router {
+    let v1 = Router::new()
+        .route("/v1/customers/remove-pii", post(remove_pii))
+        .route("/v1/jobs", get(list_jobs))
+        .route("/v1/jobs/{id}", get(job_status))
+        .route("/v1/customers/{id}/status", get(customer_status))
+        .route("/v1/jobs/{id}/receipt", get(job_receipt))
+        .route("/v1/customers/{id}/receipt", get(customer_receipt))
+        .route("/v1/jobs/{id}/retry", post(retry_job))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::guard,
+        ));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/v1/customers/remove-pii", post(remove_pii))
-        .route("/v1/jobs/{id}", get(job_status))
-        .route("/v1/jobs/{id}/retry", post(retry_job))
+        .merge(v1)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -398,35 +453,6 @@ impl AdminState {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
-    match given {
-        Some(t) if constant_time_eq(t.as_bytes(), state.token.as_bytes()) => Ok(()),
-        Some(_) => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid bearer token".to_string(),
-        )),
-        None => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing bearer token: send `Authorization: Bearer <token>`".to_string(),
-        )),
-    }
-}
-
 fn too_many(n: usize) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -441,6 +467,25 @@ struct DbQuery {
     database: Option<String>,
 }
 
+/// Query parameters of `POST /v1/customers/remove-pii` (a CSV body has no other place for them;
+/// JSON members win over them).
+#[derive(Deserialize, Default)]
+struct SubmitQuery {
+    database: Option<String>,
+    external_id: Option<String>,
+    regulation: Option<String>,
+    deadline: Option<String>,
+}
+
+/// A JSON member that must be a string when present.
+fn json_str(obj: &serde_json::Map<String, Value>, key: &str) -> Result<Option<String>, ApiError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::bad(format!("\"{key}\" must be a string"))),
+    }
+}
+
 /// The IDs of a request, not yet validated against the subject types.
 enum RawIds {
     Json(Vec<csv::RawId>),
@@ -449,11 +494,10 @@ enum RawIds {
 
 async fn remove_pii(
     State(state): State<AdminState>,
-    Query(q): Query<DbQuery>,
+    Query(q): Query<SubmitQuery>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -470,6 +514,11 @@ async fn remove_pii(
         .unwrap_or("application/json")
         .to_ascii_lowercase();
     let mut database = q.database;
+    let mut fields = requests::Fields {
+        external_id: q.external_id,
+        regulation: q.regulation,
+        deadline: q.deadline,
+    };
     let mut requester = headers
         .get("x-requester")
         .and_then(|v| v.to_str().ok())
@@ -494,6 +543,15 @@ async fn remove_pii(
                     .ok_or_else(|| ApiError::bad("\"database\" must be a string".to_string()))?
                     .to_string(),
             );
+        }
+        for (key, slot) in [
+            ("external_id", &mut fields.external_id),
+            ("regulation", &mut fields.regulation),
+            ("deadline", &mut fields.deadline),
+        ] {
+            if let Some(v) = json_str(obj, key)? {
+                *slot = Some(v);
+            }
         }
         if let Some(r) = obj.get("requester") {
             requester = Some(
@@ -534,6 +592,7 @@ async fn remove_pii(
             format!("unsupported content type {ctype:?}: use application/json or text/csv"),
         ));
     };
+    let mut info = requests::request_info(&fields)?;
     let policy = state.policy(database.as_deref())?;
     let mut session = state.session(policy).await?;
     let list = match raw {
@@ -556,6 +615,44 @@ async fn remove_pii(
             .unwrap_or_else(|| "api".to_string()),
         source: "api".to_string(),
     };
+    let internal = |e: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e);
+    if let Some(d) = &info.deadline {
+        if let Err(e) = session
+            .client
+            .query_one("SELECT CAST($1 AS text)::timestamptz", &[d])
+            .await
+        {
+            return Err(ApiError::bad(format!(
+                "\"deadline\" {d:?}: {}",
+                forget::db_error(&e)
+            )));
+        }
+    }
+    // A repeated request id returns its job, before anything is planned.
+    if let Some(ext) = &info.external_id {
+        let hash: String = session
+            .client
+            .query_one(
+                "SELECT pgredact.hmac_hex(pg_catalog.string_agg(v, pg_catalog.chr(10) ORDER BY v COLLATE \"C\")) \
+                 FROM pg_catalog.unnest(CAST($1 AS pg_catalog.text[])) v",
+                &[&list.ids],
+            )
+            .await
+            .map_err(|e| internal(forget::db_error(&e)))?
+            .get(0);
+        info.request_hash = Some(hash);
+        let existing = session
+            .client
+            .query_opt(
+                "SELECT id, request_hash FROM pgredact.forget_jobs WHERE external_id = $1",
+                &[ext],
+            )
+            .await
+            .map_err(|e| internal(forget::db_error(&e)))?;
+        if let Some(row) = existing {
+            return existing_job(&session, &info, row.get(0), row.get(1)).await;
+        }
+    }
     // Planned now: a blocked request is answered here, and no job holds its IDs.
     let plan = session
         .plan(&list.ids)
@@ -564,12 +661,19 @@ async fn remove_pii(
     if plan.has_blockers() {
         return Ok(blocked(&plan));
     }
-    let job = session
-        .submit_planned(&origin, &list, state.batch_size, Some(&plan))
+    let job = match session
+        .submit_request(&origin, &list, state.batch_size, Some(&plan), &info)
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+        .map_err(internal)?
+    {
+        forget::jobs::Created::New(id) => id,
+        forget::jobs::Created::Existing(id, hash) => {
+            return existing_job(&session, &info, id, hash).await
+        }
+    };
     state.wake.notify_one();
     let db = session.spec.database.clone();
+    let st = session.status(job).await.map_err(internal)?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({
@@ -578,7 +682,52 @@ async fn remove_pii(
             "state": "queued",
             "ids": list.ids.len(),
             "duplicates": list.duplicates,
+            "external_id": info.external_id,
+            "regulation": info.regulation,
+            "deadline": st.and_then(|s| s.deadline),
             "status_url": format!("/v1/jobs/{job}?database={db}"),
+        })),
+    )
+        .into_response())
+}
+
+/// The answer to a request whose `external_id` names a job already: 200 with that job when the
+/// IDs are the same, 409 when they differ (nothing is created either way).
+async fn existing_job(
+    session: &Session,
+    info: &forget::jobs::RequestInfo,
+    id: i64,
+    hash: Option<String>,
+) -> Result<Response, ApiError> {
+    let ext = info.external_id.as_deref().unwrap_or_default();
+    if hash != info.request_hash {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "external_id {ext:?} already names job {id}, with other customer IDs: nothing was created; \
+                 use a new external_id for a new request"
+            ),
+        ));
+    }
+    let st = session
+        .status(id)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("job {id} vanished")))?;
+    let db = session.spec.database.clone();
+    Ok((
+        StatusCode::OK,
+        Json(json!({
+            "job_id": id,
+            "database": db,
+            "state": st.state,
+            "ids": st.ids_total,
+            "duplicates": st.ids_duplicate,
+            "external_id": st.external_id,
+            "regulation": st.regulation,
+            "deadline": st.deadline,
+            "existing": true,
+            "status_url": format!("/v1/jobs/{id}?database={db}"),
         })),
     )
         .into_response())
@@ -611,9 +760,7 @@ async fn retry_job(
     State(state): State<AdminState>,
     Path(id): Path<String>,
     Query(q): Query<DbQuery>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
     let id = job_id(&id)?;
     let policy = state.policy(q.database.as_deref())?;
     let mut session = state.session(policy).await?;
@@ -643,9 +790,7 @@ async fn job_status(
     State(state): State<AdminState>,
     Path(id): Path<String>,
     Query(q): Query<DbQuery>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
     let id = job_id(&id)?;
     let policy = state.policy(q.database.as_deref())?;
     let target = Target::from_config(&state.cfg, &policy.database);
@@ -663,6 +808,368 @@ async fn job_status(
             )
         })?;
     Ok(Json(st).into_response())
+}
+
+/// Most jobs `GET /v1/jobs` returns at once.
+pub const MAX_LIST: i64 = 1000;
+
+#[derive(Deserialize, Default)]
+struct ListQuery {
+    database: Option<String>,
+    /// Comma-separated states.
+    state: Option<String>,
+    kind: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    external_id: Option<String>,
+    limit: Option<i64>,
+    /// The `next_cursor` of the previous page (jobs with smaller ids follow).
+    cursor: Option<i64>,
+}
+
+/// `GET /v1/jobs`: jobs newest first, filtered, a page at a time.
+async fn list_jobs(
+    State(state): State<AdminState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let states: Option<Vec<String>> = match &q.state {
+        None => None,
+        Some(s) => {
+            let v: Vec<String> = s
+                .split(',')
+                .map(|x| x.trim().to_string())
+                .filter(|x| !x.is_empty())
+                .collect();
+            if let Some(bad) = v
+                .iter()
+                .find(|x| !forget::jobs::STATES.contains(&x.as_str()))
+            {
+                return Err(ApiError::bad(format!(
+                    "unknown state {bad:?}: one of {}",
+                    forget::jobs::STATES.join(", ")
+                )));
+            }
+            Some(v)
+        }
+    };
+    if let Some(k) = &q.kind {
+        if k != "forget" && k != "unforget" {
+            return Err(ApiError::bad(format!(
+                "unknown kind {k:?}: forget or unforget"
+            )));
+        }
+    }
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=MAX_LIST).contains(&limit) {
+        return Err(ApiError::bad(format!(
+            "limit must be between 1 and {MAX_LIST}"
+        )));
+    }
+    let since = q
+        .since
+        .as_deref()
+        .map(|d| requests::instant_literal("since", d))
+        .transpose()?;
+    let until = q
+        .until
+        .as_deref()
+        .map(|d| requests::instant_literal("until", d))
+        .transpose()?;
+    let policy = state.policy(q.database.as_deref())?;
+    let target = Target::from_config(&state.cfg, &policy.database);
+    let client = target
+        .connect()
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    let ts =
+        |c: &str| format!("to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')");
+    let query = format!(
+        "SELECT id, kind, state, external_id, regulation, requester, source, {}, {}, {}, \
+                CASE WHEN deadline IS NULL THEN NULL WHEN state = 'done' THEN finished_at <= deadline \
+                     WHEN now() > deadline THEN false END, \
+                ids_total::int8, error \
+         FROM pgredact.forget_jobs \
+         WHERE ($1::text[] IS NULL OR state = ANY ($1)) AND ($2::text IS NULL OR kind = $2) \
+           AND ($3::text IS NULL OR created_at >= $3::timestamptz) AND ($4::text IS NULL OR created_at < $4::timestamptz) \
+           AND ($5::text IS NULL OR external_id = $5) AND ($6::int8 IS NULL OR id < $6) \
+         ORDER BY id DESC LIMIT $7",
+        ts("created_at"),
+        ts("finished_at"),
+        ts("deadline")
+    );
+    let rows = match client
+        .query(
+            &query,
+            &[
+                &states,
+                &q.kind,
+                &since,
+                &until,
+                &q.external_id,
+                &q.cursor,
+                &(limit + 1),
+            ],
+        )
+        .await
+    {
+        Ok(r) => r,
+        // No job was ever submitted in this database.
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Vec::new(),
+        Err(e) if e.code().is_some_and(|c| c.code().starts_with("22")) => {
+            return Err(ApiError::bad(format!(
+                "since/until: {}",
+                forget::db_error(&e)
+            )))
+        }
+        Err(e) => {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                forget::db_error(&e),
+            ))
+        }
+    };
+    let more = rows.len() as i64 > limit;
+    let jobs: Vec<Value> = rows
+        .iter()
+        .take(limit as usize)
+        .map(|r| {
+            json!({
+                "job_id": r.get::<_, i64>(0),
+                "kind": r.get::<_, String>(1),
+                "state": r.get::<_, String>(2),
+                "external_id": r.get::<_, Option<String>>(3),
+                "regulation": r.get::<_, Option<String>>(4),
+                "requester": r.get::<_, String>(5),
+                "source": r.get::<_, String>(6),
+                "created_at": r.get::<_, String>(7),
+                "finished_at": r.get::<_, Option<String>>(8),
+                "deadline": r.get::<_, Option<String>>(9),
+                "deadline_met": r.get::<_, Option<bool>>(10),
+                "ids_total": r.get::<_, i64>(11),
+                "error": r.get::<_, Option<String>>(12),
+            })
+        })
+        .collect();
+    let next = if more {
+        jobs.last().and_then(|j| j["job_id"].as_i64())
+    } else {
+        None
+    };
+    Ok(Json(json!({
+        "database": policy.database,
+        "jobs": jobs,
+        "next_cursor": next,
+    }))
+    .into_response())
+}
+
+/// `GET /v1/customers/{id}/status`: whether the customer is on the forget list, looked up by
+/// the keyed hash of the ID (the list holds no raw ID). The ID is never logged nor echoed.
+async fn customer_status(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+    Query(q): Query<DbQuery>,
+) -> Result<Response, ApiError> {
+    let policy = state.policy(q.database.as_deref())?;
+    let session = state.session(policy).await?;
+    let canonical = canonical_id(&session, &id)?;
+    let internal = |e: tokio_postgres::Error| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, forget::db_error(&e))
+    };
+    let row = session
+        .client
+        .query_opt(
+            "SELECT to_char(l.forgotten_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), l.job_id, \
+                    j.external_id, j.state \
+             FROM pgredact.forget_list l LEFT JOIN pgredact.forget_jobs j ON j.id = l.job_id \
+             WHERE l.subject_hash = pg_catalog.decode(pgredact.hmac_hex($1), 'hex')",
+            &[&canonical],
+        )
+        .await
+        .map_err(internal)?;
+    Ok(Json(match row {
+        Some(r) => json!({
+            "forgotten": true,
+            "forgotten_at": r.get::<_, String>(0),
+            "job_id": r.get::<_, Option<i64>>(1),
+            "external_id": r.get::<_, Option<String>>(2),
+            "job_state": r.get::<_, Option<String>>(3),
+        }),
+        None => json!({ "forgotten": false }),
+    })
+    .into_response())
+}
+
+/// The canonical form of one customer ID from a path, for this database's subject type. Errors
+/// never repeat the ID (it may be an e-mail address).
+fn canonical_id(session: &Session, id: &str) -> Result<String, ApiError> {
+    let bad = || {
+        ApiError::bad(
+            "the customer ID in the path is not one valid ID for this database's subject column type"
+                .to_string(),
+        )
+    };
+    if id.contains(',') || id.trim().is_empty() {
+        return Err(bad());
+    }
+    let list = session.parse_ids(id).map_err(|_| bad())?;
+    match <[String; 1]>::try_from(list.ids) {
+        Ok([one]) => Ok(one),
+        Err(_) => Err(bad()),
+    }
+}
+
+/// `GET /v1/jobs/{id}/receipt`: the signed receipt of a done forget job.
+async fn job_receipt(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+    Query(q): Query<DbQuery>,
+) -> Result<Response, ApiError> {
+    let key = state.receipt_key()?;
+    let id = job_id(&id)?;
+    let policy = state.policy(q.database.as_deref())?;
+    let client = Target::from_config(&state.cfg, &policy.database)
+        .connect()
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    let receipt = job_receipt_doc(&client, id).await?;
+    signed_response(&key, receipt)
+}
+
+/// `GET /v1/customers/{id}/receipt`: the receipt of the job that forgot this customer, with the
+/// customer's keyed hash and the time the customer joined the forget list.
+async fn customer_receipt(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+    Query(q): Query<DbQuery>,
+) -> Result<Response, ApiError> {
+    let key = state.receipt_key()?;
+    let policy = state.policy(q.database.as_deref())?;
+    let session = state.session(policy).await?;
+    let canonical = canonical_id(&session, &id)?;
+    let row = session
+        .client
+        .query_opt(
+            "SELECT pg_catalog.encode(l.subject_hash, 'hex'), \
+                    to_char(l.forgotten_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), l.job_id \
+             FROM pgredact.forget_list l WHERE l.subject_hash = pg_catalog.decode(pgredact.hmac_hex($1), 'hex')",
+            &[&canonical],
+        )
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, forget::db_error(&e)))?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "this customer is not on the forget list: no receipt".to_string(),
+            )
+        })?;
+    let job: Option<i64> = row.get(2);
+    let job = job.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "this customer's forget list entry names no job: no receipt".to_string(),
+        )
+    })?;
+    let mut receipt = job_receipt_doc(&session.client, job).await?;
+    if let Value::Object(m) = &mut receipt {
+        m.insert("kind".into(), json!("customer"));
+        m.insert(
+            "subject".into(),
+            json!({
+                "keyed_hash": row.get::<_, String>(0),
+                "forgotten_at": row.get::<_, String>(1),
+            }),
+        );
+    }
+    signed_response(&key, receipt)
+}
+
+impl AdminState {
+    fn receipt_key(&self) -> Result<Arc<Vec<u8>>, ApiError> {
+        self.receipt_key.clone().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "receipts are signed with a key: set the environment variable {} ([admin] receipt_key_env)",
+                    self.receipt_key_env
+                ),
+            )
+        })
+    }
+}
+
+/// The unsigned receipt of job `id`: 404 when there is none, 409 unless it is a done forget job.
+async fn job_receipt_doc(client: &tokio_postgres::Client, id: i64) -> Result<Value, ApiError> {
+    let st = forget::jobs::status(client, id)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job {id}")))?;
+    if st.kind != "forget" || st.state != forget::jobs::DONE {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "job {id} ({}) is {}: a receipt is issued for a forget job that ended done (verified)",
+                st.kind, st.state
+            ),
+        ));
+    }
+    // Every table the job covered: those it changed and those verification re-queried.
+    let mut tables = serde_json::Map::new();
+    if let Some(Value::Object(left)) = st
+        .verification
+        .as_ref()
+        .and_then(|v| v.get("rows_with_pii_left"))
+    {
+        for t in left.keys() {
+            tables.insert(t.clone(), json!(0));
+        }
+    }
+    for (t, n) in &st.rows_changed {
+        tables.insert(t.clone(), n.clone());
+    }
+    let issued: String = client
+        .query_one(
+            "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')",
+            &[],
+        )
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, forget::db_error(&e)))?
+        .get(0);
+    Ok(json!({
+        "type": "pgredact.erasure_receipt",
+        "version": 1,
+        "kind": "job",
+        "issued_at": issued,
+        "database": st.database,
+        "job_id": st.job_id,
+        "external_id": st.external_id,
+        "regulation": st.regulation,
+        "requester": st.requester,
+        "received_at": st.created_at,
+        "deadline": st.deadline,
+        "deadline_met": st.deadline_met,
+        "pii_removed_at": st.finished_at,
+        "customers": {
+            "requested": st.ids_total,
+            "anonymized_by_this_job": st.ids_forgotten,
+            "already_forgotten": st.ids_already_forgotten,
+            "without_rows": st.ids_unknown,
+        },
+        "rows_changed_per_table": tables,
+        "verification": st.verification,
+        "warnings": st.warnings,
+        "suppression": "the customers' keyed hashes are on the forget list: later writes of their PII to these tables are blanked by triggers",
+    }))
+}
+
+fn signed_response(key: &[u8], receipt: Value) -> Result<Response, ApiError> {
+    let (doc, sig) = receipt::signed(key, receipt)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    let mut r = Json(doc).into_response();
+    if let Ok(v) = header::HeaderValue::from_str(&sig) {
+        r.headers_mut().insert("x-pgredact-signature", v);
+    }
+    Ok(r)
 }
 
 /// Runs jobs in the background: installs suppression at start, then resumes unfinished jobs
@@ -739,10 +1246,38 @@ pub async fn bind(
         .as_ref()
         .map(|a| a.listen.clone())
         .unwrap_or_else(|| "127.0.0.1:9187".to_string());
+    // A broken certificate or key is reported before anything listens.
+    tls_acceptor(cfg)?;
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .map_err(|e| format!("admin API: cannot listen on {listen}: {e}"))?;
     Ok((listener, state))
+}
+
+/// The acceptor of the `[tls]` certificate, when `[tls]` is configured (the admin API then
+/// speaks HTTPS only).
+fn tls_acceptor(cfg: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>, String> {
+    match &cfg.tls {
+        Some(tls) => crate::tls::acceptor(tls, &cfg.base_dir)
+            .map(Some)
+            .map_err(|e| format!("admin API: {e}")),
+        None => Ok(None),
+    }
+}
+
+/// Serves the router on a bound listener (no job worker): HTTPS with the `[tls]` certificate
+/// when `[tls]` is configured, plain HTTP otherwise.
+pub async fn serve(listener: tokio::net::TcpListener, state: AdminState) -> Result<(), String> {
+    let app = router(state.clone());
+    match tls_acceptor(&state.cfg)? {
+        Some(acceptor) => {
+            let tls = tls_listener::TlsListener::new(listener, acceptor)
+                .map_err(|e| format!("admin API: {e}"))?;
+            axum::serve(tls, app).await
+        }
+        None => axum::serve(listener, app).await,
+    }
+    .map_err(|e| format!("admin API: {e}"))
 }
 
 /// Serves the admin API on a bound listener with its job worker, until the process ends.
@@ -751,12 +1286,17 @@ pub async fn serve_bound(
     state: AdminState,
 ) -> Result<(), String> {
     if let Ok(a) = listener.local_addr() {
-        tracing::info!("admin API listening on {a} (/metrics and /readyz without a token)");
+        let scheme = if state.cfg.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        tracing::info!(
+            "admin API listening on {scheme}://{a} (/metrics and /readyz without a token)"
+        );
     }
     spawn_worker(state.clone());
-    axum::serve(listener, router(state))
-        .await
-        .map_err(|e| format!("admin API: {e}"))
+    serve(listener, state).await
 }
 
 /// Serves the admin API on `[admin] listen` with its job worker (without a proxy), until the

@@ -126,6 +126,45 @@ pub struct Admin {
     pub listen: String,
     #[serde(default = "default_token_env")]
     pub token_env: String,
+    /// `/v1` requests served at once; one more is answered 503 with `Retry-After`.
+    #[serde(default = "default_admin_max_concurrent")]
+    pub max_concurrent_requests: usize,
+    /// `/v1` requests per minute and bearer token (a token bucket refilled at this rate); more
+    /// are answered 429 with `Retry-After`. Failed authentications share one bucket of their own.
+    #[serde(default = "default_admin_requests_per_minute")]
+    pub requests_per_minute: u32,
+    /// Requests a token may send at once above the steady rate (the bucket's size).
+    #[serde(default = "default_admin_request_burst")]
+    pub request_burst: u32,
+    /// Environment variable holding the key that signs receipts (HMAC-SHA256).
+    #[serde(default = "default_receipt_key_env")]
+    pub receipt_key_env: String,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            listen: default_admin_listen(),
+            token_env: default_token_env(),
+            max_concurrent_requests: default_admin_max_concurrent(),
+            requests_per_minute: default_admin_requests_per_minute(),
+            request_burst: default_admin_request_burst(),
+            receipt_key_env: default_receipt_key_env(),
+        }
+    }
+}
+
+fn default_admin_max_concurrent() -> usize {
+    16
+}
+fn default_admin_requests_per_minute() -> u32 {
+    600
+}
+fn default_admin_request_burst() -> u32 {
+    60
+}
+fn default_receipt_key_env() -> String {
+    "PGREDACT_RECEIPT_KEY".into()
 }
 
 /// `[peering]`: pgredact instances behind one address (a TCP load balancer). Each has a peer id,

@@ -105,6 +105,7 @@ async fn start_admin(env: &Env) -> std::net::SocketAddr {
     cfg.admin = Some(pgredact::config::Admin {
         listen: "127.0.0.1:0".into(),
         token_env: TOKEN_ENV.into(),
+        ..Default::default()
     });
     let state = pgredact::admin::AdminState::from_config(&cfg)
         .expect("admin state")

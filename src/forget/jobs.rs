@@ -99,7 +99,19 @@ DO $retries$ BEGIN
         ALTER TABLE pgredact.forget_list ADD COLUMN subject_id text;
         CREATE INDEX forget_list_subject_id ON pgredact.forget_list (subject_id) WHERE subject_id IS NOT NULL;
     END IF;
+    -- The caller's own request id (unique per database: a repeated one returns the existing
+    -- job), the regulation and deadline of the request, and a keyed hash of its ID set (a
+    -- repeated request id with other IDs is refused).
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = 'pgredact.forget_jobs'::pg_catalog.regclass
+                   AND attname = 'external_id' AND NOT attisdropped) THEN
+        ALTER TABLE pgredact.forget_jobs ADD COLUMN external_id text,
+                                         ADD COLUMN regulation text,
+                                         ADD COLUMN deadline timestamptz,
+                                         ADD COLUMN request_hash text;
+    END IF;
 END $retries$;
+CREATE UNIQUE INDEX IF NOT EXISTS forget_jobs_external_id ON pgredact.forget_jobs (external_id)
+    WHERE external_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS pgredact.forget_meta (
     id        boolean PRIMARY KEY DEFAULT true CHECK (id),
     key_check text NOT NULL
@@ -124,6 +136,28 @@ pub struct Origin {
     pub source: String,
 }
 
+/// What an API request adds to a job: the caller's request id, the regulation and deadline.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RequestInfo {
+    /// The caller's own request id (unique per database).
+    pub external_id: Option<String>,
+    pub regulation: Option<String>,
+    /// An explicit deadline (a `timestamptz` literal, already checked).
+    pub deadline: Option<String>,
+    /// Without an explicit deadline: days from receipt.
+    pub deadline_days: Option<i32>,
+    /// Keyed hash of the request's ID set (`pgredact.hmac_hex` of the sorted IDs).
+    pub request_hash: Option<String>,
+}
+
+/// What [`create_with`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Created {
+    New(i64),
+    /// A job with the same `external_id` exists (nothing was created): its id and request hash.
+    Existing(i64, Option<String>),
+}
+
 /// Creates a queued job with its batches (one transaction). Returns the job ID.
 pub async fn create(
     client: &mut Client,
@@ -134,6 +168,29 @@ pub async fn create(
     batch_size: usize,
     plan: Option<&super::Plan>,
 ) -> Result<i64, String> {
+    let req = RequestInfo::default();
+    match create_with(
+        client, database, origin, ids, duplicates, batch_size, plan, &req,
+    )
+    .await?
+    {
+        Created::New(id) | Created::Existing(id, _) => Ok(id),
+    }
+}
+
+/// [`create`] with the request's id and deadline; a job whose `external_id` exists already is
+/// returned instead (even when the two requests race).
+#[allow(clippy::too_many_arguments)]
+pub async fn create_with(
+    client: &mut Client,
+    database: &str,
+    origin: &Origin,
+    ids: &[String],
+    duplicates: usize,
+    batch_size: usize,
+    plan: Option<&super::Plan>,
+    req: &RequestInfo,
+) -> Result<Created, String> {
     let err = |e: tokio_postgres::Error| super::db_error(&e);
     let plan_json = match plan {
         Some(p) => Some(serde_json::to_string(p).map_err(|e| e.to_string())?),
@@ -141,10 +198,13 @@ pub async fn create(
     };
     let batch_size = batch_size.max(1);
     let tx = client.transaction().await.map_err(err)?;
-    let id: i64 = tx
-        .query_one(
-            "INSERT INTO pgredact.forget_jobs (database, requester, source, state, ids_total, ids_duplicate, batch_size, plan) \
-             VALUES ($1, $2, $3, 'queued', $4, $5, $6, CAST($7 AS text)::jsonb) RETURNING id",
+    let inserted = tx
+        .query_opt(
+            "INSERT INTO pgredact.forget_jobs (database, requester, source, state, ids_total, ids_duplicate, batch_size, plan, \
+                    external_id, regulation, deadline, request_hash) \
+             VALUES ($1, $2, $3, 'queued', $4, $5, $6, CAST($7 AS text)::jsonb, $8, $9, \
+                     coalesce(CAST($10 AS text)::timestamptz, now() + make_interval(days => $11)), $12) \
+             ON CONFLICT (external_id) WHERE external_id IS NOT NULL DO NOTHING RETURNING id",
             &[
                 &database,
                 &origin.requester,
@@ -153,11 +213,26 @@ pub async fn create(
                 &(duplicates as i32),
                 &(batch_size as i32),
                 &plan_json,
+                &req.external_id,
+                &req.regulation,
+                &req.deadline,
+                &req.deadline_days,
+                &req.request_hash,
             ],
         )
         .await
-        .map_err(err)?
-        .get(0);
+        .map_err(err)?;
+    let Some(inserted) = inserted else {
+        let existing = tx
+            .query_one(
+                "SELECT id, request_hash FROM pgredact.forget_jobs WHERE external_id = $1",
+                &[&req.external_id],
+            )
+            .await
+            .map_err(err)?;
+        return Ok(Created::Existing(existing.get(0), existing.get(1)));
+    };
+    let id: i64 = inserted.get(0);
     let stmt = tx
         .prepare(
             "INSERT INTO pgredact.forget_batches (job_id, batch, ids, ids_count) VALUES ($1, $2, $3, $4)",
@@ -171,7 +246,7 @@ pub async fn create(
             .map_err(err)?;
     }
     tx.commit().await.map_err(err)?;
-    Ok(id)
+    Ok(Created::New(id))
 }
 
 /// Unfinished forget jobs, oldest first.
@@ -223,6 +298,14 @@ pub struct JobStatus {
     /// Attempts repeated after transient errors (deadlock, timeouts, lost connection).
     pub retries: i64,
     pub last_retry_error: Option<String>,
+    /// The caller's own request id.
+    pub external_id: Option<String>,
+    /// `gdpr`, `ccpa` or the caller's name for it.
+    pub regulation: Option<String>,
+    pub deadline: Option<String>,
+    /// true: done by the deadline; false: done after it, or not done and past it; null: no
+    /// deadline, or not done yet and still within it.
+    pub deadline_met: Option<bool>,
 }
 
 /// Reads a job (None when there is no such job).
@@ -235,7 +318,10 @@ pub async fn status(client: &Client, job_id: i64) -> Result<Option<JobStatus>, S
                     to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
                     to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
                     ids_total::int8, ids_duplicate::int8, plan::text, summary::text, verification::text, error, \
-                    retries::int8, last_retry_error \
+                    retries::int8, last_retry_error, external_id, regulation, \
+                    to_char(deadline AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
+                    CASE WHEN deadline IS NULL THEN NULL WHEN state = 'done' THEN finished_at <= deadline \
+                         WHEN now() > deadline THEN false END \
              FROM pgredact.forget_jobs WHERE id = $1",
             &[&job_id],
         )
@@ -297,6 +383,10 @@ pub async fn status(client: &Client, job_id: i64) -> Result<Option<JobStatus>, S
         warnings,
         retries: j.get(15),
         last_retry_error: j.get(16),
+        external_id: j.get(17),
+        regulation: j.get(18),
+        deadline: j.get(19),
+        deadline_met: j.get(20),
     }))
 }
 
@@ -360,6 +450,20 @@ impl JobStatus {
         }
         for w in &self.warnings {
             s.push_str(&format!("  warning: {w}\n"));
+        }
+        if let Some(e) = &self.external_id {
+            s.push_str(&format!("  request id: {e}\n"));
+        }
+        if let Some(d) = &self.deadline {
+            let met = match self.deadline_met {
+                Some(true) => "met",
+                Some(false) => "MISSED",
+                None => "pending",
+            };
+            s.push_str(&format!(
+                "  deadline ({}): {d}: {met}\n",
+                self.regulation.as_deref().unwrap_or("-")
+            ));
         }
         if self.retries > 0 {
             s.push_str(&format!(

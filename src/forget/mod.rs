@@ -60,6 +60,10 @@ pub struct ForgetArgs {
     /// after a table or column joined the policy), reinstalling the suppression triggers.
     #[arg(long, conflicts_with_all = ["csv", "ids", "dry_run", "resume", "retry"])]
     pub sweep: bool,
+    /// Check the signature of a receipt saved from the admin API (`GET /v1/jobs/{id}/receipt`)
+    /// with the key in `[admin] receipt_key_env`; nothing else is done.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["csv", "ids", "dry_run", "resume", "retry", "sweep"])]
+    pub verify_receipt: Option<PathBuf>,
 }
 
 /// `pgredact unforget`: lifts suppression for IDs (audited; anonymized data stays anonymized).
@@ -301,6 +305,32 @@ impl Session {
             list.duplicates,
             batch_size,
             plan,
+        )
+        .await
+    }
+
+    /// [`Session::submit_planned`] with the request's id and deadline (an API request): a job
+    /// with the same `external_id` is returned instead of a new one.
+    pub async fn submit_request(
+        &mut self,
+        origin: &Origin,
+        list: &csv::IdList,
+        batch_size: usize,
+        plan: Option<&Plan>,
+        req: &jobs::RequestInfo,
+    ) -> Result<jobs::Created, String> {
+        if list.ids.is_empty() {
+            return Err("no customer IDs given".to_string());
+        }
+        jobs::create_with(
+            &mut self.client,
+            &self.spec.database,
+            origin,
+            &list.ids,
+            list.duplicates,
+            batch_size,
+            plan,
+            req,
         )
         .await
     }
@@ -568,6 +598,9 @@ pub async fn run_cli_with(
     args: ForgetArgs,
     faults: Faults,
 ) -> Result<String, String> {
+    if let Some(path) = &args.verify_receipt {
+        return verify_receipt_file(cfg, path);
+    }
     let policy = pick_policy(cfg, args.database.as_deref())?;
     let target = Target::from_config(cfg, &policy.database);
     let key = cfg.hash_key();
@@ -643,6 +676,31 @@ pub async fn run_cli_with(
         .submit_planned(&origin, &list, args.batch_size, Some(&plan))
         .await?;
     run_to_end(&mut session, job, faults).await
+}
+
+/// `pgredact forget --verify-receipt FILE`.
+fn verify_receipt_file(cfg: &Config, path: &std::path::Path) -> Result<String, String> {
+    let var = cfg.admin.clone().unwrap_or_default().receipt_key_env;
+    let key = std::env::var(&var)
+        .ok()
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| {
+            format!(
+                "set the environment variable {var} ([admin] receipt_key_env) to the receipt key"
+            )
+        })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let r = crate::admin::receipt::verify(key.as_bytes(), &text)
+        .map_err(|e| format!("{}: INVALID: {e}", path.display()))?;
+    Ok(format!(
+        "{}: valid receipt: job {} on database {}, PII removed at {}, verification ok: {}\n",
+        path.display(),
+        r["job_id"],
+        r["database"],
+        r["pii_removed_at"],
+        r["verification"]["ok"]
+    ))
 }
 
 /// Runs a job and renders its report; an error unless it ended done.
