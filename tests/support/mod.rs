@@ -180,16 +180,27 @@ pub fn psql_conn(conn: &str, user: &str, sql: &str) -> (bool, String, String) {
     } else {
         PathBuf::from("psql")
     };
-    let out = Command::new(bin)
-        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+    let mut cmd = Command::new(bin);
+    cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
         .arg(conn)
         .env("PGPASSWORD", password(user))
         .env_remove("PGSERVICE")
-        .env("PGCONNECT_TIMEOUT", "30")
-        .arg("-c")
-        .arg(sql)
-        .output()
-        .expect("run psql");
+        .env("PGCONNECT_TIMEOUT", "30");
+    // One argument may hold at most 128 KiB (Linux's MAX_ARG_STRLEN): longer scripts, such as
+    // the output of `setup-sql` with its word lists, go through a file.
+    let script = std::env::temp_dir().join(format!(
+        "pgredact-psql-{}-{}.sql",
+        std::process::id(),
+        rand_suffix()
+    ));
+    if sql.len() > 100_000 {
+        std::fs::write(&script, sql).expect("write the psql script");
+        cmd.arg("-1").arg("-f").arg(&script);
+    } else {
+        cmd.arg("-c").arg(sql);
+    }
+    let out = cmd.output().expect("run psql");
+    let _ = std::fs::remove_file(&script);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
