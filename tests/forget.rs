@@ -113,6 +113,24 @@ fn demo_env() -> Env {
     }
 }
 
+/// A fresh cluster with the demo roles (from the demo script) and `schema`, and a
+/// configuration with `policy`.
+fn schema_env(schema: &str, policy: &str) -> Env {
+    set_env();
+    let cluster = Cluster::start(Default::default()).expect("cluster");
+    cluster.create_database(DEMO_DB).expect("create db");
+    cluster
+        .superuser_psql(DEMO_DB, &pgredact::pgcluster::demo_schema_sql())
+        .expect("demo roles");
+    cluster.superuser_psql(DEMO_DB, schema).expect("schema");
+    let (cfg, dir) = write_config(&cluster, policy);
+    Env {
+        cluster,
+        cfg,
+        _dir: dir,
+    }
+}
+
 fn sql(env: &Env, q: &str) -> String {
     env.cluster
         .superuser_psql(DEMO_DB, q)
@@ -673,27 +691,12 @@ subject = "email"
 
 #[test]
 fn customer_id_that_is_pii_becomes_one_token_everywhere() {
-    set_env();
-    let cluster = Cluster::start(Default::default()).expect("cluster");
-    cluster.create_database(DEMO_DB).expect("create db");
-    // Roles from the demo script, then the schema of this test.
-    cluster
-        .superuser_psql(DEMO_DB, &pgredact::pgcluster::demo_schema_sql())
-        .expect("demo roles");
-    cluster
-        .superuser_psql(DEMO_DB, PII_ID_SCHEMA)
-        .expect("schema");
-    let (cfg, _dir) = write_config(&cluster, PII_ID_POLICY);
-    let q = |s: &str| {
-        cluster
-            .superuser_psql(DEMO_DB, s)
-            .unwrap_or_else(|e| panic!("{s}: {e}"))
-            .trim()
-            .to_string()
-    };
+    let env = schema_env(PII_ID_SCHEMA, PII_ID_POLICY);
+    let (cluster, cfg) = (&env.cluster, &env.cfg);
+    let q = |s: &str| sql(&env, s);
 
     let report = rt()
-        .block_on(forget::run_cli(&cfg, forget_args("alice@example.com")))
+        .block_on(forget::run_cli(cfg, forget_args("alice@example.com")))
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(report.contains(": done"), "{report}");
     let token = q("SELECT email FROM accounts WHERE plan = 'pro'");
@@ -1955,24 +1958,12 @@ columns.ip = "null"
 
 #[test]
 fn case_insensitive_ids_are_forgotten_and_suppressed_in_every_spelling() {
-    set_env();
-    let cluster = Cluster::start(Default::default()).expect("cluster");
-    cluster.create_database(DEMO_DB).expect("create db");
-    cluster
-        .superuser_psql(DEMO_DB, &pgredact::pgcluster::demo_schema_sql())
-        .expect("demo roles");
-    cluster.superuser_psql(DEMO_DB, CI_SCHEMA).expect("schema");
-    let (cfg, _dir) = write_config(&cluster, CI_POLICY);
-    let q = |s: &str| {
-        cluster
-            .superuser_psql(DEMO_DB, s)
-            .unwrap_or_else(|e| panic!("{s}: {e}"))
-            .trim()
-            .to_string()
-    };
+    let env = schema_env(CI_SCHEMA, CI_POLICY);
+    let cfg = &env.cfg;
+    let q = |s: &str| sql(&env, s);
     // Requested in yet another spelling, with spaces around it.
     let report = rt()
-        .block_on(forget::run_cli(&cfg, forget_args(" CAROL@example.COM ")))
+        .block_on(forget::run_cli(cfg, forget_args(" CAROL@example.COM ")))
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(report.contains(": done"), "{report}");
     let token = q("SELECT email FROM members WHERE tier = 'gold'");
