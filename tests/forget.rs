@@ -2171,3 +2171,67 @@ fn code_of_other_roles_that_forget_would_run_is_a_blocker() {
         "t|t"
     );
 }
+
+#[test]
+fn the_forget_audit_trail_is_hash_chained_and_edits_are_found() {
+    let env = demo_env();
+    let verify = || {
+        rt().block_on(forget::run_cli(
+            &env.cfg,
+            ForgetArgs {
+                verify_audit: true,
+                ..ForgetArgs::default()
+            },
+        ))
+    };
+    let report = rt()
+        .block_on(forget::run_cli(&env.cfg, forget_args("41,42")))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.contains(": done"), "{report}");
+    let un = UnforgetArgs {
+        ids: Some("42".into()),
+        requester: "dpo@example.com".into(),
+        reason: Some("re-registered".into()),
+        ..UnforgetArgs::default()
+    };
+    rt().block_on(forget::run_unforget_cli(&env.cfg, un))
+        .unwrap_or_else(|e| panic!("{e}"));
+    rt().block_on(forget::run_cli(
+        &env.cfg,
+        ForgetArgs {
+            sweep: true,
+            ..ForgetArgs::default()
+        },
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    // Every step is there, in order, without a customer ID.
+    assert_eq!(
+        sql(
+            &env,
+            "SELECT string_agg(operation, ',' ORDER BY seq) FROM pgredact.forget_audit"
+        ),
+        "forget:queued,forget:running,forget:finalizing,forget:done,unforget:done,sweep"
+    );
+    assert_eq!(
+        sql(
+            &env,
+            "SELECT count(*) FROM pgredact.forget_audit WHERE record::text ~ '\\m4[12]\\M'"
+        ),
+        "0"
+    );
+    let ok = verify().unwrap_or_else(|e| panic!("{e}"));
+    assert!(ok.contains("6 record(s), chain intact; head "), "{ok}");
+    // An edit, a deletion: each is named.
+    sql(&env, "UPDATE pgredact.forget_audit SET record = record || '{\"requester\": \"someone else\"}' WHERE seq = 2");
+    let e = verify().expect_err("edited");
+    assert!(
+        e.contains("BROKEN: record 2 was changed after it was written"),
+        "{e}"
+    );
+    sql(
+        &env,
+        "DELETE FROM pgredact.forget_audit WHERE seq IN (1, 2)",
+    );
+    let e = verify().expect_err("deleted");
+    assert!(e.contains("BROKEN: record 1 is missing"), "{e}");
+}

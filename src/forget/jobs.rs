@@ -117,6 +117,70 @@ CREATE TABLE IF NOT EXISTS pgredact.forget_meta (
     key_check text NOT NULL
 );
 REVOKE ALL ON pgredact.forget_jobs, pgredact.forget_batches, pgredact.forget_list, pgredact.forget_meta FROM PUBLIC;
+-- The append-only, hash-chained audit trail of forget, unforget, retry and sweep: each record's
+-- hash covers the previous hash and its own fields (checked by `pgredact forget --verify-audit`).
+CREATE TABLE IF NOT EXISTS pgredact.forget_audit (
+    seq       bigint PRIMARY KEY,
+    at        timestamptz NOT NULL,
+    operation text NOT NULL,
+    job_id    bigint,
+    record    jsonb NOT NULL,
+    prev_hash text NOT NULL,
+    hash      text NOT NULL
+);
+REVOKE ALL ON pgredact.forget_audit FROM PUBLIC;
+-- Created once (CREATE OR REPLACE on every start would be DDL each time).
+DO $audit$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc WHERE proname = 'forget_audit_append'
+                 AND pronamespace = 'pgredact'::pg_catalog.regnamespace) THEN
+CREATE OR REPLACE FUNCTION pgredact.forget_audit_append(op text, job bigint, rec jsonb) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog AS $fn$
+DECLARE
+  prev text;
+  n bigint;
+  t timestamptz := pg_catalog.clock_timestamp();
+  h text;
+BEGIN
+  -- One appender at a time, until its transaction ends, so the chain never forks.
+  PERFORM pg_catalog.pg_advisory_xact_lock(7320460);
+  SELECT a.seq, a.hash INTO n, prev FROM pgredact.forget_audit a ORDER BY a.seq DESC LIMIT 1;
+  n := coalesce(n, 0) + 1;
+  prev := coalesce(prev, 'genesis');
+  h := pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(
+         prev || '|' || n::text || '|' || EXTRACT(epoch FROM t)::text || '|' || op || '|'
+         || coalesce(job::text, '') || '|' || rec::text, 'UTF8')), 'hex');
+  INSERT INTO pgredact.forget_audit (seq, at, operation, job_id, record, prev_hash, hash)
+  VALUES (n, t, op, job, rec, prev, h);
+  RETURN h;
+END
+$fn$;
+    REVOKE ALL ON FUNCTION pgredact.forget_audit_append(text, bigint, jsonb) FROM PUBLIC;
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc WHERE proname = 'forget_jobs_audit'
+                 AND pronamespace = 'pgredact'::pg_catalog.regnamespace) THEN
+CREATE OR REPLACE FUNCTION pgredact.forget_jobs_audit() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog AS $fn$
+BEGIN
+  IF TG_OP = 'UPDATE' AND NEW.state IS NOT DISTINCT FROM OLD.state THEN RETURN NULL; END IF;
+  PERFORM pgredact.forget_audit_append(
+    NEW.kind || ':' || NEW.state, NEW.id,
+    jsonb_strip_nulls(jsonb_build_object(
+      'database', NEW.database, 'requester', NEW.requester, 'source', NEW.source,
+      'external_id', NEW.external_id, 'regulation', NEW.regulation, 'deadline', NEW.deadline,
+      'ids_total', NEW.ids_total, 'ids_new', NEW.ids_new, 'retries', NEW.retries,
+      'summary', NEW.summary, 'verification', NEW.verification, 'error', NEW.error,
+      'previous_state', CASE WHEN TG_OP = 'UPDATE' THEN OLD.state END)));
+  RETURN NULL;
+END
+$fn$;
+    REVOKE ALL ON FUNCTION pgredact.forget_jobs_audit() FROM PUBLIC;
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgname = 'forget_jobs_audit'
+                 AND tgrelid = 'pgredact.forget_jobs'::pg_catalog.regclass) THEN
+    CREATE TRIGGER forget_jobs_audit AFTER INSERT OR UPDATE ON pgredact.forget_jobs
+      FOR EACH ROW EXECUTE FUNCTION pgredact.forget_jobs_audit();
+  END IF;
+END $audit$;
 "#,
         )
         .await
@@ -126,6 +190,76 @@ REVOKE ALL ON pgredact.forget_jobs, pgredact.forget_batches, pgredact.forget_lis
                 super::db_error(&e)
             )
         })
+}
+
+/// Appends a record to the forget audit trail (for operations that are not job state changes,
+/// which the table's trigger records by itself). Returns the record's hash.
+pub async fn audit_append(
+    client: &Client,
+    operation: &str,
+    record: &Value,
+) -> Result<String, String> {
+    client
+        .query_one(
+            "SELECT pgredact.forget_audit_append($1, NULL, CAST($2 AS text)::jsonb)",
+            &[&operation, &record.to_string()],
+        )
+        .await
+        .map(|r| r.get(0))
+        .map_err(|e| super::db_error(&e))
+}
+
+/// What `pgredact forget --verify-audit` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditCheck {
+    pub records: i64,
+    /// The hash of the last record: keep it outside the database (a ticket, a log) and compare
+    /// later, since truncating the end of a chain leaves the rest consistent.
+    pub head: String,
+    /// The first record that breaks the chain, and why.
+    pub broken: Option<String>,
+}
+
+/// Recomputes every record's hash from its fields and checks each record names the previous
+/// one's: an edited, deleted, inserted or reordered record breaks the chain from there on.
+pub async fn audit_verify(client: &Client) -> Result<AuditCheck, String> {
+    let rows = client
+        .query(
+            "SELECT seq, prev_hash, hash, pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to( \
+               prev_hash || '|' || seq::text || '|' || EXTRACT(epoch FROM at)::text || '|' || operation || '|' \
+               || coalesce(job_id::text, '') || '|' || record::text, 'UTF8')), 'hex') \
+             FROM pgredact.forget_audit ORDER BY seq",
+            &[],
+        )
+        .await
+        .map_err(|e| super::db_error(&e))?;
+    let mut prev = "genesis".to_string();
+    let mut broken = None;
+    for (expect_seq, r) in (1i64..).zip(rows.iter()) {
+        let (seq, prev_hash, hash, computed): (i64, String, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        let why = if seq != expect_seq {
+            Some(format!(
+                "record {expect_seq} is missing (the next one is {seq})"
+            ))
+        } else if prev_hash != prev {
+            Some(format!("record {seq} does not follow record {}", seq - 1))
+        } else if computed != hash {
+            Some(format!("record {seq} was changed after it was written"))
+        } else {
+            None
+        };
+        if why.is_some() {
+            broken = why;
+            break;
+        }
+        prev = hash;
+    }
+    Ok(AuditCheck {
+        records: rows.len() as i64,
+        head: prev,
+        broken,
+    })
 }
 
 /// Who asked, and through which interface.

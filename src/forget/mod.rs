@@ -64,6 +64,10 @@ pub struct ForgetArgs {
     /// with the key in `[admin] receipt_key_env`; nothing else is done.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["csv", "ids", "dry_run", "resume", "retry", "sweep"])]
     pub verify_receipt: Option<PathBuf>,
+    /// Check the hash chain of the forget audit trail (`pgredact.forget_audit`) and print its
+    /// head hash (keep it elsewhere: a later check can then tell a truncated trail).
+    #[arg(long, conflicts_with_all = ["csv", "ids", "dry_run", "resume", "retry", "sweep", "verify_receipt"])]
+    pub verify_audit: bool,
 }
 
 /// `pgredact unforget`: lifts suppression for IDs (audited; anonymized data stays anonymized).
@@ -639,7 +643,26 @@ pub async fn run_cli_with(
             ));
         }
         out.push_str("  verification: no row of a forgotten customer holds PII\n");
+        let record = serde_json::json!({
+            "requester": args.requester.clone().unwrap_or_else(default_requester),
+            "forget_list": listed,
+            "rows_changed": tables.iter().map(|t| (t.table.clone(), t.changed)).collect::<std::collections::BTreeMap<_, _>>(),
+        });
+        jobs::audit_append(&session.client, "sweep", &record).await?;
         return Ok(out);
+    }
+    if args.verify_audit {
+        let check = jobs::audit_verify(&session.client).await?;
+        return match check.broken {
+            None => Ok(format!(
+                "forget audit trail of database {:?}: {} record(s), chain intact; head {}\n",
+                session.spec.database, check.records, check.head
+            )),
+            Some(why) => Err(format!(
+                "forget audit trail of database {:?}: BROKEN: {why} ({} record(s))",
+                session.spec.database, check.records
+            )),
+        };
     }
     if args.resume {
         let ends = session.resume_all(faults).await?;
