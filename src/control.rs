@@ -80,8 +80,15 @@ CREATE TABLE IF NOT EXISTS pgredact.instances (
     started_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
     seen_at timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
+-- A fingerprint of the DDL that built these objects and the forget tables: a forget session
+-- whose DDL is already in place runs none (each DDL makes every masked session re-read the
+-- catalog).
+CREATE TABLE IF NOT EXISTS pgredact.schema_state (
+    id boolean PRIMARY KEY DEFAULT true CHECK (id),
+    ddl text NOT NULL
+);
 REVOKE ALL ON pgredact.ddl_log, pgredact.ddl_pruned, pgredact.protected_relations,
-    pgredact.hash_key, pgredact.policy, pgredact.instances FROM PUBLIC;
+    pgredact.hash_key, pgredact.policy, pgredact.instances, pgredact.schema_state FROM PUBLIC;
 CREATE OR REPLACE FUNCTION pgredact.hmac_hex(v text) RETURNS text
 LANGUAGE sql STABLE STRICT SECURITY DEFINER AS $f$
   SELECT pg_catalog.encode(pg_catalog.sha256(k.opad OPERATOR(pg_catalog.||)
@@ -191,6 +198,56 @@ pub async fn ensure(client: &Client, hash_key: Option<&[u8]>) -> Result<(), Cont
         ))
         .await?;
     if let Some(key) = hash_key {
+        store_key(client, key).await?;
+    }
+    Ok(())
+}
+
+/// The fingerprint of the control objects' DDL together with `more` (the forget tables' DDL).
+pub fn ddl_fingerprint(more: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(
+        format!("{CONTROL_OBJECTS}\n{more}").as_bytes(),
+    ))
+}
+
+/// The DDL fingerprint recorded by the last schema install, or None (not installed, an earlier
+/// version, or not readable).
+pub async fn schema_state(client: &Client) -> Option<String> {
+    let exists: bool = client
+        .query_one(
+            "SELECT pg_catalog.to_regclass('pgredact.schema_state') IS NOT NULL",
+            &[],
+        )
+        .await
+        .ok()?
+        .get(0);
+    if !exists {
+        return None;
+    }
+    client
+        .query_opt("SELECT ddl FROM pgredact.schema_state WHERE id", &[])
+        .await
+        .ok()
+        .flatten()
+        .map(|r| r.get(0))
+}
+
+/// Records the DDL fingerprint (in the installing transaction).
+pub async fn set_schema_state(client: &Client, ddl: &str) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "INSERT INTO pgredact.schema_state (id, ddl) VALUES (true, $1) \
+             ON CONFLICT (id) DO UPDATE SET ddl = EXCLUDED.ddl",
+            &[&ddl],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Stores the HMAC key (as its padded halves) once, and refuses a different one later.
+pub async fn store_key(client: &Client, key: &[u8]) -> Result<(), ControlError> {
+    {
         // The key is set once: hash pseudonyms and the forget list depend on it, so a different
         // key later is refused rather than silently breaking both.
         let (ipad, opad) = crate::policy::hmac_pads(key);

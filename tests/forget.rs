@@ -2235,3 +2235,29 @@ fn the_forget_audit_trail_is_hash_chained_and_edits_are_found() {
     let e = verify().expect_err("deleted");
     assert!(e.contains("BROKEN: record 1 is missing"), "{e}");
 }
+
+#[test]
+fn opening_a_forget_session_again_runs_no_ddl() {
+    let env = demo_env();
+    let policy = forget::pick_policy(&env.cfg, Some("app")).unwrap();
+    let target = Target::from_config(&env.cfg, "app");
+    let key = HASH_KEY.as_bytes().to_vec();
+    let generation =
+        "SELECT (SELECT count(*) FROM pgredact.ddl_log) + (SELECT n FROM pgredact.ddl_pruned)";
+    rt().block_on(async {
+        Session::open(&target, Arc::clone(&policy), Some(&key))
+            .await
+            .expect("first open");
+    });
+    let before = sql(&env, generation);
+    // Every API request opens a session: the second and later ones must not look like DDL to
+    // the proxies (each DDL makes every masked session re-read the catalog).
+    rt().block_on(async {
+        for _ in 0..3 {
+            Session::open(&target, Arc::clone(&policy), Some(&key))
+                .await
+                .expect("open again");
+        }
+    });
+    assert_eq!(sql(&env, generation), before);
+}

@@ -26,11 +26,8 @@ pub const FAILED: &str = "failed";
 /// Every job state.
 pub const STATES: [&str; 6] = [QUEUED, RUNNING, FINALIZING, DONE, BLOCKED, FAILED];
 
-/// Creates the control tables (idempotent; after `control::ensure`).
-pub async fn ensure_schema(client: &Client) -> Result<(), String> {
-    client
-        .batch_execute(
-            r#"
+/// The forget tables, functions and triggers (idempotent; after `control::ensure`).
+pub const SCHEMA_SQL: &str = r#"
 SELECT pg_catalog.pg_advisory_xact_lock(7320451);
 CREATE TABLE IF NOT EXISTS pgredact.forget_jobs (
     id            bigserial PRIMARY KEY,
@@ -181,15 +178,16 @@ $fn$;
       FOR EACH ROW EXECUTE FUNCTION pgredact.forget_jobs_audit();
   END IF;
 END $audit$;
-"#,
+"#;
+
+/// Creates the control tables (idempotent; after `control::ensure`).
+pub async fn ensure_schema(client: &Client) -> Result<(), String> {
+    client.batch_execute(SCHEMA_SQL).await.map_err(|e| {
+        format!(
+            "creating the forget tables in schema pgredact: {}",
+            super::db_error(&e)
         )
-        .await
-        .map_err(|e| {
-            format!(
-                "creating the forget tables in schema pgredact: {}",
-                super::db_error(&e)
-            )
-        })
+    })
 }
 
 /// Appends a record to the forget audit trail (for operations that are not job state changes,

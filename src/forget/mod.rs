@@ -197,33 +197,48 @@ impl Session {
                 }
             }
         }
-        // One transaction holding an advisory lock until commit: two instances starting at
-        // once must not both try to create the schema (a session-level lock released before
-        // the creating transaction commits lets the second one in too early).
-        client
-            .batch_execute("BEGIN; SELECT pg_catalog.pg_advisory_xact_lock(7320451)")
-            .await
-            .map_err(|e| db_error(&e))?;
-        let created = async {
-            crate::control::ensure(&client, hash_key)
-                .await
-                .map_err(|e| {
-                    let why = match &e {
-                        crate::control::ControlError::Db(d) => db_error(d),
-                        other => other.to_string(),
-                    };
-                    format!("creating the control schema pgredact: {why}")
-                })?;
-            jobs::ensure_schema(&client).await
-        }
-        .await;
-        let end = if created.is_ok() {
-            "COMMIT"
-        } else {
-            "ROLLBACK"
+        // The schema is installed only when its DDL changed: every API request opens a session,
+        // and each DDL makes every masked session re-read the catalog.
+        let ddl = crate::control::ddl_fingerprint(jobs::SCHEMA_SQL);
+        let control_err = |e: crate::control::ControlError| {
+            let why = match &e {
+                crate::control::ControlError::Db(d) => db_error(d),
+                other => other.to_string(),
+            };
+            format!("creating the control schema pgredact: {why}")
         };
-        client.batch_execute(end).await.map_err(|e| db_error(&e))?;
-        created?;
+        if crate::control::schema_state(&client).await.as_deref() == Some(ddl.as_str()) {
+            if let Some(key) = hash_key {
+                crate::control::store_key(&client, key)
+                    .await
+                    .map_err(control_err)?;
+            }
+        } else {
+            // One transaction holding an advisory lock until commit: two instances starting at
+            // once must not both try to create the schema (a session-level lock released before
+            // the creating transaction commits lets the second one in too early).
+            client
+                .batch_execute("BEGIN; SELECT pg_catalog.pg_advisory_xact_lock(7320451)")
+                .await
+                .map_err(|e| db_error(&e))?;
+            let created = async {
+                crate::control::ensure(&client, hash_key)
+                    .await
+                    .map_err(control_err)?;
+                jobs::ensure_schema(&client).await?;
+                crate::control::set_schema_state(&client, &ddl)
+                    .await
+                    .map_err(|e| db_error(&e))
+            }
+            .await;
+            let end = if created.is_ok() {
+                "COMMIT"
+            } else {
+                "ROLLBACK"
+            };
+            client.batch_execute(end).await.map_err(|e| db_error(&e))?;
+            created?;
+        }
         let has_key: bool = client
             .query_one("SELECT EXISTS (SELECT 1 FROM pgredact.hash_key)", &[])
             .await
