@@ -180,6 +180,15 @@ fn forget_args(ids: &str) -> ForgetArgs {
     }
 }
 
+/// Forgets `ids` through the CLI and checks the job ended done; returns its report.
+fn forget_done(env: &Env, ids: &str) -> String {
+    let report = rt()
+        .block_on(forget::run_cli(&env.cfg, forget_args(ids)))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.contains(": done"), "{report}");
+    report
+}
+
 #[test]
 fn forget_anonymizes_profile_history_and_events_and_keeps_aggregates() {
     let env = demo_env();
@@ -1337,10 +1346,7 @@ fn suppression_triggers_fire_always_and_last_and_check_reports_holes() {
          CREATE TRIGGER zzzz_put_back BEFORE INSERT OR UPDATE ON public.customers \
            FOR EACH ROW EXECUTE FUNCTION public.put_back();",
     );
-    let report = rt()
-        .block_on(forget::run_cli(&env.cfg, forget_args("1234,77")))
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(report.contains(": done"), "{report}");
+    forget_done(&env, "1234,77");
     // Every pgredact trigger (partition clones included) fires ALWAYS.
     assert_eq!(
         sql(
@@ -1563,10 +1569,7 @@ fn a_failed_refresh_ends_done_with_warnings() {
          ALTER MATERIALIZED VIEW public.customer_names OWNER TO pgredact; \
          UPDATE public.refresh_switch SET broken = true;",
     );
-    let report = rt()
-        .block_on(forget::run_cli(&env.cfg, forget_args("1234")))
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(report.contains(": done"), "{report}");
+    let report = forget_done(&env, "1234");
     assert!(report.contains("no PII left"), "{report}");
     assert!(
         report.contains("warning: materialized view public.customer_names still holds copies")
@@ -2018,10 +2021,7 @@ fn case_insensitive_ids_are_forgotten_and_suppressed_in_every_spelling() {
 #[test]
 fn sweep_reapplies_the_forget_list_after_a_restore_and_to_new_policy_columns() {
     let env = demo_env();
-    let report = rt()
-        .block_on(forget::run_cli(&env.cfg, forget_args("11,12")))
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(report.contains(": done"), "{report}");
+    forget_done(&env, "11,12");
     // The customer ID is not PII here: the list keeps it raw, and the triggers look it up so.
     assert_eq!(
         sql(
@@ -2162,10 +2162,7 @@ fn code_of_other_roles_that_forget_would_run_is_a_blocker() {
          ALTER FUNCTION public.short_status(text) OWNER TO postgres; \
          DROP RULE keep_history ON customer_history;",
     );
-    let report = rt()
-        .block_on(forget::run_cli(&env.cfg, forget_args("21")))
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(report.contains(": done"), "{report}");
+    forget_done(&env, "21");
     assert_eq!(
         sql(&env, "SELECT first_name IS NULL, updated_at > now() - interval '1 hour' FROM customers WHERE customer_id = 21"),
         "t|t"
@@ -2184,10 +2181,7 @@ fn the_forget_audit_trail_is_hash_chained_and_edits_are_found() {
             },
         ))
     };
-    let report = rt()
-        .block_on(forget::run_cli(&env.cfg, forget_args("41,42")))
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(report.contains(": done"), "{report}");
+    forget_done(&env, "41,42");
     let un = UnforgetArgs {
         ids: Some("42".into()),
         requester: "dpo@example.com".into(),
