@@ -463,8 +463,13 @@ DECLARE
   kind text := m ->> 'kind';
   kf integer := coalesce((m ->> 'keep_first')::integer, 0);
   kl integer := coalesce((m ->> 'keep_last')::integer, 0);
-  -- The outer CAST keeps the type modifier too (a CASE would drop it).
-  guard text := format('CAST(CASE WHEN %s IS NULL THEN NULL ELSE %%s END AS %s)', c, t);
+  -- The outer CAST keeps the type modifier too (a CASE would drop it). `r.ctid` keeps the planner
+  -- off the raw column: a masked value that names the row's ctid (unique, and in no index) is
+  -- estimated as distinct per row from the row count alone, never from the raw column's
+  -- statistics (GROUP BY, DISTINCT and Memoize choices, and with them the order of rows returned
+  -- without ORDER BY), and no index-only scan of an index on the raw column can produce it (it
+  -- would hand out masked values in the raw values' order). Costs one null test per value.
+  guard text := format('CAST(CASE WHEN %s IS NULL OR r.ctid IS NULL THEN NULL ELSE %%s END AS %s)', c, t);
   v text;
   mac text;
   ts text;

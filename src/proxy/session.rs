@@ -1243,18 +1243,17 @@ async fn masked_session<C: SplitStream, S: SplitStream>(
     }
 }
 
-/// Before a masked session's client gets control, on the session's own connection: turns
-/// index-only scans off (an index-only scan of an index on a PII column hands out masked values
-/// in the order of the raw ones; every statement that could turn them on again, `SET`, `RESET`,
-/// `RESET ALL`, `DISCARD ALL`, `set_config`, is refused), and reads the search path that names
-/// resolve with.
+/// Before a masked session's client gets control, on the session's own connection: reads the
+/// search path that names resolve with. (Nothing else is set for the session: the masking views
+/// themselves keep the planner off the raw columns, see `mask_expr` in wall_setup.sql, so
+/// `RESET ALL` has nothing of pgredact's to undo.)
 async fn session_setup<S: AsyncRead + AsyncWrite + Unpin>(
     srv: &mut FrameReader<S>,
 ) -> Result<Vec<String>, String> {
     let mut q = BytesMut::new();
     frame::encode_query(
         &mut q,
-        "SET enable_indexonlyscan = off; SELECT pg_catalog.unnest(pg_catalog.current_schemas(true))::pg_catalog.text",
+        "SELECT pg_catalog.unnest(pg_catalog.current_schemas(true))::pg_catalog.text",
     );
     srv.get_mut()
         .write_all(&q)
