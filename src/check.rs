@@ -192,6 +192,17 @@ pub async fn run(cfg: &Config) -> (Vec<String>, bool) {
                             ));
                             failed = true;
                         }
+                        for rm in &cp.by_role {
+                            if let Err(e) = mask_fits(&rm.mask, &c.ty) {
+                                out.push(format!(
+                                    "error: {file}:{}: roles.{}: {}.{col}: {e}",
+                                    rm.line,
+                                    rm.role,
+                                    t.qualified()
+                                ));
+                                failed = true;
+                            }
+                        }
                     }
                 }
             }

@@ -504,6 +504,43 @@ pub struct ColumnPolicy {
     pub forget: Option<String>,
     /// 1-based line in the policy file (for `check` reports).
     pub line: usize,
+    /// Per-role masks (`[roles.<role>]`), in the order the roles first appear in the file: a
+    /// member of the first role listed here gets its mask; everyone else masked gets `mask`.
+    pub by_role: Vec<RoleMask>,
+}
+
+/// A role's own mask for one PII column.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoleMask {
+    pub role: String,
+    pub mask: Mask,
+    /// 1-based line in the policy file.
+    pub line: usize,
+}
+
+impl ColumnPolicy {
+    /// The column's masks as data for `pgredact_admin.mask_expr`: the default mask, with the
+    /// per-role ones under `by_role` (the database picks by membership of the reading role).
+    pub fn spec(&self) -> serde_json::Value {
+        let mut s = self.mask.spec();
+        if !self.by_role.is_empty() {
+            s["by_role"] = serde_json::Value::Array(
+                self.by_role
+                    .iter()
+                    .map(|r| serde_json::json!({"role": r.role, "mask": r.mask.spec()}))
+                    .collect(),
+            );
+            if self.uses_key() {
+                s["uses_key"] = serde_json::Value::Bool(true);
+            }
+        }
+        s
+    }
+
+    /// Whether any of the column's masks needs the HMAC key.
+    pub fn uses_key(&self) -> bool {
+        self.mask.uses_key() || self.by_role.iter().any(|r| r.mask.uses_key())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -527,7 +564,7 @@ impl TablePolicy {
         let cols: serde_json::Map<String, serde_json::Value> = self
             .columns
             .iter()
-            .map(|(c, cp)| (c.clone(), cp.mask.spec()))
+            .map(|(c, cp)| (c.clone(), cp.spec()))
             .collect();
         serde_json::json!({"schema": self.schema, "name": self.name, "columns": cols})
     }
@@ -572,7 +609,7 @@ impl DatabasePolicy {
         self.tables
             .values()
             .flat_map(|t| t.columns.values())
-            .any(|c| c.mask.uses_key())
+            .any(|c| c.uses_key())
     }
 
     /// The policy as the database's own functions read it (`pgredact.policy`): unmasked roles
@@ -647,7 +684,13 @@ struct RawFile {
     /// Not `Spanned`: a table named only through a sub-table header
     /// (`[tables."public.x".columns.payload]`) has no span, and toml refuses to give one.
     tables: BTreeMap<String, RawTable>,
+    /// `[roles.<role>]`: `"schema.table".column = mask`, a role's own masks.
+    #[serde(default)]
+    roles: RawRoles,
 }
+
+/// role -> table -> column -> mask.
+type RawRoles = BTreeMap<String, BTreeMap<String, BTreeMap<String, toml::Spanned<RawColumn>>>>;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1040,6 +1083,7 @@ pub fn parse_policy(text: &str, path: &Path) -> Result<DatabasePolicy, String> {
                     mask,
                     forget,
                     line: line_of(text, off),
+                    by_role: Vec::new(),
                 },
             );
         }
@@ -1076,6 +1120,7 @@ pub fn parse_policy(text: &str, path: &Path) -> Result<DatabasePolicy, String> {
             }
         },
     };
+    role_masks(raw.roles, &raw.unmasked_roles, &mut tables, text, &at)?;
     for f in &raw.allowed_functions {
         if !f.contains('.') {
             return Err(format!(
@@ -1096,6 +1141,75 @@ pub fn parse_policy(text: &str, path: &Path) -> Result<DatabasePolicy, String> {
             .collect(),
         tables,
     })
+}
+
+/// One `"schema.table".column = mask` of a `[roles.<role>]` section.
+type RoleEntry = (String, String, toml::Spanned<RawColumn>);
+
+/// Adds each `[roles.<role>]` mask to its column, roles in the order they first appear in the
+/// file. A role's mask only changes how a PII column is masked for its members: the column must
+/// be listed under its table, the role must not be unmasked, and `forget` stays the table's.
+fn role_masks(
+    roles: RawRoles,
+    unmasked: &[String],
+    tables: &mut BTreeMap<(String, String), TablePolicy>,
+    text: &str,
+    at: &dyn Fn(usize, String) -> String,
+) -> Result<(), String> {
+    let mut ordered: Vec<(usize, String, Vec<RoleEntry>)> = Vec::new();
+    for (role, by_table) in roles {
+        let mut entries = Vec::new();
+        for (tname, cols) in by_table {
+            for (cname, cs) in cols {
+                entries.push((tname.clone(), cname, cs));
+            }
+        }
+        let first = entries.iter().map(|e| e.2.span().start).min().unwrap_or(0);
+        if role.is_empty() {
+            return Err(at(first, "a role name must not be empty".into()));
+        }
+        if unmasked.iter().any(|u| u == &role) {
+            return Err(at(
+                first,
+                format!("roles.{role}: the role is in unmasked_roles, so its members see raw data and a mask of its own would never apply"),
+            ));
+        }
+        ordered.push((first, role, entries));
+    }
+    ordered.sort_by_key(|(first, _, _)| *first);
+    for (_, role, entries) in ordered {
+        for (tname, cname, cs) in entries {
+            let off = cs.span().start;
+            let what = format!("roles.{role}.\"{tname}\".{cname}");
+            let (schema, name) = split_qualified(&tname).map_err(|e| at(off, e))?;
+            let Some(tp) = tables.get_mut(&(schema.clone(), name.clone())) else {
+                return Err(at(
+                    off,
+                    format!("{what}: table {schema}.{name} has no entry under [tables]; a role's mask only changes how a PII column is masked"),
+                ));
+            };
+            let Some(cp) = tp.columns.get_mut(&cname) else {
+                return Err(at(
+                    off,
+                    format!("{what}: {cname} is not a PII column of {schema}.{name} (list it under [tables.\"{schema}.{name}\"] first); a role's mask only changes how a PII column is masked"),
+                ));
+            };
+            let (mask, forget) =
+                parse_mask(cs.into_inner()).map_err(|e| at(off, format!("{what}: {e}")))?;
+            if forget.is_some() {
+                return Err(at(
+                    off,
+                    format!("{what}: `forget` belongs to the table's entry, not to a role's mask"),
+                ));
+            }
+            cp.by_role.push(RoleMask {
+                role: role.clone(),
+                mask,
+                line: line_of(text, off),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Loads every `*.toml` in `dir`. Any error fails the whole load (the caller keeps its last good set).

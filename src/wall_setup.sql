@@ -479,6 +479,22 @@ DECLARE
   lo text;
   hi text;
 BEGIN
+  -- Per-role masks (`[roles.<role>]`): the reading role's membership picks the mask, first role
+  -- listed first, the default mask for everyone else (superusers, members of every role for
+  -- pg_has_role, read the default masks here). Each test is a scalar subquery, so
+  -- PostgreSQL evaluates it once per query (an InitPlan), not per row; a role that does not
+  -- exist (yet) matches no one. Every branch is cast to the column's type, so the CASE keeps the
+  -- type modifier.
+  IF m ? 'by_role' THEN
+    SELECT 'CASE' || string_agg(format(' WHEN (SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles o, pg_catalog.pg_roles me WHERE o.rolname OPERATOR(pg_catalog.=) %L AND me.rolname OPERATOR(pg_catalog.=) CURRENT_USER AND NOT me.rolsuper AND pg_catalog.pg_has_role(o.oid, ''MEMBER''))) THEN %s',
+                                       e.x ->> 'role',
+                                       pgredact_admin.mask_expr(col, typ, typmod, (e.x -> 'mask') || CASE WHEN m ? 'rowkey' THEN jsonb_build_object('rowkey', m -> 'rowkey') ELSE '{}' END)),
+                                '' ORDER BY e.i)
+           || format(' ELSE %s END', pgredact_admin.mask_expr(col, typ, typmod, m - 'by_role'))
+      INTO v
+    FROM jsonb_array_elements(m -> 'by_role') WITH ORDINALITY AS e(x, i);
+    RETURN v;
+  END IF;
   SELECT bt.typname, bt.typcategory INTO base, cat
   FROM pg_type ty JOIN pg_type bt ON bt.oid = CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END
   WHERE ty.oid = typ;
@@ -707,7 +723,8 @@ BEGIN
             WHERE i.indrelid = r.policy_relid AND i.indisprimary) x;
       SELECT string_agg(CASE WHEN r.tj -> 'columns' ? a.attname
                              THEN pgredact_admin.mask_expr(a.attname, a.atttypid, a.atttypmod,
-                                    CASE WHEN r.tj -> 'columns' -> a.attname ->> 'kind' = 'noise' AND (r.tj -> 'columns' -> a.attname ->> 'per_row')::boolean
+                                    CASE WHEN (r.tj -> 'columns' -> a.attname ->> 'kind' = 'noise' AND (r.tj -> 'columns' -> a.attname ->> 'per_row')::boolean)
+                                              OR r.tj -> 'columns' -> a.attname ? 'by_role'
                                          THEN (r.tj -> 'columns' -> a.attname) || jsonb_build_object('rowkey', coalesce(rowkey, ''))
                                          ELSE r.tj -> 'columns' -> a.attname END) || ' AS ' || quote_ident(a.attname)
                              ELSE 'r.' || quote_ident(a.attname) END, ', ' ORDER BY a.attnum),

@@ -16,6 +16,8 @@ pub struct MaskedRel {
     pub policy_table: String,
     /// PII column -> mask, with the column's type.
     pub masks: BTreeMap<String, (Mask, crate::policy::ColType)>,
+    /// PII column -> the masks of particular roles (`[roles.<role>]`), when it has any.
+    pub role_masks: BTreeMap<String, Vec<crate::policy::RoleMask>>,
     /// All columns in order.
     pub columns: Vec<String>,
     /// The masking view that reads this relation (with its descendants), and the one that reads
@@ -240,7 +242,8 @@ impl Protections {
                         .iter()
                         .find(|(c, (m, _))| {
                             r.columns.iter().any(|rc| &rc.name == *c)
-                                && pm.masks.get(*c).map(|(pmk, _)| pmk) != Some(m)
+                                && (pm.masks.get(*c).map(|(pmk, _)| pmk) != Some(m)
+                                    || role_masks_of(pm, c) != role_masks_of(dm, c))
                         })
                         .map(|(c, _)| {
                             format!(
@@ -353,6 +356,14 @@ pub fn policy_relations(policy: &DatabasePolicy, catalog: &Catalog) -> HashMap<u
     out
 }
 
+/// A column's per-role masks as (role, mask), in order (their policy lines aside).
+fn role_masks_of<'r>(rel: &'r MaskedRel, col: &str) -> Vec<(&'r str, &'r Mask)> {
+    rel.role_masks
+        .get(col)
+        .map(|v| v.iter().map(|r| (r.role.as_str(), &r.mask)).collect())
+        .unwrap_or_default()
+}
+
 fn masked_rel(
     r: &Relation,
     tp: &crate::policy::TablePolicy,
@@ -361,10 +372,14 @@ fn masked_rel(
     warnings: &mut Vec<String>,
 ) -> Result<MaskedRel, String> {
     let mut masks = BTreeMap::new();
+    let mut role_masks = BTreeMap::new();
     for (col, cp) in &tp.columns {
         match r.columns.iter().find(|c| &c.name == col) {
             Some(c) => {
                 masks.insert(col.clone(), (cp.mask.clone(), c.ty.clone()));
+                if !cp.by_role.is_empty() {
+                    role_masks.insert(col.clone(), cp.by_role.clone());
+                }
             }
             None => warnings.push(format!(
                 "policy {}: column {col} not found in {}.{}",
@@ -412,6 +427,7 @@ fn masked_rel(
         name: r.name.clone(),
         policy_table: tp.qualified(),
         masks,
+        role_masks,
         columns,
         view,
         only_view,
