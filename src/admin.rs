@@ -9,7 +9,8 @@
 //! - `GET /v1/jobs/{id}` (optional `?database=`): state and counts.
 //! - `GET /v1/jobs` (`state`, `kind`, `since`, `until`, `external_id`, `limit`, `cursor`): jobs,
 //!   newest first.
-//! - `GET /v1/customers/{id}/status`: forgotten or not, from the keyed hash on the forget list.
+//! - `GET /v1/customers/{id}/status`: forgotten, pending in a job, or not, from keyed hashes
+//!   only (the forget list, the hashes kept next to a job's batches).
 //! - `GET /v1/jobs/{id}/receipt`, `GET /v1/customers/{id}/receipt`: signed receipts (see
 //!   [`receipt`]).
 //! - `POST /v1/jobs/{id}/retry` (optional `?database=`): a failed or blocked job runs again
@@ -963,8 +964,14 @@ async fn list_jobs(
     .into_response())
 }
 
-/// `GET /v1/customers/{id}/status`: whether the customer is on the forget list, looked up by
-/// the keyed hash of the ID (the list holds no raw ID). The ID is never logged nor echoed.
+/// `GET /v1/customers/{id}/status`: whether the customer is forgotten, or waits in a job,
+/// looked up by the keyed hash of the ID only: on the forget list (`subject_hash`), then in the
+/// batches of jobs that still hold it (`forget_batches.id_hashes`), never by a stored raw ID.
+/// The ID is never logged nor echoed.
+///
+/// `state`: `forgotten` (on the list, its job done), `pending` (a queued job holds it, or its
+/// job is running or finalizing: on the list and suppressed, anonymization under way), `failed`
+/// or `blocked` (its job ended so and keeps the ID for a retry), `not_forgotten`.
 async fn customer_status(
     State(state): State<AdminState>,
     Path(id): Path<String>,
@@ -976,26 +983,76 @@ async fn customer_status(
     let internal = |e: tokio_postgres::Error| {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, forget::db_error(&e))
     };
+    let hash: Vec<u8> = session
+        .client
+        .query_one(
+            "SELECT pg_catalog.decode(pgredact.hmac_hex($1), 'hex')",
+            &[&canonical],
+        )
+        .await
+        .map_err(internal)?
+        .get(0);
     let row = session
         .client
         .query_opt(
             "SELECT to_char(l.forgotten_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), l.job_id, \
                     j.external_id, j.state \
              FROM pgredact.forget_list l LEFT JOIN pgredact.forget_jobs j ON j.id = l.job_id \
-             WHERE l.subject_hash = pg_catalog.decode(pgredact.hmac_hex($1), 'hex')",
-            &[&canonical],
+             WHERE l.subject_hash = $1",
+            &[&hash],
         )
         .await
         .map_err(internal)?;
-    Ok(Json(match row {
-        Some(r) => json!({
+    if let Some(r) = row {
+        let job_state: Option<String> = r.get(3);
+        let st = match job_state.as_deref() {
+            None | Some(forget::jobs::DONE) => "forgotten",
+            Some(forget::jobs::FAILED) => "failed",
+            Some(_) => "pending",
+        };
+        return Ok(Json(json!({
             "forgotten": true,
+            "state": st,
             "forgotten_at": r.get::<_, String>(0),
             "job_id": r.get::<_, Option<i64>>(1),
             "external_id": r.get::<_, Option<String>>(2),
-            "job_state": r.get::<_, Option<String>>(3),
-        }),
-        None => json!({ "forgotten": false }),
+            "job_state": job_state,
+        }))
+        .into_response());
+    }
+    // Not on the list: a job that holds the ID and has not put it there (queued, or blocked
+    // before its start), found by the keyed hashes kept next to its batches.
+    let waiting = session
+        .client
+        .query_opt(
+            "SELECT j.id, j.state, j.external_id, \
+                    to_char(j.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') \
+             FROM pgredact.forget_batches b JOIN pgredact.forget_jobs j ON j.id = b.job_id \
+             WHERE b.id_hashes @> ARRAY[$1::bytea] AND j.kind = 'forget' \
+               AND j.state IN ('queued', 'running', 'finalizing', 'blocked', 'failed') \
+             ORDER BY j.state IN ('queued', 'running', 'finalizing') DESC, j.id LIMIT 1",
+            &[&hash],
+        )
+        .await
+        .map_err(internal)?;
+    Ok(Json(match waiting {
+        Some(r) => {
+            let job_state: String = r.get(1);
+            let st = match job_state.as_str() {
+                forget::jobs::BLOCKED => "blocked",
+                forget::jobs::FAILED => "failed",
+                _ => "pending",
+            };
+            json!({
+                "forgotten": false,
+                "state": st,
+                "job_id": r.get::<_, i64>(0),
+                "external_id": r.get::<_, Option<String>>(2),
+                "job_state": job_state,
+                "requested_at": r.get::<_, String>(3),
+            })
+        }
+        None => json!({ "forgotten": false, "state": "not_forgotten" }),
     })
     .into_response())
 }

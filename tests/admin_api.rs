@@ -637,7 +637,10 @@ fn jobs_are_listed_with_filters_and_customer_status_comes_from_the_keyed_hash() 
         assert_eq!(s["external_id"], "list-b");
         assert!(s["forgotten_at"].as_str().is_some(), "{s}");
         let s = get(addr, "/v1/customers/999/status").await.json();
-        assert_eq!(s, serde_json::json!({ "forgotten": false }));
+        assert_eq!(
+            s,
+            serde_json::json!({ "forgotten": false, "state": "not_forgotten" })
+        );
         // A malformed ID: 400, and the answer does not repeat it.
         let r = get(addr, "/v1/customers/not-an-id%40example.com/status").await;
         assert_eq!(r.status, 400, "{}", r.body);
@@ -724,5 +727,60 @@ fn receipts_are_signed_and_verified_per_job_and_per_customer() {
         assert_eq!(c["subject"]["keyed_hash"], hash.as_str());
         assert_eq!(get(addr, "/v1/customers/999/receipt").await.status, 404);
         assert_eq!(get(addr, "/v1/jobs/999999/receipt").await.status, 404);
+    });
+}
+
+#[test]
+fn a_queued_customer_reads_pending_from_the_keyed_hash_then_forgotten() {
+    let env = demo_env("");
+    rt().block_on(async {
+        // No worker: the job stays queued (its customers are not on the forget list yet).
+        let addr = start(&env.cfg, false).await;
+        let r = post_json(
+            addr,
+            "/v1/customers/remove-pii",
+            r#"{"customer_ids":[31, 32],"external_id":"queued-1"}"#,
+        )
+        .await;
+        assert_eq!(r.status, 202, "{}", r.body);
+        let job = r.json()["job_id"].as_i64().expect("job id");
+        assert_eq!(
+            sql(&env, "SELECT count(*) FROM pgredact.forget_list"),
+            "0"
+        );
+        // The answer comes from the keyed hashes: the stored raw IDs are overwritten here, and
+        // 31 still reads pending while an ID only in the raw list does not.
+        sql(
+            &env,
+            "UPDATE pgredact.forget_batches SET ids = ARRAY['4242'] WHERE job_id = (SELECT max(id) FROM pgredact.forget_jobs)",
+        );
+        let s = get(addr, "/v1/customers/31/status").await;
+        assert_eq!(s.status, 200, "{}", s.body);
+        let s = s.json();
+        assert_eq!(s["state"], "pending", "{s}");
+        assert_eq!(s["forgotten"], false, "{s}");
+        assert_eq!(s["job_id"], job, "{s}");
+        assert_eq!(s["job_state"], "queued", "{s}");
+        assert_eq!(s["external_id"], "queued-1", "{s}");
+        let s = get(addr, "/v1/customers/4242/status").await.json();
+        assert_eq!(s["state"], "not_forgotten", "{s}");
+        // The raw IDs back, and a worker runs the job: forgotten.
+        sql(
+            &env,
+            "UPDATE pgredact.forget_batches SET ids = ARRAY['31', '32'] WHERE job_id = (SELECT max(id) FROM pgredact.forget_jobs)",
+        );
+        let state = pgredact::admin::AdminState::from_config(&env.cfg).expect("admin state");
+        pgredact::admin::spawn_worker(state);
+        let done = wait_job(addr, job).await;
+        assert_eq!(done["state"], "done", "{done}");
+        let s = get(addr, "/v1/customers/32/status").await.json();
+        assert_eq!(s["state"], "forgotten", "{s}");
+        assert_eq!(s["forgotten"], true, "{s}");
+        assert_eq!(s["job_state"], "done", "{s}");
+        // Done jobs keep neither raw IDs nor their hashes.
+        assert_eq!(
+            sql(&env, "SELECT count(*) FROM pgredact.forget_batches WHERE ids IS NOT NULL OR id_hashes IS NOT NULL"),
+            "0"
+        );
     });
 }

@@ -823,7 +823,7 @@ fn analyze_targets(tables: &[&plan::TableSpec]) -> Vec<(String, String, bool)> {
 async fn clear_ids(client: &Client, job_id: i64) -> Result<(), JobError> {
     client
         .execute(
-            "UPDATE pgredact.forget_batches SET ids = NULL, \
+            "UPDATE pgredact.forget_batches SET ids = NULL, id_hashes = NULL, \
              state = CASE WHEN state = 'pending' THEN 'cancelled' ELSE state END WHERE job_id = $1",
             &[&job_id],
         )

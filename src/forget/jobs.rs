@@ -106,6 +106,14 @@ DO $retries$ BEGIN
                                          ADD COLUMN deadline timestamptz,
                                          ADD COLUMN request_hash text;
     END IF;
+    -- The keyed hashes of a batch's IDs (pgredact.hmac_hex, as on the forget list), kept as
+    -- long as its raw IDs: the customer status of the admin API finds a queued job's customers
+    -- by them, never by the raw IDs.
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = 'pgredact.forget_batches'::pg_catalog.regclass
+                   AND attname = 'id_hashes' AND NOT attisdropped) THEN
+        ALTER TABLE pgredact.forget_batches ADD COLUMN id_hashes bytea[];
+        CREATE INDEX forget_batches_id_hashes ON pgredact.forget_batches USING gin (id_hashes);
+    END IF;
 END $retries$;
 CREATE UNIQUE INDEX IF NOT EXISTS forget_jobs_external_id ON pgredact.forget_jobs (external_id)
     WHERE external_id IS NOT NULL;
@@ -367,7 +375,8 @@ pub async fn create_with(
     let id: i64 = inserted.get(0);
     let stmt = tx
         .prepare(
-            "INSERT INTO pgredact.forget_batches (job_id, batch, ids, ids_count) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO pgredact.forget_batches (job_id, batch, ids, ids_count, id_hashes) VALUES ($1, $2, $3, $4, \
+               ARRAY(SELECT pg_catalog.decode(pgredact.hmac_hex(v), 'hex') FROM pg_catalog.unnest(CAST($3 AS pg_catalog.text[])) v))",
         )
         .await
         .map_err(err)?;
