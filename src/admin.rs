@@ -6,6 +6,7 @@
 //!   `X-Requester` header instead). At most [`MAX_IDS`] IDs: more is 413. Answers 202 with the job
 //!   ID; a background worker in this server runs the job.
 //!   A request whose plan is blocked is answered 422 with the `blockers` (no job is created).
+//!   An optional `callback_url` gets a signed notice when the job ends (see [`callback`]).
 //! - `GET /v1/jobs/{id}` (optional `?database=`): state and counts.
 //! - `GET /v1/jobs` (`state`, `kind`, `since`, `until`, `external_id`, `limit`, `cursor`): jobs,
 //!   newest first.
@@ -30,6 +31,7 @@
 //! and Prometheus scrapers do not send one, and nothing they return is secret (counts, bounded
 //! categories, policy versions and fingerprints; no role, address, statement or value).
 
+pub mod callback;
 mod guard;
 pub mod receipt;
 mod requests;
@@ -82,6 +84,10 @@ pub struct AdminState {
     /// The key receipts are signed with (`[admin] receipt_key_env`), and that variable's name.
     receipt_key: Option<Arc<Vec<u8>>>,
     receipt_key_env: Arc<String>,
+    /// Signs and sends completion callbacks; None without a key (`[admin] callback_key_env`,
+    /// else the receipt key): requests with a `callback_url` are then refused.
+    callback: Option<callback::Deliverer>,
+    callback_key_env: Arc<String>,
 }
 
 /// Connections and caches of `/metrics` and `/readyz`.
@@ -116,6 +122,19 @@ impl AdminState {
         }
         let policies = load_dir(&cfg.policies_dir(), 1)?;
         let admin = cfg.admin.clone().unwrap_or_default();
+        let env_key = |var: &str| {
+            std::env::var(var)
+                .ok()
+                .filter(|k| !k.is_empty())
+                .map(|k| Arc::new(k.into_bytes()))
+        };
+        let receipt_key = env_key(&admin.receipt_key_env);
+        let callback = env_key(&admin.callback_key_env)
+            .or_else(|| receipt_key.clone())
+            .map(|key| {
+                let ca = admin.callback_ca.as_ref().map(|p| cfg.base_dir.join(p));
+                callback::Deliverer::new(key, admin.callback_attempts, ca.as_deref())
+            });
         Ok(AdminState {
             cfg: Arc::new(cfg.clone()),
             token: Arc::new(token),
@@ -130,11 +149,10 @@ impl AdminState {
                 admin.requests_per_minute,
                 admin.request_burst,
             )),
-            receipt_key: std::env::var(&admin.receipt_key_env)
-                .ok()
-                .filter(|k| !k.is_empty())
-                .map(|k| Arc::new(k.into_bytes())),
+            receipt_key,
             receipt_key_env: Arc::new(admin.receipt_key_env.clone()),
+            callback,
+            callback_key_env: Arc::new(admin.callback_key_env.clone()),
         })
     }
 
@@ -476,6 +494,7 @@ struct SubmitQuery {
     external_id: Option<String>,
     regulation: Option<String>,
     deadline: Option<String>,
+    callback_url: Option<String>,
 }
 
 /// A JSON member that must be a string when present.
@@ -520,6 +539,7 @@ async fn remove_pii(
         regulation: q.regulation,
         deadline: q.deadline,
     };
+    let mut callback_url = q.callback_url;
     let mut requester = headers
         .get("x-requester")
         .and_then(|v| v.to_str().ok())
@@ -553,6 +573,9 @@ async fn remove_pii(
             if let Some(v) = json_str(obj, key)? {
                 *slot = Some(v);
             }
+        }
+        if let Some(u) = json_str(obj, "callback_url")? {
+            callback_url = Some(u);
         }
         if let Some(r) = obj.get("requester") {
             requester = Some(
@@ -594,6 +617,20 @@ async fn remove_pii(
         ));
     };
     let mut info = requests::request_info(&fields)?;
+    if let Some(url) = callback_url {
+        callback::parse_url(&url).map_err(ApiError::bad)?;
+        if state.callback.is_none() {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "callbacks are signed with a key: set the environment variable {} ([admin] callback_key_env) \
+                     or the receipt key ({}); nothing was created",
+                    state.callback_key_env, state.receipt_key_env
+                ),
+            ));
+        }
+        info.callback_url = Some(url);
+    }
     let policy = state.policy(database.as_deref())?;
     let mut session = state.session(policy).await?;
     let list = match raw {
@@ -686,6 +723,7 @@ async fn remove_pii(
             "external_id": info.external_id,
             "regulation": info.regulation,
             "deadline": st.and_then(|s| s.deadline),
+            "callback_url": info.callback_url,
             "status_url": format!("/v1/jobs/{job}?database={db}"),
         })),
     )
@@ -1276,6 +1314,17 @@ pub fn spawn_worker(state: AdminState) -> tokio::task::JoinHandle<()> {
                     }
                     Err(e) => {
                         tracing::warn!(database = %db, "forget worker: {e}");
+                        if session.client.is_closed() {
+                            sessions.remove(&db);
+                            continue;
+                        }
+                    }
+                }
+                // Completion callbacks of jobs that ended (here or in another process), and
+                // retries that are due.
+                if let Some(d) = &state.callback {
+                    if let Err(e) = callback::deliver_due(&session.client, d).await {
+                        tracing::warn!(database = %db, "forget worker: callbacks: {e}");
                         if session.client.is_closed() {
                             sessions.remove(&db);
                         }
