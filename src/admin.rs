@@ -33,6 +33,7 @@
 
 pub mod callback;
 mod guard;
+pub mod pool;
 pub mod receipt;
 mod requests;
 mod tls_listener;
@@ -88,6 +89,8 @@ pub struct AdminState {
     /// else the receipt key): requests with a `callback_url` are then refused.
     callback: Option<callback::Deliverer>,
     callback_key_env: Arc<String>,
+    /// The `/v1` handlers' connections, a few per database, kept between requests.
+    pool: Arc<pool::Pool>,
 }
 
 /// Connections and caches of `/metrics` and `/readyz`.
@@ -153,6 +156,7 @@ impl AdminState {
             receipt_key_env: Arc::new(admin.receipt_key_env.clone()),
             callback,
             callback_key_env: Arc::new(admin.callback_key_env.clone()),
+            pool: Arc::new(pool::Pool::default()),
         })
     }
 
@@ -209,9 +213,38 @@ impl AdminState {
         }
     }
 
-    async fn session(&self, policy: Arc<DatabasePolicy>) -> Result<Session, ApiError> {
+    /// A new session of its own (the job worker's, kept by the worker).
+    async fn open_session(&self, policy: Arc<DatabasePolicy>) -> Result<Session, ApiError> {
         let target = Target::from_config(&self.cfg, &policy.database);
         Session::open(&target, policy, self.hash_key.as_deref().map(Vec::as_slice))
+            .await
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))
+    }
+
+    /// A pooled session with the policy resolved against the catalog as it is now (for
+    /// requests that plan, parse IDs or change jobs).
+    async fn session(&self, policy: Arc<DatabasePolicy>) -> Result<pool::Pooled, ApiError> {
+        self.pooled(policy, true).await
+    }
+
+    /// A pooled session whose connection is all the caller needs (job status, lists, receipts).
+    async fn connection(&self, policy: Arc<DatabasePolicy>) -> Result<pool::Pooled, ApiError> {
+        self.pooled(policy, false).await
+    }
+
+    async fn pooled(
+        &self,
+        policy: Arc<DatabasePolicy>,
+        refresh: bool,
+    ) -> Result<pool::Pooled, ApiError> {
+        let target = Target::from_config(&self.cfg, &policy.database);
+        self.pool
+            .get(
+                &target,
+                policy,
+                self.hash_key.as_deref().map(Vec::as_slice),
+                refresh,
+            )
             .await
             .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))
     }
@@ -832,12 +865,8 @@ async fn job_status(
 ) -> Result<Response, ApiError> {
     let id = job_id(&id)?;
     let policy = state.policy(q.database.as_deref())?;
-    let target = Target::from_config(&state.cfg, &policy.database);
-    let client = target
-        .connect()
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
-    let st = forget::jobs::status(&client, id)
+    let session = state.connection(Arc::clone(&policy)).await?;
+    let st = forget::jobs::status(&session.client, id)
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?
         .ok_or_else(|| {
@@ -915,11 +944,8 @@ async fn list_jobs(
         .map(|d| requests::instant_literal("until", d))
         .transpose()?;
     let policy = state.policy(q.database.as_deref())?;
-    let target = Target::from_config(&state.cfg, &policy.database);
-    let client = target
-        .connect()
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    let session = state.connection(Arc::clone(&policy)).await?;
+    let client = &session.client;
     let ts =
         |c: &str| format!("to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')");
     let query = format!(
@@ -1123,11 +1149,8 @@ async fn job_receipt(
     let key = state.receipt_key()?;
     let id = job_id(&id)?;
     let policy = state.policy(q.database.as_deref())?;
-    let client = Target::from_config(&state.cfg, &policy.database)
-        .connect()
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
-    let receipt = job_receipt_doc(&client, id).await?;
+    let session = state.connection(policy).await?;
+    let receipt = job_receipt_doc(&session.client, id).await?;
     signed_response(&key, receipt)
 }
 
@@ -1283,7 +1306,7 @@ pub fn spawn_worker(state: AdminState) -> tokio::task::JoinHandle<()> {
                     suppression_done.remove(&db);
                 }
                 if !sessions.contains_key(&db) {
-                    match state.session(policy.clone()).await {
+                    match state.open_session(policy.clone()).await {
                         Ok(s) => {
                             sessions.insert(db.clone(), s);
                         }

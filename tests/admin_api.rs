@@ -1008,3 +1008,80 @@ fn completion_callbacks_are_signed_retried_across_a_restart_and_recorded() {
         assert!(hooks.try_recv().is_err());
     });
 }
+
+/// Live connections of the admin API to the test database (the pooled ones are named
+/// `pgredact-admin`; forget sessions of earlier versions `pgredact-forget`), and how many of
+/// them started after `since` (a timestamptz literal; all of them without).
+fn api_connections(env: &Env, since: Option<&str>) -> (usize, usize) {
+    let since = since.map_or("'infinity'".to_string(), |t| format!("'{t}'"));
+    let out = sql(
+        env,
+        &format!(
+            "SELECT count(*), count(*) FILTER (WHERE backend_start > {since}::timestamptz) FROM pg_stat_activity \
+             WHERE datname = 'app' AND application_name IN ('pgredact-admin', 'pgredact-forget')"
+        ),
+    );
+    let (n, newer) = out.split_once('|').expect("two counts");
+    (n.parse().expect("count"), newer.parse().expect("count"))
+}
+
+#[test]
+fn api_requests_share_a_few_pooled_connections_per_database() {
+    let env = demo_env("request_burst = 1000");
+    rt().block_on(async {
+        // No worker: every connection counted is the API's.
+        let addr = start(&env.cfg, false).await;
+        let r = post_json(addr, "/v1/customers/remove-pii", r#"{"customer_ids":[61, 62]}"#).await;
+        assert_eq!(r.status, 202, "{}", r.body);
+        let job = r.json()["job_id"].as_i64().expect("job id");
+        // A burst of concurrent requests: the pool grows to at most its size.
+        let burst: Vec<_> = (0..12)
+            .map(|_| tokio::spawn(async move { get(addr, "/v1/jobs").await.status }))
+            .collect();
+        for b in burst {
+            assert_eq!(b.await.expect("request task"), 200);
+        }
+        let t0 = sql(&env, "SELECT now()");
+        // Many requests of every kind afterwards: no new connection.
+        for i in 0..30 {
+            let r = match i % 5 {
+                0 => get(addr, &format!("/v1/jobs/{job}")).await,
+                1 => get(addr, "/v1/jobs?state=queued").await,
+                2 => get(addr, "/v1/customers/61/status").await,
+                3 => get(addr, "/v1/customers/4242/status").await,
+                _ => {
+                    post_json(
+                        addr,
+                        "/v1/customers/remove-pii",
+                        &format!("{{\"customer_ids\":[{}]}}", 100 + i),
+                    )
+                    .await
+                }
+            };
+            assert!(r.status == 200 || r.status == 202, "{i}: {} {}", r.status, r.body);
+        }
+        let (n, newer) = api_connections(&env, Some(&t0));
+        assert!(
+            (1..=pgredact::admin::pool::PER_DATABASE).contains(&n),
+            "{n} live API connections"
+        );
+        assert_eq!(newer, 0, "connections opened after the warm-up");
+        // Connections the server ends are replaced, and requests keep being answered.
+        sql(
+            &env,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pgredact-admin'",
+        );
+        wait_sql(
+            &env,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgredact-admin'",
+            "0",
+        )
+        .await;
+        for _ in 0..5 {
+            let r = get(addr, &format!("/v1/jobs/{job}")).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+        let (n, _) = api_connections(&env, None);
+        assert_eq!(n, 1, "sequential requests after the reconnect share one connection");
+    });
+}
