@@ -6,10 +6,12 @@
 //!   `X-Requester` header instead). At most [`MAX_IDS`] IDs: more is 413. Answers 202 with the job
 //!   ID; a background worker in this server runs the job.
 //!   A request whose plan is blocked is answered 422 with the `blockers` (no job is created).
+//!   An optional `callback_url` gets a signed notice when the job ends (see [`callback`]).
 //! - `GET /v1/jobs/{id}` (optional `?database=`): state and counts.
 //! - `GET /v1/jobs` (`state`, `kind`, `since`, `until`, `external_id`, `limit`, `cursor`): jobs,
 //!   newest first.
-//! - `GET /v1/customers/{id}/status`: forgotten or not, from the keyed hash on the forget list.
+//! - `GET /v1/customers/{id}/status`: forgotten, pending in a job, or not, from keyed hashes
+//!   only (the forget list, the hashes kept next to a job's batches).
 //! - `GET /v1/jobs/{id}/receipt`, `GET /v1/customers/{id}/receipt`: signed receipts (see
 //!   [`receipt`]).
 //! - `POST /v1/jobs/{id}/retry` (optional `?database=`): a failed or blocked job runs again
@@ -29,7 +31,9 @@
 //! and Prometheus scrapers do not send one, and nothing they return is secret (counts, bounded
 //! categories, policy versions and fingerprints; no role, address, statement or value).
 
+pub mod callback;
 mod guard;
+pub mod pool;
 pub mod receipt;
 mod requests;
 mod tls_listener;
@@ -81,6 +85,12 @@ pub struct AdminState {
     /// The key receipts are signed with (`[admin] receipt_key_env`), and that variable's name.
     receipt_key: Option<Arc<Vec<u8>>>,
     receipt_key_env: Arc<String>,
+    /// Signs and sends completion callbacks; None without a key (`[admin] callback_key_env`,
+    /// else the receipt key): requests with a `callback_url` are then refused.
+    callback: Option<callback::Deliverer>,
+    callback_key_env: Arc<String>,
+    /// The `/v1` handlers' connections, a few per database, kept between requests.
+    pool: Arc<pool::Pool>,
 }
 
 /// Connections and caches of `/metrics` and `/readyz`.
@@ -115,6 +125,19 @@ impl AdminState {
         }
         let policies = load_dir(&cfg.policies_dir(), 1)?;
         let admin = cfg.admin.clone().unwrap_or_default();
+        let env_key = |var: &str| {
+            std::env::var(var)
+                .ok()
+                .filter(|k| !k.is_empty())
+                .map(|k| Arc::new(k.into_bytes()))
+        };
+        let receipt_key = env_key(&admin.receipt_key_env);
+        let callback = env_key(&admin.callback_key_env)
+            .or_else(|| receipt_key.clone())
+            .map(|key| {
+                let ca = admin.callback_ca.as_ref().map(|p| cfg.base_dir.join(p));
+                callback::Deliverer::new(key, admin.callback_attempts, ca.as_deref())
+            });
         Ok(AdminState {
             cfg: Arc::new(cfg.clone()),
             token: Arc::new(token),
@@ -129,11 +152,11 @@ impl AdminState {
                 admin.requests_per_minute,
                 admin.request_burst,
             )),
-            receipt_key: std::env::var(&admin.receipt_key_env)
-                .ok()
-                .filter(|k| !k.is_empty())
-                .map(|k| Arc::new(k.into_bytes())),
+            receipt_key,
             receipt_key_env: Arc::new(admin.receipt_key_env.clone()),
+            callback,
+            callback_key_env: Arc::new(admin.callback_key_env.clone()),
+            pool: Arc::new(pool::Pool::default()),
         })
     }
 
@@ -190,9 +213,38 @@ impl AdminState {
         }
     }
 
-    async fn session(&self, policy: Arc<DatabasePolicy>) -> Result<Session, ApiError> {
+    /// A new session of its own (the job worker's, kept by the worker).
+    async fn open_session(&self, policy: Arc<DatabasePolicy>) -> Result<Session, ApiError> {
         let target = Target::from_config(&self.cfg, &policy.database);
         Session::open(&target, policy, self.hash_key.as_deref().map(Vec::as_slice))
+            .await
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))
+    }
+
+    /// A pooled session with the policy resolved against the catalog as it is now (for
+    /// requests that plan, parse IDs or change jobs).
+    async fn session(&self, policy: Arc<DatabasePolicy>) -> Result<pool::Pooled, ApiError> {
+        self.pooled(policy, true).await
+    }
+
+    /// A pooled session whose connection is all the caller needs (job status, lists, receipts).
+    async fn connection(&self, policy: Arc<DatabasePolicy>) -> Result<pool::Pooled, ApiError> {
+        self.pooled(policy, false).await
+    }
+
+    async fn pooled(
+        &self,
+        policy: Arc<DatabasePolicy>,
+        refresh: bool,
+    ) -> Result<pool::Pooled, ApiError> {
+        let target = Target::from_config(&self.cfg, &policy.database);
+        self.pool
+            .get(
+                &target,
+                policy,
+                self.hash_key.as_deref().map(Vec::as_slice),
+                refresh,
+            )
             .await
             .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))
     }
@@ -475,6 +527,7 @@ struct SubmitQuery {
     external_id: Option<String>,
     regulation: Option<String>,
     deadline: Option<String>,
+    callback_url: Option<String>,
 }
 
 /// A JSON member that must be a string when present.
@@ -519,6 +572,7 @@ async fn remove_pii(
         regulation: q.regulation,
         deadline: q.deadline,
     };
+    let mut callback_url = q.callback_url;
     let mut requester = headers
         .get("x-requester")
         .and_then(|v| v.to_str().ok())
@@ -552,6 +606,9 @@ async fn remove_pii(
             if let Some(v) = json_str(obj, key)? {
                 *slot = Some(v);
             }
+        }
+        if let Some(u) = json_str(obj, "callback_url")? {
+            callback_url = Some(u);
         }
         if let Some(r) = obj.get("requester") {
             requester = Some(
@@ -593,6 +650,20 @@ async fn remove_pii(
         ));
     };
     let mut info = requests::request_info(&fields)?;
+    if let Some(url) = callback_url {
+        callback::parse_url(&url).map_err(ApiError::bad)?;
+        if state.callback.is_none() {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "callbacks are signed with a key: set the environment variable {} ([admin] callback_key_env) \
+                     or the receipt key ({}); nothing was created",
+                    state.callback_key_env, state.receipt_key_env
+                ),
+            ));
+        }
+        info.callback_url = Some(url);
+    }
     let policy = state.policy(database.as_deref())?;
     let mut session = state.session(policy).await?;
     let list = match raw {
@@ -685,6 +756,7 @@ async fn remove_pii(
             "external_id": info.external_id,
             "regulation": info.regulation,
             "deadline": st.and_then(|s| s.deadline),
+            "callback_url": info.callback_url,
             "status_url": format!("/v1/jobs/{job}?database={db}"),
         })),
     )
@@ -793,12 +865,8 @@ async fn job_status(
 ) -> Result<Response, ApiError> {
     let id = job_id(&id)?;
     let policy = state.policy(q.database.as_deref())?;
-    let target = Target::from_config(&state.cfg, &policy.database);
-    let client = target
-        .connect()
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
-    let st = forget::jobs::status(&client, id)
+    let session = state.connection(Arc::clone(&policy)).await?;
+    let st = forget::jobs::status(&session.client, id)
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?
         .ok_or_else(|| {
@@ -876,11 +944,8 @@ async fn list_jobs(
         .map(|d| requests::instant_literal("until", d))
         .transpose()?;
     let policy = state.policy(q.database.as_deref())?;
-    let target = Target::from_config(&state.cfg, &policy.database);
-    let client = target
-        .connect()
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    let session = state.connection(Arc::clone(&policy)).await?;
+    let client = &session.client;
     let ts =
         |c: &str| format!("to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')");
     let query = format!(
@@ -963,8 +1028,14 @@ async fn list_jobs(
     .into_response())
 }
 
-/// `GET /v1/customers/{id}/status`: whether the customer is on the forget list, looked up by
-/// the keyed hash of the ID (the list holds no raw ID). The ID is never logged nor echoed.
+/// `GET /v1/customers/{id}/status`: whether the customer is forgotten, or waits in a job,
+/// looked up by the keyed hash of the ID only: on the forget list (`subject_hash`), then in the
+/// batches of jobs that still hold it (`forget_batches.id_hashes`), never by a stored raw ID.
+/// The ID is never logged nor echoed.
+///
+/// `state`: `forgotten` (on the list, its job done), `pending` (a queued job holds it, or its
+/// job is running or finalizing: on the list and suppressed, anonymization under way), `failed`
+/// or `blocked` (its job ended so and keeps the ID for a retry), `not_forgotten`.
 async fn customer_status(
     State(state): State<AdminState>,
     Path(id): Path<String>,
@@ -976,26 +1047,76 @@ async fn customer_status(
     let internal = |e: tokio_postgres::Error| {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, forget::db_error(&e))
     };
+    let hash: Vec<u8> = session
+        .client
+        .query_one(
+            "SELECT pg_catalog.decode(pgredact.hmac_hex($1), 'hex')",
+            &[&canonical],
+        )
+        .await
+        .map_err(internal)?
+        .get(0);
     let row = session
         .client
         .query_opt(
             "SELECT to_char(l.forgotten_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), l.job_id, \
                     j.external_id, j.state \
              FROM pgredact.forget_list l LEFT JOIN pgredact.forget_jobs j ON j.id = l.job_id \
-             WHERE l.subject_hash = pg_catalog.decode(pgredact.hmac_hex($1), 'hex')",
-            &[&canonical],
+             WHERE l.subject_hash = $1",
+            &[&hash],
         )
         .await
         .map_err(internal)?;
-    Ok(Json(match row {
-        Some(r) => json!({
+    if let Some(r) = row {
+        let job_state: Option<String> = r.get(3);
+        let st = match job_state.as_deref() {
+            None | Some(forget::jobs::DONE) => "forgotten",
+            Some(forget::jobs::FAILED) => "failed",
+            Some(_) => "pending",
+        };
+        return Ok(Json(json!({
             "forgotten": true,
+            "state": st,
             "forgotten_at": r.get::<_, String>(0),
             "job_id": r.get::<_, Option<i64>>(1),
             "external_id": r.get::<_, Option<String>>(2),
-            "job_state": r.get::<_, Option<String>>(3),
-        }),
-        None => json!({ "forgotten": false }),
+            "job_state": job_state,
+        }))
+        .into_response());
+    }
+    // Not on the list: a job that holds the ID and has not put it there (queued, or blocked
+    // before its start), found by the keyed hashes kept next to its batches.
+    let waiting = session
+        .client
+        .query_opt(
+            "SELECT j.id, j.state, j.external_id, \
+                    to_char(j.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') \
+             FROM pgredact.forget_batches b JOIN pgredact.forget_jobs j ON j.id = b.job_id \
+             WHERE b.id_hashes @> ARRAY[$1::bytea] AND j.kind = 'forget' \
+               AND j.state IN ('queued', 'running', 'finalizing', 'blocked', 'failed') \
+             ORDER BY j.state IN ('queued', 'running', 'finalizing') DESC, j.id LIMIT 1",
+            &[&hash],
+        )
+        .await
+        .map_err(internal)?;
+    Ok(Json(match waiting {
+        Some(r) => {
+            let job_state: String = r.get(1);
+            let st = match job_state.as_str() {
+                forget::jobs::BLOCKED => "blocked",
+                forget::jobs::FAILED => "failed",
+                _ => "pending",
+            };
+            json!({
+                "forgotten": false,
+                "state": st,
+                "job_id": r.get::<_, i64>(0),
+                "external_id": r.get::<_, Option<String>>(2),
+                "job_state": job_state,
+                "requested_at": r.get::<_, String>(3),
+            })
+        }
+        None => json!({ "forgotten": false, "state": "not_forgotten" }),
     })
     .into_response())
 }
@@ -1028,11 +1149,8 @@ async fn job_receipt(
     let key = state.receipt_key()?;
     let id = job_id(&id)?;
     let policy = state.policy(q.database.as_deref())?;
-    let client = Target::from_config(&state.cfg, &policy.database)
-        .connect()
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
-    let receipt = job_receipt_doc(&client, id).await?;
+    let session = state.connection(policy).await?;
+    let receipt = job_receipt_doc(&session.client, id).await?;
     signed_response(&key, receipt)
 }
 
@@ -1188,7 +1306,7 @@ pub fn spawn_worker(state: AdminState) -> tokio::task::JoinHandle<()> {
                     suppression_done.remove(&db);
                 }
                 if !sessions.contains_key(&db) {
-                    match state.session(policy.clone()).await {
+                    match state.open_session(policy.clone()).await {
                         Ok(s) => {
                             sessions.insert(db.clone(), s);
                         }
@@ -1219,6 +1337,17 @@ pub fn spawn_worker(state: AdminState) -> tokio::task::JoinHandle<()> {
                     }
                     Err(e) => {
                         tracing::warn!(database = %db, "forget worker: {e}");
+                        if session.client.is_closed() {
+                            sessions.remove(&db);
+                            continue;
+                        }
+                    }
+                }
+                // Completion callbacks of jobs that ended (here or in another process), and
+                // retries that are due.
+                if let Some(d) = &state.callback {
+                    if let Err(e) = callback::deliver_due(&session.client, d).await {
+                        tracing::warn!(database = %db, "forget worker: callbacks: {e}");
                         if session.client.is_closed() {
                             sessions.remove(&db);
                         }

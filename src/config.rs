@@ -139,6 +139,17 @@ pub struct Admin {
     /// Environment variable holding the key that signs receipts (HMAC-SHA256).
     #[serde(default = "default_receipt_key_env")]
     pub receipt_key_env: String,
+    /// Environment variable holding the key completion callbacks are signed with
+    /// (HMAC-SHA256); when it is unset or empty, the receipt key signs them.
+    #[serde(default = "default_callback_key_env")]
+    pub callback_key_env: String,
+    /// Delivery attempts of one completion callback (the first one included) before it is
+    /// given up.
+    #[serde(default = "default_callback_attempts")]
+    pub callback_attempts: u32,
+    /// PEM file of the CAs trusted for `https` callback URLs (default: the system bundle).
+    #[serde(default)]
+    pub callback_ca: Option<PathBuf>,
 }
 
 impl Default for Admin {
@@ -150,6 +161,9 @@ impl Default for Admin {
             requests_per_minute: default_admin_requests_per_minute(),
             request_burst: default_admin_request_burst(),
             receipt_key_env: default_receipt_key_env(),
+            callback_key_env: default_callback_key_env(),
+            callback_attempts: default_callback_attempts(),
+            callback_ca: None,
         }
     }
 }
@@ -165,6 +179,12 @@ fn default_admin_request_burst() -> u32 {
 }
 fn default_receipt_key_env() -> String {
     "PGREDACT_RECEIPT_KEY".into()
+}
+fn default_callback_key_env() -> String {
+    "PGREDACT_CALLBACK_KEY".into()
+}
+fn default_callback_attempts() -> u32 {
+    8
 }
 
 /// `[peering]`: pgredact instances behind one address (a TCP load balancer). Each has a peer id,

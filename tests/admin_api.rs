@@ -637,7 +637,10 @@ fn jobs_are_listed_with_filters_and_customer_status_comes_from_the_keyed_hash() 
         assert_eq!(s["external_id"], "list-b");
         assert!(s["forgotten_at"].as_str().is_some(), "{s}");
         let s = get(addr, "/v1/customers/999/status").await.json();
-        assert_eq!(s, serde_json::json!({ "forgotten": false }));
+        assert_eq!(
+            s,
+            serde_json::json!({ "forgotten": false, "state": "not_forgotten" })
+        );
         // A malformed ID: 400, and the answer does not repeat it.
         let r = get(addr, "/v1/customers/not-an-id%40example.com/status").await;
         assert_eq!(r.status, 400, "{}", r.body);
@@ -724,5 +727,361 @@ fn receipts_are_signed_and_verified_per_job_and_per_customer() {
         assert_eq!(c["subject"]["keyed_hash"], hash.as_str());
         assert_eq!(get(addr, "/v1/customers/999/receipt").await.status, 404);
         assert_eq!(get(addr, "/v1/jobs/999999/receipt").await.status, 404);
+    });
+}
+
+#[test]
+fn a_queued_customer_reads_pending_from_the_keyed_hash_then_forgotten() {
+    let env = demo_env("");
+    rt().block_on(async {
+        // No worker: the job stays queued (its customers are not on the forget list yet).
+        let addr = start(&env.cfg, false).await;
+        let r = post_json(
+            addr,
+            "/v1/customers/remove-pii",
+            r#"{"customer_ids":[31, 32],"external_id":"queued-1"}"#,
+        )
+        .await;
+        assert_eq!(r.status, 202, "{}", r.body);
+        let job = r.json()["job_id"].as_i64().expect("job id");
+        assert_eq!(
+            sql(&env, "SELECT count(*) FROM pgredact.forget_list"),
+            "0"
+        );
+        // The answer comes from the keyed hashes: the stored raw IDs are overwritten here, and
+        // 31 still reads pending while an ID only in the raw list does not.
+        sql(
+            &env,
+            "UPDATE pgredact.forget_batches SET ids = ARRAY['4242'] WHERE job_id = (SELECT max(id) FROM pgredact.forget_jobs)",
+        );
+        let s = get(addr, "/v1/customers/31/status").await;
+        assert_eq!(s.status, 200, "{}", s.body);
+        let s = s.json();
+        assert_eq!(s["state"], "pending", "{s}");
+        assert_eq!(s["forgotten"], false, "{s}");
+        assert_eq!(s["job_id"], job, "{s}");
+        assert_eq!(s["job_state"], "queued", "{s}");
+        assert_eq!(s["external_id"], "queued-1", "{s}");
+        let s = get(addr, "/v1/customers/4242/status").await.json();
+        assert_eq!(s["state"], "not_forgotten", "{s}");
+        // The raw IDs back, and a worker runs the job: forgotten.
+        sql(
+            &env,
+            "UPDATE pgredact.forget_batches SET ids = ARRAY['31', '32'] WHERE job_id = (SELECT max(id) FROM pgredact.forget_jobs)",
+        );
+        let state = pgredact::admin::AdminState::from_config(&env.cfg).expect("admin state");
+        pgredact::admin::spawn_worker(state);
+        let done = wait_job(addr, job).await;
+        assert_eq!(done["state"], "done", "{done}");
+        let s = get(addr, "/v1/customers/32/status").await.json();
+        assert_eq!(s["state"], "forgotten", "{s}");
+        assert_eq!(s["forgotten"], true, "{s}");
+        assert_eq!(s["job_state"], "done", "{s}");
+        // Done jobs keep neither raw IDs nor their hashes.
+        assert_eq!(
+            sql(&env, "SELECT count(*) FROM pgredact.forget_batches WHERE ids IS NOT NULL OR id_hashes IS NOT NULL"),
+            "0"
+        );
+    });
+}
+
+/// One request the hook server received: head (lower-cased) and body.
+struct Hook {
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Hook {
+    fn header(&self, name: &str) -> Option<String> {
+        let name = format!("{}:", name.to_ascii_lowercase());
+        self.head
+            .lines()
+            .find(|l| l.starts_with(&name))
+            .map(|l| l[name.len()..].trim().to_string())
+    }
+}
+
+/// A real HTTP server for callbacks: answers the given statuses in turn (the last one from
+/// then on) and sends every request it got on the channel.
+async fn hook_server(
+    statuses: Vec<u16>,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<Hook>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind hook server");
+    let addr = listener.local_addr().expect("hook addr");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut n = 0usize;
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let (head, body_start) = loop {
+                let Ok(k) = s.read(&mut chunk).await else {
+                    break (String::new(), 0);
+                };
+                if k == 0 {
+                    break (String::new(), 0);
+                }
+                buf.extend_from_slice(&chunk[..k]);
+                if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break (
+                        String::from_utf8_lossy(&buf[..p]).to_ascii_lowercase(),
+                        p + 4,
+                    );
+                }
+            };
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            while buf.len() < body_start + len {
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                }
+            }
+            let body = buf[body_start.min(buf.len())..].to_vec();
+            let status = statuses.get(n).or(statuses.last()).copied().unwrap_or(200);
+            n += 1;
+            let answer =
+                format!("HTTP/1.1 {status} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+            let _ = s.write_all(answer.as_bytes()).await;
+            let _ = s.shutdown().await;
+            let _ = tx.send(Hook { head, body });
+        }
+    });
+    (addr, rx)
+}
+
+/// Checks a Stripe-style signature header (`t=<unix>,v1=<hex>` over `t.body`) with the test
+/// key, independently of pgredact's code.
+fn check_signature(hook: &Hook) {
+    use hmac::{Hmac, Mac};
+    let sig = hook
+        .header("x-pgredact-signature")
+        .expect("signature header");
+    let mut t = None;
+    let mut v1 = None;
+    for part in sig.split(',') {
+        match part.split_once('=') {
+            Some(("t", x)) => t = Some(x.to_string()),
+            Some(("v1", x)) => v1 = Some(x.to_string()),
+            _ => {}
+        }
+    }
+    let (t, v1) = (t.expect("t="), v1.expect("v1="));
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(CALLBACK_KEY.as_bytes()).expect("key");
+    mac.update(t.as_bytes());
+    mac.update(b".");
+    mac.update(&hook.body);
+    assert_eq!(hex::encode(mac.finalize().into_bytes()), v1, "{sig}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let t: i64 = t.parse().expect("t is a number");
+    assert!((now - t).abs() < 600, "t={t} now={now}");
+    // The receiver-side helper agrees, and refuses another key.
+    assert!(
+        pgredact::admin::callback::verify(CALLBACK_KEY.as_bytes(), &sig, &hook.body, now, 600)
+            .is_ok()
+    );
+    assert!(pgredact::admin::callback::verify(b"wrong-key", &sig, &hook.body, now, 600).is_err());
+}
+
+/// Polls SQL until it answers `want`.
+async fn wait_sql(env: &Env, q: &str, want: &str) {
+    loop {
+        if sql(env, q) == want {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[test]
+fn completion_callbacks_are_signed_retried_across_a_restart_and_recorded() {
+    let env = demo_env("callback_key_env = \"PGREDACT_TEST_API_CALLBACK_KEY\"");
+    rt().block_on(async {
+        let (hook_addr, mut hooks) = hook_server(vec![500, 200]).await;
+        // The API without a worker: workers are started (and one stopped) below.
+        let addr = start(&env.cfg, false).await;
+        // Only http(s) URLs, without credentials; nothing is created for a refused one.
+        for bad in [
+            "ftp://127.0.0.1/x",
+            "file:///etc/passwd",
+            "http://user:pw@127.0.0.1/",
+            "not a url",
+        ] {
+            let body = serde_json::json!({"customer_ids": [51], "callback_url": bad}).to_string();
+            let r = post_json(addr, "/v1/customers/remove-pii", &body).await;
+            assert_eq!(r.status, 400, "{bad}: {}", r.body);
+            assert!(r.body.contains("callback_url"), "{}", r.body);
+        }
+
+        let url = format!("http://{hook_addr}/hooks/pgredact?source=test");
+        let body = serde_json::json!({
+            "customer_ids": [51, 52], "external_id": "cb-1", "callback_url": url,
+        })
+        .to_string();
+        let r = post_json(addr, "/v1/customers/remove-pii", &body).await;
+        assert_eq!(r.status, 202, "{}", r.body);
+        let job = r.json()["job_id"].as_i64().expect("job id");
+        assert_eq!(r.json()["callback_url"], url.as_str());
+        // The refused requests created nothing.
+        assert_eq!(sql(&env, "SELECT count(*) FROM pgredact.forget_jobs"), "1");
+
+        // First worker: runs the job, delivers once, gets a 500.
+        let state = pgredact::admin::AdminState::from_config(&env.cfg).expect("admin state");
+        let first = pgredact::admin::spawn_worker(state);
+        let h1 = hooks.recv().await.expect("first delivery");
+        assert!(
+            h1.head.starts_with("post /hooks/pgredact?source=test http/1.1"),
+            "{}",
+            h1.head
+        );
+        assert_eq!(h1.header("content-type").as_deref(), Some("application/json"));
+        assert_eq!(h1.header("x-pgredact-delivery-attempt").as_deref(), Some("1"));
+        check_signature(&h1);
+        let n1: serde_json::Value = serde_json::from_slice(&h1.body).expect("JSON notice");
+        assert_eq!(n1["type"], "pgredact.forget_job.finished");
+        assert_eq!(n1["job_id"], job);
+        assert_eq!(n1["external_id"], "cb-1");
+        assert_eq!(n1["state"], "done");
+        assert_eq!(n1["outcome"], "done");
+        assert_eq!(n1["counts"]["requested"], 2);
+        assert_eq!(n1["counts"]["anonymized_by_this_job"], 2);
+        assert_eq!(n1["verification_ok"], true);
+        assert!(n1["finished_at"].as_str().is_some(), "{n1}");
+        // The failure is recorded on the job row, with the next attempt.
+        wait_sql(
+            &env,
+            &format!("SELECT callback_last_error IS NOT NULL FROM pgredact.forget_jobs WHERE id = {job}"),
+            "t",
+        )
+        .await;
+        assert_eq!(
+            sql(&env, &format!(
+                "SELECT callback_attempts, callback_last_error, callback_delivered_at IS NULL, callback_next_at > now() \
+                 FROM pgredact.forget_jobs WHERE id = {job}"
+            )),
+            "1|answered HTTP 500|t|t"
+        );
+        // A restart: the worker goes, a new server state and worker take up the retry from
+        // the job row.
+        first.abort();
+        let _ = first.await;
+        let state = pgredact::admin::AdminState::from_config(&env.cfg).expect("admin state");
+        pgredact::admin::spawn_worker(state);
+        let h2 = hooks.recv().await.expect("second delivery");
+        assert_eq!(h2.header("x-pgredact-delivery-attempt").as_deref(), Some("2"));
+        check_signature(&h2);
+        let n2: serde_json::Value = serde_json::from_slice(&h2.body).expect("JSON notice");
+        assert_eq!(n2, n1, "the same notice, signed anew");
+        wait_sql(
+            &env,
+            &format!("SELECT callback_delivered_at IS NOT NULL FROM pgredact.forget_jobs WHERE id = {job}"),
+            "t",
+        )
+        .await;
+        assert_eq!(
+            sql(&env, &format!(
+                "SELECT callback_attempts, callback_last_error IS NULL, callback_next_at IS NULL \
+                 FROM pgredact.forget_jobs WHERE id = {job}"
+            )),
+            "2|t|t"
+        );
+        // The job status shows the delivery.
+        let st = get(addr, &format!("/v1/jobs/{job}")).await.json();
+        assert_eq!(st["callback"]["attempts"], 2, "{st}");
+        assert!(st["callback"]["delivered_at"].as_str().is_some(), "{st}");
+        assert!(st["callback"]["last_error"].is_null(), "{st}");
+        // Delivered means done: no third request.
+        assert!(hooks.try_recv().is_err());
+    });
+}
+
+/// Live connections of the admin API to the test database (the pooled ones are named
+/// `pgredact-admin`; forget sessions of earlier versions `pgredact-forget`), and how many of
+/// them started after `since` (a timestamptz literal; all of them without).
+fn api_connections(env: &Env, since: Option<&str>) -> (usize, usize) {
+    let since = since.map_or("'infinity'".to_string(), |t| format!("'{t}'"));
+    let out = sql(
+        env,
+        &format!(
+            "SELECT count(*), count(*) FILTER (WHERE backend_start > {since}::timestamptz) FROM pg_stat_activity \
+             WHERE datname = 'app' AND application_name IN ('pgredact-admin', 'pgredact-forget')"
+        ),
+    );
+    let (n, newer) = out.split_once('|').expect("two counts");
+    (n.parse().expect("count"), newer.parse().expect("count"))
+}
+
+#[test]
+fn api_requests_share_a_few_pooled_connections_per_database() {
+    let env = demo_env("request_burst = 1000");
+    rt().block_on(async {
+        // No worker: every connection counted is the API's.
+        let addr = start(&env.cfg, false).await;
+        let r = post_json(addr, "/v1/customers/remove-pii", r#"{"customer_ids":[61, 62]}"#).await;
+        assert_eq!(r.status, 202, "{}", r.body);
+        let job = r.json()["job_id"].as_i64().expect("job id");
+        // A burst of concurrent requests: the pool grows to at most its size.
+        let burst: Vec<_> = (0..12)
+            .map(|_| tokio::spawn(async move { get(addr, "/v1/jobs").await.status }))
+            .collect();
+        for b in burst {
+            assert_eq!(b.await.expect("request task"), 200);
+        }
+        let t0 = sql(&env, "SELECT now()");
+        // Many requests of every kind afterwards: no new connection.
+        for i in 0..30 {
+            let r = match i % 5 {
+                0 => get(addr, &format!("/v1/jobs/{job}")).await,
+                1 => get(addr, "/v1/jobs?state=queued").await,
+                2 => get(addr, "/v1/customers/61/status").await,
+                3 => get(addr, "/v1/customers/4242/status").await,
+                _ => {
+                    post_json(
+                        addr,
+                        "/v1/customers/remove-pii",
+                        &format!("{{\"customer_ids\":[{}]}}", 100 + i),
+                    )
+                    .await
+                }
+            };
+            assert!(r.status == 200 || r.status == 202, "{i}: {} {}", r.status, r.body);
+        }
+        let (n, newer) = api_connections(&env, Some(&t0));
+        assert!(
+            (1..=pgredact::admin::pool::PER_DATABASE).contains(&n),
+            "{n} live API connections"
+        );
+        assert_eq!(newer, 0, "connections opened after the warm-up");
+        // Connections the server ends are replaced, and requests keep being answered.
+        sql(
+            &env,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pgredact-admin'",
+        );
+        wait_sql(
+            &env,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgredact-admin'",
+            "0",
+        )
+        .await;
+        for _ in 0..5 {
+            let r = get(addr, &format!("/v1/jobs/{job}")).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+        let (n, _) = api_connections(&env, None);
+        assert_eq!(n, 1, "sequential requests after the reconnect share one connection");
     });
 }

@@ -2255,3 +2255,56 @@ fn opening_a_forget_session_again_runs_no_ddl() {
     });
     assert_eq!(sql(&env, generation), before);
 }
+
+#[test]
+fn a_table_the_control_role_does_not_own_is_a_blocker_before_any_job() {
+    let env = demo_env();
+    // SELECT, UPDATE and TRIGGER are not enough: ENABLE ALWAYS is an ALTER TABLE (owner only).
+    sql(
+        &env,
+        "CREATE ROLE shop_owner; ALTER TABLE public.orders OWNER TO shop_owner; \
+         GRANT SELECT, UPDATE, TRIGGER ON public.orders TO pgredact;",
+    );
+    let want = "public.orders: the control role does not own the table";
+    let err = rt()
+        .block_on(forget::run_cli(&env.cfg, forget_args("1234,77")))
+        .expect_err("a table the control role does not own blocks the CLI");
+    assert!(err.contains("BLOCKED"), "{err}");
+    assert!(err.contains(want), "{err}");
+    assert!(err.contains("ENABLE ALWAYS"), "{err}");
+    assert!(!err.contains("must be owner of table"), "{err}");
+    rt().block_on(async {
+        let addr = start_admin(&env).await;
+        let auth = format!("Bearer {TOKEN}");
+        let (st, body) = http(
+            addr,
+            "POST",
+            "/v1/customers/remove-pii",
+            &[
+                ("Content-Type", "application/json"),
+                ("Authorization", auth.as_str()),
+            ],
+            br#"{"customer_ids":[1234, 77]}"#,
+        )
+        .await;
+        assert_eq!(st, 422, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        let blockers = v["blockers"].as_array().expect("blockers array");
+        assert!(
+            blockers
+                .iter()
+                .any(|b| b.as_str().unwrap_or("").contains(want)),
+            "{body}"
+        );
+    });
+    // No job was created, nobody is on the list, nothing changed.
+    assert_eq!(sql(&env, "SELECT count(*) FROM pgredact.forget_jobs"), "0");
+    assert_eq!(sql(&env, "SELECT count(*) FROM pgredact.forget_list"), "0");
+    assert_eq!(
+        sql(&env, "SELECT count(*) FROM customers WHERE customer_id IN (1234, 77) AND first_name IS NOT NULL"),
+        "2"
+    );
+    // Membership in the owner role is enough.
+    sql(&env, "GRANT shop_owner TO pgredact");
+    forget_done(&env, "1234,77");
+}

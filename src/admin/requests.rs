@@ -72,6 +72,7 @@ pub(super) fn request_info(f: &Fields) -> Result<RequestInfo, ApiError> {
         deadline,
         deadline_days,
         request_hash: None,
+        callback_url: None,
     })
 }
 

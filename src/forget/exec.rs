@@ -823,7 +823,7 @@ fn analyze_targets(tables: &[&plan::TableSpec]) -> Vec<(String, String, bool)> {
 async fn clear_ids(client: &Client, job_id: i64) -> Result<(), JobError> {
     client
         .execute(
-            "UPDATE pgredact.forget_batches SET ids = NULL, \
+            "UPDATE pgredact.forget_batches SET ids = NULL, id_hashes = NULL, \
              state = CASE WHEN state = 'pending' THEN 'cancelled' ELSE state END WHERE job_id = $1",
             &[&job_id],
         )
@@ -883,7 +883,9 @@ pub async fn retry(client: &mut Client, job_id: i64) -> Result<String, RetryErro
     };
     tx.execute(
         "UPDATE pgredact.forget_jobs SET state = $2, finished_at = NULL, error = NULL, \
-         plan = CASE WHEN $2 = 'queued' THEN NULL ELSE plan END WHERE id = $1",
+         plan = CASE WHEN $2 = 'queued' THEN NULL ELSE plan END, \
+         callback_attempts = 0, callback_next_at = NULL, callback_last_error = NULL, callback_delivered_at = NULL \
+         WHERE id = $1",
         &[&job_id, &next],
     )
     .await

@@ -106,6 +106,26 @@ DO $retries$ BEGIN
                                          ADD COLUMN deadline timestamptz,
                                          ADD COLUMN request_hash text;
     END IF;
+    -- The keyed hashes of a batch's IDs (pgredact.hmac_hex, as on the forget list), kept as
+    -- long as its raw IDs: the customer status of the admin API finds a queued job's customers
+    -- by them, never by the raw IDs.
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = 'pgredact.forget_batches'::pg_catalog.regclass
+                   AND attname = 'id_hashes' AND NOT attisdropped) THEN
+        ALTER TABLE pgredact.forget_batches ADD COLUMN id_hashes bytea[];
+        CREATE INDEX forget_batches_id_hashes ON pgredact.forget_batches USING gin (id_hashes);
+    END IF;
+    -- The completion callback of an API request and its delivery (kept on the job, so retries
+    -- survive a restart and any admin server delivers it).
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = 'pgredact.forget_jobs'::pg_catalog.regclass
+                   AND attname = 'callback_url' AND NOT attisdropped) THEN
+        ALTER TABLE pgredact.forget_jobs ADD COLUMN callback_url text,
+                                         ADD COLUMN callback_attempts integer NOT NULL DEFAULT 0,
+                                         ADD COLUMN callback_next_at timestamptz,
+                                         ADD COLUMN callback_last_error text,
+                                         ADD COLUMN callback_delivered_at timestamptz;
+        CREATE INDEX forget_jobs_callback_due ON pgredact.forget_jobs (id)
+            WHERE callback_url IS NOT NULL AND callback_delivered_at IS NULL;
+    END IF;
 END $retries$;
 CREATE UNIQUE INDEX IF NOT EXISTS forget_jobs_external_id ON pgredact.forget_jobs (external_id)
     WHERE external_id IS NOT NULL;
@@ -280,6 +300,8 @@ pub struct RequestInfo {
     pub deadline_days: Option<i32>,
     /// Keyed hash of the request's ID set (`pgredact.hmac_hex` of the sorted IDs).
     pub request_hash: Option<String>,
+    /// Where to POST the signed completion notice when the job ends (checked: http or https).
+    pub callback_url: Option<String>,
 }
 
 /// What [`create_with`] did.
@@ -333,9 +355,9 @@ pub async fn create_with(
     let inserted = tx
         .query_opt(
             "INSERT INTO pgredact.forget_jobs (database, requester, source, state, ids_total, ids_duplicate, batch_size, plan, \
-                    external_id, regulation, deadline, request_hash) \
+                    external_id, regulation, deadline, request_hash, callback_url) \
              VALUES ($1, $2, $3, 'queued', $4, $5, $6, CAST($7 AS text)::jsonb, $8, $9, \
-                     coalesce(CAST($10 AS text)::timestamptz, now() + make_interval(days => $11)), $12) \
+                     coalesce(CAST($10 AS text)::timestamptz, now() + make_interval(days => $11)), $12, $13) \
              ON CONFLICT (external_id) WHERE external_id IS NOT NULL DO NOTHING RETURNING id",
             &[
                 &database,
@@ -350,6 +372,7 @@ pub async fn create_with(
                 &req.deadline,
                 &req.deadline_days,
                 &req.request_hash,
+                &req.callback_url,
             ],
         )
         .await
@@ -367,7 +390,8 @@ pub async fn create_with(
     let id: i64 = inserted.get(0);
     let stmt = tx
         .prepare(
-            "INSERT INTO pgredact.forget_batches (job_id, batch, ids, ids_count) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO pgredact.forget_batches (job_id, batch, ids, ids_count, id_hashes) VALUES ($1, $2, $3, $4, \
+               ARRAY(SELECT pg_catalog.decode(pgredact.hmac_hex(v), 'hex') FROM pg_catalog.unnest(CAST($3 AS pg_catalog.text[])) v))",
         )
         .await
         .map_err(err)?;
@@ -438,6 +462,9 @@ pub struct JobStatus {
     /// true: done by the deadline; false: done after it, or not done and past it; null: no
     /// deadline, or not done yet and still within it.
     pub deadline_met: Option<bool>,
+    /// The completion callback and its delivery: `url`, `attempts`, `next_attempt_at`,
+    /// `last_error`, `delivered_at` (None for a job without one).
+    pub callback: Option<Value>,
 }
 
 /// Reads a job (None when there is no such job).
@@ -453,7 +480,11 @@ pub async fn status(client: &Client, job_id: i64) -> Result<Option<JobStatus>, S
                     retries::int8, last_retry_error, external_id, regulation, \
                     to_char(deadline AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
                     CASE WHEN deadline IS NULL THEN NULL WHEN state = 'done' THEN finished_at <= deadline \
-                         WHEN now() > deadline THEN false END \
+                         WHEN now() > deadline THEN false END, \
+                    callback_url, callback_attempts::int8, \
+                    to_char(callback_next_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
+                    callback_last_error, \
+                    to_char(callback_delivered_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') \
              FROM pgredact.forget_jobs WHERE id = $1",
             &[&job_id],
         )
@@ -519,6 +550,15 @@ pub async fn status(client: &Client, job_id: i64) -> Result<Option<JobStatus>, S
         regulation: j.get(18),
         deadline: j.get(19),
         deadline_met: j.get(20),
+        callback: j.get::<_, Option<String>>(21).map(|url| {
+            serde_json::json!({
+                "url": url,
+                "attempts": j.get::<_, i64>(22),
+                "next_attempt_at": j.get::<_, Option<String>>(23),
+                "last_error": j.get::<_, Option<String>>(24),
+                "delivered_at": j.get::<_, Option<String>>(25),
+            })
+        }),
     }))
 }
 
@@ -603,6 +643,17 @@ impl JobStatus {
                 self.retries,
                 self.last_retry_error.as_deref().unwrap_or("-")
             ));
+        }
+        if let Some(Value::Object(c)) = &self.callback {
+            let delivered = c.get("delivered_at").and_then(Value::as_str);
+            let attempts = c.get("attempts").and_then(Value::as_i64).unwrap_or(0);
+            s.push_str(&match delivered {
+                Some(at) => format!("  callback: delivered at {at} ({attempts} attempt(s))\n"),
+                None => format!(
+                    "  callback: not delivered yet ({attempts} attempt(s); last error: {})\n",
+                    c.get("last_error").and_then(Value::as_str).unwrap_or("-")
+                ),
+            });
         }
         if let Some(e) = &self.error {
             s.push_str(&format!("  error: {e}\n"));

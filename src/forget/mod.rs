@@ -110,6 +110,9 @@ pub struct Target {
     pub tls: Option<crate::tls::UpstreamTls>,
     /// Timeouts of the session and retries of job runs (`[forget]`).
     pub settings: crate::config::ForgetSettings,
+    /// `application_name` of the connections (`pgredact-forget`; the admin API's pool uses
+    /// `pgredact-admin`).
+    pub application_name: &'static str,
 }
 
 impl Target {
@@ -122,6 +125,7 @@ impl Target {
             database: database.to_string(),
             tls: cfg.upstream_tls.clone(),
             settings: cfg.forget.clone(),
+            application_name: "pgredact-forget",
         }
     }
 
@@ -131,7 +135,7 @@ impl Target {
             .port(self.port)
             .user(&self.user)
             .dbname(&self.database)
-            .application_name("pgredact-forget")
+            .application_name(self.application_name)
             // Type names from format_type() come out schema-qualified unless built in, and
             // nothing the session runs can be redirected by objects in other schemas.
             // lock_timeout: a forget statement queued behind a long lock would hold its own
@@ -277,6 +281,14 @@ impl Session {
             policy,
             target: target.clone(),
         })
+    }
+
+    /// Resolves `policy` against the catalog again, on the same connection: a session kept
+    /// between requests (the admin API's pool) plans with the schema as it is now.
+    pub async fn refresh(&mut self, policy: Arc<DatabasePolicy>) -> Result<(), String> {
+        self.spec = plan::resolve(&self.client, &policy).await?;
+        self.policy = policy;
+        Ok(())
     }
 
     /// Installs the suppression triggers (idempotent).

@@ -665,9 +665,9 @@ pub async fn resolve(client: &Client, policy: &DatabasePolicy) -> Result<Spec, S
             blockers.extend(foreign_code_blockers(client, oid, &shown).await?);
         }
         if !owned && changes(tokenize, &columns) {
-            warnings.push(format!(
-                "{shown}: the control role does not own the table, so it cannot ANALYZE it afterwards \
-                 (pg_stats may keep removed values until the owner or autovacuum analyzes it)"
+            blockers.push(not_owner_blocker(
+                &shown,
+                &(quote_ident(&tp.schema) + "." + &quote_ident(&tp.name)),
             ));
         }
         let descendants = descendants(
@@ -719,6 +719,20 @@ pub async fn resolve(client: &Client, policy: &DatabasePolicy) -> Result<Spec, S
         fk_blockers(client, &mut spec).await?;
     }
     Ok(spec)
+}
+
+/// The blocker for a table the control role does not own: the suppression trigger is made
+/// `ENABLE ALWAYS` with an `ALTER TABLE`, which PostgreSQL allows the table's owner only (the
+/// TRIGGER privilege is enough for `CREATE TRIGGER`, not for that), so the job would fail at its
+/// start with "must be owner of table".
+fn not_owner_blocker(shown: &str, qname: &str) -> String {
+    format!(
+        "{shown}: the control role does not own the table (nor is it a member of the owner role), so it \
+         cannot install the suppression trigger: making it ENABLE ALWAYS is an ALTER TABLE, which PostgreSQL \
+         allows the owner only (it could not ANALYZE the table afterwards either). Make the control role the \
+         owner (ALTER TABLE {qname} OWNER TO <control role>) or a member of the owner role \
+         (GRANT <owner role> TO <control role>)"
+    )
 }
 
 fn changes(tokenize: bool, columns: &[ColSpec]) -> bool {
@@ -789,9 +803,9 @@ async fn descendants(
             ));
         }
         if changes && !d.partition && !d.owned {
-            warnings.push(format!(
-                "{shown}: the control role does not own this inheritance child, so it cannot ANALYZE it afterwards \
-                 (pg_stats may keep removed values until the owner or autovacuum analyzes it)"
+            blockers.push(not_owner_blocker(
+                &format!("{shown} (an inheritance child of a policy table)"),
+                &d.qname(),
             ));
         }
         out.push(d);
