@@ -186,6 +186,29 @@ async fn a_column_added_later_is_masked_at_once_directly_and_through_pgredact() 
         "column ssn of public.accounts",
         "writing the added column through pgredact",
     );
+    // A public column renamed to a name the policy does not declare: masked, and its column
+    // grants withdrawn, as the DDL commits.
+    su.batch_execute("ALTER TABLE public.accounts RENAME COLUMN tier TO level")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(
+            &su,
+            "SELECT has_column_privilege('support', 'public.accounts', 'level', 'SELECT')"
+        )
+        .await
+        .unwrap(),
+        vec!["f"]
+    );
+    assert_eq!(
+        rows(
+            &sup,
+            "SELECT account_id, level FROM pgredact_masked.accounts WHERE account_id = 1"
+        )
+        .await
+        .unwrap(),
+        vec!["1|****"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
