@@ -206,6 +206,28 @@ pub async fn run(cfg: &Config) -> (Vec<String>, bool) {
                     }
                 }
             }
+            if t.privacy_by_default {
+                let masked = t.default_masked(rel.columns.iter().map(|c| c.name.as_str()));
+                out.push(format!(
+                    "{file}:{}: {}: privacy_by_default masks {} with redact (listed neither as public nor under columns)",
+                    t.line,
+                    t.qualified(),
+                    if masked.is_empty() {
+                        "no column".to_string()
+                    } else {
+                        masked.join(", ")
+                    }
+                ));
+            }
+            for c in &t.public {
+                if !rel.columns.iter().any(|x| &x.name == c) {
+                    out.push(format!(
+                        "warning: {file}:{}: public column {c} does not exist in {}",
+                        t.line,
+                        t.qualified()
+                    ));
+                }
+            }
         }
         // Likely PII the policy does not list (by column name and type; `pgredact scan`
         // samples values). A warning: the policy may leave a column out on purpose.

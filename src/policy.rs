@@ -2,7 +2,7 @@
 //! which columns hold PII and how each is masked. Also turns a mask into SQL.
 
 use serde::Deserialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -550,6 +550,11 @@ pub struct TablePolicy {
     pub subject: Option<String>,
     /// PII columns, by exact (catalog) column name.
     pub columns: BTreeMap<String, ColumnPolicy>,
+    /// `privacy_by_default = true`: every column neither in `columns` nor in `public` is PII,
+    /// masked with `redact` (a column added later is masked until a DBA declares it).
+    pub privacy_by_default: bool,
+    /// Columns declared not PII (`public = [...]`), for `privacy_by_default`.
+    pub public: BTreeSet<String>,
     pub line: usize,
 }
 
@@ -559,14 +564,61 @@ impl TablePolicy {
     }
 
     /// This table's part of [`DatabasePolicy::spec`] (schema, name, column masks), without its
-    /// fingerprint.
+    /// fingerprint. `privacy_by_default` and `public` only when used, so other tables keep the
+    /// fingerprints they had before those keys existed.
     fn spec_body(&self) -> serde_json::Value {
         let cols: serde_json::Map<String, serde_json::Value> = self
             .columns
             .iter()
             .map(|(c, cp)| (c.clone(), cp.spec()))
             .collect();
-        serde_json::json!({"schema": self.schema, "name": self.name, "columns": cols})
+        let mut v = serde_json::json!({"schema": self.schema, "name": self.name, "columns": cols});
+        if self.privacy_by_default {
+            v["privacy_by_default"] = serde_json::Value::Bool(true);
+        }
+        if !self.public.is_empty() {
+            v["public"] = serde_json::json!(self.public);
+        }
+        v
+    }
+
+    /// Whether `privacy_by_default` masks `column` (a column of this table or of one of its
+    /// partitions or children): neither listed under `columns` nor as `public`.
+    pub fn masked_by_default(&self, column: &str) -> bool {
+        self.privacy_by_default
+            && !self.columns.contains_key(column)
+            && !self.public.contains(column)
+    }
+
+    /// The columns of a relation (its own, in order) that `privacy_by_default` masks.
+    pub fn default_masked<'a>(&self, columns: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+        columns
+            .into_iter()
+            .filter(|c| self.masked_by_default(c))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// `columns` plus, with `privacy_by_default`, every other column of `all` not listed as
+    /// `public`, masked with `redact` (its `line` the table's). The same expansion the database
+    /// makes (`pmasks` in wall_protected.sql).
+    pub fn effective_columns<'a>(
+        &self,
+        all: impl IntoIterator<Item = &'a str>,
+    ) -> BTreeMap<String, ColumnPolicy> {
+        let mut out = self.columns.clone();
+        for c in self.default_masked(all) {
+            out.insert(
+                c,
+                ColumnPolicy {
+                    mask: Mask::Redact,
+                    forget: None,
+                    line: self.line,
+                    by_role: Vec::new(),
+                },
+            );
+        }
+        out
     }
 
     /// The fingerprint of this table's masks: stored with its masking views, so a view is known
@@ -699,6 +751,10 @@ struct RawTable {
     subject: Option<String>,
     #[serde(default)]
     columns: BTreeMap<String, toml::Spanned<RawColumn>>,
+    #[serde(default)]
+    privacy_by_default: bool,
+    #[serde(default)]
+    public: Vec<toml::Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -1092,6 +1148,24 @@ pub fn parse_policy(text: &str, path: &Path) -> Result<DatabasePolicy, String> {
                 return Err(at(tline, format!("invalid subject column {s:?}")));
             }
         }
+        let mut public = BTreeSet::new();
+        for c in rt.public {
+            let off = c.span().start;
+            let c = c.into_inner();
+            if !is_sql_name(&c) {
+                return Err(at(off, format!("invalid column name {c:?} in `public`")));
+            }
+            if let Some(cp) = columns.get(&c) {
+                return Err(at(
+                    off,
+                    format!(
+                        "tables.\"{tname}\": column {c} is listed both as public and under columns (line {}); a column is either PII or public",
+                        cp.line
+                    ),
+                ));
+            }
+            public.insert(c);
+        }
         let key = (schema.clone(), name.clone());
         if tables.contains_key(&key) {
             return Err(at(tline, format!("table {schema}.{name} is listed twice")));
@@ -1103,6 +1177,8 @@ pub fn parse_policy(text: &str, path: &Path) -> Result<DatabasePolicy, String> {
                 name,
                 subject: rt.subject,
                 columns,
+                privacy_by_default: rt.privacy_by_default,
+                public,
                 line: line_of(text, tline),
             },
         );
@@ -1798,5 +1874,66 @@ columns.at = { mask = "bucket", interval = "3 months" }
             assert!(e.contains(want), "{body}: {e}");
             assert!(e.starts_with("policies/app.toml:3:"), "{body}: {e}");
         }
+    }
+
+    #[test]
+    fn privacy_by_default_parses_publishes_and_expands() {
+        let text = "database = \"app\"\n\n[tables.\"public.accounts\"]\nsubject = \"id\"\nprivacy_by_default = true\npublic = [\"id\", \"tier\"]\ncolumns.email = \"email\"\n\n[tables.\"public.plain\"]\ncolumns.x = \"null\"\n";
+        let pol = p(text).unwrap();
+        let t = pol.table("public", "accounts").unwrap();
+        assert!(t.privacy_by_default);
+        assert_eq!(
+            t.public.iter().map(String::as_str).collect::<Vec<_>>(),
+            ["id", "tier"]
+        );
+        let cols = ["id", "tier", "email", "notes", "score"];
+        assert_eq!(t.default_masked(cols), ["notes", "score"]);
+        let eff = t.effective_columns(cols);
+        assert_eq!(
+            eff.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["email", "notes", "score"]
+        );
+        assert_eq!(eff["email"].mask, Mask::Email);
+        assert_eq!(eff["notes"].mask, Mask::Redact);
+        // The spec the database reads carries both keys; a table without them is unchanged.
+        let spec = pol.spec();
+        let tables = spec["tables"].as_array().unwrap();
+        let acc = tables.iter().find(|v| v["name"] == "accounts").unwrap();
+        assert_eq!(acc["privacy_by_default"], serde_json::json!(true));
+        assert_eq!(acc["public"], serde_json::json!(["id", "tier"]));
+        let plain = tables.iter().find(|v| v["name"] == "plain").unwrap();
+        assert!(plain.get("privacy_by_default").is_none() && plain.get("public").is_none());
+        // Both keys change the table's fingerprint.
+        let off =
+            p(&text.replace("privacy_by_default = true", "privacy_by_default = false")).unwrap();
+        let off = off.table("public", "accounts").unwrap();
+        assert!(!off.privacy_by_default && off.default_masked(cols).is_empty());
+        assert_ne!(off.fingerprint(), t.fingerprint());
+        let more = p(&text.replace("\"tier\"]", "\"tier\", \"score\"]")).unwrap();
+        assert_ne!(
+            more.table("public", "accounts").unwrap().fingerprint(),
+            t.fingerprint()
+        );
+        // Without the new keys a table keeps the fingerprint it had before they existed.
+        let plain = pol.table("public", "plain").unwrap();
+        let before = serde_json::json!({"schema": "public", "name": "plain", "columns": {"x": Mask::Null.spec()}});
+        assert_eq!(plain.fingerprint(), fingerprint(&before.to_string()));
+    }
+
+    #[test]
+    fn privacy_by_default_errors_name_file_and_line() {
+        let e = p("database = \"app\"\n[tables.\"public.a\"]\nprivacy_by_default = true\ncolumns.email = \"email\"\npublic = [\"id\",\n  \"email\"]\n").unwrap_err();
+        assert!(e.starts_with("policies/app.toml:6: "), "{e}");
+        assert!(
+            e.contains("column email is listed both as public and under columns (line 4)"),
+            "{e}"
+        );
+        let e = p("database = \"app\"\n[tables.\"public.a\"]\nprivacy_by_default = \"yes\"\n")
+            .unwrap_err();
+        assert!(e.starts_with("policies/app.toml:3: "), "{e}");
+        let e = p("database = \"app\"\n[tables.\"public.a\"]\npublic = \"id\"\n").unwrap_err();
+        assert!(e.starts_with("policies/app.toml:3: "), "{e}");
+        let e = p("database = \"app\"\n[tables.\"public.a\"]\npublic = [\"\"]\n").unwrap_err();
+        assert!(e.starts_with("policies/app.toml:3: "), "{e}");
     }
 }

@@ -1426,13 +1426,21 @@ pub fn table_policy<'a>(
     None
 }
 
-/// How the policy covers a column or a JSON path of it: `email`, `json $.billing.name = hash`.
+/// What [`covered_by`] says of a column its table's `privacy_by_default` masks.
+pub const BY_DEFAULT: &str = "masked by privacy_by_default";
+
+/// How the policy covers a column or a JSON path of it: `email`, `json $.billing.name = hash`,
+/// [`BY_DEFAULT`].
 pub fn covered_by(
     tp: Option<&policy::TablePolicy>,
     column: &str,
     path: Option<&[PathKey]>,
 ) -> Option<String> {
-    let cp = tp?.columns.get(column)?;
+    let tp = tp?;
+    if tp.masked_by_default(column) {
+        return Some(BY_DEFAULT.into());
+    }
+    let cp = tp.columns.get(column)?;
     match (&cp.mask, path) {
         (Mask::Json(j), Some(keys)) => {
             json_effective(j, keys).map(|(m, by)| format!("json {by} = {}", m.kind()))
@@ -1621,6 +1629,7 @@ impl Report {
                     f.share_text(),
                     f.example.clone().unwrap_or_else(|| "-".into()),
                     match &f.covered_by {
+                        Some(c) if c == BY_DEFAULT => c.clone(),
                         Some(c) => format!("listed: {c}"),
                         None => "UNLISTED".into(),
                     },
@@ -2650,6 +2659,23 @@ mod tests {
         );
         assert_eq!(covered_by(tp, "p", Some(&k("$.items.sku"))), None);
         assert_eq!(covered_by(tp, "q", None), None);
+    }
+
+    #[test]
+    fn privacy_by_default_covers_unlisted_columns_but_not_public_ones() {
+        let pol = policy::parse_policy(
+            "database = \"app\"\n[tables.t]\nprivacy_by_default = true\npublic = [\"id\", \"tier\"]\ncolumns.email = \"email\"\n",
+            std::path::Path::new("p.toml"),
+        )
+        .unwrap();
+        let tp = pol.table("public", "t");
+        assert_eq!(covered_by(tp, "notes", None).as_deref(), Some(BY_DEFAULT));
+        assert_eq!(
+            covered_by(tp, "payload", Some(&[PathKey::Key("to".into())])).as_deref(),
+            Some(BY_DEFAULT)
+        );
+        assert_eq!(covered_by(tp, "email", None).as_deref(), Some("email"));
+        assert_eq!(covered_by(tp, "tier", None), None);
     }
 
     #[test]

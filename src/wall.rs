@@ -20,7 +20,7 @@ use crate::policy::{quote_ident, DatabasePolicy};
 use tokio_postgres::Client;
 
 /// Version of the `pgredact_admin` functions this build expects (`pgredact_admin.wall_version()`).
-pub const VERSION: i32 = 5;
+pub const VERSION: i32 = 6;
 /// The superuser-owned schema.
 pub const ADMIN_SCHEMA: &str = "pgredact_admin";
 /// The masking schema of relations in `public`; other schemas get `pgredact_masked_<schema>`.

@@ -698,9 +698,10 @@ BEGIN
   PERFORM pg_advisory_xact_lock(7320452);
   FOR r IN
     WITH RECURSIVE spec AS (SELECT s AS j), @PROTECTED@
-    SELECT p.relid, p.policy_relid, t.tj, n.nspname, c.relname, c.relkind,
+    SELECT p.relid, p.policy_relid, t.tj, pm.cols, n.nspname, c.relname, c.relkind,
            EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = p.relid) AS has_children
     FROM prot p JOIN ptab t ON t.relid = p.policy_relid
+    JOIN pmasks pm ON pm.relid = p.relid AND pm.policy_relid = p.policy_relid
     JOIN pg_class c ON c.oid = p.relid JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE c.relkind IN ('r', 'p')
     ORDER BY n.nspname, c.relname
@@ -721,15 +722,15 @@ BEGIN
             JOIN pg_attribute pa ON pa.attrelid = i.indrelid AND pa.attnum = k.attnum
             JOIN pg_attribute a ON a.attrelid = r.relid AND a.attname = pa.attname AND NOT a.attisdropped
             WHERE i.indrelid = r.policy_relid AND i.indisprimary) x;
-      SELECT string_agg(CASE WHEN r.tj -> 'columns' ? a.attname
+      SELECT string_agg(CASE WHEN r.cols ? a.attname
                              THEN pgredact_admin.mask_expr(a.attname, a.atttypid, a.atttypmod,
-                                    CASE WHEN (r.tj -> 'columns' -> a.attname ->> 'kind' = 'noise' AND (r.tj -> 'columns' -> a.attname ->> 'per_row')::boolean)
-                                              OR r.tj -> 'columns' -> a.attname ? 'by_role'
-                                         THEN (r.tj -> 'columns' -> a.attname) || jsonb_build_object('rowkey', coalesce(rowkey, ''))
-                                         ELSE r.tj -> 'columns' -> a.attname END) || ' AS ' || quote_ident(a.attname)
+                                    CASE WHEN (r.cols -> a.attname ->> 'kind' = 'noise' AND (r.cols -> a.attname ->> 'per_row')::boolean)
+                                              OR r.cols -> a.attname ? 'by_role'
+                                         THEN (r.cols -> a.attname) || jsonb_build_object('rowkey', coalesce(rowkey, ''))
+                                         ELSE r.cols -> a.attname END) || ' AS ' || quote_ident(a.attname)
                              ELSE 'r.' || quote_ident(a.attname) END, ', ' ORDER BY a.attnum),
-             bool_or(r.tj -> 'columns' -> a.attname ->> 'kind' = 'hash'
-                     OR coalesce((r.tj -> 'columns' -> a.attname ->> 'uses_key')::boolean, false))
+             bool_or(r.cols -> a.attname ->> 'kind' = 'hash'
+                     OR coalesce((r.cols -> a.attname ->> 'uses_key')::boolean, false))
         INTO sel, uses_key
       FROM pg_attribute a WHERE a.attrelid = r.relid AND a.attnum > 0 AND NOT a.attisdropped;
       IF sel IS NULL THEN CONTINUE; END IF;
@@ -865,8 +866,7 @@ BEGIN
     -- Converted grants reach the columns added since (those that are not PII).
     FOR g IN
       WITH RECURSIVE spec AS (SELECT (SELECT p.spec FROM pgredact.policy p WHERE p.id) AS j), @PROTECTED@,
-      pii AS (SELECT p.relid, k.col FROM prot p JOIN ptab t ON t.relid = p.policy_relid,
-                     jsonb_object_keys(t.tj -> 'columns') k(col)),
+      pii AS (SELECT p.relid, k.col FROM pmasks p, jsonb_object_keys(p.cols) k(col)),
       cg AS (SELECT c.*, CASE WHEN c.grantee = 'PUBLIC' THEN 0 ELSE r.oid END AS goid
              FROM pgredact_admin.converted_grants c LEFT JOIN pg_roles r ON r.rolname = c.grantee
              WHERE c.relid IN (SELECT relid FROM prot) AND (c.grantee = 'PUBLIC' OR r.oid IS NOT NULL))

@@ -10,8 +10,8 @@ spec AS (SELECT $1::jsonb AS j, $2::name AS ctl),
 @PROTECTED@,
 pii0 AS (
   SELECT DISTINCT p.relid, a.attnum, a.attname
-  FROM prot p JOIN ptab t ON t.relid = p.policy_relid
-  JOIN LATERAL jsonb_object_keys(t.tj -> 'columns') k(col) ON true
+  FROM pmasks p
+  JOIN LATERAL jsonb_object_keys(p.cols) k(col) ON true
   JOIN pg_attribute a ON a.attrelid = p.relid
    AND a.attname = k.col AND a.attnum > 0 AND NOT a.attisdropped
 ),

@@ -574,7 +574,7 @@ pub async fn resolve(client: &Client, policy: &DatabasePolicy) -> Result<Spec, S
             ));
         }
         let mut columns = Vec::new();
-        for (cname, cp) in &tp.columns {
+        for (cname, cp) in &tp.effective_columns(attrs.iter().map(|a| a.name.as_str())) {
             if cname == subject {
                 continue;
             }

@@ -389,6 +389,13 @@ fn masked_rel(
             )),
         }
     }
+    // privacy_by_default: the relation's own columns that the policy lists neither as PII nor
+    // as public are PII, masked with redact (as `pmasks` in wall_protected.sql).
+    for c in &r.columns {
+        if tp.masked_by_default(&c.name) {
+            masks.insert(c.name.clone(), (Mask::Redact, c.ty.clone()));
+        }
+    }
     let columns: Vec<String> = r.columns.iter().map(|c| c.name.clone()).collect();
     if columns.is_empty() {
         return Err("has no columns pgredact can see".into());
@@ -475,5 +482,67 @@ pub fn fixture_masking_views(catalog: &mut Catalog, policy: &DatabasePolicy) {
                 fingerprint: Some(fp.clone()),
             },
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Column;
+    use crate::policy::{parse_policy, ColType};
+
+    fn col(name: &str, sql: &str, base: &str, category: char) -> Column {
+        Column {
+            name: name.into(),
+            ty: ColType {
+                sql: sql.into(),
+                base: base.into(),
+                category,
+            },
+        }
+    }
+
+    #[test]
+    fn privacy_by_default_masks_unlisted_columns_of_the_table_and_its_children() {
+        let mut c = Catalog::default();
+        let base = vec![
+            col("id", "bigint", "int8", 'N'),
+            col("tier", "text", "text", 'S'),
+            col("email", "text", "text", 'S'),
+            col("notes", "text", "text", 'S'),
+        ];
+        let mut part = base.clone();
+        part.push(col("extra", "boolean", "bool", 'B'));
+        for (oid, name, kind, columns) in
+            [(1, "accounts", 'r', base), (2, "accounts_vip", 'r', part)]
+        {
+            c.add_relation(Relation {
+                oid,
+                schema: "public".into(),
+                name: name.into(),
+                kind,
+                columns,
+            });
+        }
+        c.parents.insert(2, vec![1]);
+        let pol = parse_policy(
+            "database = \"app\"\n[tables.\"public.accounts\"]\nprivacy_by_default = true\npublic = [\"id\", \"tier\"]\ncolumns.email = \"email\"\n",
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap();
+        fixture_masking_views(&mut c, &pol);
+        let p = Protections::build(&pol, Arc::new(c));
+        let masks = |oid| match p.by_oid.get(&oid) {
+            Some(Protection::Mask(m)) => m
+                .masks
+                .iter()
+                .map(|(c, (m, _))| format!("{c}={}", m.kind()))
+                .collect::<Vec<_>>(),
+            other => panic!("{oid}: {other:?}"),
+        };
+        assert_eq!(masks(1), ["email=email", "notes=redact"]);
+        // An inheritance child's own columns count: one it adds is masked too.
+        assert_eq!(masks(2), ["email=email", "extra=redact", "notes=redact"]);
+        assert!(p.parent_hazard.is_empty(), "{:?}", p.parent_hazard);
     }
 }
