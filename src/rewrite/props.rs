@@ -2,9 +2,14 @@
 //! accepted statement each masked table is read through its masking view (the one reference
 //! left may be the target of an approved write).
 
+use super::names::name_parts;
 use super::tests::{fixture, path};
 use super::*;
 use proptest::prelude::*;
+use sqlparser::ast::{ObjectName, Statement, Visit, Visitor};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+use std::ops::ControlFlow;
 
 /// Small deterministic generator of SQL over the fixture schema.
 struct Gen(u64);

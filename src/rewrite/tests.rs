@@ -1,8 +1,12 @@
+use super::parse::RECURSION_LIMIT;
 use super::*;
 use crate::catalog::{Catalog, Column, Relation};
 use crate::policy::{parse_policy, ColType};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Arc;
 
 fn ty(sql: &str, base: &str, cat: char) -> ColType {
     ColType {
