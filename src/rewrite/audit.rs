@@ -13,14 +13,14 @@ use std::ops::ControlFlow;
 
 impl State<'_> {
     pub(super) fn audit(&mut self, s: &Statement) -> Result<(), Refusal> {
-        struct A<'x, 'y> {
+        /// Counts the masked relations the statement names; breaks on a refused one.
+        struct RelationAuditor<'x, 'y> {
             st: &'x mut State<'y>,
             masked: usize,
-            err: Option<Refusal>,
         }
-        impl Visitor for A<'_, '_> {
-            type Break = ();
-            fn pre_visit_relation(&mut self, rel: &ObjectName) -> ControlFlow<()> {
+        impl Visitor for RelationAuditor<'_, '_> {
+            type Break = Refusal;
+            fn pre_visit_relation(&mut self, rel: &ObjectName) -> ControlFlow<Refusal> {
                 let parts = name_parts(rel).unwrap_or_default();
                 if parts.len() == 1 && self.st.cte_names.contains(&parts[0]) {
                     return ControlFlow::Continue(());
@@ -28,27 +28,21 @@ impl State<'_> {
                 match self.st.protection(rel) {
                     Ok(Some(Protection::Mask(_))) => self.masked += 1,
                     Ok(Some(Protection::Refuse(r))) => {
-                        self.err = Some(Refusal::new(format!(
+                        return ControlFlow::Break(Refusal::new(format!(
                             "{rel} is not accessible to masked roles: {r}"
                         )));
-                        return ControlFlow::Break(());
                     }
                     Ok(None) => {}
-                    Err(e) => {
-                        self.err = Some(e);
-                        return ControlFlow::Break(());
-                    }
+                    Err(e) => return ControlFlow::Break(e),
                 }
                 ControlFlow::Continue(())
             }
         }
-        let mut a = A {
+        let mut a = RelationAuditor {
             st: self,
             masked: 0,
-            err: None,
         };
-        let _ = s.visit(&mut a);
-        if let Some(e) = a.err {
+        if let ControlFlow::Break(e) = s.visit(&mut a) {
             return Err(e);
         }
         let masked = a.masked;
@@ -65,8 +59,8 @@ impl State<'_> {
 /// and qualifiers: the positions the checks analyse. Both lexical cross-checks compare a text's
 /// sensitive words with these counts.
 pub(super) fn count_positions(s: &Statement, out: &mut HashMap<String, usize>) {
-    struct N<'x>(&'x mut HashMap<String, usize>);
-    impl N<'_> {
+    struct PositionCounter<'x>(&'x mut HashMap<String, usize>);
+    impl PositionCounter<'_> {
         fn name(&mut self, n: &ObjectName) {
             for p in &n.0 {
                 if let ObjectNamePart::Identifier(i) = p {
@@ -75,7 +69,7 @@ pub(super) fn count_positions(s: &Statement, out: &mut HashMap<String, usize>) {
             }
         }
     }
-    impl Visitor for N<'_> {
+    impl Visitor for PositionCounter<'_> {
         type Break = ();
         fn pre_visit_relation(&mut self, r: &ObjectName) -> ControlFlow<()> {
             self.name(r);
@@ -135,5 +129,5 @@ pub(super) fn count_positions(s: &Statement, out: &mut HashMap<String, usize>) {
             ControlFlow::Continue(())
         }
     }
-    let _ = s.visit(&mut N(out));
+    let _ = s.visit(&mut PositionCounter(out));
 }

@@ -20,15 +20,9 @@ impl State<'_> {
         node: &V,
         target: Option<&Target>,
     ) -> Result<(), Refusal> {
-        let mut c = Checker {
-            st: self,
-            target,
-            err: None,
-        };
-        let _ = node.visit(&mut c);
-        match c.err {
-            Some(e) => Err(e),
-            None => Ok(()),
+        match node.visit(&mut Checker { st: self, target }) {
+            ControlFlow::Break(r) => Err(r),
+            ControlFlow::Continue(()) => Ok(()),
         }
     }
 
@@ -240,8 +234,9 @@ pub(super) fn risky_type(
 /// Whether `s` may read a PII column: an identifier named like a PII column or like a masked
 /// FROM item (a whole-row reference), or any `*` other than `count(*)`. Errs towards yes.
 pub(super) fn reads_pii(s: &Statement, names: &HashSet<String>) -> bool {
-    struct R<'x>(&'x HashSet<String>);
-    impl Visitor for R<'_> {
+    /// Breaks at the first node that may read a PII column.
+    struct PiiReadFinder<'x>(&'x HashSet<String>);
+    impl Visitor for PiiReadFinder<'_> {
         type Break = ();
         fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
             let hit = match e {
@@ -276,21 +271,25 @@ pub(super) fn reads_pii(s: &Statement, names: &HashSet<String>) -> bool {
             }
         }
     }
-    !names.is_empty() && s.visit(&mut R(names)).is_break()
+    !names.is_empty() && s.visit(&mut PiiReadFinder(names)).is_break()
 }
 
+/// Checks every expression, select list and table function of a statement; breaks with the
+/// first refusal. With a write target, also refuses reads of its PII columns.
 pub(super) struct Checker<'x, 'y, 't> {
     st: &'x mut State<'y>,
     target: Option<&'t Target>,
-    err: Option<Refusal>,
+}
+
+/// A check's result as a visitor's answer.
+fn flow(r: Result<(), Refusal>) -> ControlFlow<Refusal> {
+    match r {
+        Ok(()) => ControlFlow::Continue(()),
+        Err(r) => ControlFlow::Break(r),
+    }
 }
 
 impl Checker<'_, '_, '_> {
-    fn fail(&mut self, r: Refusal) -> ControlFlow<()> {
-        self.err = Some(r);
-        ControlFlow::Break(())
-    }
-
     fn pii_read(&self, col: &str) -> Refusal {
         let t = self
             .target
@@ -491,26 +490,17 @@ impl Checker<'_, '_, '_> {
 }
 
 impl Visitor for Checker<'_, '_, '_> {
-    type Break = ();
+    type Break = Refusal;
 
-    fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
-        match self.expr(e) {
-            Ok(()) => ControlFlow::Continue(()),
-            Err(r) => self.fail(r),
-        }
+    fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<Refusal> {
+        flow(self.expr(e))
     }
 
-    fn pre_visit_select(&mut self, s: &Select) -> ControlFlow<()> {
-        match self.select(s) {
-            Ok(()) => ControlFlow::Continue(()),
-            Err(r) => self.fail(r),
-        }
+    fn pre_visit_select(&mut self, s: &Select) -> ControlFlow<Refusal> {
+        flow(self.select(s))
     }
 
-    fn pre_visit_table_factor(&mut self, tf: &TableFactor) -> ControlFlow<()> {
-        match self.table_factor(tf) {
-            Ok(()) => ControlFlow::Continue(()),
-            Err(r) => self.fail(r),
-        }
+    fn pre_visit_table_factor(&mut self, tf: &TableFactor) -> ControlFlow<Refusal> {
+        flow(self.table_factor(tf))
     }
 }

@@ -125,8 +125,8 @@ impl<'a> State<'a> {
     }
 
     pub(super) fn collect_ctes(&mut self, s: &Statement) {
-        struct C<'x>(&'x mut HashSet<String>);
-        impl Visitor for C<'_> {
+        struct CteCollector<'x>(&'x mut HashSet<String>);
+        impl Visitor for CteCollector<'_> {
             type Break = ();
             fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
                 if let Some(w) = &q.with {
@@ -137,6 +137,6 @@ impl<'a> State<'a> {
                 ControlFlow::Continue(())
             }
         }
-        let _ = s.visit(&mut C(&mut self.cte_names));
+        let _ = s.visit(&mut CteCollector(&mut self.cte_names));
     }
 }

@@ -129,12 +129,12 @@ impl Gen {
 
 /// Counts references to masked relations themselves (not their masking views).
 pub(super) fn unmasked_refs(stmt: &Statement, p: &Protections, sp: &[String]) -> usize {
-    struct V<'a> {
+    struct UnmaskedRefCounter<'a> {
         p: &'a Protections,
         sp: &'a [String],
         bad: usize,
     }
-    impl Visitor for V<'_> {
+    impl Visitor for UnmaskedRefCounter<'_> {
         type Break = ();
         fn pre_visit_relation(&mut self, r: &ObjectName) -> ControlFlow<()> {
             let parts = name_parts(r).unwrap_or_default();
@@ -151,7 +151,7 @@ pub(super) fn unmasked_refs(stmt: &Statement, p: &Protections, sp: &[String]) ->
             ControlFlow::Continue(())
         }
     }
-    let mut v = V { p, sp, bad: 0 };
+    let mut v = UnmaskedRefCounter { p, sp, bad: 0 };
     let _ = stmt.visit(&mut v);
     v.bad
 }

@@ -273,9 +273,11 @@ pub(super) fn structure_check(s: &Statement) -> Result<(), Refusal> {
         Statement::Query(q) if write_body(&q.body).is_some() => Some(&**q as *const Query),
         _ => None,
     };
-    struct S(Option<Refusal>, Option<*const Query>);
-    fn walk(se: &sqlparser::ast::SetExpr) -> Option<Refusal> {
-        use sqlparser::ast::SetExpr;
+    /// Breaks on the first query (other than `top`) of a refused shape.
+    struct StructureCheck {
+        top: Option<*const Query>,
+    }
+    fn walk(se: &SetExpr) -> Option<Refusal> {
         match se {
             SetExpr::SetOperation { left, right, .. } => walk(left).or_else(|| walk(right)),
             SetExpr::Table(_) => Some(Refusal::new(
@@ -289,24 +291,21 @@ pub(super) fn structure_check(s: &Statement) -> Result<(), Refusal> {
             _ => None,
         }
     }
-    impl Visitor for S {
-        type Break = ();
-        fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
-            if self.1 == Some(q as *const Query) {
+    impl Visitor for StructureCheck {
+        type Break = Refusal;
+        fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<Refusal> {
+            if self.top == Some(q as *const Query) {
                 return ControlFlow::Continue(());
             }
-            if let Some(r) = walk(&q.body) {
-                self.0 = Some(r);
-                return ControlFlow::Break(());
+            match walk(&q.body) {
+                Some(r) => ControlFlow::Break(r),
+                None => ControlFlow::Continue(()),
             }
-            ControlFlow::Continue(())
         }
     }
-    let mut v = S(None, top);
-    let _ = s.visit(&mut v);
-    match v.0 {
-        Some(r) => Err(r),
-        None => Ok(()),
+    match s.visit(&mut StructureCheck { top }) {
+        ControlFlow::Break(r) => Err(r),
+        ControlFlow::Continue(()) => Ok(()),
     }
 }
 

@@ -16,15 +16,9 @@ impl State<'_> {
         node: &mut V,
         skip: Option<*const TableFactor>,
     ) -> Result<(), Refusal> {
-        let mut s = Substituter {
-            st: self,
-            skip,
-            err: None,
-        };
-        let _ = node.visit(&mut s);
-        match s.err {
-            Some(e) => Err(e),
-            None => Ok(()),
+        match node.visit(&mut Substituter { st: self, skip }) {
+            ControlFlow::Break(r) => Err(r),
+            ControlFlow::Continue(()) => Ok(()),
         }
     }
 
@@ -154,16 +148,17 @@ impl State<'_> {
     }
 }
 
+/// Puts the masking view in place of every masked relation read (each table factor after its
+/// children); breaks with the first refusal. `skip` is the write target, which stays as written.
 pub(super) struct Substituter<'x, 'y> {
     st: &'x mut State<'y>,
     skip: Option<*const TableFactor>,
-    err: Option<Refusal>,
 }
 
 impl VisitorMut for Substituter<'_, '_> {
-    type Break = ();
+    type Break = Refusal;
 
-    fn post_visit_table_factor(&mut self, tf: &mut TableFactor) -> ControlFlow<()> {
+    fn post_visit_table_factor(&mut self, tf: &mut TableFactor) -> ControlFlow<Refusal> {
         if self.skip == Some(tf as *const TableFactor) {
             return ControlFlow::Continue(());
         }
@@ -173,10 +168,7 @@ impl VisitorMut for Substituter<'_, '_> {
         }
         match self.st.substitute_factor(tf) {
             Ok(()) => ControlFlow::Continue(()),
-            Err(r) => {
-                self.err = Some(r);
-                ControlFlow::Break(())
-            }
+            Err(r) => ControlFlow::Break(r),
         }
     }
 }

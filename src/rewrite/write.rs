@@ -375,10 +375,11 @@ pub(super) fn write_body(body: &sqlparser::ast::SetExpr) -> Option<&Statement> {
 
 /// The first system column (`ctid`, `xmin`, `xmax`, `cmin`, `cmax`) named anywhere in `s`.
 pub(super) fn system_column(s: &Statement) -> Option<String> {
-    struct Sys(Option<String>);
-    impl Visitor for Sys {
-        type Break = ();
-        fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+    /// Breaks with the first system column named.
+    struct SystemColumnFinder;
+    impl Visitor for SystemColumnFinder {
+        type Break = String;
+        fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<String> {
             let last = match e {
                 Expr::Identifier(i) => Some(i),
                 Expr::CompoundIdentifier(ids) => ids.last(),
@@ -389,14 +390,11 @@ pub(super) fn system_column(s: &Statement) -> Option<String> {
                     if ["ctid", "xmin", "xmax", "cmin", "cmax"]
                         .contains(&i.value.to_ascii_lowercase().as_str()) =>
                 {
-                    self.0 = Some(i.value.to_ascii_lowercase());
-                    ControlFlow::Break(())
+                    ControlFlow::Break(i.value.to_ascii_lowercase())
                 }
                 _ => ControlFlow::Continue(()),
             }
         }
     }
-    let mut v = Sys(None);
-    let _ = s.visit(&mut v);
-    v.0
+    s.visit(&mut SystemColumnFinder).break_value()
 }
