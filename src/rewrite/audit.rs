@@ -2,7 +2,7 @@
 
 use super::names::{fold, name_parts};
 use super::protect::Protection;
-use super::refusal::Refusal;
+use super::refusal::{Refusal, RefusalKind};
 use super::State;
 use sqlparser::ast::{
     CopySource, Expr, ObjectName, ObjectNamePart, Select, SelectItem,
@@ -28,9 +28,10 @@ impl State<'_> {
                 match self.st.protection(rel) {
                     Ok(Some(Protection::Mask(_))) => self.masked += 1,
                     Ok(Some(Protection::Refuse(r))) => {
-                        return ControlFlow::Break(Refusal::new(format!(
-                            "{rel} is not accessible to masked roles: {r}"
-                        )));
+                        return ControlFlow::Break(Refusal::new(
+                            RefusalKind::CatalogObject,
+                            format!("{rel} is not accessible to masked roles: {r}"),
+                        ));
                     }
                     Ok(None) => {}
                     Err(e) => return ControlFlow::Break(e),
@@ -47,7 +48,7 @@ impl State<'_> {
         }
         let masked = a.masked;
         if masked > self.expected_masked_refs {
-            return Err(Refusal::new(
+            return Err(Refusal::new(RefusalKind::Unsupported,
                 "statement refused: it references a masked table in a position pgredact does not handle",
             ));
         }

@@ -1,7 +1,7 @@
 //! Expression checks: functions, operators, casts, and reads of PII in writes.
 
 use super::names::{fold, name_parts};
-use super::refusal::Refusal;
+use super::refusal::{Refusal, RefusalKind};
 use super::rules;
 use super::settings::set_config_of_allowed_setting;
 use super::write::Target;
@@ -39,21 +39,30 @@ impl State<'_> {
         name: &ObjectName,
         settable: bool,
     ) -> Result<(), Refusal> {
-        let parts = name_parts(name)
-            .ok_or_else(|| Refusal::new(format!("unsupported function name {name}")))?;
+        let parts = name_parts(name).ok_or_else(|| {
+            Refusal::new(
+                RefusalKind::Function,
+                format!("unsupported function name {name}"),
+            )
+        })?;
         let cat = &self.ctx.prot.catalog;
         let (schema, fname) = match parts.as_slice() {
             [f] => (None, f.as_str()),
             [s, f] => (Some(s.as_str()), f.as_str()),
-            _ => return Err(Refusal::new(format!("unsupported function name {name}"))),
+            _ => {
+                return Err(Refusal::new(
+                    RefusalKind::Function,
+                    format!("unsupported function name {name}"),
+                ))
+            }
         };
         let denied = || {
-            Refusal::new(format!(
+            Refusal::new(RefusalKind::Function, format!(
                 "function {fname} is not allowed for masked roles: it can run SQL given as text, read relations by name, files, large objects or settings, bypassing masking"
             ))
         };
         let user_defined = |s: &str| {
-            Refusal::new(format!(
+            Refusal::new(RefusalKind::Function, format!(
                 "function {s}.{fname} is not allowed for masked roles: user-defined functions may read PII internally"
             ))
             .hint("a DBA can allow it by name in the policy's allowed_functions")
@@ -66,9 +75,10 @@ impl State<'_> {
         };
         match schema {
             Some(s) if s == crate::control::SCHEMA || s == crate::wall::ADMIN_SCHEMA => {
-                Err(Refusal::new(format!(
-                    "schema {s} belongs to pgredact and is not accessible to masked roles"
-                )))
+                Err(Refusal::new(
+                    RefusalKind::CatalogObject,
+                    format!("schema {s} belongs to pgredact and is not accessible to masked roles"),
+                ))
             }
             Some(s) => {
                 if rules::is_system_schema(s)
@@ -87,7 +97,7 @@ impl State<'_> {
                     Some(_) => Err(user_defined(s)),
                     None => {
                         self.unknown = true;
-                        Err(Refusal::new(format!(
+                        Err(Refusal::new(RefusalKind::Function, format!(
                             "function {s}.{fname} is not known to pgredact, so it cannot prove it safe"
                         )))
                     }
@@ -102,9 +112,12 @@ impl State<'_> {
                 }
                 let Some(entries) = cat.functions.get(fname) else {
                     self.unknown = true;
-                    return Err(Refusal::new(format!(
-                        "function {fname} is not known to pgredact, so it cannot prove it safe"
-                    )));
+                    return Err(Refusal::new(
+                        RefusalKind::Function,
+                        format!(
+                            "function {fname} is not known to pgredact, so it cannot prove it safe"
+                        ),
+                    ));
                 };
                 // Overload resolution may pick any schema on the path: every candidate must be
                 // built in or allowed.
@@ -295,7 +308,7 @@ impl Checker<'_, '_, '_> {
             .target
             .map(|t| format!("{}.{}", t.rel.schema, t.rel.name))
             .unwrap_or_default();
-        Refusal::new(format!(
+        Refusal::new(RefusalKind::PiiRead, format!(
             "reading PII column {col} of {t} in a write statement is not allowed for masked roles: it would reveal PII through row counts or copies"
         ))
     }
@@ -306,10 +319,13 @@ impl Checker<'_, '_, '_> {
             .and_then(|p| p.last().cloned())
             .unwrap_or_default();
         if self.target_names().contains(&last) {
-            return Err(Refusal::new(format!(
-                "{last}.* reads every column of {}.{}, including PII, in a write statement",
-                t.rel.schema, t.rel.name
-            )));
+            return Err(Refusal::new(
+                RefusalKind::PiiRead,
+                format!(
+                    "{last}.* reads every column of {}.{}, including PII, in a write statement",
+                    t.rel.schema, t.rel.name
+                ),
+            ));
         }
         Ok(())
     }
@@ -345,7 +361,7 @@ impl Checker<'_, '_, '_> {
                 _ => true,
             };
             if may {
-                return Err(Refusal::new(format!(
+                return Err(Refusal::new(RefusalKind::Function, format!(
                     "this expression uses operator {op}, which has a user-defined variant that may read PII; not allowed for masked roles"
                 )));
             }
@@ -361,7 +377,7 @@ impl Checker<'_, '_, '_> {
             Expr::Cast { data_type, .. }
             | Expr::TypedString(sqlparser::ast::TypedString { data_type, .. }) => {
                 if let Some(t) = risky_type(&self.st.ctx.prot.catalog, data_type) {
-                    return Err(Refusal::new(format!(
+                    return Err(Refusal::new(RefusalKind::Function, format!(
                         "casting to {t} is not allowed for masked roles: the cast or the type's constraints run user code that may read PII"
                     )));
                 }
@@ -375,7 +391,7 @@ impl Checker<'_, '_, '_> {
                 op: BinaryOperator::PGCustomBinaryOperator(parts),
                 ..
             } if !(parts.len() == 2 && parts[0].eq_ignore_ascii_case("pg_catalog")) => {
-                return Err(Refusal::new(format!(
+                return Err(Refusal::new(RefusalKind::Function, format!(
                     "OPERATOR({}) outside pg_catalog may run user code; not allowed for masked roles",
                     parts.join(".")
                 )));
@@ -420,7 +436,7 @@ impl Checker<'_, '_, '_> {
             return Err(self.pii_read(&f));
         }
         if self.target_names().contains(&f) {
-            return Err(Refusal::new(format!(
+            return Err(Refusal::new(RefusalKind::PiiRead, format!(
                 "the whole-row reference {f} reads every column of {}.{}, including PII, in a write statement",
                 t.rel.schema, t.rel.name
             )));
@@ -462,10 +478,13 @@ impl Checker<'_, '_, '_> {
                     .and_then(|p| p.last().cloned())
                     .unwrap_or_default();
                 if names.contains(&last) {
-                    return Err(Refusal::new(format!(
+                    return Err(Refusal::new(
+                        RefusalKind::PiiRead,
+                        format!(
                         "{last}.* reads every column of {}.{}, including PII, in a write statement",
                         t.rel.schema, t.rel.name
-                    )));
+                    ),
+                    ));
                 }
             }
         }

@@ -3,7 +3,7 @@
 use super::names::{fold, Resolved};
 use super::parse::parse_query;
 use super::protect::Protection;
-use super::refusal::Refusal;
+use super::refusal::{Refusal, RefusalKind};
 use super::State;
 use sqlparser::ast::{CopySource, CopyTarget, Statement};
 
@@ -20,6 +20,7 @@ impl State<'_> {
         if *to {
             if !matches!(target, CopyTarget::Stdout) {
                 return Err(Refusal::new(
+                    RefusalKind::Copy,
                     "COPY TO a file or program is not allowed for masked roles",
                 ));
             }
@@ -27,6 +28,7 @@ impl State<'_> {
         } else {
             if !matches!(target, CopyTarget::Stdin) {
                 return Err(Refusal::new(
+                    RefusalKind::Copy,
                     "COPY FROM a file or program is not allowed for masked roles",
                 ));
             }
@@ -46,9 +48,10 @@ impl State<'_> {
             } => match self.protection_with_descendants(table_name)? {
                 None => {}
                 Some(Protection::Refuse(r)) => {
-                    return Err(Refusal::new(format!(
-                        "COPY {table_name} TO is not allowed: {r}"
-                    )))
+                    return Err(Refusal::new(
+                        RefusalKind::Copy,
+                        format!("COPY {table_name} TO is not allowed: {r}"),
+                    ))
                 }
                 Some(Protection::Mask(_)) => {
                     let cols = if columns.is_empty() {
@@ -62,7 +65,10 @@ impl State<'_> {
                     };
                     let sql = format!("SELECT {cols} FROM {table_name}");
                     let mut q = parse_query(&sql).ok_or_else(|| {
-                        Refusal::new("could not rewrite COPY into a masked query")
+                        Refusal::new(
+                            RefusalKind::Copy,
+                            "could not rewrite COPY into a masked query",
+                        )
                     })?;
                     self.substitute(&mut q, None)?;
                     *source = CopySource::Query(Box::new(q));
@@ -80,11 +86,11 @@ impl State<'_> {
             columns,
         } = source
         else {
-            return Err(Refusal::new("unsupported COPY form"));
+            return Err(Refusal::new(RefusalKind::Copy, "unsupported COPY form"));
         };
         if let Resolved::Rel(r) = self.resolve(table_name)? {
             if let Some(why) = self.ctx.prot.catalog.risky_writes.get(&r.oid) {
-                return Err(Refusal::new(format!(
+                return Err(Refusal::new(RefusalKind::Copy, format!(
                     "COPY into {table_name} is not allowed for masked roles: {why}, which may read PII"
                 )));
             }
@@ -92,25 +98,30 @@ impl State<'_> {
         match self.protection(table_name)? {
             None => {}
             Some(Protection::Refuse(r)) => {
-                return Err(Refusal::new(format!(
-                    "COPY {table_name} FROM is not allowed: {r}"
-                )))
+                return Err(Refusal::new(
+                    RefusalKind::Copy,
+                    format!("COPY {table_name} FROM is not allowed: {r}"),
+                ))
             }
             Some(Protection::Mask(rel)) => {
                 if columns.is_empty() {
-                    return Err(Refusal::new(format!(
-                        "COPY {table_name} FROM without a column list writes PII columns"
-                    ))
+                    return Err(Refusal::new(
+                        RefusalKind::PiiWrite,
+                        format!("COPY {table_name} FROM without a column list writes PII columns"),
+                    )
                     .hint("list the non-PII columns you load"));
                 }
                 for c in columns.iter() {
                     if rel.is_pii(&fold(c)) {
-                        return Err(Refusal::new(format!(
-                            "COPY into PII column {} of {}.{} is not allowed for masked roles",
-                            fold(c),
-                            rel.schema,
-                            rel.name
-                        )));
+                        return Err(Refusal::new(
+                            RefusalKind::PiiWrite,
+                            format!(
+                                "COPY into PII column {} of {}.{} is not allowed for masked roles",
+                                fold(c),
+                                rel.schema,
+                                rel.name
+                            ),
+                        ));
                     }
                 }
                 for c in rel.masks.keys() {

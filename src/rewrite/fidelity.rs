@@ -3,7 +3,7 @@
 
 use super::audit::count_positions;
 use super::parse::{parse_statements, words};
-use super::refusal::Refusal;
+use super::refusal::{Refusal, RefusalKind};
 use super::State;
 use sqlparser::ast::Statement;
 use sqlparser::dialect::PostgreSqlDialect;
@@ -36,7 +36,7 @@ impl State<'_> {
         use sqlparser::tokenizer::{Token, Tokenizer};
         let toks = Tokenizer::new(&PostgreSqlDialect {}, text)
             .tokenize()
-            .map_err(|e| Refusal::new(format!("statement refused: {e}")))?;
+            .map_err(|e| Refusal::new(RefusalKind::Other, format!("statement refused: {e}")))?;
         let sens = &self.ctx.prot.sensitive_words;
         let mut seen: HashMap<String, usize> = HashMap::new();
         for t in toks {
@@ -61,9 +61,12 @@ impl State<'_> {
         }
         for (w, n) in seen {
             if explained.get(&w).copied().unwrap_or(0) < n {
-                return Err(Refusal::new(format!(
-                    "statement refused: it names {w} in a position pgredact does not analyse"
-                )));
+                return Err(Refusal::new(
+                    RefusalKind::Unsupported,
+                    format!(
+                        "statement refused: it names {w} in a position pgredact does not analyse"
+                    ),
+                ));
             }
         }
         Ok(())
@@ -75,8 +78,12 @@ impl State<'_> {
         // PostgreSQL will run the displayed text: the client's part of it must read back as
         // exactly what was checked, and name nothing sensitive outside analysed positions.
         // (The masking view names put in are pgredact's own.)
-        let original = parse_statements(source)
-            .map_err(|e| Refusal::new(format!("statement refused: it no longer parses ({e})")))?;
+        let original = parse_statements(source).map_err(|e| {
+            Refusal::new(
+                RefusalKind::Unparsable,
+                format!("statement refused: it no longer parses ({e})"),
+            )
+        })?;
         let text0 = original
             .iter()
             .map(|s| s.to_string())
@@ -85,7 +92,7 @@ impl State<'_> {
         match parse_statements(&text0) {
             Ok(again) if again == original => {}
             _ => {
-                return Err(Refusal::new(
+                return Err(Refusal::new(RefusalKind::Unparsable,
                     "statement refused: its parsed form does not read back identically, so pgredact cannot prove it safe",
                 ))
             }

@@ -44,7 +44,7 @@ mod write;
 
 pub use prepared::{prepared_effects, PreparedEffect};
 pub use protect::{MaskedRel, Protection, Protections};
-pub use refusal::{Refusal, REFUSAL_SQLSTATE};
+pub use refusal::{Refusal, RefusalKind, REFUSAL_SQLSTATE};
 
 use audit::count_positions;
 use parse::{
@@ -153,7 +153,7 @@ impl<'a> State<'a> {
 
     fn run(&mut self, sql: &str) -> Result<Decision, Refusal> {
         if has_unicode_escape(sql) {
-            return Err(Refusal::new(
+            return Err(Refusal::new(RefusalKind::Other,
                 "Unicode-escaped names and strings (U&\"...\", U&'...') are not accepted for masked roles",
             )
             .hint("write the name or string directly in UTF-8"));
@@ -172,7 +172,7 @@ impl<'a> State<'a> {
         let mut stmts = match parsed {
             Ok(s) => s,
             Err(e) => {
-                return Err(Refusal::new(format!(
+                return Err(Refusal::new(RefusalKind::Unparsable, format!(
                     "statement refused for a masked role: pgredact could not parse it, so it cannot prove it safe ({e})"
                 ))
                 .hint("simplify the statement or ask a DBA; unparsable statements are never passed through"))

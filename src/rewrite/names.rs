@@ -2,7 +2,7 @@
 //! relations and protections along the session's search path.
 
 use super::protect::Protection;
-use super::refusal::Refusal;
+use super::refusal::{Refusal, RefusalKind};
 use super::State;
 use sqlparser::ast::{Ident, ObjectName, ObjectNamePart, Query, Statement, Visit, Visitor};
 use std::collections::HashSet;
@@ -52,8 +52,12 @@ pub(super) enum Resolved<'c> {
 impl<'a> State<'a> {
     pub(super) fn resolve(&mut self, name: &ObjectName) -> Result<Resolved<'a>, Refusal> {
         let cat: &'a crate::catalog::Catalog = &self.ctx.prot.catalog;
-        let parts = name_parts(name)
-            .ok_or_else(|| Refusal::new(format!("unsupported relation name {name}")))?;
+        let parts = name_parts(name).ok_or_else(|| {
+            Refusal::new(
+                RefusalKind::Unsupported,
+                format!("unsupported relation name {name}"),
+            )
+        })?;
         let found = match parts.as_slice() {
             [t] => {
                 // The first match along the path is what PostgreSQL reads today; if a later schema
@@ -69,7 +73,7 @@ impl<'a> State<'a> {
                     if self.ctx.prot.get(first).is_none()
                         && all[1..].iter().any(|r| self.ctx.prot.get(r).is_some())
                     {
-                        return Err(Refusal::new(format!(
+                        return Err(Refusal::new(RefusalKind::AmbiguousName, format!(
                             "the name {t} is ambiguous: {}.{t} shadows a protected relation of the same name",
                             first.schema
                         ))
@@ -86,7 +90,12 @@ impl<'a> State<'a> {
                 }
                 cat.lookup(s, t)
             }
-            _ => return Err(Refusal::new(format!("unsupported relation name {name}"))),
+            _ => {
+                return Err(Refusal::new(
+                    RefusalKind::Unsupported,
+                    format!("unsupported relation name {name}"),
+                ))
+            }
         };
         match found {
             Some(r) => {

@@ -5,7 +5,7 @@
 //! statements that follow. Every other way of changing it stays refused.
 
 use super::parse::RECURSION_LIMIT;
-use super::Refusal;
+use super::{Refusal, RefusalKind};
 use sqlparser::ast::{
     ContextModifier, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, SelectItem, Set,
     SetExpr, Statement, Value,
@@ -252,14 +252,17 @@ fn split_list(text: &str) -> Option<Vec<String>> {
 }
 
 fn local_refusal() -> Refusal {
-    Refusal::new(
+    Refusal::new(RefusalKind::Setting,
         "a transaction-local search_path (SET LOCAL, set_config(..., true)) is not supported for masked roles",
     )
     .hint("set it for the session, outside a transaction block")
 }
 
 fn value_refusal() -> Refusal {
-    Refusal::new("this search_path value is not supported for masked roles; list schema names")
+    Refusal::new(
+        RefusalKind::Setting,
+        "this search_path value is not supported for masked roles; list schema names",
+    )
 }
 
 #[cfg(test)]

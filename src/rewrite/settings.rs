@@ -1,7 +1,7 @@
 //! SET, RESET and `set_config`: which settings a masked session may change.
 
 use super::names::name_parts;
-use super::refusal::Refusal;
+use super::refusal::{Refusal, RefusalKind};
 use super::rules;
 use super::State;
 use sqlparser::ast::{
@@ -67,13 +67,15 @@ impl State<'_> {
                     Ok(())
                 } else {
                     Err(Refusal::new(
+                        RefusalKind::Setting,
                         "masked sessions must use client_encoding UTF8",
                     ))
                 }
             }
-            _ => Err(Refusal::new(format!(
-                "{set} is not allowed for masked roles"
-            ))),
+            _ => Err(Refusal::new(
+                RefusalKind::StatementKind,
+                format!("{set} is not allowed for masked roles"),
+            )),
         }
     }
 
@@ -91,7 +93,7 @@ impl State<'_> {
             return if ok {
                 Ok(())
             } else {
-                Err(Refusal::new(format!(
+                Err(Refusal::new(RefusalKind::Setting, format!(
                     "SET {name} to that value is not allowed for masked roles: the masking reads SQL with {name} = {}",
                     allowed[0]
                 )))
@@ -108,13 +110,16 @@ impl State<'_> {
 }
 
 pub(super) fn identity_refusal(what: &str) -> Refusal {
-    Refusal::new(format!(
-        "{what} is not allowed for masked roles: a masked session cannot change its identity"
-    ))
+    Refusal::new(
+        RefusalKind::Identity,
+        format!(
+            "{what} is not allowed for masked roles: a masked session cannot change its identity"
+        ),
+    )
 }
 
 pub(super) fn setting_refusal(name: &str, verb: &str) -> Refusal {
-    Refusal::new(format!(
+    Refusal::new(RefusalKind::Setting, format!(
         "{verb} {name} is not allowed for masked roles: only settings that cannot affect masking may be changed"
     ))
 }
@@ -122,7 +127,7 @@ pub(super) fn setting_refusal(name: &str, verb: &str) -> Refusal {
 /// `RESET`: of a setting `SET` may change, nothing else.
 pub(super) fn reset(r: &ResetStatement) -> Result<(), Refusal> {
     match &r.reset {
-        Reset::ALL => Err(Refusal::new(
+        Reset::ALL => Err(Refusal::new(RefusalKind::Setting,
             "RESET ALL is not allowed for masked roles: it would reset settings the masking depends on",
         )),
         Reset::SessionAuthorization => Err(identity_refusal("RESET SESSION AUTHORIZATION")),
@@ -139,7 +144,7 @@ pub(super) fn reset(r: &ResetStatement) -> Result<(), Refusal> {
 /// `DISCARD`: anything but `DISCARD ALL`, which would reset the settings the masking depends on.
 pub(super) fn discard(object_type: &DiscardObject) -> Result<(), Refusal> {
     if object_type.to_string().eq_ignore_ascii_case("ALL") {
-        return Err(Refusal::new(
+        return Err(Refusal::new(RefusalKind::Setting,
             "DISCARD ALL is not allowed for masked roles: it would reset settings the masking depends on",
         ));
     }

@@ -2,7 +2,7 @@
 
 use super::checks::{reads_pii, risky_type};
 use super::protect::{self, Protection};
-use super::refusal::Refusal;
+use super::refusal::{Refusal, RefusalKind};
 use super::search_path;
 use super::settings::{discard, reset};
 use super::write::write_body;
@@ -56,19 +56,19 @@ impl State<'_> {
             Statement::Lock(l) => self.lock(l)?,
             Statement::Drop { .. } | Statement::Truncate(_) => {}
             Statement::LISTEN { .. } => {
-                return Err(Refusal::new(
+                return Err(Refusal::new(RefusalKind::Listen,
                     "LISTEN is not allowed for masked roles: notification payloads from other sessions are not masked",
                 ))
             }
             Statement::Merge(_) => self.write(s)?,
             Statement::Call(_) => {
-                return Err(Refusal::new(
+                return Err(Refusal::new(RefusalKind::Function,
                     "CALL is not allowed for masked roles: procedures may read PII internally",
                 ))
             }
             other => {
                 let kind = statement_kind(other);
-                return Err(Refusal::new(format!(
+                return Err(Refusal::new(RefusalKind::StatementKind, format!(
                     "{kind} is not allowed for masked roles: pgredact only lets through statements it can prove do not reveal PII"
                 )));
             }
@@ -87,6 +87,7 @@ impl State<'_> {
         }
         if q.order_by.is_some() || q.limit_clause.is_some() || q.fetch.is_some() {
             return Err(Refusal::new(
+                RefusalKind::Unsupported,
                 "ORDER BY or LIMIT on a data-modifying statement is not supported",
             ));
         }
@@ -105,7 +106,10 @@ impl State<'_> {
         options: &mut Option<Vec<UtilityOption>>,
     ) -> Result<(), Refusal> {
         if matches!(statement, Statement::Explain { .. }) {
-            return Err(Refusal::new("nested EXPLAIN is not supported"));
+            return Err(Refusal::new(
+                RefusalKind::Explain,
+                "nested EXPLAIN is not supported",
+            ));
         }
         self.pii_names = Some(HashSet::new());
         self.statement(statement)?;
@@ -125,6 +129,7 @@ impl State<'_> {
                 | Statement::Delete(_)
         ) {
             return Err(Refusal::new(
+                RefusalKind::Unsupported,
                 "PREPARE of this statement kind is not supported for masked roles",
             ));
         }
@@ -140,6 +145,7 @@ impl State<'_> {
                 }
                 None => {
                     return Err(Refusal::new(
+                        RefusalKind::Other,
                         "only DECLARE ... CURSOR FOR <query> is supported for masked roles",
                     ))
                 }
@@ -155,12 +161,13 @@ impl State<'_> {
             || ct.partition_of.is_some()
         {
             return Err(Refusal::new(
+                RefusalKind::StatementKind,
                 "CREATE TABLE with LIKE, INHERITS or PARTITION OF is not allowed for masked roles",
             ));
         }
         for c in &ct.columns {
             if let Some(t) = risky_type(&self.ctx.prot.catalog, &c.data_type) {
-                return Err(Refusal::new(format!(
+                return Err(Refusal::new(RefusalKind::Function, format!(
                     "a column of type {t} is not allowed for masked roles: its constraints run user code that may read PII"
                 )));
             }
@@ -190,13 +197,13 @@ impl State<'_> {
         let named = |o: &UtilityOption, n: &str| o.name.value.eq_ignore_ascii_case(n);
         let opts = options.get_or_insert_with(Vec::new);
         if *analyze || opts.iter().any(|o| named(o, "analyze") && !off(o)) {
-            return Err(Refusal::new(
+            return Err(Refusal::new(RefusalKind::Explain,
                 "EXPLAIN ANALYZE of a statement that reads a table with PII is not allowed for masked roles: its row counts and cache counters are counted on the raw values",
             )
             .hint("EXPLAIN without ANALYZE shows the plan's shape"));
         }
         if opts.iter().any(|o| named(o, "costs") && !off(o)) {
-            return Err(Refusal::new(
+            return Err(Refusal::new(RefusalKind::Explain,
                 "EXPLAIN with COSTS of a statement that reads a table with PII is not allowed for masked roles: the planner's estimates are computed on the raw values",
             ));
         }
@@ -218,7 +225,7 @@ impl State<'_> {
     pub(super) fn lock(&mut self, l: &mut sqlparser::ast::Lock) -> Result<(), Refusal> {
         use sqlparser::ast::LockTableMode;
         if l.lock_mode != Some(LockTableMode::AccessShare) {
-            return Err(Refusal::new(
+            return Err(Refusal::new(RefusalKind::Other,
                 "LOCK TABLE is allowed for masked roles only IN ACCESS SHARE MODE (the lock pg_dump takes)",
             ));
         }
@@ -231,10 +238,10 @@ impl State<'_> {
             match prot {
                 None => {}
                 Some(Protection::Refuse(r)) => {
-                    return Err(Refusal::new(format!(
-                        "LOCK TABLE {} is not allowed for masked roles: {r}",
-                        t.name
-                    )))
+                    return Err(Refusal::new(
+                        RefusalKind::StatementKind,
+                        format!("LOCK TABLE {} is not allowed for masked roles: {r}", t.name),
+                    ))
                 }
                 Some(Protection::Mask(rel)) => {
                     t.name = if t.only {
@@ -280,11 +287,11 @@ pub(super) fn structure_check(s: &Statement) -> Result<(), Refusal> {
     fn walk(se: &SetExpr) -> Option<Refusal> {
         match se {
             SetExpr::SetOperation { left, right, .. } => walk(left).or_else(|| walk(right)),
-            SetExpr::Table(_) => Some(Refusal::new(
+            SetExpr::Table(_) => Some(Refusal::new(RefusalKind::Unsupported,
                 "TABLE inside a set operation is not supported for masked roles; write SELECT * FROM",
             )),
             SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_) => {
-                Some(Refusal::new(
+                Some(Refusal::new(RefusalKind::Unsupported,
                     "data-modifying statements inside WITH are not supported for masked roles",
                 ))
             }

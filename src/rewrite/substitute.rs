@@ -3,7 +3,7 @@
 use super::names::name_parts;
 use super::parse::Splice;
 use super::protect::{MaskedRel, Protection};
-use super::refusal::Refusal;
+use super::refusal::{Refusal, RefusalKind};
 use super::State;
 use sqlparser::ast::{
     Ident, ObjectName, TableAlias, TableFactor, TableInheritance, VisitMut, VisitorMut,
@@ -61,19 +61,23 @@ impl State<'_> {
             // A WITH query's name is not a catalog name: not finding it is expected.
             self.unknown = unknown_before;
             if prot.is_some() {
-                return Err(Refusal::new(format!(
-                    "the WITH query {} has the name of a protected relation; rename it",
-                    parts[0]
-                )));
+                return Err(Refusal::new(
+                    RefusalKind::AmbiguousName,
+                    format!(
+                        "the WITH query {} has the name of a protected relation; rename it",
+                        parts[0]
+                    ),
+                ));
             }
             return Ok(());
         }
         let rel = match prot {
             None => return Ok(()),
             Some(Protection::Refuse(reason)) => {
-                return Err(Refusal::new(format!(
-                    "reading {name} is not allowed for masked roles: {reason}"
-                )))
+                return Err(Refusal::new(
+                    RefusalKind::CatalogObject,
+                    format!("reading {name} is not allowed for masked roles: {reason}"),
+                ))
             }
             Some(Protection::Mask(rel)) => rel,
         };
@@ -84,7 +88,7 @@ impl State<'_> {
             || sample.is_some()
             || !index_directives.is_empty()
         {
-            return Err(Refusal::new(format!(
+            return Err(Refusal::new(RefusalKind::Unsupported, format!(
                 "this form of reading {name} (TABLESAMPLE or a non-PostgreSQL table modifier) is not supported for masked roles"
             )));
         }

@@ -2,7 +2,7 @@
 
 use super::names::{fold, name_parts, Resolved};
 use super::protect::{MaskedRel, Protection};
-use super::refusal::Refusal;
+use super::refusal::{Refusal, RefusalKind};
 use super::State;
 use sqlparser::ast::{
     Assignment, AssignmentTarget, ConflictTarget, Expr, FromTable, Ident, Insert, Merge,
@@ -37,7 +37,7 @@ impl State<'_> {
         if let Some(t) = &target {
             self.check_returning(s, t)?;
             if let Some(c) = system_column(s) {
-                return Err(Refusal::new(format!(
+                return Err(Refusal::new(RefusalKind::Other, format!(
                     "the system column {c} of {}.{} is not allowed in writes by masked roles: a row's physical position and versions depend on the raw sizes of its PII columns",
                     t.rel.schema, t.rel.name
                 )));
@@ -61,15 +61,19 @@ impl State<'_> {
         };
         if let Resolved::Rel(r) = self.resolve(tname)? {
             if let Some(why) = self.ctx.prot.catalog.risky_writes.get(&r.oid) {
-                return Err(Refusal::new(format!(
+                return Err(Refusal::new(
+                    RefusalKind::WriteTarget,
+                    format!(
                     "writing to {tname} is not allowed for masked roles: {why}, which may read PII"
-                )));
+                ),
+                ));
             }
         }
         match prot {
-            Some(Protection::Refuse(reason)) => Err(Refusal::new(format!(
-                "writing to {tname} is not allowed for masked roles: {reason}"
-            ))),
+            Some(Protection::Refuse(reason)) => Err(Refusal::new(
+                RefusalKind::WriteTarget,
+                format!("writing to {tname} is not allowed for masked roles: {reason}"),
+            )),
             Some(Protection::Mask(rel)) => {
                 self.expected_masked_refs += 1;
                 self.note_pii_names(&rel, alias);
@@ -159,7 +163,7 @@ impl State<'_> {
                     .filter(|c| !t.rel.is_pii(c))
                     .map(String::as_str)
                     .collect();
-                return Err(Refusal::new(format!(
+                return Err(Refusal::new(RefusalKind::PiiRead, format!(
                     "RETURNING * would return the PII columns of {}.{} ({}), which masked roles may not read",
                     t.rel.schema,
                     t.rel.name,
@@ -184,6 +188,7 @@ fn target_name(s: &Statement) -> Result<Option<(ObjectName, Option<Ident>, bool)
             ),
             _ => {
                 return Err(Refusal::new(
+                    RefusalKind::Function,
                     "INSERT INTO a table function is not supported",
                 ))
             }
@@ -191,6 +196,7 @@ fn target_name(s: &Statement) -> Result<Option<(ObjectName, Option<Ident>, bool)
         Statement::Update(u) => {
             if !u.table.joins.is_empty() {
                 return Err(Refusal::new(
+                    RefusalKind::Unsupported,
                     "UPDATE with joins in the target is not supported",
                 ));
             }
@@ -201,13 +207,19 @@ fn target_name(s: &Statement) -> Result<Option<(ObjectName, Option<Ident>, bool)
                 FromTable::WithFromKeyword(v) | FromTable::WithoutKeyword(v) => v,
             };
             if !d.tables.is_empty() || from.len() != 1 || !from[0].joins.is_empty() {
-                return Err(Refusal::new("DELETE from several tables is not supported"));
+                return Err(Refusal::new(
+                    RefusalKind::Unsupported,
+                    "DELETE from several tables is not supported",
+                ));
             }
             table_factor_target(&from[0].relation, "DELETE")?
         }
         Statement::Merge(m) => {
             if m.output.is_some() {
-                return Err(Refusal::new("MERGE with an OUTPUT clause is not supported"));
+                return Err(Refusal::new(
+                    RefusalKind::Unsupported,
+                    "MERGE with an OUTPUT clause is not supported",
+                ));
             }
             table_factor_target(&m.table, "MERGE")?
         }
@@ -231,11 +243,14 @@ fn qualified(t: &Target) -> String {
 }
 
 fn refuse_column(t: &Target, c: &str, what: &str) -> Refusal {
-    Refusal::new(format!(
-        "{what} column {c} of {}, which holds PII (policy {}), is not allowed for masked roles",
-        qualified(t),
-        t.rel.policy_table
-    ))
+    Refusal::new(
+        RefusalKind::PiiWrite,
+        format!(
+            "{what} column {c} of {}, which holds PII (policy {}), is not allowed for masked roles",
+            qualified(t),
+            t.rel.policy_table
+        ),
+    )
 }
 
 /// The folded last part of a column name (empty when it is not an identifier).
@@ -259,10 +274,13 @@ fn check_assignments(assignments: &[Assignment], t: &Target) -> Result<(), Refus
 
 fn check_insert_columns(i: &Insert, t: &Target) -> Result<(), Refusal> {
     if i.columns.is_empty() {
-        return Err(Refusal::new(format!(
-            "INSERT into {} without a column list writes every column, including PII columns",
-            qualified(t)
-        ))
+        return Err(Refusal::new(
+            RefusalKind::PiiWrite,
+            format!(
+                "INSERT into {} without a column list writes every column, including PII columns",
+                qualified(t)
+            ),
+        )
         .hint("list the non-PII columns you insert"));
     }
     for c in &i.columns {
@@ -280,7 +298,7 @@ fn check_insert_columns(i: &Insert, t: &Target) -> Result<(), Refusal> {
             }
         }
         if let Some(ConflictTarget::OnConstraint(_)) = &oc.conflict_target {
-            return Err(Refusal::new(
+            return Err(Refusal::new(RefusalKind::Unsupported,
                 "ON CONFLICT ON CONSTRAINT is not supported for masked roles on tables with PII; name the columns",
             ));
         }
@@ -288,7 +306,10 @@ fn check_insert_columns(i: &Insert, t: &Target) -> Result<(), Refusal> {
             check_assignments(&du.assignments, t)?;
         }
     } else if i.on.is_some() {
-        return Err(Refusal::new("this INSERT form is not supported"));
+        return Err(Refusal::new(
+            RefusalKind::Unsupported,
+            "this INSERT form is not supported",
+        ));
     }
     Ok(())
 }
@@ -299,28 +320,37 @@ fn check_merge_columns(m: &Merge, t: &Target) -> Result<(), Refusal> {
         match &c.action {
             MergeAction::Update(u) => {
                 if u.update_predicate.is_some() || u.delete_predicate.is_some() {
-                    return Err(Refusal::new("this MERGE form is not PostgreSQL's"));
+                    return Err(Refusal::new(
+                        RefusalKind::Other,
+                        "this MERGE form is not PostgreSQL's",
+                    ));
                 }
                 match &u.kind {
                     MergeUpdateKind::Set(assignments) => check_assignments(assignments, t)?,
                     _ => {
-                        return Err(Refusal::new(format!(
+                        return Err(Refusal::new(
+                            RefusalKind::PiiWrite,
+                            format!(
                         "MERGE ... UPDATE SET * writes every column of {}, including PII columns",
                         qualified(t)
-                    )))
+                    ),
+                        ))
                     }
                 }
             }
             MergeAction::Insert(i) => {
                 if i.columns.is_empty() || !matches!(i.kind, MergeInsertKind::Values(_)) {
-                    return Err(Refusal::new(format!(
+                    return Err(Refusal::new(RefusalKind::PiiWrite, format!(
                         "MERGE ... INSERT into {} without a column list writes every column, including PII columns",
                         qualified(t)
                     ))
                     .hint("list the non-PII columns you insert"));
                 }
                 if i.insert_predicate.is_some() {
-                    return Err(Refusal::new("this MERGE form is not PostgreSQL's"));
+                    return Err(Refusal::new(
+                        RefusalKind::Other,
+                        "this MERGE form is not PostgreSQL's",
+                    ));
                 }
                 for c in &i.columns {
                     let n = column_name(c);
@@ -351,9 +381,10 @@ fn table_factor_target(
             alias.as_ref().map(|a| a.name.clone()),
             matches!(inheritance, Some(TableInheritance::Only { .. })),
         )),
-        _ => Err(Refusal::new(format!(
-            "{verb} of a derived table is not supported"
-        ))),
+        _ => Err(Refusal::new(
+            RefusalKind::Unsupported,
+            format!("{verb} of a derived table is not supported"),
+        )),
     }
 }
 
