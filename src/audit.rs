@@ -1135,6 +1135,7 @@ mod tests {
     #[test]
     fn refusal_messages_with_literals_are_withheld() {
         let r = |m: &str| Refusal {
+            kind: crate::rewrite::RefusalKind::Other,
             message: m.into(),
             hint: None,
         };

@@ -10,7 +10,7 @@ use super::frame::{self, ErrorFields, FrameError, FrameReader};
 use super::lifecycle::{until, within, Lifecycle, Stop, HALT_GRACE, SHUTTING_DOWN};
 use super::peers;
 use super::state::{lock, DbState, Shared};
-use crate::rewrite::{Decision, Refusal, REFUSAL_SQLSTATE};
+use crate::rewrite::{Decision, Refusal, RefusalKind, REFUSAL_SQLSTATE};
 use crate::tls::{ClientStream, ServerStream, SplitStream};
 use bytes::{Bytes, BytesMut};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -1384,6 +1384,7 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
                         }
                         Some(Ok(_)) => {
                             let r = Refusal {
+                                kind: RefusalKind::Setting,
                                 message: "pgredact: masked sessions change search_path only outside a transaction block, with no statement in flight".into(),
                                 hint: Some("set it before BEGIN, and wait for the previous statement's answer".into()),
                             };
@@ -1484,6 +1485,7 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
                 let mut p = lock(&pending);
                 let unit = p.open();
                 let r = Refusal {
+                    kind: RefusalKind::Protocol,
                     message: "pgredact: the FunctionCall protocol message is not allowed for masked roles".into(),
                     hint: None,
                 };
@@ -1616,6 +1618,7 @@ fn stale_refusal(name: &str, now: &Decision) -> Refusal {
         _ => String::new(),
     };
     Refusal {
+        kind: RefusalKind::StalePrepared,
         message: format!(
             "pgredact: prepared statement {name:?} was decided before a change to the schema, the policies or this session, and would now be masked differently{why}"
         ),
@@ -1786,6 +1789,7 @@ async fn decide(
 ) -> Arc<Decision> {
     if !reading_safe.load(Ordering::Relaxed) {
         return Arc::new(Decision::Refuse(Refusal {
+            kind: RefusalKind::Setting,
             message: "pgredact: this session's client_encoding or standard_conforming_strings changed; masked sessions require UTF8 and on".into(),
             hint: None,
         }));
@@ -1796,6 +1800,7 @@ async fn decide(
         Ok(s) => s,
         Err(e) => {
             return Arc::new(Decision::Refuse(Refusal {
+                kind: RefusalKind::CatalogUnavailable,
                 message: format!("pgredact: {e}"),
                 hint: None,
             }))
@@ -1803,6 +1808,7 @@ async fn decide(
     };
     if let Some(why) = &snap.wall_refusal {
         return Arc::new(Decision::Refuse(Refusal {
+            kind: RefusalKind::WallBroken,
             message: format!("pgredact: {why}"),
             hint: None,
         }));
@@ -1816,6 +1822,7 @@ async fn decide(
     match db.refresh_since(shared, t0).await {
         Ok(()) => db.snapshot().decide(sql, path_id, search_path).0,
         Err(e) => Arc::new(Decision::Refuse(Refusal {
+            kind: RefusalKind::CatalogUnavailable,
             message: format!("pgredact: the statement names an object pgredact does not know and the catalog could not be re-read: {e}"),
             hint: None,
         })),

@@ -2,9 +2,14 @@
 //! accepted statement each masked table is read through its masking view (the one reference
 //! left may be the target of an approved write).
 
+use super::names::name_parts;
 use super::tests::{fixture, path};
 use super::*;
 use proptest::prelude::*;
+use sqlparser::ast::{ObjectName, Statement, Visit, Visitor};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+use std::ops::ControlFlow;
 
 /// Small deterministic generator of SQL over the fixture schema.
 struct Gen(u64);
@@ -124,12 +129,12 @@ impl Gen {
 
 /// Counts references to masked relations themselves (not their masking views).
 pub(super) fn unmasked_refs(stmt: &Statement, p: &Protections, sp: &[String]) -> usize {
-    struct V<'a> {
+    struct UnmaskedRefCounter<'a> {
         p: &'a Protections,
         sp: &'a [String],
         bad: usize,
     }
-    impl Visitor for V<'_> {
+    impl Visitor for UnmaskedRefCounter<'_> {
         type Break = ();
         fn pre_visit_relation(&mut self, r: &ObjectName) -> ControlFlow<()> {
             let parts = name_parts(r).unwrap_or_default();
@@ -146,7 +151,7 @@ pub(super) fn unmasked_refs(stmt: &Statement, p: &Protections, sp: &[String]) ->
             ControlFlow::Continue(())
         }
     }
-    let mut v = V { p, sp, bad: 0 };
+    let mut v = UnmaskedRefCounter { p, sp, bad: 0 };
     let _ = stmt.visit(&mut v);
     v.bad
 }

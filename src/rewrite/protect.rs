@@ -98,6 +98,7 @@ impl Protections {
     /// `build`, plus relations that were protected under a name the policy still lists but are
     /// no longer reached by it (renamed, moved to another schema, detached or un-inherited):
     /// oid -> the policy table they were protected as. They are refused, not read raw.
+    /// (Long: its numbered passes must run in this order, each reading what the previous added.)
     pub fn build_with_history(
         policy: &DatabasePolicy,
         catalog: Arc<Catalog>,

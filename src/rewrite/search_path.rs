@@ -4,7 +4,8 @@
 //! '...', false)` as pg_dump sends it), works out the new path itself, and uses it for the
 //! statements that follow. Every other way of changing it stays refused.
 
-use super::{Refusal, RECURSION_LIMIT};
+use super::parse::RECURSION_LIMIT;
+use super::{Refusal, RefusalKind};
 use sqlparser::ast::{
     ContextModifier, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, SelectItem, Set,
     SetExpr, Statement, Value,
@@ -14,6 +15,7 @@ use sqlparser::parser::Parser;
 
 /// The schemas a statement sets `search_path` to, as listed (`$user` not yet replaced), when
 /// `sql` is one statement that sets it for the session; None for any other statement.
+/// (Long: one match over every statement form that can set search_path, read side by side.)
 pub fn search_path_change(sql: &str) -> Option<Result<Vec<String>, Refusal>> {
     // Cheap filter: nearly every statement is not one of these.
     if !sql
@@ -52,7 +54,7 @@ pub fn search_path_change(sql: &str) -> Option<Result<Vec<String>, Refusal>> {
                         return Some(Err(value_refusal()))
                     }
                     // An identifier is one schema, folded as PostgreSQL folds names.
-                    Expr::Identifier(i) => out.push(super::fold(i)),
+                    Expr::Identifier(i) => out.push(super::names::fold(i)),
                     // A string is one schema, exactly as written (search_path quotes list items).
                     Expr::Value(v) => match &v.value {
                         Value::SingleQuotedString(s) => out.push(s.clone()),
@@ -250,14 +252,17 @@ fn split_list(text: &str) -> Option<Vec<String>> {
 }
 
 fn local_refusal() -> Refusal {
-    Refusal::new(
+    Refusal::new(RefusalKind::Setting,
         "a transaction-local search_path (SET LOCAL, set_config(..., true)) is not supported for masked roles",
     )
     .hint("set it for the session, outside a transaction block")
 }
 
 fn value_refusal() -> Refusal {
-    Refusal::new("this search_path value is not supported for masked roles; list schema names")
+    Refusal::new(
+        RefusalKind::Setting,
+        "this search_path value is not supported for masked roles; list schema names",
+    )
 }
 
 #[cfg(test)]
