@@ -251,6 +251,7 @@ fn benches<M: Measurement>(c: &mut Criterion<M>) {
     let ctx = SessionCtx {
         prot: &prot,
         search_path: &path,
+        path_at_start: true,
     };
 
     for (name, sql, rewritten) in CASES {
@@ -264,7 +265,7 @@ fn benches<M: Measurement>(c: &mut Criterion<M>) {
                  does not cache it"
             );
         }
-        let (d, _) = snap.decide(sql, 1, &path);
+        let (d, _) = snap.decide(sql, 1, &path, true);
         check_decision(name, sql, *rewritten, &d);
     }
 
@@ -279,7 +280,7 @@ fn benches<M: Measurement>(c: &mut Criterion<M>) {
     let mut g = c.benchmark_group("rewrite_cached");
     for (name, sql, _) in CASES {
         g.bench_with_input(BenchmarkId::from_parameter(name), sql, |b, sql| {
-            b.iter(|| snap.decide(black_box(sql), 1, &path))
+            b.iter(|| snap.decide(black_box(sql), 1, &path, true))
         });
     }
     g.finish();

@@ -748,6 +748,7 @@ impl Writer {
                         &SessionCtx {
                             prot: &r.snapshot.prot,
                             search_path: &r.search_path,
+                            path_at_start: true,
                         },
                     )
                     .relations

@@ -590,7 +590,7 @@ async fn adversarial_suite() {
                 stats.ok += 1;
             }
             if case.or != Or::C {
-                let (t, tcap) = fx.twin().await;
+                let (t, tcap) = fx.twin_for(case.role.user()).await;
                 let ta = run_tokio(&t, &tcap, &case.sql, extended, tx).await;
                 if !compare(case, &a.outcome, &ta.outcome) {
                     failures.push(Failure {
@@ -708,7 +708,7 @@ async fn adversarial_suite() {
                 poison_canary += 1;
             }
             Poison::Twin => {
-                let (t, tcap) = fx.twin().await;
+                let (t, tcap) = fx.twin_for(case.role.user()).await;
                 let ta = run_tokio(&t, &tcap, &case.sql, false, tx).await;
                 if compare(case, &a.outcome, &ta.outcome) {
                     poison_failures.push(format!(

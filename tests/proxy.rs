@@ -263,7 +263,6 @@ async fn refusals_for_identity_dynamic_sql_and_catalog_leaks() {
             "pg_stats",
         ),
         ("SELECT * FROM pg_catalog.pg_statistic", "pgredact"),
-        ("SET search_path TO DEFAULT", "search_path"),
         ("SELEKT 1", "could not parse"),
         ("SELECT 1; SET ROLE dba", "identity"),
         ("SELECT pgredact.mask_hash('x')", "pgredact"),
@@ -726,6 +725,77 @@ async fn auth_methods_cancel_and_connect_time_refusals() {
         "enable_seqscan",
         "planner switch",
     );
+    // Back to the startup path (pg_catalog, public): RESET ALL, DISCARD ALL, RESET search_path
+    // and SET search_path TO DEFAULT. After a change, only alone and outside a transaction
+    // block; then names resolve on the startup path again.
+    let on_startup_path = |c: tokio_postgres::Client| async move {
+        let r = rows(&c, "SELECT email FROM customers WHERE customer_id = 1")
+            .await
+            .unwrap();
+        assert!(r[0].contains("***@"), "{r:?}");
+        c
+    };
+    let reset_forms = [
+        "RESET ALL",
+        "DISCARD ALL",
+        "RESET search_path",
+        "SET search_path TO DEFAULT",
+    ];
+    let mut c = c;
+    for reset in reset_forms {
+        c.batch_execute("SET search_path TO pg_catalog")
+            .await
+            .unwrap();
+        assert_refused(
+            c.simple_query(&format!("{reset}; SELECT 1")).await,
+            "search_path",
+            "a reset among other statements after a change",
+        );
+        c.batch_execute("BEGIN").await.unwrap();
+        assert_refused(
+            c.simple_query(reset).await,
+            "outside a transaction block",
+            "a reset in a transaction block after a change",
+        );
+        c.batch_execute("ROLLBACK").await.unwrap();
+        assert_eq!(
+            code(
+                &c.simple_query("SELECT email FROM customers WHERE customer_id = 1")
+                    .await
+                    .unwrap_err()
+            ),
+            "42P01",
+            "still on pg_catalog only"
+        );
+        c.batch_execute(reset)
+            .await
+            .unwrap_or_else(|e| panic!("{reset}: {e}"));
+        c = on_startup_path(c).await;
+    }
+    // On the startup path, resets are no change at all: they pass anywhere, also in a pool's
+    // multi-statement reset query (asyncpg's) and inside a transaction block.
+    c.batch_execute("SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;")
+        .await
+        .expect("asyncpg's reset query");
+    c.batch_execute("BEGIN; RESET ALL; RESET search_path; COMMIT")
+        .await
+        .expect("resets in a transaction block on the startup path");
+    // DISCARD ALL drops prepared statements; pgredact forgets them too.
+    c.batch_execute("PREPARE zq_p AS SELECT email FROM customers WHERE customer_id = 1")
+        .await
+        .unwrap();
+    assert!(rows(&c, "EXECUTE zq_p").await.unwrap()[0].contains("***@"));
+    c.batch_execute("DISCARD ALL").await.unwrap();
+    assert_eq!(
+        code(&c.simple_query("EXECUTE zq_p").await.unwrap_err()),
+        "26000",
+        "the prepared statement is gone"
+    );
+    let c = on_startup_path(c).await;
+    // Nothing of pgredact's is undone by RESET ALL: the planner channels are closed by the
+    // masking views themselves (tests/planner.rs).
+    c.batch_execute("RESET ALL").await.unwrap();
+    on_startup_path(c).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -204,7 +204,7 @@ async fn ordinary_queries_succeed_masked() {
             if q.kind == K::Succeed {
                 continue;
             }
-            let (t, tcap) = fx.twin().await;
+            let (t, tcap) = fx.twin_for(q.user).await;
             if tx {
                 t.batch_execute("BEGIN").await.unwrap();
             }

@@ -10,6 +10,7 @@ use super::frame::{self, ErrorFields, FrameError, FrameReader};
 use super::lifecycle::{until, within, Lifecycle, Stop, HALT_GRACE, SHUTTING_DOWN};
 use super::peers;
 use super::state::{lock, DbState, Shared};
+use crate::rewrite::search_path::PathChange;
 use crate::rewrite::{Decision, Refusal, RefusalKind, REFUSAL_SQLSTATE};
 use crate::tls::{ClientStream, ServerStream, SplitStream};
 use bytes::{Bytes, BytesMut};
@@ -1362,9 +1363,9 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
         let tag = f[0];
         let res: Result<(), FrameError> = match tag {
             b'Q' => match frame::decode_query(&f) {
-                Ok(sql) if crate::rewrite::search_path::search_path_change(&sql).is_some() => {
+                Ok(sql) if path_change(&sql, &cx.path).is_some() => {
                     // The session's search path changes: analysed here, not refused.
-                    let change = crate::rewrite::search_path::search_path_change(&sql);
+                    let change = path_change(&sql, &cx.path);
                     let mut p = lock(&pending);
                     // Outside a transaction block and with nothing in flight, the change takes
                     // effect exactly when this statement runs (it cannot fail there).
@@ -1372,14 +1373,25 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
                     let unit = p.open();
                     let audit_res = auditing.then(|| cx.audit_resolve());
                     match change {
-                        Some(Ok(listed)) if idle => {
+                        Some(Ok(c)) if idle => {
                             if auditing {
                                 unit.audit.query(&sql, &Arc::new(Decision::Pass), audit_res);
                             }
-                            cx.path.set(crate::rewrite::search_path::effective_path(
-                                &listed,
-                                &cx.path.user,
-                            ));
+                            match c {
+                                PathChange::Set(listed) => {
+                                    cx.path.set(crate::rewrite::search_path::effective_path(
+                                        &listed,
+                                        &cx.path.user,
+                                    ))
+                                }
+                                PathChange::Reset => cx.path.reset(),
+                            }
+                            // DISCARD ALL also drops the prepared statements.
+                            for e in crate::rewrite::prepared_effects(&sql) {
+                                if e == crate::rewrite::PreparedEffect::Deallocate(None) {
+                                    unit.effects.push(StmtEffect::RemoveAll);
+                                }
+                            }
                             out.extend_from_slice(&f);
                         }
                         Some(Ok(_)) => {
@@ -1718,10 +1730,31 @@ fn close_statement(f: &[u8]) -> Result<Option<String>, FrameError> {
     }
 }
 
+/// How `sql` changes the session's search path (see [`search_path_change`]), except a return to
+/// the path the session started with while it is still on it: nothing changes, and the rewriter
+/// decides the statement (`RESET ALL` and `DISCARD ALL` pass then, also within other statements
+/// or a transaction block).
+///
+/// [`search_path_change`]: crate::rewrite::search_path::search_path_change
+fn path_change(sql: &str, path: &SessionPath) -> Option<Result<PathChange, Refusal>> {
+    let set = sql
+        .trim_start()
+        .get(..3)
+        .is_some_and(|w| w.eq_ignore_ascii_case("set"));
+    match crate::rewrite::search_path::search_path_change(sql) {
+        // RESET ALL, RESET search_path, DISCARD ALL (a SET of search_path stays analysed here).
+        Some(Ok(PathChange::Reset)) if path.at_start() && !set => None,
+        other => other,
+    }
+}
+
 /// The session's search path as `current_schemas(true)` lists it, and its id in the rewrite
 /// cache's key.
 struct SessionPath {
     schemas: Vec<String>,
+    /// The path the session started with: what `RESET ALL`, `DISCARD ALL`, `RESET search_path`
+    /// and `SET search_path TO DEFAULT` return to.
+    initial: Vec<String>,
     id: u64,
     /// The session user (`$user` in a search path).
     user: String,
@@ -1731,6 +1764,7 @@ impl SessionPath {
     fn new(schemas: Vec<String>, user: String) -> SessionPath {
         let mut p = SessionPath {
             schemas: Vec::new(),
+            initial: schemas.clone(),
             id: 0,
             user,
         };
@@ -1742,8 +1776,19 @@ impl SessionPath {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         schemas.hash(&mut h);
+        // Decisions differ between a path that is the session's first and the same path set
+        // later (RESET ALL passes only for the first).
+        (schemas == self.initial).hash(&mut h);
         self.id = h.finish();
         self.schemas = schemas;
+    }
+
+    fn at_start(&self) -> bool {
+        self.schemas == self.initial
+    }
+
+    fn reset(&mut self) {
+        self.set(self.initial.clone());
     }
 }
 
@@ -1765,16 +1810,7 @@ impl DecideCtx<'_> {
     }
 
     async fn decide(&self, sql: &str, t0: std::time::Instant) -> Arc<Decision> {
-        decide(
-            self.shared,
-            self.db,
-            sql,
-            t0,
-            self.path.id,
-            &self.path.schemas,
-            self.reading_safe,
-        )
-        .await
+        decide(self.shared, self.db, sql, t0, &self.path, self.reading_safe).await
     }
 }
 
@@ -1783,8 +1819,7 @@ async fn decide(
     db: &Arc<DbState>,
     sql: &str,
     t0: std::time::Instant,
-    path_id: u64,
-    search_path: &[String],
+    path: &SessionPath,
     reading_safe: &AtomicBool,
 ) -> Arc<Decision> {
     if !reading_safe.load(Ordering::Relaxed) {
@@ -1813,14 +1848,18 @@ async fn decide(
             hint: None,
         }));
     }
-    let (d, unknown) = snap.decide(sql, path_id, search_path);
+    let (d, unknown) = snap.decide(sql, path.id, &path.schemas, path.at_start());
     if !unknown {
         return d;
     }
     // A name the snapshot does not know: decide again on a catalog read after this statement
     // arrived (a relation created a moment ago may be a view over PII). Fail closed otherwise.
     match db.refresh_since(shared, t0).await {
-        Ok(()) => db.snapshot().decide(sql, path_id, search_path).0,
+        Ok(()) => {
+            db.snapshot()
+                .decide(sql, path.id, &path.schemas, path.at_start())
+                .0
+        }
         Err(e) => Arc::new(Decision::Refuse(Refusal {
             kind: RefusalKind::CatalogUnavailable,
             message: format!("pgredact: the statement names an object pgredact does not know and the catalog could not be re-read: {e}"),

@@ -929,8 +929,15 @@ async fn read_generation(client: &Client) -> Option<i64> {
 }
 
 impl Snapshot {
-    /// The decision for `sql` in a session with this search path, cached.
-    pub fn decide(&self, sql: &str, path_id: u64, search_path: &[String]) -> (Arc<Decision>, bool) {
+    /// The decision for `sql` in a session with this search path, cached (`path_id` tells
+    /// apart both the path and whether it is the session's first).
+    pub fn decide(
+        &self,
+        sql: &str,
+        path_id: u64,
+        search_path: &[String],
+        path_at_start: bool,
+    ) -> (Arc<Decision>, bool) {
         if let Ok(c) = self.cache.read() {
             if let Some(d) = c.get(&path_id).and_then(|m| m.get(sql)) {
                 crate::metrics::rewrite_cache(true);
@@ -947,6 +954,7 @@ impl Snapshot {
                 &SessionCtx {
                     prot: &self.prot,
                     search_path,
+                    path_at_start,
                 },
             )
         });

@@ -78,6 +78,10 @@ pub struct SessionCtx<'a> {
     pub prot: &'a Protections,
     /// `current_schemas(true)` of the session, in order.
     pub search_path: &'a [String],
+    /// The search path is still the one the session started with, so `RESET ALL`, `DISCARD
+    /// ALL` and `RESET search_path` leave it as it is (otherwise they would change it behind the
+    /// rewriter's back).
+    pub path_at_start: bool,
 }
 
 /// Rewrites one Query or Parse text for a masked session.

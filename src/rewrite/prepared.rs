@@ -23,7 +23,7 @@ pub fn prepared_effects(sql: &str) -> Vec<PreparedEffect> {
             .windows(w.len())
             .any(|x| x.eq_ignore_ascii_case(w.as_bytes()))
     };
-    if !(has("prepare") || has("execute") || has("deallocate")) {
+    if !(has("prepare") || has("execute") || has("deallocate") || has("discard")) {
         return Vec::new();
     }
     let Ok(stmts) = parse_statements(sql) else {
@@ -45,6 +45,12 @@ pub fn prepared_effects(sql: &str) -> Vec<PreparedEffect> {
                 },
             )),
             Statement::Explain { statement, .. } => walk(statement, out),
+            // DISCARD ALL drops every prepared statement, as DEALLOCATE ALL does.
+            Statement::Discard { object_type }
+                if object_type.to_string().eq_ignore_ascii_case("ALL") =>
+            {
+                out.push(PreparedEffect::Deallocate(None))
+            }
             _ => {}
         }
     }

@@ -169,6 +169,7 @@ fn check_invariants(sql: &str) -> Decision {
         &SessionCtx {
             prot: &p,
             search_path: &sp,
+            path_at_start: true,
         },
     );
     let text = match &out.decision {
@@ -231,7 +232,7 @@ fn the_invariant_checker_can_fire() {
     let sp = path();
     let raw = reparse("SELECT * FROM customers c JOIN orders o USING (customer_id) WHERE EXISTS (SELECT 1 FROM ONLY customer_events_2024)");
     assert_eq!(unmasked_refs(&raw[0], &p, &sp), 2);
-    let Decision::Rewrite(t) = rewrite("SELECT * FROM customers c JOIN orders o USING (customer_id) WHERE EXISTS (SELECT 1 FROM ONLY customer_events_2024)", &SessionCtx { prot: &p, search_path: &sp }).decision else {
+    let Decision::Rewrite(t) = rewrite("SELECT * FROM customers c JOIN orders o USING (customer_id) WHERE EXISTS (SELECT 1 FROM ONLY customer_events_2024)", &SessionCtx { prot: &p, search_path: &sp, path_at_start: true  }).decision else {
         panic!("expected a rewrite");
     };
     assert_eq!(unmasked_refs(&reparse(&t)[0], &p, &sp), 0);

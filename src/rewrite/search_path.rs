@@ -7,21 +7,38 @@
 use super::parse::RECURSION_LIMIT;
 use super::{Refusal, RefusalKind};
 use sqlparser::ast::{
-    ContextModifier, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, SelectItem, Set,
+    ContextModifier, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Reset, SelectItem, Set,
     SetExpr, Statement, Value,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
-/// The schemas a statement sets `search_path` to, as listed (`$user` not yet replaced), when
-/// `sql` is one statement that sets it for the session; None for any other statement.
+/// How one statement changes the session's search path.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PathChange {
+    /// To these schemas, as listed (`$user` not yet replaced).
+    Set(Vec<String>),
+    /// Back to the path the session started with: `RESET ALL`, `RESET search_path`, `SET
+    /// search_path TO DEFAULT`, `DISCARD ALL` (RESET returns to the startup values).
+    Reset,
+}
+
+/// How `sql` changes the search path, when it is one statement that changes it for the
+/// session; None for any other statement.
 /// (Long: one match over every statement form that can set search_path, read side by side.)
-pub fn search_path_change(sql: &str) -> Option<Result<Vec<String>, Refusal>> {
+pub fn search_path_change(sql: &str) -> Option<Result<PathChange, Refusal>> {
     // Cheap filter: nearly every statement is not one of these.
-    if !sql
-        .as_bytes()
-        .windows(11)
-        .any(|w| w.eq_ignore_ascii_case(b"search_path"))
+    let starts = |w: &str| {
+        sql.trim_start()
+            .get(..w.len())
+            .is_some_and(|h| h.eq_ignore_ascii_case(w))
+    };
+    if !(starts("reset")
+        || starts("discard")
+        || sql
+            .as_bytes()
+            .windows(11)
+            .any(|w| w.eq_ignore_ascii_case(b"search_path")))
     {
         return None;
     }
@@ -34,6 +51,20 @@ pub fn search_path_change(sql: &str) -> Option<Result<Vec<String>, Refusal>> {
         return None;
     };
     match stmt {
+        Statement::Reset(r) => match &r.reset {
+            Reset::ALL => Some(Ok(PathChange::Reset)),
+            Reset::ConfigurationParameter(p)
+                if p.to_string().eq_ignore_ascii_case("search_path") =>
+            {
+                Some(Ok(PathChange::Reset))
+            }
+            _ => None,
+        },
+        Statement::Discard { object_type }
+            if object_type.to_string().eq_ignore_ascii_case("ALL") =>
+        {
+            Some(Ok(PathChange::Reset))
+        }
         Statement::Set(Set::SingleAssignment {
             scope,
             variable,
@@ -43,16 +74,18 @@ pub fn search_path_change(sql: &str) -> Option<Result<Vec<String>, Refusal>> {
             if matches!(scope, Some(ContextModifier::Local)) {
                 return Some(Err(local_refusal()));
             }
+            let default = |v: &Expr| matches!(v, Expr::Identifier(i) if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("default"));
+            // SET search_path TO DEFAULT: the startup value, as RESET.
+            if let [v] = values.as_slice() {
+                if default(v) {
+                    return Some(Ok(PathChange::Reset));
+                }
+            }
             let mut out = Vec::new();
             for v in values {
                 match v {
-                    // SET search_path TO DEFAULT: the role's or database's default, which
-                    // pgredact would have to read back.
-                    Expr::Identifier(i)
-                        if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("default") =>
-                    {
-                        return Some(Err(value_refusal()))
-                    }
+                    // DEFAULT within a list: PostgreSQL refuses it too.
+                    v if default(v) => return Some(Err(value_refusal())),
                     // An identifier is one schema, folded as PostgreSQL folds names.
                     Expr::Identifier(i) => out.push(super::names::fold(i)),
                     // A string is one schema, exactly as written (search_path quotes list items).
@@ -63,7 +96,7 @@ pub fn search_path_change(sql: &str) -> Option<Result<Vec<String>, Refusal>> {
                     _ => return Some(Err(value_refusal())),
                 }
             }
-            Some(Ok(out))
+            Some(Ok(PathChange::Set(out)))
         }
         Statement::Query(q) => {
             let SetExpr::Select(s) = &*q.body else {
@@ -99,7 +132,7 @@ pub fn search_path_change(sql: &str) -> Option<Result<Vec<String>, Refusal>> {
                     if *local {
                         return Some(Err(local_refusal()));
                     }
-                    Some(split_list(v).ok_or_else(value_refusal))
+                    Some(split_list(v).map(PathChange::Set).ok_or_else(value_refusal))
                 }
                 _ => None,
             }
@@ -271,7 +304,7 @@ mod tests {
 
     fn listed(sql: &str) -> Vec<String> {
         match search_path_change(sql) {
-            Some(Ok(v)) => v,
+            Some(Ok(PathChange::Set(v))) => v,
             other => panic!("{sql}: {other:?}"),
         }
     }
@@ -304,8 +337,23 @@ mod tests {
             search_path_change("SET LOCAL search_path = a"),
             Some(Err(_))
         ));
+        for reset in [
+            "SET search_path TO DEFAULT",
+            "RESET ALL",
+            " reset search_path;",
+            "DISCARD ALL",
+        ] {
+            assert_eq!(
+                search_path_change(reset),
+                Some(Ok(PathChange::Reset)),
+                "{reset}"
+            );
+        }
+        assert!(search_path_change("RESET work_mem").is_none());
+        assert!(search_path_change("DISCARD PLANS").is_none());
+        assert!(search_path_change("RESET ALL; SELECT 1").is_none());
         assert!(matches!(
-            search_path_change("SET search_path TO DEFAULT"),
+            search_path_change("SET search_path TO a, DEFAULT"),
             Some(Err(_))
         ));
         assert_eq!(listed("SET search_path TO \"default\""), vec!["default"]);

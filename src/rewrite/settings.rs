@@ -124,15 +124,24 @@ pub(super) fn setting_refusal(name: &str, verb: &str) -> Refusal {
     ))
 }
 
-/// `RESET`: of a setting `SET` may change, nothing else.
-pub(super) fn reset(r: &ResetStatement) -> Result<(), Refusal> {
+/// `RESET`: of a setting `SET` may change; `RESET ALL` and `RESET search_path` while the search
+/// path is the session's first (every other setting the masking depends on was checked at
+/// startup, and `RESET` returns to the startup values). After a change of the search path, they
+/// are analysed as that change (`search_path::search_path_change`) when sent alone.
+pub(super) fn reset(r: &ResetStatement, path_at_start: bool) -> Result<(), Refusal> {
     match &r.reset {
-        Reset::ALL => Err(Refusal::new(RefusalKind::Setting,
-            "RESET ALL is not allowed for masked roles: it would reset settings the masking depends on",
-        )),
+        Reset::ALL if path_at_start => Ok(()),
+        Reset::ALL => Err(path_reset_refusal("RESET ALL")),
         Reset::SessionAuthorization => Err(identity_refusal("RESET SESSION AUTHORIZATION")),
         Reset::ConfigurationParameter(p) => {
             let n = p.to_string().to_ascii_lowercase();
+            if n == "search_path" {
+                return if path_at_start {
+                    Ok(())
+                } else {
+                    Err(path_reset_refusal("RESET search_path"))
+                };
+            }
             if !rules::setting_allowed(&n) {
                 return Err(setting_refusal(&n, "RESET"));
             }
@@ -141,12 +150,18 @@ pub(super) fn reset(r: &ResetStatement) -> Result<(), Refusal> {
     }
 }
 
-/// `DISCARD`: anything but `DISCARD ALL`, which would reset the settings the masking depends on.
-pub(super) fn discard(object_type: &DiscardObject) -> Result<(), Refusal> {
-    if object_type.to_string().eq_ignore_ascii_case("ALL") {
-        return Err(Refusal::new(RefusalKind::Setting,
-            "DISCARD ALL is not allowed for masked roles: it would reset settings the masking depends on",
-        ));
+/// `DISCARD`: `DISCARD ALL` (what connection pools send) under the same rule as `RESET ALL`.
+pub(super) fn discard(object_type: &DiscardObject, path_at_start: bool) -> Result<(), Refusal> {
+    if object_type.to_string().eq_ignore_ascii_case("ALL") && !path_at_start {
+        return Err(path_reset_refusal("DISCARD ALL"));
     }
     Ok(())
+}
+
+fn path_reset_refusal(what: &str) -> Refusal {
+    Refusal::new(
+        RefusalKind::Setting,
+        format!("{what} together with other statements, or inside a transaction block, is not allowed for masked roles after the session changed its search_path: it would change the path pgredact resolves names with"),
+    )
+    .hint(format!("send {what} alone, outside a transaction block"))
 }

@@ -50,8 +50,8 @@ impl State<'_> {
             | Statement::UNLISTEN { .. } => {}
             Statement::NOTIFY { .. } => self.check(&*s, None)?,
             Statement::Set(set) => self.set(set)?,
-            Statement::Reset(r) => reset(r)?,
-            Statement::Discard { object_type } => discard(object_type)?,
+            Statement::Reset(r) => reset(r, self.ctx.path_at_start)?,
+            Statement::Discard { object_type } => discard(object_type, self.ctx.path_at_start)?,
             Statement::CreateTable(ct) => self.create_table(ct)?,
             Statement::Lock(l) => self.lock(l)?,
             Statement::Drop { .. } | Statement::Truncate(_) => {}

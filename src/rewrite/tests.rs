@@ -199,6 +199,10 @@ pub(crate) fn path() -> Vec<String> {
 }
 
 fn run(sql: &str) -> Outcome {
+    run_at(sql, true)
+}
+
+fn run_at(sql: &str, path_at_start: bool) -> Outcome {
     let p = fixture();
     let sp = path();
     rewrite(
@@ -206,6 +210,7 @@ fn run(sql: &str) -> Outcome {
         &SessionCtx {
             prot: &p,
             search_path: &sp,
+            path_at_start,
         },
     )
 }
@@ -449,7 +454,24 @@ fn identity_and_settings() {
     passes("SET standard_conforming_strings = on");
     assert!(refused("SET client_encoding = 'LATIN1'").contains("client_encoding"));
     passes("SET client_encoding = 'UTF8'");
-    assert!(refused("RESET ALL").contains("RESET ALL"));
+    // RESET ALL / DISCARD ALL / RESET search_path return to the startup values (checked at
+    // startup): they pass while the search path is still the session's first, also inside other
+    // statements (asyncpg's pool reset); after a change only alone (analysed by the relay).
+    for sql in [
+        "RESET ALL",
+        "DISCARD ALL",
+        "RESET search_path",
+        "CLOSE ALL; UNLISTEN *; RESET ALL;",
+    ] {
+        passes(sql);
+        match run_at(sql, false).decision {
+            Decision::Refuse(r) => {
+                assert!(r.message.contains("search_path"), "{sql}: {}", r.message);
+                assert_eq!(r.kind, RefusalKind::Setting);
+            }
+            other => panic!("{sql} after a search_path change: {other:?}"),
+        }
+    }
     passes("SET row_security = off");
     passes("SET synchronize_seqscans TO off");
     passes("SET statement_timeout = '5s'");
@@ -557,6 +579,7 @@ fn user_code_behind_builtin_looking_names_is_refused() {
             &SessionCtx {
                 prot: &p,
                 search_path: &sp,
+                path_at_start: true,
             },
         )
         .decision;
@@ -574,6 +597,7 @@ fn user_code_behind_builtin_looking_names_is_refused() {
             &SessionCtx {
                 prot: &p,
                 search_path: &sp,
+                path_at_start: true,
             },
         )
         .decision;
@@ -584,6 +608,7 @@ fn user_code_behind_builtin_looking_names_is_refused() {
         &SessionCtx {
             prot: &p,
             search_path: &sp,
+            path_at_start: true,
         },
     )
     .decision;
@@ -697,6 +722,7 @@ fn shadowed_names_are_refused_as_ambiguous() {
         &SessionCtx {
             prot: &p,
             search_path: &sp,
+            path_at_start: true,
         },
     );
     match out.decision {
@@ -878,8 +904,6 @@ fn refusals_carry_their_kind() {
         ("RESET ROLE", Setting),
         ("SET search_path = evil, public", Setting),
         ("SET client_encoding = 'LATIN1'", Setting),
-        ("RESET ALL", Setting),
-        ("DISCARD ALL", Setting),
         ("SELECT leak_fn(1)", Function),
         ("SELECT * FROM leak_fn()", Function),
         ("SELECT totally_unknown_fn(1)", Function),

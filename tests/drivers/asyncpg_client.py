@@ -37,26 +37,20 @@ async def main():
     await conn.close()
 
     # A pool. On release asyncpg resets the connection with its reset query, which ends in
-    # RESET ALL: refused for masked roles (it would turn index-only scans back on, see
-    # README.md), so the pool gets a reset coroutine that runs the rest of that query.
+    # RESET ALL: it passes (the session's search path is still its first), so the pool keeps
+    # asyncpg's default reset.
     probe = await asyncpg.connect(host=HOST, port=PORT, user=USER, password=PASSWORD,
                                   database=DB)
-    default_reset = probe.get_reset_query()
+    out["pool_reset_query"] = probe.get_reset_query()
     try:
         await probe.reset()
         out["default_reset"] = {"sqlstate": None, "message": "succeeded"}
     except asyncpg.PostgresError as e:
         out["default_reset"] = {"sqlstate": e.sqlstate, "message": str(e)}
     await probe.close()
-    reset_query = "\n".join(
-        line for line in default_reset.splitlines() if line.strip() != "RESET ALL;")
-    out["pool_reset_query"] = reset_query
-
-    async def reset(c):
-        await c.execute(reset_query)
 
     pool = await asyncpg.create_pool(host=HOST, port=PORT, user=USER, password=PASSWORD,
-                                     database=DB, min_size=1, max_size=1, reset=reset)
+                                     database=DB, min_size=1, max_size=1)
     for _ in range(2):
         async with pool.acquire() as c:
             out["rows_pool"] = rows_text(await c.fetch(read, IDS))
