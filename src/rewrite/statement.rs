@@ -5,7 +5,7 @@ use super::protect::{self, Protection};
 use super::refusal::{Refusal, RefusalKind};
 use super::search_path;
 use super::settings::{discard, reset};
-use super::write::write_body;
+use super::write::{system_column, write_body};
 use super::State;
 use sqlparser::ast::{
     CreateTable, Declare, Expr, Ident, Query, SetExpr, Statement, UtilityOption, Visit, Visitor,
@@ -22,6 +22,7 @@ impl State<'_> {
             self.splice_ok = false;
             return Ok(());
         }
+        let masked_before = self.expected_masked_refs;
         match s {
             Statement::Query(q) if write_body(&q.body).is_some() => self.query_with_write(q)?,
             Statement::Query(q) => {
@@ -70,6 +71,16 @@ impl State<'_> {
                 let kind = statement_kind(other);
                 return Err(Refusal::new(RefusalKind::StatementKind, format!(
                     "{kind} is not allowed for masked roles: pgredact only lets through statements it can prove do not reveal PII"
+                )));
+            }
+        }
+        // A query that reads a table with PII, through its masking view, cannot name the
+        // table's system columns (the view has none): refused with the reason, instead of
+        // PostgreSQL's "column does not exist". (System column names cannot be user columns.)
+        if self.expected_masked_refs > masked_before && matches!(s, Statement::Query(_)) {
+            if let Some(c) = system_column(s) {
+                return Err(Refusal::new(RefusalKind::Other, format!(
+                    "the system column {c} is not available to masked roles in a query that reads a table with PII: a row's physical position, versions and partition depend on its raw values"
                 )));
             }
         }

@@ -860,11 +860,18 @@ fn system_columns_of_masked_write_targets_are_refused() {
         "UPDATE customers SET tier = 'x' WHERE ctid = '(0,1)'",
         "DELETE FROM customers c WHERE customer_id = 1 RETURNING c.xmin",
         "INSERT INTO customers (customer_id, tier) VALUES (1, 'x') RETURNING xmax",
+        "UPDATE customers SET tier = 'x' WHERE customer_id = 1 RETURNING tableoid",
+        // Reads: the masking view has no system columns.
+        "SELECT ctid FROM customers WHERE customer_id = 1",
+        "SELECT c.xmin, c.tier FROM customers c",
+        "SELECT tableoid::regclass, * FROM customers",
+        "SELECT o.ctid FROM orders o JOIN customers c USING (customer_id)",
     ] {
         assert!(refused(sql).contains("system column"), "{sql}");
     }
     // Tables without PII keep them.
     passes("UPDATE orders SET amount = 1 WHERE order_id = 1 RETURNING ctid");
+    passes("SELECT ctid, xmin FROM orders WHERE order_id = 1");
 }
 
 #[test]

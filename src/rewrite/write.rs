@@ -418,7 +418,7 @@ pub(super) fn system_column(s: &Statement) -> Option<String> {
             };
             match last {
                 Some(i)
-                    if ["ctid", "xmin", "xmax", "cmin", "cmax"]
+                    if ["ctid", "xmin", "xmax", "cmin", "cmax", "tableoid"]
                         .contains(&i.value.to_ascii_lowercase().as_str()) =>
                 {
                     ControlFlow::Break(i.value.to_ascii_lowercase())
