@@ -302,6 +302,17 @@ fn flow(r: Result<(), Refusal>) -> ControlFlow<Refusal> {
     }
 }
 
+/// `name.*` of the write target reads every column of it, PII included.
+fn whole_row_refusal(name: &str, t: &Target) -> Refusal {
+    Refusal::new(
+        RefusalKind::PiiRead,
+        format!(
+            "{name}.* reads every column of {}.{}, including PII, in a write statement",
+            t.rel.schema, t.rel.name
+        ),
+    )
+}
+
 impl Checker<'_, '_, '_> {
     fn pii_read(&self, col: &str) -> Refusal {
         let t = self
@@ -319,13 +330,7 @@ impl Checker<'_, '_, '_> {
             .and_then(|p| p.last().cloned())
             .unwrap_or_default();
         if self.target_names().contains(&last) {
-            return Err(Refusal::new(
-                RefusalKind::PiiRead,
-                format!(
-                    "{last}.* reads every column of {}.{}, including PII, in a write statement",
-                    t.rel.schema, t.rel.name
-                ),
-            ));
+            return Err(whole_row_refusal(&last, t));
         }
         Ok(())
     }
@@ -478,13 +483,7 @@ impl Checker<'_, '_, '_> {
                     .and_then(|p| p.last().cloned())
                     .unwrap_or_default();
                 if names.contains(&last) {
-                    return Err(Refusal::new(
-                        RefusalKind::PiiRead,
-                        format!(
-                        "{last}.* reads every column of {}.{}, including PII, in a write statement",
-                        t.rel.schema, t.rel.name
-                    ),
-                    ));
+                    return Err(whole_row_refusal(&last, t));
                 }
             }
         }
