@@ -462,6 +462,33 @@ async fn the_planner_shows_masked_sessions_no_raw_statistics_or_order() {
     .unwrap()
     .join("\n");
     assert!(plan.contains("actual time="), "{plan}");
+    // TABLESAMPLE reads the masking view with BERNOULLI's row filter (a view cannot be
+    // sampled by PostgreSQL itself); REPEATABLE cannot be reproduced and is refused.
+    let all: i64 = rows(&s, "SELECT count(*) FROM customers").await.unwrap()[0]
+        .parse()
+        .unwrap();
+    let some: i64 = rows(
+        &s,
+        "SELECT count(*) FROM customers TABLESAMPLE BERNOULLI (50)",
+    )
+    .await
+    .unwrap()[0]
+        .parse()
+        .unwrap();
+    assert!(some > 0 && some < all, "{some} of {all}");
+    let sampled = rows(
+        &s,
+        "SELECT email FROM customers c TABLESAMPLE SYSTEM (100) WHERE c.customer_id = 1",
+    )
+    .await
+    .unwrap();
+    assert!(sampled[0].contains("***@"), "{sampled:?}");
+    assert_refused(
+        s.simple_query("SELECT * FROM customers TABLESAMPLE BERNOULLI (5) REPEATABLE (7)")
+            .await,
+        "REPEATABLE",
+        "TABLESAMPLE REPEATABLE",
+    );
     // The planner switches stay refused (with them a session could steer plans on purpose);
     // index-only scans are left on: the masking views make one over a PII column impossible
     // (tests/planner.rs).

@@ -1,12 +1,13 @@
 //! Read substitution: every masked relation read becomes its masking view.
 
 use super::names::name_parts;
-use super::parse::Splice;
+use super::parse::{parse_query, Splice};
 use super::protect::{MaskedRel, Protection};
 use super::refusal::{Refusal, RefusalKind};
 use super::State;
 use sqlparser::ast::{
-    Ident, ObjectName, TableAlias, TableFactor, TableInheritance, VisitMut, VisitorMut,
+    Expr, Ident, ObjectName, TableAlias, TableFactor, TableInheritance, TableSampleKind,
+    TableSampleMethod, TableSampleModifier, Value, VisitMut, VisitorMut,
 };
 use std::ops::ControlFlow;
 
@@ -85,14 +86,39 @@ impl State<'_> {
             || version.is_some()
             || !partitions.is_empty()
             || json_path.is_some()
-            || sample.is_some()
             || !index_directives.is_empty()
         {
             return Err(Refusal::new(RefusalKind::Unsupported, format!(
-                "this form of reading {name} (TABLESAMPLE or a non-PostgreSQL table modifier) is not supported for masked roles"
+                "this form of reading {name} (a non-PostgreSQL table modifier) is not supported for masked roles"
             )));
         }
+        let fraction = match sample.as_ref() {
+            Some(s) => Some(sample_fraction(s, name)?),
+            None => None,
+        };
         self.put_view(&rel, only, &parts, name, alias, inheritance);
+        if let Some(fraction) = fraction {
+            // TABLESAMPLE applies to tables, not views: the view is read in a derived table that
+            // keeps each row with the sample's probability (BERNOULLI's definition). A function,
+            // not an operator: nothing in the session's search path can redirect it.
+            let view = name.to_string();
+            let alias = alias.take();
+            let Some(subquery) = parse_query(&format!(
+                "SELECT * FROM {view} WHERE pg_catalog.float8lt(pg_catalog.random(), {fraction})"
+            )) else {
+                return Err(Refusal::new(
+                    RefusalKind::Unsupported,
+                    format!("TABLESAMPLE on {view} could not be rewritten"),
+                ));
+            };
+            *tf = TableFactor::Derived {
+                lateral: false,
+                subquery: Box::new(subquery),
+                alias,
+                sample: None,
+            };
+            self.splice_ok = false;
+        }
         Ok(())
     }
 
@@ -174,5 +200,49 @@ impl VisitorMut for Substituter<'_, '_> {
             Ok(()) => ControlFlow::Continue(()),
             Err(r) => ControlFlow::Break(r),
         }
+    }
+}
+
+/// The probability of keeping a row for `TABLESAMPLE BERNOULLI (p)` or `SYSTEM (p)` with a
+/// literal percentage, as SQL text. SYSTEM samples whole pages; over a masking view it is read
+/// as BERNOULLI (each row on its own), which gives the same expected share. `REPEATABLE` is
+/// refused: a masking view cannot reproduce PostgreSQL's seeded sample.
+fn sample_fraction(s: &TableSampleKind, name: &ObjectName) -> Result<String, Refusal> {
+    let (TableSampleKind::BeforeTableAlias(t) | TableSampleKind::AfterTableAlias(t)) = s;
+    let refuse = |why: &str| {
+        Refusal::new(
+            RefusalKind::Unsupported,
+            format!("TABLESAMPLE on {name}: {why} is not supported for masked roles (it reads through a masking view)"),
+        )
+        .hint("use TABLESAMPLE BERNOULLI (p) or SYSTEM (p) with a literal percentage")
+    };
+    if t.modifier != TableSampleModifier::TableSample
+        || !matches!(
+            t.name,
+            Some(TableSampleMethod::Bernoulli | TableSampleMethod::System)
+        )
+        || t.bucket.is_some()
+        || t.offset.is_some()
+    {
+        return Err(refuse("this sampling method"));
+    }
+    if t.seed.is_some() {
+        return Err(refuse("REPEATABLE"));
+    }
+    let Some(q) = &t.quantity else {
+        return Err(refuse("a sample without a percentage"));
+    };
+    let pct = match (&q.value, &q.unit) {
+        (Expr::Value(v), None) => match &v.value {
+            Value::Number(n, _) => n.parse::<f64>().ok(),
+            _ => None,
+        },
+        _ => None,
+    };
+    match pct {
+        Some(p) if (0.0..=100.0).contains(&p) => Ok(format!("{}", p / 100.0)),
+        _ => Err(refuse(
+            "a percentage that is not a literal number from 0 to 100",
+        )),
     }
 }

@@ -935,3 +935,30 @@ fn refusals_carry_their_kind() {
         assert_eq!(refusal(sql).kind, kind, "{sql}");
     }
 }
+
+#[test]
+fn tablesample_on_a_masked_table_reads_its_view_in_a_bernoulli_filter() {
+    let out = rewritten(
+        "SELECT count(*) FROM customers c TABLESAMPLE BERNOULLI (10) WHERE c.tier = 'gold'",
+    );
+    assert!(reads_views_only(&out), "{out}");
+    assert!(
+        out.contains("pg_catalog.float8lt(pg_catalog.random(), 0.1)"),
+        "{out}"
+    );
+    assert!(out.contains(") c WHERE c.tier = 'gold'"), "{out}");
+    assert!(!out.to_ascii_uppercase().contains("TABLESAMPLE"), "{out}");
+    // SYSTEM samples pages of a table; over a view it is read row by row.
+    let out = rewritten("SELECT email FROM customers TABLESAMPLE SYSTEM (2.5)");
+    assert!(reads_views_only(&out), "{out}");
+    assert!(out.contains("0.025"), "{out}");
+    for sql in [
+        "SELECT * FROM customers TABLESAMPLE BERNOULLI (10) REPEATABLE (42)",
+        "SELECT * FROM customers TABLESAMPLE BERNOULLI (200)",
+        "SELECT * FROM customers TABLESAMPLE BERNOULLI ((SELECT 10))",
+    ] {
+        assert!(refused(sql).contains("TABLESAMPLE"), "{sql}");
+    }
+    // Tables without PII keep PostgreSQL's own sampling, REPEATABLE included.
+    passes("SELECT * FROM orders TABLESAMPLE SYSTEM (10) REPEATABLE (1)");
+}
