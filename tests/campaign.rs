@@ -1,4 +1,4 @@
-//! Generated-SQL campaign (issue 3): a seeded, reproducible generator of query shapes over the
+//! Generated-SQL campaign: a seeded, reproducible generator of query shapes over the
 //! fixture schema (projections of PII columns and expressions over them, predicates on PII and
 //! non-PII columns, joins, subqueries, aggregates, CTEs, set operations, ORDER BY/LIMIT). Every
 //! statement is executed through the proxy as `support` and directly on the statically masked

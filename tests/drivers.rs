@@ -1,4 +1,4 @@
-//! The driver and tool matrix (issue 9): real clients connect through pgredact as `support` and
+//! The driver and tool matrix: real clients connect through pgredact as `support` and
 //! `solutions` and run their usual connect-time setup and introspection, a masked read and (as
 //! solutions) a non-PII write that passes and a PII write refused with 42501. Clients: psycopg 3
 //! and asyncpg (Python venv), node-postgres, pgjdbc (scripts under tests/drivers/), tokio-postgres

@@ -1,4 +1,4 @@
-//! Mask kinds `fake`, `noise` and `bucket` (issue 12) end to end: generated rows of every type
+//! Mask kinds `fake`, `noise` and `bucket` end to end: generated rows of every type
 //! they take, read through pgredact and straight from the masking views as a masked role, must
 //! equal the statically masked twin (the independent implementation in support/masks.rs) and
 //! keep the kinds' guarantees: deterministic (also under other session settings),

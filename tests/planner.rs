@@ -1,4 +1,4 @@
-//! No raw value through PostgreSQL's planner (issue 9, item 4), by the differential method: three
+//! No raw value through PostgreSQL's planner, by the differential method: three
 //! tables that are identical once masked, but whose raw values differ in their number of
 //! distinct values and in their order, must give a masked role identical answers, row order and
 //! plan shapes included, through pgredact and straight to PostgreSQL.

@@ -1,4 +1,4 @@
-//! Issue 12, item 5: privacy by default. A policy table with `privacy_by_default = true` masks
+//! Privacy by default. A policy table with `privacy_by_default = true` masks
 //! every column it lists neither as `public` nor under `columns` (mask `redact`), in PostgreSQL
 //! itself (masking view, column privileges, at DDL time) and through pgredact.
 

@@ -1,4 +1,4 @@
-//! Per-role masks (issue 12, item 3): `[roles.<role>]` gives the members of a role their own mask
+//! Per-role masks: `[roles.<role>]` gives the members of a role their own mask
 //! for a PII column; everyone else masked keeps the table's mask. Checked through pgredact and
 //! straight to PostgreSQL (the masking views pick the mask by the reading role's membership),
 //! with the values compared to the independent twin implementation in support/masks.rs.

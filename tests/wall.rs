@@ -1,4 +1,4 @@
-//! The wall (issue 8): PostgreSQL itself enforces the masks. Masked roles connecting straight
+//! The wall: PostgreSQL itself enforces the masks. Masked roles connecting straight
 //! to PostgreSQL are denied every PII column of every protected relation (partitions and
 //! inheritance children included) and read masked values through the masking views; DDL that
 //! makes a relation protected, or grants PII, is locked down in its own transaction; no function

@@ -82,7 +82,7 @@ pub const FRAGMENTS: &[&str] = &[
     "test-hash-key",
 ];
 
-/// The demo policy with the kinds of issue 12 where they fit the demo's columns: `bucket` on
+/// The demo policy with the mask kinds fake, noise and bucket where they fit the demo's columns: `bucket` on
 /// the birth date (instead of `year`), `fake` on the history's e-mails (instead of `email`) and
 /// `noise` on the time of each change, plus the attack tables.
 pub fn policy_text() -> String {
