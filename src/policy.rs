@@ -307,7 +307,7 @@ fn json_strictness(m: &Option<Box<Mask>>) -> u8 {
         Some(Mask::Null) => 6,
         Some(Mask::Redact) => 5,
         Some(Mask::Constant(_)) => 4,
-        Some(Mask::Hash) => 3,
+        Some(Mask::Hash) | Some(Mask::Fake(_)) => 3,
         Some(Mask::Email) => 2,
         Some(Mask::Partial { .. }) => 1,
         _ => 0,
@@ -471,10 +471,10 @@ impl Mask {
         match self {
             Mask::Hash | Mask::Fake(_) | Mask::Noise(_) => true,
             Mask::Json(j) => {
-                j.default.as_deref() == Some(&Mask::Hash)
+                j.default.as_deref().is_some_and(Mask::uses_key)
                     || j.rules
                         .iter()
-                        .any(|r| r.mask.as_deref() == Some(&Mask::Hash))
+                        .any(|r| r.mask.as_deref().is_some_and(Mask::uses_key))
             }
             _ => false,
         }
@@ -1079,8 +1079,8 @@ fn json_leaf(raw: RawColumn) -> Result<Option<Box<Mask>>, String> {
     }
     let (m, _) = parse_mask(raw)?;
     match m {
-        Mask::Year | Mask::Json(_) | Mask::Fake(_) | Mask::Noise(_) | Mask::Bucket(_) => Err(format!(
-            "mask {:?} does not apply inside JSON (use keep, null, redact, constant, email, partial or hash)",
+        Mask::Year | Mask::Json(_) | Mask::Noise(_) | Mask::Bucket(_) => Err(format!(
+            "mask {:?} does not apply inside JSON (use keep, null, redact, constant, email, partial, hash or fake)",
             m.kind()
         )),
         m => Ok(Some(Box::new(m))),
@@ -1763,7 +1763,7 @@ columns.at = { mask = "bucket", interval = "3 months" }
             ("columns.x = { mask = \"year\", interval = \"1 year\" }", "`interval` only applies"),
             ("columns.x = { mask = \"noise\", ratio = 0.1, step = 1 }", "`step` only applies"),
             ("columns.x = { mask = \"hash\", per_row = true }", "`per_row` only applies"),
-            ("columns.x = { mask = \"json\", paths = { \"$.a\" = { mask = \"fake\", kind = \"name\" } } }", "does not apply inside JSON"),
+            ("columns.x = { mask = \"json\", paths = { \"$.a\" = { mask = \"noise\", ratio = 0.1 } } }", "does not apply inside JSON"),
         ] {
             let e = p(&format!("database = \"app\"\n[tables.t]\n{body}\n")).unwrap_err();
             assert!(e.contains(want), "{body}: {e}");

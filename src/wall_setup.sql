@@ -67,7 +67,7 @@ GRANT EXECUTE ON FUNCTION pgredact_admin.auth_verifier(name) TO @CTL@;
 -- its options). NULL in gives NULL out, and the result keeps the column's type. Types are
 -- written as format_type prints them with search_path = pg_catalog (qualified outside it).
 -- Columns are read through the alias r, the key through k (see sync()).
--- Masks inside json/jsonb documents, in a schema of their own. The masking views call these as
+-- Masks inside json/jsonb documents, in a schema of their own (STABLE: `fake` reads its word lists). The masking views call these as
 -- the reading role (PostgreSQL checks function privileges, and resolves the names inside SQL and
 -- PL/pgSQL bodies, as the caller), so this schema is usable by PUBLIC and holds nothing else. A
 -- masked role calling them directly learns only the mask of a value it already has: the keyed
@@ -78,7 +78,7 @@ CREATE SCHEMA IF NOT EXISTS pgredact_mask;
 REVOKE ALL ON SCHEMA pgredact_mask FROM PUBLIC;
 GRANT USAGE ON SCHEMA pgredact_mask TO PUBLIC;
 CREATE OR REPLACE FUNCTION pgredact_mask.mask_json_leaf(v pg_catalog.jsonb, m pg_catalog.jsonb, ipad pg_catalog.bytea, opad pg_catalog.bytea)
-RETURNS pg_catalog.jsonb LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $f$
+RETURNS pg_catalog.jsonb LANGUAGE plpgsql STABLE PARALLEL SAFE AS $f$
 DECLARE
   k pg_catalog.text := m OPERATOR(pg_catalog.->>) 'kind';
   ty pg_catalog.text := pg_catalog.jsonb_typeof(v);
@@ -117,6 +117,13 @@ BEGIN
     RETURN pg_catalog.to_jsonb(pg_catalog.left(pg_catalog.encode(pg_catalog.sha256(opad OPERATOR(pg_catalog.||)
       pg_catalog.sha256(ipad OPERATOR(pg_catalog.||) pg_catalog.convert_to(t, 'UTF8'))), 'hex'), 16));
   END IF;
+  -- The same fake as for a text column holding the value: HMAC-SHA256(key, 'fake' || value).
+  IF k OPERATOR(pg_catalog.=) 'fake' THEN
+    IF ipad IS NULL OR opad IS NULL THEN RETURN CAST('null' AS pg_catalog.jsonb); END IF;
+    RETURN pg_catalog.to_jsonb(pgredact_mask.fake(m OPERATOR(pg_catalog.->>) 'flavour',
+      pg_catalog.sha256(opad OPERATOR(pg_catalog.||) pg_catalog.sha256(ipad OPERATOR(pg_catalog.||)
+        pg_catalog.convert_to(pg_catalog.concat('fake', t), 'UTF8')))));
+  END IF;
   RETURN CAST('null' AS pg_catalog.jsonb);
 END
 $f$;
@@ -127,7 +134,7 @@ GRANT EXECUTE ON FUNCTION pgredact_mask.mask_json_leaf(jsonb, jsonb, bytea, byte
 -- array elements share their array's path), `m` the mask in force. The first rule (strictest
 -- first) whose regular expression matches the path replaces `m` for the node and below.
 CREATE OR REPLACE FUNCTION pgredact_mask.mask_json_walk(doc pg_catalog.jsonb, rules pg_catalog.jsonb, ipad pg_catalog.bytea, opad pg_catalog.bytea, path pg_catalog.text, m pg_catalog.jsonb)
-RETURNS pg_catalog.jsonb LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $f$
+RETURNS pg_catalog.jsonb LANGUAGE plpgsql STABLE PARALLEL SAFE AS $f$
 DECLARE
   i pg_catalog.int4;
   ty pg_catalog.text := pg_catalog.jsonb_typeof(doc);
@@ -164,7 +171,7 @@ GRANT EXECUTE ON FUNCTION pgredact_mask.mask_json_walk(jsonb, jsonb, bytea, byte
 -- every rule that can is a plain key path to a scalar, those scalars are replaced in place
 -- (least strict first, so the strictest wins). Anything else takes the walk.
 CREATE OR REPLACE FUNCTION pgredact_mask.mask_json(doc pg_catalog.jsonb, spec pg_catalog.jsonb, ipad pg_catalog.bytea, opad pg_catalog.bytea)
-RETURNS pg_catalog.jsonb LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $f$
+RETURNS pg_catalog.jsonb LANGUAGE plpgsql STABLE PARALLEL SAFE AS $f$
 DECLARE
   rules pg_catalog.jsonb := spec OPERATOR(pg_catalog.->) 'rules';
   dflt pg_catalog.jsonb := COALESCE(spec OPERATOR(pg_catalog.->) 'default', CAST('{"kind": "keep"}' AS pg_catalog.jsonb));

@@ -502,3 +502,96 @@ async fn fake_noise_and_bucket_match_the_twin_through_pgredact_and_directly() {
         .await
         .is_err());
 }
+
+/// `fake` inside a JSON document: the same fake as a text column holding the value (so a name
+/// in an event payload and in the profile table stay joinable), computed by the twin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_inside_json_paths_matches_the_twin_and_the_column_fake() {
+    const SQL: &str = "
+CREATE TABLE public.zq_docs (id int PRIMARY KEY, name text, doc jsonb);
+INSERT INTO public.zq_docs VALUES
+  (1, 'Alice Martin', '{\"buyer\": {\"name\": \"Alice Martin\", \"email\": \"alice@example.org\"}, \"sku\": \"A-1\"}'),
+  (2, 'Bob Stone', '{\"buyer\": {\"name\": \"Bob Stone\", \"email\": \"bob@example.net\"}, \"n\": 3}'),
+  (3, 'Zoë Ünal', '{\"buyer\": {\"name\": \"Zoë Ünal\"}, \"tags\": [\"x\", {\"name\": \"Zoë Ünal\"}]}'),
+  (4, NULL, '{\"buyer\": {\"name\": null, \"email\": 17}}');
+GRANT SELECT ON public.zq_docs TO support, pii_readers;
+";
+    const POLICY: &str = r#"
+database = "app"
+unmasked_roles = ["pii_readers"]
+
+[tables."public.zq_docs"]
+columns.name = { mask = "fake", kind = "name" }
+
+[tables."public.zq_docs".columns.doc]
+mask = "json"
+paths = { "$.**.name" = { mask = "fake", kind = "name" }, "$.buyer.email" = { mask = "fake", kind = "email" } }
+"#;
+    let env = start(
+        POLICY,
+        ClusterOptions {
+            auth: Auth::Scram,
+            ..Default::default()
+        },
+        SQL,
+    )
+    .await;
+    let policy = pgredact::policy::parse_policy(POLICY, std::path::Path::new("policies/app.toml"))
+        .expect("policy parses");
+    let tp = policy.table("public", "zq_docs").expect("table");
+    let pgredact::policy::Mask::Json(jm) = &tp.columns["doc"].mask else {
+        panic!("json mask");
+    };
+    let dba = env.proxy("dba").await;
+    let raw = dba
+        .query("SELECT id, doc::text FROM zq_docs ORDER BY id", &[])
+        .await
+        .unwrap();
+    let want: Vec<String> = raw
+        .iter()
+        .map(|r| {
+            let doc: serde_json::Value = serde_json::from_str(r.get(1)).unwrap();
+            support::masks::mask_json(jm, &doc, HASH_KEY.as_bytes()).to_string()
+        })
+        .collect();
+    let q = "SELECT doc::text FROM zq_docs ORDER BY id";
+    let normal = |rows: Vec<tokio_postgres::Row>| -> Vec<String> {
+        rows.iter()
+            .map(|r| {
+                serde_json::from_str::<serde_json::Value>(r.get(0))
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    let support = env.proxy("support").await;
+    assert_eq!(normal(support.query(q, &[]).await.unwrap()), want);
+    let direct = env.direct("support").await;
+    assert_eq!(
+        normal(
+            direct
+                .query(
+                    &q.replace("FROM zq_docs", "FROM pgredact_masked.zq_docs"),
+                    &[]
+                )
+                .await
+                .unwrap()
+        ),
+        want,
+        "straight to PostgreSQL"
+    );
+    // Joinable: the fake of a name in the document is the fake of the same name in a column.
+    let joined = rows(
+        &support,
+        "SELECT count(*) FROM zq_docs d JOIN zq_docs c ON c.name = d.doc->'buyer'->>'name'",
+    )
+    .await
+    .unwrap();
+    assert_eq!(joined, vec!["3"]);
+    // Never the raw name; NULL stays null; a number under a fake path becomes a fake too.
+    let all = want.join(" ");
+    for raw_name in ["Alice Martin", "Bob Stone", "Zoë Ünal", "alice@example.org"] {
+        assert!(!all.contains(raw_name), "{raw_name} in {all}");
+    }
+    assert!(want[3].contains("\"name\":null"), "{}", want[3]);
+}

@@ -303,7 +303,7 @@ fn strictness(m: Option<&Mask>) -> u8 {
         None => 0,
         Some(Mask::Partial { .. }) => 1,
         Some(Mask::Email) => 2,
-        Some(Mask::Hash) => 3,
+        Some(Mask::Hash) | Some(Mask::Fake(_)) => 3,
         Some(Mask::Constant(_)) => 4,
         Some(Mask::Redact) => 5,
         Some(_) => 6,
@@ -370,6 +370,7 @@ fn leaf(m: Option<&Mask>, v: &Value, key: &[u8]) -> Value {
             })
         }
         (Mask::Hash, Some(t)) => Value::String(pgredact::policy::hash_pseudonym(key, &t)),
+        (Mask::Fake(k), Some(t)) => Value::String(fake(*k, key, &t)),
         (other, _) => panic!("mask {} does not apply inside JSON", other.kind()),
     }
 }
