@@ -1117,7 +1117,8 @@ async fn list_jobs(
 ///
 /// `state`: `forgotten` (on the list, its job done), `pending` (a queued job holds it, or its
 /// job is running or finalizing: on the list and suppressed, anonymization under way), `failed`
-/// or `blocked` (its job ended so and keeps the ID for a retry), `not_forgotten`.
+/// or `blocked` (its job ended so and keeps the ID for a retry), `not_forgotten` (also for a
+/// customer whose only job was cancelled: cancelling removes the keyed hashes, so no job id).
 async fn customer_status(
     State(state): State<AdminState>,
     Path(id): Path<String>,

@@ -5,8 +5,8 @@
 //! - `pgredact.forget_jobs`: one row per request (forget or unforget): requester, source, times,
 //!   state, plan, counts, verification. No raw IDs.
 //! - `pgredact.forget_batches`: the work queue of a job. `ids` holds the canonical IDs of one
-//!   batch until the job finishes; it is cleared (set to NULL) when the job is done, blocked or
-//!   failed, so raw IDs are kept only while the job still needs them to resume after a crash.
+//!   batch (and `id_hashes` their keyed hashes) until the job is done or cancelled; a failed or
+//!   blocked job keeps them for a retry (see `exec::cancel` for what a cancel removes).
 //!
 //! Batches are claimed with `FOR UPDATE SKIP LOCKED`, so any number of workers (CLI runs, admin
 //! servers) can share a job's batches without waiting on each other or doing a batch twice.
