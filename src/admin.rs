@@ -16,6 +16,11 @@
 //!   [`receipt`]).
 //! - `POST /v1/jobs/{id}/retry` (optional `?database=`): a failed or blocked job runs again
 //!   (202); 409 for a job in another state.
+//! - `POST /v1/jobs/{id}/cancel` (optional `?database=`, optional JSON body `{"requester",
+//!   "reason"}`): a queued, blocked or failed job is cancelled (200): its IDs and their keyed
+//!   hashes are removed, a `cancel` audit record is written, its callback says `cancelled`. 409
+//!   for a running or done job, and for a failed one that already put customers on the forget
+//!   list.
 //!
 //! - `GET /metrics`: Prometheus/OpenMetrics text (see `crate::metrics`), no token.
 //! - `GET /readyz`: 200 `ready` when the proxy runs in this process, is not shutting down, has
@@ -316,6 +321,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/jobs/{id}/receipt", get(job_receipt))
         .route("/v1/customers/{id}/receipt", get(customer_receipt))
         .route("/v1/jobs/{id}/retry", post(retry_job))
+        .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             guard::guard,
@@ -858,6 +864,82 @@ async fn retry_job(
         .into_response())
 }
 
+/// Longest `reason` or `requester` of a cancel request.
+const MAX_CANCEL_TEXT: usize = 1000;
+
+/// `POST /v1/jobs/{id}/cancel` (optional `?database=`; optional JSON body `{"requester": ...,
+/// "reason": ...}`, or the `X-Requester` header): a queued, blocked or failed job is cancelled
+/// (200 with its status); 409 for a running, finalizing, done or cancelled job, and for a failed
+/// one whose customers are already on the forget list (see [`forget::exec::cancel`]).
+async fn cancel_job(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+    Query(q): Query<DbQuery>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let id = job_id(&id)?;
+    let body =
+        body.map_err(|e| ApiError::new(e.status(), format!("cannot read the request body: {e}")))?;
+    let mut requester = headers
+        .get("x-requester")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let mut reason = None;
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        let v: Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))?;
+        let obj = v.as_object().ok_or_else(|| {
+            ApiError::bad("JSON body must be an object: {\"reason\": \"...\"}".to_string())
+        })?;
+        if let Some(r) = json_str(obj, "requester")? {
+            requester = Some(r);
+        }
+        reason = json_str(obj, "reason")?;
+    }
+    for (name, v) in [("requester", &requester), ("reason", &reason)] {
+        if v.as_ref()
+            .is_some_and(|s| s.chars().count() > MAX_CANCEL_TEXT)
+        {
+            return Err(ApiError::bad(format!(
+                "\"{name}\" is longer than {MAX_CANCEL_TEXT} characters"
+            )));
+        }
+    }
+    let requester = requester
+        .filter(|r| !r.trim().is_empty())
+        .unwrap_or_else(|| "api".to_string());
+    let reason = reason.filter(|r| !r.trim().is_empty());
+    let policy = state.policy(q.database.as_deref())?;
+    let mut session = state.session(policy).await?;
+    let db = session.spec.database.clone();
+    let done = session
+        .cancel(id, &requester, reason.as_deref())
+        .await
+        .map_err(|e| match e {
+            forget::RetryError::NotFound => ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no job {id} in database {db:?}"),
+            ),
+            forget::RetryError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
+            forget::RetryError::Other(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m),
+        })?;
+    // Its callback (if any) is due now.
+    state.wake.notify_one();
+    let st = session
+        .status(id)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job {id}")))?;
+    let mut out = serde_json::to_value(&st)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    if let Some(o) = out.as_object_mut() {
+        o.insert("previous_state".into(), json!(done.previous_state));
+        o.insert("ids_removed".into(), json!(done.ids_removed));
+    }
+    Ok(Json(out).into_response())
+}
+
 async fn job_status(
     State(state): State<AdminState>,
     Path(id): Path<String>,
@@ -1035,7 +1117,8 @@ async fn list_jobs(
 ///
 /// `state`: `forgotten` (on the list, its job done), `pending` (a queued job holds it, or its
 /// job is running or finalizing: on the list and suppressed, anonymization under way), `failed`
-/// or `blocked` (its job ended so and keeps the ID for a retry), `not_forgotten`.
+/// or `blocked` (its job ended so and keeps the ID for a retry), `not_forgotten` (also for a
+/// customer whose only job was cancelled: cancelling removes the keyed hashes, so no job id).
 async fn customer_status(
     State(state): State<AdminState>,
     Path(id): Path<String>,

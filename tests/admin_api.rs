@@ -1085,3 +1085,128 @@ fn api_requests_share_a_few_pooled_connections_per_database() {
         assert_eq!(n, 1, "sequential requests after the reconnect share one connection");
     });
 }
+
+#[test]
+fn jobs_are_cancelled_through_the_api_with_a_signed_cancelled_callback() {
+    let env = demo_env("callback_key_env = \"PGREDACT_TEST_API_CALLBACK_KEY\"");
+    rt().block_on(async {
+        let (hook_addr, mut hooks) = hook_server(vec![200]).await;
+        // No worker yet: the job stays queued.
+        let addr = start(&env.cfg, false).await;
+        let before = sql(
+            &env,
+            "SELECT md5(string_agg(c::text, '|' ORDER BY customer_id)) FROM public.customers c",
+        );
+        let url = format!("http://{hook_addr}/hooks/cancel");
+        let body = serde_json::json!({
+            "customer_ids": [61, 62], "external_id": "cancel-1", "callback_url": url,
+        })
+        .to_string();
+        let r = post_json(addr, "/v1/customers/remove-pii", &body).await;
+        assert_eq!(r.status, 202, "{}", r.body);
+        let job = r.json()["job_id"].as_i64().expect("job id");
+        let s = get(addr, "/v1/customers/61/status").await.json();
+        assert_eq!(s["state"], "pending", "{s}");
+
+        // The token is needed, and an unknown job is 404.
+        let path = format!("/v1/jobs/{job}/cancel");
+        assert_eq!(http(addr, "POST", &path, &[], b"").await.status, 401);
+        let r = post_json(addr, "/v1/jobs/999/cancel", "").await;
+        assert_eq!(r.status, 404, "{}", r.body);
+
+        let r = post_json(
+            addr,
+            &path,
+            r#"{"requester":"dpo@example.com","reason":"request withdrawn"}"#,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let c = r.json();
+        assert_eq!(c["state"], "cancelled", "{c}");
+        assert_eq!(c["previous_state"], "queued", "{c}");
+        assert_eq!(c["ids_removed"], 2, "{c}");
+        assert_eq!(c["cancellation"]["by"], "dpo@example.com", "{c}");
+        assert_eq!(c["cancellation"]["reason"], "request withdrawn", "{c}");
+        assert!(c["cancellation"]["at"].as_str().is_some(), "{c}");
+        let st = get(addr, &format!("/v1/jobs/{job}")).await.json();
+        assert_eq!(st["state"], "cancelled", "{st}");
+        // Its IDs and keyed hashes are gone: the customer reads not forgotten, and no job is
+        // named (nothing left links the customer to the cancelled job).
+        assert_eq!(
+            sql(&env, &format!("SELECT count(*) FROM pgredact.forget_batches WHERE job_id = {job} AND (ids IS NOT NULL OR id_hashes IS NOT NULL)")),
+            "0"
+        );
+        let s = get(addr, "/v1/customers/61/status").await.json();
+        assert_eq!(
+            s,
+            serde_json::json!({"forgotten": false, "state": "not_forgotten"}),
+            "{s}"
+        );
+        // A second cancel is a conflict.
+        let r = post_json(addr, &path, "").await;
+        assert_eq!(r.status, 409, "{}", r.body);
+
+        // A worker: delivers the callback with outcome cancelled, never runs the job.
+        let state = pgredact::admin::AdminState::from_config(&env.cfg).expect("admin state");
+        pgredact::admin::spawn_worker(state);
+        let h = hooks.recv().await.expect("callback");
+        assert!(h.head.starts_with("post /hooks/cancel http/1.1"), "{}", h.head);
+        check_signature(&h);
+        let n: serde_json::Value = serde_json::from_slice(&h.body).expect("JSON notice");
+        assert_eq!(n["type"], "pgredact.forget_job.finished");
+        assert_eq!(n["job_id"], job);
+        assert_eq!(n["external_id"], "cancel-1");
+        assert_eq!(n["state"], "cancelled");
+        assert_eq!(n["outcome"], "cancelled");
+        wait_sql(
+            &env,
+            &format!("SELECT callback_delivered_at IS NOT NULL FROM pgredact.forget_jobs WHERE id = {job}"),
+            "t",
+        )
+        .await;
+
+        // A done job: 409, pointing to unforget.
+        let r = post_json(addr, "/v1/customers/remove-pii", r#"{"customer_ids":[63]}"#).await;
+        assert_eq!(r.status, 202, "{}", r.body);
+        let done = r.json()["job_id"].as_i64().expect("job id");
+        assert_eq!(wait_job(addr, done).await["state"], "done");
+        let r = post_json(addr, &format!("/v1/jobs/{done}/cancel"), "").await;
+        assert_eq!(r.status, 409, "{}", r.body);
+        assert!(r.body.contains("unforget"), "{}", r.body);
+
+        // The cancelled job never ran: its customers' rows are as before (63's changed).
+        assert_eq!(
+            sql(&env, &format!("SELECT state, started_at IS NULL FROM pgredact.forget_jobs WHERE id = {job}")),
+            "cancelled|t"
+        );
+        assert_eq!(
+            sql(&env, "SELECT count(*) FROM public.customers WHERE customer_id IN (61, 62) AND first_name IS NOT NULL"),
+            "2"
+        );
+        assert_ne!(
+            sql(&env, "SELECT md5(string_agg(c::text, '|' ORDER BY customer_id)) FROM public.customers c"),
+            before
+        );
+        assert_eq!(
+            sql(&env, "SELECT count(*) FROM pgredact.forget_list"),
+            "1"
+        );
+        // The audit trail has the cancel record and verifies.
+        assert_eq!(
+            sql(&env, &format!("SELECT record->>'cancelled_by', record->>'reason' FROM pgredact.forget_audit WHERE operation = 'cancel' AND job_id = {job}")),
+            "dpo@example.com|request withdrawn"
+        );
+        let ok = pgredact::forget::run_cli(
+            &env.cfg,
+            pgredact::forget::ForgetArgs {
+                verify_audit: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(ok.contains("chain intact"), "{ok}");
+        // No more callbacks than the one.
+        assert!(hooks.try_recv().is_err());
+    });
+}

@@ -2308,3 +2308,255 @@ fn a_table_the_control_role_does_not_own_is_a_blocker_before_any_job() {
     sql(&env, "GRANT shop_owner TO pgredact");
     forget_done(&env, "1234,77");
 }
+
+/// Submits a job for `ids` without running it (it stays queued); returns its id.
+fn submit_queued(env: &Env, ids: &str) -> i64 {
+    let policy = forget::pick_policy(&env.cfg, Some("app")).expect("policy");
+    let target = Target::from_config(&env.cfg, "app");
+    let key = HASH_KEY.as_bytes().to_vec();
+    rt().block_on(async {
+        let mut s = Session::open(&target, policy, Some(&key))
+            .await
+            .expect("open");
+        let list = s.parse_ids(ids).expect("ids");
+        let origin = Origin {
+            requester: "dpo@example.com".to_string(),
+            source: "cli".to_string(),
+        };
+        s.submit(&origin, &list, 1).await.expect("submit")
+    })
+}
+
+fn cancel_args(job: i64, reason: Option<&str>) -> ForgetArgs {
+    ForgetArgs {
+        cancel: Some(job),
+        reason: reason.map(str::to_string),
+        requester: Some("privacy-lead@example.com".to_string()),
+        ..ForgetArgs::default()
+    }
+}
+
+fn verify_audit(env: &Env) -> Result<String, String> {
+    rt().block_on(forget::run_cli(
+        &env.cfg,
+        ForgetArgs {
+            verify_audit: true,
+            ..ForgetArgs::default()
+        },
+    ))
+}
+
+#[test]
+fn a_queued_job_is_cancelled_from_the_cli_and_never_runs() {
+    let env = demo_env();
+    let before = fingerprint_all(&env);
+    let job = submit_queued(&env, "21,22,23");
+    // Three batches of one ID, each with the raw ID and its keyed hash.
+    assert_eq!(
+        sql(&env, &format!("SELECT count(*) FROM pgredact.forget_batches WHERE job_id = {job} AND ids IS NOT NULL AND id_hashes IS NOT NULL")),
+        "3"
+    );
+    let report = rt()
+        .block_on(forget::run_cli(
+            &env.cfg,
+            cancel_args(job, Some("sent twice")),
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.contains(&format!("job {job} ")), "{report}");
+    assert!(report.contains(": cancelled"), "{report}");
+    assert!(
+        report.contains("by privacy-lead@example.com (reason: sent twice)"),
+        "{report}"
+    );
+    assert!(
+        report.contains("cancelled (was queued): 3 customer ID(s)"),
+        "{report}"
+    );
+    // State, who, when and why; no raw ID nor keyed hash left; nothing on the forget list.
+    assert_eq!(
+        sql(&env, &format!(
+            "SELECT state, cancelled_by, cancel_reason, cancelled_at IS NOT NULL, finished_at IS NOT NULL \
+             FROM pgredact.forget_jobs WHERE id = {job}"
+        )),
+        "cancelled|privacy-lead@example.com|sent twice|t|t"
+    );
+    assert_eq!(
+        sql(&env, &format!(
+            "SELECT count(*) FILTER (WHERE ids IS NOT NULL OR id_hashes IS NOT NULL), \
+                    string_agg(DISTINCT state, ',') FROM pgredact.forget_batches WHERE job_id = {job}"
+        )),
+        "0|cancelled"
+    );
+    assert_eq!(sql(&env, "SELECT count(*) FROM pgredact.forget_list"), "0");
+    // The audit trail: the state change and a cancel record naming who and why, no ID; the
+    // chain verifies.
+    assert_eq!(
+        sql(
+            &env,
+            "SELECT string_agg(operation, ',' ORDER BY seq) FROM pgredact.forget_audit"
+        ),
+        "forget:queued,forget:cancelled,cancel"
+    );
+    assert_eq!(
+        sql(
+            &env,
+            "SELECT job_id, record->>'cancelled_by', record->>'reason', record->>'previous_state', record->>'ids_removed' \
+             FROM pgredact.forget_audit WHERE operation = 'cancel'"
+        ),
+        format!("{job}|privacy-lead@example.com|sent twice|queued|3")
+    );
+    assert_eq!(
+        sql(
+            &env,
+            "SELECT count(*) FROM pgredact.forget_audit WHERE record::text ~ '\\m2[123]\\M'"
+        ),
+        "0"
+    );
+    let ok = verify_audit(&env).unwrap_or_else(|e| panic!("{e}"));
+    assert!(ok.contains("3 record(s), chain intact"), "{ok}");
+
+    // Never picked up: not resumed, not run when asked directly, not retried, not cancelled
+    // twice; the data is untouched.
+    let resumed = rt()
+        .block_on(forget::run_cli(
+            &env.cfg,
+            ForgetArgs {
+                resume: true,
+                ..ForgetArgs::default()
+            },
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(resumed, "no unfinished forget jobs\n");
+    let policy = forget::pick_policy(&env.cfg, Some("app")).expect("policy");
+    let target = Target::from_config(&env.cfg, "app");
+    let key = HASH_KEY.as_bytes().to_vec();
+    rt().block_on(async {
+        let mut s = Session::open(&target, policy, Some(&key))
+            .await
+            .expect("open");
+        s.run(job, Faults::default()).await.expect("run");
+        assert!(s
+            .resume_all(Faults::default())
+            .await
+            .expect("resume")
+            .is_empty());
+    });
+    let err = rt()
+        .block_on(forget::run_cli(
+            &env.cfg,
+            ForgetArgs {
+                retry: Some(job),
+                ..ForgetArgs::default()
+            },
+        ))
+        .expect_err("a cancelled job is not retried");
+    assert!(err.contains("only failed or blocked"), "{err}");
+    let err = rt()
+        .block_on(forget::run_cli(&env.cfg, cancel_args(job, None)))
+        .expect_err("cancelled twice");
+    assert!(err.contains("already cancelled"), "{err}");
+    assert_eq!(
+        sql(
+            &env,
+            &format!("SELECT state FROM pgredact.forget_jobs WHERE id = {job}")
+        ),
+        "cancelled"
+    );
+    assert_eq!(fingerprint_all(&env), before);
+    assert_eq!(sql(&env, "SELECT count(*) FROM pgredact.forget_list"), "0");
+    // Customers of a cancelled job can be forgotten later by a new job.
+    let report = forget_done(&env, "21");
+    assert!(report.contains("1 forgotten now"), "{report}");
+}
+
+#[test]
+fn done_jobs_and_failed_jobs_whose_customers_are_listed_are_not_cancelled() {
+    let env = demo_env();
+    forget_done(&env, "1,2");
+    let err = rt()
+        .block_on(forget::run_cli(&env.cfg, cancel_args(1, None)))
+        .expect_err("a done job is not cancelled");
+    assert!(
+        err.contains("job 1 is done") && err.contains("unforget"),
+        "{err}"
+    );
+    assert_eq!(
+        sql(&env, "SELECT state FROM pgredact.forget_jobs WHERE id = 1"),
+        "done"
+    );
+
+    // A job that failed after its start put its customers on the forget list.
+    sql(&env, REFUSE_UPDATES);
+    let err = rt()
+        .block_on(forget::run_cli(&env.cfg, forget_args("1234,77")))
+        .expect_err("the job fails");
+    assert!(err.contains("job 2 ") && err.contains(": failed"), "{err}");
+    let err = rt()
+        .block_on(forget::run_cli(
+            &env.cfg,
+            cancel_args(2, Some("changed my mind")),
+        ))
+        .expect_err("half-forgotten customers are not left behind silently");
+    assert!(
+        err.contains("already put 2 customer(s) on the forget list")
+            && err.contains("--retry 2")
+            && err.contains("unforget"),
+        "{err}"
+    );
+    // Nothing changed: still failed, IDs and hashes kept (a retry can finish it), customers
+    // still suppressed, no cancel record.
+    assert_eq!(
+        sql(
+            &env,
+            "SELECT state, cancelled_at IS NULL FROM pgredact.forget_jobs WHERE id = 2"
+        ),
+        "failed|t"
+    );
+    assert_eq!(
+        sql(&env, "SELECT count(*) FROM pgredact.forget_batches WHERE job_id = 2 AND ids IS NOT NULL AND id_hashes IS NOT NULL"),
+        "1"
+    );
+    assert_eq!(
+        sql(
+            &env,
+            "SELECT count(*) FROM pgredact.forget_list WHERE job_id = 2"
+        ),
+        "2"
+    );
+    assert_eq!(
+        sql(
+            &env,
+            "SELECT count(*) FROM pgredact.forget_audit WHERE operation = 'cancel'"
+        ),
+        "0"
+    );
+    // Once their suppression is lifted with unforget, the job can be cancelled: then nobody is
+    // half-forgotten.
+    let un = UnforgetArgs {
+        ids: Some("1234,77".into()),
+        requester: "dpo@example.com".into(),
+        reason: Some("request withdrawn".into()),
+        ..UnforgetArgs::default()
+    };
+    rt().block_on(forget::run_unforget_cli(&env.cfg, un))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let report = rt()
+        .block_on(forget::run_cli(
+            &env.cfg,
+            cancel_args(2, Some("request withdrawn")),
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        report.contains("cancelled (was failed): 2 customer ID(s)"),
+        "{report}"
+    );
+    assert_eq!(
+        sql(&env, "SELECT count(*) FROM pgredact.forget_batches WHERE job_id = 2 AND (ids IS NOT NULL OR id_hashes IS NOT NULL)"),
+        "0"
+    );
+    assert_eq!(
+        sql(&env, "SELECT count(*) FROM customers WHERE customer_id IN (1234, 77) AND first_name IS NOT NULL"),
+        "2"
+    );
+    verify_audit(&env).unwrap_or_else(|e| panic!("{e}"));
+}

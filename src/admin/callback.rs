@@ -1,5 +1,6 @@
 //! Signed completion callbacks: a remove-PII request may carry `callback_url`; when its job
-//! ends (`done`, with or without warnings, `failed`, or `blocked`), pgredact POSTs a JSON notice
+//! ends (`done`, with or without warnings, `failed`, `blocked`, or `cancelled` by an operator;
+//! a cancelled job's notice is due again even when its failure was notified), pgredact POSTs a JSON notice
 //! there, signed like Stripe's webhooks:
 //!
 //! `X-Pgredact-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(key, "<t>.<body>")>`
@@ -264,7 +265,7 @@ pub async fn deliver_due(
                         callback_next_at = now() + make_interval(secs => $2) \
                  WHERE id = (SELECT id FROM pgredact.forget_jobs \
                              WHERE callback_url IS NOT NULL AND callback_delivered_at IS NULL \
-                               AND kind = 'forget' AND state IN ('done', 'failed', 'blocked') \
+                               AND kind = 'forget' AND state IN ('done', 'failed', 'blocked', 'cancelled') \
                                AND callback_attempts < $1 \
                                AND (callback_next_at IS NULL OR callback_next_at <= now()) \
                              ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \

@@ -900,7 +900,144 @@ pub async fn retry(client: &mut Client, job_id: i64) -> Result<String, RetryErro
     Ok(next.to_string())
 }
 
-/// Why a job cannot be retried.
+/// What [`cancel`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cancelled {
+    /// The state the job was in (`queued`, `blocked` or `failed`).
+    pub previous_state: String,
+    /// Customer IDs whose raw value and keyed hash were removed from the job's batches.
+    pub ids_removed: i64,
+}
+
+/// Cancels a forget job that is `queued`, `blocked` or `failed` and has put none of its
+/// customers on the forget list: state `cancelled` with who, when and why, its raw IDs and
+/// keyed hashes removed, a `cancel` record on the audit trail, and its completion callback (if
+/// any) due again with outcome `cancelled`. One transaction, holding the job's row and its
+/// advisory lock, so no worker starts or finalizes it meanwhile.
+///
+/// Refused (`Conflict`): a `running` or `finalizing` job (its customers are on the forget list
+/// and being anonymized: it cannot be stopped half-way), a `done` one (use unforget), one
+/// already cancelled, and a `failed` job that owns forget-list entries (it failed after its
+/// start committed them: those customers are suppressed and maybe partly anonymized; cancelling
+/// would leave them half-forgotten without saying so; retry it to finish, or unforget them
+/// first).
+pub async fn cancel(
+    client: &mut Client,
+    job_id: i64,
+    by: &str,
+    reason: Option<&str>,
+) -> Result<Cancelled, RetryError> {
+    let err = |e: tokio_postgres::Error| RetryError::Other(super::db_error(&e));
+    let tx = client.transaction().await.map_err(err)?;
+    let row = tx
+        .query_opt(
+            "SELECT state, kind FROM pgredact.forget_jobs WHERE id = $1 FOR UPDATE",
+            &[&job_id],
+        )
+        .await
+        .map_err(err)?
+        .ok_or(RetryError::NotFound)?;
+    let (state, kind): (String, String) = (row.get(0), row.get(1));
+    if kind != "forget" {
+        return Err(RetryError::Conflict(format!(
+            "job {job_id} is an {kind} record, not a forget job: it cannot be cancelled"
+        )));
+    }
+    let conflict = |why: String| Err(RetryError::Conflict(format!("job {job_id} {why}")));
+    match state.as_str() {
+        QUEUED | jobs::BLOCKED | FAILED => {}
+        RUNNING | FINALIZING => {
+            return conflict(format!(
+            "is {state}: its customers are on the forget list (suppressed) and being anonymized; \
+                 a running job cannot be cancelled half-way. Wait until it ends, then lift \
+                 suppression with unforget if needed"
+        ))
+        }
+        jobs::DONE => {
+            return conflict(
+                "is done: its customers are forgotten; to lift suppression for some of them, use \
+                 unforget (pgredact unforget --ids ...); anonymized data stays anonymized"
+                    .to_string(),
+            )
+        }
+        jobs::CANCELLED => return conflict("is already cancelled".to_string()),
+        other => return conflict(format!("is {other}: it cannot be cancelled")),
+    }
+    // A worker starting or finalizing the job holds this lock for the whole step.
+    let free: bool = tx
+        .query_one(
+            "SELECT pg_catalog.pg_try_advisory_xact_lock($1, CAST($2 AS int4))",
+            &[&JOB_LOCK, &(job_id as i32)],
+        )
+        .await
+        .map_err(err)?
+        .get(0);
+    if !free {
+        return conflict("is being started by a worker right now: try again in a moment".into());
+    }
+    let listed: i64 = tx
+        .query_one(
+            "SELECT pg_catalog.count(*) FROM pgredact.forget_list WHERE job_id = $1",
+            &[&job_id],
+        )
+        .await
+        .map_err(err)?
+        .get(0);
+    if listed > 0 {
+        return conflict(format!(
+            "is {state}, but it had already put {listed} customer(s) on the forget list: they are \
+             suppressed (no new PII is written for them) and their existing rows may be partly \
+             anonymized. Cancelling would leave them half-forgotten, so it is refused: retry the \
+             job to finish forgetting them (pgredact forget --retry {job_id}, or POST \
+             /v1/jobs/{job_id}/retry), or lift their suppression with unforget (pgredact unforget \
+             --ids ...) and then cancel the job"
+        ));
+    }
+    tx.execute(
+        "UPDATE pgredact.forget_jobs SET state = 'cancelled', finished_at = now(), \
+         cancelled_at = now(), cancelled_by = $2, cancel_reason = $3, callback_attempts = 0, \
+         callback_next_at = NULL, callback_last_error = NULL, callback_delivered_at = NULL \
+         WHERE id = $1",
+        &[&job_id, &by, &reason],
+    )
+    .await
+    .map_err(err)?;
+    let ids_removed: i64 = tx
+        .query_one(
+            "SELECT coalesce(sum(ids_count) FILTER (WHERE ids IS NOT NULL OR id_hashes IS NOT NULL), 0)::int8 \
+             FROM pgredact.forget_batches WHERE job_id = $1",
+            &[&job_id],
+        )
+        .await
+        .map_err(err)?
+        .get(0);
+    tx.execute(
+        "UPDATE pgredact.forget_batches SET ids = NULL, id_hashes = NULL, \
+         state = CASE WHEN state = 'pending' THEN 'cancelled' ELSE state END WHERE job_id = $1",
+        &[&job_id],
+    )
+    .await
+    .map_err(err)?;
+    let record = json!({
+        "cancelled_by": by,
+        "reason": reason,
+        "previous_state": state,
+        "ids_removed": ids_removed,
+    });
+    tx.execute(
+        "SELECT pgredact.forget_audit_append('cancel', $1, CAST($2 AS text)::jsonb)",
+        &[&job_id, &record.to_string()],
+    )
+    .await
+    .map_err(err)?;
+    tx.commit().await.map_err(err)?;
+    Ok(Cancelled {
+        previous_state: state,
+        ids_removed,
+    })
+}
+
+/// Why a job cannot be retried or cancelled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RetryError {
     NotFound,

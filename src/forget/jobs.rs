@@ -5,8 +5,8 @@
 //! - `pgredact.forget_jobs`: one row per request (forget or unforget): requester, source, times,
 //!   state, plan, counts, verification. No raw IDs.
 //! - `pgredact.forget_batches`: the work queue of a job. `ids` holds the canonical IDs of one
-//!   batch until the job finishes; it is cleared (set to NULL) when the job is done, blocked or
-//!   failed, so raw IDs are kept only while the job still needs them to resume after a crash.
+//!   batch (and `id_hashes` their keyed hashes) until the job is done or cancelled; a failed or
+//!   blocked job keeps them for a retry (see `exec::cancel` for what a cancel removes).
 //!
 //! Batches are claimed with `FOR UPDATE SKIP LOCKED`, so any number of workers (CLI runs, admin
 //! servers) can share a job's batches without waiting on each other or doing a batch twice.
@@ -23,8 +23,13 @@ pub const FINALIZING: &str = "finalizing";
 pub const DONE: &str = "done";
 pub const BLOCKED: &str = "blocked";
 pub const FAILED: &str = "failed";
+/// Cancelled by an operator while queued, blocked or failed (see [`super::exec::cancel`]): its
+/// customer IDs and their keyed hashes are gone, nothing more is done for it.
+pub const CANCELLED: &str = "cancelled";
 /// Every job state.
-pub const STATES: [&str; 6] = [QUEUED, RUNNING, FINALIZING, DONE, BLOCKED, FAILED];
+pub const STATES: [&str; 7] = [
+    QUEUED, RUNNING, FINALIZING, DONE, BLOCKED, FAILED, CANCELLED,
+];
 
 /// The forget tables, functions and triggers (idempotent; after `control::ensure`).
 pub const SCHEMA_SQL: &str = r#"
@@ -125,6 +130,13 @@ DO $retries$ BEGIN
                                          ADD COLUMN callback_delivered_at timestamptz;
         CREATE INDEX forget_jobs_callback_due ON pgredact.forget_jobs (id)
             WHERE callback_url IS NOT NULL AND callback_delivered_at IS NULL;
+    END IF;
+    -- Who cancelled a job, when and why (state 'cancelled').
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = 'pgredact.forget_jobs'::pg_catalog.regclass
+                   AND attname = 'cancelled_at' AND NOT attisdropped) THEN
+        ALTER TABLE pgredact.forget_jobs ADD COLUMN cancelled_at timestamptz,
+                                         ADD COLUMN cancelled_by text,
+                                         ADD COLUMN cancel_reason text;
     END IF;
 END $retries$;
 CREATE UNIQUE INDEX IF NOT EXISTS forget_jobs_external_id ON pgredact.forget_jobs (external_id)
@@ -465,6 +477,8 @@ pub struct JobStatus {
     /// The completion callback and its delivery: `url`, `attempts`, `next_attempt_at`,
     /// `last_error`, `delivered_at` (None for a job without one).
     pub callback: Option<Value>,
+    /// A cancelled job's `at`, `by` and `reason` (None for a job not cancelled).
+    pub cancellation: Option<Value>,
 }
 
 /// Reads a job (None when there is no such job).
@@ -484,7 +498,9 @@ pub async fn status(client: &Client, job_id: i64) -> Result<Option<JobStatus>, S
                     callback_url, callback_attempts::int8, \
                     to_char(callback_next_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
                     callback_last_error, \
-                    to_char(callback_delivered_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') \
+                    to_char(callback_delivered_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
+                    to_char(cancelled_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
+                    cancelled_by, cancel_reason \
              FROM pgredact.forget_jobs WHERE id = $1",
             &[&job_id],
         )
@@ -557,6 +573,13 @@ pub async fn status(client: &Client, job_id: i64) -> Result<Option<JobStatus>, S
                 "next_attempt_at": j.get::<_, Option<String>>(23),
                 "last_error": j.get::<_, Option<String>>(24),
                 "delivered_at": j.get::<_, Option<String>>(25),
+            })
+        }),
+        cancellation: j.get::<_, Option<String>>(26).map(|at| {
+            serde_json::json!({
+                "at": at,
+                "by": j.get::<_, Option<String>>(27),
+                "reason": j.get::<_, Option<String>>(28),
             })
         }),
     }))
@@ -654,6 +677,15 @@ impl JobStatus {
                     c.get("last_error").and_then(Value::as_str).unwrap_or("-")
                 ),
             });
+        }
+        if let Some(Value::Object(c)) = &self.cancellation {
+            let field = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
+            s.push_str(&format!(
+                "  cancelled at {} by {} (reason: {}): its customer IDs and their keyed hashes were removed\n",
+                field("at"),
+                field("by"),
+                field("reason")
+            ));
         }
         if let Some(e) = &self.error {
             s.push_str(&format!("  error: {e}\n"));

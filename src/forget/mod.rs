@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio_postgres::Client;
 
-pub use exec::{Faults, RetryError, RunEnd};
+pub use exec::{Cancelled, Faults, RetryError, RunEnd};
 pub use jobs::{JobStatus, Origin};
 pub use plan::{Plan, Spec};
 
@@ -68,6 +68,14 @@ pub struct ForgetArgs {
     /// head hash (keep it elsewhere: a later check can then tell a truncated trail).
     #[arg(long, conflicts_with_all = ["csv", "ids", "dry_run", "resume", "retry", "sweep", "verify_receipt"])]
     pub verify_audit: bool,
+    /// Cancel a queued, blocked or failed job: its customer IDs and their keyed hashes are
+    /// removed and it never runs (refused for a running or done job, and for a failed one whose
+    /// customers are already on the forget list).
+    #[arg(long, value_name = "JOB_ID", conflicts_with_all = ["csv", "ids", "dry_run", "resume", "retry", "sweep", "verify_receipt", "verify_audit"])]
+    pub cancel: Option<i64>,
+    /// Why the job is cancelled (with `--cancel`; recorded on the job and the audit trail).
+    #[arg(long, requires = "cancel")]
+    pub reason: Option<String>,
 }
 
 /// `pgredact unforget`: lifts suppression for IDs (audited; anonymized data stays anonymized).
@@ -449,6 +457,18 @@ impl Session {
         exec::retry(&mut self.client, job_id).await
     }
 
+    /// Cancels a queued, blocked or failed job (see [`exec::cancel`]).
+    pub async fn cancel(
+        &mut self,
+        job_id: i64,
+        by: &str,
+        reason: Option<&str>,
+    ) -> Result<exec::Cancelled, RetryError> {
+        let done = exec::cancel(&mut self.client, job_id, by, reason).await?;
+        tracing::info!(job = job_id, requester = %by, previous = %done.previous_state, "forget job cancelled");
+        Ok(done)
+    }
+
     pub async fn status(&self, job_id: i64) -> Result<Option<JobStatus>, String> {
         jobs::status(&self.client, job_id).await
     }
@@ -642,6 +662,25 @@ pub async fn run_cli_with(
             .await
             .map_err(|e| format!("cannot retry job {job}: {e}"))?;
         return run_to_end(&mut session, job, faults).await;
+    }
+    if let Some(job) = args.cancel {
+        let by = args.requester.clone().unwrap_or_else(default_requester);
+        let reason = args.reason.as_deref().filter(|r| !r.trim().is_empty());
+        let done = session
+            .cancel(job, &by, reason)
+            .await
+            .map_err(|e| format!("cannot cancel job {job}: {e}"))?;
+        let status = session
+            .status(job)
+            .await?
+            .ok_or_else(|| format!("job {job} vanished"))?;
+        return Ok(format!(
+            "{}  cancelled (was {}): {} customer ID(s) and their keyed hashes removed; none of them \
+             is on the forget list through this job\n",
+            status.render(),
+            done.previous_state,
+            done.ids_removed
+        ));
     }
     if args.sweep {
         let tables = exec::sweep(&mut session.client, &session.spec).await?;
