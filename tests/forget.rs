@@ -1513,44 +1513,7 @@ fn blocked_requests_are_refused_with_422_and_their_ids_kept_nowhere() {
     let (cfg, dir) = write_config(&env.cluster, &blocked);
     env.cfg = cfg;
     env._dir = dir;
-    rt().block_on(async {
-        let addr = start_admin(&env).await;
-        let auth = format!("Bearer {TOKEN}");
-        let (st, body) = http(
-            addr,
-            "POST",
-            "/v1/customers/remove-pii",
-            &[
-                ("Content-Type", "application/json"),
-                ("Authorization", auth.as_str()),
-            ],
-            br#"{"customer_ids":[1234, 77]}"#,
-        )
-        .await;
-        assert_eq!(st, 422, "{body}");
-        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-        let blockers = v["blockers"].as_array().expect("blockers array");
-        assert!(
-            blockers.iter().any(|b| b
-                .as_str()
-                .unwrap_or("")
-                .contains("public.customers.tier is NOT NULL")),
-            "{body}"
-        );
-        assert!(
-            v["error"]
-                .as_str()
-                .unwrap_or("")
-                .contains("no job was created"),
-            "{body}"
-        );
-    });
-    assert_eq!(sql(&env, "SELECT count(*) FROM pgredact.forget_jobs"), "0");
-    assert_eq!(sql(&env, "SELECT count(*) FROM pgredact.forget_list"), "0");
-    assert_eq!(
-        sql(&env, "SELECT count(*) FROM customers WHERE customer_id IN (1234, 77) AND first_name IS NOT NULL"),
-        "2"
-    );
+    api_blocks_1234_and_77(&env, "public.customers.tier is NOT NULL");
 }
 
 #[test]
@@ -2273,8 +2236,17 @@ fn a_table_the_control_role_does_not_own_is_a_blocker_before_any_job() {
     assert!(err.contains(want), "{err}");
     assert!(err.contains("ENABLE ALWAYS"), "{err}");
     assert!(!err.contains("must be owner of table"), "{err}");
+    api_blocks_1234_and_77(&env, want);
+    // Membership in the owner role is enough.
+    sql(&env, "GRANT shop_owner TO pgredact");
+    forget_done(&env, "1234,77");
+}
+
+/// The API refuses to forget customers 1234 and 77 with 422 and a blocker containing `want`;
+/// no job was created, nobody is on the list, nothing changed.
+fn api_blocks_1234_and_77(env: &Env, want: &str) {
     rt().block_on(async {
-        let addr = start_admin(&env).await;
+        let addr = start_admin(env).await;
         let auth = format!("Bearer {TOKEN}");
         let (st, body) = http(
             addr,
@@ -2296,17 +2268,20 @@ fn a_table_the_control_role_does_not_own_is_a_blocker_before_any_job() {
                 .any(|b| b.as_str().unwrap_or("").contains(want)),
             "{body}"
         );
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("no job was created"),
+            "{body}"
+        );
     });
-    // No job was created, nobody is on the list, nothing changed.
-    assert_eq!(sql(&env, "SELECT count(*) FROM pgredact.forget_jobs"), "0");
-    assert_eq!(sql(&env, "SELECT count(*) FROM pgredact.forget_list"), "0");
+    assert_eq!(sql(env, "SELECT count(*) FROM pgredact.forget_jobs"), "0");
+    assert_eq!(sql(env, "SELECT count(*) FROM pgredact.forget_list"), "0");
     assert_eq!(
-        sql(&env, "SELECT count(*) FROM customers WHERE customer_id IN (1234, 77) AND first_name IS NOT NULL"),
+        sql(env, "SELECT count(*) FROM customers WHERE customer_id IN (1234, 77) AND first_name IS NOT NULL"),
         "2"
     );
-    // Membership in the owner role is enough.
-    sql(&env, "GRANT shop_owner TO pgredact");
-    forget_done(&env, "1234,77");
 }
 
 /// Submits a job for `ids` without running it (it stays queued); returns its id.
