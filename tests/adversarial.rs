@@ -17,7 +17,7 @@ mod support;
 use libtest_mimic::{Arguments, Failed, Trial};
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use support::adv::*;
 use support::wire;
 
@@ -559,67 +559,16 @@ struct Totals {
     poison_twin: usize,
 }
 
-/// The state every trial shares: one tokio runtime, the fixture (built on it at most once, by the
-/// first trial that needs it) and the counts.
-///
-/// Trials run one at a time, in the order of the old single test (`test_threads` is forced to 1):
-/// the cases share one cluster whose state they see and change (pg_stat_statements and
-/// pg_stat_activity show earlier statements, `solutions` writes in rolled-back transactions,
-/// `special::stale-catalog-and-roles` alters the catalog and role memberships), so running them
-/// concurrently would change what the oracles see. One at a time, each outcome is the one the old
-/// loop had.
-struct Kit {
-    rt: tokio::runtime::Runtime,
-    fx: Mutex<Option<Arc<Fixture>>>,
-    totals: Mutex<Totals>,
-}
+type Kit = support::adv::Kit<Totals>;
 
-impl Kit {
-    fn new() -> Kit {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        Kit {
-            rt,
-            fx: Mutex::new(None),
-            totals: Mutex::new(Totals::default()),
-        }
-    }
-
-    /// The fixture, built on first use. A panic while building poisons the lock, and every later
-    /// trial then fails at once instead of building it again.
-    fn fixture(&self) -> Arc<Fixture> {
-        let mut fx = self
-            .fx
-            .lock()
-            .expect("the fixture could not be built (see the first failed trial)");
-        fx.get_or_insert_with(|| Arc::new(self.rt.block_on(setup())))
-            .clone()
-    }
-
-    fn totals(&self) -> std::sync::MutexGuard<'_, Totals> {
-        self.totals.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Runs `f` on the shared runtime with the fixture; the trial fails with every failure `f`
-    /// records.
-    fn run<F, Fut>(&self, f: F) -> Result<(), Failed>
-    where
-        F: FnOnce(Arc<Fixture>) -> Fut,
-        Fut: Future<Output = Vec<Failure>>,
-    {
-        let fx = self.fixture();
-        let failures = self.rt.block_on(f(fx));
-        verdict(&failures)
-    }
-
-    /// Stops the cluster and the proxy (the fixture lives in the kit, not in a test function).
-    fn shut_down(self) {
-        let fx = self.fx.lock().unwrap_or_else(|e| e.into_inner()).take();
-        self.rt.block_on(async move { drop(fx) });
-    }
+/// Runs `f` on the shared runtime with the fixture; the trial fails with every failure `f`
+/// records.
+fn check<F, Fut>(kit: &Kit, f: F) -> Result<(), Failed>
+where
+    F: FnOnce(Arc<Fixture>) -> Fut,
+    Fut: Future<Output = Vec<Failure>>,
+{
+    verdict(&kit.block_on(f))
 }
 
 /// The trial's result: every failure printed (as the old suite's report did), then failed.
@@ -655,7 +604,10 @@ const DIRECT_PROTOCOLS: [(&str, bool); 2] = [("direct-simple", false), ("direct-
 
 fn main() {
     let mut args = Arguments::from_args();
-    // One at a time, in order: see `Kit`.
+    // One at a time, in the old loop's order: the cases share one cluster whose state they see
+    // and change (pg_stat_statements and pg_stat_activity show earlier statements, `solutions`
+    // writes in rolled-back transactions, `special::stale-catalog-and-roles` alters the catalog
+    // and role memberships), so concurrent trials would change what the oracles see.
     args.test_threads = Some(1);
     let kit = Arc::new(Kit::new());
     let cases: Vec<Arc<Case>> = cases().into_iter().map(Arc::new).collect();
@@ -698,9 +650,7 @@ fn main() {
         }
     }));
     let conclusion = libtest_mimic::run(&args, trials);
-    if let Ok(kit) = Arc::try_unwrap(kit) {
-        kit.shut_down();
-    }
+    Kit::shut_down(kit);
     conclusion.exit();
 }
 
@@ -747,7 +697,7 @@ where
             println!("KNOWN FAILING {name}: {why}");
         }
         let k2 = kit.clone();
-        kit.run(|fx| f(k2, fx, case2)).map_err(|e| match why {
+        check(&kit, |fx| f(k2, fx, case2)).map_err(|e| match why {
             Some(why) => format!("known failure ({why}):\n{}", e.message().unwrap_or("")).into(),
             None => e,
         })
@@ -937,7 +887,7 @@ fn special_trials(kit: &Arc<Kit>) -> Vec<Trial> {
         ($name:literal, $f:ident) => {{
             let kit = kit.clone();
             Trial::test(concat!("special::", $name), move || {
-                kit.run(|fx| async move {
+                check(&kit, |fx| async move {
                     let mut failures = Vec::new();
                     $f(&fx, &mut failures).await;
                     failures
