@@ -5,10 +5,18 @@
 //! Every case runs over the simple and the extended protocol (tokio-postgres) and again over a raw
 //! wire client that keeps every byte. Poison controls prove that both oracles fire without the
 //! proxy.
+//!
+//! A custom harness (libtest-mimic): one named trial per case and protocol, so
+//! `cargo test --test adversarial relations-036` runs one case, and known failures are ignored
+//! trials (`cargo test --test adversarial -- --ignored` runs them). Trial names:
+//! `<case>::{simple,extended,raw-simple,raw-extended,direct-simple,direct-extended,poison}`,
+//! `special::<section>`, `suite::cases` and `suite::totals` (the counts of the trials that ran).
 
 mod support;
 
+use libtest_mimic::{Arguments, Failed, Trial};
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use support::adv::*;
 use support::wire;
@@ -63,34 +71,38 @@ struct Case {
     sql: String,
 }
 
-/// Cases that still leak or disagree with the twin on main; skipped by the assertions (but still
-/// run and reported). Each entry: (case id, what happens).
-const KNOWN_FAILING: &[(&str, &str)] = &[
+/// The protocols a known failure fails over: the twin oracle (tokio-postgres through the
+/// proxy), or the canary oracle straight against PostgreSQL.
+const TWIN: &[&str] = &["simple", "extended"];
+const DIRECT: &[&str] = &["direct-simple", "direct-extended"];
+
+/// Known failures: (case id, the protocols it fails over, what happens).
+type Known = &'static [(&'static str, &'static [&'static str], &'static str)];
+
+/// Cases that still leak or disagree with the twin on main: their trials over these protocols are
+/// ignored (`cargo test --test adversarial -- --ignored` runs them).
+const KNOWN_FAILING: Known = &[
     // dynamic SQL and indirection
     // relations that hide a policy table
-    ("relations-036", "BY DESIGN, no leak: after CREATE TEMP TABLE customers, PostgreSQL would read pg_temp.customers but the proxy always substitutes the masked public.customers (over-masking, never under-masking)"),
+    ("relations-036", &["simple"], "BY DESIGN, no leak: after CREATE TEMP TABLE customers, PostgreSQL would read pg_temp.customers but the proxy always substitutes the masked public.customers (over-masking, never under-masking)"),
     // error and notice channels
     // write-side oracles
     // lexical games
-    ("lexical-004", "TEST ARTIFACT, no leak: app.public.customers names the current database on app (masked rows) but a foreign one on the twin, where PostgreSQL raises 0A000"),
-    ("lexical-005", "TWIN MISMATCH (no leak): same with \"app\".\"public\".\"customers\""),
+    ("lexical-004", TWIN, "TEST ARTIFACT, no leak: app.public.customers names the current database on app (masked rows) but a foreign one on the twin, where PostgreSQL raises 0A000"),
+    ("lexical-005", TWIN, "TWIN MISMATCH (no leak): same with \"app\".\"public\".\"customers\""),
     // oracle-style
     // specials
 ];
 
 /// Cases that show a canary when run straight against PostgreSQL as the masked role, because
-/// PostgreSQL has no privilege that could stop them. Each: (case id, why).
-const DIRECT_KNOWN: &[(&str, &str)] = &[
-    ("errors-015", "PostgreSQL cannot stop it: the DBA's own trigger zq_audit runs for every writer and RAISEs a PII column in a NOTICE (pgredact scrubs that message; `pgredact check` warns about user triggers on protected tables)"),
-    ("errors-016", "PostgreSQL cannot stop it: the same trigger RAISEs PII in an ERROR's message, DETAIL and HINT"),
-    ("catalog-015", "TEST ARTIFACT, no leak: pg_stat_statements shows a role only the statements it ran itself; the canary literals are in earlier attack statements support sent"),
-    ("catalog-016", "TEST ARTIFACT, no leak: same view, schema-qualified"),
-    ("catalog-017", "TEST ARTIFACT, no leak: same, through the function"),
+/// PostgreSQL has no privilege that could stop them: their direct trials are ignored.
+const DIRECT_KNOWN: Known = &[
+    ("errors-015", DIRECT, "PostgreSQL cannot stop it: the DBA's own trigger zq_audit runs for every writer and RAISEs a PII column in a NOTICE (pgredact scrubs that message; `pgredact check` warns about user triggers on protected tables)"),
+    ("errors-016", DIRECT, "PostgreSQL cannot stop it: the same trigger RAISEs PII in an ERROR's message, DETAIL and HINT"),
+    ("catalog-015", DIRECT, "TEST ARTIFACT, no leak: pg_stat_statements shows a role only the statements it ran itself; the canary literals are in earlier attack statements support sent"),
+    ("catalog-016", DIRECT, "TEST ARTIFACT, no leak: same view, schema-qualified"),
+    ("catalog-017", DIRECT, "TEST ARTIFACT, no leak: same, through the function"),
 ];
-
-fn known(id: &str) -> bool {
-    KNOWN_FAILING.iter().any(|(k, _)| *k == id)
-}
 
 fn cases() -> Vec<Case> {
     use Or::*;
@@ -530,252 +542,373 @@ fn compare(case: &Case, proxy: &Outcome, twin: &Outcome) -> bool {
     }
 }
 
+#[derive(Default)]
 struct Stats {
     runs: usize,
     refused: usize,
     ok: usize,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn adversarial_suite() {
-    let fx = setup().await;
-    let cases = cases();
-    let mut failures: Vec<Failure> = Vec::new();
-    let mut stats = Stats {
-        runs: 0,
-        refused: 0,
-        ok: 0,
-    };
+/// What the trials that ran counted; `suite::totals` prints it (it runs last).
+#[derive(Default)]
+struct Totals {
+    tokio: Stats,
+    direct: Stats,
+    direct_known: usize,
+    poison_canary: usize,
+    poison_twin: usize,
+}
+
+type Kit = support::adv::Kit<Totals>;
+
+/// Runs `f` on the shared runtime with the fixture; the trial fails with every failure `f`
+/// records.
+fn check<F, Fut>(kit: &Kit, f: F) -> Result<(), Failed>
+where
+    F: FnOnce(Arc<Fixture>) -> Fut,
+    Fut: Future<Output = Vec<Failure>>,
+{
+    verdict(&kit.block_on(f))
+}
+
+/// The trial's result: every failure printed (as the old suite's report did), then failed.
+fn verdict(failures: &[Failure]) -> Result<(), Failed> {
+    if failures.is_empty() {
+        return Ok(());
+    }
+    let mut msg = String::new();
+    for f in failures {
+        let line = format!(
+            "FAILURE {} [{}]: {}\n    SQL: {}",
+            f.id, f.protocol, f.what, f.sql
+        );
+        println!("{line}");
+        msg.push_str(&line);
+        msg.push('\n');
+    }
+    Err(msg.into())
+}
+
+/// Why the trial `id::protocol` is known to fail, if it is (an ignored trial).
+fn known(id: &str, protocol: &str) -> Option<&'static str> {
+    KNOWN_FAILING
+        .iter()
+        .chain(DIRECT_KNOWN)
+        .find(|(k, protocols, _)| *k == id && protocols.contains(&protocol))
+        .map(|(_, _, why)| *why)
+}
+
+const PROXY_PROTOCOLS: [(&str, bool); 2] = [("simple", false), ("extended", true)];
+const RAW_PROTOCOLS: [(&str, bool); 2] = [("raw-simple", false), ("raw-extended", true)];
+const DIRECT_PROTOCOLS: [(&str, bool); 2] = [("direct-simple", false), ("direct-extended", true)];
+
+fn main() {
+    let mut args = Arguments::from_args();
+    // One at a time, in the old loop's order: the cases share one cluster whose state they see
+    // and change (pg_stat_statements and pg_stat_activity show earlier statements, `solutions`
+    // writes in rolled-back transactions, `special::stale-catalog-and-roles` alters the catalog
+    // and role memberships), so concurrent trials would change what the oracles see.
+    args.test_threads = Some(1);
+    let kit = Arc::new(Kit::new());
+    let cases: Vec<Arc<Case>> = cases().into_iter().map(Arc::new).collect();
+    let mut trials = vec![Trial::test("suite::cases", {
+        let cases = cases.clone();
+        move || case_table(&cases)
+    })];
+    // Through the proxy: tokio-postgres, then every byte over a raw wire client.
+    for case in &cases {
+        for (protocol, extended) in PROXY_PROTOCOLS {
+            trials.push(case_trial(&kit, case, protocol, move |kit, fx, case| {
+                proxy_run(kit, fx, case, protocol, extended)
+            }));
+        }
+        for (protocol, extended) in RAW_PROTOCOLS {
+            trials.push(case_trial(&kit, case, protocol, move |_, fx, case| {
+                raw_wire_run(fx, case, protocol, extended)
+            }));
+        }
+    }
+    // The same attacks straight against PostgreSQL, as the masked roles: PostgreSQL's own
+    // privileges are the wall; an error is fine there, a canary is not.
+    for case in &cases {
+        for (protocol, extended) in DIRECT_PROTOCOLS {
+            trials.push(case_trial(&kit, case, protocol, move |kit, fx, case| {
+                direct_run(kit, fx, case, protocol, extended)
+            }));
+        }
+    }
+    // Poison controls: the same attacks without the proxy must trip the oracles.
+    for case in cases.iter().filter(|c| c.poison != Poison::No) {
+        trials.push(case_trial(&kit, case, "poison", poison_run));
+    }
+    trials.extend(special_trials(&kit));
+    trials.push(Trial::test("suite::totals", {
+        let kit = kit.clone();
+        move || {
+            print_totals(&kit.totals());
+            Ok(())
+        }
+    }));
+    let conclusion = libtest_mimic::run(&args, trials);
+    Kit::shut_down(kit);
+    conclusion.exit();
+}
+
+/// The case table itself: its size and its poison controls (no fixture needed).
+fn case_table(cases: &[Arc<Case>]) -> Result<(), Failed> {
     let mut per_class: BTreeMap<&str, usize> = BTreeMap::new();
-    for c in &cases {
+    for c in cases {
         *per_class.entry(c.class).or_default() += 1;
     }
     println!("adversarial cases: {} {per_class:?}", cases.len());
     assert!(cases.len() >= 150, "at least 150 cases");
-
-    for case in &cases {
-        let tx = is_tx(case);
-        for (protocol, extended) in [("simple", false), ("extended", true)] {
-            stats.runs += 1;
-            let (client, cap) = match fx.proxy(case.role.user()).await {
-                Ok(x) => x,
-                Err(e) => {
-                    // A refused login is safe (no data); anything else is reported.
-                    if code_of(&e) != "42501" {
-                        failures.push(Failure {
-                            id: case.id.clone(),
-                            protocol,
-                            what: format!("could not connect: {e}"),
-                            sql: case.sql.clone(),
-                        });
-                    } else {
-                        stats.refused += 1;
-                    }
-                    continue;
-                }
-            };
-            let a = run_tokio(&client, &cap, &case.sql, extended, tx).await;
-            let hits = fx.canaries.hits(&case.sql, &a.visible);
-            if !hits.is_empty() {
-                failures.push(Failure {
-                    id: case.id.clone(),
-                    protocol,
-                    what: format!("LEAK {hits:?} in {}", a.outcome.short()),
-                    sql: case.sql.clone(),
-                });
-            }
-            if a.outcome.is_refusal() {
-                stats.refused += 1;
-            } else {
-                stats.ok += 1;
-            }
-            if case.or != Or::C {
-                let (t, tcap) = fx.twin_for(case.role.user()).await;
-                let ta = run_tokio(&t, &tcap, &case.sql, extended, tx).await;
-                if !compare(case, &a.outcome, &ta.outcome) {
-                    failures.push(Failure {
-                        id: case.id.clone(),
-                        protocol,
-                        what: format!(
-                            "TWIN MISMATCH proxy={} twin={}",
-                            a.outcome.short(),
-                            ta.outcome.short()
-                        ),
-                        sql: case.sql.clone(),
-                    });
-                }
-            }
-        }
-        // Every byte, over a raw wire client.
-        for (protocol, extended) in [("raw-simple", false), ("raw-extended", true)] {
-            match raw_run(fx.port(), case.role.user(), &case.sql, extended, tx).await {
-                Ok(msgs) => {
-                    let hits = fx.canaries.hits(&case.sql, &[wire::visible(&msgs)]);
-                    if !hits.is_empty() {
-                        failures.push(Failure {
-                            id: case.id.clone(),
-                            protocol,
-                            what: format!("LEAK {hits:?} (raw bytes)"),
-                            sql: case.sql.clone(),
-                        });
-                    }
-                }
-                Err(e) => {
-                    let hits = fx.canaries.hits(&case.sql, std::slice::from_ref(&e));
-                    if !hits.is_empty() {
-                        failures.push(Failure {
-                            id: case.id.clone(),
-                            protocol,
-                            what: format!("LEAK in login error {hits:?}"),
-                            sql: case.sql.clone(),
-                        });
-                    }
-                }
+    let canary = cases.iter().filter(|c| c.poison == Poison::Canary).count();
+    let twin = cases.iter().filter(|c| c.poison == Poison::Twin).count();
+    assert!(
+        canary >= 20 && twin >= 10,
+        "poison controls: {canary} canary, {twin} twin"
+    );
+    for (table, direct) in [(KNOWN_FAILING, false), (DIRECT_KNOWN, true)] {
+        for (id, protocols, _) in table {
+            assert!(
+                cases.iter().any(|c| c.id == *id),
+                "known case {id} is not in the table"
+            );
+            for p in *protocols {
+                assert_eq!(p.starts_with("direct-"), direct, "{id}: protocol {p}");
             }
         }
     }
+    Ok(())
+}
+
+/// One trial `<case id>::<protocol>`, ignored when known to fail (the reason is printed when it
+/// runs, and in the failure).
+fn case_trial<F, Fut>(kit: &Arc<Kit>, case: &Arc<Case>, protocol: &str, f: F) -> Trial
+where
+    F: FnOnce(Arc<Kit>, Arc<Fixture>, Arc<Case>) -> Fut + Send + 'static,
+    Fut: Future<Output = Vec<Failure>>,
+{
+    let why = known(&case.id, protocol);
+    let (kit, case2) = (kit.clone(), case.clone());
+    let name = format!("{}::{protocol}", case.id);
+    let trial = Trial::test(name.clone(), move || {
+        if let Some(why) = why {
+            println!("KNOWN FAILING {name}: {why}");
+        }
+        let k2 = kit.clone();
+        check(&kit, |fx| f(k2, fx, case2)).map_err(|e| match why {
+            Some(why) => format!("known failure ({why}):\n{}", e.message().unwrap_or("")).into(),
+            None => e,
+        })
+    });
+    trial.with_ignored_flag(why.is_some())
+}
+
+/// Over tokio-postgres through the proxy; against the twin too for oracle-style cases.
+async fn proxy_run(
+    kit: Arc<Kit>,
+    fx: Arc<Fixture>,
+    case: Arc<Case>,
+    protocol: &'static str,
+    extended: bool,
+) -> Vec<Failure> {
+    let mut failures = Vec::new();
+    let tx = is_tx(&case);
+    kit.totals().tokio.runs += 1;
+    let (client, cap) = match fx.proxy(case.role.user()).await {
+        Ok(x) => x,
+        Err(e) => {
+            // A refused login is safe (no data); anything else is reported.
+            if code_of(&e) != "42501" {
+                fail(
+                    &mut failures,
+                    &case.id,
+                    protocol,
+                    format!("could not connect: {e}"),
+                    &case.sql,
+                );
+            } else {
+                kit.totals().tokio.refused += 1;
+            }
+            return failures;
+        }
+    };
+    let a = run_tokio(&client, &cap, &case.sql, extended, tx).await;
+    let hits = fx.canaries.hits(&case.sql, &a.visible);
+    if !hits.is_empty() {
+        let what = format!("LEAK {hits:?} in {}", a.outcome.short());
+        fail(&mut failures, &case.id, protocol, what, &case.sql);
+    }
+    if a.outcome.is_refusal() {
+        kit.totals().tokio.refused += 1;
+    } else {
+        kit.totals().tokio.ok += 1;
+    }
+    if case.or != Or::C {
+        let (t, tcap) = fx.twin_for(case.role.user()).await;
+        let ta = run_tokio(&t, &tcap, &case.sql, extended, tx).await;
+        if !compare(&case, &a.outcome, &ta.outcome) {
+            let what = format!(
+                "TWIN MISMATCH proxy={} twin={}",
+                a.outcome.short(),
+                ta.outcome.short()
+            );
+            fail(&mut failures, &case.id, protocol, what, &case.sql);
+        }
+    }
+    failures
+}
+
+/// Every byte, over a raw wire client through the proxy.
+async fn raw_wire_run(
+    fx: Arc<Fixture>,
+    case: Arc<Case>,
+    protocol: &'static str,
+    extended: bool,
+) -> Vec<Failure> {
+    let mut failures = Vec::new();
+    match raw_run(
+        fx.port(),
+        case.role.user(),
+        &case.sql,
+        extended,
+        is_tx(&case),
+    )
+    .await
+    {
+        Ok(msgs) => {
+            let hits = fx.canaries.hits(&case.sql, &[wire::visible(&msgs)]);
+            if !hits.is_empty() {
+                let what = format!("LEAK {hits:?} (raw bytes)");
+                fail(&mut failures, &case.id, protocol, what, &case.sql);
+            }
+        }
+        Err(e) => {
+            let hits = fx.canaries.hits(&case.sql, std::slice::from_ref(&e));
+            if !hits.is_empty() {
+                let what = format!("LEAK in login error {hits:?}");
+                fail(&mut failures, &case.id, protocol, what, &case.sql);
+            }
+        }
+    }
+    failures
+}
+
+/// Straight to PostgreSQL as the masked role.
+async fn direct_run(
+    kit: Arc<Kit>,
+    fx: Arc<Fixture>,
+    case: Arc<Case>,
+    protocol: &'static str,
+    extended: bool,
+) -> Vec<Failure> {
+    let mut failures = Vec::new();
+    kit.totals().direct.runs += 1;
+    let (d, dcap) = fx.direct(case.role.user(), "app").await;
+    let a = run_tokio(&d, &dcap, &case.sql, extended, is_tx(&case)).await;
+    let hits = fx.canaries.hits(&case.sql, &a.visible);
+    if !hits.is_empty() {
+        if known(&case.id, protocol).is_some() {
+            kit.totals().direct_known += 1;
+        }
+        let what = format!(
+            "LEAK straight to PostgreSQL {hits:?} in {}",
+            a.outcome.short()
+        );
+        fail(&mut failures, &case.id, protocol, what, &case.sql);
+    }
+    match a.outcome {
+        Outcome::Ok(_) => kit.totals().direct.ok += 1,
+        Outcome::Err { .. } => kit.totals().direct.refused += 1,
+    }
+    failures
+}
+
+/// Poison control: directly and unmasked, the case must trip its oracle.
+async fn poison_run(kit: Arc<Kit>, fx: Arc<Fixture>, case: Arc<Case>) -> Vec<Failure> {
+    let mut failures = Vec::new();
+    let tx = is_tx(&case);
+    let raw = if case.role == Role::G {
+        RAW_LEGACY_ROLE
+    } else {
+        RAW_ROLE
+    };
+    let (d, dcap) = fx.direct(raw, "app").await;
+    let a = run_tokio(&d, &dcap, &case.sql, false, tx).await;
+    match case.poison {
+        Poison::Canary => {
+            let hits = fx.canaries.hits(&case.sql, &a.visible);
+            if hits.is_empty() {
+                let what = format!(
+                    "poison control: the canary oracle must fire without the proxy: {}",
+                    a.outcome.short()
+                );
+                fail(&mut failures, &case.id, "poison", what, &case.sql);
+            }
+            kit.totals().poison_canary += 1;
+        }
+        Poison::Twin => {
+            let (t, tcap) = fx.twin_for(case.role.user()).await;
+            let ta = run_tokio(&t, &tcap, &case.sql, false, tx).await;
+            if compare(&case, &a.outcome, &ta.outcome) {
+                let what = format!(
+                    "poison control: the twin oracle must fire without the proxy: direct={} twin={}",
+                    a.outcome.short(),
+                    ta.outcome.short()
+                );
+                fail(&mut failures, &case.id, "poison", what, &case.sql);
+            }
+            kit.totals().poison_twin += 1;
+        }
+        Poison::No => {}
+    }
+    failures
+}
+
+fn print_totals(t: &Totals) {
     println!(
         "tokio runs: {} (answered {}, refused {})",
-        stats.runs, stats.ok, stats.refused
+        t.tokio.runs, t.tokio.ok, t.tokio.refused
     );
-
-    // ---------- the same attacks straight against PostgreSQL, as the masked roles ----------
-    // PostgreSQL's own privileges are the wall: an error is fine there, a canary is not.
-    let mut direct = Stats {
-        runs: 0,
-        refused: 0,
-        ok: 0,
-    };
-    let mut direct_known = 0;
-    for case in &cases {
-        let tx = is_tx(case);
-        for (protocol, extended) in [("direct-simple", false), ("direct-extended", true)] {
-            direct.runs += 1;
-            let (d, dcap) = fx.direct(case.role.user(), "app").await;
-            let a = run_tokio(&d, &dcap, &case.sql, extended, tx).await;
-            let hits = fx.canaries.hits(&case.sql, &a.visible);
-            if !hits.is_empty() {
-                if let Some((_, why)) = DIRECT_KNOWN.iter().find(|(k, _)| *k == case.id) {
-                    direct_known += 1;
-                    println!("KNOWN DIRECT {} [{protocol}]: {why}", case.id);
-                } else {
-                    failures.push(Failure {
-                        id: case.id.clone(),
-                        protocol,
-                        what: format!(
-                            "LEAK straight to PostgreSQL {hits:?} in {}",
-                            a.outcome.short()
-                        ),
-                        sql: case.sql.clone(),
-                    });
-                }
-            }
-            match a.outcome {
-                Outcome::Ok(_) => direct.ok += 1,
-                Outcome::Err { .. } => direct.refused += 1,
-            }
-        }
-    }
     println!(
-        "direct runs: {} (answered {}, denied {}), known exceptions {direct_known}",
-        direct.runs, direct.ok, direct.refused
+        "direct runs: {} (answered {}, denied {}), known exceptions {}",
+        t.direct.runs, t.direct.ok, t.direct.refused, t.direct_known
     );
-
-    // ---------- poison controls: the same attacks without the proxy must trip the oracles ----------
-    let mut poison_canary = 0;
-    let mut poison_twin = 0;
-    let mut poison_failures: Vec<String> = Vec::new();
-    for case in cases.iter().filter(|c| c.poison != Poison::No) {
-        let tx = is_tx(case);
-        let raw = if case.role == Role::G {
-            RAW_LEGACY_ROLE
-        } else {
-            RAW_ROLE
-        };
-        let (d, dcap) = fx.direct(raw, "app").await;
-        let a = run_tokio(&d, &dcap, &case.sql, false, tx).await;
-        match case.poison {
-            Poison::Canary => {
-                let hits = fx.canaries.hits(&case.sql, &a.visible);
-                if hits.is_empty() {
-                    poison_failures.push(format!(
-                        "poison control {}: the canary oracle must fire without the proxy: {}\n    {}",
-                        case.id,
-                        a.outcome.short(),
-                        case.sql
-                    ));
-                }
-                poison_canary += 1;
-            }
-            Poison::Twin => {
-                let (t, tcap) = fx.twin_for(case.role.user()).await;
-                let ta = run_tokio(&t, &tcap, &case.sql, false, tx).await;
-                if compare(case, &a.outcome, &ta.outcome) {
-                    poison_failures.push(format!(
-                        "poison control {}: the twin oracle must fire without the proxy: direct={} twin={}\n    {}",
-                        case.id,
-                        a.outcome.short(),
-                        ta.outcome.short(),
-                        case.sql
-                    ));
-                }
-                poison_twin += 1;
-            }
-            Poison::No => {}
-        }
-    }
-    println!("poison controls: canary oracle fired {poison_canary} times, twin oracle {poison_twin} times");
-    assert!(poison_canary >= 20 && poison_twin >= 10);
-
-    // ---------- special cases ----------
-    specials(&fx, &mut failures).await;
-
-    for p in &poison_failures {
-        println!("{p}");
-    }
-    report(&failures);
-    assert!(
-        poison_failures.is_empty(),
-        "{} poison controls did not fire",
-        poison_failures.len()
+    println!(
+        "poison controls: canary oracle fired {} times, twin oracle {} times",
+        t.poison_canary, t.poison_twin
     );
+}
+
+/// The special sections, one trial each, in the old order (the last one changes the catalog).
+fn special_trials(kit: &Arc<Kit>) -> Vec<Trial> {
+    macro_rules! special {
+        ($name:literal, $f:ident) => {{
+            let kit = kit.clone();
+            Trial::test(concat!("special::", $name), move || {
+                check(&kit, |fx| async move {
+                    let mut failures = Vec::new();
+                    $f(&fx, &mut failures).await;
+                    failures
+                })
+            })
+        }};
+    }
+    vec![
+        special!("pipelining", pipelining),
+        special!("function-call", function_call),
+        special!("activity-and-statements", activity_and_statements),
+        special!("listen-notify", listen_notify),
+        special!("copy", copy_variants),
+        special!("startup", startup_games),
+        special!("malformed-protocol", malformed_protocol),
+        special!("stale-catalog-and-roles", stale_catalog_and_roles),
+    ]
 }
 
 fn code_of(e: &tokio_postgres::Error) -> String {
     e.code().map(|c| c.code().to_string()).unwrap_or_default()
-}
-
-fn report(failures: &[Failure]) {
-    let mut unexpected = Vec::new();
-    let mut still_known = std::collections::BTreeSet::new();
-    for f in failures {
-        let base = f.id.split('#').next().unwrap_or(&f.id);
-        if known(base) {
-            still_known.insert(base.to_string());
-            println!(
-                "KNOWN FAILING {} [{}]: {}\n    {}",
-                f.id, f.protocol, f.what, f.sql
-            );
-        } else {
-            unexpected.push(f);
-        }
-    }
-    for (k, why) in KNOWN_FAILING {
-        if !still_known.contains(*k) {
-            println!("KNOWN_FAILING entry {k} ({why}) no longer fails: move it back");
-        }
-    }
-    for f in &unexpected {
-        println!(
-            "FAILURE {} [{}]: {}\n    SQL: {}",
-            f.id, f.protocol, f.what, f.sql
-        );
-    }
-    assert!(
-        unexpected.is_empty(),
-        "{} adversarial failures (see output above)",
-        unexpected.len()
-    );
 }
 
 fn fail(failures: &mut Vec<Failure>, id: &str, protocol: &'static str, what: String, sql: &str) {
@@ -802,17 +935,6 @@ fn check_leak(
         return true;
     }
     false
-}
-
-async fn specials(fx: &Fixture, failures: &mut Vec<Failure>) {
-    pipelining(fx, failures).await;
-    function_call(fx, failures).await;
-    activity_and_statements(fx, failures).await;
-    listen_notify(fx, failures).await;
-    copy_variants(fx, failures).await;
-    startup_games(fx, failures).await;
-    malformed_protocol(fx, failures).await;
-    stale_catalog_and_roles(fx, failures).await;
 }
 
 /// tokio-postgres pipelines concurrent queries on one connection; a raw client sends whole batches

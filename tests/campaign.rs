@@ -9,9 +9,12 @@
 
 mod support;
 
+use libtest_mimic::{Arguments, Failed, Trial};
+use std::sync::Arc;
 use support::adv::*;
 
-/// Statement indexes (for the default seed) still failing on main: skipped, reported.
+/// Statement indexes (for the default seed) still failing on main: their trials are ignored
+/// (`cargo test --test campaign -- --ignored` runs them).
 const KNOWN_FAILING: &[(usize, &str)] = &[];
 
 const DEFAULT_SEED: u64 = 0x5eed_cafe_f00d_0003;
@@ -408,12 +411,59 @@ impl Gen<'_> {
     }
 }
 
-fn known(i: usize) -> bool {
-    KNOWN_FAILING.iter().any(|(k, _)| *k == i)
+/// Why statement `i` is known to fail, if it is (an ignored trial).
+fn known(i: usize) -> Option<&'static str> {
+    KNOWN_FAILING
+        .iter()
+        .find(|(k, _)| *k == i)
+        .map(|(_, why)| *why)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn generated_queries_match_the_masked_twin() {
+/// One session through the proxy as `support`, one on the twin: every statement runs on these
+/// two, in order, as in one session of the old loop.
+struct Sessions {
+    proxy: (tokio_postgres::Client, Captured),
+    twin: (tokio_postgres::Client, Captured),
+}
+
+/// The campaign's shared state: the two sessions (opened by the first statement) and the counts
+/// `suite::totals` prints (it runs last).
+#[derive(Default)]
+struct State {
+    sessions: Option<Arc<Sessions>>,
+    executed: usize,
+    refused: usize,
+    leaks: usize,
+    mismatches: usize,
+    errors_equal: usize,
+    poison_sample: usize,
+    poison_mismatch: usize,
+    poison_canary: usize,
+}
+
+type Kit = support::adv::Kit<State>;
+
+async fn sessions(kit: &Kit, fx: &Fixture) -> Arc<Sessions> {
+    if let Some(s) = &kit.totals().sessions {
+        return s.clone();
+    }
+    let s = Arc::new(Sessions {
+        proxy: fx.proxy("support").await.expect("proxy"),
+        twin: fx.twin().await,
+    });
+    kit.totals().sessions = Some(s.clone());
+    s
+}
+
+/// A custom harness (libtest-mimic): one trial per generated statement, `stmt-NNNN::simple` or
+/// `stmt-NNNN::extended` (odd statements run over the extended protocol), so
+/// `cargo test --test campaign stmt-0042` runs one; known failures are ignored trials.
+/// `suite::generator` checks the generator is reproducible, `poison::sample` that the oracles
+/// fire without masking, `suite::totals` prints the counts of the trials that ran.
+fn main() {
+    let mut args = Arguments::from_args();
+    // One at a time, in order: every statement runs in the same two sessions, as in the old loop.
+    args.test_threads = Some(1);
     let seed = std::env::var("PGREDACT_CAMPAIGN_SEED")
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
@@ -422,74 +472,127 @@ async fn generated_queries_match_the_masked_twin() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2500);
-    let fx = setup().await;
     let s = schema();
     let mut g = Gen {
         r: Rng(seed | 1),
         s: &s,
     };
-    let stmts: Vec<(String, bool)> = (0..n).map(|_| g.statement()).collect();
-    // Reproducible: the same seed gives the same statements.
-    let mut g2 = Gen {
-        r: Rng(seed | 1),
-        s: &s,
-    };
-    assert_eq!(g2.statement(), stmts[0]);
-
-    let (p, pcap) = fx.proxy("support").await.expect("proxy");
-    let (t, tcap) = fx.twin().await;
-    let mut executed = 0;
-    let mut refused = 0;
-    let mut leaks = 0;
-    let mut mismatches = 0;
-    let mut errors_equal = 0;
-    let mut failures = Vec::new();
-    for (i, (sql, ordered)) in stmts.iter().enumerate() {
+    let stmts: Arc<Vec<(String, bool)>> = Arc::new((0..n).map(|_| g.statement()).collect());
+    let kit = Arc::new(Kit::new());
+    let mut trials = vec![Trial::test("suite::generator", {
+        let stmts = stmts.clone();
+        move || {
+            // Reproducible: the same seed gives the same statements.
+            let s = schema();
+            let mut g2 = Gen {
+                r: Rng(seed | 1),
+                s: &s,
+            };
+            assert_eq!(g2.statement(), stmts[0]);
+            Ok(())
+        }
+    })];
+    for i in 0..stmts.len() {
         let extended = i % 2 == 1;
-        let a = if extended {
-            run_extended(&p, &pcap, sql).await
-        } else {
-            run_simple(&p, &pcap, sql).await
-        };
-        let b = if extended {
-            run_extended(&t, &tcap, sql).await
-        } else {
-            run_simple(&t, &tcap, sql).await
-        };
-        executed += 1;
-        let hits = fx.canaries.hits(sql, &a.visible);
-        let mut bad = false;
-        if !hits.is_empty() {
-            leaks += 1;
-            bad = true;
-            failures.push(format!("#{i} LEAK {hits:?}\n    {sql}"));
-        }
-        if a.outcome.is_refusal() {
-            refused += 1;
-        } else if !twin_agrees(&a.outcome, &b.outcome, *ordered) {
-            mismatches += 1;
-            bad = true;
-            failures.push(format!(
-                "#{i} TWIN MISMATCH ({}) proxy={} twin={}\n    {sql}",
-                if extended { "extended" } else { "simple" },
-                a.outcome.short(),
-                b.outcome.short()
-            ));
-        } else if matches!(a.outcome, Outcome::Err { .. }) {
-            errors_equal += 1;
-        }
-        if bad && known(i) {
-            failures.pop();
-        }
+        let proto = if extended { "extended" } else { "simple" };
+        let why = known(i);
+        let (kit, stmts) = (kit.clone(), stmts.clone());
+        trials.push(
+            Trial::test(format!("stmt-{i:04}::{proto}"), move || {
+                if let Some(why) = why {
+                    println!("KNOWN #{i}: {why}");
+                }
+                let (sql, ordered) = &stmts[i];
+                let failures = kit.block_on(|fx| statement(&kit, fx, i, sql, *ordered, extended));
+                if failures.is_empty() {
+                    return Ok(());
+                }
+                for f in &failures {
+                    println!("{f}");
+                }
+                Err(failures.join("\n").into())
+            })
+            .with_ignored_flag(why.is_some()),
+        );
     }
-    // Poison control: the same generator's statements directly on `app`, unmasked.
+    trials.push(Trial::test("poison::sample", {
+        let (kit, stmts) = (kit.clone(), stmts.clone());
+        move || kit.block_on(|fx| poison(&kit, fx, &stmts))
+    }));
+    trials.push(Trial::test("suite::totals", {
+        let kit = kit.clone();
+        move || {
+            let t = kit.totals();
+            println!(
+                "campaign seed={seed:#x}: generated {}, executed {} (x2: proxy and twin), refused {}, equal errors {}, leaks {}, twin mismatches {}; poison sample {}: twin oracle fired {}, canary oracle fired {}",
+                stmts.len(), t.executed, t.refused, t.errors_equal, t.leaks, t.mismatches, t.poison_sample, t.poison_mismatch, t.poison_canary
+            );
+            Ok(())
+        }
+    }));
+    let conclusion = libtest_mimic::run(&args, trials);
+    Kit::shut_down(kit);
+    conclusion.exit();
+}
+
+/// Statement `i` through the proxy and on the twin: equal answers (or a 42501 refusal), no
+/// canary.
+async fn statement(
+    kit: &Kit,
+    fx: Arc<Fixture>,
+    i: usize,
+    sql: &str,
+    ordered: bool,
+    extended: bool,
+) -> Vec<String> {
+    let s = sessions(kit, &fx).await;
+    let ((p, pcap), (t, tcap)) = (&s.proxy, &s.twin);
+    let a = if extended {
+        run_extended(p, pcap, sql).await
+    } else {
+        run_simple(p, pcap, sql).await
+    };
+    let b = if extended {
+        run_extended(t, tcap, sql).await
+    } else {
+        run_simple(t, tcap, sql).await
+    };
+    let mut failures = Vec::new();
+    let mut k = kit.totals();
+    k.executed += 1;
+    let hits = fx.canaries.hits(sql, &a.visible);
+    if !hits.is_empty() {
+        k.leaks += 1;
+        failures.push(format!("#{i} LEAK {hits:?}\n    {sql}"));
+    }
+    if a.outcome.is_refusal() {
+        k.refused += 1;
+    } else if !twin_agrees(&a.outcome, &b.outcome, ordered) {
+        k.mismatches += 1;
+        failures.push(format!(
+            "#{i} TWIN MISMATCH ({}) proxy={} twin={}\n    {sql}",
+            if extended { "extended" } else { "simple" },
+            a.outcome.short(),
+            b.outcome.short()
+        ));
+    } else if matches!(a.outcome, Outcome::Err { .. }) {
+        k.errors_equal += 1;
+    }
+    failures
+}
+
+/// Poison control: the same generator's statements directly on `app`, unmasked, must trip both
+/// oracles.
+async fn poison(kit: &Kit, fx: Arc<Fixture>, stmts: &[(String, bool)]) -> Result<(), Failed> {
+    let s = sessions(kit, &fx).await;
+    let (t, tcap) = &s.twin;
     let (d, dcap) = fx.direct(RAW_ROLE, "app").await;
     let mut poison_mismatch = 0;
     let mut poison_canary = 0;
     let sample = 400.min(stmts.len());
     for (sql, ordered) in stmts.iter().take(sample) {
         let a = run_simple(&d, &dcap, sql).await;
-        let b = run_simple(&t, &tcap, sql).await;
+        let b = run_simple(t, tcap, sql).await;
         if !twin_agrees(&a.outcome, &b.outcome, *ordered) {
             poison_mismatch += 1;
         }
@@ -497,16 +600,13 @@ async fn generated_queries_match_the_masked_twin() {
             poison_canary += 1;
         }
     }
-    println!(
-        "campaign seed={seed:#x}: generated {}, executed {executed} (x2: proxy and twin), refused {refused}, equal errors {errors_equal}, leaks {leaks}, twin mismatches {mismatches}; poison sample {sample}: twin oracle fired {poison_mismatch}, canary oracle fired {poison_canary}",
-        stmts.len()
-    );
-    for f in &failures {
-        println!("{f}");
-    }
+    let mut k = kit.totals();
+    k.poison_sample = sample;
+    k.poison_mismatch = poison_mismatch;
+    k.poison_canary = poison_canary;
     assert!(
         poison_mismatch > 0 && poison_canary > 0,
         "poison control: without masking the oracles must fire"
     );
-    assert!(failures.is_empty(), "{} campaign failures", failures.len());
+    Ok(())
 }

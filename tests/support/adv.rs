@@ -993,3 +993,65 @@ pub async fn raw_run(
     }
     Ok(msgs)
 }
+
+/// What the trials of a libtest-mimic suite share (tests/adversarial.rs, tests/usability.rs): one
+/// tokio runtime, the fixture (built on it at most once per process, by the first trial that
+/// needs it) and the suite's counts `T`. The suites force `test_threads` to 1, so the trials run
+/// one at a time, in order, on the main thread, each `block_on` the runtime: the cases share one
+/// cluster whose state they see and change.
+pub struct Kit<T> {
+    rt: tokio::runtime::Runtime,
+    fx: Mutex<Option<Arc<Fixture>>>,
+    totals: Mutex<T>,
+}
+
+impl<T: Default> Kit<T> {
+    /// A multi-thread runtime with 2 workers, as `#[tokio::test(flavor = "multi_thread",
+    /// worker_threads = 2)]` had (`block_in_place` needs one).
+    pub fn new() -> Kit<T> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        Kit {
+            rt,
+            fx: Mutex::new(None),
+            totals: Mutex::new(T::default()),
+        }
+    }
+
+    /// The fixture, built on first use. A panic while building poisons the lock, and every later
+    /// trial then fails at once instead of building it again.
+    pub fn fixture(&self) -> Arc<Fixture> {
+        let mut fx = self
+            .fx
+            .lock()
+            .expect("the fixture could not be built (see the first failed trial)");
+        fx.get_or_insert_with(|| Arc::new(self.rt.block_on(setup())))
+            .clone()
+    }
+
+    pub fn totals(&self) -> std::sync::MutexGuard<'_, T> {
+        self.totals.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` with the fixture on the shared runtime.
+    pub fn block_on<F, Fut>(&self, f: F) -> Fut::Output
+    where
+        F: FnOnce(Arc<Fixture>) -> Fut,
+        Fut: std::future::Future,
+    {
+        let fx = self.fixture();
+        self.rt.block_on(f(fx))
+    }
+
+    /// Stops the proxy and the cluster (the fixture lives in the kit, not in a test function),
+    /// once every trial is done with it.
+    pub fn shut_down(kit: Arc<Kit<T>>) {
+        if let Ok(kit) = Arc::try_unwrap(kit) {
+            let fx = kit.fx.lock().unwrap_or_else(|e| e.into_inner()).take();
+            kit.rt.block_on(async move { drop(fx) });
+        }
+    }
+}
