@@ -833,6 +833,19 @@ fn job_id(id: &str) -> Result<i64, ApiError> {
         .map_err(|_| ApiError::bad(format!("job id {id:?} is not a number")))
 }
 
+/// The answer to a retry or cancel of job `id` that could not be done: 404 for an unknown job,
+/// 409 when its state does not allow it, 500 otherwise.
+fn job_action_error(e: forget::RetryError, id: i64, db: &str) -> ApiError {
+    match e {
+        forget::RetryError::NotFound => ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no job {id} in database {db:?}"),
+        ),
+        forget::RetryError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
+        forget::RetryError::Other(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m),
+    }
+}
+
 /// `POST /v1/jobs/{id}/retry`: a failed or blocked job runs again (it kept its IDs).
 async fn retry_job(
     State(state): State<AdminState>,
@@ -843,14 +856,10 @@ async fn retry_job(
     let policy = state.policy(q.database.as_deref())?;
     let mut session = state.session(policy).await?;
     let db = session.spec.database.clone();
-    let new_state = session.retry(id).await.map_err(|e| match e {
-        forget::RetryError::NotFound => ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no job {id} in database {db:?}"),
-        ),
-        forget::RetryError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
-        forget::RetryError::Other(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m),
-    })?;
+    let new_state = session
+        .retry(id)
+        .await
+        .map_err(|e| job_action_error(e, id, &db))?;
     state.wake.notify_one();
     Ok((
         StatusCode::ACCEPTED,
@@ -916,14 +925,7 @@ async fn cancel_job(
     let done = session
         .cancel(id, &requester, reason.as_deref())
         .await
-        .map_err(|e| match e {
-            forget::RetryError::NotFound => ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("no job {id} in database {db:?}"),
-            ),
-            forget::RetryError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
-            forget::RetryError::Other(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m),
-        })?;
+        .map_err(|e| job_action_error(e, id, &db))?;
     // Its callback (if any) is due now.
     state.wake.notify_one();
     let st = session
