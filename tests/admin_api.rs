@@ -300,30 +300,42 @@ fn bursts_are_refused_with_429_and_503_and_retry_after() {
     rt().block_on(async {
         let addr = start(&cfg, false).await;
         // A request that holds the only slot: its handler waits for a body that is not sent yet.
-        let mut stuck = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let a = auth();
-        stuck
-            .write_all(
-                request(
-                    "POST",
-                    "/v1/customers/remove-pii",
-                    &[
-                        ("Authorization", a.as_str()),
-                        ("Content-Type", "application/json"),
-                    ],
-                    2,
+        let send_stuck = || async {
+            let mut stuck = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            stuck
+                .write_all(
+                    request(
+                        "POST",
+                        "/v1/customers/remove-pii",
+                        &[
+                            ("Authorization", a.as_str()),
+                            ("Content-Type", "application/json"),
+                        ],
+                        2,
+                    )
+                    .as_bytes(),
                 )
-                .as_bytes(),
-            )
-            .await
-            .expect("write head");
+                .await
+                .expect("write head");
+            stuck
+        };
+        let mut stuck = send_stuck().await;
         // Until the stuck request holds the slot, probes without a token are answered 401 or,
-        // once their own bucket is empty, 429; then 503.
+        // once their own bucket is empty, 429; then 503. Each probe holds the slot for a moment
+        // too: a stuck request that arrives then is answered 503 at once, and is sent again.
         let busy = loop {
             let r = http(addr, "GET", "/v1/jobs/x", &[], b"").await;
             match r.status {
                 503 => break r,
-                401 | 429 => tokio::task::yield_now().await,
+                401 | 429 => {
+                    let mut b = [0u8; 1];
+                    match stuck.try_read(&mut b) {
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        _ => stuck = send_stuck().await,
+                    }
+                    tokio::task::yield_now().await
+                }
                 other => panic!("unexpected {other}: {}", r.body),
             }
         };
