@@ -122,6 +122,8 @@ struct State<'a> {
     /// `Outcome::relations`; not the masking views put in, which the final audit resolves).
     resolved: HashSet<u32>,
     auditing: bool,
+    /// The text holds a system column's name (checked before walking the tree for them).
+    names_system_column: bool,
 }
 
 impl<'a> State<'a> {
@@ -138,6 +140,7 @@ impl<'a> State<'a> {
             cte_names: HashSet::new(),
             pii_names: None,
             resolved: HashSet::new(),
+            names_system_column: false,
             auditing: false,
         }
     }
@@ -156,6 +159,13 @@ impl<'a> State<'a> {
     }
 
     fn run(&mut self, sql: &str) -> Result<Decision, Refusal> {
+        self.names_system_column = ["ctid", "xmin", "xmax", "cmin", "cmax", "tableoid"]
+            .iter()
+            .any(|w| {
+                sql.as_bytes()
+                    .windows(w.len())
+                    .any(|x| x.eq_ignore_ascii_case(w.as_bytes()))
+            });
         if has_unicode_escape(sql) {
             return Err(Refusal::new(RefusalKind::Other,
                 "Unicode-escaped names and strings (U&\"...\", U&'...') are not accepted for masked roles",

@@ -77,7 +77,10 @@ impl State<'_> {
         // A query that reads a table with PII, through its masking view, cannot name the
         // table's system columns (the view has none): refused with the reason, instead of
         // PostgreSQL's "column does not exist". (System column names cannot be user columns.)
-        if self.expected_masked_refs > masked_before && matches!(s, Statement::Query(_)) {
+        if self.names_system_column
+            && self.expected_masked_refs > masked_before
+            && matches!(s, Statement::Query(_))
+        {
             if let Some(c) = system_column(s) {
                 return Err(Refusal::new(RefusalKind::Other, format!(
                     "the system column {c} is not available to masked roles in a query that reads a table with PII: a row's physical position, versions and partition depend on its raw values"
