@@ -1362,10 +1362,12 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
         out.clear();
         let tag = f[0];
         let res: Result<(), FrameError> = match tag {
-            b'Q' => match frame::decode_query(&f) {
-                Ok(sql) if path_change(&sql, &cx.path).is_some() => {
+            b'Q' => match frame::decode_query(&f).map(|sql| {
+                let change = path_change(&sql, &cx.path);
+                (sql, change)
+            }) {
+                Ok((sql, Some(change))) => {
                     // The session's search path changes: analysed here, not refused.
-                    let change = path_change(&sql, &cx.path);
                     let mut p = lock(&pending);
                     // Outside a transaction block and with nothing in flight, the change takes
                     // effect exactly when this statement runs (it cannot fail there).
@@ -1373,7 +1375,7 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
                     let unit = p.open();
                     let audit_res = auditing.then(|| cx.audit_resolve());
                     match change {
-                        Some(Ok(c)) if idle => {
+                        Ok(c) if idle => {
                             if auditing {
                                 unit.audit.query(&sql, &Arc::new(Decision::Pass), audit_res);
                             }
@@ -1394,7 +1396,7 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
                             }
                             out.extend_from_slice(&f);
                         }
-                        Some(Ok(_)) => {
+                        Ok(_) => {
                             let r = Refusal {
                                 kind: RefusalKind::Setting,
                                 message: "pgredact: masked sessions change search_path only outside a transaction block, with no statement in flight".into(),
@@ -1407,7 +1409,7 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
                             unit.refusals.push_back(r);
                             frame::encode_query(&mut out, SENTINEL);
                         }
-                        Some(Err(r)) => {
+                        Err(r) => {
                             if auditing {
                                 unit.audit.refused("query", Some(sql.as_str().into()), &r);
                             }
@@ -1415,12 +1417,11 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
                             unit.refusals.push_back(r);
                             frame::encode_query(&mut out, SENTINEL);
                         }
-                        None => out.extend_from_slice(&f),
                     }
                     unit.closed = true;
                     Ok(())
                 }
-                Ok(sql) => {
+                Ok((sql, None)) => {
                     let t0 = crd.filled_at();
                     let d = cx.decide(&sql, t0).await;
                     let (d, effects) = statement_effects(&pending, &sql, d, &cx, t0, true).await;
@@ -1755,6 +1756,8 @@ struct SessionPath {
     /// The path the session started with: what `RESET ALL`, `DISCARD ALL`, `RESET search_path`
     /// and `SET search_path TO DEFAULT` return to.
     initial: Vec<String>,
+    /// `schemas` is `initial` (kept with the path: every statement's decision asks).
+    at_start: bool,
     id: u64,
     /// The session user (`$user` in a search path).
     user: String,
@@ -1765,6 +1768,7 @@ impl SessionPath {
         let mut p = SessionPath {
             schemas: Vec::new(),
             initial: schemas.clone(),
+            at_start: true,
             id: 0,
             user,
         };
@@ -1778,13 +1782,14 @@ impl SessionPath {
         schemas.hash(&mut h);
         // Decisions differ between a path that is the session's first and the same path set
         // later (RESET ALL passes only for the first).
-        (schemas == self.initial).hash(&mut h);
+        self.at_start = schemas == self.initial;
+        self.at_start.hash(&mut h);
         self.id = h.finish();
         self.schemas = schemas;
     }
 
     fn at_start(&self) -> bool {
-        self.schemas == self.initial
+        self.at_start
     }
 
     fn reset(&mut self) {
