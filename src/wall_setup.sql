@@ -209,6 +209,20 @@ $f$;
 REVOKE ALL ON FUNCTION pgredact_mask.mask_json(jsonb, jsonb, bytea, bytea) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pgredact_mask.mask_json(jsonb, jsonb, bytea, bytea) TO PUBLIC;
 
+-- Whether the reading role is a member of role `r` (per-role masks), superusers excepted; false
+-- for a role that does not exist. PL/pgSQL, so a query that reads a masking view plans one
+-- function call per role instead of a join over pg_roles (its plan is cached per session).
+CREATE OR REPLACE FUNCTION pgredact_mask.member_of(r pg_catalog.name)
+RETURNS pg_catalog.bool LANGUAGE plpgsql STABLE PARALLEL SAFE AS $f$
+BEGIN
+  RETURN EXISTS (SELECT 1 FROM pg_catalog.pg_roles o, pg_catalog.pg_roles me
+                 WHERE o.rolname OPERATOR(pg_catalog.=) r AND me.rolname OPERATOR(pg_catalog.=) CURRENT_USER
+                   AND NOT me.rolsuper AND pg_catalog.pg_has_role(o.oid, 'MEMBER'));
+END
+$f$;
+REVOKE ALL ON FUNCTION pgredact_mask.member_of(name) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pgredact_mask.member_of(name) TO PUBLIC;
+
 -- Masks `fake` and `noise` (README, "Mask kinds"), called by the masking views as the reader,
 -- like the JSON maskers above (every name qualified, no SET search_path). The keyed hash
 -- (HMAC-SHA256 with the key only the views' owner can read) is computed in the view and arrives
@@ -493,7 +507,7 @@ BEGIN
   -- exist (yet) matches no one. Every branch is cast to the column's type, so the CASE keeps the
   -- type modifier.
   IF m ? 'by_role' THEN
-    SELECT 'CASE' || string_agg(format(' WHEN (SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles o, pg_catalog.pg_roles me WHERE o.rolname OPERATOR(pg_catalog.=) %L AND me.rolname OPERATOR(pg_catalog.=) CURRENT_USER AND NOT me.rolsuper AND pg_catalog.pg_has_role(o.oid, ''MEMBER''))) THEN %s',
+    SELECT 'CASE' || string_agg(format(' WHEN (SELECT pgredact_mask.member_of(%L)) THEN %s',
                                        e.x ->> 'role',
                                        pgredact_admin.mask_expr(col, typ, typmod, (e.x -> 'mask') || CASE WHEN m ? 'rowkey' THEN jsonb_build_object('rowkey', m -> 'rowkey') ELSE '{}' END)),
                                 '' ORDER BY e.i)
