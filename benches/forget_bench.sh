@@ -171,6 +171,14 @@ psql_su -d app -c "COPY (SELECT 1 + (i * 7919) % $CUSTOMERS, 'nightly', ('172.16
                                 'loader/1.0 (' || (i % 50) || ')', jsonb_build_object('n', i), timestamptz '2024-01-01' + i * interval '1 second'
                          FROM generate_series(1::bigint, $LOAD_ROWS) i) TO STDOUT" >"$BENCH_DIR/load.tsv"
 TRIGGER_DDL=$(psql_su -d app -c "SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgname = '~pgredact_forget' AND tgrelid = 'customer_events'::regclass")
+# The same trigger calling the PL/pgSQL function directly (what runs without the compiled front,
+# the pgredact_suppress extension): its name is the compiled front's first argument.
+PLPGSQL_DDL=$(sed -E "s/EXECUTE FUNCTION pgredact_suppress\.suppress\('([a-z0-9_]+)'.*\)$/EXECUTE FUNCTION pgredact.\1()/" <<<"$TRIGGER_DDL")
+if [[ "$TRIGGER_DDL" == *pgredact_suppress.suppress* ]]; then
+    echo "   suppression trigger: compiled front (pgredact_suppress) calling the PL/pgSQL function for listed rows"
+else
+    echo "   suppression trigger: PL/pgSQL only (the pgredact_suppress extension is not installed: make -C src/forget/ext install)"
+fi
 # One COPY in a transaction that is rolled back; prints "wall_seconds backend_cpu_seconds" (CPU
 # time of the server process from /proc: less disturbed than wall time on a busy machine).
 copy_run() {
@@ -191,6 +199,7 @@ psql_su -d app -c "CREATE OR REPLACE FUNCTION public.bench_noop() RETURNS trigge
 drop_all() { psql_su -d app -c 'DROP TRIGGER IF EXISTS "~pgredact_forget" ON customer_events' -c 'DROP TRIGGER IF EXISTS bench_floor ON customer_events'; }
 without() { drop_all; }
 with() { drop_all; psql_su -d app -c "$TRIGGER_DDL" -c 'ALTER TABLE customer_events ENABLE ALWAYS TRIGGER "~pgredact_forget"'; }
+plpgsql() { drop_all; psql_su -d app -c "$PLPGSQL_DDL" -c 'ALTER TABLE customer_events ENABLE ALWAYS TRIGGER "~pgredact_forget"'; }
 # The floor: a BEFORE ROW trigger whose function does nothing (COPY stops batching inserts as
 # soon as a table has one), what any row-level suppression design pays.
 floor() { drop_all; psql_su -d app -c 'CREATE TRIGGER bench_floor BEFORE INSERT OR UPDATE ON customer_events FOR EACH ROW EXECUTE FUNCTION public.bench_noop()'; }
@@ -200,19 +209,21 @@ run_as() {   # run_as with|without: prints "wall cpu" of one run, after a VACUUM
     copy_run
 }
 copy_run >/dev/null   # warm-up (caches)
-W_WALL=(); W_CPU=(); WO_WALL=(); WO_CPU=(); F_WALL=(); F_CPU=()
+W_WALL=(); W_CPU=(); WO_WALL=(); WO_CPU=(); F_WALL=(); F_CPU=(); P_WALL=(); P_CPU=()
 for r in $(seq "$LOAD_RUNS"); do
     # Rotate the order so no variant always runs in the same place.
-    case $(( r % 3 )) in
-        1) order=(without floor with) ;;
-        2) order=(with without floor) ;;
-        *) order=(floor with without) ;;
+    case $(( r % 4 )) in
+        1) order=(without floor with plpgsql) ;;
+        2) order=(with plpgsql without floor) ;;
+        3) order=(plpgsql without floor with) ;;
+        *) order=(floor with plpgsql without) ;;
     esac
     for v in "${order[@]}"; do
         read -r wall cpu < <(run_as "$v")
         case $v in
             with) W_WALL+=("$wall"); W_CPU+=("$cpu") ;;
             floor) F_WALL+=("$wall"); F_CPU+=("$cpu") ;;
+            plpgsql) P_WALL+=("$wall"); P_CPU+=("$cpu") ;;
             *) WO_WALL+=("$wall"); WO_CPU+=("$cpu") ;;
         esac
     done
@@ -225,6 +236,8 @@ echo "   without suppression: wall ${WO_WALL[*]} s (median $WO), backend CPU ${W
 echo "   with suppression:    wall ${W_WALL[*]} s (median $W), backend CPU ${W_CPU[*]} s (median $WC)"
 F=$(median "${F_WALL[@]}"); FC=$(median "${F_CPU[@]}")
 echo "   floor (no-op trigger): wall ${F_WALL[*]} s (median $F), backend CPU ${F_CPU[*]} s (median $FC)"
+P=$(median "${P_WALL[@]}"); PC=$(median "${P_CPU[@]}")
+echo "   PL/pgSQL only:       wall ${P_WALL[*]} s (median $P), backend CPU ${P_CPU[*]} s (median $PC): wall $(pct "$P" "$WO")%, backend CPU $(pct "$PC" "$WOC")%"
 echo "   ingest slowdown: wall $(pct "$W" "$WO")%, backend CPU $(pct "$WC" "$WOC")%; the floor alone: wall $(pct "$F" "$WO")%, backend CPU $(pct "$FC" "$WOC")%"
 # Check that suppression worked on this load.
 { echo "BEGIN;"; echo "COPY customer_events (customer_id, event_type, ip_address, user_agent, payload, occurred_at) FROM STDIN;";

@@ -248,6 +248,10 @@ pub struct ForgetSettings {
     /// Attempts of one job run (the first included) before it is left resumable.
     #[serde(default = "default_forget_attempts")]
     pub attempts: u32,
+    /// Use the compiled suppression trigger (the `pgredact_suppress` extension, installed by
+    /// the control role) when the server has it; `false` keeps the PL/pgSQL-only triggers.
+    #[serde(default = "default_true")]
+    pub compiled_trigger: bool,
 }
 
 impl Default for ForgetSettings {
@@ -256,6 +260,7 @@ impl Default for ForgetSettings {
             lock_timeout_ms: default_forget_lock_timeout_ms(),
             statement_timeout_secs: default_forget_statement_timeout_secs(),
             attempts: default_forget_attempts(),
+            compiled_trigger: true,
         }
     }
 }

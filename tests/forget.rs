@@ -1995,7 +1995,20 @@ fn sweep_reapplies_the_forget_list_after_a_restore_and_to_new_policy_columns() {
     );
     assert_eq!(
         sql(&env, "SELECT bool_and(p.prosrc LIKE '%f.subject_id%' AND p.prosrc NOT LIKE '%sha256%') \
-                   FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid WHERE t.tgname = '~pgredact_forget'"),
+                   FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid WHERE t.tgname = '~pgredact_forget' \
+                     AND p.proname LIKE 'forget_suppress_%'"),
+        ""
+    );
+    // The compiled front calls those functions, and looks the raw IDs up too.
+    assert_eq!(
+        sql(
+            &env,
+            "SELECT bool_and(p.prosrc LIKE '%f.subject_id%' AND p.prosrc NOT LIKE '%sha256%' \
+                          AND split_part(encode(t.tgargs, 'escape'), '\\000', 3) = 'raw') \
+                   FROM pg_trigger t JOIN pg_proc p ON p.pronamespace = 'pgredact'::regnamespace \
+                     AND p.proname = split_part(encode(t.tgargs, 'escape'), '\\000', 1) \
+                   WHERE t.tgname = '~pgredact_forget'"
+        ),
         "t"
     );
     let untouched = "SELECT md5(c::text) FROM customers c WHERE customer_id = 13";
@@ -2534,4 +2547,166 @@ fn done_jobs_and_failed_jobs_whose_customers_are_listed_are_not_cancelled() {
         "2"
     );
     verify_audit(&env).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// The function pgredact's suppression trigger on `table` calls, and its first argument.
+fn trigger_target(env: &Env, table: &str) -> String {
+    sql(
+        env,
+        &format!(
+            "SELECT tg.tgfoid::regproc::text || ' ' || coalesce(split_part(encode(tg.tgargs, 'escape'), '\\000', 1), '') \
+             FROM pg_trigger tg WHERE tg.tgrelid = '{table}'::regclass AND tg.tgname = '~pgredact_forget'"
+        ),
+    )
+}
+
+/// The compiled front (the `pgredact_suppress` extension, src/forget/ext) answers from a cache
+/// of the forget list in each session: a session that wrote before a change of the list must
+/// see the change in its next statement (forget, unforget), fall back to the PL/pgSQL check
+/// when the invalidation trigger is gone, and nobody but the control role may use it.
+#[test]
+fn compiled_suppression_sees_every_change_of_the_list_in_long_lived_sessions() {
+    let env = demo_env();
+    forget_done(&env, "1234");
+    assert_eq!(
+        sql(&env, "SELECT count(*) FROM pg_extension WHERE extname = 'pgredact_suppress'"),
+        "1",
+        "the pgredact_suppress extension is not installed on this machine: make -C src/forget/ext install"
+    );
+    let target = trigger_target(&env, "customer_events");
+    assert!(
+        target.starts_with("pgredact_suppress.suppress forget_suppress_"),
+        "{target}"
+    );
+    // One long-lived writer session (its own runtime, so the CLI calls in between can block).
+    let wrt = rt();
+    let w = wrt.block_on(async {
+        let (w, conn) = tokio_postgres::connect(
+            &env.cluster.connstr("postgres", None, DEMO_DB),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .expect("writer connects");
+        tokio::spawn(conn);
+        w
+    });
+    // Inserts an event in the writer session and says whether its IP landed.
+    let write = |id: i64| -> bool {
+        wrt.block_on(w.query_one(
+            "INSERT INTO customer_events (customer_id, event_type, ip_address, user_agent, occurred_at) \
+             VALUES ($1, 'probe', '192.0.2.9', 'probe/1', now()) RETURNING ip_address IS NOT NULL",
+            &[&id],
+        ))
+        .unwrap_or_else(|e| panic!("insert for {id}: {e}"))
+        .get::<_, bool>(0)
+    };
+    assert!(!write(1234), "a forgotten customer's IP was written");
+    assert!(write(77), "a customer who is not forgotten lost the IP");
+    // The writer's cache is loaded; forgetting 77 elsewhere must reach its next statement.
+    forget_done(&env, "77");
+    assert!(
+        !write(77),
+        "the writer's cache missed a forget of another session"
+    );
+    assert!(!write(1234));
+    // Many rows in one statement, in the same session.
+    wrt.block_on(w.batch_execute(
+        "INSERT INTO customer_events (customer_id, event_type, ip_address, occurred_at) \
+         SELECT CASE WHEN i % 2 = 0 THEN 77 ELSE 5000 + i END, 'probe_many', '192.0.2.7', now() \
+         FROM generate_series(1, 200) i",
+    ))
+    .expect("multi-row insert");
+    assert_eq!(
+        sql(
+            &env,
+            "SELECT count(*) FILTER (WHERE customer_id = 77 AND ip_address IS NULL), \
+                          count(*) FILTER (WHERE customer_id <> 77 AND ip_address IS NOT NULL) \
+                   FROM customer_events WHERE event_type = 'probe_many'"
+        ),
+        "100|100"
+    );
+    // Unforget reaches it too.
+    rt_unforget(&env, "77");
+    assert!(write(77), "the writer's cache kept an unforgotten customer");
+
+    // Without the invalidation trigger the cache is not trusted: a list entry made with no
+    // invalidation at all (the trigger disabled) is still suppressed, by the PL/pgSQL check.
+    sql(
+        &env,
+        "ALTER TABLE pgredact.forget_list DISABLE TRIGGER \"~pgredact_list_changed\"",
+    );
+    let errors = suppression_errors(&env).join("\n");
+    assert!(
+        errors.contains("pgredact.forget_list: the cache invalidation trigger"),
+        "{errors}"
+    );
+    assert!(write(5555));
+    sql(
+        &env,
+        "INSERT INTO pgredact.forget_list (subject_hash, subject_id) \
+         VALUES (decode(pgredact.hmac_hex('5555'), 'hex'), '5555')",
+    );
+    assert!(
+        !write(5555),
+        "an entry made without invalidation was missed"
+    );
+    sql(
+        &env,
+        "DELETE FROM pgredact.forget_list WHERE subject_id = '5555'",
+    );
+    // The next job repairs the trigger.
+    forget_done(&env, "6000");
+    assert_eq!(suppression_errors(&env), Vec::<String>::new());
+    assert!(!write(6000));
+    assert!(write(5555));
+    drop(w);
+
+    // Nobody else may use the compiled functions, or call them.
+    let refused = env
+        .cluster
+        .superuser_psql(
+            DEMO_DB,
+            "CREATE ROLE mallory LOGIN; GRANT CREATE ON SCHEMA public TO mallory; \
+             SET ROLE mallory; CREATE TABLE public.m (customer_id bigint, x text); \
+             CREATE TRIGGER t BEFORE INSERT ON public.m FOR EACH ROW EXECUTE FUNCTION \
+               pgredact_suppress.suppress('forget_suppress_x', 'customer_id', 'raw', 'exact', '');",
+        )
+        .expect_err("another role used the compiled trigger function");
+    assert!(
+        refused.contains("permission denied for schema pgredact_suppress"),
+        "{refused}"
+    );
+
+    // `compiled_trigger = false` puts the PL/pgSQL functions back, and suppression holds.
+    let (cfg, _dir) = write_config_extra(
+        &env.cluster,
+        DEMO_POLICY,
+        "\n[forget]\ncompiled_trigger = false\n",
+    );
+    let report = rt()
+        .block_on(forget::run_cli(&cfg, forget_args("7000")))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.contains(": done"), "{report}");
+    let target = trigger_target(&env, "customer_events");
+    assert!(target.starts_with("pgredact.forget_suppress_"), "{target}");
+    sql(&env, "INSERT INTO customer_events (customer_id, event_type, ip_address, occurred_at) VALUES (7000, 'probe_off', '192.0.2.1', now()), (7001, 'probe_off', '192.0.2.1', now())");
+    assert_eq!(
+        sql(&env, "SELECT string_agg(customer_id || ':' || (ip_address IS NULL), ',' ORDER BY customer_id) FROM customer_events WHERE event_type = 'probe_off'"),
+        "7000:true,7001:false"
+    );
+}
+
+fn rt_unforget(env: &Env, ids: &str) {
+    let out = rt()
+        .block_on(forget::run_unforget_cli(
+            &env.cfg,
+            UnforgetArgs {
+                ids: Some(ids.into()),
+                requester: "dpo@example.com".into(),
+                reason: Some("test".into()),
+                ..UnforgetArgs::default()
+            },
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.contains("removed"), "{out}");
 }

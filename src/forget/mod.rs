@@ -282,7 +282,8 @@ impl Session {
                     .map_err(|e| db_error(&e))?;
             }
         }
-        let spec = plan::resolve(&client, &policy).await?;
+        let mut spec = plan::resolve(&client, &policy).await?;
+        spec.compiled_trigger = target.settings.compiled_trigger;
         Ok(Session {
             client,
             spec,
@@ -295,6 +296,7 @@ impl Session {
     /// between requests (the admin API's pool) plans with the schema as it is now.
     pub async fn refresh(&mut self, policy: Arc<DatabasePolicy>) -> Result<(), String> {
         self.spec = plan::resolve(&self.client, &policy).await?;
+        self.spec.compiled_trigger = self.target.settings.compiled_trigger;
         self.policy = policy;
         Ok(())
     }

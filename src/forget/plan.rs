@@ -280,6 +280,9 @@ pub struct Spec {
     /// Found while resolving: these block any job.
     pub static_blockers: Vec<String>,
     pub warnings: Vec<String>,
+    /// The suppression triggers may use the compiled front (`[forget] compiled_trigger`; set by
+    /// the session from its settings, true by default).
+    pub compiled_trigger: bool,
 }
 
 impl Spec {
@@ -714,6 +717,7 @@ pub async fn resolve(client: &Client, policy: &DatabasePolicy) -> Result<Spec, S
         subject_names,
         static_blockers: blockers,
         warnings,
+        compiled_trigger: true,
     };
     if tokenize {
         fk_blockers(client, &mut spec).await?;

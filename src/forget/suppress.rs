@@ -25,6 +25,16 @@ use tokio_postgres::Client;
 /// trigger. `pgredact check` reports (as an error) a BEFORE INSERT/UPDATE row trigger on a policy
 /// table whose name sorts after it.
 pub const TRIGGER_NAME: &str = "~pgredact_forget";
+/// The compiled front of the triggers (src/forget/ext): a C trigger function that answers "not
+/// listed" from a per-backend cache of the forget list and calls the PL/pgSQL function only for
+/// rows whose customer may be listed.
+pub const EXTENSION: &str = "pgredact_suppress";
+/// The C row trigger function of [`EXTENSION`].
+const COMPILED_FUNCTION: &str = "pgredact_suppress.suppress()";
+/// The C statement trigger function that invalidates every session's cache when the list or the
+/// key changes, and the name of its triggers on `pgredact.forget_list` and `pgredact.hash_key`.
+const LIST_CHANGED_FUNCTION: &str = "pgredact_suppress.list_changed()";
+const LIST_TRIGGER_NAME: &str = "~pgredact_list_changed";
 /// Former names of the trigger, replaced by [`TRIGGER_NAME`] at the next install.
 const LEGACY_TRIGGER_NAMES: &[&str] = &["zzz_pgredact_forget"];
 /// Dollar-quote tag of generated function bodies.
@@ -163,6 +173,7 @@ pub async fn ensure(client: &mut Client, spec: &Spec) -> Result<Vec<String>, Str
         .map_err(err)?;
     let raw = raw_id_mode(&tx, spec).await.map_err(err)?;
     let mut changed = Vec::new();
+    let compiled = compiled_front(&tx, spec, &mut changed).await?;
     let mut keep: Vec<u32> = Vec::new();
     for t in spec.changing_tables() {
         let fname = function_name(t);
@@ -204,18 +215,19 @@ pub async fn ensure(client: &mut Client, spec: &Spec) -> Result<Vec<String>, Str
             t.inheritance_children()
                 .map(|d| (d.oid, d.qname(), d.display())),
         );
+        let call = TriggerCall::new(t, &fname, raw, compiled);
         for (oid, qname, shown) in targets {
             keep.push(oid);
-            if fresh && trigger_current(&tx, oid, &fname).await.map_err(err)? {
+            if fresh && call.is_current(&tx, oid).await.map_err(err)? {
                 continue;
             }
             // CREATE OR REPLACE resets the firing mode to ORIGIN: ALWAYS again in the same
             // transaction, so no session ever sees the trigger skippable.
             let ddl = format!(
                 "CREATE OR REPLACE TRIGGER {trg} BEFORE INSERT OR UPDATE ON {qname} FOR EACH ROW \
-                 WHEN ({when}) EXECUTE FUNCTION pgredact.{f}();\n\
+                 WHEN ({when}) EXECUTE FUNCTION {call};\n\
                  ALTER TABLE {qname} ENABLE ALWAYS TRIGGER {trg};",
-                f = quote_ident(&fname),
+                call = call.sql(),
                 trg = quote_ident(TRIGGER_NAME),
                 when = when_sql(t),
             );
@@ -260,23 +272,181 @@ pub async fn ensure(client: &mut Client, spec: &Spec) -> Result<Vec<String>, Str
     Ok(changed)
 }
 
-/// The relation has pgredact's trigger, calling this function.
-async fn trigger_current(
-    tx: &tokio_postgres::Transaction<'_>,
-    oid: u32,
-    fname: &str,
-) -> Result<bool, tokio_postgres::Error> {
-    Ok(tx
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger tg JOIN pg_catalog.pg_proc p ON p.oid = tg.tgfoid \
-               JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
-             WHERE tg.tgrelid = $1 AND tg.tgname = $2 AND n.nspname = 'pgredact' AND p.proname = $3 \
-               AND tg.tgenabled = 'A')",
-            &[&oid, &TRIGGER_NAME, &fname],
-        )
-        .await?
-        .get(0))
+/// What pgredact's trigger on one table calls: the table's PL/pgSQL function, or the compiled
+/// front with the arguments it needs to call that function.
+struct TriggerCall {
+    /// The function, as `to_regprocedure` reads it.
+    function: String,
+    args: Vec<String>,
 }
+
+impl TriggerCall {
+    fn new(t: &TableSpec, fname: &str, raw: bool, compiled: bool) -> TriggerCall {
+        if !compiled {
+            return TriggerCall {
+                function: format!("pgredact.{}()", quote_ident(fname)),
+                args: Vec::new(),
+            };
+        }
+        let lookup = if raw && !t.tokenize { "raw" } else { "keyed" };
+        let fold = if t.fold_case { "fold" } else { "exact" };
+        let prefix = if t.tokenize { TOKEN_PREFIX } else { "" };
+        TriggerCall {
+            function: COMPILED_FUNCTION.to_string(),
+            args: [fname, t.subject.as_str(), lookup, fold, prefix]
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
+        }
+    }
+
+    /// `EXECUTE FUNCTION` target.
+    fn sql(&self) -> String {
+        let name = self.function.trim_end_matches("()");
+        let args: Vec<String> = self.args.iter().map(|a| quote_literal(a)).collect();
+        format!("{name}({})", args.join(", "))
+    }
+
+    /// `pg_trigger.tgargs`: each argument followed by a NUL byte.
+    fn tgargs(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for a in &self.args {
+            out.extend_from_slice(a.as_bytes());
+            out.push(0);
+        }
+        out
+    }
+
+    /// The relation has pgredact's trigger, ALWAYS, calling this with these arguments.
+    async fn is_current(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        oid: u32,
+    ) -> Result<bool, tokio_postgres::Error> {
+        Ok(tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger tg \
+                 WHERE tg.tgrelid = $1 AND tg.tgname = $2 AND tg.tgenabled = 'A' \
+                   AND tg.tgfoid = pg_catalog.to_regprocedure($3) AND tg.tgargs = $4)",
+                &[&oid, &TRIGGER_NAME, &self.function, &self.tgargs()],
+            )
+            .await?
+            .get(0))
+    }
+}
+
+/// Whether the triggers use the compiled front ([`EXTENSION`]): allowed by `[forget]
+/// compiled_trigger`, and the server has the extension. Installs it when missing (it is a
+/// trusted extension: the control role may), and puts the statement triggers that invalidate
+/// the caches on the list and the key. When the extension cannot be used (not on the server,
+/// installed by a role other than the control role or a superuser, no EXECUTE), the triggers
+/// call the PL/pgSQL functions directly, as before; `pgredact check` says which.
+async fn compiled_front(
+    tx: &tokio_postgres::Transaction<'_>,
+    spec: &Spec,
+    changed: &mut Vec<String>,
+) -> Result<bool, String> {
+    let err = |e: tokio_postgres::Error| super::db_error(&e);
+    if !spec.compiled_trigger {
+        return Ok(false);
+    }
+    let row = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_available_extensions WHERE name = $1), \
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = $1)",
+            &[&EXTENSION],
+        )
+        .await
+        .map_err(err)?;
+    let (available, installed): (bool, bool) = (row.get(0), row.get(1));
+    if !available && !installed {
+        return Ok(false);
+    }
+    if !installed {
+        tx.batch_execute("SAVEPOINT pgredact_extension")
+            .await
+            .map_err(err)?;
+        match tx
+            .batch_execute(&format!("CREATE EXTENSION IF NOT EXISTS {EXTENSION}"))
+            .await
+        {
+            Ok(()) => {
+                tx.batch_execute("RELEASE SAVEPOINT pgredact_extension")
+                    .await
+                    .map_err(err)?;
+                changed.push(format!("extension {EXTENSION} (installed)"));
+            }
+            Err(e) => {
+                tracing::warn!(
+                    database = %spec.database,
+                    "the {EXTENSION} extension could not be installed, so the suppression triggers stay PL/pgSQL only: {}",
+                    super::db_error(&e)
+                );
+                tx.batch_execute("ROLLBACK TO SAVEPOINT pgredact_extension")
+                    .await
+                    .map_err(err)?;
+                return Ok(false);
+            }
+        }
+    }
+    let usable: Option<bool> = tx
+        .query_opt(
+            "SELECT pg_catalog.has_function_privilege($2, 'EXECUTE') \
+                AND pg_catalog.has_function_privilege($3, 'EXECUTE') \
+                AND (e.extowner = c.relowner OR r.rolsuper) \
+             FROM pg_catalog.pg_extension e \
+             JOIN pg_catalog.pg_roles r ON r.oid = e.extowner \
+             JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass('pgredact.forget_list') \
+             WHERE e.extname = $1",
+            &[&EXTENSION, &COMPILED_FUNCTION, &LIST_CHANGED_FUNCTION],
+        )
+        .await
+        .map_err(err)?
+        .map(|r| r.get(0));
+    if usable != Some(true) {
+        tracing::warn!(
+            database = %spec.database,
+            "the {EXTENSION} extension is installed but not usable by the control role (it must own it, or a \
+             superuser must, with EXECUTE granted), so the suppression triggers stay PL/pgSQL only"
+        );
+        return Ok(false);
+    }
+    for table in ["pgredact.forget_list", "pgredact.hash_key"] {
+        let current: bool = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger tg \
+                 WHERE tg.tgrelid = pg_catalog.to_regclass($1) AND tg.tgname = $2 AND tg.tgenabled = 'A' \
+                   AND tg.tgfoid = pg_catalog.to_regprocedure($3) AND tg.tgtype = $4)",
+                &[&table, &LIST_TRIGGER_NAME, &LIST_CHANGED_FUNCTION, &LIST_TRIGGER_TYPE],
+            )
+            .await
+            .map_err(err)?
+            .get(0);
+        if current {
+            continue;
+        }
+        tx.batch_execute(&format!(
+            "CREATE OR REPLACE TRIGGER {trg} AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {table} \
+             FOR EACH STATEMENT EXECUTE FUNCTION {f};\n\
+             ALTER TABLE {table} ENABLE ALWAYS TRIGGER {trg};",
+            trg = quote_ident(LIST_TRIGGER_NAME),
+            f = LIST_CHANGED_FUNCTION,
+        ))
+        .await
+        .map_err(|e| {
+            format!(
+                "installing the cache invalidation trigger on {table}: {}",
+                super::db_error(&e)
+            )
+        })?;
+        changed.push(format!("{table} (cache invalidation trigger)"));
+    }
+    Ok(true)
+}
+
+/// `pg_trigger.tgtype` of the invalidation triggers: AFTER, FOR EACH STATEMENT, INSERT (4),
+/// DELETE (8), UPDATE (16), TRUNCATE (32).
+const LIST_TRIGGER_TYPE: i16 = 4 | 8 | 16 | 32;
 
 /// Partition clones of the table's trigger that are not ALWAYS (disabled on one partition, or
 /// cloned while the parent's was not): made ALWAYS again.
@@ -331,11 +501,12 @@ pub async fn audit(client: &Client, spec: &Spec) -> Result<Vec<String>, String> 
             .map_err(err)?
             .get::<_, bool>(0);
     let mut out = Vec::new();
+    let mut compiled = false;
     for t in spec.changing_tables() {
         let rows = client
             .query(
                 "SELECT c.oid, c.oid::regclass::text, tg.tgname::text, tg.tgenabled::text, tg.tgtype::int4, \
-                        n.nspname::text, p.proname::text \
+                        n.nspname::text, p.proname::text, tg.tgargs \
                  FROM pg_catalog.pg_class c \
                  LEFT JOIN pg_catalog.pg_trigger tg ON tg.tgrelid = c.oid AND NOT tg.tgisinternal \
                  LEFT JOIN pg_catalog.pg_proc p ON p.oid = tg.tgfoid \
@@ -354,7 +525,34 @@ pub async fn audit(client: &Client, spec: &Spec) -> Result<Vec<String>, String> 
             let Some(rel) = mine.first().map(|r| r.rel.clone()) else {
                 continue;
             };
+            compiled |= mine.iter().any(|r| {
+                r.name.as_deref() == Some(TRIGGER_NAME)
+                    && r.function == "pgredact_suppress.suppress"
+            });
             out.extend(audit_relation(&rel, &mine, list_used));
+        }
+    }
+    if compiled {
+        let missing: Vec<String> = client
+            .query(
+                "SELECT t.name FROM pg_catalog.unnest(ARRAY['pgredact.forget_list', 'pgredact.hash_key']) AS t(name) \
+                 WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger tg \
+                   WHERE tg.tgrelid = pg_catalog.to_regclass(t.name) AND tg.tgname = $1 AND tg.tgenabled = 'A' \
+                     AND tg.tgfoid = pg_catalog.to_regprocedure($2))",
+                &[&LIST_TRIGGER_NAME, &LIST_CHANGED_FUNCTION],
+            )
+            .await
+            .map_err(err)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for table in missing {
+            out.push(format!(
+                "{table}: the cache invalidation trigger {LIST_TRIGGER_NAME:?} is missing, disabled or not ENABLE \
+                 ALWAYS, so the compiled suppression triggers cannot trust their cache and send every row to the \
+                 PL/pgSQL check (suppression holds, writes are slower); the next forget job or admin server start \
+                 reinstalls it"
+            ));
         }
     }
     Ok(out)
@@ -366,6 +564,18 @@ struct TriggerRow {
     enabled: String,
     tgtype: i32,
     function: String,
+    /// The first trigger argument (the PL/pgSQL function the compiled front calls).
+    arg0: String,
+}
+
+impl TriggerRow {
+    /// The trigger calls pgredact's suppression: its PL/pgSQL function, or the compiled front
+    /// calling one.
+    fn calls_suppression(&self) -> bool {
+        self.function.starts_with("pgredact.forget_suppress_")
+            || (self.function == "pgredact_suppress.suppress"
+                && self.arg0.starts_with("forget_suppress_"))
+    }
 }
 
 impl From<&tokio_postgres::Row> for TriggerRow {
@@ -382,6 +592,14 @@ impl From<&tokio_postgres::Row> for TriggerRow {
                 schema.unwrap_or_default(),
                 proname.unwrap_or_default()
             ),
+            arg0: r
+                .get::<_, Option<Vec<u8>>>(7)
+                .and_then(|a| {
+                    a.split(|&b| b == 0)
+                        .next()
+                        .map(|s| String::from_utf8_lossy(s).into_owned())
+                })
+                .unwrap_or_default(),
         }
     }
 }
@@ -407,7 +625,7 @@ fn audit_relation(rel: &str, triggers: &[TriggerRow], list_used: bool) -> Vec<St
              back; the next forget job or admin server start reinstalls it"
         )),
         None => {}
-        Some(r) if !r.function.starts_with("pgredact.forget_suppress_") => out.push(format!(
+        Some(r) if !r.calls_suppression() => out.push(format!(
             "{rel}: trigger {TRIGGER_NAME:?} calls {} instead of pgredact's suppression function: drop it; the \
              next forget job reinstalls pgredact's",
             r.function
@@ -516,6 +734,7 @@ mod tests {
             enabled: enabled.into(),
             tgtype,
             function: function.into(),
+            arg0: String::new(),
         }
     }
 
@@ -555,6 +774,37 @@ mod tests {
         }
         assert!(audit_relation("public.t", &[], false).is_empty());
         assert!(audit_relation("public.t", &[], true)[0].contains("is missing"));
+    }
+
+    /// The compiled front gets the PL/pgSQL function, the subject, the lookup, the case rule
+    /// and the token prefix, as literals and as `pg_trigger.tgargs` stores them.
+    #[test]
+    fn compiled_call_names_its_function_and_lookup() {
+        let mut t = table(false);
+        t.subject = "it's".into();
+        let plain = TriggerCall::new(&t, "forget_suppress_ab", true, false);
+        assert_eq!(plain.sql(), "pgredact.\"forget_suppress_ab\"()");
+        assert!(plain.tgargs().is_empty());
+        let raw = TriggerCall::new(&t, "forget_suppress_ab", true, true);
+        assert_eq!(
+            raw.sql(),
+            "pgredact_suppress.suppress('forget_suppress_ab', 'it''s', 'raw', 'exact', '')"
+        );
+        assert_eq!(
+            raw.tgargs(),
+            b"forget_suppress_ab\0it's\0raw\0exact\0\0".to_vec()
+        );
+        let mut pii = table(true);
+        pii.fold_case = true;
+        let keyed = TriggerCall::new(&pii, "forget_suppress_cd", true, true);
+        assert_eq!(
+            keyed.sql(),
+            "pgredact_suppress.suppress('forget_suppress_cd', 'email', 'keyed', 'fold', 'forgotten:')"
+        );
+        // Without raw IDs on the list, the lookup is keyed even for IDs that are not PII.
+        assert!(TriggerCall::new(&t, "f", false, true)
+            .sql()
+            .contains("'keyed'"));
     }
 
     #[test]
