@@ -210,15 +210,13 @@ REVOKE ALL ON FUNCTION pgredact_mask.mask_json(jsonb, jsonb, bytea, bytea) FROM 
 GRANT EXECUTE ON FUNCTION pgredact_mask.mask_json(jsonb, jsonb, bytea, bytea) TO PUBLIC;
 
 -- Whether the reading role is a member of role `r` (per-role masks), superusers excepted; false
--- for a role that does not exist. PL/pgSQL, so a query that reads a masking view plans one
--- function call per role instead of a join over pg_roles (its plan is cached per session).
+-- for a role that does not exist. Masking views built by earlier versions call it; the current
+-- ones inline the same built-in expression (mask_expr). `is_superuser` follows SET ROLE, as
+-- CURRENT_USER does.
 CREATE OR REPLACE FUNCTION pgredact_mask.member_of(r pg_catalog.name)
-RETURNS pg_catalog.bool LANGUAGE plpgsql STABLE PARALLEL SAFE AS $f$
-BEGIN
-  RETURN EXISTS (SELECT 1 FROM pg_catalog.pg_roles o, pg_catalog.pg_roles me
-                 WHERE o.rolname OPERATOR(pg_catalog.=) r AND me.rolname OPERATOR(pg_catalog.=) CURRENT_USER
-                   AND NOT me.rolsuper AND pg_catalog.pg_has_role(o.oid, 'MEMBER'));
-END
+RETURNS pg_catalog.bool LANGUAGE sql STABLE PARALLEL SAFE AS $f$
+  SELECT COALESCE(pg_catalog.pg_has_role(pg_catalog.to_regrole(pg_catalog.quote_ident(r)), 'MEMBER'), false)
+         AND NOT CAST(pg_catalog.current_setting('is_superuser') AS pg_catalog.bool)
 $f$;
 REVOKE ALL ON FUNCTION pgredact_mask.member_of(name) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pgredact_mask.member_of(name) TO PUBLIC;
@@ -507,8 +505,13 @@ BEGIN
   -- exist (yet) matches no one. Every branch is cast to the column's type, so the CASE keeps the
   -- type modifier.
   IF m ? 'by_role' THEN
-    SELECT 'CASE' || string_agg(format(' WHEN (SELECT pgredact_mask.member_of(%L)) THEN %s',
-                                       e.x ->> 'role',
+    -- The reader is a member of the role, superusers excepted (a role that does not exist: no
+    -- one is). Built-in functions only, in an InitPlan: evaluated once per query, no SPI, and
+    -- nothing to inline at planning (pgredact_mask.member_of, which earlier views call, costs
+    -- either).
+    SELECT 'CASE' || string_agg(format(' WHEN (SELECT COALESCE(pg_catalog.pg_has_role(pg_catalog.to_regrole(%L), ''MEMBER''), false)'
+                                       ' AND NOT CAST(pg_catalog.current_setting(''is_superuser'') AS pg_catalog.bool)) THEN %s',
+                                       quote_ident(e.x ->> 'role'),
                                        pgredact_admin.mask_expr(col, typ, typmod, (e.x -> 'mask') || CASE WHEN m ? 'rowkey' THEN jsonb_build_object('rowkey', m -> 'rowkey') ELSE '{}' END)),
                                 '' ORDER BY e.i)
            || format(' ELSE %s END', pgredact_admin.mask_expr(col, typ, typmod, m - 'by_role'))

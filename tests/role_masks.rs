@@ -170,6 +170,20 @@ async fn each_role_reads_its_own_mask_through_pgredact_and_directly() {
             assert_eq!(n, vec!["30"]);
         }
     }
+    // A superuser reading the view gets the table's masks, and SET ROLE picks the role's.
+    let direct_read = READ.replace("FROM customers", "FROM pgredact_masked.customers");
+    assert_eq!(
+        &rows(&su, &direct_read).await.unwrap(),
+        &want_default,
+        "superuser"
+    );
+    su.batch_execute("SET ROLE solutions_jr").await.unwrap();
+    assert_eq!(
+        &rows(&su, &direct_read).await.unwrap(),
+        &want_solutions,
+        "SET ROLE solutions_jr"
+    );
+    su.batch_execute("RESET ROLE").await.unwrap();
     // The DBA still reads raw data.
     let dba = env.proxy("dba").await;
     let raw = rows(&dba, READ).await.unwrap();
