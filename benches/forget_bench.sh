@@ -239,6 +239,35 @@ echo "   floor (no-op trigger): wall ${F_WALL[*]} s (median $F), backend CPU ${F
 P=$(median "${P_WALL[@]}"); PC=$(median "${P_CPU[@]}")
 echo "   PL/pgSQL only:       wall ${P_WALL[*]} s (median $P), backend CPU ${P_CPU[*]} s (median $PC): wall $(pct "$P" "$WO")%, backend CPU $(pct "$PC" "$WOC")%"
 echo "   ingest slowdown: wall $(pct "$W" "$WO")%, backend CPU $(pct "$WC" "$WOC")%; the floor alone: wall $(pct "$F" "$WO")%, backend CPU $(pct "$FC" "$WOC")%"
+# Keyed lookups, as for customer IDs that are PII: the list without raw IDs. The next job
+# reinstalls the triggers with the keyed lookup (a keyed hash per row, in C or in PL/pgSQL).
+if [[ "${KEYED:-1}" == 1 ]]; then
+    psql_su -d app -c "UPDATE pgredact.forget_list SET subject_id = NULL"
+    "$PGREDACT_BIN" forget --config "$BENCH_DIR/cfg/pgredact.toml" --ids "$((STEP * FORGET + 1))" --requester bench >/dev/null
+    KEYED_DDL=$(psql_su -d app -c "SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgname = '~pgredact_forget' AND tgrelid = 'customer_events'::regclass")
+    KEYED_PLPGSQL_DDL=$(sed -E "s/EXECUTE FUNCTION pgredact_suppress\.suppress\('([a-z0-9_]+)'.*\)$/EXECUTE FUNCTION pgredact.\1()/" <<<"$KEYED_DDL")
+    keyed() { drop_all; psql_su -d app -c "$KEYED_DDL" -c 'ALTER TABLE customer_events ENABLE ALWAYS TRIGGER "~pgredact_forget"'; }
+    keyed_plpgsql() { drop_all; psql_su -d app -c "$KEYED_PLPGSQL_DDL" -c 'ALTER TABLE customer_events ENABLE ALWAYS TRIGGER "~pgredact_forget"'; }
+    K_CPU=(); KP_CPU=(); KWO_CPU=()
+    for r in $(seq "$LOAD_RUNS"); do
+        case $(( r % 3 )) in
+            1) order=(without keyed keyed_plpgsql) ;;
+            2) order=(keyed keyed_plpgsql without) ;;
+            *) order=(keyed_plpgsql without keyed) ;;
+        esac
+        for v in "${order[@]}"; do
+            read -r wall cpu < <(run_as "$v")
+            case $v in
+                keyed) K_CPU+=("$cpu") ;;
+                keyed_plpgsql) KP_CPU+=("$cpu") ;;
+                *) KWO_CPU+=("$cpu") ;;
+            esac
+        done
+    done
+    KWOC=$(median "${KWO_CPU[@]}"); KC=$(median "${K_CPU[@]}"); KPC=$(median "${KP_CPU[@]}")
+    echo "   keyed lookups, backend CPU: without ${KWO_CPU[*]} s (median $KWOC); compiled ${K_CPU[*]} s (median $KC, $(pct "$KC" "$KWOC")%); PL/pgSQL only ${KP_CPU[*]} s (median $KPC, $(pct "$KPC" "$KWOC")%)"
+    keyed
+fi
 # Check that suppression worked on this load.
 { echo "BEGIN;"; echo "COPY customer_events (customer_id, event_type, ip_address, user_agent, payload, occurred_at) FROM STDIN;";
   head -100000 "$BENCH_DIR/load.tsv"; echo '\.';
