@@ -232,4 +232,6 @@ impl<'a> State<'a> {
 #[cfg(test)]
 mod props;
 #[cfg(test)]
+mod snap_tests;
+#[cfg(test)]
 mod tests;
