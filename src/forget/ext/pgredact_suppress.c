@@ -40,6 +40,10 @@
  */
 #include "postgres.h"
 
+/* SHA-256 with a copyable context (the HMAC pads are absorbed once per load, not per row);
+ * pg_config.h sets OPENSSL_API_COMPAT, so these calls are not flagged deprecated. */
+#include <openssl/sha.h>
+
 #include "access/htup_details.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
@@ -47,7 +51,6 @@
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
-#include "common/cryptohash.h"
 #include "common/hashfn.h"
 #include "common/sha2.h"
 #include "executor/spi.h"
@@ -86,8 +89,8 @@ typedef struct ListCache
 	uint64	   *keyed;			/* sorted first 8 bytes of subject_hash */
 	int			nkeyed;
 	bool		have_key;
-	uint8		ipad[SHA256_BLOCK];
-	uint8		opad[SHA256_BLOCK];
+	SHA256_CTX	inner;			/* SHA-256 state after the key's inner pad */
+	SHA256_CTX	outer;			/* ... and after its outer pad */
 } ListCache;
 
 static ListCache cache;
@@ -143,23 +146,6 @@ first8(const uint8 *b)
 	return v;
 }
 
-static void
-sha256(const uint8 *a, size_t alen, const uint8 *b, size_t blen, uint8 *out)
-{
-	pg_cryptohash_ctx *ctx = pg_cryptohash_create(PG_SHA256);
-
-	if (ctx == NULL ||
-		pg_cryptohash_init(ctx) < 0 ||
-		pg_cryptohash_update(ctx, a, alen) < 0 ||
-		pg_cryptohash_update(ctx, b, blen) < 0 ||
-		pg_cryptohash_final(ctx, out, PG_SHA256_DIGEST_LENGTH) < 0)
-	{
-		pg_cryptohash_free(ctx);
-		ereport(ERROR, (errmsg("pgredact_suppress: SHA-256 failed")));
-	}
-	pg_cryptohash_free(ctx);
-}
-
 /* The first 8 bytes of HMAC-SHA256(key, utf8(id)), as pgredact.hmac_hex computes it. */
 static uint64
 keyed_fingerprint(text *id)
@@ -167,11 +153,15 @@ keyed_fingerprint(text *id)
 	int			len = VARSIZE_ANY_EXHDR(id);
 	char	   *utf8 = pg_server_to_any(VARDATA_ANY(id), len, PG_UTF8);
 	size_t		ulen = utf8 == VARDATA_ANY(id) ? (size_t) len : strlen(utf8);
-	uint8		inner[PG_SHA256_DIGEST_LENGTH];
-	uint8		outer[PG_SHA256_DIGEST_LENGTH];
+	uint8		inner[SHA256_DIGEST_LENGTH];
+	uint8		outer[SHA256_DIGEST_LENGTH];
+	SHA256_CTX	c = cache.inner;
 
-	sha256(cache.ipad, SHA256_BLOCK, (const uint8 *) utf8, ulen, inner);
-	sha256(cache.opad, SHA256_BLOCK, inner, sizeof(inner), outer);
+	SHA256_Update(&c, utf8, ulen);
+	SHA256_Final(inner, &c);
+	c = cache.outer;
+	SHA256_Update(&c, inner, sizeof(inner));
+	SHA256_Final(outer, &c);
 	return first8(outer);
 }
 
@@ -281,8 +271,10 @@ load_cache_as_owner(void)
 
 			if (!n1 && !n2 && VARSIZE_ANY_EXHDR(ipad) == SHA256_BLOCK && VARSIZE_ANY_EXHDR(opad) == SHA256_BLOCK)
 			{
-				memcpy(cache.ipad, VARDATA_ANY(ipad), SHA256_BLOCK);
-				memcpy(cache.opad, VARDATA_ANY(opad), SHA256_BLOCK);
+				SHA256_Init(&cache.inner);
+				SHA256_Update(&cache.inner, VARDATA_ANY(ipad), SHA256_BLOCK);
+				SHA256_Init(&cache.outer);
+				SHA256_Update(&cache.outer, VARDATA_ANY(opad), SHA256_BLOCK);
 				cache.have_key = true;
 			}
 		}
