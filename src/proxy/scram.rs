@@ -35,9 +35,9 @@
 
 use super::state::Shared;
 use crate::tls::{ClientStream, ServerStream};
-use crate::wire::backend::{send_fatal, Authentication};
+use crate::wire::backend::{send_fatal, Authentication, AuthenticationSasl};
 use crate::wire::frontend::{SaslInitialResponse, SaslResponse};
-use crate::wire::{take_cstr, FrameError, FrameReader};
+use crate::wire::{FrameError, FrameReader};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use bytes::BytesMut;
@@ -55,8 +55,7 @@ const NONCE_BYTES: usize = 18;
 /// Iteration count of mock exchanges (PostgreSQL's default).
 const MOCK_ITERATIONS: u32 = 4096;
 
-/// AuthenticationSASL, AuthenticationSASLContinue, AuthenticationSASLFinal.
-const AUTH_SASL: i32 = 10;
+/// AuthenticationSASLContinue, AuthenticationSASLFinal (AuthenticationSASL: its own type).
 const AUTH_SASL_CONTINUE: i32 = 11;
 const AUTH_SASL_FINAL: i32 = 12;
 
@@ -493,26 +492,17 @@ fn auth_message(code: i32, data: &[u8]) -> BytesMut {
 }
 
 fn sasl_offer(mechanisms: &[&str]) -> BytesMut {
-    let mut data = Vec::new();
-    for m in mechanisms {
-        data.extend_from_slice(m.as_bytes());
-        data.push(0);
+    let mut out = BytesMut::new();
+    AuthenticationSasl {
+        mechanisms: mechanisms.iter().map(|m| m.to_string()).collect(),
     }
-    data.push(0);
-    auth_message(AUTH_SASL, &data)
+    .encode(&mut out);
+    out
 }
 
 /// The mechanisms of an AuthenticationSASL message.
 fn offered(f: &[u8]) -> Result<Vec<String>, FrameError> {
-    let mut b = Authentication::decode(f)?.data;
-    let mut out = Vec::new();
-    loop {
-        let m = take_cstr(&mut b)?;
-        if m.is_empty() {
-            return Ok(out);
-        }
-        out.push(m);
-    }
+    Ok(AuthenticationSasl::decode(f)?.mechanisms)
 }
 
 /// Ends a login with a FATAL naming pgredact as the one that refused it.

@@ -13,8 +13,8 @@ use crate::rewrite::search_path::PathChange;
 use crate::rewrite::{Decision, Refusal, RefusalKind, REFUSAL_SQLSTATE};
 use crate::tls::{ClientStream, ServerStream, SplitStream};
 use crate::wire::backend::{
-    send_fatal, Authentication, BackendKeyData, DataRow, ErrorFields, ParameterStatus,
-    ReadyForQuery,
+    send_fatal, Authentication, AuthenticationSasl, BackendKeyData, DataRow, ErrorFields,
+    ParameterStatus, ReadyForQuery,
 };
 use crate::wire::frame::{read_startup, MessageTracker};
 use crate::wire::frontend::{Bind, Close, Parse, Query, Terminate};
@@ -975,7 +975,7 @@ async fn authenticate(
         match f[0] {
             b'R' => {
                 let code = Authentication::decode(&f)?.code;
-                if code == 10 {
+                if code == AuthenticationSasl::CODE {
                     if !super::scram::authenticate_sasl(shared, database, user, client, server, &f)
                         .await?
                     {

@@ -191,6 +191,46 @@ impl<'a> Authentication<'a> {
     }
 }
 
+/// AuthenticationSASL (authentication code 10): the mechanisms offered. Bytes after the empty
+/// name that ends the list are not read (PostgreSQL sends none; pgredact never re-sends a
+/// decoded offer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthenticationSasl {
+    pub mechanisms: Vec<String>,
+}
+
+impl AuthenticationSasl {
+    pub const CODE: i32 = 10;
+
+    pub fn decode(frame: &[u8]) -> Result<AuthenticationSasl, FrameError> {
+        let a = Authentication::decode(frame)?;
+        if a.code != Self::CODE {
+            return Err(FrameError::Protocol(
+                "not an AuthenticationSASL message".into(),
+            ));
+        }
+        let mut b = a.data;
+        let mut mechanisms = Vec::new();
+        loop {
+            let m = take_cstr(&mut b)?;
+            if m.is_empty() {
+                return Ok(AuthenticationSasl { mechanisms });
+            }
+            mechanisms.push(m);
+        }
+    }
+
+    pub fn encode(&self, out: &mut BytesMut) {
+        let start = begin(out, b'R');
+        out.put_i32(Self::CODE);
+        for m in &self.mechanisms {
+            put_cstr(out, m);
+        }
+        out.put_u8(0);
+        finish(out, start);
+    }
+}
+
 /// DataRow: each column's value, None for NULL; nothing after the last.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataRow<'a> {
@@ -372,6 +412,32 @@ mod tests {
             err(Authentication::decode(&frame(b'R', b"\0\0\0"))),
             "protocol error: short authentication message"
         );
+    }
+
+    #[test]
+    fn sasl_offer_round_trip_and_refusals() {
+        let o = AuthenticationSasl {
+            mechanisms: vec!["SCRAM-SHA-256-PLUS".into(), "SCRAM-SHA-256".into()],
+        };
+        let mut out = BytesMut::new();
+        o.encode(&mut out);
+        assert_eq!(
+            &out[..],
+            &frame(b'R', b"\0\0\0\x0aSCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0")[..]
+        );
+        assert_eq!(AuthenticationSasl::decode(&out).unwrap(), o);
+        for body in [
+            &b"\0\0\0\x0aSCRAM-SHA-256\0"[..],
+            b"\0\0\0\x0aSCRAM-SHA-256",
+            b"\0\0\0\x0a",
+            b"\0\0\0\x0a\xe9\0\0",
+            b"\0\0\0\x0bSCRAM-SHA-256\0\0",
+        ] {
+            assert!(
+                AuthenticationSasl::decode(&frame(b'R', body)).is_err(),
+                "{body:?}"
+            );
+        }
     }
 
     #[test]
