@@ -2,7 +2,8 @@
 //!
 //! Modules: `config` (pgredact.toml), `policy` (policy files, masks as data), `catalog` (live
 //! schema snapshot), `rewrite` (the pure masking rewriter), `proxy` (listener, startup, SCRAM,
-//! relay, lifecycle), `wall` (the superuser-installed masking views and privilege checks),
+//! relay, lifecycle), `wire` (framing and the typed protocol messages pgredact reads or
+//! builds), `wall` (the superuser-installed masking views and privilege checks),
 //! `control` (the in-database control schema), `forget` (right to be forgotten), `admin` (HTTP
 //! API), `metrics` (what `/metrics` serves), `tls`, `check`, `scan` (finding unlisted PII), `demo`, `pgcluster` (throwaway
 //! clusters).
@@ -27,3 +28,4 @@ pub mod rewrite;
 pub mod scan;
 pub mod tls;
 pub mod wall;
+pub mod wire;

@@ -365,9 +365,7 @@ impl UpstreamTls {
     /// SSLRequest on a fresh connection to PostgreSQL, then the handshake.
     pub async fn start(&self, mut tcp: TcpStream) -> Result<ServerStream, String> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut req = Vec::with_capacity(8);
-        req.extend_from_slice(&8i32.to_be_bytes());
-        req.extend_from_slice(&crate::proxy::frame::SSL_REQUEST.to_be_bytes());
+        let req = crate::wire::startup::Startup::Ssl.to_bytes();
         tcp.write_all(&req).await.map_err(|e| e.to_string())?;
         let mut answer = [0u8; 1];
         tcp.read_exact(&mut answer)

@@ -343,10 +343,13 @@ async fn connection_limit_and_login_idle_and_connect_timeouts() {
     let mut stalled = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
-    let startup = pgredact::proxy::frame::encode_startup(&[
-        ("user".into(), "support".into()),
-        ("database".into(), "app".into()),
-    ]);
+    let startup = pgredact::wire::startup::Startup::Startup {
+        params: vec![
+            ("user".into(), "support".into()),
+            ("database".into(), "app".into()),
+        ],
+    }
+    .to_bytes();
     stalled.write_all(&startup).await.unwrap();
     let got = read_to_close(&mut stalled).await;
     assert_eq!(

@@ -1,7 +1,6 @@
 //! The proxy: listener, per-session tasks, and the background tasks that keep policies and
 //! catalogs current.
 
-pub mod frame;
 pub mod lifecycle;
 pub mod peers;
 pub mod scram;

@@ -19,9 +19,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_postgres::Client;
 
-/// A cancel request forwarded by a peer: same layout as CancelRequest (length 16, code, process
-/// id, secret key), a code PostgreSQL does not use.
-pub const PEER_CANCEL_REQUEST: i32 = (1234 << 16) | 5699;
+/// A cancel request forwarded by a peer (`wire::startup::Startup::Cancel` with `from_peer`).
+pub use crate::wire::startup::PEER_CANCEL_REQUEST;
 
 /// The lowest bit of the peer id in a client-facing process id.
 const PEER_SHIFT: u32 = 22;
@@ -40,16 +39,6 @@ pub fn encode_pid(peer_id: u8, random: i32) -> i32 {
 /// The peer id a client-facing process id carries.
 pub fn peer_of(pid: i32) -> u8 {
     ((pid >> PEER_SHIFT) & 0xff) as u8
-}
-
-/// The 16 bytes of a cancel request with `code`.
-pub fn cancel_packet(code: i32, pid: i32, key: i32) -> [u8; 16] {
-    let mut p = [0u8; 16];
-    p[..4].copy_from_slice(&16i32.to_be_bytes());
-    p[4..8].copy_from_slice(&code.to_be_bytes());
-    p[8..12].copy_from_slice(&pid.to_be_bytes());
-    p[12..].copy_from_slice(&key.to_be_bytes());
-    p
 }
 
 /// Sends `packet` to `addr` and closes; errors are the caller's to log (a cancel has no answer).
@@ -233,19 +222,6 @@ mod tests {
         // Without peering the process id keeps 30 random bits and stays positive.
         assert_eq!(encode_pid(0, -1), 0x3fff_ffff);
         assert!(encode_pid(0, i32::MIN) >= 0);
-    }
-
-    #[test]
-    fn cancel_packets() {
-        let p = cancel_packet(PEER_CANCEL_REQUEST, 0x0102_0304, -2);
-        assert_eq!(&p[..4], &16i32.to_be_bytes());
-        assert_eq!(&p[4..8], &PEER_CANCEL_REQUEST.to_be_bytes());
-        assert_eq!(&p[8..12], &[1, 2, 3, 4]);
-        assert_eq!(&p[12..], &(-2i32).to_be_bytes());
-        // Not a code PostgreSQL gives a meaning to.
-        assert_ne!(PEER_CANCEL_REQUEST, super::super::frame::CANCEL_REQUEST);
-        assert_ne!(PEER_CANCEL_REQUEST, super::super::frame::SSL_REQUEST);
-        assert_ne!(PEER_CANCEL_REQUEST, super::super::frame::GSSENC_REQUEST);
     }
 
     #[test]

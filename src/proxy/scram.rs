@@ -33,12 +33,14 @@
 //! Nothing here logs a password, a verifier, a proof or a key; the types that hold them print
 //! as `..`.
 
-use super::frame::{self, FrameError, FrameReader};
 use super::state::Shared;
 use crate::tls::{ClientStream, ServerStream};
+use crate::wire::backend::{send_fatal, Authentication, AuthenticationSasl};
+use crate::wire::frontend::{SaslInitialResponse, SaslResponse};
+use crate::wire::{FrameError, FrameReader};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -53,8 +55,7 @@ const NONCE_BYTES: usize = 18;
 /// Iteration count of mock exchanges (PostgreSQL's default).
 const MOCK_ITERATIONS: u32 = 4096;
 
-/// AuthenticationSASL, AuthenticationSASLContinue, AuthenticationSASLFinal.
-const AUTH_SASL: i32 = 10;
+/// AuthenticationSASLContinue, AuthenticationSASLFinal (AuthenticationSASL: its own type).
 const AUTH_SASL_CONTINUE: i32 = 11;
 const AUTH_SASL_FINAL: i32 = 12;
 
@@ -486,34 +487,22 @@ impl ClientExchange {
 
 fn auth_message(code: i32, data: &[u8]) -> BytesMut {
     let mut out = BytesMut::with_capacity(9 + data.len());
-    out.put_u8(b'R');
-    out.put_i32((8 + data.len()) as i32);
-    out.put_i32(code);
-    out.put_slice(data);
+    Authentication { code, data }.encode(&mut out);
     out
 }
 
 fn sasl_offer(mechanisms: &[&str]) -> BytesMut {
-    let mut data = Vec::new();
-    for m in mechanisms {
-        data.extend_from_slice(m.as_bytes());
-        data.push(0);
+    let mut out = BytesMut::new();
+    AuthenticationSasl {
+        mechanisms: mechanisms.iter().map(|m| m.to_string()).collect(),
     }
-    data.push(0);
-    auth_message(AUTH_SASL, &data)
+    .encode(&mut out);
+    out
 }
 
 /// The mechanisms of an AuthenticationSASL message.
 fn offered(f: &[u8]) -> Result<Vec<String>, FrameError> {
-    let mut b = frame::body(f).get(4..).unwrap_or_default();
-    let mut out = Vec::new();
-    loop {
-        let m = frame::take_cstr(&mut b)?;
-        if m.is_empty() {
-            return Ok(out);
-        }
-        out.push(m);
-    }
+    Ok(AuthenticationSasl::decode(f)?.mechanisms)
 }
 
 /// Ends a login with a FATAL naming pgredact as the one that refused it.
@@ -521,7 +510,7 @@ async fn refuse(
     client: &mut FrameReader<ClientStream>,
     e: &ScramError,
 ) -> Result<bool, FrameError> {
-    frame::send_fatal(
+    send_fatal(
         client.get_mut(),
         e.code,
         &format!("pgredact: {}", e.message),
@@ -533,48 +522,29 @@ async fn refuse(
 
 /// The code and data of an authentication request from PostgreSQL.
 fn auth_request(f: &[u8]) -> Option<(i32, &[u8])> {
-    if f.first() != Some(&b'R') || f.len() < 9 {
-        return None;
-    }
-    Some((i32::from_be_bytes([f[5], f[6], f[7], f[8]]), &f[9..]))
+    let a = Authentication::decode(f).ok()?;
+    Some((a.code, a.data))
 }
 
 /// Mechanism and data of a SASLInitialResponse.
 fn initial_response(f: &[u8]) -> Result<(String, Vec<u8>), FrameError> {
-    let bad = || FrameError::Protocol("malformed SASLInitialResponse".into());
-    if f.first() != Some(&b'p') {
-        return Err(FrameError::Protocol("expected a SASL response".into()));
-    }
-    let mut b = frame::body(f);
-    let mechanism = frame::take_cstr(&mut b)?;
-    let len = b
-        .get(..4)
-        .map(|l| i32::from_be_bytes([l[0], l[1], l[2], l[3]]))
-        .ok_or_else(bad)?;
-    let data = &b[4..];
-    match len {
-        -1 if data.is_empty() => Ok((mechanism, Vec::new())),
-        n if n >= 0 && n as usize == data.len() => Ok((mechanism, data.to_vec())),
-        _ => Err(bad()),
-    }
+    let r = SaslInitialResponse::decode(f)?;
+    Ok((r.mechanism, r.data))
 }
 
 fn sasl_initial_response(mechanism: &str, data: &[u8]) -> BytesMut {
     let mut out = BytesMut::with_capacity(10 + mechanism.len() + data.len());
-    out.put_u8(b'p');
-    out.put_i32((4 + mechanism.len() + 1 + 4 + data.len()) as i32);
-    out.put_slice(mechanism.as_bytes());
-    out.put_u8(0);
-    out.put_i32(data.len() as i32);
-    out.put_slice(data);
+    SaslInitialResponse {
+        mechanism: mechanism.into(),
+        data: data.to_vec(),
+    }
+    .encode(&mut out);
     out
 }
 
 fn sasl_response(data: &[u8]) -> BytesMut {
     let mut out = BytesMut::with_capacity(5 + data.len());
-    out.put_u8(b'p');
-    out.put_i32((4 + data.len()) as i32);
-    out.put_slice(data);
+    SaslResponse { data }.encode(&mut out);
     out
 }
 
@@ -737,7 +707,7 @@ async fn relay_or_refuse(
     let ex = match ServerExchange::start(&mechanism, &data, own, &v) {
         Ok(ex) => ex,
         Err(e) => {
-            frame::send_fatal(client.get_mut(), e.code, &e.message, None).await;
+            send_fatal(client.get_mut(), e.code, &e.message, None).await;
             return Ok(false);
         }
     };
@@ -749,11 +719,11 @@ async fn relay_or_refuse(
     let Some(f) = client_response(client).await? else {
         return Ok(false);
     };
-    if let Err(e) = ex.finish(frame::body(&f), &v) {
-        frame::send_fatal(client.get_mut(), e.code, &e.message, None).await;
+    if let Err(e) = ex.finish(SaslResponse::decode(&f)?.data, &v) {
+        send_fatal(client.get_mut(), e.code, &e.message, None).await;
         return Ok(false);
     }
-    frame::send_fatal(
+    send_fatal(
         client.get_mut(),
         "28P01",
         &format!("password authentication failed for user \"{user}\""),
@@ -794,7 +764,7 @@ async fn terminate(
     let ex = match ServerExchange::start(&mechanism, &data, own, v) {
         Ok(ex) => ex,
         Err(e) => {
-            frame::send_fatal(client.get_mut(), e.code, &e.message, None).await;
+            send_fatal(client.get_mut(), e.code, &e.message, None).await;
             return Ok(false);
         }
     };
@@ -811,10 +781,10 @@ async fn terminate(
     let Some(f) = client_response(client).await? else {
         return Ok(false);
     };
-    let recovered = match ex.finish(frame::body(&f), v) {
+    let recovered = match ex.finish(SaslResponse::decode(&f)?.data, v) {
         Ok(r) => r,
         Err(e) => {
-            frame::send_fatal(client.get_mut(), e.code, &e.message, None).await;
+            send_fatal(client.get_mut(), e.code, &e.message, None).await;
             return Ok(false);
         }
     };
@@ -855,7 +825,7 @@ async fn terminate(
         // PostgreSQL accepted a key whose hash is not the StoredKey pgredact read, with the
         // same salt: not expected to happen (a new password gets a new salt), and never a
         // reason to let the client in.
-        frame::send_fatal(
+        send_fatal(
             client.get_mut(),
             "28P01",
             &format!("password authentication failed for user \"{user}\""),

@@ -6,13 +6,20 @@
 //! statement is replaced by a sentinel that makes PostgreSQL fail it in order (so transaction
 //! state and pipelining stay exact) and the server's error is swapped for the refusal.
 
-use super::frame::{self, ErrorFields, FrameError, FrameReader};
 use super::lifecycle::{until, within, Lifecycle, Stop, HALT_GRACE, SHUTTING_DOWN};
 use super::peers;
 use super::state::{lock, DbState, Shared};
 use crate::rewrite::search_path::PathChange;
 use crate::rewrite::{Decision, Refusal, RefusalKind, REFUSAL_SQLSTATE};
 use crate::tls::{ClientStream, ServerStream, SplitStream};
+use crate::wire::backend::{
+    send_fatal, Authentication, AuthenticationSasl, BackendKeyData, DataRow, ErrorFields,
+    ParameterStatus, ReadyForQuery,
+};
+use crate::wire::frame::{read_startup, MessageTracker};
+use crate::wire::frontend::{Bind, Close, Parse, Query, Terminate};
+use crate::wire::startup::{Startup, StartupError};
+use crate::wire::{FrameError, FrameReader};
 use bytes::{Bytes, BytesMut};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,7 +34,7 @@ use tracing::Instrument;
 const SENTINEL: &str = "pgredact_refused_statement_5f2c9a";
 
 /// Terminate, sent to PostgreSQL when pgredact ends a session at a message boundary.
-const TERMINATE: [u8; 5] = [b'X', 0, 0, 0, 4];
+const TERMINATE: [u8; 5] = Terminate::BYTES;
 
 /// Why the startup phase ended before the session was established.
 #[derive(Clone, Copy)]
@@ -45,7 +52,7 @@ impl Interrupted {
                 tracing::info!(
                     "closing a client that did not complete startup and authentication within {secs} s"
                 );
-                frame::send_fatal(
+                send_fatal(
                     w,
                     "08P01",
                     &format!("pgredact: startup and authentication did not complete within {secs} s (login_timeout_secs)"),
@@ -53,7 +60,7 @@ impl Interrupted {
                 )
                 .await
             }
-            Interrupted::Shutdown => frame::send_fatal(w, "57P01", SHUTTING_DOWN, None).await,
+            Interrupted::Shutdown => send_fatal(w, "57P01", SHUTTING_DOWN, None).await,
         }
     }
 }
@@ -90,7 +97,7 @@ impl Fatal {
     }
 
     async fn send<W: AsyncWrite + Unpin>(&self, w: &mut W) {
-        frame::send_fatal(w, self.code, &self.message, self.hint).await
+        send_fatal(w, self.code, &self.message, self.hint).await
     }
 }
 
@@ -117,12 +124,12 @@ async fn handle_in_span(shared: Arc<Shared>, tcp: TcpStream, admitted: bool) {
     let mut client = ClientStream::Plain(tcp);
     // Startup phase: at most one SSLRequest/GSSENCRequest before the StartupMessage.
     let mut negotiations = 0;
-    let pkt = loop {
-        let pkt = match bounded(sh, login, frame::read_startup(&mut client)).await {
+    let (pkt, params) = loop {
+        let pkt = match bounded(sh, login, read_startup(&mut client)).await {
             Ok(Ok(Some(p))) => p,
             Ok(Ok(None)) => return,
             Ok(Err(e)) => {
-                frame::send_fatal(&mut client, "08P01", &format!("pgredact: {e}"), None).await;
+                send_fatal(&mut client, "08P01", &format!("pgredact: {e}"), None).await;
                 return;
             }
             Err(i) => {
@@ -130,14 +137,10 @@ async fn handle_in_span(shared: Arc<Shared>, tcp: TcpStream, admitted: bool) {
                 return;
             }
         };
-        let code = i32::from_be_bytes([pkt[4], pkt[5], pkt[6], pkt[7]]);
-        match code {
-            frame::SSL_REQUEST
-                if pkt.len() == 8
-                    && negotiations < 2
-                    && shared.tls.is_some()
-                    && !client.is_tls() =>
-            {
+        // A StartupMessage whose parameters cannot be read is refused after the TLS and
+        // connection-limit checks, as a readable one would be.
+        let code = match Startup::decode(&pkt) {
+            Ok(Startup::Ssl) if negotiations < 2 && shared.tls.is_some() && !client.is_tls() => {
                 negotiations += 1;
                 if client.write_all(b"S").await.is_err() {
                     return;
@@ -155,24 +158,27 @@ async fn handle_in_span(shared: Arc<Shared>, tcp: TcpStream, admitted: bool) {
                     // In the middle of a handshake nothing can be said to the client.
                     Err(_) => return,
                 };
+                continue;
             }
-            frame::SSL_REQUEST | frame::GSSENC_REQUEST if pkt.len() == 8 && negotiations < 2 => {
+            Ok(Startup::Ssl | Startup::GssEnc) if negotiations < 2 => {
                 negotiations += 1;
                 if client.write_all(b"N").await.is_err() {
                     return;
                 }
+                continue;
             }
-            code @ (frame::CANCEL_REQUEST | peers::PEER_CANCEL_REQUEST) if pkt.len() == 16 => {
-                let pid = i32::from_be_bytes([pkt[8], pkt[9], pkt[10], pkt[11]]);
-                let key = i32::from_be_bytes([pkt[12], pkt[13], pkt[14], pkt[15]]);
-                let from_peer = code == peers::PEER_CANCEL_REQUEST;
+            Ok(Startup::Cancel {
+                pid,
+                key,
+                from_peer,
+            }) => {
                 cancel_request(&shared, pid, key, from_peer).await;
                 return;
             }
-            frame::PROTOCOL_3
+            Ok(Startup::Startup { .. }) | Err(StartupError::Params(_))
                 if shared.cfg.tls.as_ref().is_some_and(|t| t.require) && !client.is_tls() =>
             {
-                frame::send_fatal(
+                send_fatal(
                     &mut client,
                     "28000",
                     "pgredact: this server requires TLS; connect with sslmode=require (or verify-full)",
@@ -181,21 +187,26 @@ async fn handle_in_span(shared: Arc<Shared>, tcp: TcpStream, admitted: bool) {
                 .await;
                 return;
             }
-            frame::PROTOCOL_3 => break pkt,
-            _ => {
-                frame::send_fatal(
-                    &mut client,
-                    "08P01",
-                    &format!("pgredact: unsupported frontend protocol or request code {code}"),
-                    None,
-                )
-                .await;
+            Ok(Startup::Startup { params }) => break (pkt, Ok(params)),
+            Err(StartupError::Params(e)) => break (pkt, Err(e)),
+            Err(StartupError::Malformed(e)) => {
+                send_fatal(&mut client, "08P01", &format!("pgredact: {e}"), None).await;
                 return;
             }
-        }
+            Ok(other) => other.code(),
+            Err(StartupError::Unsupported(code)) => code,
+        };
+        send_fatal(
+            &mut client,
+            "08P01",
+            &format!("pgredact: unsupported frontend protocol or request code {code}"),
+            None,
+        )
+        .await;
+        return;
     };
     if !admitted {
-        frame::send_fatal(
+        send_fatal(
             &mut client,
             "53300",
             &format!(
@@ -207,16 +218,16 @@ async fn handle_in_span(shared: Arc<Shared>, tcp: TcpStream, admitted: bool) {
         .await;
         return;
     }
-    let params = match frame::startup_params(&pkt) {
+    let params = match params {
         Ok(p) => p,
         Err(e) => {
-            frame::send_fatal(&mut client, "08P01", &format!("pgredact: {e}"), None).await;
+            send_fatal(&mut client, "08P01", &format!("pgredact: {e}"), None).await;
             return;
         }
     };
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let Some(user) = get("user") else {
-        frame::send_fatal(
+        send_fatal(
             &mut client,
             "28000",
             "pgredact: no user name in the startup packet",
@@ -238,7 +249,7 @@ async fn handle_in_span(shared: Arc<Shared>, tcp: TcpStream, admitted: bool) {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::warn!("{e}");
-            frame::send_fatal(&mut client, "08006", &format!("pgredact: {e}"), None).await;
+            send_fatal(&mut client, "08006", &format!("pgredact: {e}"), None).await;
             return;
         }
         Err(i) => {
@@ -420,7 +431,7 @@ async fn relay<C: SplitStream, S: SplitStream>(
         if !sbuf.is_empty() && c.write_all(&sbuf).await.is_err() {
             return;
         }
-        let tx_status = ready.get(5).copied().unwrap_or(b'I');
+        let tx_status = ReadyForQuery::decode(&ready).map_or(b'I', |z| z.status);
         unmasked_relay(&s, c, srv, cbuf, tx_status, &sbuf).await;
     } else {
         // The audit log of masked sessions: a record at start and at end, one per statement.
@@ -498,7 +509,7 @@ async fn unmasked_relay<C: SplitStream, S: SplitStream>(
     let life = &shared.life;
     let (mut crd, mut cwr) = c.split_owned();
     let (mut srd, mut swr) = srv.split_owned();
-    let mut strack = frame::MessageTracker::default();
+    let mut strack = MessageTracker::default();
     let act = Mutex::new(Activity {
         asked: 0,
         answered: 0,
@@ -540,7 +551,7 @@ async fn unmasked_relay<C: SplitStream, S: SplitStream>(
     let _tracked = proxy_enforced.then(|| db.track_unmasked(user));
     let why = {
         let upward = async {
-            let mut ctrack = frame::MessageTracker::default();
+            let mut ctrack = MessageTracker::default();
             let mut buf = vec![0u8; 64 * 1024];
             // Bytes the client sent along with its authentication (a pipelined first statement)
             // go through the same gate as everything after them.
@@ -804,7 +815,12 @@ async fn cancel_request(shared: &Shared, pid: i32, key: i32, from_peer: bool) {
         crate::metrics::cancel_request("unroutable");
         return;
     };
-    let packet = peers::cancel_packet(peers::PEER_CANCEL_REQUEST, pid, key);
+    let packet = Startup::Cancel {
+        pid,
+        key,
+        from_peer: true,
+    }
+    .to_bytes();
     let timeout = shared
         .life
         .settings
@@ -832,7 +848,12 @@ async fn cancel(shared: &Shared, pid: i32, key: i32) -> bool {
     };
     let addr = shared.upstream_addr();
     if let Ok(Ok(mut s)) = within(shared.connect_deadline(), TcpStream::connect(addr)).await {
-        let p = peers::cancel_packet(frame::CANCEL_REQUEST, upid, ukey);
+        let p = Startup::Cancel {
+            pid: upid,
+            key: ukey,
+            from_peer: false,
+        }
+        .to_bytes();
         let _ = s.write_all(&p).await;
         let _ = s.shutdown().await;
     }
@@ -953,11 +974,8 @@ async fn authenticate(
         };
         match f[0] {
             b'R' => {
-                if f.len() < 9 {
-                    return Err(FrameError::Protocol("short authentication message".into()));
-                }
-                let code = i32::from_be_bytes([f[5], f[6], f[7], f[8]]);
-                if code == 10 {
+                let code = Authentication::decode(&f)?.code;
+                if code == AuthenticationSasl::CODE {
                     if !super::scram::authenticate_sasl(shared, database, user, client, server, &f)
                         .await?
                     {
@@ -987,16 +1005,14 @@ async fn authenticate(
                 }
             }
             b'K' => {
-                if f.len() != 13 {
-                    return Err(FrameError::Protocol("bad BackendKeyData".into()));
-                }
-                let upid = i32::from_be_bytes([f[5], f[6], f[7], f[8]]);
-                let ukey = i32::from_be_bytes([f[9], f[10], f[11], f[12]]);
-                client_key = new_cancel_key(shared, (upid, ukey));
+                let upstream = BackendKeyData::decode(&f)?;
+                client_key = new_cancel_key(shared, (upstream.pid, upstream.key));
                 let mut out = BytesMut::with_capacity(13);
-                out.extend_from_slice(&f[..5]);
-                out.extend_from_slice(&client_key.0.to_be_bytes());
-                out.extend_from_slice(&client_key.1.to_be_bytes());
+                BackendKeyData {
+                    pid: client_key.0,
+                    key: client_key.1,
+                }
+                .encode(&mut out);
                 write_raw(client, &out).await?;
             }
             b'Z' => {
@@ -1252,7 +1268,7 @@ async fn session_setup<S: AsyncRead + AsyncWrite + Unpin>(
     srv: &mut FrameReader<S>,
 ) -> Result<Vec<String>, String> {
     let mut q = BytesMut::new();
-    frame::encode_query(
+    Query::put(
         &mut q,
         "SELECT pg_catalog.unnest(pg_catalog.current_schemas(true))::pg_catalog.text",
     );
@@ -1270,12 +1286,10 @@ async fn session_setup<S: AsyncRead + AsyncWrite + Unpin>(
             .ok_or("connection closed")?;
         match f[0] {
             b'D' => {
-                // DataRow with one column: i16 count, i32 len, bytes.
-                let b = &f[5..];
-                if b.len() >= 6 {
-                    let len = i32::from_be_bytes([b[2], b[3], b[4], b[5]]);
-                    if len >= 0 && b.len() >= 6 + len as usize {
-                        out.push(String::from_utf8_lossy(&b[6..6 + len as usize]).into_owned());
+                // One column: a schema name.
+                if let Ok(row) = DataRow::decode(&f) {
+                    if let Some(Some(v)) = row.columns.first() {
+                        out.push(String::from_utf8_lossy(v).into_owned());
                     }
                 }
             }
@@ -1362,7 +1376,7 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
         out.clear();
         let tag = f[0];
         let res: Result<(), FrameError> = match tag {
-            b'Q' => match frame::decode_query(&f).map(|sql| {
+            b'Q' => match Query::decode(&f).map(|Query { sql }| {
                 let change = path_change(&sql, &cx.path);
                 (sql, change)
             }) {
@@ -1407,7 +1421,7 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
                             }
                             crate::metrics::refused(&r);
                             unit.refusals.push_back(r);
-                            frame::encode_query(&mut out, SENTINEL);
+                            Query::put(&mut out, SENTINEL);
                         }
                         Err(r) => {
                             if auditing {
@@ -1415,7 +1429,7 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
                             }
                             crate::metrics::refused(&r);
                             unit.refusals.push_back(r);
-                            frame::encode_query(&mut out, SENTINEL);
+                            Query::put(&mut out, SENTINEL);
                         }
                     }
                     unit.closed = true;
@@ -1437,11 +1451,11 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
                         Decision::Pass => out.extend_from_slice(&f),
                         Decision::Rewrite(s) => {
                             unit.rewritten = true;
-                            frame::encode_query(&mut out, s);
+                            Query::put(&mut out, s);
                         }
                         Decision::Refuse(r) => {
                             unit.refusals.push_back(r.clone());
-                            frame::encode_query(&mut out, SENTINEL);
+                            Query::put(&mut out, SENTINEL);
                         }
                     }
                     unit.closed = true;
@@ -1449,7 +1463,7 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
                 }
                 Err(e) => Err(e),
             },
-            b'P' => match frame::decode_parse(&f) {
+            b'P' => match Parse::decode(&f) {
                 Ok(mut pm) => {
                     let t0 = crd.filled_at();
                     let d = cx.decide(&pm.query, t0).await;
@@ -1481,12 +1495,12 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
                         Decision::Rewrite(s) => {
                             unit.rewritten = true;
                             pm.query = s.clone();
-                            frame::encode_parse(&mut out, &pm);
+                            pm.encode(&mut out);
                         }
                         Decision::Refuse(r) => {
                             unit.refusals.push_back(r.clone());
                             pm.query = SENTINEL.to_string();
-                            frame::encode_parse(&mut out, &pm);
+                            pm.encode(&mut out);
                         }
                     }
                     Ok(())
@@ -1508,7 +1522,7 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
                 crate::metrics::refused(&r);
                 unit.refusals.push_back(r);
                 unit.closed = true;
-                frame::encode_query(&mut out, SENTINEL);
+                Query::put(&mut out, SENTINEL);
                 Ok(())
             }
             b'S' => {
@@ -1523,8 +1537,10 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
                 // would be decided as now.
                 let t0 = crd.filled_at();
                 let mut refusal = None;
-                match bind_statement(&f) {
-                    Ok(name) => {
+                match Bind::decode(&f) {
+                    Ok(Bind {
+                        statement: name, ..
+                    }) => {
                         if let Err(r) = check_statement(&pending, &name, &cx, t0, true).await {
                             crate::metrics::refused(&r);
                             refusal = Some(r);
@@ -1549,14 +1565,12 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
                         match refusal {
                             Some(r) => {
                                 unit.refusals.push_back(r);
-                                frame::encode_parse(
-                                    &mut out,
-                                    &frame::ParseMsg {
-                                        name: String::new(),
-                                        query: SENTINEL.to_string(),
-                                        param_types: Vec::new(),
-                                    },
-                                );
+                                Parse {
+                                    name: String::new(),
+                                    query: SENTINEL.to_string(),
+                                    param_types: Vec::new(),
+                                }
+                                .encode(&mut out);
                             }
                             None => out.extend_from_slice(&f),
                         }
@@ -1568,7 +1582,7 @@ async fn client_to_server<CR: tokio::io::AsyncRead + Unpin, SW: tokio::io::Async
             b'C' => {
                 let mut p = lock(&pending);
                 let unit = p.open();
-                if let Ok(Some(name)) = close_statement(&f) {
+                if let Ok(Close::Statement { name, .. }) = Close::decode(&f) {
                     unit.effects.push(StmtEffect::Remove(name));
                 }
                 out.extend_from_slice(&f);
@@ -1713,22 +1727,6 @@ async fn statement_effects(
         }
     }
     (d, effects)
-}
-
-/// The statement name of a Bind message.
-fn bind_statement(f: &[u8]) -> Result<String, FrameError> {
-    let mut b = frame::body(f);
-    let _portal = frame::take_cstr(&mut b)?;
-    frame::take_cstr(&mut b)
-}
-
-/// The statement name of a Close message for a statement (None for a portal).
-fn close_statement(f: &[u8]) -> Result<Option<String>, FrameError> {
-    let b = frame::body(f);
-    match b.split_first() {
-        Some((b'S', mut rest)) => frame::take_cstr(&mut rest).map(Some),
-        _ => Ok(None),
-    }
 }
 
 /// How `sql` changes the session's search path (see [`search_path_change`]), except a return to
@@ -1998,8 +1996,8 @@ async fn server_to_client<SR: tokio::io::AsyncRead + Unpin, CW: tokio::io::Async
                         log = u.audit.take();
                         p.finish(u);
                     }
-                    if let Some(&status) = f.get(5) {
-                        p.tx_status = status;
+                    if let Ok(z) = ReadyForQuery::decode(&f) {
+                        p.tx_status = z.status;
                     }
                     p.last_event = Instant::now();
                 }
@@ -2011,10 +2009,11 @@ async fn server_to_client<SR: tokio::io::AsyncRead + Unpin, CW: tokio::io::Async
             }
             b'S' => {
                 // ParameterStatus: the rewriter's reading of SQL depends on these two.
-                let mut b = frame::body(&f);
-                if let (Ok(k), Ok(v)) = (frame::take_cstr(&mut b), frame::take_cstr(&mut b)) {
-                    let v = v.to_ascii_lowercase();
-                    match k.as_str() {
+                // One that does not decode (PostgreSQL sends none) is relayed and changes
+                // nothing. Before wire/, bytes after the value were not looked at.
+                if let Ok(ParameterStatus { name, value }) = ParameterStatus::decode(&f) {
+                    let v = value.to_ascii_lowercase();
+                    match name.as_str() {
                         "client_encoding" if v != "utf8" => {
                             reading_safe.store(false, Ordering::Relaxed)
                         }

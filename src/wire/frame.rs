@@ -1,18 +1,13 @@
-//! PostgreSQL protocol framing: we split frames ourselves (tag + bounded length), decode only the
-//! few messages we act on, and build the few we send. Everything else is relayed as raw bytes.
+//! PostgreSQL protocol framing: we split frames ourselves (tag + bounded length) and hand the
+//! message decoders only an isolated frame; the unmasked relay only follows message boundaries.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Largest regular message we accept (PostgreSQL's own limit for most messages is 1 GiB).
 pub const MAX_MESSAGE: usize = 256 * 1024 * 1024;
 /// Largest startup packet (PostgreSQL: 10,000 bytes).
 pub const MAX_STARTUP: usize = 10_000;
-
-pub const SSL_REQUEST: i32 = 80877103;
-pub const GSSENC_REQUEST: i32 = 80877104;
-pub const CANCEL_REQUEST: i32 = 80877102;
-pub const PROTOCOL_3: i32 = 196608;
 
 #[derive(Debug)]
 pub enum FrameError {
@@ -271,222 +266,21 @@ pub async fn read_startup<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Byte
     Ok(Some(buf.freeze()))
 }
 
-/// Startup message parameters (after the protocol code).
-pub fn startup_params(pkt: &[u8]) -> Result<Vec<(String, String)>, FrameError> {
-    let mut body = &pkt[8..];
-    let mut out = Vec::new();
-    loop {
-        let k = take_cstr(&mut body)?;
-        if k.is_empty() {
-            break;
-        }
-        let v = take_cstr(&mut body)?;
-        out.push((k, v));
-    }
-    if !body.is_empty() {
-        return Err(FrameError::Protocol(
-            "trailing bytes after startup parameters".into(),
-        ));
-    }
-    Ok(out)
-}
-
-/// A protocol 3.0 StartupMessage with these parameters.
-pub fn encode_startup(params: &[(String, String)]) -> Bytes {
-    let mut b = BytesMut::new();
-    b.put_i32(0);
-    b.put_i32(PROTOCOL_3);
-    for (k, v) in params {
-        b.put_slice(k.as_bytes());
-        b.put_u8(0);
-        b.put_slice(v.as_bytes());
-        b.put_u8(0);
-    }
-    b.put_u8(0);
-    let n = b.len() as i32;
-    b[..4].copy_from_slice(&n.to_be_bytes());
-    b.freeze()
-}
-
-/// Takes a NUL-terminated UTF-8 string from the front of `b`.
-pub fn take_cstr(b: &mut &[u8]) -> Result<String, FrameError> {
-    let pos = b
-        .iter()
-        .position(|c| *c == 0)
-        .ok_or_else(|| FrameError::Protocol("missing string terminator".into()))?;
-    let s = std::str::from_utf8(&b[..pos])
-        .map_err(|_| FrameError::Protocol("string is not valid UTF-8".into()))?
-        .to_string();
-    *b = &b[pos + 1..];
-    Ok(s)
-}
-
-/// Body of a frame (after tag and length).
-pub fn body(frame: &[u8]) -> &[u8] {
-    &frame[5..]
-}
-
-/// Decodes Query: exactly one string, nothing after it.
-pub fn decode_query(frame: &[u8]) -> Result<String, FrameError> {
-    let mut b = body(frame);
-    let s = take_cstr(&mut b)?;
-    if !b.is_empty() {
-        return Err(FrameError::Protocol(
-            "trailing bytes in Query message".into(),
-        ));
-    }
-    Ok(s)
-}
-
-/// A decoded Parse message.
-pub struct ParseMsg {
-    pub name: String,
-    pub query: String,
-    pub param_types: Vec<u32>,
-}
-
-pub fn decode_parse(frame: &[u8]) -> Result<ParseMsg, FrameError> {
-    let mut b = body(frame);
-    let name = take_cstr(&mut b)?;
-    let query = take_cstr(&mut b)?;
-    if b.len() < 2 {
-        return Err(FrameError::Protocol("Parse message too short".into()));
-    }
-    let n = b.get_i16();
-    if n < 0 || b.len() != n as usize * 4 {
-        return Err(FrameError::Protocol(
-            "bad parameter count in Parse message".into(),
-        ));
-    }
-    let param_types = (0..n).map(|_| b.get_u32()).collect();
-    Ok(ParseMsg {
-        name,
-        query,
-        param_types,
-    })
-}
-
-fn put_cstr(out: &mut BytesMut, s: &str) {
-    out.put_slice(s.as_bytes());
-    out.put_u8(0);
-}
-
-fn finish(out: &mut BytesMut, start: usize) {
-    let len = (out.len() - start - 1) as i32;
-    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
-}
-
-pub fn encode_query(out: &mut BytesMut, sql: &str) {
-    let start = out.len();
-    out.put_u8(b'Q');
-    out.put_i32(0);
-    put_cstr(out, sql);
-    finish(out, start);
-}
-
-pub fn encode_parse(out: &mut BytesMut, p: &ParseMsg) {
-    let start = out.len();
-    out.put_u8(b'P');
-    out.put_i32(0);
-    put_cstr(out, &p.name);
-    put_cstr(out, &p.query);
-    out.put_i16(p.param_types.len() as i16);
-    for t in &p.param_types {
-        out.put_u32(*t);
-    }
-    finish(out, start);
-}
-
-/// An ErrorResponse/NoticeResponse as a list of (field code, value).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ErrorFields(pub Vec<(u8, String)>);
-
-impl ErrorFields {
-    pub fn new(severity: &str, code: &str, message: &str) -> Self {
-        ErrorFields(vec![
-            (b'S', severity.into()),
-            (b'V', severity.into()),
-            (b'C', code.into()),
-            (b'M', message.into()),
-        ])
-    }
-    pub fn with(mut self, field: u8, v: Option<&str>) -> Self {
-        if let Some(v) = v {
-            self.0.push((field, v.into()));
-        }
-        self
-    }
-    pub fn get(&self, field: u8) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(f, _)| *f == field)
-            .map(|(_, v)| v.as_str())
-    }
-    pub fn decode(frame: &[u8]) -> Result<Self, FrameError> {
-        let mut b = body(frame);
-        let mut v = Vec::new();
-        loop {
-            if b.is_empty() {
-                return Err(FrameError::Protocol("unterminated error fields".into()));
-            }
-            let code = b[0];
-            b = &b[1..];
-            if code == 0 {
-                break;
-            }
-            // Lossy: server text may be in a non-UTF-8 encoding.
-            let pos = b
-                .iter()
-                .position(|c| *c == 0)
-                .ok_or_else(|| FrameError::Protocol("missing string terminator".into()))?;
-            v.push((code, String::from_utf8_lossy(&b[..pos]).into_owned()));
-            b = &b[pos + 1..];
-        }
-        Ok(ErrorFields(v))
-    }
-    pub fn encode(&self, tag: u8, out: &mut BytesMut) {
-        let start = out.len();
-        out.put_u8(tag);
-        out.put_i32(0);
-        for (f, s) in &self.0 {
-            out.put_u8(*f);
-            put_cstr(out, s);
-        }
-        out.put_u8(0);
-        finish(out, start);
-    }
-}
-
-/// Writes a FATAL error to a client during startup (best effort).
-pub async fn send_fatal<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    code: &str,
-    msg: &str,
-    hint: Option<&str>,
-) {
-    let mut out = BytesMut::new();
-    ErrorFields::new("FATAL", code, msg)
-        .with(b'H', hint)
-        .encode(b'E', &mut out);
-    let _ = w.write_all(&out).await;
-    let _ = w.flush().await;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::frontend::Query;
+    use tokio::io::AsyncWriteExt;
 
     fn encode_ready(out: &mut BytesMut, status: u8) {
-        out.put_u8(b'Z');
-        out.put_i32(5);
-        out.put_u8(status);
+        crate::wire::backend::ReadyForQuery { status }.encode(out);
     }
 
     #[tokio::test]
     async fn frames_split_under_partial_reads_and_pipelining() {
         let mut all = BytesMut::new();
-        encode_query(&mut all, "SELECT 1");
-        encode_query(&mut all, "SELECT 2");
+        Query::put(&mut all, "SELECT 1");
+        Query::put(&mut all, "SELECT 2");
         let (mut a, b) = tokio::io::duplex(3);
         let data = all.clone();
         tokio::spawn(async move {
@@ -497,45 +291,9 @@ mod tests {
         let mut r = FrameReader::new(b);
         let f1 = r.next().await.unwrap().unwrap();
         let f2 = r.next().await.unwrap().unwrap();
-        assert_eq!(decode_query(&f1).unwrap(), "SELECT 1");
-        assert_eq!(decode_query(&f2).unwrap(), "SELECT 2");
+        assert_eq!(Query::decode(&f1).unwrap().sql, "SELECT 1");
+        assert_eq!(Query::decode(&f2).unwrap().sql, "SELECT 2");
         assert!(r.next().await.unwrap().is_none());
-    }
-
-    #[test]
-    fn startup_round_trip() {
-        let p = vec![
-            ("user".to_string(), "support".to_string()),
-            ("enable_indexonlyscan".to_string(), "off".to_string()),
-        ];
-        let pkt = encode_startup(&p);
-        assert_eq!(
-            i32::from_be_bytes([pkt[0], pkt[1], pkt[2], pkt[3]]) as usize,
-            pkt.len()
-        );
-        assert_eq!(
-            i32::from_be_bytes([pkt[4], pkt[5], pkt[6], pkt[7]]),
-            PROTOCOL_3
-        );
-        assert_eq!(startup_params(&pkt).unwrap(), p);
-    }
-
-    #[test]
-    fn malformed_query_is_rejected_not_overread() {
-        // Query missing its NUL, followed by another message: must not swallow it.
-        let mut f = BytesMut::new();
-        f.put_u8(b'Q');
-        f.put_i32(4 + 3);
-        f.put_slice(b"abc");
-        assert!(decode_query(&f).is_err());
-        let mut g = BytesMut::new();
-        encode_query(&mut g, "x");
-        g.put_u8(b'!');
-        let mut h = BytesMut::new();
-        h.put_u8(b'Q');
-        h.put_i32(4 + 3);
-        h.put_slice(b"x\0!");
-        assert!(decode_query(&h).is_err(), "trailing bytes");
     }
 
     #[test]
@@ -551,36 +309,12 @@ mod tests {
         assert!(r.try_frame().is_err());
     }
 
-    #[test]
-    fn parse_roundtrip() {
-        let p = ParseMsg {
-            name: "s1".into(),
-            query: "SELECT $1".into(),
-            param_types: vec![23],
-        };
-        let mut out = BytesMut::new();
-        encode_parse(&mut out, &p);
-        let d = decode_parse(&out).unwrap();
-        assert_eq!(
-            (d.name, d.query, d.param_types),
-            ("s1".into(), "SELECT $1".into(), vec![23])
-        );
-    }
-
-    #[test]
-    fn error_roundtrip() {
-        let e = ErrorFields::new("ERROR", "42501", "no").with(b'H', Some("h"));
-        let mut out = BytesMut::new();
-        e.encode(b'E', &mut out);
-        assert_eq!(ErrorFields::decode(&out).unwrap(), e);
-    }
-
     /// Every split of a stream into chunks reports the same messages, and boundaries are seen
     /// exactly where messages end.
     #[test]
     fn tracker_follows_messages_across_any_split() {
         let mut all = BytesMut::new();
-        encode_query(&mut all, "SELECT 1");
+        Query::put(&mut all, "SELECT 1");
         all.put_u8(b'1'); // ParseComplete: empty body
         all.put_i32(4);
         encode_ready(&mut all, b'T');
