@@ -5,12 +5,12 @@
 // Helpers shared by tests added step by step.
 #![allow(dead_code)]
 
-mod common;
+mod support;
 
-use common::{default_demo_cluster, DEMO_DB};
 use pgredact::config::Config;
 use pgredact::pgcluster::Cluster;
 use std::path::Path;
+use support::{default_demo_cluster, DEMO_DB};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const HASH_KEY_ENV: &str = "PGREDACT_TEST_API_HASH_KEY";

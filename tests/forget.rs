@@ -1,14 +1,14 @@
 //! Right to be forgotten, end to end against real PostgreSQL clusters (pgcluster + demo data):
 //! CLI and HTTP interfaces, plan and blockers, batches, resume, concurrency, suppression.
 
-mod common;
+mod support;
 
-use common::{default_demo_cluster, DEMO_DB};
 use pgredact::config::Config;
 use pgredact::forget::{self, Faults, ForgetArgs, Origin, Session, Target, UnforgetArgs};
 use pgredact::pgcluster::Cluster;
 use std::path::Path;
 use std::sync::Arc;
+use support::{default_demo_cluster, DEMO_DB};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const HASH_KEY_ENV: &str = "PGREDACT_TEST_FORGET_HASH_KEY";

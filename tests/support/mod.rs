@@ -1,9 +1,12 @@
 //! The proxy under test: a real PostgreSQL cluster with the demo schema, the real pgredact proxy
 //! in front of it (in-process, on a free port), and helpers to talk to both with real clients.
+//! Also the test kit of the other suites: bare demo clusters (`cluster`), `pgredact serve` as a
+//! process (`serve`), the adversarial fixture (`adv`).
+//! Every test binary includes this with `mod support;`; not every binary uses every helper.
 #![allow(dead_code)]
 
 use pgredact::config::Config;
-use pgredact::pgcluster::{demo_schema_sql, Auth, Cluster, ClusterOptions};
+use pgredact::pgcluster::{Auth, Cluster, ClusterOptions};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
@@ -50,11 +53,7 @@ pub async fn start_with(policy: &str, opts: ClusterOptions, extra_sql: &str, set
     set_env();
     let extra = extra_sql.to_string();
     let cluster = tokio::task::spawn_blocking(move || {
-        let c = Cluster::start(opts).unwrap_or_else(|e| panic!("cluster: {e}"));
-        c.create_database(DB)
-            .unwrap_or_else(|e| panic!("createdb: {e}"));
-        c.superuser_psql(DB, &demo_schema_sql())
-            .unwrap_or_else(|e| panic!("schema: {e}"));
+        let c = demo_cluster(opts);
         if !extra.is_empty() {
             c.superuser_psql(DB, &extra)
                 .unwrap_or_else(|e| panic!("extra sql: {e}"));
@@ -249,6 +248,9 @@ pub async fn rows(c: &Client, sql: &str) -> Result<Vec<String>, tokio_postgres::
         .collect())
 }
 pub mod adv;
+pub mod cluster;
 pub mod masks;
 pub mod serve;
 pub mod wire;
+
+pub use cluster::*;

@@ -1,11 +1,10 @@
-//! Shared helpers for the integration tests: throwaway PostgreSQL clusters with the demo data.
-//! Each test binary includes this with `mod common;`; not every binary uses every helper.
-#![allow(dead_code)]
+//! Throwaway PostgreSQL clusters with the demo data, for the suites that drive pgredact's
+//! library (forget, the admin API) or the clusters themselves rather than the proxy.
 
 use pgredact::pgcluster::{demo_schema_sql, Cluster, ClusterOptions};
 
-/// The database the demo schema is loaded into.
-pub const DEMO_DB: &str = "app";
+/// The database the demo schema is loaded into (the proxy suites' [`super::DB`]).
+pub const DEMO_DB: &str = super::DB;
 
 /// Row counts the demo schema produces.
 pub const DEMO_ROW_COUNTS: [(&str, i64); 4] = [
