@@ -8,8 +8,8 @@ use pgredact::forget::{self, Faults, ForgetArgs, Origin, Session, Target, Unforg
 use pgredact::pgcluster::Cluster;
 use std::path::Path;
 use std::sync::Arc;
+use support::http::{get, http, post, post_as, post_json, wait_job, REMOVE_PII};
 use support::{default_demo_cluster, DEMO_DB};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const HASH_KEY_ENV: &str = "PGREDACT_TEST_FORGET_HASH_KEY";
 const HASH_KEY: &str = "test-forget-key-0123456789";
@@ -400,60 +400,6 @@ impl WithoutIds for ForgetArgs {
     }
 }
 
-/// Minimal HTTP/1.1 client over a raw TCP stream: (status, body).
-async fn http(
-    addr: std::net::SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect admin API");
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).await.expect("write request");
-    s.write_all(body).await.expect("write body");
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).await.expect("read response");
-    let text = String::from_utf8_lossy(&resp).into_owned();
-    let status: u16 = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("bad response {text:?}"));
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    (status, body)
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((len, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
 #[test]
 fn http_api_accepts_jobs_refuses_oversize_and_requires_a_token() {
     let env = demo_env();
@@ -466,98 +412,51 @@ fn http_api_accepts_jobs_refuses_oversize_and_requires_a_token() {
         let addr = listener.local_addr().unwrap();
         pgredact::admin::spawn_worker(state.clone());
         tokio::spawn(async move { axum::serve(listener, pgredact::admin::router(state)).await });
-        let auth = format!("Bearer {TOKEN}");
-        let json = [
-            ("Content-Type", "application/json"),
-            ("Authorization", auth.as_str()),
-        ];
-
-        let (st, body) = http(addr, "GET", "/healthz", &[], b"").await;
-        assert_eq!(st, 200, "{body}");
+        let r = http(addr, "GET", "/healthz", &[], b"").await;
+        assert_eq!(r.status, 200, "{}", r.body);
 
         // No token, wrong token.
-        let (st, body) = http(
+        let r = http(
             addr,
             "POST",
-            "/v1/customers/remove-pii",
+            REMOVE_PII,
             &[("Content-Type", "application/json")],
             br#"{"customer_ids":[1]}"#,
         )
         .await;
-        assert_eq!(st, 401, "{body}");
-        let (st, _) = http(
-            addr,
-            "POST",
-            "/v1/customers/remove-pii",
-            &[
-                ("Content-Type", "application/json"),
-                ("Authorization", "Bearer nope"),
-            ],
-            br#"{"customer_ids":[1]}"#,
-        )
-        .await;
-        assert_eq!(st, 401);
-        let (st, _) = http(addr, "GET", "/v1/jobs/1", &[], b"").await;
-        assert_eq!(st, 401);
+        assert_eq!(r.status, 401, "{}", r.body);
+        let r = post_json(addr, "nope", REMOVE_PII, r#"{"customer_ids":[1]}"#).await;
+        assert_eq!(r.status, 401);
+        let r = http(addr, "GET", "/v1/jobs/1", &[], b"").await;
+        assert_eq!(r.status, 401);
 
         // 50,001 IDs: 413 with a clear message, as JSON and as CSV; nothing queued.
         let ids: Vec<String> = (1..=50_001).map(|i| i.to_string()).collect();
         let big = format!("{{\"customer_ids\":[{}]}}", ids.join(","));
-        let (st, body) = http(
-            addr,
-            "POST",
-            "/v1/customers/remove-pii",
-            &json,
-            big.as_bytes(),
-        )
-        .await;
-        assert_eq!(st, 413, "{body}");
-        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON error body");
+        let r = post_json(addr, TOKEN, REMOVE_PII, &big).await;
+        assert_eq!(r.status, 413, "{}", r.body);
+        let v: serde_json::Value = serde_json::from_str(&r.body).expect("JSON error body");
         let msg = v["error"].as_str().unwrap_or_default();
         assert!(msg.contains("50001") && msg.contains("50000"), "{msg}");
         let csv_big = format!("customer_id\n{}\n", ids.join("\n"));
-        let csv_h = [
-            ("Content-Type", "text/csv"),
-            ("Authorization", auth.as_str()),
-        ];
-        let (st, body) = http(
-            addr,
-            "POST",
-            "/v1/customers/remove-pii",
-            &csv_h,
-            csv_big.as_bytes(),
-        )
-        .await;
-        assert_eq!(st, 413, "{body}");
+        let r = post_as(addr, TOKEN, REMOVE_PII, "text/csv", &csv_big).await;
+        assert_eq!(r.status, 413, "{}", r.body);
         // Exactly 50,000 (with a header line) is not refused for its size.
         let ok_ids = &ids[..50_000];
         let csv_ok = format!("customer_id\n{}\n", ok_ids.join("\n"));
-        let (st, body) = http(
-            addr,
-            "POST",
-            "/v1/customers/remove-pii?database=app",
-            &csv_h,
-            csv_ok.as_bytes(),
-        )
-        .await;
-        assert_eq!(st, 202, "{body}");
-        let big_job: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let path = format!("{REMOVE_PII}?database=app");
+        let r = post_as(addr, TOKEN, &path, "text/csv", &csv_ok).await;
+        assert_eq!(r.status, 202, "{}", r.body);
+        let big_job: serde_json::Value = serde_json::from_str(&r.body).unwrap();
         let big_id = big_job["job_id"].as_i64().expect("job_id");
         assert_eq!(big_job["ids"], 50_000);
         // Malformed input: 400 naming the problem.
-        let (st, body) = http(
-            addr,
-            "POST",
-            "/v1/customers/remove-pii",
-            &json,
-            br#"{"customer_ids":[1, true]}"#,
-        )
-        .await;
-        assert_eq!(st, 400, "{body}");
-        assert!(body.contains("customer_ids[1]"), "{body}");
+        let r = post_json(addr, TOKEN, REMOVE_PII, r#"{"customer_ids":[1, true]}"#).await;
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(r.body.contains("customer_ids[1]"), "{}", r.body);
 
         // Wait for the 50,000-ID job, then check the data.
-        let status = wait_job(addr, &auth, big_id).await;
+        let status = wait_job(addr, TOKEN, big_id).await;
         assert_eq!(status["state"], "done", "{status}");
         assert_eq!(status["ids_forgotten"], 10_000, "{status}");
         assert_eq!(status["ids_unknown"], 40_000, "{status}");
@@ -576,82 +475,45 @@ fn http_api_accepts_jobs_refuses_oversize_and_requires_a_token() {
         );
 
         // A JSON job with strings and ints: everything already forgotten now, reported so.
-        let (st, body) = http(
+        let r = post_json(
             addr,
-            "POST",
-            "/v1/customers/remove-pii",
-            &json,
-            br#"{"customer_ids":[42, "43"], "requester":"crm"}"#,
+            TOKEN,
+            REMOVE_PII,
+            r#"{"customer_ids":[42, "43"], "requester":"crm"}"#,
         )
         .await;
-        assert_eq!(st, 202, "{body}");
-        let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["job_id"]
+        assert_eq!(r.status, 202, "{}", r.body);
+        let id = serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["job_id"]
             .as_i64()
             .unwrap();
-        let status = wait_job(addr, &auth, id).await;
+        let status = wait_job(addr, TOKEN, id).await;
         assert_eq!(status["state"], "done", "{status}");
         assert_eq!(status["ids_already_forgotten"], 2, "{status}");
         assert_eq!(status["requester"], "crm");
-        let (st, _) = http(
-            addr,
-            "GET",
-            "/v1/jobs/999999",
-            &[("Authorization", auth.as_str())],
-            b"",
-        )
-        .await;
-        assert_eq!(st, 404);
+        assert_eq!(get(addr, TOKEN, "/v1/jobs/999999").await.status, 404);
 
         // Policies are re-read per request: a broken file is logged and the last good policy
         // keeps serving; a policy naming another database is picked up without a restart.
         let pol_dir = env.cfg.policies_dir();
         std::fs::write(pol_dir.join("broken.toml"), "database = [\n").unwrap();
-        let (st, body) = http(
-            addr,
-            "POST",
-            "/v1/customers/remove-pii",
-            &json,
-            br#"{"customer_ids":[44]}"#,
-        )
-        .await;
-        assert_eq!(st, 202, "last good policy still serves: {body}");
+        let r = post_json(addr, TOKEN, REMOVE_PII, r#"{"customer_ids":[44]}"#).await;
+        assert_eq!(r.status, 202, "last good policy still serves: {}", r.body);
         std::fs::remove_file(pol_dir.join("broken.toml")).unwrap();
         std::fs::write(
             pol_dir.join("other.toml"),
             "database = \"otherdb\"\n[tables.\"public.people\"]\nsubject = \"id\"\ncolumns.name = \"null\"\n",
         )
         .unwrap();
-        let (st, body) = http(
-            addr,
-            "GET",
-            "/v1/jobs/1?database=otherdb",
-            &[("Authorization", auth.as_str())],
-            b"",
-        )
-        .await;
+        let r = get(addr, TOKEN, "/v1/jobs/1?database=otherdb").await;
         // The new policy is known (so not "no policy for database"); its database does not exist.
-        assert!(!body.contains("no policy for database"), "{st} {body}");
+        assert!(
+            !r.body.contains("no policy for database"),
+            "{} {}",
+            r.status,
+            r.body
+        );
         std::fs::remove_file(pol_dir.join("other.toml")).unwrap();
     });
-}
-
-async fn wait_job(addr: std::net::SocketAddr, auth: &str, id: i64) -> serde_json::Value {
-    loop {
-        let (st, body) = http(
-            addr,
-            "GET",
-            &format!("/v1/jobs/{id}"),
-            &[("Authorization", auth)],
-            b"",
-        )
-        .await;
-        assert_eq!(st, 200, "{body}");
-        let v: serde_json::Value = serde_json::from_str(&body).expect("job JSON");
-        if matches!(v["state"].as_str(), Some("done" | "failed" | "blocked")) {
-            return v;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
 }
 
 const PII_ID_SCHEMA: &str = r#"
@@ -1250,23 +1112,13 @@ fn partitioned_and_inherited_policy_tables_are_forgotten_and_suppressed() {
     sql(&env, &format!("INSERT INTO customer_notes_archive VALUES ({api_id}, 'api note', 'call', '2020-01-01')"));
     rt().block_on(async {
         let addr = start_admin(&env).await;
-        let auth = format!("Bearer {TOKEN}");
-        let (st, body) = http(
-            addr,
-            "POST",
-            "/v1/customers/remove-pii",
-            &[
-                ("Content-Type", "application/json"),
-                ("Authorization", auth.as_str()),
-            ],
-            format!("{{\"customer_ids\":[{api_id}]}}").as_bytes(),
-        )
-        .await;
-        assert_eq!(st, 202, "{body}");
-        let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["job_id"]
+        let body = format!("{{\"customer_ids\":[{api_id}]}}");
+        let r = post_json(addr, TOKEN, REMOVE_PII, &body).await;
+        assert_eq!(r.status, 202, "{}", r.body);
+        let id = serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["job_id"]
             .as_i64()
             .unwrap();
-        let status = wait_job(addr, &auth, id).await;
+        let status = wait_job(addr, TOKEN, id).await;
         assert_eq!(status["state"], "done", "{status}");
     });
     assert_eq!(pii_left_in_tree(&env, &api_id), "0/0/0/0");
@@ -1641,58 +1493,24 @@ fn failed_jobs_keep_their_ids_and_can_be_retried_from_cli_and_api() {
     sql(&env, "UPDATE public.update_switch SET broken = true");
     rt().block_on(async {
         let addr = start_admin(&env).await;
-        let auth = format!("Bearer {TOKEN}");
-        let (st, body) = http(
-            addr,
-            "POST",
-            "/v1/customers/remove-pii",
-            &[
-                ("Content-Type", "application/json"),
-                ("Authorization", auth.as_str()),
-            ],
-            br#"{"customer_ids":[88]}"#,
-        )
-        .await;
-        assert_eq!(st, 202, "{body}");
-        let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["job_id"]
+        let r = post_json(addr, TOKEN, REMOVE_PII, r#"{"customer_ids":[88]}"#).await;
+        assert_eq!(r.status, 202, "{}", r.body);
+        let id = serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["job_id"]
             .as_i64()
             .unwrap();
-        let status = wait_job(addr, &auth, id).await;
+        let status = wait_job(addr, TOKEN, id).await;
         assert_eq!(status["state"], "failed", "{status}");
         sql(&env, "UPDATE public.update_switch SET broken = false");
         let path = format!("/v1/jobs/{id}/retry");
-        let (st, body) = http(
-            addr,
-            "POST",
-            &path,
-            &[("Authorization", auth.as_str())],
-            b"",
-        )
-        .await;
-        assert_eq!(st, 202, "{body}");
-        let status = wait_job(addr, &auth, id).await;
+        let r = post(addr, TOKEN, &path).await;
+        assert_eq!(r.status, 202, "{}", r.body);
+        let status = wait_job(addr, TOKEN, id).await;
         assert_eq!(status["state"], "done", "{status}");
         assert_eq!(status["ids_forgotten"], 1, "{status}");
-        let (st, body) = http(
-            addr,
-            "POST",
-            &path,
-            &[("Authorization", auth.as_str())],
-            b"",
-        )
-        .await;
-        assert_eq!(st, 409, "{body}");
-        let (st, _) = http(
-            addr,
-            "POST",
-            "/v1/jobs/999/retry",
-            &[("Authorization", auth.as_str())],
-            b"",
-        )
-        .await;
-        assert_eq!(st, 404);
-        let (st, _) = http(addr, "POST", &path, &[], b"").await;
-        assert_eq!(st, 401);
+        let r = post(addr, TOKEN, &path).await;
+        assert_eq!(r.status, 409, "{}", r.body);
+        assert_eq!(post(addr, TOKEN, "/v1/jobs/999/retry").await.status, 404);
+        assert_eq!(http(addr, "POST", &path, &[], b"").await.status, 401);
     });
     assert_eq!(
         sql(
@@ -2247,19 +2065,9 @@ fn a_table_the_control_role_does_not_own_is_a_blocker_before_any_job() {
 fn api_blocks_1234_and_77(env: &Env, want: &str) {
     rt().block_on(async {
         let addr = start_admin(env).await;
-        let auth = format!("Bearer {TOKEN}");
-        let (st, body) = http(
-            addr,
-            "POST",
-            "/v1/customers/remove-pii",
-            &[
-                ("Content-Type", "application/json"),
-                ("Authorization", auth.as_str()),
-            ],
-            br#"{"customer_ids":[1234, 77]}"#,
-        )
-        .await;
-        assert_eq!(st, 422, "{body}");
+        let r = post_json(addr, TOKEN, REMOVE_PII, r#"{"customer_ids":[1234, 77]}"#).await;
+        let body = r.body;
+        assert_eq!(r.status, 422, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
         let blockers = v["blockers"].as_array().expect("blockers array");
         assert!(

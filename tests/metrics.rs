@@ -18,7 +18,7 @@ use support::*;
 const TOKEN_ENV: &str = "PGREDACT_TEST_METRICS_TOKEN";
 const PATIENCE: Duration = Duration::from_secs(120);
 
-use support::serve::http_get as get;
+use support::http::http_get as get;
 
 /// Parses OpenMetrics text as Prometheus would read it: `# TYPE/HELP/UNIT` lines, sample lines
 /// `name{label="value",...} number`, and a final `# EOF`. Panics on anything else; returns

@@ -1,7 +1,7 @@
 //! The proxy under test: a real PostgreSQL cluster with the demo schema, the real pgredact proxy
 //! in front of it (in-process, on a free port), and helpers to talk to both with real clients.
-//! Also the test kit of the other suites: bare demo clusters (`cluster`), `pgredact serve` as a
-//! process (`serve`), the adversarial fixture (`adv`).
+//! Also the test kit of the other suites: bare demo clusters (`cluster`), the admin API's HTTP
+//! client (`http`), `pgredact serve` as a process (`serve`), the adversarial fixture (`adv`).
 //! Every test binary includes this with `mod support;`; not every binary uses every helper.
 #![allow(dead_code)]
 
@@ -249,6 +249,7 @@ pub async fn rows(c: &Client, sql: &str) -> Result<Vec<String>, tokio_postgres::
 }
 pub mod adv;
 pub mod cluster;
+pub mod http;
 pub mod masks;
 pub mod serve;
 pub mod wire;
