@@ -1296,9 +1296,8 @@ async fn policy_tables_that_are_renamed_or_detached_stay_protected() {
                  CREATE TABLE contact_log_eu PARTITION OF contact_log FOR VALUES IN ('eu');
                  INSERT INTO contact_log VALUES (1, 'eu', 'eu.person@example.com');
                  GRANT SELECT ON contact_log, contact_log_eu TO support;";
-    let policy = format!(
-        "{}\n[tables.\"public.contact_log\"]\nsubject = \"customer_id\"\ncolumns.email = \"email\"\n",
-        pgredact::demo::EXAMPLE_POLICY
+    let policy = example_policy_with(
+        "[tables.\"public.contact_log\"]\nsubject = \"customer_id\"\ncolumns.email = \"email\"\n",
     );
     let env = start(&policy, ClusterOptions::default(), extra).await;
     let s = env.proxy("support").await;
@@ -1344,8 +1343,7 @@ async fn policy_tables_that_are_renamed_or_detached_stay_protected() {
             && rec.contains(&"contact_log_eu=public.contact_log".to_string()),
         "{rec:?}"
     );
-    let cfg = pgredact::config::Config::load(&env.dir.join("pgredact.toml")).unwrap();
-    let (listener, shared) = pgredact::proxy::bind(cfg).await.unwrap();
+    let (listener, shared) = pgredact::proxy::bind(env.config()).await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(pgredact::proxy::run(listener, shared));
     let (ok, _, err) = tokio::task::block_in_place(|| {

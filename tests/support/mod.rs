@@ -86,6 +86,22 @@ pub async fn start_with(policy: &str, opts: ClusterOptions, extra_sql: &str, set
     }
 }
 
+/// The demo policy followed by `tables` (TOML for a suite's own tables).
+pub fn example_policy_with(tables: &str) -> String {
+    format!("{}\n{tables}", pgredact::demo::EXAMPLE_POLICY)
+}
+
+/// `start` with the demo policy followed by `tables`, on a cluster with the default options and
+/// `extra_sql` (the suite's own tables and grants).
+pub async fn start_extended(tables: &str, extra_sql: &str) -> Env {
+    start(
+        &example_policy_with(tables),
+        ClusterOptions::default(),
+        extra_sql,
+    )
+    .await
+}
+
 /// Runs the output of `pgredact setup-sql` for database `app` as the superuser.
 pub async fn apply_setup_sql(cluster: &Cluster, cfg: &Config) {
     let sql = pgredact::wall::setup_sql(cfg, Some(DB))
@@ -153,6 +169,27 @@ impl Env {
             .connect(user, Some(password(user)), DB)
             .await
             .unwrap_or_else(|e| panic!("direct connect: {e}"))
+    }
+
+    /// The proxy's configuration, loaded again from its file.
+    pub fn config(&self) -> Config {
+        Config::load(&self.dir.join("pgredact.toml")).expect("config loads")
+    }
+
+    /// Makes the proxy re-read the catalog of database `app` now, as the DDL trigger's NOTIFY
+    /// asks it to.
+    pub async fn refresh_catalog(&self) {
+        let db = self.shared.db(DB).await.unwrap();
+        db.refresh_since(&self.shared, std::time::Instant::now())
+            .await
+            .unwrap();
+    }
+
+    /// Runs `pgredact check` on the proxy's configuration and asserts that it passes; its lines.
+    pub async fn check_passes(&self) -> Vec<String> {
+        let (lines, failed) = pgredact::check::run(&self.config()).await;
+        assert!(!failed, "{lines:#?}");
+        lines
     }
 
     /// Runs psql against the proxy; returns (success, stdout, stderr).
@@ -228,6 +265,15 @@ pub fn assert_refused<T: std::fmt::Debug>(
             assert_eq!(code(&e), "42501", "{what}: {msg}");
             assert!(msg.contains(want), "{what}: message {msg:?} lacks {want:?}");
         }
+    }
+}
+
+/// Reads `sql` right after DDL that protects what it reads: masked (`want`), or refused while
+/// the proxy's catalog catches up; never raw.
+pub async fn masked_or_refused(c: &Client, sql: &str, want: &[&str]) {
+    match rows(c, sql).await {
+        Ok(r) => assert_eq!(r, want),
+        Err(e) => assert_eq!(code(&e), "42501", "{e}"),
     }
 }
 
