@@ -13,6 +13,7 @@ use std::path::Path;
 use support::http::{
     bearer, get, http, http_on, post_as, post_json, read_resp, request, wait_job, REMOVE_PII,
 };
+use support::tls::sh;
 use support::{default_demo_cluster, DEMO_DB};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -243,23 +244,14 @@ fn bursts_are_refused_with_429_and_503_and_retry_after() {
 
 /// A test CA (ca.crt) and a certificate for localhost it signed (cert.pem, key.pem) in `dir`.
 fn make_cert(dir: &Path) {
-    let out = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(
-            "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=pgredact-test-ca \
-              -keyout ca.key -out ca.crt \
-            && openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout key.pem -out cert.csr \
-            && printf 'subjectAltName=DNS:localhost\\nbasicConstraints=CA:FALSE\\n' > ext.cnf \
-            && openssl x509 -req -in cert.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
-              -extfile ext.cnf -out cert.pem",
-        )
-        .current_dir(dir)
-        .output()
-        .expect("sh + openssl (installed by .ci/run)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    sh(
+        dir,
+        "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=pgredact-test-ca \
+          -keyout ca.key -out ca.crt \
+        && openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout key.pem -out cert.csr \
+        && printf 'subjectAltName=DNS:localhost\\nbasicConstraints=CA:FALSE\\n' > ext.cnf \
+        && openssl x509 -req -in cert.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+          -extfile ext.cnf -out cert.pem",
     );
 }
 

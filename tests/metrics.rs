@@ -11,12 +11,12 @@ mod support;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::serve::{Proc, PATIENCE};
 use support::*;
 
 const TOKEN_ENV: &str = "PGREDACT_TEST_METRICS_TOKEN";
-const PATIENCE: Duration = Duration::from_secs(120);
 
 use support::http::http_get as get;
 
@@ -264,14 +264,6 @@ async fn readyz_follows_the_upstream() {
     let (_, after) = scrape(addr).await;
     let s = "pgredact_upstream_errors_total{connection=\"control\"}";
     assert!(val(&after, s) > val(&before, s), "upstream errors counted");
-}
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Runs `pgredact serve` on a free port with `top` (top-level keys) before the suites' usual

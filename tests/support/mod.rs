@@ -1,7 +1,8 @@
 //! The proxy under test: a real PostgreSQL cluster with the demo schema, the real pgredact proxy
 //! in front of it (in-process, on a free port), and helpers to talk to both with real clients.
 //! Also the test kit of the other suites: bare demo clusters (`cluster`), the admin API's HTTP
-//! client (`http`), `pgredact serve` as a process (`serve`), the adversarial fixture (`adv`).
+//! client (`http`), certificates and TLS on the cluster (`tls`), `pgredact serve` as a process
+//! (`serve`), the adversarial fixture (`adv`).
 //! Every test binary includes this with `mod support;`; not every binary uses every helper.
 #![allow(dead_code)]
 
@@ -298,6 +299,7 @@ pub mod cluster;
 pub mod http;
 pub mod masks;
 pub mod serve;
+pub mod tls;
 pub mod wire;
 
 pub use cluster::*;
