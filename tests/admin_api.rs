@@ -8,13 +8,12 @@
 mod support;
 
 use pgredact::config::Config;
-use pgredact::pgcluster::Cluster;
 use std::path::Path;
 use support::http::{
     bearer, get, http, http_on, post_as, post_json, read_resp, request, wait_job, REMOVE_PII,
 };
 use support::tls::sh;
-use support::{default_demo_cluster, DEMO_DB};
+use support::{default_demo_cluster, rt, ConfigEnv, DEMO_DB};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const HASH_KEY_ENV: &str = "PGREDACT_TEST_API_HASH_KEY";
@@ -46,14 +45,6 @@ ALTER TABLE public.customers OWNER TO pgredact;
 ALTER TABLE public.orders OWNER TO pgredact;
 "#;
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
 fn set_env() {
     std::env::set_var(HASH_KEY_ENV, HASH_KEY);
     std::env::set_var(TOKEN_ENV, TOKEN);
@@ -75,30 +66,16 @@ fn config(dir: &Path, port: u16, admin_extra: &str, extra: &str) -> Config {
     Config::load(&path).expect("config loads")
 }
 
-struct Env {
-    cluster: Cluster,
-    cfg: Config,
-    _dir: tempfile::TempDir,
-}
-
-fn demo_env(admin_extra: &str) -> Env {
+fn demo_env(admin_extra: &str) -> ConfigEnv {
     let cluster = default_demo_cluster();
     cluster.superuser_psql(DEMO_DB, SETUP).expect("demo setup");
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = config(dir.path(), cluster.port, admin_extra, "");
-    Env {
+    ConfigEnv {
         cluster,
         cfg,
         _dir: dir,
     }
-}
-
-fn sql(env: &Env, q: &str) -> String {
-    env.cluster
-        .superuser_psql(DEMO_DB, q)
-        .unwrap_or_else(|e| panic!("{q}: {e}"))
-        .trim()
-        .to_string()
 }
 
 /// Starts the admin API (HTTPS when the config has `[tls]`), with its worker when `worker`.
@@ -341,7 +318,7 @@ fn external_ids_are_idempotent_and_deadlines_are_kept_and_judged() {
         assert!(first["deadline"].as_str().is_some(), "{first}");
         // GDPR: 30 days from receipt.
         assert_eq!(
-            sql(&env, &format!("SELECT deadline - created_at FROM pgredact.forget_jobs WHERE id = {id}")),
+            env.sql(&format!("SELECT deadline - created_at FROM pgredact.forget_jobs WHERE id = {id}")),
             "30 days"
         );
         // The same request again (the IDs in another order, one repeated): the same job, 200.
@@ -366,7 +343,7 @@ fn external_ids_are_idempotent_and_deadlines_are_kept_and_judged() {
         assert_eq!(r.status, 409, "{}", r.body);
         assert!(r.json()["error"].as_str().unwrap_or("").contains(&format!("job {id}")));
         assert_eq!(
-            sql(&env, "SELECT count(*) FROM pgredact.forget_jobs WHERE external_id = 'req-1'"),
+            env.sql("SELECT count(*) FROM pgredact.forget_jobs WHERE external_id = 'req-1'"),
             "1"
         );
         // CCPA: 45 days; the fields as query parameters of a CSV request.
@@ -381,7 +358,7 @@ fn external_ids_are_idempotent_and_deadlines_are_kept_and_judged() {
         assert_eq!(r.status, 202, "{}", r.body);
         let ccpa = r.json()["job_id"].as_i64().expect("job_id");
         assert_eq!(
-            sql(&env, &format!("SELECT deadline - created_at FROM pgredact.forget_jobs WHERE id = {ccpa}")),
+            env.sql(&format!("SELECT deadline - created_at FROM pgredact.forget_jobs WHERE id = {ccpa}")),
             "45 days"
         );
         // A deadline already past when the request arrives: recorded, and judged missed.
@@ -417,7 +394,7 @@ fn external_ids_are_idempotent_and_deadlines_are_kept_and_judged() {
         assert_eq!(done["regulation"], "lgpd");
         assert_eq!(wait_job(addr, TOKEN, ccpa).await["deadline_met"], true);
         assert_eq!(
-            sql(&env, "SELECT count(*) FROM pgredact.forget_jobs WHERE external_id IS NULL"),
+            env.sql("SELECT count(*) FROM pgredact.forget_jobs WHERE external_id IS NULL"),
             "0"
         );
     });
@@ -591,13 +568,10 @@ fn receipts_are_signed_and_verified_per_job_and_per_customer() {
         let c = pgredact::admin::receipt::verify(RECEIPT_KEY.as_bytes(), &r.body).expect("valid");
         assert_eq!(c["kind"], "customer");
         assert_eq!(c["job_id"], id);
-        let hash = sql(
-            &env,
-            &format!(
-                "SELECT encode(subject_hash, 'hex') FROM pgredact.forget_list WHERE job_id = {id} \
+        let hash = env.sql(&format!(
+            "SELECT encode(subject_hash, 'hex') FROM pgredact.forget_list WHERE job_id = {id} \
                  AND subject_hash = decode(pgredact.hmac_hex('21'), 'hex')"
-            ),
-        );
+        ));
         assert_eq!(c["subject"]["keyed_hash"], hash.as_str());
         assert_eq!(
             get(addr, TOKEN, "/v1/customers/999/receipt").await.status,
@@ -626,13 +600,12 @@ fn a_queued_customer_reads_pending_from_the_keyed_hash_then_forgotten() {
         assert_eq!(r.status, 202, "{}", r.body);
         let job = r.json()["job_id"].as_i64().expect("job id");
         assert_eq!(
-            sql(&env, "SELECT count(*) FROM pgredact.forget_list"),
+            env.sql("SELECT count(*) FROM pgredact.forget_list"),
             "0"
         );
         // The answer comes from the keyed hashes: the stored raw IDs are overwritten here, and
         // 31 still reads pending while an ID only in the raw list does not.
-        sql(
-            &env,
+        env.sql(
             "UPDATE pgredact.forget_batches SET ids = ARRAY['4242'] WHERE job_id = (SELECT max(id) FROM pgredact.forget_jobs)",
         );
         let s = get(addr, TOKEN, "/v1/customers/31/status").await;
@@ -646,8 +619,7 @@ fn a_queued_customer_reads_pending_from_the_keyed_hash_then_forgotten() {
         let s = get(addr, TOKEN, "/v1/customers/4242/status").await.json();
         assert_eq!(s["state"], "not_forgotten", "{s}");
         // The raw IDs back, and a worker runs the job: forgotten.
-        sql(
-            &env,
+        env.sql(
             "UPDATE pgredact.forget_batches SET ids = ARRAY['31', '32'] WHERE job_id = (SELECT max(id) FROM pgredact.forget_jobs)",
         );
         let state = pgredact::admin::AdminState::from_config(&env.cfg).expect("admin state");
@@ -660,7 +632,7 @@ fn a_queued_customer_reads_pending_from_the_keyed_hash_then_forgotten() {
         assert_eq!(s["job_state"], "done", "{s}");
         // Done jobs keep neither raw IDs nor their hashes.
         assert_eq!(
-            sql(&env, "SELECT count(*) FROM pgredact.forget_batches WHERE ids IS NOT NULL OR id_hashes IS NOT NULL"),
+            env.sql("SELECT count(*) FROM pgredact.forget_batches WHERE ids IS NOT NULL OR id_hashes IS NOT NULL"),
             "0"
         );
     });
@@ -779,9 +751,9 @@ fn check_signature(hook: &Hook) {
 }
 
 /// Polls SQL until it answers `want`.
-async fn wait_sql(env: &Env, q: &str, want: &str) {
+async fn wait_sql(env: &ConfigEnv, q: &str, want: &str) {
     loop {
-        if sql(env, q) == want {
+        if env.sql(q) == want {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -818,7 +790,7 @@ fn completion_callbacks_are_signed_retried_across_a_restart_and_recorded() {
         let job = r.json()["job_id"].as_i64().expect("job id");
         assert_eq!(r.json()["callback_url"], url.as_str());
         // The refused requests created nothing.
-        assert_eq!(sql(&env, "SELECT count(*) FROM pgredact.forget_jobs"), "1");
+        assert_eq!(env.sql("SELECT count(*) FROM pgredact.forget_jobs"), "1");
 
         // First worker: runs the job, delivers once, gets a 500.
         let state = pgredact::admin::AdminState::from_config(&env.cfg).expect("admin state");
@@ -850,7 +822,7 @@ fn completion_callbacks_are_signed_retried_across_a_restart_and_recorded() {
         )
         .await;
         assert_eq!(
-            sql(&env, &format!(
+            env.sql(&format!(
                 "SELECT callback_attempts, callback_last_error, callback_delivered_at IS NULL, callback_next_at > now() \
                  FROM pgredact.forget_jobs WHERE id = {job}"
             )),
@@ -874,7 +846,7 @@ fn completion_callbacks_are_signed_retried_across_a_restart_and_recorded() {
         )
         .await;
         assert_eq!(
-            sql(&env, &format!(
+            env.sql(&format!(
                 "SELECT callback_attempts, callback_last_error IS NULL, callback_next_at IS NULL \
                  FROM pgredact.forget_jobs WHERE id = {job}"
             )),
@@ -893,10 +865,9 @@ fn completion_callbacks_are_signed_retried_across_a_restart_and_recorded() {
 /// Live connections of the admin API to the test database (the pooled ones are named
 /// `pgredact-admin`; forget sessions of earlier versions `pgredact-forget`), and how many of
 /// them started after `since` (a timestamptz literal; all of them without).
-fn api_connections(env: &Env, since: Option<&str>) -> (usize, usize) {
+fn api_connections(env: &ConfigEnv, since: Option<&str>) -> (usize, usize) {
     let since = since.map_or("'infinity'".to_string(), |t| format!("'{t}'"));
-    let out = sql(
-        env,
+    let out = env.sql(
         &format!(
             "SELECT count(*), count(*) FILTER (WHERE backend_start > {since}::timestamptz) FROM pg_stat_activity \
              WHERE datname = 'app' AND application_name IN ('pgredact-admin', 'pgredact-forget')"
@@ -922,7 +893,7 @@ fn api_requests_share_a_few_pooled_connections_per_database() {
         for b in burst {
             assert_eq!(b.await.expect("request task"), 200);
         }
-        let t0 = sql(&env, "SELECT now()");
+        let t0 = env.sql("SELECT now()");
         // Many requests of every kind afterwards: no new connection.
         for i in 0..30 {
             let r = match i % 5 {
@@ -949,8 +920,7 @@ fn api_requests_share_a_few_pooled_connections_per_database() {
         );
         assert_eq!(newer, 0, "connections opened after the warm-up");
         // Connections the server ends are replaced, and requests keep being answered.
-        sql(
-            &env,
+        env.sql(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pgredact-admin'",
         );
         wait_sql(
@@ -975,8 +945,7 @@ fn jobs_are_cancelled_through_the_api_with_a_signed_cancelled_callback() {
         let (hook_addr, mut hooks) = hook_server(vec![200]).await;
         // No worker yet: the job stays queued.
         let addr = start(&env.cfg, false).await;
-        let before = sql(
-            &env,
+        let before = env.sql(
             "SELECT md5(string_agg(c::text, '|' ORDER BY customer_id)) FROM public.customers c",
         );
         let url = format!("http://{hook_addr}/hooks/cancel");
@@ -1016,7 +985,7 @@ fn jobs_are_cancelled_through_the_api_with_a_signed_cancelled_callback() {
         // Its IDs and keyed hashes are gone: the customer reads not forgotten, and no job is
         // named (nothing left links the customer to the cancelled job).
         assert_eq!(
-            sql(&env, &format!("SELECT count(*) FROM pgredact.forget_batches WHERE job_id = {job} AND (ids IS NOT NULL OR id_hashes IS NOT NULL)")),
+            env.sql(&format!("SELECT count(*) FROM pgredact.forget_batches WHERE job_id = {job} AND (ids IS NOT NULL OR id_hashes IS NOT NULL)")),
             "0"
         );
         let s = get(addr, TOKEN, "/v1/customers/61/status").await.json();
@@ -1059,24 +1028,24 @@ fn jobs_are_cancelled_through_the_api_with_a_signed_cancelled_callback() {
 
         // The cancelled job never ran: its customers' rows are as before (63's changed).
         assert_eq!(
-            sql(&env, &format!("SELECT state, started_at IS NULL FROM pgredact.forget_jobs WHERE id = {job}")),
+            env.sql(&format!("SELECT state, started_at IS NULL FROM pgredact.forget_jobs WHERE id = {job}")),
             "cancelled|t"
         );
         assert_eq!(
-            sql(&env, "SELECT count(*) FROM public.customers WHERE customer_id IN (61, 62) AND first_name IS NOT NULL"),
+            env.sql("SELECT count(*) FROM public.customers WHERE customer_id IN (61, 62) AND first_name IS NOT NULL"),
             "2"
         );
         assert_ne!(
-            sql(&env, "SELECT md5(string_agg(c::text, '|' ORDER BY customer_id)) FROM public.customers c"),
+            env.sql("SELECT md5(string_agg(c::text, '|' ORDER BY customer_id)) FROM public.customers c"),
             before
         );
         assert_eq!(
-            sql(&env, "SELECT count(*) FROM pgredact.forget_list"),
+            env.sql("SELECT count(*) FROM pgredact.forget_list"),
             "1"
         );
         // The audit trail has the cancel record and verifies.
         assert_eq!(
-            sql(&env, &format!("SELECT record->>'cancelled_by', record->>'reason' FROM pgredact.forget_audit WHERE operation = 'cancel' AND job_id = {job}")),
+            env.sql(&format!("SELECT record->>'cancelled_by', record->>'reason' FROM pgredact.forget_audit WHERE operation = 'cancel' AND job_id = {job}")),
             "dpo@example.com|request withdrawn"
         );
         let ok = pgredact::forget::run_cli(
