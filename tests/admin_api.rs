@@ -13,7 +13,7 @@ use support::http::{
     bearer, get, http, http_on, post_as, post_json, read_resp, request, wait_job, REMOVE_PII,
 };
 use support::tls::sh;
-use support::{default_demo_cluster, rt, ConfigEnv, DEMO_DB};
+use support::{default_demo_cluster, rt, write_policy, ConfigEnv, DEMO_DB};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const HASH_KEY_ENV: &str = "PGREDACT_TEST_API_HASH_KEY";
@@ -55,8 +55,7 @@ fn set_env() {
 /// A config in `dir` for PostgreSQL on `port`, with more `[admin]` settings and more TOML.
 fn config(dir: &Path, port: u16, admin_extra: &str, extra: &str) -> Config {
     set_env();
-    std::fs::create_dir_all(dir.join("policies")).expect("mkdir policies");
-    std::fs::write(dir.join("policies/app.toml"), POLICY).expect("write policy");
+    write_policy(dir, POLICY);
     let toml = format!(
         "listen = \"127.0.0.1:0\"\npolicies = \"policies\"\n\n[upstream]\nhost = \"127.0.0.1\"\nport = {port}\nuser = \"pgredact\"\n\n\
          [admin]\nlisten = \"127.0.0.1:0\"\ntoken_env = \"{TOKEN_ENV}\"\nreceipt_key_env = \"{RECEIPT_KEY_ENV}\"\n{admin_extra}\n\n[secrets]\nhash_key_env = \"{HASH_KEY_ENV}\"\n{extra}"

@@ -9,7 +9,7 @@ use pgredact::pgcluster::Cluster;
 use std::path::Path;
 use std::sync::Arc;
 use support::http::{get, http, post, post_as, post_json, wait_job, REMOVE_PII};
-use support::{default_demo_cluster, rt, ConfigEnv, DEMO_DB};
+use support::{default_demo_cluster, rt, write_policy, ConfigEnv, DEMO_DB};
 
 const HASH_KEY_ENV: &str = "PGREDACT_TEST_FORGET_HASH_KEY";
 const HASH_KEY: &str = "test-forget-key-0123456789";
@@ -72,8 +72,7 @@ fn write_config(cluster: &Cluster, policy: &str) -> (Config, tempfile::TempDir) 
 /// [`write_config`] with more TOML at the end (e.g. a `[forget]` section).
 fn write_config_extra(cluster: &Cluster, policy: &str, extra: &str) -> (Config, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::create_dir(dir.path().join("policies")).expect("mkdir policies");
-    std::fs::write(dir.path().join("policies/app.toml"), policy).expect("write policy");
+    write_policy(dir.path(), policy);
     let toml = format!(
         "listen = \"127.0.0.1:0\"\npolicies = \"policies\"\n\n[upstream]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"pgredact\"\n\n\
          [admin]\nlisten = \"127.0.0.1:0\"\ntoken_env = \"{TOKEN_ENV}\"\n\n[secrets]\nhash_key_env = \"{HASH_KEY_ENV}\"\n{extra}",

@@ -269,12 +269,7 @@ async fn readyz_follows_the_upstream() {
 /// Runs `pgredact serve` on a free port with `top` (top-level keys) before the suites' usual
 /// config and `sections` before its `[upstream]`; waits until a masked login works.
 async fn serve(env: &Env, dir: &Path, top: &str, sections: &str) -> (Proc, u16, PathBuf) {
-    std::fs::create_dir_all(dir.join("policies")).expect("mkdir");
-    std::fs::write(
-        dir.join("policies/app.toml"),
-        pgredact::demo::EXAMPLE_POLICY,
-    )
-    .expect("policy");
+    write_policy(dir, pgredact::demo::EXAMPLE_POLICY);
     let port = pgredact::pgcluster::free_port();
     let base = config_text(&format!("127.0.0.1:{port}"), env.cluster.port);
     let text = format!(

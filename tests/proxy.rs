@@ -1053,12 +1053,7 @@ async fn under_proxy_enforcement_revoking_membership_ends_an_open_unmasked_sessi
 async fn tls_is_terminated_at_the_proxy_and_can_be_required() {
     let env = start_default().await;
     let dir = env.dir.join("tls");
-    std::fs::create_dir_all(dir.join("policies")).unwrap();
-    std::fs::write(
-        dir.join("policies/app.toml"),
-        pgredact::demo::EXAMPLE_POLICY,
-    )
-    .unwrap();
+    write_policy(&dir, pgredact::demo::EXAMPLE_POLICY);
     let gen = std::process::Command::new("openssl")
         .args([
             "req",
@@ -1159,12 +1154,7 @@ async fn tls_towards_postgresql_with_verify_full() {
     )
     .await;
     let dir = env.dir.join("up");
-    std::fs::create_dir_all(dir.join("policies")).unwrap();
-    std::fs::write(
-        dir.join("policies/app.toml"),
-        pgredact::demo::EXAMPLE_POLICY,
-    )
-    .unwrap();
+    write_policy(&dir, pgredact::demo::EXAMPLE_POLICY);
     // A CA, and a server certificate for 127.0.0.1 signed by it.
     sh(
         &dir,

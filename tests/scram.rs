@@ -133,12 +133,7 @@ async fn scram_with_tls_on_both_legs_and_channel_binding() {
     )
     .await;
     let dir = env.dir.join("scram");
-    std::fs::create_dir_all(dir.join("policies")).unwrap();
-    std::fs::write(
-        dir.join("policies/app.toml"),
-        pgredact::demo::EXAMPLE_POLICY,
-    )
-    .unwrap();
+    write_policy(&dir, pgredact::demo::EXAMPLE_POLICY);
     // One CA; PostgreSQL's certificate signed with SHA-512 and pgredact's with SHA-384, so the
     // channel-binding hash follows each certificate's signature algorithm (RFC 5929).
     sh(

@@ -9,7 +9,7 @@
 use pgredact::config::Config;
 use pgredact::pgcluster::{Auth, Cluster, ClusterOptions};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use tokio_postgres::{Client, NoTls};
 
@@ -43,6 +43,12 @@ pub fn config_text(listen: &str, upstream_port: u16) -> String {
     )
 }
 
+/// Writes `policy` as `policies/app.toml` in `dir` (the `policies` of the suites' configs).
+pub fn write_policy(dir: &Path, policy: &str) {
+    std::fs::create_dir_all(dir.join("policies")).expect("mkdir policies");
+    std::fs::write(dir.join("policies/app.toml"), policy).expect("write policy");
+}
+
 /// Starts a cluster with the demo schema (plus `extra_sql` as superuser), applies the output of
 /// `pgredact setup-sql` as a DBA would, and starts the proxy with `policy`.
 pub async fn start(policy: &str, opts: ClusterOptions, extra_sql: &str) -> Env {
@@ -68,8 +74,7 @@ pub async fn start_with(policy: &str, opts: ClusterOptions, extra_sql: &str, set
         std::process::id(),
         rand_suffix()
     ));
-    std::fs::create_dir_all(dir.join("policies")).expect("mkdir");
-    std::fs::write(dir.join("policies/app.toml"), policy).expect("policy");
+    write_policy(&dir, policy);
     let cfg_path = dir.join("pgredact.toml");
     std::fs::write(&cfg_path, config_text("127.0.0.1:0", cluster.port)).expect("config");
     let cfg = Config::load(&cfg_path).expect("config loads");

@@ -1,7 +1,7 @@
 //! `pgredact serve` as a real process: its configuration, start, signals, log and exit.
 #![allow(dead_code)]
 
-use super::{config_text, password};
+use super::{config_text, password, write_policy};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -26,12 +26,7 @@ pub fn write_config(
     top: &str,
     upstream: &str,
 ) -> PathBuf {
-    std::fs::create_dir_all(dir.join("policies")).expect("mkdir");
-    std::fs::write(
-        dir.join("policies/app.toml"),
-        pgredact::demo::EXAMPLE_POLICY,
-    )
-    .expect("policy");
+    write_policy(dir, pgredact::demo::EXAMPLE_POLICY);
     let base = config_text(listen, upstream_port);
     // A value set in `top` replaces the default of the other suites.
     let base = if top.contains("policy_reload_secs") {
