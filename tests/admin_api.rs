@@ -5,13 +5,16 @@
 // Helpers shared by tests added step by step.
 #![allow(dead_code)]
 
-mod common;
+mod support;
 
-use common::{default_demo_cluster, DEMO_DB};
 use pgredact::config::Config;
-use pgredact::pgcluster::Cluster;
 use std::path::Path;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use support::http::{
+    bearer, get, http, http_on, post_as, post_json, read_resp, request, wait_job, REMOVE_PII,
+};
+use support::tls::sh;
+use support::{default_demo_cluster, rt, write_policy, ConfigEnv, DEMO_DB};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const HASH_KEY_ENV: &str = "PGREDACT_TEST_API_HASH_KEY";
 const HASH_KEY: &str = "test-api-key-0123456789";
@@ -42,14 +45,6 @@ ALTER TABLE public.customers OWNER TO pgredact;
 ALTER TABLE public.orders OWNER TO pgredact;
 "#;
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
 fn set_env() {
     std::env::set_var(HASH_KEY_ENV, HASH_KEY);
     std::env::set_var(TOKEN_ENV, TOKEN);
@@ -60,8 +55,7 @@ fn set_env() {
 /// A config in `dir` for PostgreSQL on `port`, with more `[admin]` settings and more TOML.
 fn config(dir: &Path, port: u16, admin_extra: &str, extra: &str) -> Config {
     set_env();
-    std::fs::create_dir_all(dir.join("policies")).expect("mkdir policies");
-    std::fs::write(dir.join("policies/app.toml"), POLICY).expect("write policy");
+    write_policy(dir, POLICY);
     let toml = format!(
         "listen = \"127.0.0.1:0\"\npolicies = \"policies\"\n\n[upstream]\nhost = \"127.0.0.1\"\nport = {port}\nuser = \"pgredact\"\n\n\
          [admin]\nlisten = \"127.0.0.1:0\"\ntoken_env = \"{TOKEN_ENV}\"\nreceipt_key_env = \"{RECEIPT_KEY_ENV}\"\n{admin_extra}\n\n[secrets]\nhash_key_env = \"{HASH_KEY_ENV}\"\n{extra}"
@@ -71,30 +65,16 @@ fn config(dir: &Path, port: u16, admin_extra: &str, extra: &str) -> Config {
     Config::load(&path).expect("config loads")
 }
 
-struct Env {
-    cluster: Cluster,
-    cfg: Config,
-    _dir: tempfile::TempDir,
-}
-
-fn demo_env(admin_extra: &str) -> Env {
+fn demo_env(admin_extra: &str) -> ConfigEnv {
     let cluster = default_demo_cluster();
     cluster.superuser_psql(DEMO_DB, SETUP).expect("demo setup");
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = config(dir.path(), cluster.port, admin_extra, "");
-    Env {
+    ConfigEnv {
         cluster,
         cfg,
         _dir: dir,
     }
-}
-
-fn sql(env: &Env, q: &str) -> String {
-    env.cluster
-        .superuser_psql(DEMO_DB, q)
-        .unwrap_or_else(|e| panic!("{q}: {e}"))
-        .trim()
-        .to_string()
 }
 
 /// Starts the admin API (HTTPS when the config has `[tls]`), with its worker when `worker`.
@@ -109,127 +89,6 @@ async fn start(cfg: &Config, worker: bool) -> std::net::SocketAddr {
     }
     tokio::spawn(async move { pgredact::admin::serve(listener, state).await });
     addr
-}
-
-/// A response: status, lower-cased head, body.
-struct Resp {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-impl Resp {
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
-    }
-    fn header(&self, name: &str) -> Option<String> {
-        let name = format!("{}:", name.to_ascii_lowercase());
-        self.head
-            .lines()
-            .find(|l| l.starts_with(&name))
-            .map(|l| l[name.len()..].trim().to_string())
-    }
-}
-
-fn request(method: &str, path: &str, headers: &[(&str, &str)], body_len: usize) -> String {
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {body_len}\r\n"
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req
-}
-
-/// Reads a whole response (the server closes the connection).
-async fn read_resp<S: AsyncRead + Unpin>(s: &mut S) -> Resp {
-    let mut resp = Vec::new();
-    let _ = s.read_to_end(&mut resp).await;
-    parse_resp(&resp)
-}
-
-fn parse_resp(resp: &[u8]) -> Resp {
-    let text = String::from_utf8_lossy(resp).into_owned();
-    let status: u16 = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("bad response {text:?}"));
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let head = head.to_ascii_lowercase();
-    let body = if head.contains("transfer-encoding: chunked") {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    Resp { status, head, body }
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((len, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-async fn http_on<S: AsyncRead + AsyncWrite + Unpin>(
-    mut s: S,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Resp {
-    s.write_all(request(method, path, headers, body.len()).as_bytes())
-        .await
-        .expect("write request");
-    s.write_all(body).await.expect("write body");
-    s.flush().await.expect("flush");
-    read_resp(&mut s).await
-}
-
-async fn http(
-    addr: std::net::SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Resp {
-    let s = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect admin API");
-    http_on(s, method, path, headers, body).await
-}
-
-fn auth() -> String {
-    format!("Bearer {TOKEN}")
-}
-
-async fn get(addr: std::net::SocketAddr, path: &str) -> Resp {
-    let a = auth();
-    http(addr, "GET", path, &[("Authorization", a.as_str())], b"").await
-}
-
-async fn post_json(addr: std::net::SocketAddr, path: &str, body: &str) -> Resp {
-    let a = auth();
-    http(
-        addr,
-        "POST",
-        path,
-        &[
-            ("Authorization", a.as_str()),
-            ("Content-Type", "application/json"),
-        ],
-        body.as_bytes(),
-    )
-    .await
 }
 
 #[test]
@@ -248,7 +107,7 @@ fn unauthenticated_requests_are_refused_before_their_body_is_read() {
             if let Some(a) = &auth {
                 h.push(("Authorization", a.as_str()));
             }
-            s.write_all(request("POST", "/v1/customers/remove-pii", &h, 20_000_000).as_bytes())
+            s.write_all(request("POST", REMOVE_PII, &h, 20_000_000).as_bytes())
                 .await
                 .expect("write head");
             s.write_all(&[b' '; 1024]).await.expect("write some body");
@@ -266,22 +125,11 @@ fn unauthenticated_requests_are_refused_before_their_body_is_read() {
         assert_eq!(r.status, 401, "{}", r.body);
         // The same request with the token gets past the guard and fails reading the body:
         // the test tells the two orders apart.
-        let r = cut_short(Some(auth())).await;
+        let r = cut_short(Some(bearer(TOKEN))).await;
         assert_eq!(r.status, 400, "{}", r.body);
         // Oversize bodies are still refused (413), after the token.
-        let big = vec![b' '; pgredact::admin::MAX_BODY_BYTES + 1];
-        let a = auth();
-        let r = http(
-            addr,
-            "POST",
-            "/v1/customers/remove-pii",
-            &[
-                ("Authorization", a.as_str()),
-                ("Content-Type", "application/json"),
-            ],
-            &big,
-        )
-        .await;
+        let big = " ".repeat(pgredact::admin::MAX_BODY_BYTES + 1);
+        let r = post_json(addr, TOKEN, REMOVE_PII, &big).await;
         assert_eq!(r.status, 413, "{}", r.body);
         // /healthz needs no token.
         assert_eq!(http(addr, "GET", "/healthz", &[], b"").await.status, 200);
@@ -300,14 +148,14 @@ fn bursts_are_refused_with_429_and_503_and_retry_after() {
     rt().block_on(async {
         let addr = start(&cfg, false).await;
         // A request that holds the only slot: its handler waits for a body that is not sent yet.
-        let a = auth();
+        let a = bearer(TOKEN);
         let send_stuck = || async {
             let mut stuck = tokio::net::TcpStream::connect(addr).await.expect("connect");
             stuck
                 .write_all(
                     request(
                         "POST",
-                        "/v1/customers/remove-pii",
+                        REMOVE_PII,
                         &[
                             ("Authorization", a.as_str()),
                             ("Content-Type", "application/json"),
@@ -351,10 +199,10 @@ fn bursts_are_refused_with_429_and_503_and_retry_after() {
         // It spent one of the token's 3; two more pass the guard (400: "x" is no job id), the
         // next one is refused with the wait until the next token (1 a minute).
         for _ in 0..2 {
-            let r = get(addr, "/v1/jobs/x").await;
+            let r = get(addr, TOKEN, "/v1/jobs/x").await;
             assert_eq!(r.status, 400, "{}", r.body);
         }
-        let r = get(addr, "/v1/jobs/x").await;
+        let r = get(addr, TOKEN, "/v1/jobs/x").await;
         assert_eq!(r.status, 429, "{}", r.body);
         let wait: u64 = r
             .header("retry-after")
@@ -372,23 +220,14 @@ fn bursts_are_refused_with_429_and_503_and_retry_after() {
 
 /// A test CA (ca.crt) and a certificate for localhost it signed (cert.pem, key.pem) in `dir`.
 fn make_cert(dir: &Path) {
-    let out = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(
-            "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=pgredact-test-ca \
-              -keyout ca.key -out ca.crt \
-            && openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout key.pem -out cert.csr \
-            && printf 'subjectAltName=DNS:localhost\\nbasicConstraints=CA:FALSE\\n' > ext.cnf \
-            && openssl x509 -req -in cert.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
-              -extfile ext.cnf -out cert.pem",
-        )
-        .current_dir(dir)
-        .output()
-        .expect("sh + openssl (installed by .ci/run)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    sh(
+        dir,
+        "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=pgredact-test-ca \
+          -keyout ca.key -out ca.crt \
+        && openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout key.pem -out cert.csr \
+        && printf 'subjectAltName=DNS:localhost\\nbasicConstraints=CA:FALSE\\n' > ext.cnf \
+        && openssl x509 -req -in cert.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+          -extfile ext.cnf -out cert.pem",
     );
 }
 
@@ -427,7 +266,7 @@ fn https_with_the_tls_certificate_and_plain_http_is_refused() {
                 let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
                 let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
                 let tls = connector.connect(name, tcp).await.expect("TLS handshake");
-                let a = auth();
+                let a = bearer(TOKEN);
                 let h: Vec<(&str, &str)> = if token {
                     vec![("Authorization", a.as_str())]
                 } else {
@@ -458,19 +297,6 @@ fn https_with_the_tls_certificate_and_plain_http_is_refused() {
     });
 }
 
-/// Polls a job until it ends.
-async fn wait_job(addr: std::net::SocketAddr, id: i64) -> serde_json::Value {
-    loop {
-        let r = get(addr, &format!("/v1/jobs/{id}")).await;
-        assert_eq!(r.status, 200, "{}", r.body);
-        let v = r.json();
-        if matches!(v["state"].as_str(), Some("done" | "failed" | "blocked")) {
-            return v;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-}
-
 #[test]
 fn external_ids_are_idempotent_and_deadlines_are_kept_and_judged() {
     let env = demo_env("");
@@ -478,7 +304,8 @@ fn external_ids_are_idempotent_and_deadlines_are_kept_and_judged() {
         let addr = start(&env.cfg, true).await;
         let r = post_json(
             addr,
-            "/v1/customers/remove-pii",
+            TOKEN,
+            REMOVE_PII,
             r#"{"customer_ids":[1,2],"external_id":"req-1"}"#,
         )
         .await;
@@ -490,13 +317,14 @@ fn external_ids_are_idempotent_and_deadlines_are_kept_and_judged() {
         assert!(first["deadline"].as_str().is_some(), "{first}");
         // GDPR: 30 days from receipt.
         assert_eq!(
-            sql(&env, &format!("SELECT deadline - created_at FROM pgredact.forget_jobs WHERE id = {id}")),
+            env.sql(&format!("SELECT deadline - created_at FROM pgredact.forget_jobs WHERE id = {id}")),
             "30 days"
         );
         // The same request again (the IDs in another order, one repeated): the same job, 200.
         let r = post_json(
             addr,
-            "/v1/customers/remove-pii",
+            TOKEN,
+            REMOVE_PII,
             r#"{"customer_ids":["2",1,2],"external_id":"req-1"}"#,
         )
         .await;
@@ -506,36 +334,37 @@ fn external_ids_are_idempotent_and_deadlines_are_kept_and_judged() {
         // The same request id with other IDs: 409, nothing created.
         let r = post_json(
             addr,
-            "/v1/customers/remove-pii",
+            TOKEN,
+            REMOVE_PII,
             r#"{"customer_ids":[1,3],"external_id":"req-1"}"#,
         )
         .await;
         assert_eq!(r.status, 409, "{}", r.body);
         assert!(r.json()["error"].as_str().unwrap_or("").contains(&format!("job {id}")));
         assert_eq!(
-            sql(&env, "SELECT count(*) FROM pgredact.forget_jobs WHERE external_id = 'req-1'"),
+            env.sql("SELECT count(*) FROM pgredact.forget_jobs WHERE external_id = 'req-1'"),
             "1"
         );
         // CCPA: 45 days; the fields as query parameters of a CSV request.
-        let a = auth();
-        let r = http(
+        let r = post_as(
             addr,
-            "POST",
+            TOKEN,
             "/v1/customers/remove-pii?external_id=req-2&regulation=ccpa",
-            &[("Authorization", a.as_str()), ("Content-Type", "text/csv")],
-            b"customer_id\n4\n5\n",
+            "text/csv",
+            "customer_id\n4\n5\n",
         )
         .await;
         assert_eq!(r.status, 202, "{}", r.body);
         let ccpa = r.json()["job_id"].as_i64().expect("job_id");
         assert_eq!(
-            sql(&env, &format!("SELECT deadline - created_at FROM pgredact.forget_jobs WHERE id = {ccpa}")),
+            env.sql(&format!("SELECT deadline - created_at FROM pgredact.forget_jobs WHERE id = {ccpa}")),
             "45 days"
         );
         // A deadline already past when the request arrives: recorded, and judged missed.
         let r = post_json(
             addr,
-            "/v1/customers/remove-pii",
+            TOKEN,
+            REMOVE_PII,
             r#"{"customer_ids":[6],"external_id":"req-late","regulation":"lgpd","deadline":"2001-02-03"}"#,
         )
         .await;
@@ -549,22 +378,22 @@ fn external_ids_are_idempotent_and_deadlines_are_kept_and_judged() {
             (r#"{"customer_ids":[7],"external_id":""}"#, "external_id"),
             (r#"{"customer_ids":[7],"external_id":5}"#, "must be a string"),
         ] {
-            let r = post_json(addr, "/v1/customers/remove-pii", body).await;
+            let r = post_json(addr, TOKEN, REMOVE_PII, body).await;
             assert_eq!(r.status, 400, "{body}: {}", r.body);
             assert!(r.json()["error"].as_str().unwrap_or("").contains(why), "{body}: {}", r.body);
         }
-        let done = wait_job(addr, id).await;
+        let done = wait_job(addr, TOKEN, id).await;
         assert_eq!(done["state"], "done", "{done}");
         assert_eq!(done["external_id"], "req-1");
         assert_eq!(done["deadline_met"], true, "{done}");
-        let done = wait_job(addr, late).await;
+        let done = wait_job(addr, TOKEN, late).await;
         assert_eq!(done["state"], "done", "{done}");
         assert_eq!(done["deadline"], "2001-02-03T23:59:59.999Z", "{done}");
         assert_eq!(done["deadline_met"], false, "{done}");
         assert_eq!(done["regulation"], "lgpd");
-        assert_eq!(wait_job(addr, ccpa).await["deadline_met"], true);
+        assert_eq!(wait_job(addr, TOKEN, ccpa).await["deadline_met"], true);
         assert_eq!(
-            sql(&env, "SELECT count(*) FROM pgredact.forget_jobs WHERE external_id IS NULL"),
+            env.sql("SELECT count(*) FROM pgredact.forget_jobs WHERE external_id IS NULL"),
             "0"
         );
     });
@@ -575,22 +404,23 @@ fn jobs_are_listed_with_filters_and_customer_status_comes_from_the_keyed_hash() 
     let env = demo_env("");
     rt().block_on(async {
         let addr = start(&env.cfg, true).await;
-        let empty = get(addr, "/v1/jobs").await;
+        let empty = get(addr, TOKEN, "/v1/jobs").await;
         assert_eq!(empty.status, 200, "{}", empty.body);
         let mut ids = Vec::new();
         for (ext, cid) in [("list-a", 10), ("list-b", 11), ("list-c", 12)] {
             let r = post_json(
                 addr,
-                "/v1/customers/remove-pii",
+                TOKEN,
+                REMOVE_PII,
                 &format!(r#"{{"customer_ids":[{cid}],"external_id":"{ext}"}}"#),
             )
             .await;
             assert_eq!(r.status, 202, "{}", r.body);
             let id = r.json()["job_id"].as_i64().expect("job_id");
-            assert_eq!(wait_job(addr, id).await["state"], "done");
+            assert_eq!(wait_job(addr, TOKEN, id).await["state"], "done");
             ids.push(id);
         }
-        let all = get(addr, "/v1/jobs").await.json();
+        let all = get(addr, TOKEN, "/v1/jobs").await.json();
         let got: Vec<i64> = all["jobs"]
             .as_array()
             .expect("jobs")
@@ -602,31 +432,38 @@ fn jobs_are_listed_with_filters_and_customer_status_comes_from_the_keyed_hash() 
         assert_eq!(all["jobs"][0]["deadline_met"], true);
         assert!(all["next_cursor"].is_null(), "{all}");
         // Pages.
-        let p1 = get(addr, "/v1/jobs?limit=2").await.json();
+        let p1 = get(addr, TOKEN, "/v1/jobs?limit=2").await.json();
         assert_eq!(p1["jobs"].as_array().map(Vec::len), Some(2));
         let cursor = p1["next_cursor"].as_i64().expect("next_cursor");
-        let p2 = get(addr, &format!("/v1/jobs?limit=2&cursor={cursor}"))
+        let p2 = get(addr, TOKEN, &format!("/v1/jobs?limit=2&cursor={cursor}"))
             .await
             .json();
         assert_eq!(p2["jobs"].as_array().map(Vec::len), Some(1));
         assert_eq!(p2["jobs"][0]["job_id"], ids[0]);
         assert!(p2["next_cursor"].is_null());
         // Filters.
-        let b = get(addr, "/v1/jobs?external_id=list-b").await.json();
+        let b = get(addr, TOKEN, "/v1/jobs?external_id=list-b").await.json();
         assert_eq!(b["jobs"].as_array().map(Vec::len), Some(1));
         assert_eq!(b["jobs"][0]["job_id"], ids[1]);
         let n = |v: serde_json::Value| v["jobs"].as_array().map(Vec::len).unwrap_or(99);
         assert_eq!(
-            n(get(addr, "/v1/jobs?state=failed,blocked").await.json()),
+            n(get(addr, TOKEN, "/v1/jobs?state=failed,blocked")
+                .await
+                .json()),
             0
         );
         assert_eq!(
-            n(get(addr, "/v1/jobs?state=done&kind=forget").await.json()),
+            n(get(addr, TOKEN, "/v1/jobs?state=done&kind=forget")
+                .await
+                .json()),
             3
         );
-        assert_eq!(n(get(addr, "/v1/jobs?since=2000-01-01").await.json()), 3);
         assert_eq!(
-            n(get(addr, "/v1/jobs?until=2000-01-01T00:00:00Z")
+            n(get(addr, TOKEN, "/v1/jobs?since=2000-01-01").await.json()),
+            3
+        );
+        assert_eq!(
+            n(get(addr, TOKEN, "/v1/jobs?until=2000-01-01T00:00:00Z")
                 .await
                 .json()),
             0
@@ -638,23 +475,23 @@ fn jobs_are_listed_with_filters_and_customer_status_comes_from_the_keyed_hash() 
             "/v1/jobs?since=yesterday",
             "/v1/jobs?kind=x",
         ] {
-            assert_eq!(get(addr, bad).await.status, 400, "{bad}");
+            assert_eq!(get(addr, TOKEN, bad).await.status, 400, "{bad}");
         }
         // One customer's status, from the keyed hash on the forget list.
-        let s = get(addr, "/v1/customers/11/status").await;
+        let s = get(addr, TOKEN, "/v1/customers/11/status").await;
         assert_eq!(s.status, 200, "{}", s.body);
         let s = s.json();
         assert_eq!(s["forgotten"], true, "{s}");
         assert_eq!(s["job_id"], ids[1]);
         assert_eq!(s["external_id"], "list-b");
         assert!(s["forgotten_at"].as_str().is_some(), "{s}");
-        let s = get(addr, "/v1/customers/999/status").await.json();
+        let s = get(addr, TOKEN, "/v1/customers/999/status").await.json();
         assert_eq!(
             s,
             serde_json::json!({ "forgotten": false, "state": "not_forgotten" })
         );
         // A malformed ID: 400, and the answer does not repeat it.
-        let r = get(addr, "/v1/customers/not-an-id%40example.com/status").await;
+        let r = get(addr, TOKEN, "/v1/customers/not-an-id%40example.com/status").await;
         assert_eq!(r.status, 400, "{}", r.body);
         assert!(!r.body.contains("example.com"), "{}", r.body);
         assert_eq!(
@@ -673,14 +510,15 @@ fn receipts_are_signed_and_verified_per_job_and_per_customer() {
         let addr = start(&env.cfg, true).await;
         let r = post_json(
             addr,
-            "/v1/customers/remove-pii",
+            TOKEN,
+            REMOVE_PII,
             r#"{"customer_ids":[20,21],"external_id":"rc-1","regulation":"ccpa"}"#,
         )
         .await;
         assert_eq!(r.status, 202, "{}", r.body);
         let id = r.json()["job_id"].as_i64().expect("job_id");
-        assert_eq!(wait_job(addr, id).await["state"], "done");
-        let r = get(addr, &format!("/v1/jobs/{id}/receipt")).await;
+        assert_eq!(wait_job(addr, TOKEN, id).await["state"], "done");
+        let r = get(addr, TOKEN, &format!("/v1/jobs/{id}/receipt")).await;
         assert_eq!(r.status, 200, "{}", r.body);
         let doc = r.json();
         let sig = doc["signature"].as_str().expect("signature").to_string();
@@ -724,21 +562,24 @@ fn receipts_are_signed_and_verified_per_job_and_per_customer() {
             "{e}"
         );
         // Per customer: the same job, with the customer's keyed hash and list time.
-        let r = get(addr, "/v1/customers/21/receipt").await;
+        let r = get(addr, TOKEN, "/v1/customers/21/receipt").await;
         assert_eq!(r.status, 200, "{}", r.body);
         let c = pgredact::admin::receipt::verify(RECEIPT_KEY.as_bytes(), &r.body).expect("valid");
         assert_eq!(c["kind"], "customer");
         assert_eq!(c["job_id"], id);
-        let hash = sql(
-            &env,
-            &format!(
-                "SELECT encode(subject_hash, 'hex') FROM pgredact.forget_list WHERE job_id = {id} \
+        let hash = env.sql(&format!(
+            "SELECT encode(subject_hash, 'hex') FROM pgredact.forget_list WHERE job_id = {id} \
                  AND subject_hash = decode(pgredact.hmac_hex('21'), 'hex')"
-            ),
-        );
+        ));
         assert_eq!(c["subject"]["keyed_hash"], hash.as_str());
-        assert_eq!(get(addr, "/v1/customers/999/receipt").await.status, 404);
-        assert_eq!(get(addr, "/v1/jobs/999999/receipt").await.status, 404);
+        assert_eq!(
+            get(addr, TOKEN, "/v1/customers/999/receipt").await.status,
+            404
+        );
+        assert_eq!(
+            get(addr, TOKEN, "/v1/jobs/999999/receipt").await.status,
+            404
+        );
     });
 }
 
@@ -750,23 +591,23 @@ fn a_queued_customer_reads_pending_from_the_keyed_hash_then_forgotten() {
         let addr = start(&env.cfg, false).await;
         let r = post_json(
             addr,
-            "/v1/customers/remove-pii",
+            TOKEN,
+            REMOVE_PII,
             r#"{"customer_ids":[31, 32],"external_id":"queued-1"}"#,
         )
         .await;
         assert_eq!(r.status, 202, "{}", r.body);
         let job = r.json()["job_id"].as_i64().expect("job id");
         assert_eq!(
-            sql(&env, "SELECT count(*) FROM pgredact.forget_list"),
+            env.sql("SELECT count(*) FROM pgredact.forget_list"),
             "0"
         );
         // The answer comes from the keyed hashes: the stored raw IDs are overwritten here, and
         // 31 still reads pending while an ID only in the raw list does not.
-        sql(
-            &env,
+        env.sql(
             "UPDATE pgredact.forget_batches SET ids = ARRAY['4242'] WHERE job_id = (SELECT max(id) FROM pgredact.forget_jobs)",
         );
-        let s = get(addr, "/v1/customers/31/status").await;
+        let s = get(addr, TOKEN, "/v1/customers/31/status").await;
         assert_eq!(s.status, 200, "{}", s.body);
         let s = s.json();
         assert_eq!(s["state"], "pending", "{s}");
@@ -774,24 +615,23 @@ fn a_queued_customer_reads_pending_from_the_keyed_hash_then_forgotten() {
         assert_eq!(s["job_id"], job, "{s}");
         assert_eq!(s["job_state"], "queued", "{s}");
         assert_eq!(s["external_id"], "queued-1", "{s}");
-        let s = get(addr, "/v1/customers/4242/status").await.json();
+        let s = get(addr, TOKEN, "/v1/customers/4242/status").await.json();
         assert_eq!(s["state"], "not_forgotten", "{s}");
         // The raw IDs back, and a worker runs the job: forgotten.
-        sql(
-            &env,
+        env.sql(
             "UPDATE pgredact.forget_batches SET ids = ARRAY['31', '32'] WHERE job_id = (SELECT max(id) FROM pgredact.forget_jobs)",
         );
         let state = pgredact::admin::AdminState::from_config(&env.cfg).expect("admin state");
         pgredact::admin::spawn_worker(state);
-        let done = wait_job(addr, job).await;
+        let done = wait_job(addr, TOKEN, job).await;
         assert_eq!(done["state"], "done", "{done}");
-        let s = get(addr, "/v1/customers/32/status").await.json();
+        let s = get(addr, TOKEN, "/v1/customers/32/status").await.json();
         assert_eq!(s["state"], "forgotten", "{s}");
         assert_eq!(s["forgotten"], true, "{s}");
         assert_eq!(s["job_state"], "done", "{s}");
         // Done jobs keep neither raw IDs nor their hashes.
         assert_eq!(
-            sql(&env, "SELECT count(*) FROM pgredact.forget_batches WHERE ids IS NOT NULL OR id_hashes IS NOT NULL"),
+            env.sql("SELECT count(*) FROM pgredact.forget_batches WHERE ids IS NOT NULL OR id_hashes IS NOT NULL"),
             "0"
         );
     });
@@ -910,9 +750,9 @@ fn check_signature(hook: &Hook) {
 }
 
 /// Polls SQL until it answers `want`.
-async fn wait_sql(env: &Env, q: &str, want: &str) {
+async fn wait_sql(env: &ConfigEnv, q: &str, want: &str) {
     loop {
-        if sql(env, q) == want {
+        if env.sql(q) == want {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -934,7 +774,7 @@ fn completion_callbacks_are_signed_retried_across_a_restart_and_recorded() {
             "not a url",
         ] {
             let body = serde_json::json!({"customer_ids": [51], "callback_url": bad}).to_string();
-            let r = post_json(addr, "/v1/customers/remove-pii", &body).await;
+            let r = post_json(addr, TOKEN, REMOVE_PII, &body).await;
             assert_eq!(r.status, 400, "{bad}: {}", r.body);
             assert!(r.body.contains("callback_url"), "{}", r.body);
         }
@@ -944,12 +784,12 @@ fn completion_callbacks_are_signed_retried_across_a_restart_and_recorded() {
             "customer_ids": [51, 52], "external_id": "cb-1", "callback_url": url,
         })
         .to_string();
-        let r = post_json(addr, "/v1/customers/remove-pii", &body).await;
+        let r = post_json(addr, TOKEN, REMOVE_PII, &body).await;
         assert_eq!(r.status, 202, "{}", r.body);
         let job = r.json()["job_id"].as_i64().expect("job id");
         assert_eq!(r.json()["callback_url"], url.as_str());
         // The refused requests created nothing.
-        assert_eq!(sql(&env, "SELECT count(*) FROM pgredact.forget_jobs"), "1");
+        assert_eq!(env.sql("SELECT count(*) FROM pgredact.forget_jobs"), "1");
 
         // First worker: runs the job, delivers once, gets a 500.
         let state = pgredact::admin::AdminState::from_config(&env.cfg).expect("admin state");
@@ -981,7 +821,7 @@ fn completion_callbacks_are_signed_retried_across_a_restart_and_recorded() {
         )
         .await;
         assert_eq!(
-            sql(&env, &format!(
+            env.sql(&format!(
                 "SELECT callback_attempts, callback_last_error, callback_delivered_at IS NULL, callback_next_at > now() \
                  FROM pgredact.forget_jobs WHERE id = {job}"
             )),
@@ -1005,14 +845,14 @@ fn completion_callbacks_are_signed_retried_across_a_restart_and_recorded() {
         )
         .await;
         assert_eq!(
-            sql(&env, &format!(
+            env.sql(&format!(
                 "SELECT callback_attempts, callback_last_error IS NULL, callback_next_at IS NULL \
                  FROM pgredact.forget_jobs WHERE id = {job}"
             )),
             "2|t|t"
         );
         // The job status shows the delivery.
-        let st = get(addr, &format!("/v1/jobs/{job}")).await.json();
+        let st = get(addr, TOKEN, &format!("/v1/jobs/{job}")).await.json();
         assert_eq!(st["callback"]["attempts"], 2, "{st}");
         assert!(st["callback"]["delivered_at"].as_str().is_some(), "{st}");
         assert!(st["callback"]["last_error"].is_null(), "{st}");
@@ -1024,10 +864,9 @@ fn completion_callbacks_are_signed_retried_across_a_restart_and_recorded() {
 /// Live connections of the admin API to the test database (the pooled ones are named
 /// `pgredact-admin`; forget sessions of earlier versions `pgredact-forget`), and how many of
 /// them started after `since` (a timestamptz literal; all of them without).
-fn api_connections(env: &Env, since: Option<&str>) -> (usize, usize) {
+fn api_connections(env: &ConfigEnv, since: Option<&str>) -> (usize, usize) {
     let since = since.map_or("'infinity'".to_string(), |t| format!("'{t}'"));
-    let out = sql(
-        env,
+    let out = env.sql(
         &format!(
             "SELECT count(*), count(*) FILTER (WHERE backend_start > {since}::timestamptz) FROM pg_stat_activity \
              WHERE datname = 'app' AND application_name IN ('pgredact-admin', 'pgredact-forget')"
@@ -1043,28 +882,29 @@ fn api_requests_share_a_few_pooled_connections_per_database() {
     rt().block_on(async {
         // No worker: every connection counted is the API's.
         let addr = start(&env.cfg, false).await;
-        let r = post_json(addr, "/v1/customers/remove-pii", r#"{"customer_ids":[61, 62]}"#).await;
+        let r = post_json(addr, TOKEN, REMOVE_PII, r#"{"customer_ids":[61, 62]}"#).await;
         assert_eq!(r.status, 202, "{}", r.body);
         let job = r.json()["job_id"].as_i64().expect("job id");
         // A burst of concurrent requests: the pool grows to at most its size.
         let burst: Vec<_> = (0..12)
-            .map(|_| tokio::spawn(async move { get(addr, "/v1/jobs").await.status }))
+            .map(|_| tokio::spawn(async move { get(addr, TOKEN, "/v1/jobs").await.status }))
             .collect();
         for b in burst {
             assert_eq!(b.await.expect("request task"), 200);
         }
-        let t0 = sql(&env, "SELECT now()");
+        let t0 = env.sql("SELECT now()");
         // Many requests of every kind afterwards: no new connection.
         for i in 0..30 {
             let r = match i % 5 {
-                0 => get(addr, &format!("/v1/jobs/{job}")).await,
-                1 => get(addr, "/v1/jobs?state=queued").await,
-                2 => get(addr, "/v1/customers/61/status").await,
-                3 => get(addr, "/v1/customers/4242/status").await,
+                0 => get(addr, TOKEN, &format!("/v1/jobs/{job}")).await,
+                1 => get(addr, TOKEN, "/v1/jobs?state=queued").await,
+                2 => get(addr, TOKEN, "/v1/customers/61/status").await,
+                3 => get(addr, TOKEN, "/v1/customers/4242/status").await,
                 _ => {
                     post_json(
                         addr,
-                        "/v1/customers/remove-pii",
+                        TOKEN,
+                        REMOVE_PII,
                         &format!("{{\"customer_ids\":[{}]}}", 100 + i),
                     )
                     .await
@@ -1079,8 +919,7 @@ fn api_requests_share_a_few_pooled_connections_per_database() {
         );
         assert_eq!(newer, 0, "connections opened after the warm-up");
         // Connections the server ends are replaced, and requests keep being answered.
-        sql(
-            &env,
+        env.sql(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pgredact-admin'",
         );
         wait_sql(
@@ -1090,7 +929,7 @@ fn api_requests_share_a_few_pooled_connections_per_database() {
         )
         .await;
         for _ in 0..5 {
-            let r = get(addr, &format!("/v1/jobs/{job}")).await;
+            let r = get(addr, TOKEN, &format!("/v1/jobs/{job}")).await;
             assert_eq!(r.status, 200, "{}", r.body);
         }
         let (n, _) = api_connections(&env, None);
@@ -1105,8 +944,7 @@ fn jobs_are_cancelled_through_the_api_with_a_signed_cancelled_callback() {
         let (hook_addr, mut hooks) = hook_server(vec![200]).await;
         // No worker yet: the job stays queued.
         let addr = start(&env.cfg, false).await;
-        let before = sql(
-            &env,
+        let before = env.sql(
             "SELECT md5(string_agg(c::text, '|' ORDER BY customer_id)) FROM public.customers c",
         );
         let url = format!("http://{hook_addr}/hooks/cancel");
@@ -1114,20 +952,21 @@ fn jobs_are_cancelled_through_the_api_with_a_signed_cancelled_callback() {
             "customer_ids": [61, 62], "external_id": "cancel-1", "callback_url": url,
         })
         .to_string();
-        let r = post_json(addr, "/v1/customers/remove-pii", &body).await;
+        let r = post_json(addr, TOKEN, REMOVE_PII, &body).await;
         assert_eq!(r.status, 202, "{}", r.body);
         let job = r.json()["job_id"].as_i64().expect("job id");
-        let s = get(addr, "/v1/customers/61/status").await.json();
+        let s = get(addr, TOKEN, "/v1/customers/61/status").await.json();
         assert_eq!(s["state"], "pending", "{s}");
 
         // The token is needed, and an unknown job is 404.
         let path = format!("/v1/jobs/{job}/cancel");
         assert_eq!(http(addr, "POST", &path, &[], b"").await.status, 401);
-        let r = post_json(addr, "/v1/jobs/999/cancel", "").await;
+        let r = post_json(addr, TOKEN, "/v1/jobs/999/cancel", "").await;
         assert_eq!(r.status, 404, "{}", r.body);
 
         let r = post_json(
             addr,
+            TOKEN,
             &path,
             r#"{"requester":"dpo@example.com","reason":"request withdrawn"}"#,
         )
@@ -1140,22 +979,22 @@ fn jobs_are_cancelled_through_the_api_with_a_signed_cancelled_callback() {
         assert_eq!(c["cancellation"]["by"], "dpo@example.com", "{c}");
         assert_eq!(c["cancellation"]["reason"], "request withdrawn", "{c}");
         assert!(c["cancellation"]["at"].as_str().is_some(), "{c}");
-        let st = get(addr, &format!("/v1/jobs/{job}")).await.json();
+        let st = get(addr, TOKEN, &format!("/v1/jobs/{job}")).await.json();
         assert_eq!(st["state"], "cancelled", "{st}");
         // Its IDs and keyed hashes are gone: the customer reads not forgotten, and no job is
         // named (nothing left links the customer to the cancelled job).
         assert_eq!(
-            sql(&env, &format!("SELECT count(*) FROM pgredact.forget_batches WHERE job_id = {job} AND (ids IS NOT NULL OR id_hashes IS NOT NULL)")),
+            env.sql(&format!("SELECT count(*) FROM pgredact.forget_batches WHERE job_id = {job} AND (ids IS NOT NULL OR id_hashes IS NOT NULL)")),
             "0"
         );
-        let s = get(addr, "/v1/customers/61/status").await.json();
+        let s = get(addr, TOKEN, "/v1/customers/61/status").await.json();
         assert_eq!(
             s,
             serde_json::json!({"forgotten": false, "state": "not_forgotten"}),
             "{s}"
         );
         // A second cancel is a conflict.
-        let r = post_json(addr, &path, "").await;
+        let r = post_json(addr, TOKEN, &path, "").await;
         assert_eq!(r.status, 409, "{}", r.body);
 
         // A worker: delivers the callback with outcome cancelled, never runs the job.
@@ -1178,34 +1017,34 @@ fn jobs_are_cancelled_through_the_api_with_a_signed_cancelled_callback() {
         .await;
 
         // A done job: 409, pointing to unforget.
-        let r = post_json(addr, "/v1/customers/remove-pii", r#"{"customer_ids":[63]}"#).await;
+        let r = post_json(addr, TOKEN, REMOVE_PII, r#"{"customer_ids":[63]}"#).await;
         assert_eq!(r.status, 202, "{}", r.body);
         let done = r.json()["job_id"].as_i64().expect("job id");
-        assert_eq!(wait_job(addr, done).await["state"], "done");
-        let r = post_json(addr, &format!("/v1/jobs/{done}/cancel"), "").await;
+        assert_eq!(wait_job(addr, TOKEN, done).await["state"], "done");
+        let r = post_json(addr, TOKEN, &format!("/v1/jobs/{done}/cancel"), "").await;
         assert_eq!(r.status, 409, "{}", r.body);
         assert!(r.body.contains("unforget"), "{}", r.body);
 
         // The cancelled job never ran: its customers' rows are as before (63's changed).
         assert_eq!(
-            sql(&env, &format!("SELECT state, started_at IS NULL FROM pgredact.forget_jobs WHERE id = {job}")),
+            env.sql(&format!("SELECT state, started_at IS NULL FROM pgredact.forget_jobs WHERE id = {job}")),
             "cancelled|t"
         );
         assert_eq!(
-            sql(&env, "SELECT count(*) FROM public.customers WHERE customer_id IN (61, 62) AND first_name IS NOT NULL"),
+            env.sql("SELECT count(*) FROM public.customers WHERE customer_id IN (61, 62) AND first_name IS NOT NULL"),
             "2"
         );
         assert_ne!(
-            sql(&env, "SELECT md5(string_agg(c::text, '|' ORDER BY customer_id)) FROM public.customers c"),
+            env.sql("SELECT md5(string_agg(c::text, '|' ORDER BY customer_id)) FROM public.customers c"),
             before
         );
         assert_eq!(
-            sql(&env, "SELECT count(*) FROM pgredact.forget_list"),
+            env.sql("SELECT count(*) FROM pgredact.forget_list"),
             "1"
         );
         // The audit trail has the cancel record and verifies.
         assert_eq!(
-            sql(&env, &format!("SELECT record->>'cancelled_by', record->>'reason' FROM pgredact.forget_audit WHERE operation = 'cancel' AND job_id = {job}")),
+            env.sql(&format!("SELECT record->>'cancelled_by', record->>'reason' FROM pgredact.forget_audit WHERE operation = 'cancel' AND job_id = {job}")),
             "dpo@example.com|request withdrawn"
         );
         let ok = pgredact::forget::run_cli(

@@ -1,15 +1,15 @@
 //! Right to be forgotten, end to end against real PostgreSQL clusters (pgcluster + demo data):
 //! CLI and HTTP interfaces, plan and blockers, batches, resume, concurrency, suppression.
 
-mod common;
+mod support;
 
-use common::{default_demo_cluster, DEMO_DB};
 use pgredact::config::Config;
 use pgredact::forget::{self, Faults, ForgetArgs, Origin, Session, Target, UnforgetArgs};
 use pgredact::pgcluster::Cluster;
 use std::path::Path;
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use support::http::{get, http, post, post_as, post_json, wait_job, REMOVE_PII};
+use support::{default_demo_cluster, rt, write_policy, ConfigEnv, DEMO_DB};
 
 const HASH_KEY_ENV: &str = "PGREDACT_TEST_FORGET_HASH_KEY";
 const HASH_KEY: &str = "test-forget-key-0123456789";
@@ -59,20 +59,6 @@ CREATE MATERIALIZED VIEW public.customer_country AS SELECT customer_id, country,
 ALTER MATERIALIZED VIEW public.customer_country OWNER TO pgredact;
 "#;
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
-struct Env {
-    cluster: Cluster,
-    cfg: Config,
-    _dir: tempfile::TempDir,
-}
-
 fn set_env() {
     // Same values in every test of this binary, so parallel tests agree.
     std::env::set_var(HASH_KEY_ENV, HASH_KEY);
@@ -86,8 +72,7 @@ fn write_config(cluster: &Cluster, policy: &str) -> (Config, tempfile::TempDir) 
 /// [`write_config`] with more TOML at the end (e.g. a `[forget]` section).
 fn write_config_extra(cluster: &Cluster, policy: &str, extra: &str) -> (Config, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::create_dir(dir.path().join("policies")).expect("mkdir policies");
-    std::fs::write(dir.path().join("policies/app.toml"), policy).expect("write policy");
+    write_policy(dir.path(), policy);
     let toml = format!(
         "listen = \"127.0.0.1:0\"\npolicies = \"policies\"\n\n[upstream]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"pgredact\"\n\n\
          [admin]\nlisten = \"127.0.0.1:0\"\ntoken_env = \"{TOKEN_ENV}\"\n\n[secrets]\nhash_key_env = \"{HASH_KEY_ENV}\"\n{extra}",
@@ -99,14 +84,14 @@ fn write_config_extra(cluster: &Cluster, policy: &str, extra: &str) -> (Config, 
     (cfg, dir)
 }
 
-fn demo_env() -> Env {
+fn demo_env() -> ConfigEnv {
     set_env();
     let cluster = default_demo_cluster();
     cluster
         .superuser_psql(DEMO_DB, DEMO_SETUP)
         .expect("demo setup");
     let (cfg, dir) = write_config(&cluster, DEMO_POLICY);
-    Env {
+    ConfigEnv {
         cluster,
         cfg,
         _dir: dir,
@@ -115,7 +100,7 @@ fn demo_env() -> Env {
 
 /// A fresh cluster with the demo roles (from the demo script) and `schema`, and a
 /// configuration with `policy`.
-fn schema_env(schema: &str, policy: &str) -> Env {
+fn schema_env(schema: &str, policy: &str) -> ConfigEnv {
     set_env();
     let cluster = Cluster::start(Default::default()).expect("cluster");
     cluster.create_database(DEMO_DB).expect("create db");
@@ -124,43 +109,31 @@ fn schema_env(schema: &str, policy: &str) -> Env {
         .expect("demo roles");
     cluster.superuser_psql(DEMO_DB, schema).expect("schema");
     let (cfg, dir) = write_config(&cluster, policy);
-    Env {
+    ConfigEnv {
         cluster,
         cfg,
         _dir: dir,
     }
 }
 
-fn sql(env: &Env, q: &str) -> String {
-    env.cluster
-        .superuser_psql(DEMO_DB, q)
-        .unwrap_or_else(|e| panic!("{q}: {e}"))
-        .trim()
-        .to_string()
-}
-
 /// A digest of all rows of the demo tables except those of the given customers.
-fn fingerprint_except(env: &Env, ids: &str) -> String {
-    sql(
-        env,
-        &format!(
+fn fingerprint_except(env: &ConfigEnv, ids: &str) -> String {
+    env.sql(&format!(
             "SELECT md5(string_agg(t, '|' ORDER BY t)) FROM ( \
                SELECT c::text AS t FROM customers c WHERE customer_id NOT IN ({ids}) \
                UNION ALL SELECT e::text FROM customer_events e WHERE customer_id NOT IN ({ids}) \
                UNION ALL SELECT o::text FROM orders o WHERE customer_id NOT IN ({ids}) \
                UNION ALL SELECT h::text FROM customer_history h WHERE customer_id NOT IN ({ids})) s"
-        ),
-    )
+        ))
 }
 
-fn fingerprint_all(env: &Env) -> String {
+fn fingerprint_all(env: &ConfigEnv) -> String {
     fingerprint_except(env, "-1")
 }
 
 /// Non-PII aggregates that forgetting must leave alone.
-fn aggregates(env: &Env) -> String {
-    sql(
-        env,
+fn aggregates(env: &ConfigEnv) -> String {
+    env.sql(
         "SELECT (SELECT count(*) FROM customers), (SELECT sum(lifetime_value) FROM customers), \
                 (SELECT string_agg(tier || ':' || n, ',' ORDER BY tier) FROM (SELECT tier, count(*) n FROM customers GROUP BY tier) s), \
                 (SELECT count(*) FROM customer_events), \
@@ -181,7 +154,7 @@ fn forget_args(ids: &str) -> ForgetArgs {
 }
 
 /// Forgets `ids` through the CLI and checks the job ended done; returns its report.
-fn forget_done(env: &Env, ids: &str) -> String {
+fn forget_done(env: &ConfigEnv, ids: &str) -> String {
     let report = rt()
         .block_on(forget::run_cli(&env.cfg, forget_args(ids)))
         .unwrap_or_else(|e| panic!("{e}"));
@@ -195,20 +168,18 @@ fn forget_anonymizes_profile_history_and_events_and_keeps_aggregates() {
     let before_aggs = aggregates(&env);
     let others_before = fingerprint_except(&env, "1234, 77");
     // The issue's "before" column.
-    let row = sql(&env, "SELECT customer_id, first_name IS NOT NULL, country IS NOT NULL FROM customers WHERE customer_id = 1234");
+    let row = env.sql("SELECT customer_id, first_name IS NOT NULL, country IS NOT NULL FROM customers WHERE customer_id = 1234");
     assert_eq!(row, "1234|t|t");
-    let tier_before = sql(&env, "SELECT tier || '/' || coalesce(segment, '-') || '/' || lifetime_value FROM customers WHERE customer_id = 1234");
-    let events_before: i64 = sql(
-        &env,
-        "SELECT count(*) FROM customer_events WHERE customer_id = 1234",
-    )
-    .parse()
-    .unwrap();
+    let tier_before = env.sql("SELECT tier || '/' || coalesce(segment, '-') || '/' || lifetime_value FROM customers WHERE customer_id = 1234");
+    let events_before: i64 = env
+        .sql("SELECT count(*) FROM customer_events WHERE customer_id = 1234")
+        .parse()
+        .unwrap();
     assert!(
         events_before > 0,
         "customer 1234 needs events for this test"
     );
-    assert_eq!(sql(&env, "SELECT count(*) FROM customer_country WHERE customer_id = 1234 AND country IS NOT NULL"), "1");
+    assert_eq!(env.sql("SELECT count(*) FROM customer_country WHERE customer_id = 1234 AND country IS NOT NULL"), "1");
 
     let report = rt()
         .block_on(forget::run_cli(&env.cfg, forget_args("1234,77,99999999")))
@@ -220,30 +191,30 @@ fn forget_anonymizes_profile_history_and_events_and_keeps_aggregates() {
 
     // The issue's "after" column: same ID, PII NULL.
     assert_eq!(
-        sql(&env, "SELECT customer_id, first_name IS NULL, country IS NULL, last_name IS NULL, email IS NULL, phone IS NULL, \
+        env.sql("SELECT customer_id, first_name IS NULL, country IS NULL, last_name IS NULL, email IS NULL, phone IS NULL, \
                    address IS NULL, city IS NULL, birth_date IS NULL FROM customers WHERE customer_id = 1234"),
         "1234|t|t|t|t|t|t|t|t"
     );
     // Non-PII attributes kept.
     assert_eq!(
-        sql(&env, "SELECT tier || '/' || coalesce(segment, '-') || '/' || lifetime_value FROM customers WHERE customer_id = 1234"),
+        env.sql("SELECT tier || '/' || coalesce(segment, '-') || '/' || lifetime_value FROM customers WHERE customer_id = 1234"),
         tier_before
     );
     // Events and history cleared, rows kept.
     assert_eq!(
-        sql(&env, "SELECT count(*) FROM customer_events WHERE customer_id IN (1234, 77) AND (ip_address IS NOT NULL OR user_agent IS NOT NULL OR payload IS NOT NULL)"),
+        env.sql("SELECT count(*) FROM customer_events WHERE customer_id IN (1234, 77) AND (ip_address IS NOT NULL OR user_agent IS NOT NULL OR payload IS NOT NULL)"),
         "0"
     );
     assert_eq!(
-        sql(&env, "SELECT count(*) FROM customer_events WHERE customer_id = 1234 AND event_type IS NOT NULL AND occurred_at IS NOT NULL"),
+        env.sql("SELECT count(*) FROM customer_events WHERE customer_id = 1234 AND event_type IS NOT NULL AND occurred_at IS NOT NULL"),
         events_before.to_string()
     );
     assert_eq!(
-        sql(&env, "SELECT count(*) FROM customer_history WHERE customer_id IN (1234, 77) AND (email IS NOT NULL OR phone IS NOT NULL OR address IS NOT NULL)"),
+        env.sql("SELECT count(*) FROM customer_history WHERE customer_id IN (1234, 77) AND (email IS NOT NULL OR phone IS NOT NULL OR address IS NOT NULL)"),
         "0"
     );
     assert_eq!(
-        sql(&env, "SELECT count(*) FROM orders WHERE customer_id IN (1234, 77) AND shipping_address IS NOT NULL"),
+        env.sql("SELECT count(*) FROM orders WHERE customer_id IN (1234, 77) AND shipping_address IS NOT NULL"),
         "0"
     );
     // Aggregates and every other customer untouched.
@@ -251,7 +222,7 @@ fn forget_anonymizes_profile_history_and_events_and_keeps_aggregates() {
     assert_eq!(fingerprint_except(&env, "1234, 77"), others_before);
     // The materialized view (a copy) was refreshed.
     assert_eq!(
-        sql(&env, "SELECT count(*) FROM customer_country WHERE customer_id IN (1234, 77) AND (country IS NOT NULL OR first_name IS NOT NULL)"),
+        env.sql("SELECT count(*) FROM customer_country WHERE customer_id IN (1234, 77) AND (country IS NOT NULL OR first_name IS NOT NULL)"),
         "0"
     );
     assert!(report.contains("public.customer_country"), "{report}");
@@ -261,24 +232,15 @@ fn forget_anonymizes_profile_history_and_events_and_keeps_aggregates() {
     );
     // The forget list holds keyed hashes only (32 bytes), and the job record no raw ID list.
     assert_eq!(
-        sql(
-            &env,
-            "SELECT count(*), min(length(subject_hash)) FROM pgredact.forget_list"
-        ),
+        env.sql("SELECT count(*), min(length(subject_hash)) FROM pgredact.forget_list"),
         "3|32"
     );
     assert_eq!(
-        sql(
-            &env,
-            "SELECT count(*) FROM pgredact.forget_batches WHERE ids IS NOT NULL"
-        ),
+        env.sql("SELECT count(*) FROM pgredact.forget_batches WHERE ids IS NOT NULL"),
         "0"
     );
     assert_eq!(
-        sql(
-            &env,
-            "SELECT state, requester, ids_total FROM pgredact.forget_jobs"
-        ),
+        env.sql("SELECT state, requester, ids_total FROM pgredact.forget_jobs"),
         "done|dpo@example.com|3"
     );
 
@@ -314,17 +276,14 @@ fn dry_run_and_blocked_plans_change_nothing() {
     assert!(out.contains("blockers: none"), "{out}");
     assert!(out.contains("nothing was changed"), "{out}");
     assert_eq!(fingerprint_all(&env), before);
-    assert_eq!(sql(&env, "SELECT count(*) FROM pgredact.forget_list"), "0");
+    assert_eq!(env.sql("SELECT count(*) FROM pgredact.forget_list"), "0");
     assert_eq!(
-        sql(
-            &env,
-            "SELECT count(*) FROM pg_trigger WHERE tgname = '~pgredact_forget'"
-        ),
+        env.sql("SELECT count(*) FROM pg_trigger WHERE tgname = '~pgredact_forget'"),
         "0"
     );
 
     // A NOT NULL PII column without a `forget` value blocks; so does a CHECK the value breaks.
-    sql(&env, "ALTER TABLE customer_history ADD CONSTRAINT phone_shape CHECK (phone IS NULL OR phone LIKE '+%')");
+    env.sql("ALTER TABLE customer_history ADD CONSTRAINT phone_shape CHECK (phone IS NULL OR phone LIKE '+%')");
     let blocked_policy = format!(
         "{DEMO_POLICY}\n[tables.\"public.customer_notes\"]\nsubject = \"customer_id\"\ncolumns.note = \"null\"\n"
     )
@@ -332,10 +291,8 @@ fn dry_run_and_blocked_plans_change_nothing() {
     .replace("columns.phone = \"null\"\ncolumns.address = \"null\"", "columns.phone = { mask = \"null\", forget = \"n/a\" }\ncolumns.address = \"null\"");
     let (cfg, _dir) = write_config(&env.cluster, &blocked_policy);
     // A customer with a phone number in the history table, so the CHECK is evaluated on rows.
-    let with_history = sql(
-        &env,
-        "SELECT min(customer_id) FROM customer_history WHERE phone IS NOT NULL",
-    );
+    let with_history =
+        env.sql("SELECT min(customer_id) FROM customer_history WHERE phone IS NOT NULL");
     let err = rt()
         .block_on(forget::run_cli(&cfg, forget_args(&with_history)))
         .expect_err("blocked plan must fail");
@@ -344,7 +301,7 @@ fn dry_run_and_blocked_plans_change_nothing() {
     assert!(err.contains("public.customer_notes (policy line"), "{err}");
     assert!(err.contains("CHECK constraint phone_shape"), "{err}");
     assert_eq!(fingerprint_all(&env), before);
-    assert_eq!(sql(&env, "SELECT count(*) FROM pgredact.forget_list"), "0");
+    assert_eq!(env.sql("SELECT count(*) FROM pgredact.forget_list"), "0");
 }
 
 #[test]
@@ -367,8 +324,8 @@ fn malformed_csv_is_rejected_whole_with_its_line_number() {
     assert!(err.contains("line 5"), "{err}");
     assert!(err.contains("nothing was changed"), "{err}");
     assert_eq!(fingerprint_all(&env), before);
-    assert_eq!(sql(&env, "SELECT count(*) FROM pgredact.forget_list"), "0");
-    assert_eq!(sql(&env, "SELECT count(*) FROM pgredact.forget_jobs"), "0");
+    assert_eq!(env.sql("SELECT count(*) FROM pgredact.forget_list"), "0");
+    assert_eq!(env.sql("SELECT count(*) FROM pgredact.forget_jobs"), "0");
 
     // The same file without the bad line works (header and blank line accepted).
     let good = dir.path().join("good.csv");
@@ -385,7 +342,7 @@ fn malformed_csv_is_rejected_whole_with_its_line_number() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(report.contains("3 forgotten now"), "{report}");
     assert_eq!(
-        sql(&env, "SELECT count(*) FROM customers WHERE customer_id IN (1234, 77, 88) AND first_name IS NULL"),
+        env.sql("SELECT count(*) FROM customers WHERE customer_id IN (1234, 77, 88) AND first_name IS NULL"),
         "3"
     );
 }
@@ -400,60 +357,6 @@ impl WithoutIds for ForgetArgs {
     }
 }
 
-/// Minimal HTTP/1.1 client over a raw TCP stream: (status, body).
-async fn http(
-    addr: std::net::SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect admin API");
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).await.expect("write request");
-    s.write_all(body).await.expect("write body");
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).await.expect("read response");
-    let text = String::from_utf8_lossy(&resp).into_owned();
-    let status: u16 = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("bad response {text:?}"));
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    (status, body)
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((len, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
 #[test]
 fn http_api_accepts_jobs_refuses_oversize_and_requires_a_token() {
     let env = demo_env();
@@ -466,98 +369,51 @@ fn http_api_accepts_jobs_refuses_oversize_and_requires_a_token() {
         let addr = listener.local_addr().unwrap();
         pgredact::admin::spawn_worker(state.clone());
         tokio::spawn(async move { axum::serve(listener, pgredact::admin::router(state)).await });
-        let auth = format!("Bearer {TOKEN}");
-        let json = [
-            ("Content-Type", "application/json"),
-            ("Authorization", auth.as_str()),
-        ];
-
-        let (st, body) = http(addr, "GET", "/healthz", &[], b"").await;
-        assert_eq!(st, 200, "{body}");
+        let r = http(addr, "GET", "/healthz", &[], b"").await;
+        assert_eq!(r.status, 200, "{}", r.body);
 
         // No token, wrong token.
-        let (st, body) = http(
+        let r = http(
             addr,
             "POST",
-            "/v1/customers/remove-pii",
+            REMOVE_PII,
             &[("Content-Type", "application/json")],
             br#"{"customer_ids":[1]}"#,
         )
         .await;
-        assert_eq!(st, 401, "{body}");
-        let (st, _) = http(
-            addr,
-            "POST",
-            "/v1/customers/remove-pii",
-            &[
-                ("Content-Type", "application/json"),
-                ("Authorization", "Bearer nope"),
-            ],
-            br#"{"customer_ids":[1]}"#,
-        )
-        .await;
-        assert_eq!(st, 401);
-        let (st, _) = http(addr, "GET", "/v1/jobs/1", &[], b"").await;
-        assert_eq!(st, 401);
+        assert_eq!(r.status, 401, "{}", r.body);
+        let r = post_json(addr, "nope", REMOVE_PII, r#"{"customer_ids":[1]}"#).await;
+        assert_eq!(r.status, 401);
+        let r = http(addr, "GET", "/v1/jobs/1", &[], b"").await;
+        assert_eq!(r.status, 401);
 
         // 50,001 IDs: 413 with a clear message, as JSON and as CSV; nothing queued.
         let ids: Vec<String> = (1..=50_001).map(|i| i.to_string()).collect();
         let big = format!("{{\"customer_ids\":[{}]}}", ids.join(","));
-        let (st, body) = http(
-            addr,
-            "POST",
-            "/v1/customers/remove-pii",
-            &json,
-            big.as_bytes(),
-        )
-        .await;
-        assert_eq!(st, 413, "{body}");
-        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON error body");
+        let r = post_json(addr, TOKEN, REMOVE_PII, &big).await;
+        assert_eq!(r.status, 413, "{}", r.body);
+        let v: serde_json::Value = serde_json::from_str(&r.body).expect("JSON error body");
         let msg = v["error"].as_str().unwrap_or_default();
         assert!(msg.contains("50001") && msg.contains("50000"), "{msg}");
         let csv_big = format!("customer_id\n{}\n", ids.join("\n"));
-        let csv_h = [
-            ("Content-Type", "text/csv"),
-            ("Authorization", auth.as_str()),
-        ];
-        let (st, body) = http(
-            addr,
-            "POST",
-            "/v1/customers/remove-pii",
-            &csv_h,
-            csv_big.as_bytes(),
-        )
-        .await;
-        assert_eq!(st, 413, "{body}");
+        let r = post_as(addr, TOKEN, REMOVE_PII, "text/csv", &csv_big).await;
+        assert_eq!(r.status, 413, "{}", r.body);
         // Exactly 50,000 (with a header line) is not refused for its size.
         let ok_ids = &ids[..50_000];
         let csv_ok = format!("customer_id\n{}\n", ok_ids.join("\n"));
-        let (st, body) = http(
-            addr,
-            "POST",
-            "/v1/customers/remove-pii?database=app",
-            &csv_h,
-            csv_ok.as_bytes(),
-        )
-        .await;
-        assert_eq!(st, 202, "{body}");
-        let big_job: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let path = format!("{REMOVE_PII}?database=app");
+        let r = post_as(addr, TOKEN, &path, "text/csv", &csv_ok).await;
+        assert_eq!(r.status, 202, "{}", r.body);
+        let big_job: serde_json::Value = serde_json::from_str(&r.body).unwrap();
         let big_id = big_job["job_id"].as_i64().expect("job_id");
         assert_eq!(big_job["ids"], 50_000);
         // Malformed input: 400 naming the problem.
-        let (st, body) = http(
-            addr,
-            "POST",
-            "/v1/customers/remove-pii",
-            &json,
-            br#"{"customer_ids":[1, true]}"#,
-        )
-        .await;
-        assert_eq!(st, 400, "{body}");
-        assert!(body.contains("customer_ids[1]"), "{body}");
+        let r = post_json(addr, TOKEN, REMOVE_PII, r#"{"customer_ids":[1, true]}"#).await;
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(r.body.contains("customer_ids[1]"), "{}", r.body);
 
         // Wait for the 50,000-ID job, then check the data.
-        let status = wait_job(addr, &auth, big_id).await;
+        let status = wait_job(addr, TOKEN, big_id).await;
         assert_eq!(status["state"], "done", "{status}");
         assert_eq!(status["ids_forgotten"], 10_000, "{status}");
         assert_eq!(status["ids_unknown"], 40_000, "{status}");
@@ -568,90 +424,52 @@ fn http_api_accepts_jobs_refuses_oversize_and_requires_a_token() {
         );
         assert_eq!(status["requester"], "api");
         assert_eq!(
-            sql(
-                &env,
+            env.sql(
                 "SELECT count(*) FROM customers WHERE first_name IS NOT NULL OR email IS NOT NULL"
             ),
             "0"
         );
 
         // A JSON job with strings and ints: everything already forgotten now, reported so.
-        let (st, body) = http(
+        let r = post_json(
             addr,
-            "POST",
-            "/v1/customers/remove-pii",
-            &json,
-            br#"{"customer_ids":[42, "43"], "requester":"crm"}"#,
+            TOKEN,
+            REMOVE_PII,
+            r#"{"customer_ids":[42, "43"], "requester":"crm"}"#,
         )
         .await;
-        assert_eq!(st, 202, "{body}");
-        let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["job_id"]
+        assert_eq!(r.status, 202, "{}", r.body);
+        let id = serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["job_id"]
             .as_i64()
             .unwrap();
-        let status = wait_job(addr, &auth, id).await;
+        let status = wait_job(addr, TOKEN, id).await;
         assert_eq!(status["state"], "done", "{status}");
         assert_eq!(status["ids_already_forgotten"], 2, "{status}");
         assert_eq!(status["requester"], "crm");
-        let (st, _) = http(
-            addr,
-            "GET",
-            "/v1/jobs/999999",
-            &[("Authorization", auth.as_str())],
-            b"",
-        )
-        .await;
-        assert_eq!(st, 404);
+        assert_eq!(get(addr, TOKEN, "/v1/jobs/999999").await.status, 404);
 
         // Policies are re-read per request: a broken file is logged and the last good policy
         // keeps serving; a policy naming another database is picked up without a restart.
         let pol_dir = env.cfg.policies_dir();
         std::fs::write(pol_dir.join("broken.toml"), "database = [\n").unwrap();
-        let (st, body) = http(
-            addr,
-            "POST",
-            "/v1/customers/remove-pii",
-            &json,
-            br#"{"customer_ids":[44]}"#,
-        )
-        .await;
-        assert_eq!(st, 202, "last good policy still serves: {body}");
+        let r = post_json(addr, TOKEN, REMOVE_PII, r#"{"customer_ids":[44]}"#).await;
+        assert_eq!(r.status, 202, "last good policy still serves: {}", r.body);
         std::fs::remove_file(pol_dir.join("broken.toml")).unwrap();
         std::fs::write(
             pol_dir.join("other.toml"),
             "database = \"otherdb\"\n[tables.\"public.people\"]\nsubject = \"id\"\ncolumns.name = \"null\"\n",
         )
         .unwrap();
-        let (st, body) = http(
-            addr,
-            "GET",
-            "/v1/jobs/1?database=otherdb",
-            &[("Authorization", auth.as_str())],
-            b"",
-        )
-        .await;
+        let r = get(addr, TOKEN, "/v1/jobs/1?database=otherdb").await;
         // The new policy is known (so not "no policy for database"); its database does not exist.
-        assert!(!body.contains("no policy for database"), "{st} {body}");
+        assert!(
+            !r.body.contains("no policy for database"),
+            "{} {}",
+            r.status,
+            r.body
+        );
         std::fs::remove_file(pol_dir.join("other.toml")).unwrap();
     });
-}
-
-async fn wait_job(addr: std::net::SocketAddr, auth: &str, id: i64) -> serde_json::Value {
-    loop {
-        let (st, body) = http(
-            addr,
-            "GET",
-            &format!("/v1/jobs/{id}"),
-            &[("Authorization", auth)],
-            b"",
-        )
-        .await;
-        assert_eq!(st, 200, "{body}");
-        let v: serde_json::Value = serde_json::from_str(&body).expect("job JSON");
-        if matches!(v["state"].as_str(), Some("done" | "failed" | "blocked")) {
-            return v;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
 }
 
 const PII_ID_SCHEMA: &str = r#"
@@ -702,7 +520,7 @@ subject = "email"
 fn customer_id_that_is_pii_becomes_one_token_everywhere() {
     let env = schema_env(PII_ID_SCHEMA, PII_ID_POLICY);
     let (cluster, cfg) = (&env.cluster, &env.cfg);
-    let q = |s: &str| sql(&env, s);
+    let q = |s: &str| env.sql(s);
 
     let report = rt()
         .block_on(forget::run_cli(cfg, forget_args("alice@example.com")))
@@ -804,24 +622,18 @@ fn crash_between_batches_then_resume_finishes_the_job() {
         err.contains("interrupted") && err.contains("--resume"),
         "{err}"
     );
+    assert_eq!(env.sql("SELECT state FROM pgredact.forget_jobs"), "running");
     assert_eq!(
-        sql(&env, "SELECT state FROM pgredact.forget_jobs"),
-        "running"
-    );
-    assert_eq!(
-        sql(
-            &env,
-            "SELECT count(*) FROM pgredact.forget_batches WHERE state = 'done'"
-        ),
+        env.sql("SELECT count(*) FROM pgredact.forget_batches WHERE state = 'done'"),
         "2"
     );
-    assert_eq!(sql(&env, "SELECT count(*) FROM customers WHERE customer_id BETWEEN 101 AND 104 AND first_name IS NULL"), "4");
-    assert_eq!(sql(&env, "SELECT count(*) FROM customers WHERE customer_id BETWEEN 105 AND 110 AND first_name IS NOT NULL"), "6");
+    assert_eq!(env.sql("SELECT count(*) FROM customers WHERE customer_id BETWEEN 101 AND 104 AND first_name IS NULL"), "4");
+    assert_eq!(env.sql("SELECT count(*) FROM customers WHERE customer_id BETWEEN 105 AND 110 AND first_name IS NOT NULL"), "6");
     // All ten are suppressed already (forget list filled at start).
-    assert_eq!(sql(&env, "SELECT count(*) FROM pgredact.forget_list"), "10");
+    assert_eq!(env.sql("SELECT count(*) FROM pgredact.forget_list"), "10");
 
     // A crash inside the third batch rolls that batch back whole.
-    let events_105: String = sql(&env, "SELECT count(*) FROM customer_events WHERE customer_id IN (105, 106) AND ip_address IS NOT NULL");
+    let events_105: String = env.sql("SELECT count(*) FROM customer_events WHERE customer_id IN (105, 106) AND ip_address IS NOT NULL");
     let resume = ForgetArgs {
         resume: true,
         ids: None,
@@ -838,16 +650,13 @@ fn crash_between_batches_then_resume_finishes_the_job() {
         ))
         .expect_err("failed batch interrupts");
     assert!(err.contains("fault injection inside batch"), "{err}");
-    assert_eq!(sql(&env, "SELECT count(*) FROM customers WHERE customer_id IN (105, 106) AND first_name IS NOT NULL"), "2");
+    assert_eq!(env.sql("SELECT count(*) FROM customers WHERE customer_id IN (105, 106) AND first_name IS NOT NULL"), "2");
     assert_eq!(
-        sql(&env, "SELECT count(*) FROM customer_events WHERE customer_id IN (105, 106) AND ip_address IS NOT NULL"),
+        env.sql("SELECT count(*) FROM customer_events WHERE customer_id IN (105, 106) AND ip_address IS NOT NULL"),
         events_105
     );
     assert_eq!(
-        sql(
-            &env,
-            "SELECT count(*) FROM pgredact.forget_batches WHERE state = 'done'"
-        ),
+        env.sql("SELECT count(*) FROM pgredact.forget_batches WHERE state = 'done'"),
         "2"
     );
 
@@ -858,13 +667,10 @@ fn crash_between_batches_then_resume_finishes_the_job() {
     assert!(report.contains(": done"), "{report}");
     assert!(report.contains("batches: 5/5 done"), "{report}");
     assert!(report.contains("10 forgotten now"), "{report}");
-    assert_eq!(sql(&env, "SELECT count(*) FROM customers WHERE customer_id BETWEEN 101 AND 110 AND first_name IS NULL"), "10");
-    assert_eq!(sql(&env, "SELECT count(*) FROM customer_events WHERE customer_id BETWEEN 101 AND 110 AND ip_address IS NOT NULL"), "0");
+    assert_eq!(env.sql("SELECT count(*) FROM customers WHERE customer_id BETWEEN 101 AND 110 AND first_name IS NULL"), "10");
+    assert_eq!(env.sql("SELECT count(*) FROM customer_events WHERE customer_id BETWEEN 101 AND 110 AND ip_address IS NOT NULL"), "0");
     assert_eq!(
-        sql(
-            &env,
-            "SELECT count(*) FROM pgredact.forget_batches WHERE ids IS NOT NULL"
-        ),
+        env.sql("SELECT count(*) FROM pgredact.forget_batches WHERE ids IS NOT NULL"),
         "0"
     );
     // Nothing left to resume.
@@ -883,7 +689,7 @@ fn crash_between_batches_then_resume_finishes_the_job() {
 #[test]
 fn two_concurrent_jobs_with_overlapping_ids_do_no_double_work() {
     let env = demo_env();
-    let matched: i64 = sql(&env, "SELECT count(*) FROM customer_events WHERE customer_id BETWEEN 1 AND 500 AND ip_address IS NOT NULL")
+    let matched: i64 = env.sql("SELECT count(*) FROM customer_events WHERE customer_id BETWEEN 1 AND 500 AND ip_address IS NOT NULL")
         .parse()
         .unwrap();
     let policy = forget::pick_policy(&env.cfg, Some("app")).unwrap();
@@ -938,18 +744,14 @@ fn two_concurrent_jobs_with_overlapping_ids_do_no_double_work() {
     );
     assert_eq!(a.ids_forgotten + b.ids_forgotten, 500);
     assert_eq!(a.ids_already_forgotten + b.ids_already_forgotten, 100);
-    assert_eq!(sql(&env, "SELECT count(*) FROM customers WHERE customer_id BETWEEN 1 AND 500 AND first_name IS NOT NULL"), "0");
+    assert_eq!(env.sql("SELECT count(*) FROM customers WHERE customer_id BETWEEN 1 AND 500 AND first_name IS NOT NULL"), "0");
     assert_eq!(
-        sql(
-            &env,
+        env.sql(
             "SELECT count(*) FROM customers WHERE customer_id = 501 AND first_name IS NOT NULL"
         ),
         "1"
     );
-    assert_eq!(
-        sql(&env, "SELECT count(*) FROM pgredact.forget_list"),
-        "500"
-    );
+    assert_eq!(env.sql("SELECT count(*) FROM pgredact.forget_list"), "500");
 }
 
 #[test]
@@ -957,10 +759,7 @@ fn nightly_load_after_forget_leaves_pii_empty_until_unforget() {
     let env = demo_env();
     rt().block_on(forget::run_cli(&env.cfg, forget_args("1234,77")))
         .unwrap_or_else(|e| panic!("{e}"));
-    let lv_1235 = sql(
-        &env,
-        "SELECT lifetime_value FROM customers WHERE customer_id = 1235",
-    );
+    let lv_1235 = env.sql("SELECT lifetime_value FROM customers WHERE customer_id = 1235");
     // Straight into the database as the loader role (no proxy): upsert, COPY, UPDATE.
     let load = "\
 INSERT INTO customers (customer_id, first_name, last_name, email, country, tier, lifetime_value) VALUES
@@ -983,35 +782,31 @@ UPDATE customers SET phone = '+44 20 7946 0000' WHERE customer_id = 77;
         .expect("nightly load");
     // Forgotten customers: PII empty, non-PII landed.
     assert_eq!(
-        sql(&env, "SELECT first_name IS NULL, last_name IS NULL, email IS NULL, country IS NULL, tier, lifetime_value FROM customers WHERE customer_id = 1234"),
+        env.sql("SELECT first_name IS NULL, last_name IS NULL, email IS NULL, country IS NULL, tier, lifetime_value FROM customers WHERE customer_id = 1234"),
         "t|t|t|t|gold|999.00"
     );
     assert_eq!(
-        sql(
-            &env,
-            "SELECT phone IS NULL FROM customers WHERE customer_id = 77"
-        ),
+        env.sql("SELECT phone IS NULL FROM customers WHERE customer_id = 77"),
         "t"
     );
     assert_eq!(
-        sql(&env, "SELECT count(*) FROM customer_events WHERE event_type = 'nightly_login' AND customer_id IN (1234, 77) AND ip_address IS NULL AND user_agent IS NULL"),
+        env.sql("SELECT count(*) FROM customer_events WHERE event_type = 'nightly_login' AND customer_id IN (1234, 77) AND ip_address IS NULL AND user_agent IS NULL"),
         "2"
     );
     assert_eq!(
-        sql(&env, "SELECT count(*) FROM customer_history WHERE customer_id = 1234 AND changed_at = '2024-05-01' AND email IS NULL AND address IS NULL"),
+        env.sql("SELECT count(*) FROM customer_history WHERE customer_id = 1234 AND changed_at = '2024-05-01' AND email IS NULL AND address IS NULL"),
         "1"
     );
     // Other customers' data lands as sent.
     assert_eq!(
-        sql(
-            &env,
+        env.sql(
             "SELECT first_name, country, lifetime_value FROM customers WHERE customer_id = 1235"
         ),
         "Jane|FR|555.00"
     );
     assert_ne!(lv_1235, "555.00");
     assert_eq!(
-        sql(&env, "SELECT host(ip_address) FROM customer_events WHERE event_type = 'nightly_login' AND customer_id = 1235"),
+        env.sql("SELECT host(ip_address) FROM customer_events WHERE event_type = 'nightly_login' AND customer_id = 1235"),
         "192.0.2.2"
     );
 
@@ -1055,10 +850,7 @@ UPDATE customers SET phone = '+44 20 7946 0000' WHERE customer_id = 77;
         )
         .expect("update");
     assert_eq!(
-        sql(
-            &env,
-            "SELECT first_name IS NULL FROM customers WHERE customer_id = 77"
-        ),
+        env.sql("SELECT first_name IS NULL FROM customers WHERE customer_id = 77"),
         "t"
     );
 
@@ -1076,7 +868,7 @@ UPDATE customers SET phone = '+44 20 7946 0000' WHERE customer_id = 77;
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(out.contains("1 of 1 ID(s) removed"), "{out}");
     assert_eq!(
-        sql(&env, "SELECT kind, requester, summary->>'reason' FROM pgredact.forget_jobs WHERE kind = 'unforget'"),
+        env.sql("SELECT kind, requester, summary->>'reason' FROM pgredact.forget_jobs WHERE kind = 'unforget'"),
         "unforget|dpo@example.com|customer re-registered"
     );
     env.cluster
@@ -1087,7 +879,7 @@ UPDATE customers SET phone = '+44 20 7946 0000' WHERE customer_id = 77;
             "UPDATE customers SET first_name = 'John' WHERE customer_id IN (1234, 77)",
         )
         .expect("update");
-    assert_eq!(sql(&env, "SELECT customer_id || ':' || coalesce(first_name, '-') FROM customers WHERE customer_id IN (1234, 77) ORDER BY 1"), "1234:John\n77:-");
+    assert_eq!(env.sql("SELECT customer_id || ':' || coalesce(first_name, '-') FROM customers WHERE customer_id IN (1234, 77) ORDER BY 1"), "1234:John\n77:-");
 }
 
 #[test]
@@ -1132,9 +924,9 @@ GRANT SELECT, INSERT, UPDATE ON public.customer_history, public.customer_history
     public.customer_notes, public.customer_notes_archive TO solutions;
 "#;
 
-fn tree_env() -> Env {
+fn tree_env() -> ConfigEnv {
     let mut env = demo_env();
-    sql(&env, TREE_SETUP);
+    env.sql(TREE_SETUP);
     let policy = format!(
         "{DEMO_POLICY}\n[tables.\"public.customer_notes\"]\nsubject = \"customer_id\"\ncolumns.note = \"null\"\n"
     );
@@ -1145,9 +937,8 @@ fn tree_env() -> Env {
 }
 
 /// Rows of these customers that still hold PII, in each partition and in the child (ONLY).
-fn pii_left_in_tree(env: &Env, ids: &str) -> String {
-    sql(
-        env,
+fn pii_left_in_tree(env: &ConfigEnv, ids: &str) -> String {
+    env.sql(
         &format!(
             "SELECT (SELECT count(*) FROM ONLY customer_history_2023 WHERE customer_id IN ({ids}) AND (email IS NOT NULL OR phone IS NOT NULL OR address IS NOT NULL)) \
              || '/' || (SELECT count(*) FROM ONLY customer_history_other WHERE customer_id IN ({ids}) AND (email IS NOT NULL OR phone IS NOT NULL OR address IS NOT NULL)) \
@@ -1161,8 +952,7 @@ fn pii_left_in_tree(env: &Env, ids: &str) -> String {
 fn partitioned_and_inherited_policy_tables_are_forgotten_and_suppressed() {
     let env = tree_env();
     // A customer with history rows in both partitions.
-    let both = sql(
-        &env,
+    let both = env.sql(
         "SELECT customer_id FROM customer_history WHERE phone IS NOT NULL GROUP BY 1 \
          HAVING count(*) FILTER (WHERE changed_at >= '2023-01-01' AND changed_at < '2024-01-01') > 0 \
             AND count(*) FILTER (WHERE changed_at < '2023-01-01' OR changed_at >= '2024-01-01') > 0 \
@@ -1174,10 +964,8 @@ fn partitioned_and_inherited_policy_tables_are_forgotten_and_suppressed() {
     );
     let ids = format!("1234,77,{both}");
     assert_ne!(pii_left_in_tree(&env, &ids), "0/0/0/0");
-    let others = sql(
-        &env,
-        "SELECT count(*) FROM customer_notes WHERE customer_id = 500 AND note IS NOT NULL",
-    );
+    let others =
+        env.sql("SELECT count(*) FROM customer_notes WHERE customer_id = 500 AND note IS NOT NULL");
     assert_eq!(others, "2");
 
     let report = rt()
@@ -1188,17 +976,11 @@ fn partitioned_and_inherited_policy_tables_are_forgotten_and_suppressed() {
     assert_eq!(pii_left_in_tree(&env, &ids), "0/0/0/0");
     // Rows kept, other customers untouched, the child analyzed too.
     assert_eq!(
-        sql(
-            &env,
-            "SELECT count(*) FROM customer_notes WHERE customer_id IN (1234, 77)"
-        ),
+        env.sql("SELECT count(*) FROM customer_notes WHERE customer_id IN (1234, 77)"),
         "3"
     );
     assert_eq!(
-        sql(
-            &env,
-            "SELECT count(*) FROM customer_notes WHERE customer_id = 500 AND note IS NOT NULL"
-        ),
+        env.sql("SELECT count(*) FROM customer_notes WHERE customer_id = 500 AND note IS NOT NULL"),
         "2"
     );
     assert!(report.contains("public.customer_notes_archive"), "{report}");
@@ -1219,26 +1001,20 @@ fn partitioned_and_inherited_policy_tables_are_forgotten_and_suppressed() {
         .expect("load");
     assert_eq!(pii_left_in_tree(&env, &ids), "0/0/0/0");
     assert_eq!(
-        sql(&env, "SELECT count(*) FROM customer_history WHERE history_id BETWEEN 900001 AND 900003 AND email IS NULL AND phone IS NULL"),
+        env.sql("SELECT count(*) FROM customer_history WHERE history_id BETWEEN 900001 AND 900003 AND email IS NULL AND phone IS NULL"),
         "3"
     );
     assert_eq!(
-        sql(
-            &env,
-            "SELECT email FROM customer_history WHERE history_id = 900004"
-        ),
+        env.sql("SELECT email FROM customer_history WHERE history_id = 900004"),
         "kept@example.com"
     );
     assert_eq!(
-        sql(
-            &env,
-            "SELECT count(*) FROM customer_notes WHERE customer_id = 500 AND note IS NOT NULL"
-        ),
+        env.sql("SELECT count(*) FROM customer_notes WHERE customer_id = 500 AND note IS NOT NULL"),
         "3"
     );
 
     // A second CLI job on the same tables (the install step runs again).
-    let second = sql(&env, "SELECT min(customer_id) FROM ONLY customer_history_2023 WHERE phone IS NOT NULL AND customer_id > 2000");
+    let second = env.sql("SELECT min(customer_id) FROM ONLY customer_history_2023 WHERE phone IS NOT NULL AND customer_id > 2000");
     let report = rt()
         .block_on(forget::run_cli(&env.cfg, forget_args(&second)))
         .unwrap_or_else(|e| panic!("second forget failed: {e}"));
@@ -1246,27 +1022,19 @@ fn partitioned_and_inherited_policy_tables_are_forgotten_and_suppressed() {
     assert_eq!(pii_left_in_tree(&env, &second), "0/0/0/0");
 
     // And through the API.
-    let api_id = sql(&env, "SELECT min(customer_id) FROM ONLY customer_history_other WHERE phone IS NOT NULL AND customer_id > 3000");
-    sql(&env, &format!("INSERT INTO customer_notes_archive VALUES ({api_id}, 'api note', 'call', '2020-01-01')"));
+    let api_id = env.sql("SELECT min(customer_id) FROM ONLY customer_history_other WHERE phone IS NOT NULL AND customer_id > 3000");
+    env.sql(&format!(
+        "INSERT INTO customer_notes_archive VALUES ({api_id}, 'api note', 'call', '2020-01-01')"
+    ));
     rt().block_on(async {
         let addr = start_admin(&env).await;
-        let auth = format!("Bearer {TOKEN}");
-        let (st, body) = http(
-            addr,
-            "POST",
-            "/v1/customers/remove-pii",
-            &[
-                ("Content-Type", "application/json"),
-                ("Authorization", auth.as_str()),
-            ],
-            format!("{{\"customer_ids\":[{api_id}]}}").as_bytes(),
-        )
-        .await;
-        assert_eq!(st, 202, "{body}");
-        let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["job_id"]
+        let body = format!("{{\"customer_ids\":[{api_id}]}}");
+        let r = post_json(addr, TOKEN, REMOVE_PII, &body).await;
+        assert_eq!(r.status, 202, "{}", r.body);
+        let id = serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["job_id"]
             .as_i64()
             .unwrap();
-        let status = wait_job(addr, &auth, id).await;
+        let status = wait_job(addr, TOKEN, id).await;
         assert_eq!(status["state"], "done", "{status}");
     });
     assert_eq!(pii_left_in_tree(&env, &api_id), "0/0/0/0");
@@ -1314,7 +1082,7 @@ fn partitioned_and_inherited_policy_tables_are_forgotten_and_suppressed() {
 }
 
 /// Starts the admin API with its worker; returns its address.
-async fn start_admin(env: &Env) -> std::net::SocketAddr {
+async fn start_admin(env: &ConfigEnv) -> std::net::SocketAddr {
     let state = pgredact::admin::AdminState::from_config(&env.cfg).expect("admin state");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -1326,7 +1094,7 @@ async fn start_admin(env: &Env) -> std::net::SocketAddr {
 }
 
 /// `pgredact check`'s lines about the suppression triggers.
-fn suppression_errors(env: &Env) -> Vec<String> {
+fn suppression_errors(env: &ConfigEnv) -> Vec<String> {
     let (lines, _) = rt().block_on(pgredact::check::run(&env.cfg));
     lines
         .into_iter()
@@ -1339,8 +1107,7 @@ fn suppression_triggers_fire_always_and_last_and_check_reports_holes() {
     let env = tree_env();
     assert_eq!(suppression_errors(&env), Vec::<String>::new());
     // A trigger of the application, named late in the alphabet, that writes PII.
-    sql(
-        &env,
+    env.sql(
         "CREATE FUNCTION public.put_back() RETURNS trigger LANGUAGE plpgsql AS \
            $$BEGIN NEW.first_name := 'Back'; RETURN NEW; END$$; \
          CREATE TRIGGER zzzz_put_back BEFORE INSERT OR UPDATE ON public.customers \
@@ -1349,39 +1116,27 @@ fn suppression_triggers_fire_always_and_last_and_check_reports_holes() {
     forget_done(&env, "1234,77");
     // Every pgredact trigger (partition clones included) fires ALWAYS.
     assert_eq!(
-        sql(
-            &env,
+        env.sql(
             "SELECT string_agg(DISTINCT tgenabled::text, ','), count(*) FROM pg_trigger WHERE tgname = '~pgredact_forget'"
         ),
         "A|8"
     );
     // It has the last word over zzzz_put_back.
-    sql(
-        &env,
-        "UPDATE customers SET last_name = 'Smith' WHERE customer_id = 1234",
-    );
+    env.sql("UPDATE customers SET last_name = 'Smith' WHERE customer_id = 1234");
     assert_eq!(
-        sql(
-            &env,
+        env.sql(
             "SELECT first_name IS NULL, last_name IS NULL FROM customers WHERE customer_id = 1234"
         ),
         "t|t"
     );
     // (the application's trigger does run: for a customer not forgotten it writes its value)
-    sql(
-        &env,
-        "UPDATE customers SET last_name = 'Doe' WHERE customer_id = 1235",
-    );
+    env.sql("UPDATE customers SET last_name = 'Doe' WHERE customer_id = 1235");
     assert_eq!(
-        sql(
-            &env,
-            "SELECT first_name FROM customers WHERE customer_id = 1235"
-        ),
+        env.sql("SELECT first_name FROM customers WHERE customer_id = 1235"),
         "Back"
     );
     // A load under session_replication_role = replica (as logical replication applies rows).
-    sql(
-        &env,
+    env.sql(
         "SET session_replication_role = replica; \
          INSERT INTO customers (customer_id, first_name, email, country) VALUES (77, 'Ann', 'ann@example.com', 'UK') \
            ON CONFLICT (customer_id) DO UPDATE SET first_name = EXCLUDED.first_name, email = EXCLUDED.email, country = EXCLUDED.country; \
@@ -1389,15 +1144,14 @@ fn suppression_triggers_fire_always_and_last_and_check_reports_holes() {
          INSERT INTO customer_notes_archive VALUES (77, 'replicated note', 'call', '2024-01-01');",
     );
     assert_eq!(
-        sql(&env, "SELECT first_name IS NULL, email IS NULL, country IS NULL FROM customers WHERE customer_id = 77"),
+        env.sql("SELECT first_name IS NULL, email IS NULL, country IS NULL FROM customers WHERE customer_id = 77"),
         "t|t|t"
     );
     assert_eq!(pii_left_in_tree(&env, "1234, 77"), "0/0/0/0");
     assert_eq!(suppression_errors(&env), Vec::<String>::new());
 
     // check: a trigger sorting after pgredact's, a disabled one, one not ALWAYS, a missing one.
-    sql(
-        &env,
+    env.sql(
         "CREATE TRIGGER \"~~late\" BEFORE UPDATE ON public.customer_notes_archive \
            FOR EACH ROW EXECUTE FUNCTION public.put_back(); \
          ALTER TABLE public.customer_notes_archive DISABLE TRIGGER \"~~late\"; \
@@ -1410,8 +1164,7 @@ fn suppression_triggers_fire_always_and_last_and_check_reports_holes() {
         errors[0].contains("public.customer_events: trigger \"~~later\" fires after"),
         "{errors:#?}"
     );
-    sql(
-        &env,
+    env.sql(
         "DROP TRIGGER \"~~later\" ON public.customer_events; \
                ALTER TABLE public.customers DISABLE TRIGGER \"~pgredact_forget\"; \
                ALTER TABLE public.customer_history_2023 ENABLE TRIGGER \"~pgredact_forget\"; \
@@ -1431,8 +1184,7 @@ fn suppression_triggers_fire_always_and_last_and_check_reports_holes() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(suppression_errors(&env), Vec::<String>::new());
     assert_eq!(
-        sql(
-            &env,
+        env.sql(
             "SELECT string_agg(DISTINCT tgenabled::text, ','), count(*) FROM pg_trigger WHERE tgname = '~pgredact_forget'"
         ),
         "A|8"
@@ -1491,14 +1243,11 @@ fn transient_errors_are_retried_until_the_job_completes() {
     assert!(report.contains("lock timeout (55P03)"), "{report}");
     assert!(report.contains("2 forgotten now"), "{report}");
     assert_eq!(
-        sql(&env, "SELECT count(*) FROM customer_events WHERE customer_id IN (1234, 77) AND ip_address IS NOT NULL"),
+        env.sql("SELECT count(*) FROM customer_events WHERE customer_id IN (1234, 77) AND ip_address IS NOT NULL"),
         "0"
     );
     assert_eq!(
-        sql(
-            &env,
-            "SELECT state FROM pgredact.forget_jobs ORDER BY id DESC LIMIT 1"
-        ),
+        env.sql("SELECT state FROM pgredact.forget_jobs ORDER BY id DESC LIMIT 1"),
         "done"
     );
 }
@@ -1519,8 +1268,7 @@ fn blocked_requests_are_refused_with_422_and_their_ids_kept_nowhere() {
 #[test]
 fn a_failed_refresh_ends_done_with_warnings() {
     let env = demo_env();
-    sql(
-        &env,
+    env.sql(
         "CREATE TABLE public.refresh_switch (broken boolean); \
          INSERT INTO public.refresh_switch VALUES (false); \
          ALTER TABLE public.refresh_switch OWNER TO pgredact; \
@@ -1563,8 +1311,7 @@ fn a_failed_refresh_ends_done_with_warnings() {
         "{json}"
     );
     assert_eq!(
-        sql(
-            &env,
+        env.sql(
             "SELECT count(*) FROM customers WHERE customer_id = 1234 AND first_name IS NOT NULL"
         ),
         "0"
@@ -1584,7 +1331,7 @@ const REFUSE_UPDATES: &str = "CREATE TABLE public.update_switch (broken boolean)
 #[test]
 fn failed_jobs_keep_their_ids_and_can_be_retried_from_cli_and_api() {
     let env = demo_env();
-    sql(&env, REFUSE_UPDATES);
+    env.sql(REFUSE_UPDATES);
     let err = rt()
         .block_on(forget::run_cli(&env.cfg, forget_args("1234,77")))
         .expect_err("the job fails");
@@ -1594,12 +1341,12 @@ fn failed_jobs_keep_their_ids_and_can_be_retried_from_cli_and_api() {
     );
     // The IDs are kept (none of these customers is forgotten yet), and they stay suppressed.
     assert_eq!(
-        sql(&env, "SELECT count(*) FROM pgredact.forget_batches WHERE ids IS NOT NULL AND state = 'pending'"),
+        env.sql("SELECT count(*) FROM pgredact.forget_batches WHERE ids IS NOT NULL AND state = 'pending'"),
         "1"
     );
-    assert_eq!(sql(&env, "SELECT count(*) FROM pgredact.forget_list"), "2");
+    assert_eq!(env.sql("SELECT count(*) FROM pgredact.forget_list"), "2");
     assert_eq!(
-        sql(&env, "SELECT count(*) FROM customers WHERE customer_id IN (1234, 77) AND first_name IS NOT NULL"),
+        env.sql("SELECT count(*) FROM customers WHERE customer_id IN (1234, 77) AND first_name IS NOT NULL"),
         "2"
     );
     // Retrying while the cause is still there fails again, still keeping the IDs.
@@ -1612,7 +1359,7 @@ fn failed_jobs_keep_their_ids_and_can_be_retried_from_cli_and_api() {
         .block_on(forget::run_cli(&env.cfg, retry(1)))
         .expect_err("still failing");
     assert!(err.contains("orders are frozen"), "{err}");
-    sql(&env, "UPDATE public.update_switch SET broken = false");
+    env.sql("UPDATE public.update_switch SET broken = false");
     let report = rt()
         .block_on(forget::run_cli(&env.cfg, retry(1)))
         .unwrap_or_else(|e| panic!("{e}"));
@@ -1622,14 +1369,11 @@ fn failed_jobs_keep_their_ids_and_can_be_retried_from_cli_and_api() {
     );
     assert!(report.contains("2 forgotten now"), "{report}");
     assert_eq!(
-        sql(&env, "SELECT count(*) FROM customers WHERE customer_id IN (1234, 77) AND first_name IS NOT NULL"),
+        env.sql("SELECT count(*) FROM customers WHERE customer_id IN (1234, 77) AND first_name IS NOT NULL"),
         "0"
     );
     assert_eq!(
-        sql(
-            &env,
-            "SELECT count(*) FROM pgredact.forget_batches WHERE ids IS NOT NULL"
-        ),
+        env.sql("SELECT count(*) FROM pgredact.forget_batches WHERE ids IS NOT NULL"),
         "0"
     );
     let err = rt()
@@ -1638,67 +1382,30 @@ fn failed_jobs_keep_their_ids_and_can_be_retried_from_cli_and_api() {
     assert!(err.contains("only failed or blocked"), "{err}");
 
     // The same through the API.
-    sql(&env, "UPDATE public.update_switch SET broken = true");
+    env.sql("UPDATE public.update_switch SET broken = true");
     rt().block_on(async {
         let addr = start_admin(&env).await;
-        let auth = format!("Bearer {TOKEN}");
-        let (st, body) = http(
-            addr,
-            "POST",
-            "/v1/customers/remove-pii",
-            &[
-                ("Content-Type", "application/json"),
-                ("Authorization", auth.as_str()),
-            ],
-            br#"{"customer_ids":[88]}"#,
-        )
-        .await;
-        assert_eq!(st, 202, "{body}");
-        let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["job_id"]
+        let r = post_json(addr, TOKEN, REMOVE_PII, r#"{"customer_ids":[88]}"#).await;
+        assert_eq!(r.status, 202, "{}", r.body);
+        let id = serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["job_id"]
             .as_i64()
             .unwrap();
-        let status = wait_job(addr, &auth, id).await;
+        let status = wait_job(addr, TOKEN, id).await;
         assert_eq!(status["state"], "failed", "{status}");
-        sql(&env, "UPDATE public.update_switch SET broken = false");
+        env.sql("UPDATE public.update_switch SET broken = false");
         let path = format!("/v1/jobs/{id}/retry");
-        let (st, body) = http(
-            addr,
-            "POST",
-            &path,
-            &[("Authorization", auth.as_str())],
-            b"",
-        )
-        .await;
-        assert_eq!(st, 202, "{body}");
-        let status = wait_job(addr, &auth, id).await;
+        let r = post(addr, TOKEN, &path).await;
+        assert_eq!(r.status, 202, "{}", r.body);
+        let status = wait_job(addr, TOKEN, id).await;
         assert_eq!(status["state"], "done", "{status}");
         assert_eq!(status["ids_forgotten"], 1, "{status}");
-        let (st, body) = http(
-            addr,
-            "POST",
-            &path,
-            &[("Authorization", auth.as_str())],
-            b"",
-        )
-        .await;
-        assert_eq!(st, 409, "{body}");
-        let (st, _) = http(
-            addr,
-            "POST",
-            "/v1/jobs/999/retry",
-            &[("Authorization", auth.as_str())],
-            b"",
-        )
-        .await;
-        assert_eq!(st, 404);
-        let (st, _) = http(addr, "POST", &path, &[], b"").await;
-        assert_eq!(st, 401);
+        let r = post(addr, TOKEN, &path).await;
+        assert_eq!(r.status, 409, "{}", r.body);
+        assert_eq!(post(addr, TOKEN, "/v1/jobs/999/retry").await.status, 404);
+        assert_eq!(http(addr, "POST", &path, &[], b"").await.status, 401);
     });
     assert_eq!(
-        sql(
-            &env,
-            "SELECT count(*) FROM customers WHERE customer_id = 88 AND first_name IS NOT NULL"
-        ),
+        env.sql("SELECT count(*) FROM customers WHERE customer_id = 88 AND first_name IS NOT NULL"),
         "0"
     );
 }
@@ -1716,13 +1423,12 @@ fn json_payloads_lose_only_their_masked_paths_now_and_in_later_loads() {
          \"$.billing.address\" = \"redact\", \"$.**.phone\" = \"null\" } }",
     );
     let (cfg, dir) = write_config(&cluster, &policy);
-    let env = Env {
+    let env = ConfigEnv {
         cluster,
         cfg,
         _dir: dir,
     };
-    let id = sql(
-        &env,
+    let id = env.sql(
         "SELECT customer_id FROM customer_events WHERE event_type = 'purchase' \
          INTERSECT SELECT customer_id FROM customer_events WHERE event_type = 'email_open' \
          INTERSECT SELECT customer_id FROM customer_events WHERE event_type = 'page_view' ORDER BY 1 LIMIT 1",
@@ -1735,57 +1441,52 @@ fn json_payloads_lose_only_their_masked_paths_now_and_in_later_loads() {
     assert!(report.contains("no PII left"), "{report}");
     // The masked paths are JSON null; the keys and every other value stay.
     assert_eq!(
-        sql(&env, &format!(
+        env.sql(&format!(
             "SELECT bool_and(payload ? 'to' AND payload->'to' = 'null' AND payload->>'campaign' IS NOT NULL) \
              FROM customer_events WHERE customer_id = {id} AND event_type = 'email_open'"
         )),
         "t"
     );
     assert_eq!(
-        sql(&env, &format!(
+        env.sql(&format!(
             "SELECT bool_and(payload->'billing' = '{{\"name\": null, \"address\": null}}' AND payload->>'total' IS NOT NULL) \
              FROM customer_events WHERE customer_id = {id} AND event_type = 'purchase'"
         )),
         "t"
     );
     assert_eq!(
-        sql(&env, &format!(
+        env.sql(&format!(
             "SELECT bool_and(payload->>'path' IS NOT NULL) FROM customer_events WHERE customer_id = {id} AND event_type = 'page_view'"
         )),
         "t"
     );
     assert_eq!(fingerprint_except(&env, &id), others_before);
     // A later delivery of the same customer's events keeps its data but not its PII.
-    sql(
-        &env,
+    env.sql(
         &format!(
             "INSERT INTO customer_events (customer_id, event_type, payload, occurred_at) VALUES \
              ({id}, 'email_open', '{{\"to\": \"back@example.com\", \"campaign\": \"c1\", \"x\": {{\"phone\": \"+1 555\"}}}}', now())"
         ),
     );
     assert_eq!(
-        sql(&env, &format!(
+        env.sql(&format!(
             "SELECT payload::text FROM customer_events WHERE customer_id = {id} AND payload->>'campaign' = 'c1'"
         )),
         r#"{"x": {"phone": null}, "to": null, "campaign": "c1"}"#
     );
     // Another customer's delivery is untouched.
-    sql(
-        &env,
+    env.sql(
         "INSERT INTO customer_events (customer_id, event_type, payload, occurred_at) VALUES \
          (2, 'email_open', '{\"to\": \"kept@example.com\"}', now())",
     );
     assert_eq!(
-        sql(
-            &env,
-            "SELECT count(*) FROM customer_events WHERE payload->>'to' = 'kept@example.com'"
-        ),
+        env.sql("SELECT count(*) FROM customer_events WHERE payload->>'to' = 'kept@example.com'"),
         "1"
     );
 }
 
 /// Polls the superuser's `q` until it answers `want`.
-async fn wait_sql(env: &Env, q: &str, want: &str) {
+async fn wait_sql(env: &ConfigEnv, q: &str, want: &str) {
     let started = std::time::Instant::now();
     loop {
         // An error (the forget tables not created yet) counts as not yet.
@@ -1845,7 +1546,7 @@ fn finalize_waits_for_older_transactions_and_for_jobs_that_own_its_ids() {
         wait_sql(&env, "SELECT state FROM pgredact.forget_jobs", "finalizing").await;
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         // Finalize waits while the older transaction is open...
-        assert_eq!(sql(&env, "SELECT state FROM pgredact.forget_jobs"), "finalizing");
+        assert_eq!(env.sql("SELECT state FROM pgredact.forget_jobs"), "finalizing");
         old.batch_execute(
             "INSERT INTO customer_history (customer_id, changed_at, email, phone, address) \
              VALUES (7, now(), 'late.writer@example.com', '+1 555 0100', '1 Late Street'); COMMIT",
@@ -1856,7 +1557,7 @@ fn finalize_waits_for_older_transactions_and_for_jobs_that_own_its_ids() {
         let st = job.await.expect("join").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(st.state, "done", "{}", st.render());
         assert_eq!(
-            sql(&env, "SELECT count(*) FROM customer_history WHERE customer_id = 7 AND (email IS NOT NULL OR phone IS NOT NULL OR address IS NOT NULL)"),
+            env.sql("SELECT count(*) FROM customer_history WHERE customer_id = 7 AND (email IS NOT NULL OR phone IS NOT NULL OR address IS NOT NULL)"),
             "0"
         );
 
@@ -1873,16 +1574,16 @@ fn finalize_waits_for_older_transactions_and_for_jobs_that_own_its_ids() {
         .await;
         assert!(a.is_err() || a.as_ref().is_ok_and(|s| s.state == "running"), "{:?}", a.as_ref().map(|s| s.render()));
         let pii_b = "SELECT count(*) FROM customers WHERE customer_id BETWEEN 120 AND 125 AND first_name IS NOT NULL";
-        assert_eq!(sql(&env, pii_b), "6");
+        assert_eq!(env.sql(pii_b), "6");
         let b = tokio::spawn(submit("120,121,122,123,124,125".into(), 25, Faults::default()));
         let b_state = "SELECT state FROM pgredact.forget_jobs ORDER BY id DESC LIMIT 1";
         wait_sql(&env, b_state, "finalizing").await;
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         // B does not report customers A has not anonymized yet.
-        assert_eq!(sql(&env, b_state), "finalizing");
-        assert_eq!(sql(&env, pii_b), "6");
+        assert_eq!(env.sql(b_state), "finalizing");
+        assert_eq!(env.sql(pii_b), "6");
         // A resumes and finishes; then B verifies all six.
-        let a_id: i64 = sql(&env, "SELECT min(id) FROM pgredact.forget_jobs WHERE state = 'running'")
+        let a_id: i64 = env.sql("SELECT min(id) FROM pgredact.forget_jobs WHERE state = 'running'")
             .parse()
             .expect("job a");
         let mut s = Session::open(&target, Arc::clone(&policy), Some(&key))
@@ -1895,7 +1596,7 @@ fn finalize_waits_for_older_transactions_and_for_jobs_that_own_its_ids() {
         let v = st.verification.clone().expect("verification");
         assert_eq!(v["ids_checked"], 6, "{v}");
         assert_eq!(v["ok"], true, "{v}");
-        assert_eq!(sql(&env, pii_b), "0");
+        assert_eq!(env.sql(pii_b), "0");
     });
 }
 
@@ -1926,7 +1627,7 @@ columns.ip = "null"
 fn case_insensitive_ids_are_forgotten_and_suppressed_in_every_spelling() {
     let env = schema_env(CI_SCHEMA, CI_POLICY);
     let cfg = &env.cfg;
-    let q = |s: &str| sql(&env, s);
+    let q = |s: &str| env.sql(s);
     // Requested in yet another spelling, with spaces around it.
     let report = rt()
         .block_on(forget::run_cli(cfg, forget_args(" CAROL@example.COM ")))
@@ -1987,22 +1688,18 @@ fn sweep_reapplies_the_forget_list_after_a_restore_and_to_new_policy_columns() {
     forget_done(&env, "11,12");
     // The customer ID is not PII here: the list keeps it raw, and the triggers look it up so.
     assert_eq!(
-        sql(
-            &env,
-            "SELECT string_agg(subject_id, ',' ORDER BY subject_id) FROM pgredact.forget_list"
-        ),
+        env.sql("SELECT string_agg(subject_id, ',' ORDER BY subject_id) FROM pgredact.forget_list"),
         "11,12"
     );
     assert_eq!(
-        sql(&env, "SELECT bool_and(p.prosrc LIKE '%f.subject_id%' AND p.prosrc NOT LIKE '%sha256%') \
+        env.sql("SELECT bool_and(p.prosrc LIKE '%f.subject_id%' AND p.prosrc NOT LIKE '%sha256%') \
                    FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid WHERE t.tgname = '~pgredact_forget' \
                      AND p.proname LIKE 'forget_suppress_%'"),
         ""
     );
     // The compiled front calls those functions, and looks the raw IDs up too.
     assert_eq!(
-        sql(
-            &env,
+        env.sql(
             "SELECT bool_and(p.prosrc LIKE '%f.subject_id%' AND p.prosrc NOT LIKE '%sha256%' \
                           AND split_part(encode(t.tgargs, 'escape'), '\\000', 3) = 'raw') \
                    FROM pg_trigger t JOIN pg_proc p ON p.pronamespace = 'pgredact'::regnamespace \
@@ -2012,12 +1709,11 @@ fn sweep_reapplies_the_forget_list_after_a_restore_and_to_new_policy_columns() {
         "t"
     );
     let untouched = "SELECT md5(c::text) FROM customers c WHERE customer_id = 13";
-    let customer_13 = sql(&env, untouched);
+    let customer_13 = env.sql(untouched);
     // A restore from a backup taken before the job: the old values come back (triggers off, as
     // a restore of the data files or a dump with --disable-triggers would), and the schema
     // restore lost the trigger of the events table, so a delivery for customer 11 lands raw.
-    sql(
-        &env,
+    env.sql(
         "ALTER TABLE customers DISABLE TRIGGER ALL; \
          UPDATE customers SET first_name = 'Restored', email = 'restored@example.com', segment = 'vip' \
          WHERE customer_id IN (11, 12); \
@@ -2027,7 +1723,7 @@ fn sweep_reapplies_the_forget_list_after_a_restore_and_to_new_policy_columns() {
          VALUES (11, 'login', '192.0.2.11', now())",
     );
     assert_eq!(
-        sql(&env, "SELECT count(*) FROM customers WHERE customer_id IN (11, 12) AND first_name = 'Restored'"),
+        env.sql("SELECT count(*) FROM customers WHERE customer_id IN (11, 12) AND first_name = 'Restored'"),
         "2"
     );
     // Meanwhile `segment` joined the policy.
@@ -2061,29 +1757,27 @@ fn sweep_reapplies_the_forget_list_after_a_restore_and_to_new_policy_columns() {
         "{report}"
     );
     assert_eq!(
-        sql(
-            &env,
+        env.sql(
             "SELECT count(*) FROM customers WHERE customer_id IN (11, 12) \
                    AND (first_name IS NOT NULL OR email IS NOT NULL OR segment IS NOT NULL)"
         ),
         "0"
     );
     assert_eq!(
-        sql(&env, "SELECT count(*) FROM customer_events WHERE customer_id = 11 AND ip_address IS NOT NULL"),
+        env.sql("SELECT count(*) FROM customer_events WHERE customer_id = 11 AND ip_address IS NOT NULL"),
         "0"
     );
     // The lost trigger is back, and suppresses again.
-    sql(
-        &env,
+    env.sql(
         "INSERT INTO customer_events (customer_id, event_type, ip_address, occurred_at) \
          VALUES (12, 'login', '192.0.2.12', now())",
     );
     assert_eq!(
-        sql(&env, "SELECT count(*) FROM customer_events WHERE customer_id = 12 AND ip_address IS NOT NULL"),
+        env.sql("SELECT count(*) FROM customer_events WHERE customer_id = 12 AND ip_address IS NOT NULL"),
         "0"
     );
     // Everyone else is untouched; a second sweep finds nothing to do.
-    assert_eq!(sql(&env, untouched), customer_13);
+    assert_eq!(env.sql(untouched), customer_13);
     let again = rt()
         .block_on(forget::run_cli(
             &cfg2,
@@ -2102,8 +1796,7 @@ fn sweep_reapplies_the_forget_list_after_a_restore_and_to_new_policy_columns() {
 #[test]
 fn code_of_other_roles_that_forget_would_run_is_a_blocker() {
     let env = demo_env();
-    sql(
-        &env,
+    env.sql(
         "CREATE ROLE app_owner; \
          CREATE FUNCTION public.touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.updated_at := now(); RETURN NEW; END $$; \
          ALTER FUNCTION public.touch() OWNER TO app_owner; \
@@ -2124,23 +1817,19 @@ fn code_of_other_roles_that_forget_would_run_is_a_blocker() {
         assert!(err.contains(want), "{want}\n{err}");
     }
     assert_eq!(
-        sql(
-            &env,
-            "SELECT count(*) FROM customers WHERE customer_id = 21 AND first_name IS NOT NULL"
-        ),
+        env.sql("SELECT count(*) FROM customers WHERE customer_id = 21 AND first_name IS NOT NULL"),
         "1"
     );
     // SECURITY DEFINER (runs as its owner), a superuser's function, no rule: forget proceeds,
     // and the application's trigger still runs.
-    sql(
-        &env,
+    env.sql(
         "ALTER FUNCTION public.touch() SECURITY DEFINER; \
          ALTER FUNCTION public.short_status(text) OWNER TO postgres; \
          DROP RULE keep_history ON customer_history;",
     );
     forget_done(&env, "21");
     assert_eq!(
-        sql(&env, "SELECT first_name IS NULL, updated_at > now() - interval '1 hour' FROM customers WHERE customer_id = 21"),
+        env.sql("SELECT first_name IS NULL, updated_at > now() - interval '1 hour' FROM customers WHERE customer_id = 21"),
         "t|t"
     );
 }
@@ -2176,32 +1865,23 @@ fn the_forget_audit_trail_is_hash_chained_and_edits_are_found() {
     .unwrap_or_else(|e| panic!("{e}"));
     // Every step is there, in order, without a customer ID.
     assert_eq!(
-        sql(
-            &env,
-            "SELECT string_agg(operation, ',' ORDER BY seq) FROM pgredact.forget_audit"
-        ),
+        env.sql("SELECT string_agg(operation, ',' ORDER BY seq) FROM pgredact.forget_audit"),
         "forget:queued,forget:running,forget:finalizing,forget:done,unforget:done,sweep"
     );
     assert_eq!(
-        sql(
-            &env,
-            "SELECT count(*) FROM pgredact.forget_audit WHERE record::text ~ '\\m4[12]\\M'"
-        ),
+        env.sql("SELECT count(*) FROM pgredact.forget_audit WHERE record::text ~ '\\m4[12]\\M'"),
         "0"
     );
     let ok = verify().unwrap_or_else(|e| panic!("{e}"));
     assert!(ok.contains("6 record(s), chain intact; head "), "{ok}");
     // An edit, a deletion: each is named.
-    sql(&env, "UPDATE pgredact.forget_audit SET record = record || '{\"requester\": \"someone else\"}' WHERE seq = 2");
+    env.sql("UPDATE pgredact.forget_audit SET record = record || '{\"requester\": \"someone else\"}' WHERE seq = 2");
     let e = verify().expect_err("edited");
     assert!(
         e.contains("BROKEN: record 2 was changed after it was written"),
         "{e}"
     );
-    sql(
-        &env,
-        "DELETE FROM pgredact.forget_audit WHERE seq IN (1, 2)",
-    );
+    env.sql("DELETE FROM pgredact.forget_audit WHERE seq IN (1, 2)");
     let e = verify().expect_err("deleted");
     assert!(e.contains("BROKEN: record 1 is missing"), "{e}");
 }
@@ -2219,7 +1899,7 @@ fn opening_a_forget_session_again_runs_no_ddl() {
             .await
             .expect("first open");
     });
-    let before = sql(&env, generation);
+    let before = env.sql(generation);
     // Every API request opens a session: the second and later ones must not look like DDL to
     // the proxies (each DDL makes every masked session re-read the catalog).
     rt().block_on(async {
@@ -2229,15 +1909,14 @@ fn opening_a_forget_session_again_runs_no_ddl() {
                 .expect("open again");
         }
     });
-    assert_eq!(sql(&env, generation), before);
+    assert_eq!(env.sql(generation), before);
 }
 
 #[test]
 fn a_table_the_control_role_does_not_own_is_a_blocker_before_any_job() {
     let env = demo_env();
     // SELECT, UPDATE and TRIGGER are not enough: ENABLE ALWAYS is an ALTER TABLE (owner only).
-    sql(
-        &env,
+    env.sql(
         "CREATE ROLE shop_owner; ALTER TABLE public.orders OWNER TO shop_owner; \
          GRANT SELECT, UPDATE, TRIGGER ON public.orders TO pgredact;",
     );
@@ -2251,28 +1930,18 @@ fn a_table_the_control_role_does_not_own_is_a_blocker_before_any_job() {
     assert!(!err.contains("must be owner of table"), "{err}");
     api_blocks_1234_and_77(&env, want);
     // Membership in the owner role is enough.
-    sql(&env, "GRANT shop_owner TO pgredact");
+    env.sql("GRANT shop_owner TO pgredact");
     forget_done(&env, "1234,77");
 }
 
 /// The API refuses to forget customers 1234 and 77 with 422 and a blocker containing `want`;
 /// no job was created, nobody is on the list, nothing changed.
-fn api_blocks_1234_and_77(env: &Env, want: &str) {
+fn api_blocks_1234_and_77(env: &ConfigEnv, want: &str) {
     rt().block_on(async {
         let addr = start_admin(env).await;
-        let auth = format!("Bearer {TOKEN}");
-        let (st, body) = http(
-            addr,
-            "POST",
-            "/v1/customers/remove-pii",
-            &[
-                ("Content-Type", "application/json"),
-                ("Authorization", auth.as_str()),
-            ],
-            br#"{"customer_ids":[1234, 77]}"#,
-        )
-        .await;
-        assert_eq!(st, 422, "{body}");
+        let r = post_json(addr, TOKEN, REMOVE_PII, r#"{"customer_ids":[1234, 77]}"#).await;
+        let body = r.body;
+        assert_eq!(r.status, 422, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
         let blockers = v["blockers"].as_array().expect("blockers array");
         assert!(
@@ -2289,16 +1958,16 @@ fn api_blocks_1234_and_77(env: &Env, want: &str) {
             "{body}"
         );
     });
-    assert_eq!(sql(env, "SELECT count(*) FROM pgredact.forget_jobs"), "0");
-    assert_eq!(sql(env, "SELECT count(*) FROM pgredact.forget_list"), "0");
+    assert_eq!(env.sql("SELECT count(*) FROM pgredact.forget_jobs"), "0");
+    assert_eq!(env.sql("SELECT count(*) FROM pgredact.forget_list"), "0");
     assert_eq!(
-        sql(env, "SELECT count(*) FROM customers WHERE customer_id IN (1234, 77) AND first_name IS NOT NULL"),
+        env.sql("SELECT count(*) FROM customers WHERE customer_id IN (1234, 77) AND first_name IS NOT NULL"),
         "2"
     );
 }
 
 /// Submits a job for `ids` without running it (it stays queued); returns its id.
-fn submit_queued(env: &Env, ids: &str) -> i64 {
+fn submit_queued(env: &ConfigEnv, ids: &str) -> i64 {
     let policy = forget::pick_policy(&env.cfg, Some("app")).expect("policy");
     let target = Target::from_config(&env.cfg, "app");
     let key = HASH_KEY.as_bytes().to_vec();
@@ -2324,7 +1993,7 @@ fn cancel_args(job: i64, reason: Option<&str>) -> ForgetArgs {
     }
 }
 
-fn verify_audit(env: &Env) -> Result<String, String> {
+fn verify_audit(env: &ConfigEnv) -> Result<String, String> {
     rt().block_on(forget::run_cli(
         &env.cfg,
         ForgetArgs {
@@ -2341,7 +2010,7 @@ fn a_queued_job_is_cancelled_from_the_cli_and_never_runs() {
     let job = submit_queued(&env, "21,22,23");
     // Three batches of one ID, each with the raw ID and its keyed hash.
     assert_eq!(
-        sql(&env, &format!("SELECT count(*) FROM pgredact.forget_batches WHERE job_id = {job} AND ids IS NOT NULL AND id_hashes IS NOT NULL")),
+        env.sql(&format!("SELECT count(*) FROM pgredact.forget_batches WHERE job_id = {job} AND ids IS NOT NULL AND id_hashes IS NOT NULL")),
         "3"
     );
     let report = rt()
@@ -2362,42 +2031,35 @@ fn a_queued_job_is_cancelled_from_the_cli_and_never_runs() {
     );
     // State, who, when and why; no raw ID nor keyed hash left; nothing on the forget list.
     assert_eq!(
-        sql(&env, &format!(
+        env.sql(&format!(
             "SELECT state, cancelled_by, cancel_reason, cancelled_at IS NOT NULL, finished_at IS NOT NULL \
              FROM pgredact.forget_jobs WHERE id = {job}"
         )),
         "cancelled|privacy-lead@example.com|sent twice|t|t"
     );
     assert_eq!(
-        sql(&env, &format!(
+        env.sql(&format!(
             "SELECT count(*) FILTER (WHERE ids IS NOT NULL OR id_hashes IS NOT NULL), \
                     string_agg(DISTINCT state, ',') FROM pgredact.forget_batches WHERE job_id = {job}"
         )),
         "0|cancelled"
     );
-    assert_eq!(sql(&env, "SELECT count(*) FROM pgredact.forget_list"), "0");
+    assert_eq!(env.sql("SELECT count(*) FROM pgredact.forget_list"), "0");
     // The audit trail: the state change and a cancel record naming who and why, no ID; the
     // chain verifies.
     assert_eq!(
-        sql(
-            &env,
-            "SELECT string_agg(operation, ',' ORDER BY seq) FROM pgredact.forget_audit"
-        ),
+        env.sql("SELECT string_agg(operation, ',' ORDER BY seq) FROM pgredact.forget_audit"),
         "forget:queued,forget:cancelled,cancel"
     );
     assert_eq!(
-        sql(
-            &env,
+        env.sql(
             "SELECT job_id, record->>'cancelled_by', record->>'reason', record->>'previous_state', record->>'ids_removed' \
              FROM pgredact.forget_audit WHERE operation = 'cancel'"
         ),
         format!("{job}|privacy-lead@example.com|sent twice|queued|3")
     );
     assert_eq!(
-        sql(
-            &env,
-            "SELECT count(*) FROM pgredact.forget_audit WHERE record::text ~ '\\m2[123]\\M'"
-        ),
+        env.sql("SELECT count(*) FROM pgredact.forget_audit WHERE record::text ~ '\\m2[123]\\M'"),
         "0"
     );
     let ok = verify_audit(&env).unwrap_or_else(|e| panic!("{e}"));
@@ -2444,14 +2106,13 @@ fn a_queued_job_is_cancelled_from_the_cli_and_never_runs() {
         .expect_err("cancelled twice");
     assert!(err.contains("already cancelled"), "{err}");
     assert_eq!(
-        sql(
-            &env,
-            &format!("SELECT state FROM pgredact.forget_jobs WHERE id = {job}")
-        ),
+        env.sql(&format!(
+            "SELECT state FROM pgredact.forget_jobs WHERE id = {job}"
+        )),
         "cancelled"
     );
     assert_eq!(fingerprint_all(&env), before);
-    assert_eq!(sql(&env, "SELECT count(*) FROM pgredact.forget_list"), "0");
+    assert_eq!(env.sql("SELECT count(*) FROM pgredact.forget_list"), "0");
     // Customers of a cancelled job can be forgotten later by a new job.
     let report = forget_done(&env, "21");
     assert!(report.contains("1 forgotten now"), "{report}");
@@ -2469,12 +2130,12 @@ fn done_jobs_and_failed_jobs_whose_customers_are_listed_are_not_cancelled() {
         "{err}"
     );
     assert_eq!(
-        sql(&env, "SELECT state FROM pgredact.forget_jobs WHERE id = 1"),
+        env.sql("SELECT state FROM pgredact.forget_jobs WHERE id = 1"),
         "done"
     );
 
     // A job that failed after its start put its customers on the forget list.
-    sql(&env, REFUSE_UPDATES);
+    env.sql(REFUSE_UPDATES);
     let err = rt()
         .block_on(forget::run_cli(&env.cfg, forget_args("1234,77")))
         .expect_err("the job fails");
@@ -2494,28 +2155,19 @@ fn done_jobs_and_failed_jobs_whose_customers_are_listed_are_not_cancelled() {
     // Nothing changed: still failed, IDs and hashes kept (a retry can finish it), customers
     // still suppressed, no cancel record.
     assert_eq!(
-        sql(
-            &env,
-            "SELECT state, cancelled_at IS NULL FROM pgredact.forget_jobs WHERE id = 2"
-        ),
+        env.sql("SELECT state, cancelled_at IS NULL FROM pgredact.forget_jobs WHERE id = 2"),
         "failed|t"
     );
     assert_eq!(
-        sql(&env, "SELECT count(*) FROM pgredact.forget_batches WHERE job_id = 2 AND ids IS NOT NULL AND id_hashes IS NOT NULL"),
+        env.sql("SELECT count(*) FROM pgredact.forget_batches WHERE job_id = 2 AND ids IS NOT NULL AND id_hashes IS NOT NULL"),
         "1"
     );
     assert_eq!(
-        sql(
-            &env,
-            "SELECT count(*) FROM pgredact.forget_list WHERE job_id = 2"
-        ),
+        env.sql("SELECT count(*) FROM pgredact.forget_list WHERE job_id = 2"),
         "2"
     );
     assert_eq!(
-        sql(
-            &env,
-            "SELECT count(*) FROM pgredact.forget_audit WHERE operation = 'cancel'"
-        ),
+        env.sql("SELECT count(*) FROM pgredact.forget_audit WHERE operation = 'cancel'"),
         "0"
     );
     // Once their suppression is lifted with unforget, the job can be cancelled: then nobody is
@@ -2539,21 +2191,19 @@ fn done_jobs_and_failed_jobs_whose_customers_are_listed_are_not_cancelled() {
         "{report}"
     );
     assert_eq!(
-        sql(&env, "SELECT count(*) FROM pgredact.forget_batches WHERE job_id = 2 AND (ids IS NOT NULL OR id_hashes IS NOT NULL)"),
+        env.sql("SELECT count(*) FROM pgredact.forget_batches WHERE job_id = 2 AND (ids IS NOT NULL OR id_hashes IS NOT NULL)"),
         "0"
     );
     assert_eq!(
-        sql(&env, "SELECT count(*) FROM customers WHERE customer_id IN (1234, 77) AND first_name IS NOT NULL"),
+        env.sql("SELECT count(*) FROM customers WHERE customer_id IN (1234, 77) AND first_name IS NOT NULL"),
         "2"
     );
     verify_audit(&env).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// The function pgredact's suppression trigger on `table` calls, and its first argument.
-fn trigger_target(env: &Env, table: &str) -> String {
-    sql(
-        env,
-        &format!(
+fn trigger_target(env: &ConfigEnv, table: &str) -> String {
+    env.sql(&format!(
             "SELECT tg.tgfoid::regproc::text || ' ' || coalesce(split_part(encode(tg.tgargs, 'escape'), '\\000', 1), '') \
              FROM pg_trigger tg WHERE tg.tgrelid = '{table}'::regclass AND tg.tgname = '~pgredact_forget'"
         ),
@@ -2569,7 +2219,7 @@ fn compiled_suppression_sees_every_change_of_the_list_in_long_lived_sessions() {
     let env = demo_env();
     forget_done(&env, "1234");
     assert_eq!(
-        sql(&env, "SELECT count(*) FROM pg_extension WHERE extname = 'pgredact_suppress'"),
+        env.sql("SELECT count(*) FROM pg_extension WHERE extname = 'pgredact_suppress'"),
         "1",
         "the pgredact_suppress extension is not installed on this machine: make -C src/forget/ext install"
     );
@@ -2617,8 +2267,7 @@ fn compiled_suppression_sees_every_change_of_the_list_in_long_lived_sessions() {
     ))
     .expect("multi-row insert");
     assert_eq!(
-        sql(
-            &env,
+        env.sql(
             "SELECT count(*) FILTER (WHERE customer_id = 77 AND ip_address IS NULL), \
                           count(*) FILTER (WHERE customer_id <> 77 AND ip_address IS NOT NULL) \
                    FROM customer_events WHERE event_type = 'probe_many'"
@@ -2631,18 +2280,14 @@ fn compiled_suppression_sees_every_change_of_the_list_in_long_lived_sessions() {
 
     // Without the invalidation trigger the cache is not trusted: a list entry made with no
     // invalidation at all (the trigger disabled) is still suppressed, by the PL/pgSQL check.
-    sql(
-        &env,
-        "ALTER TABLE pgredact.forget_list DISABLE TRIGGER \"~pgredact_list_changed\"",
-    );
+    env.sql("ALTER TABLE pgredact.forget_list DISABLE TRIGGER \"~pgredact_list_changed\"");
     let errors = suppression_errors(&env).join("\n");
     assert!(
         errors.contains("pgredact.forget_list: the cache invalidation trigger"),
         "{errors}"
     );
     assert!(write(5555));
-    sql(
-        &env,
+    env.sql(
         "INSERT INTO pgredact.forget_list (subject_hash, subject_id) \
          VALUES (decode(pgredact.hmac_hex('5555'), 'hex'), '5555')",
     );
@@ -2650,10 +2295,7 @@ fn compiled_suppression_sees_every_change_of_the_list_in_long_lived_sessions() {
         !write(5555),
         "an entry made without invalidation was missed"
     );
-    sql(
-        &env,
-        "DELETE FROM pgredact.forget_list WHERE subject_id = '5555'",
-    );
+    env.sql("DELETE FROM pgredact.forget_list WHERE subject_id = '5555'");
     // The next job repairs the trigger.
     forget_done(&env, "6000");
     assert_eq!(suppression_errors(&env), Vec::<String>::new());
@@ -2689,14 +2331,14 @@ fn compiled_suppression_sees_every_change_of_the_list_in_long_lived_sessions() {
     assert!(report.contains(": done"), "{report}");
     let target = trigger_target(&env, "customer_events");
     assert!(target.starts_with("pgredact.forget_suppress_"), "{target}");
-    sql(&env, "INSERT INTO customer_events (customer_id, event_type, ip_address, occurred_at) VALUES (7000, 'probe_off', '192.0.2.1', now()), (7001, 'probe_off', '192.0.2.1', now())");
+    env.sql("INSERT INTO customer_events (customer_id, event_type, ip_address, occurred_at) VALUES (7000, 'probe_off', '192.0.2.1', now()), (7001, 'probe_off', '192.0.2.1', now())");
     assert_eq!(
-        sql(&env, "SELECT string_agg(customer_id || ':' || (ip_address IS NULL), ',' ORDER BY customer_id) FROM customer_events WHERE event_type = 'probe_off'"),
+        env.sql("SELECT string_agg(customer_id || ':' || (ip_address IS NULL), ',' ORDER BY customer_id) FROM customer_events WHERE event_type = 'probe_off'"),
         "7000:true,7001:false"
     );
 }
 
-fn rt_unforget(env: &Env, ids: &str) {
+fn rt_unforget(env: &ConfigEnv, ids: &str) {
     let out = rt()
         .block_on(forget::run_unforget_cli(
             &env.cfg,

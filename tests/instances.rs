@@ -11,6 +11,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::http::http_get;
 use support::serve::*;
 use support::*;
 use tokio_postgres::{Client, NoTls};

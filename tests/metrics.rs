@@ -11,14 +11,14 @@ mod support;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::serve::{Proc, PATIENCE};
 use support::*;
 
 const TOKEN_ENV: &str = "PGREDACT_TEST_METRICS_TOKEN";
-const PATIENCE: Duration = Duration::from_secs(120);
 
-use support::serve::http_get as get;
+use support::http::http_get as get;
 
 /// Parses OpenMetrics text as Prometheus would read it: `# TYPE/HELP/UNIT` lines, sample lines
 /// `name{label="value",...} number`, and a final `# EOF`. Panics on anything else; returns
@@ -266,23 +266,10 @@ async fn readyz_follows_the_upstream() {
     assert!(val(&after, s) > val(&before, s), "upstream errors counted");
 }
 
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Runs `pgredact serve` on a free port with `top` (top-level keys) before the suites' usual
 /// config and `sections` before its `[upstream]`; waits until a masked login works.
 async fn serve(env: &Env, dir: &Path, top: &str, sections: &str) -> (Proc, u16, PathBuf) {
-    std::fs::create_dir_all(dir.join("policies")).expect("mkdir");
-    std::fs::write(
-        dir.join("policies/app.toml"),
-        pgredact::demo::EXAMPLE_POLICY,
-    )
-    .expect("policy");
+    write_policy(dir, pgredact::demo::EXAMPLE_POLICY);
     let port = pgredact::pgcluster::free_port();
     let base = config_text(&format!("127.0.0.1:{port}"), env.cluster.port);
     let text = format!(

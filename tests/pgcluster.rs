@@ -1,9 +1,9 @@
 //! Integration tests for `pgredact::pgcluster`: throwaway clusters, the demo schema, auth modes.
 
-mod common;
+mod support;
 
-use common::{demo_cluster, DEMO_DB, DEMO_ROW_COUNTS};
 use pgredact::pgcluster::{Auth, Cluster, ClusterOptions, SUPERUSER, SUPERUSER_PASSWORD};
+use support::{demo_cluster, DEMO_DB, DEMO_ROW_COUNTS};
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
@@ -216,7 +216,7 @@ fn demo_roles_have_the_documented_privileges() {
         "20000"
     );
     // And loading it into a second database of the same cluster works too.
-    common::load_demo(&cluster, "app2");
+    support::load_demo(&cluster, "app2");
     assert_eq!(
         cluster
             .psql(

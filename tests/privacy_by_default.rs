@@ -4,7 +4,6 @@
 
 mod support;
 
-use pgredact::pgcluster::ClusterOptions;
 use support::*;
 
 const EXTRA: &str = "
@@ -26,12 +25,7 @@ GRANT ALL ON public.accounts TO pii_readers;
 GRANT SELECT, UPDATE, TRIGGER ON public.accounts TO pgredact;
 ";
 
-fn policy() -> String {
-    format!(
-        "{}\n[tables.\"public.accounts\"]\nsubject = \"account_id\"\nprivacy_by_default = true\npublic = [\"account_id\", \"tier\"]\ncolumns.email = \"email\"\n",
-        pgredact::demo::EXAMPLE_POLICY
-    )
-}
+const TABLES: &str = "[tables.\"public.accounts\"]\nsubject = \"account_id\"\nprivacy_by_default = true\npublic = [\"account_id\", \"tier\"]\ncolumns.email = \"email\"\n";
 
 const ALL: &str = "SELECT account_id, tier, email, notes, score, opened, vip";
 const MASKED: [&str; 2] = [
@@ -41,7 +35,7 @@ const MASKED: [&str; 2] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unlisted_columns_read_redacted_through_pgredact_and_straight_from_the_masking_view() {
-    let env = start(&policy(), ClusterOptions::default(), EXTRA).await;
+    let env = start_extended(TABLES, EXTRA).await;
     // Through pgredact: public columns raw, listed ones by their mask, the rest redacted
     // (text ****, numbers 0, dates 1900-01-01, other types NULL).
     let p = env.proxy("support").await;
@@ -104,7 +98,7 @@ async fn unlisted_columns_read_redacted_through_pgredact_and_straight_from_the_m
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_column_added_later_is_masked_at_once_directly_and_through_pgredact() {
-    let env = start(&policy(), ClusterOptions::default(), EXTRA).await;
+    let env = start_extended(TABLES, EXTRA).await;
     let su = env.direct("postgres").await;
     let sup = env.direct("support").await;
     let sol = env.direct("solutions").await;
@@ -162,14 +156,13 @@ async fn a_column_added_later_is_masked_at_once_directly_and_through_pgredact() 
         vec!["****|0"]
     );
     // Through pgredact: masked, or refused while its catalog catches up; never raw.
-    match rows(&proxy, "SELECT ssn FROM accounts WHERE account_id = 1").await {
-        Ok(r) => assert_eq!(r, vec!["****"]),
-        Err(e) => assert_eq!(code(&e), "42501", "{e}"),
-    }
-    let db = env.shared.db("app").await.unwrap();
-    db.refresh_since(&env.shared, std::time::Instant::now())
-        .await
-        .unwrap();
+    masked_or_refused(
+        &proxy,
+        "SELECT ssn FROM accounts WHERE account_id = 1",
+        &["****"],
+    )
+    .await;
+    env.refresh_catalog().await;
     assert_eq!(
         rows(
             &proxy,
@@ -213,7 +206,7 @@ async fn a_column_added_later_is_masked_at_once_directly_and_through_pgredact() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_of_unlisted_columns_are_refused_through_pgredact_and_denied_directly() {
-    let env = start(&policy(), ClusterOptions::default(), EXTRA).await;
+    let env = start_extended(TABLES, EXTRA).await;
     let p = env.proxy("solutions").await;
     let sol = env.direct("solutions").await;
     for (sql, col) in [
@@ -263,10 +256,8 @@ async fn writes_of_unlisted_columns_are_refused_through_pgredact_and_denied_dire
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_and_scan_report_the_columns_masked_by_default() {
-    let env = start(&policy(), ClusterOptions::default(), EXTRA).await;
-    let cfg = pgredact::config::Config::load(&env.dir.join("pgredact.toml")).unwrap();
-    let (lines, failed) = pgredact::check::run(&cfg).await;
-    assert!(!failed, "{lines:#?}");
+    let env = start_extended(TABLES, EXTRA).await;
+    let lines = env.check_passes().await;
     let file = env.dir.join("policies/app.toml");
     let text = std::fs::read_to_string(&file).unwrap();
     let line = text
@@ -297,7 +288,7 @@ async fn check_and_scan_report_the_columns_masked_by_default() {
         format: pgredact::scan::Format::Json,
         table_timeout_secs: 0,
     };
-    let (report, _) = pgredact::scan::scan(&cfg, &args).await.unwrap();
+    let (report, _) = pgredact::scan::scan(&env.config(), &args).await.unwrap();
     let of = |col: &str| {
         report
             .findings

@@ -4,6 +4,7 @@ mod support;
 
 use pgredact::pgcluster::{Auth, ClusterOptions};
 use pgredact::policy::hash_pseudonym;
+use support::tls::sh;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -1052,12 +1053,7 @@ async fn under_proxy_enforcement_revoking_membership_ends_an_open_unmasked_sessi
 async fn tls_is_terminated_at_the_proxy_and_can_be_required() {
     let env = start_default().await;
     let dir = env.dir.join("tls");
-    std::fs::create_dir_all(dir.join("policies")).unwrap();
-    std::fs::write(
-        dir.join("policies/app.toml"),
-        pgredact::demo::EXAMPLE_POLICY,
-    )
-    .unwrap();
+    write_policy(&dir, pgredact::demo::EXAMPLE_POLICY);
     let gen = std::process::Command::new("openssl")
         .args([
             "req",
@@ -1158,27 +1154,10 @@ async fn tls_towards_postgresql_with_verify_full() {
     )
     .await;
     let dir = env.dir.join("up");
-    std::fs::create_dir_all(dir.join("policies")).unwrap();
-    std::fs::write(
-        dir.join("policies/app.toml"),
-        pgredact::demo::EXAMPLE_POLICY,
-    )
-    .unwrap();
+    write_policy(&dir, pgredact::demo::EXAMPLE_POLICY);
     // A CA, and a server certificate for 127.0.0.1 signed by it.
-    let sh = |script: &str| {
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .current_dir(&dir)
-            .output()
-            .expect("sh + openssl (installed by .ci/run)");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
     sh(
+        &dir,
         "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=pgredact-test-ca \
           -keyout ca.key -out ca.crt \
         && openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout pg.key -out pg.csr \
@@ -1186,38 +1165,9 @@ async fn tls_towards_postgresql_with_verify_full() {
         && openssl x509 -req -in pg.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
           -extfile ext.cnf -out pg.crt",
     );
-    // Hand PostgreSQL its certificate and key (mode 0600, owned by the server's user).
-    for (file, target) in [
-        ("pg.crt", "pgredact_test.crt"),
-        ("pg.key", "pgredact_test.key"),
-    ] {
-        let text = std::fs::read_to_string(dir.join(file)).unwrap();
-        env.cluster.write_data_file(target, &text).unwrap();
-    }
+    // Hand PostgreSQL its certificate and key.
+    env.enable_server_tls(&dir).await;
     let su = env.direct("postgres").await;
-    for stmt in [
-        "ALTER SYSTEM SET ssl_cert_file = 'pgredact_test.crt'",
-        "ALTER SYSTEM SET ssl_key_file = 'pgredact_test.key'",
-        "ALTER SYSTEM SET ssl = on",
-        "SELECT pg_reload_conf()",
-    ] {
-        su.batch_execute(stmt).await.unwrap();
-    }
-    let mut on = false;
-    for _ in 0..600 {
-        let c = env.direct("postgres").await;
-        let v: String = c.query_one("SHOW ssl", &[]).await.unwrap().get(0);
-        if v == "on" {
-            on = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(
-        on,
-        "PostgreSQL did not turn ssl on:\n{}",
-        env.cluster.read_log()
-    );
 
     // Settings errors are reported when the config is read.
     let base = config_text("127.0.0.1:0", env.cluster.port);
@@ -1296,9 +1246,8 @@ async fn policy_tables_that_are_renamed_or_detached_stay_protected() {
                  CREATE TABLE contact_log_eu PARTITION OF contact_log FOR VALUES IN ('eu');
                  INSERT INTO contact_log VALUES (1, 'eu', 'eu.person@example.com');
                  GRANT SELECT ON contact_log, contact_log_eu TO support;";
-    let policy = format!(
-        "{}\n[tables.\"public.contact_log\"]\nsubject = \"customer_id\"\ncolumns.email = \"email\"\n",
-        pgredact::demo::EXAMPLE_POLICY
+    let policy = example_policy_with(
+        "[tables.\"public.contact_log\"]\nsubject = \"customer_id\"\ncolumns.email = \"email\"\n",
     );
     let env = start(&policy, ClusterOptions::default(), extra).await;
     let s = env.proxy("support").await;
@@ -1344,8 +1293,7 @@ async fn policy_tables_that_are_renamed_or_detached_stay_protected() {
             && rec.contains(&"contact_log_eu=public.contact_log".to_string()),
         "{rec:?}"
     );
-    let cfg = pgredact::config::Config::load(&env.dir.join("pgredact.toml")).unwrap();
-    let (listener, shared) = pgredact::proxy::bind(cfg).await.unwrap();
+    let (listener, shared) = pgredact::proxy::bind(env.config()).await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(pgredact::proxy::run(listener, shared));
     let (ok, _, err) = tokio::task::block_in_place(|| {

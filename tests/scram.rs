@@ -7,8 +7,10 @@ mod support;
 
 use pgredact::pgcluster::{Auth, ClusterOptions};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
+use support::serve::Proc;
+use support::tls::sh;
 use support::*;
 
 /// Passwords distinctive enough to search the log for.
@@ -32,28 +34,6 @@ host app md5user 127.0.0.1/32 md5
 host app trustuser 127.0.0.1/32 trust
 host all all 127.0.0.1/32 scram-sha-256
 ";
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn sh(dir: &Path, script: &str) {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .current_dir(dir)
-        .output()
-        .expect("sh + openssl (installed by .ci/run)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// psql with `conn` and `password`, plus extra environment; returns (ok, stdout, stderr).
 fn psql(conn: &str, password: &str, sql: &str, env: &[(&str, &str)]) -> (bool, String, String) {
@@ -153,12 +133,7 @@ async fn scram_with_tls_on_both_legs_and_channel_binding() {
     )
     .await;
     let dir = env.dir.join("scram");
-    std::fs::create_dir_all(dir.join("policies")).unwrap();
-    std::fs::write(
-        dir.join("policies/app.toml"),
-        pgredact::demo::EXAMPLE_POLICY,
-    )
-    .unwrap();
+    write_policy(&dir, pgredact::demo::EXAMPLE_POLICY);
     // One CA; PostgreSQL's certificate signed with SHA-512 and pgredact's with SHA-384, so the
     // channel-binding hash follows each certificate's signature algorithm (RFC 5929).
     sh(
@@ -174,34 +149,10 @@ async fn scram_with_tls_on_both_legs_and_channel_binding() {
          && openssl x509 -req -sha384 -in px.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
            -extfile px.cnf -out px.crt 2>/dev/null",
     );
-    for (file, target) in [
-        ("pg.crt", "pgredact_test.crt"),
-        ("pg.key", "pgredact_test.key"),
-    ] {
-        let text = std::fs::read_to_string(dir.join(file)).unwrap();
-        env.cluster.write_data_file(target, &text).unwrap();
-    }
+    // The rules for md5 and trust are read at the same reload as ssl.
     env.cluster.write_data_file("pg_hba.conf", HBA).unwrap();
+    env.enable_server_tls(&dir).await;
     let su = env.direct("postgres").await;
-    for stmt in [
-        "ALTER SYSTEM SET ssl_cert_file = 'pgredact_test.crt'",
-        "ALTER SYSTEM SET ssl_key_file = 'pgredact_test.key'",
-        "ALTER SYSTEM SET ssl = on",
-        "SELECT pg_reload_conf()",
-    ] {
-        su.batch_execute(stmt).await.unwrap();
-    }
-    let mut on = false;
-    for _ in 0..600 {
-        let c = env.direct("postgres").await;
-        let v: String = c.query_one("SHOW ssl", &[]).await.unwrap().get(0);
-        if v == "on" {
-            on = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(on, "ssl on:\n{}", env.cluster.read_log());
 
     // pgredact serve with TLS on both legs, as its own process, logging everything.
     let port = pgredact::pgcluster::free_port();

@@ -24,12 +24,7 @@ GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO solutions;
 GRANT ALL ON ALL TABLES IN SCHEMA public TO pii_readers;
 ";
 
-fn policy() -> String {
-    format!(
-        "{}\n[tables.\"public.contacts\"]\nsubject = \"id\"\ncolumns.email = \"email\"\n",
-        pgredact::demo::EXAMPLE_POLICY
-    )
-}
+const TABLES: &str = "[tables.\"public.contacts\"]\nsubject = \"id\"\ncolumns.email = \"email\"\n";
 
 /// (relation, its PII columns) for every relation the policy protects in this fixture.
 fn protected() -> Vec<(&'static str, Vec<&'static str>)> {
@@ -78,7 +73,7 @@ async fn pii_privileges(su: &tokio_postgres::Client, rels: &[(&str, Vec<&str>)])
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn masked_roles_straight_to_postgresql_are_denied_pii_and_read_the_masking_views() {
-    let env = start(&policy(), ClusterOptions::default(), EXTRA).await;
+    let env = start_extended(TABLES, EXTRA).await;
     let su = env.direct("postgres").await;
     // No masked role (PUBLIC included) holds any privilege on a PII column.
     assert_eq!(
@@ -191,14 +186,12 @@ async fn masked_roles_straight_to_postgresql_are_denied_pii_and_read_the_masking
         vec!["1999-01-01|d***@example.com|D***"]
     );
     // pgredact check passes on this database.
-    let cfg = pgredact::config::Config::load(&env.dir.join("pgredact.toml")).unwrap();
-    let (lines, failed) = pgredact::check::run(&cfg).await;
-    assert!(!failed, "{lines:#?}");
+    env.check_passes().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ddl_that_protects_or_grants_is_locked_down_in_its_own_transaction() {
-    let env = start(&policy(), ClusterOptions::default(), EXTRA).await;
+    let env = start_extended(TABLES, EXTRA).await;
     let su = env.direct("postgres").await;
     let sup = env.direct("support").await;
     let proxy = env.proxy("support").await;
@@ -233,14 +226,13 @@ async fn ddl_that_protects_or_grants_is_locked_down_in_its_own_transaction() {
         vec!["c***@apac.example"]
     );
     // ... and through pgredact: masked, or denied while its catalog catches up; never raw.
-    match rows(&proxy, "SELECT email FROM contacts_apac").await {
-        Ok(r) => assert_eq!(r, vec!["c***@apac.example"]),
-        Err(e) => assert_eq!(code(&e), "42501", "{e}"),
-    }
-    let db = env.shared.db("app").await.unwrap();
-    db.refresh_since(&env.shared, std::time::Instant::now())
-        .await
-        .unwrap();
+    masked_or_refused(
+        &proxy,
+        "SELECT email FROM contacts_apac",
+        &["c***@apac.example"],
+    )
+    .await;
+    env.refresh_catalog().await;
     assert_eq!(
         rows(&proxy, "SELECT email FROM contacts_apac")
             .await
@@ -451,8 +443,14 @@ async fn a_database_that_fails_the_check_refuses_masked_sessions_until_setup_sql
     // Table-level grants pgredact would narrow by itself, and a membership it never touches:
     // pg_read_all_data reads every column past any grant.
     let extra = format!("{EXTRA}\nGRANT pg_read_all_data TO support;");
-    let env = start_with(&policy(), ClusterOptions::default(), &extra, false).await;
-    let cfg = pgredact::config::Config::load(&env.dir.join("pgredact.toml")).unwrap();
+    let env = start_with(
+        &example_policy_with(TABLES),
+        ClusterOptions::default(),
+        &extra,
+        false,
+    )
+    .await;
+    let cfg = env.config();
     // setup-sql prints what fixes it, only narrowing.
     let sql = pgredact::wall::setup_sql(&cfg, Some(DB)).await.unwrap();
     assert!(
@@ -496,6 +494,5 @@ async fn a_database_that_fails_the_check_refuses_masked_sessions_until_setup_sql
             .unwrap()[0]
             .contains("***@")
     );
-    let (lines, failed) = pgredact::check::run(&cfg).await;
-    assert!(!failed, "{lines:#?}");
+    env.check_passes().await;
 }

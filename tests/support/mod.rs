@@ -1,11 +1,15 @@
 //! The proxy under test: a real PostgreSQL cluster with the demo schema, the real pgredact proxy
 //! in front of it (in-process, on a free port), and helpers to talk to both with real clients.
+//! Also the test kit of the other suites: bare demo clusters (`cluster`), the admin API's HTTP
+//! client (`http`), certificates and TLS on the cluster (`tls`), `pgredact serve` as a process
+//! (`serve`), the adversarial fixture (`adv`).
+//! Every test binary includes this with `mod support;`; not every binary uses every helper.
 #![allow(dead_code)]
 
 use pgredact::config::Config;
-use pgredact::pgcluster::{demo_schema_sql, Auth, Cluster, ClusterOptions};
+use pgredact::pgcluster::{Auth, Cluster, ClusterOptions};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use tokio_postgres::{Client, NoTls};
 
@@ -39,6 +43,12 @@ pub fn config_text(listen: &str, upstream_port: u16) -> String {
     )
 }
 
+/// Writes `policy` as `policies/app.toml` in `dir` (the `policies` of the suites' configs).
+pub fn write_policy(dir: &Path, policy: &str) {
+    std::fs::create_dir_all(dir.join("policies")).expect("mkdir policies");
+    std::fs::write(dir.join("policies/app.toml"), policy).expect("write policy");
+}
+
 /// Starts a cluster with the demo schema (plus `extra_sql` as superuser), applies the output of
 /// `pgredact setup-sql` as a DBA would, and starts the proxy with `policy`.
 pub async fn start(policy: &str, opts: ClusterOptions, extra_sql: &str) -> Env {
@@ -50,11 +60,7 @@ pub async fn start_with(policy: &str, opts: ClusterOptions, extra_sql: &str, set
     set_env();
     let extra = extra_sql.to_string();
     let cluster = tokio::task::spawn_blocking(move || {
-        let c = Cluster::start(opts).unwrap_or_else(|e| panic!("cluster: {e}"));
-        c.create_database(DB)
-            .unwrap_or_else(|e| panic!("createdb: {e}"));
-        c.superuser_psql(DB, &demo_schema_sql())
-            .unwrap_or_else(|e| panic!("schema: {e}"));
+        let c = demo_cluster(opts);
         if !extra.is_empty() {
             c.superuser_psql(DB, &extra)
                 .unwrap_or_else(|e| panic!("extra sql: {e}"));
@@ -68,8 +74,7 @@ pub async fn start_with(policy: &str, opts: ClusterOptions, extra_sql: &str, set
         std::process::id(),
         rand_suffix()
     ));
-    std::fs::create_dir_all(dir.join("policies")).expect("mkdir");
-    std::fs::write(dir.join("policies/app.toml"), policy).expect("policy");
+    write_policy(&dir, policy);
     let cfg_path = dir.join("pgredact.toml");
     std::fs::write(&cfg_path, config_text("127.0.0.1:0", cluster.port)).expect("config");
     let cfg = Config::load(&cfg_path).expect("config loads");
@@ -85,6 +90,22 @@ pub async fn start_with(policy: &str, opts: ClusterOptions, extra_sql: &str, set
         dir,
         shared,
     }
+}
+
+/// The demo policy followed by `tables` (TOML for a suite's own tables).
+pub fn example_policy_with(tables: &str) -> String {
+    format!("{}\n{tables}", pgredact::demo::EXAMPLE_POLICY)
+}
+
+/// `start` with the demo policy followed by `tables`, on a cluster with the default options and
+/// `extra_sql` (the suite's own tables and grants).
+pub async fn start_extended(tables: &str, extra_sql: &str) -> Env {
+    start(
+        &example_policy_with(tables),
+        ClusterOptions::default(),
+        extra_sql,
+    )
+    .await
 }
 
 /// Runs the output of `pgredact setup-sql` for database `app` as the superuser.
@@ -154,6 +175,27 @@ impl Env {
             .connect(user, Some(password(user)), DB)
             .await
             .unwrap_or_else(|e| panic!("direct connect: {e}"))
+    }
+
+    /// The proxy's configuration, loaded again from its file.
+    pub fn config(&self) -> Config {
+        Config::load(&self.dir.join("pgredact.toml")).expect("config loads")
+    }
+
+    /// Makes the proxy re-read the catalog of database `app` now, as the DDL trigger's NOTIFY
+    /// asks it to.
+    pub async fn refresh_catalog(&self) {
+        let db = self.shared.db(DB).await.unwrap();
+        db.refresh_since(&self.shared, std::time::Instant::now())
+            .await
+            .unwrap();
+    }
+
+    /// Runs `pgredact check` on the proxy's configuration and asserts that it passes; its lines.
+    pub async fn check_passes(&self) -> Vec<String> {
+        let (lines, failed) = pgredact::check::run(&self.config()).await;
+        assert!(!failed, "{lines:#?}");
+        lines
     }
 
     /// Runs psql against the proxy; returns (success, stdout, stderr).
@@ -232,6 +274,15 @@ pub fn assert_refused<T: std::fmt::Debug>(
     }
 }
 
+/// Reads `sql` right after DDL that protects what it reads: masked (`want`), or refused while
+/// the proxy's catalog catches up; never raw.
+pub async fn masked_or_refused(c: &Client, sql: &str, want: &[&str]) {
+    match rows(c, sql).await {
+        Ok(r) => assert_eq!(r, want),
+        Err(e) => assert_eq!(code(&e), "42501", "{e}"),
+    }
+}
+
 /// Text of all simple-query rows, cells joined by '|'.
 pub async fn rows(c: &Client, sql: &str) -> Result<Vec<String>, tokio_postgres::Error> {
     let msgs = c.simple_query(sql).await?;
@@ -249,6 +300,11 @@ pub async fn rows(c: &Client, sql: &str) -> Result<Vec<String>, tokio_postgres::
         .collect())
 }
 pub mod adv;
+pub mod cluster;
+pub mod http;
 pub mod masks;
 pub mod serve;
+pub mod tls;
 pub mod wire;
+
+pub use cluster::*;

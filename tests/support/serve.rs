@@ -1,11 +1,10 @@
 //! `pgredact serve` as a real process: its configuration, start, signals, log and exit.
 #![allow(dead_code)]
 
-use super::{config_text, password};
+use super::{config_text, password, write_policy};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How long a poll waits before the test gives up (a hang, not a slow machine).
 pub const PATIENCE: Duration = Duration::from_secs(120);
@@ -27,12 +26,7 @@ pub fn write_config(
     top: &str,
     upstream: &str,
 ) -> PathBuf {
-    std::fs::create_dir_all(dir.join("policies")).expect("mkdir");
-    std::fs::write(
-        dir.join("policies/app.toml"),
-        pgredact::demo::EXAMPLE_POLICY,
-    )
-    .expect("policy");
+    write_policy(dir, pgredact::demo::EXAMPLE_POLICY);
     let base = config_text(listen, upstream_port);
     // A value set in `top` replaces the default of the other suites.
     let base = if top.contains("policy_reload_secs") {
@@ -133,52 +127,4 @@ pub async fn accepts(port: u16, user: &str) -> bool {
         }
         Err(_) => false,
     }
-}
-
-/// Minimal HTTP/1.1 GET: (status, content type, body).
-pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String, String) {
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect admin server");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.expect("write request");
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).await.expect("read response");
-    let text = String::from_utf8_lossy(&resp).into_owned();
-    let status: u16 = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("bad response {text:?}"));
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let ctype = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-type:")
-                .map(|v| v.trim().to_string())
-        })
-        .unwrap_or_default();
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    (status, ctype, body)
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((len, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
 }
