@@ -2009,18 +2009,28 @@ async fn server_to_client<SR: tokio::io::AsyncRead + Unpin, CW: tokio::io::Async
             }
             b'S' => {
                 // ParameterStatus: the rewriter's reading of SQL depends on these two.
-                // One that does not decode (PostgreSQL sends none) is relayed and changes
-                // nothing. Before wire/, bytes after the value were not looked at.
-                if let Ok(ParameterStatus { name, value }) = ParameterStatus::decode(&f) {
-                    let v = value.to_ascii_lowercase();
-                    match name.as_str() {
-                        "client_encoding" if v != "utf8" => {
+                // One that does not decode (PostgreSQL sends none) is relayed; if it names
+                // one of the two, the session's SQL reading is no longer trusted (fail closed).
+                match ParameterStatus::decode(&f) {
+                    Ok(ParameterStatus { name, value }) => {
+                        let v = value.to_ascii_lowercase();
+                        match name.as_str() {
+                            "client_encoding" if v != "utf8" => {
+                                reading_safe.store(false, Ordering::Relaxed)
+                            }
+                            "standard_conforming_strings" if v != "on" => {
+                                reading_safe.store(false, Ordering::Relaxed)
+                            }
+                            _ => {}
+                        }
+                    }
+                    Err(_) => {
+                        let body = f.get(5..).unwrap_or(&[]);
+                        if body.starts_with(b"client_encoding\0")
+                            || body.starts_with(b"standard_conforming_strings\0")
+                        {
                             reading_safe.store(false, Ordering::Relaxed)
                         }
-                        "standard_conforming_strings" if v != "on" => {
-                            reading_safe.store(false, Ordering::Relaxed)
-                        }
-                        _ => {}
                     }
                 }
                 cwr.write_all(&f).await?;
