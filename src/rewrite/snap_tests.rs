@@ -2,7 +2,7 @@
 //! and refusal (kind, message, hint) is in `snapshots/`, so a change of any of them shows up as
 //! a reviewable diff (`cargo insta review`, or `INSTA_UPDATE=always cargo test` and `git diff`).
 
-use super::tests::{fixture, path};
+use super::tests::run;
 use super::*;
 
 /// Statements of a support session over the fixture schema: reads, writes, COPY, settings,
@@ -64,17 +64,7 @@ const CORPUS: &[&str] = &[
 ];
 
 fn describe(sql: &str) -> String {
-    let p = fixture();
-    let sp = path();
-    let out = rewrite(
-        sql,
-        &SessionCtx {
-            prot: &p,
-            search_path: &sp,
-            path_at_start: true,
-        },
-    );
-    let decision = match out.decision {
+    let decision = match run(sql).decision {
         Decision::Pass => "pass".to_string(),
         Decision::Rewrite(text) => format!("rewrite: {text}"),
         Decision::Refuse(r) => {

@@ -198,7 +198,7 @@ pub(crate) fn path() -> Vec<String> {
     vec!["pg_catalog".into(), "public".into()]
 }
 
-fn run(sql: &str) -> Outcome {
+pub(crate) fn run(sql: &str) -> Outcome {
     run_at(sql, true)
 }
 

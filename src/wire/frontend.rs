@@ -224,16 +224,7 @@ impl<'a> SaslResponse<'a> {
 mod tests {
     use super::*;
 
-    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut f = vec![tag];
-        f.extend_from_slice(&((4 + body.len()) as i32).to_be_bytes());
-        f.extend_from_slice(body);
-        f
-    }
-
-    fn err<T: std::fmt::Debug>(r: Result<T, FrameError>) -> String {
-        r.expect_err("must be refused").to_string()
-    }
+    use crate::wire::test_util::{err, frame};
 
     #[test]
     fn query_round_trip() {

@@ -72,6 +72,25 @@ fn finish(out: &mut BytesMut, start: usize) {
     out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
 }
 
+/// Helpers of the message types' unit tests.
+#[cfg(test)]
+pub(crate) mod test_util {
+    use super::FrameError;
+
+    /// A frame with `tag` and `body`, its length filled in.
+    pub(crate) fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut f = vec![tag];
+        f.extend_from_slice(&((4 + body.len()) as i32).to_be_bytes());
+        f.extend_from_slice(body);
+        f
+    }
+
+    /// The error of a decode that must fail.
+    pub(crate) fn err<T: std::fmt::Debug>(r: Result<T, FrameError>) -> String {
+        r.expect_err("must be refused").to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
