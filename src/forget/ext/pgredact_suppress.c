@@ -316,8 +316,10 @@ refresh_cache(void)
 	cache.key_relid = OidIsValid(nsp) ? get_relname_relid("hash_key", nsp) : InvalidOid;
 	if (!OidIsValid(cache.list_relid) || !OidIsValid(cache.key_relid))
 	{
-		/* No list: nothing to cache; every row goes to the PL/pgSQL function. */
-		cache.valid = true;
+		/*
+		 * No list (dropped): every row goes to the PL/pgSQL function, and the next row looks
+		 * again (an invalidation of a table created later would not match list_relid).
+		 */
 		return;
 	}
 	{
