@@ -11,30 +11,20 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use std::ops::ControlFlow;
 
+/// Columns of the fixture's `customers` table.
+const CUSTOMER_COLUMNS: &[&str] = &[
+    "customer_id",
+    "first_name",
+    "email",
+    "phone",
+    "birth_date",
+    "tier",
+];
+
 /// Tables of the fixture schema the generated SQL reads, with their columns.
 const TABLES: &[(&str, &[&str])] = &[
-    (
-        "customers",
-        &[
-            "customer_id",
-            "first_name",
-            "email",
-            "phone",
-            "birth_date",
-            "tier",
-        ],
-    ),
-    (
-        "public.customers",
-        &[
-            "customer_id",
-            "first_name",
-            "email",
-            "phone",
-            "birth_date",
-            "tier",
-        ],
-    ),
+    ("customers", CUSTOMER_COLUMNS),
+    ("public.customers", CUSTOMER_COLUMNS),
     ("ONLY customers", &["customer_id", "email", "tier"]),
     ("\"customers\"", &["customer_id", "email", "tier"]),
     ("orders", &["order_id", "customer_id", "amount"]),
