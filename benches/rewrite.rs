@@ -22,7 +22,7 @@ use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{black_box, BenchmarkId, Criterion, Throughput};
 use pgredact::catalog::{Catalog, Column, Relation};
 use pgredact::policy::{parse_policy, ColType};
-use pgredact::proxy::state::{build_snapshot, Snapshot};
+use pgredact::proxy::database::{build_snapshot, Snapshot};
 use pgredact::rewrite::{rewrite, Decision, Protections, SessionCtx};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;

@@ -14,7 +14,7 @@
 //! nothing already decided and answered); `fdatasync` runs at most every `fsync_interval_ms`
 //! (and before every rotation and at shutdown), so a crash of the machine may lose that much.
 
-use crate::proxy::state::Snapshot;
+use crate::proxy::database::Snapshot;
 use crate::rewrite::{Decision, Refusal, SessionCtx};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

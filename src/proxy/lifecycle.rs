@@ -9,7 +9,7 @@
 //! - `halt`, when `shutdown_timeout_secs` has passed (or at a second signal): every session
 //!   left gets FATAL 57P01 and is closed; a statement still running is cancelled in PostgreSQL.
 
-use super::state::Shared;
+use super::shared::Shared;
 use crate::config::Config;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;

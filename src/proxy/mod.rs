@@ -1,15 +1,22 @@
 //! The proxy: listener, per-session tasks, and the background tasks that keep policies and
 //! catalogs current.
 
+mod admit;
+mod auth;
+mod cancel;
+pub mod database;
+mod handshake;
 pub mod lifecycle;
+mod masked;
 pub mod peers;
 pub mod scram;
 pub mod session;
-pub mod state;
+pub mod shared;
+mod unmasked;
 
 use crate::config::Config;
 use crate::policy;
-pub use state::Shared;
+pub use shared::Shared;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -92,7 +99,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
     }
     drop(listener);
     life.wait_for_sessions().await;
-    for db in shared.all_dbs().await {
+    for db in shared.all_dbs() {
         db.unregister(&shared).await;
     }
     if let Some(a) = shared.audit.get() {
@@ -166,7 +173,7 @@ async fn catalog_refresher(shared: Arc<Shared>) {
     let period = Duration::from_secs(shared.cfg.catalog_refresh_secs.max(1));
     loop {
         tokio::time::sleep(period).await;
-        for db in shared.all_dbs().await {
+        for db in shared.all_dbs() {
             if let Err(e) = db.periodic_refresh(&shared).await {
                 tracing::warn!("{e}");
             }

@@ -33,7 +33,7 @@
 //! Nothing here logs a password, a verifier, a proof or a key; the types that hold them print
 //! as `..`.
 
-use super::state::Shared;
+use super::shared::Shared;
 use crate::tls::{ClientStream, ServerStream};
 use crate::wire::backend::{send_fatal, Authentication, AuthenticationSasl};
 use crate::wire::frontend::{SaslInitialResponse, SaslResponse};

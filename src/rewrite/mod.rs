@@ -234,4 +234,4 @@ mod props;
 #[cfg(test)]
 mod snap_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -1,9 +1,8 @@
-//! Process-wide state: the current policy set, one entry per database (control-plane connection,
-//! catalog snapshot, protections, rewrite cache), and the cancel-key map.
+//! The state of one database: its control-plane connection, catalog snapshot, protections and
+//! rewrite cache, the freshness gate, and the DDL watch that keeps them current.
 
-use super::lifecycle::within;
+use super::shared::{lock, read, write, Shared};
 use crate::catalog::Catalog;
-use crate::config::Config;
 use crate::control::{Freshness, FRESHNESS_SQL};
 use crate::policy::{DatabasePolicy, Enforcement, PolicySet};
 use crate::rewrite::{self, Decision, Protections, SessionCtx};
@@ -20,27 +19,6 @@ static EPOCH: AtomicU64 = AtomicU64::new(1);
 const CACHE_LIMIT: usize = 20_000;
 /// Stack for one cold rewrite.
 const REWRITE_STACK: usize = 64 * 1024 * 1024;
-
-pub struct Shared {
-    pub cfg: Config,
-    pub policies: RwLock<Arc<PolicySet>>,
-    dbs: tokio::sync::Mutex<HashMap<String, Arc<DbState>>>,
-    /// Client-facing (pid, key) -> upstream (pid, key).
-    pub cancels: Mutex<HashMap<(i32, i32), (i32, i32)>>,
-    /// Client-side TLS, when `[tls]` is configured.
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
-    /// The `tls-server-end-point` data of pgredact's certificate, for SCRAM channel binding
-    /// (None without `[tls]`, or when the certificate's algorithm names no hash).
-    pub tls_end_point: Option<Vec<u8>>,
-    /// Shutdown, reloadable settings, open client connections.
-    pub life: super::lifecycle::Lifecycle,
-    /// The audit log of masked sessions, when `[audit]` is configured (set by `proxy::bind`).
-    pub audit: std::sync::OnceLock<crate::audit::Audit>,
-    /// This instance, as the registry records it (`peers`).
-    pub identity: super::peers::Identity,
-    /// `[peering] peers`: peer id -> address (checked when the configuration was loaded).
-    pub peer_addrs: std::collections::BTreeMap<u8, String>,
-}
 
 /// What masked sessions of one database consult for every statement.
 pub struct Snapshot {
@@ -84,274 +62,6 @@ pub struct DbState {
     instances: Mutex<Vec<super::peers::Instance>>,
 }
 
-impl Shared {
-    pub fn new(cfg: Config, policies: PolicySet) -> Arc<Shared> {
-        Self::with_tls(cfg, policies, None)
-    }
-
-    /// The shared state, with client-side TLS when `tls` is given.
-    pub fn with_tls(
-        cfg: Config,
-        policies: PolicySet,
-        tls: Option<tokio_rustls::TlsAcceptor>,
-    ) -> Arc<Shared> {
-        let tls_end_point = match (&tls, &cfg.tls) {
-            (Some(_), Some(t)) => crate::tls::cert_file_end_point(t, &cfg.base_dir),
-            _ => None,
-        };
-        let identity = super::peers::Identity::new(&cfg);
-        let peer_addrs = cfg
-            .peering
-            .as_ref()
-            .and_then(|p| p.peer_addrs().ok())
-            .unwrap_or_default();
-        Arc::new(Shared {
-            life: super::lifecycle::Lifecycle::new(&cfg),
-            cfg,
-            policies: RwLock::new(Arc::new(policies)),
-            dbs: tokio::sync::Mutex::new(HashMap::new()),
-            cancels: Mutex::new(HashMap::new()),
-            tls,
-            tls_end_point,
-            audit: std::sync::OnceLock::new(),
-            identity,
-            peer_addrs,
-        })
-    }
-
-    pub fn policy_set(&self) -> Arc<PolicySet> {
-        match self.policies.read() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
-    }
-
-    /// The control-plane login to `db`. Every name pgredact's own SQL uses resolves in
-    /// pg_catalog (or is qualified), and format_type qualifies types outside it.
-    fn control_config(&self, db: &str, application_name: &str) -> tokio_postgres::Config {
-        let u = &self.cfg.upstream;
-        let mut c = tokio_postgres::Config::new();
-        c.host(&u.host).port(u.port).user(&u.user).dbname(db);
-        c.application_name(application_name);
-        c.options("-c search_path=pg_catalog");
-        if let Some(p) = self.cfg.upstream_password() {
-            c.password(p);
-        }
-        if let Some(t) = self.life.settings.connect_timeout() {
-            c.connect_timeout(t);
-        }
-        c
-    }
-
-    /// Opens a control-plane connection to `db`, within `[upstream] connect_timeout_secs`.
-    pub async fn control_connect(&self, db: &str) -> Result<Client, String> {
-        let c = self.control_config(db, "pgredact-control");
-        let by = self.connect_deadline();
-        let connected = within(
-            by,
-            crate::tls::pg_connect(c, self.cfg.upstream_tls.as_ref()),
-        )
-        .await
-        .map_err(|_| {
-            crate::metrics::upstream_error("control");
-            format!(
-                "control-plane connection to database {db:?} failed: {}",
-                self.no_answer()
-            )
-        })?;
-        let client = connected.map_err(|e| {
-            crate::metrics::upstream_error("control");
-            format!(
-                "control-plane connection to database {db:?} failed: {}",
-                crate::tls::error_chain(&e)
-            )
-        })?;
-        Ok(client)
-    }
-
-    /// When a connection to PostgreSQL started now must be open, by `connect_timeout_secs`.
-    pub fn connect_deadline(&self) -> Option<tokio::time::Instant> {
-        self.life
-            .settings
-            .connect_timeout()
-            .map(|d| tokio::time::Instant::now() + d)
-    }
-
-    /// The upstream address, `host:port`.
-    pub fn upstream_addr(&self) -> String {
-        format!("{}:{}", self.cfg.upstream.host, self.cfg.upstream.port)
-    }
-
-    /// Why a connection to PostgreSQL timed out.
-    pub fn no_answer(&self) -> String {
-        format!(
-            "PostgreSQL at {} did not answer within {} s (connect_timeout_secs)",
-            self.upstream_addr(),
-            self.life
-                .settings
-                .connect_timeout()
-                .map_or(0, |d| d.as_secs())
-        )
-    }
-
-    /// A control connection that LISTENs on `channel`: the receiver gets one message per
-    /// notification and ends with the connection.
-    pub async fn control_listen(
-        &self,
-        db: &str,
-        channel: &str,
-    ) -> Result<(Client, tokio::sync::mpsc::UnboundedReceiver<()>), String> {
-        let c = self.control_config(db, "pgredact-listen");
-        let (client, rx) = within(
-            self.connect_deadline(),
-            crate::tls::pg_connect_notified(c, self.cfg.upstream_tls.as_ref()),
-        )
-        .await
-        .map_err(|_| self.no_answer())
-        .and_then(|r| r.map_err(|e| crate::tls::error_chain(&e)))
-        .inspect_err(|_| crate::metrics::upstream_error("control"))?;
-        client
-            .batch_execute(&format!("LISTEN {}", crate::policy::quote_ident(channel)))
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok((client, rx))
-    }
-
-    /// Opens a session connection to PostgreSQL (with TLS when `[upstream] sslmode` asks), by
-    /// `by`. Errors are one line that names the address.
-    pub async fn upstream_connect(
-        &self,
-        by: Option<tokio::time::Instant>,
-    ) -> Result<crate::tls::ServerStream, String> {
-        let addr = self.upstream_addr();
-        let connect = async {
-            let tcp = tokio::net::TcpStream::connect(&addr)
-                .await
-                .map_err(|e| format!("cannot connect to PostgreSQL at {addr}: {e}"))?;
-            let _ = tcp.set_nodelay(true);
-            match &self.cfg.upstream_tls {
-                Some(t) => t.start(tcp).await.map_err(|e| {
-                    let first = e.lines().next().unwrap_or_default();
-                    format!("cannot connect to PostgreSQL at {addr}: {first}")
-                }),
-                None => Ok(crate::tls::ServerStream::Plain(tcp)),
-            }
-        };
-        within(by, connect)
-            .await
-            .map_err(|_| self.no_answer())
-            .and_then(|r| r)
-            .inspect_err(|_| crate::metrics::upstream_error("session"))
-    }
-
-    /// The state of database `db`, connecting and loading its catalog on first use.
-    pub async fn db(self: &Arc<Self>, db: &str) -> Result<Arc<DbState>, String> {
-        let mut dbs = self.dbs.lock().await;
-        if let Some(d) = dbs.get(db) {
-            return Ok(d.clone());
-        }
-        let client = self.control_connect(db).await?;
-        let policy = self.policy_set().get(db);
-        if policy.is_some() {
-            let key = self.cfg.hash_key();
-            if let Err(e) = crate::control::ensure(&client, key.as_deref()).await {
-                tracing::warn!("database {db}: could not install the pgredact control schema: {e}");
-            }
-        }
-        if let Err(e) = super::peers::register(&client, &self.identity, policy.as_deref()).await {
-            tracing::debug!(
-                "database {db}: recording this instance in pgredact.instances failed: {e}"
-            );
-        }
-        let wall_err = match &policy {
-            Some(p) => publish(&client, p, db).await,
-            None => None,
-        };
-        let generation = read_generation(&client).await;
-        let catalog = Catalog::load(&client).await;
-        crate::metrics::catalog_refresh(catalog.is_ok());
-        let catalog = catalog.map_err(|e| format!("reading the catalog of {db:?} failed: {e}"))?;
-        let catalog = Arc::new(catalog);
-        if generation.is_none() {
-            tracing::warn!(
-                "database {db}: the DDL watch (event trigger {}) is not installed or is disabled; {}",
-                crate::control::DDL_TRIGGER,
-                if self.cfg.per_statement_freshness {
-                    "masked statements are refused until a superuser runs the output of `pgredact setup-sql`"
-                } else {
-                    "DDL is seen only at the periodic catalog refresh"
-                }
-            );
-        }
-        let set = self.policy_set();
-        let history = update_history(
-            &client,
-            &self.identity,
-            set.get(db).as_deref(),
-            &catalog,
-            HashMap::new(),
-        )
-        .await;
-        let formerly = formerly_protected(&history, set.get(db).as_deref(), &catalog);
-        let wall = match set.get(db) {
-            Some(p) => wall_status(&client, &p, &self.cfg.upstream.user, wall_err).await,
-            None => None,
-        };
-        if let Some(w) = &wall {
-            tracing::warn!("database {db}: masked sessions are refused: {w}");
-        }
-        let st = Arc::new(DbState {
-            name: db.to_string(),
-            control: tokio::sync::Mutex::new(Some(client)),
-            gate: tokio::sync::Mutex::new(None),
-            last_reading: Mutex::new(None),
-            unmasked_users: Mutex::new(HashMap::new()),
-            snapshot: RwLock::new(Arc::new(build_snapshot(
-                set.get(db),
-                set.version,
-                catalog.clone(),
-                generation,
-                &formerly,
-                wall.clone(),
-            ))),
-            catalog: RwLock::new((catalog, generation)),
-            history: Mutex::new(history),
-            wall: Mutex::new(wall),
-            last_refresh: Mutex::new(Instant::now()),
-            instances: Mutex::new(Vec::new()),
-        });
-        dbs.insert(db.to_string(), st.clone());
-        drop(dbs);
-        if set.get(db).is_some() {
-            tokio::spawn(listen_ddl(self.clone(), st.clone()));
-        }
-        st.heartbeat(self).await;
-        Ok(st)
-    }
-
-    pub async fn all_dbs(&self) -> Vec<Arc<DbState>> {
-        self.dbs.lock().await.values().cloned().collect()
-    }
-
-    /// Installs a new policy set: publishes it to every database (which rebuilds the masking
-    /// views and applies the privilege fixes), then re-reads each catalog.
-    pub async fn set_policies(&self, set: PolicySet) {
-        let set = Arc::new(set);
-        match self.policies.write() {
-            Ok(mut g) => *g = set.clone(),
-            Err(p) => *p.into_inner() = set.clone(),
-        }
-        // Each database keeps its current snapshot (old policy, its views) until the new one is
-        // published and read back, so no statement is refused in between.
-        for d in self.all_dbs().await {
-            if let Err(e) = d.refresh_with_publish(self, Instant::now()).await {
-                tracing::warn!("{e}");
-                d.rebuild(&set);
-            }
-        }
-    }
-}
-
 /// Builds a snapshot (protections for masked sessions plus an empty rewrite cache).
 pub fn build_snapshot(
     policy: Option<Arc<DatabasePolicy>>,
@@ -387,27 +97,75 @@ pub fn build_snapshot(
 }
 
 impl DbState {
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        match self.snapshot.read() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
+    /// Connects to database `db` and reads it for the first time (installing the control schema
+    /// and publishing the policy, as a refresh after a policy change does), then starts its DDL
+    /// watch and registers this instance there.
+    pub(super) async fn load(shared: &Arc<Shared>, db: &str) -> Result<Arc<DbState>, String> {
+        let client = shared.control_connect(db).await?;
+        let set = shared.policy_set();
+        let policy = set.get(db);
+        if policy.is_some() {
+            let key = shared.cfg.hash_key();
+            if let Err(e) = crate::control::ensure(&client, key.as_deref()).await {
+                tracing::warn!("database {db}: could not install the pgredact control schema: {e}");
+            }
         }
+        let st = Arc::new(DbState {
+            name: db.to_string(),
+            control: tokio::sync::Mutex::new(None),
+            gate: tokio::sync::Mutex::new(None),
+            last_reading: Mutex::new(None),
+            unmasked_users: Mutex::new(HashMap::new()),
+            snapshot: RwLock::new(Arc::new(build_snapshot(
+                None,
+                set.version,
+                Arc::new(Catalog::default()),
+                None,
+                &HashMap::new(),
+                None,
+            ))),
+            catalog: RwLock::new((Arc::new(Catalog::default()), None)),
+            history: Mutex::new(HashMap::new()),
+            wall: Mutex::new(None),
+            last_refresh: Mutex::new(Instant::now()),
+            instances: Mutex::new(Vec::new()),
+        });
+        // The first read is a refresh with a publish, on the connection just opened.
+        let mut guard = st.control.lock().await;
+        *guard = Some(client);
+        let r = st.reload(guard, shared, true).await;
+        crate::metrics::catalog_refresh(r.is_ok());
+        r?;
+        if st.snapshot().ddl_generation.is_none() {
+            tracing::warn!(
+                "database {db}: the DDL watch (event trigger {}) is not installed or is disabled; {}",
+                crate::control::DDL_TRIGGER,
+                if shared.cfg.per_statement_freshness {
+                    "masked statements are refused until a superuser runs the output of `pgredact setup-sql`"
+                } else {
+                    "DDL is seen only at the periodic catalog refresh"
+                }
+            );
+        }
+        if policy.is_some() {
+            tokio::spawn(listen_ddl(shared.clone(), st.clone()));
+        }
+        st.heartbeat(shared).await;
+        Ok(st)
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        read(&self.snapshot).clone()
     }
 
     fn catalog(&self) -> (Arc<Catalog>, Option<i64>) {
-        match self.catalog.read() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        read(&self.catalog).clone()
     }
 
-    fn rebuild(&self, set: &PolicySet) {
+    pub(super) fn rebuild(&self, set: &PolicySet) {
         let (catalog, generation) = self.catalog();
         let policy = set.get(&self.name);
-        let formerly = match self.history.lock() {
-            Ok(h) => formerly_protected(&h, policy.as_deref(), &catalog),
-            Err(p) => formerly_protected(&p.into_inner(), policy.as_deref(), &catalog),
-        };
+        let formerly = formerly_protected(&lock(&self.history), policy.as_deref(), &catalog);
         let wall = lock(&self.wall).clone();
         let snap = Arc::new(build_snapshot(
             policy,
@@ -417,10 +175,7 @@ impl DbState {
             &formerly,
             wall,
         ));
-        match self.snapshot.write() {
-            Ok(mut g) => *g = snap,
-            Err(p) => *p.into_inner() = snap,
-        }
+        *write(&self.snapshot) = snap;
     }
 
     /// The periodic refresh: skipped while the DDL watch shows no DDL committed since the
@@ -492,7 +247,7 @@ impl DbState {
         publish_first: bool,
     ) -> Result<(), String> {
         let guard = self.control.lock().await;
-        let fresh = self.last_refresh.lock().map(|t| *t >= t0).unwrap_or(false);
+        let fresh = *lock(&self.last_refresh) >= t0;
         if fresh {
             return Ok(());
         }
@@ -552,7 +307,7 @@ impl DbState {
             None => None,
         };
         self.set_wall(wall);
-        let known = self.history.lock().map(|h| h.clone()).unwrap_or_default();
+        let known = lock(&self.history).clone();
         let history = update_history(
             client,
             &shared.identity,
@@ -561,17 +316,10 @@ impl DbState {
             known,
         )
         .await;
-        if let Ok(mut h) = self.history.lock() {
-            *h = history;
-        }
-        match self.catalog.write() {
-            Ok(mut g) => *g = (Arc::new(cat), generation),
-            Err(p) => *p.into_inner() = (Arc::new(cat), generation),
-        }
+        *lock(&self.history) = history;
+        *write(&self.catalog) = (Arc::new(cat), generation);
         self.rebuild(&set);
-        if let Ok(mut t) = self.last_refresh.lock() {
-            *t = started;
-        }
+        *lock(&self.last_refresh) = started;
         drop(guard);
         Ok(())
     }
@@ -603,11 +351,7 @@ impl DbState {
         let Some((client, st)) = gate.as_ref() else {
             return Err("no freshness connection".into());
         };
-        let asked: Vec<String> = self
-            .unmasked_users
-            .lock()
-            .map(|m| m.keys().cloned().collect())
-            .unwrap_or_default();
+        let asked: Vec<String> = lock(&self.unmasked_users).keys().cloned().collect();
         let exempt_roles: Vec<String> = self
             .snapshot()
             .policy
@@ -626,17 +370,15 @@ impl DbState {
             asked,
             exempt: row.get(1),
         });
-        if let Ok(mut l) = self.last_reading.lock() {
-            *l = Some((started, f.clone()));
-        }
+        *lock(&self.last_reading) = Some((started, f.clone()));
         Ok(f)
     }
 
     /// Registers an open unmasked session of `user` (readings ask about it until the guard drops).
     pub fn track_unmasked(self: &Arc<Self>, user: &str) -> UnmaskedGuard {
-        if let Ok(mut m) = self.unmasked_users.lock() {
-            *m.entry(user.to_string()).or_default() += 1;
-        }
+        *lock(&self.unmasked_users)
+            .entry(user.to_string())
+            .or_default() += 1;
         UnmaskedGuard {
             db: self.clone(),
             user: user.to_string(),
@@ -644,7 +386,7 @@ impl DbState {
     }
 
     fn reading_after(&self, t0: Instant) -> Option<Arc<Freshness>> {
-        let l = self.last_reading.lock().ok()?;
+        let l = lock(&self.last_reading);
         l.as_ref().filter(|(t, _)| *t >= t0).map(|(_, f)| f.clone())
     }
 
@@ -849,12 +591,11 @@ pub struct UnmaskedGuard {
 
 impl Drop for UnmaskedGuard {
     fn drop(&mut self) {
-        if let Ok(mut m) = self.db.unmasked_users.lock() {
-            if let Some(n) = m.get_mut(&self.user) {
-                *n -= 1;
-                if *n == 0 {
-                    m.remove(&self.user);
-                }
+        let mut m = lock(&self.db.unmasked_users);
+        if let Some(n) = m.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.user);
             }
         }
     }
@@ -938,11 +679,9 @@ impl Snapshot {
         search_path: &[String],
         path_at_start: bool,
     ) -> (Arc<Decision>, bool) {
-        if let Ok(c) = self.cache.read() {
-            if let Some(d) = c.get(&path_id).and_then(|m| m.get(sql)) {
-                crate::metrics::rewrite_cache(true);
-                return (d.clone(), false);
-            }
+        if let Some(d) = read(&self.cache).get(&path_id).and_then(|m| m.get(sql)) {
+            crate::metrics::rewrite_cache(true);
+            return (d.clone(), false);
         }
         crate::metrics::rewrite_cache(false);
         let started = Instant::now();
@@ -963,24 +702,14 @@ impl Snapshot {
             .observe(started.elapsed().as_secs_f64());
         let d = Arc::new(out.decision);
         if !out.unknown_names {
-            if let Ok(mut c) = self.cache.write() {
-                let m = c.entry(path_id).or_default();
-                if m.len() >= CACHE_LIMIT {
-                    m.clear();
-                }
-                m.insert(sql.to_string(), d.clone());
+            let mut c = write(&self.cache);
+            let m = c.entry(path_id).or_default();
+            if m.len() >= CACHE_LIMIT {
+                m.clear();
             }
+            m.insert(sql.to_string(), d.clone());
         }
         (d, out.unknown_names)
-    }
-}
-
-/// Locks a mutex, recovering the data of a poisoned one (a panicked holder cannot leave these
-/// maps half-written in a way that matters more than losing them).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
     }
 }
 
