@@ -1,10 +1,13 @@
-//! Adversarial suite (issue 3): attacks on the masking through the real proxy in front of a real
+//! Adversarial suite: attacks on the masking through the real proxy in front of a real
 //! PostgreSQL, with canary PII rows. Oracle 1: no canary reaches the client in any form, in any
 //! byte (rows, errors, notices, notifications, COPY data). Oracle 2: for oracle-style queries the
 //! answer equals the answer on a statically masked twin database, or is a 42501 refusal.
 //! Every case runs over the simple and the extended protocol (tokio-postgres) and again over a raw
 //! wire client that keeps every byte. Poison controls prove that both oracles fire without the
 //! proxy.
+//!
+//! The cases, and their known failures with the reasons, are data: `tests/cases/adversarial.toml`
+//! (its header describes the fields). The special sections below are code.
 //!
 //! A custom harness (libtest-mimic): one named trial per case and protocol, so
 //! `cargo test --test adversarial relations-036` runs one case, and known failures are ignored
@@ -15,19 +18,24 @@
 mod support;
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use std::collections::BTreeMap;
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 use support::adv::*;
+use support::cases::Known;
 use support::wire;
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Deserialize)]
 enum Role {
     /// support (read-only, masked)
+    #[serde(rename = "support")]
     S,
     /// solutions (writes non-PII, masked)
+    #[serde(rename = "solutions")]
     L,
     /// legacy: masked, with `standard_conforming_strings = off` as its role default
+    #[serde(rename = "legacy")]
     G,
 }
 
@@ -41,34 +49,135 @@ impl Role {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Deserialize)]
 enum Or {
     /// canary oracle only
+    #[serde(rename = "canary")]
     C,
     /// canary + twin, rows compared as sets
+    #[serde(rename = "twin")]
     T,
     /// canary + twin, rows compared in order
+    #[serde(rename = "ordered")]
     O,
     /// canary + twin on the first `rows=N` of an EXPLAIN ANALYZE
+    #[serde(rename = "explain")]
     E,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Deserialize)]
 enum Poison {
+    #[serde(rename = "none")]
     No,
     /// run directly (bypassing the proxy): the canary oracle must fire
+    #[serde(rename = "canary")]
     Canary,
     /// run directly: the twin oracle must fire (answer differs from the twin)
+    #[serde(rename = "twin")]
     Twin,
 }
 
+#[derive(Debug, PartialEq)]
 struct Case {
     id: String,
-    class: &'static str,
+    class: String,
     role: Role,
     or: Or,
     poison: Poison,
     sql: String,
+    /// Known failures: the trials over their protocols are ignored.
+    known: Vec<Known>,
+}
+
+impl Case {
+    /// Why the trial `<id>::<protocol>` is known to fail, if it is (an ignored trial).
+    fn known(&self, protocol: &str) -> Option<&str> {
+        support::cases::known_reason(&self.known, protocol)
+    }
+}
+
+const CASES_PATH: &str = "tests/cases/adversarial.toml";
+const CASES_TOML: &str = include_str!("cases/adversarial.toml");
+
+/// The trial protocols of a case (the suffixes of its trial names).
+const PROTOCOLS: [&str; 7] = [
+    "simple",
+    "extended",
+    "raw-simple",
+    "raw-extended",
+    "direct-simple",
+    "direct-extended",
+    "poison",
+];
+
+/// One `[[case]]` of the case file, as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseEntry {
+    id: String,
+    role: Role,
+    oracle: Or,
+    poison: Poison,
+    sql: String,
+    /// Wrapped this many times in `SELECT * FROM (...) AS q`.
+    #[serde(default)]
+    nest: usize,
+    #[serde(default)]
+    known: Vec<Known>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseFile {
+    case: Vec<CaseEntry>,
+}
+
+/// The cases of `tests/cases/adversarial.toml`, in file order, checked: ids `<class>-NNN` and
+/// unique, known failures over the suite's protocols, SQL sendable; the placeholders
+/// `{LONG_TABLE}` and `{LONG_COLUMN}` replaced and `nest` applied.
+fn cases() -> Result<Vec<Case>, String> {
+    let file: CaseFile = support::cases::parse(CASES_PATH, CASES_TOML)?;
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::with_capacity(file.case.len());
+    for e in file.case {
+        let class = support::cases::check_id(CASES_PATH, &e.id, 3, &mut seen)?.to_string();
+        support::cases::check_known(CASES_PATH, &e.id, &e.known, &PROTOCOLS)?;
+        let poison_known = e
+            .known
+            .iter()
+            .flat_map(|k| &k.protocols)
+            .any(|p| p == "poison");
+        if poison_known && e.poison == Poison::No {
+            return Err(format!(
+                "{CASES_PATH}: case {}: a known failure over \"poison\", but the case is no poison control",
+                e.id
+            ));
+        }
+        let mut sql = e
+            .sql
+            .replace("{LONG_TABLE}", LONG_TABLE)
+            .replace("{LONG_COLUMN}", LONG_COLUMN);
+        if sql.contains("{LONG_") {
+            return Err(format!(
+                "{CASES_PATH}: case {}: a placeholder other than {{LONG_TABLE}} and {{LONG_COLUMN}}",
+                e.id
+            ));
+        }
+        for _ in 0..e.nest {
+            sql = format!("SELECT * FROM ({sql}) AS q");
+        }
+        support::cases::check_sql(CASES_PATH, &e.id, &sql)?;
+        out.push(Case {
+            id: e.id,
+            class,
+            role: e.role,
+            or: e.oracle,
+            poison: e.poison,
+            sql,
+            known: e.known,
+        });
+    }
+    Ok(out)
 }
 
 /// The protocols a known failure fails over: the twin oracle (tokio-postgres through the
@@ -77,11 +186,11 @@ const TWIN: &[&str] = &["simple", "extended"];
 const DIRECT: &[&str] = &["direct-simple", "direct-extended"];
 
 /// Known failures: (case id, the protocols it fails over, what happens).
-type Known = &'static [(&'static str, &'static [&'static str], &'static str)];
+type LegacyKnown = &'static [(&'static str, &'static [&'static str], &'static str)];
 
 /// Cases that still leak or disagree with the twin on main: their trials over these protocols are
 /// ignored (`cargo test --test adversarial -- --ignored` runs them).
-const KNOWN_FAILING: Known = &[
+const KNOWN_FAILING: LegacyKnown = &[
     // dynamic SQL and indirection
     // relations that hide a policy table
     ("relations-036", &["simple"], "BY DESIGN, no leak: after CREATE TEMP TABLE customers, PostgreSQL would read pg_temp.customers but the proxy always substitutes the masked public.customers (over-masking, never under-masking)"),
@@ -96,7 +205,7 @@ const KNOWN_FAILING: Known = &[
 
 /// Cases that show a canary when run straight against PostgreSQL as the masked role, because
 /// PostgreSQL has no privilege that could stop them: their direct trials are ignored.
-const DIRECT_KNOWN: Known = &[
+const DIRECT_KNOWN: LegacyKnown = &[
     ("errors-015", DIRECT, "PostgreSQL cannot stop it: the DBA's own trigger zq_audit runs for every writer and RAISEs a PII column in a NOTICE (pgredact scrubs that message; `pgredact check` warns about user triggers on protected tables)"),
     ("errors-016", DIRECT, "PostgreSQL cannot stop it: the same trigger RAISEs PII in an ERROR's message, DETAIL and HINT"),
     ("catalog-015", DIRECT, "TEST ARTIFACT, no leak: pg_stat_statements shows a role only the statements it ran itself; the canary literals are in earlier attack statements support sent"),
@@ -104,7 +213,7 @@ const DIRECT_KNOWN: Known = &[
     ("catalog-017", DIRECT, "TEST ARTIFACT, no leak: same, through the function"),
 ];
 
-fn cases() -> Vec<Case> {
+fn legacy_cases() -> Vec<Case> {
     use Or::*;
     use Poison::*;
     use Role::*;
@@ -460,13 +569,24 @@ fn cases() -> Vec<Case> {
         .map(|(class, role, or, poison, sql)| {
             let k = n.entry(class).or_default();
             *k += 1;
+            let id = format!("{class}-{:03}", *k);
+            let known = KNOWN_FAILING
+                .iter()
+                .chain(DIRECT_KNOWN)
+                .filter(|(k, _, _)| *k == id)
+                .map(|(_, protocols, why)| Known {
+                    protocols: protocols.iter().map(|p| p.to_string()).collect(),
+                    reason: why.to_string(),
+                })
+                .collect();
             Case {
-                id: format!("{class}-{:03}", *k),
-                class,
+                id,
+                class: class.to_string(),
                 role,
                 or,
                 poison,
                 sql,
+                known,
             }
         })
         .collect()
@@ -589,15 +709,6 @@ fn verdict(failures: &[Failure]) -> Result<(), Failed> {
     Err(msg.into())
 }
 
-/// Why the trial `id::protocol` is known to fail, if it is (an ignored trial).
-fn known(id: &str, protocol: &str) -> Option<&'static str> {
-    KNOWN_FAILING
-        .iter()
-        .chain(DIRECT_KNOWN)
-        .find(|(k, protocols, _)| *k == id && protocols.contains(&protocol))
-        .map(|(_, _, why)| *why)
-}
-
 const PROXY_PROTOCOLS: [(&str, bool); 2] = [("simple", false), ("extended", true)];
 const RAW_PROTOCOLS: [(&str, bool); 2] = [("raw-simple", false), ("raw-extended", true)];
 const DIRECT_PROTOCOLS: [(&str, bool); 2] = [("direct-simple", false), ("direct-extended", true)];
@@ -609,12 +720,29 @@ fn main() {
     // writes in rolled-back transactions, `special::stale-catalog-and-roles` alters the catalog
     // and role memberships), so concurrent trials would change what the oracles see.
     args.test_threads = Some(1);
+    let cases = support::cases::or_exit(cases());
+    let legacy = legacy_cases();
+    let cases: Vec<Arc<Case>> = cases.into_iter().map(Arc::new).collect();
     let kit = Arc::new(Kit::new());
-    let cases: Vec<Arc<Case>> = cases().into_iter().map(Arc::new).collect();
-    let mut trials = vec![Trial::test("suite::cases", {
-        let cases = cases.clone();
-        move || case_table(&cases)
-    })];
+    let mut trials = vec![
+        Trial::test("suite::cases", {
+            let cases = cases.clone();
+            move || case_table(&cases)
+        }),
+        Trial::test("suite::legacy-table", {
+            let cases = cases.clone();
+            move || {
+                // One-off: the case file gives exactly the cases of the old Rust table.
+                assert_eq!(cases.len(), legacy.len(), "number of cases");
+                for (new, old) in cases.iter().zip(&legacy) {
+                    assert_eq!(**new, *old, "case {}", old.id);
+                    assert_eq!(new.sql.as_bytes(), old.sql.as_bytes(), "{}", old.id);
+                }
+                println!("{} cases identical to the old table", cases.len());
+                Ok(())
+            }
+        }),
+    ];
     // Through the proxy: tokio-postgres, then every byte over a raw wire client.
     for case in &cases {
         for (protocol, extended) in PROXY_PROTOCOLS {
@@ -658,7 +786,7 @@ fn main() {
 fn case_table(cases: &[Arc<Case>]) -> Result<(), Failed> {
     let mut per_class: BTreeMap<&str, usize> = BTreeMap::new();
     for c in cases {
-        *per_class.entry(c.class).or_default() += 1;
+        *per_class.entry(&c.class).or_default() += 1;
     }
     println!("adversarial cases: {} {per_class:?}", cases.len());
     assert!(cases.len() >= 150, "at least 150 cases");
@@ -668,17 +796,6 @@ fn case_table(cases: &[Arc<Case>]) -> Result<(), Failed> {
         canary >= 20 && twin >= 10,
         "poison controls: {canary} canary, {twin} twin"
     );
-    for (table, direct) in [(KNOWN_FAILING, false), (DIRECT_KNOWN, true)] {
-        for (id, protocols, _) in table {
-            assert!(
-                cases.iter().any(|c| c.id == *id),
-                "known case {id} is not in the table"
-            );
-            for p in *protocols {
-                assert_eq!(p.starts_with("direct-"), direct, "{id}: protocol {p}");
-            }
-        }
-    }
     Ok(())
 }
 
@@ -689,11 +806,12 @@ where
     F: FnOnce(Arc<Kit>, Arc<Fixture>, Arc<Case>) -> Fut + Send + 'static,
     Fut: Future<Output = Vec<Failure>>,
 {
-    let why = known(&case.id, protocol);
+    let why = case.known(protocol).map(str::to_string);
+    let ignored = why.is_some();
     let (kit, case2) = (kit.clone(), case.clone());
     let name = format!("{}::{protocol}", case.id);
     let trial = Trial::test(name.clone(), move || {
-        if let Some(why) = why {
+        if let Some(why) = &why {
             println!("KNOWN FAILING {name}: {why}");
         }
         let k2 = kit.clone();
@@ -702,7 +820,7 @@ where
             None => e,
         })
     });
-    trial.with_ignored_flag(why.is_some())
+    trial.with_ignored_flag(ignored)
 }
 
 /// Over tokio-postgres through the proxy; against the twin too for oracle-style cases.
@@ -809,7 +927,7 @@ async fn direct_run(
     let a = run_tokio(&d, &dcap, &case.sql, extended, is_tx(&case)).await;
     let hits = fx.canaries.hits(&case.sql, &a.visible);
     if !hits.is_empty() {
-        if known(&case.id, protocol).is_some() {
+        if case.known(protocol).is_some() {
             kit.totals().direct_known += 1;
         }
         let what = format!(

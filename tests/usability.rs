@@ -1,23 +1,23 @@
-//! Usability corpus (issue 3): ordinary support and data-team queries must keep succeeding through
-//! the proxy for masked roles, with masked values: each answer equals the answer on the statically
+//! Usability corpus: ordinary support and data-team queries must keep succeeding through the
+//! proxy for masked roles, with masked values: each answer equals the answer on the statically
 //! masked twin database (where the query is deterministic), over the simple and the extended
 //! protocol; psql meta-commands and COPY exports work. Prints the number refused (target 0).
+//!
+//! The queries, the psql commands and the known failures with their reasons are data:
+//! `tests/cases/usability.toml` (its header describes the fields).
 
 mod support;
 
 use libtest_mimic::{Arguments, Failed, Trial};
+use serde::Deserialize;
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 use support::adv::*;
+use support::cases::Known;
 
-/// Ordinary queries still refused or failing on main: (id, the protocols it fails over, why).
-/// Their trials over these protocols are ignored (`cargo test --test usability -- --ignored`).
-const KNOWN_FAILING: &[(&str, &[&str], &str)] = &[
-    ("usability-047", &["simple", "extended"], "CATALOG CHANNEL, no leak: information_schema.columns lists only the columns a role holds a privilege on, so support sees public.customers without its PII columns, and the masking view pgredact_masked.customers with all of them; psql \\d and other pg_attribute readers are unaffected. For the drivers issue"),
-    ("usability-080", &["simple", "extended"], "REFUSED BY DESIGN (for now): RETURNING * of a table with PII would return PII columns a masked role may not read, and PostgreSQL denies it too; the refusal's hint lists the columns to return. Exact masked RETURNING * is for the drivers issue"),
-];
-
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, PartialEq, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
 enum K {
     /// compare with the twin, rows as sets
     Twin,
@@ -27,16 +27,108 @@ enum K {
     Succeed,
 }
 
-struct Q {
-    id: String,
-    user: &'static str,
-    kind: K,
-    /// multi-statement strings: simple protocol only
-    simple_only: bool,
-    sql: &'static str,
+/// The masked role that runs a query.
+#[derive(Clone, Copy, PartialEq, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum User {
+    /// read-only
+    Support,
+    /// writes non-PII; its queries run inside BEGIN/ROLLBACK
+    Solutions,
 }
 
-fn corpus() -> Vec<Q> {
+impl User {
+    fn name(self) -> &'static str {
+        match self {
+            User::Support => "support",
+            User::Solutions => "solutions",
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Q {
+    id: String,
+    #[serde(rename = "role")]
+    user: User,
+    #[serde(rename = "oracle")]
+    kind: K,
+    /// multi-statement strings: simple protocol only
+    #[serde(default)]
+    simple_only: bool,
+    sql: String,
+    /// Known failures: the trials over their protocols are ignored.
+    #[serde(default)]
+    known: Vec<Known>,
+}
+
+/// A psql meta-command or export, run by psql as `support`.
+#[derive(Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Psql {
+    id: String,
+    command: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Corpus {
+    case: Vec<Q>,
+    psql: Vec<Psql>,
+}
+
+const CORPUS_PATH: &str = "tests/cases/usability.toml";
+const CORPUS_TOML: &str = include_str!("cases/usability.toml");
+
+/// The corpus of `tests/cases/usability.toml`, in file order, checked: ids `usability-NNN` and
+/// `usability-psql-NN`, unique; known failures over "simple" or "extended"; SQL sendable.
+fn corpus() -> Result<Corpus, String> {
+    let c: Corpus = support::cases::parse(CORPUS_PATH, CORPUS_TOML)?;
+    let mut seen = BTreeSet::new();
+    for q in &c.case {
+        let prefix = support::cases::check_id(CORPUS_PATH, &q.id, 3, &mut seen)?;
+        if prefix != "usability" {
+            return Err(format!(
+                "{CORPUS_PATH}: query id {} is not usability-NNN",
+                q.id
+            ));
+        }
+        support::cases::check_known(CORPUS_PATH, &q.id, &q.known, &["simple", "extended"])?;
+        let extended_known = q
+            .known
+            .iter()
+            .flat_map(|k| &k.protocols)
+            .any(|p| p == "extended");
+        if q.simple_only && extended_known {
+            return Err(format!(
+                "{CORPUS_PATH}: query {}: a known failure over \"extended\", but it runs over the simple protocol only",
+                q.id
+            ));
+        }
+        support::cases::check_sql(CORPUS_PATH, &q.id, &q.sql)?;
+    }
+    for p in &c.psql {
+        let prefix = support::cases::check_id(CORPUS_PATH, &p.id, 2, &mut seen)?;
+        if prefix != "usability-psql" {
+            return Err(format!(
+                "{CORPUS_PATH}: psql id {} is not usability-psql-NN",
+                p.id
+            ));
+        }
+        support::cases::check_sql(CORPUS_PATH, &p.id, &p.command)?;
+    }
+    Ok(c)
+}
+
+/// Ordinary queries still refused or failing on main: (id, the protocols it fails over, why).
+/// Their trials over these protocols are ignored (`cargo test --test usability -- --ignored`).
+const KNOWN_FAILING: &[(&str, &[&str], &str)] = &[
+    ("usability-047", &["simple", "extended"], "CATALOG CHANNEL, no leak: information_schema.columns lists only the columns a role holds a privilege on, so support sees public.customers without its PII columns, and the masking view pgredact_masked.customers with all of them; psql \\d and other pg_attribute readers are unaffected. For the drivers issue"),
+    ("usability-080", &["simple", "extended"], "REFUSED BY DESIGN (for now): RETURNING * of a table with PII would return PII columns a masked role may not read, and PostgreSQL denies it too; the refusal's hint lists the columns to return. Exact masked RETURNING * is for the drivers issue"),
+];
+
+fn legacy_corpus() -> Vec<Q> {
     use K::*;
     let s = "support";
     let w = "solutions";
@@ -138,12 +230,26 @@ fn corpus() -> Vec<Q> {
     list.into_iter()
         .map(|(user, kind, simple_only, sql)| {
             n += 1;
+            let id = format!("usability-{n:03}");
+            let known = KNOWN_FAILING
+                .iter()
+                .filter(|(k, _, _)| *k == id)
+                .map(|(_, protocols, why)| Known {
+                    protocols: protocols.iter().map(|p| p.to_string()).collect(),
+                    reason: why.to_string(),
+                })
+                .collect();
             Q {
-                id: format!("usability-{n:03}"),
-                user,
+                id,
+                user: if user == "support" {
+                    User::Support
+                } else {
+                    User::Solutions
+                },
                 kind,
                 simple_only,
-                sql,
+                sql: sql.to_string(),
+                known,
             }
         })
         .collect()
@@ -184,26 +290,19 @@ where
     Err(msg.into())
 }
 
-/// Why the trial `id::protocol` is known to fail, if it is (an ignored trial).
-fn known(id: &str, protocol: &str) -> Option<&'static str> {
-    KNOWN_FAILING
-        .iter()
-        .find(|(k, protocols, _)| *k == id && protocols.contains(&protocol))
-        .map(|(_, _, why)| *why)
-}
-
-/// One trial `<id>::<protocol>`, ignored when known to fail (the reason is printed when it runs,
-/// and in the failure).
-fn trial<F, Fut>(kit: &Arc<Kit>, id: &str, protocol: &'static str, f: F) -> Trial
+/// One trial `<id>::<protocol>`, ignored when known to fail (`why`: the reason is printed when
+/// it runs, and in the failure).
+fn trial<F, Fut>(kit: &Arc<Kit>, id: &str, protocol: &'static str, why: Option<&str>, f: F) -> Trial
 where
     F: FnOnce(Arc<Kit>, Arc<Fixture>) -> Fut + Send + 'static,
     Fut: Future<Output = Vec<Problem>>,
 {
-    let why = known(id, protocol);
+    let why = why.map(str::to_string);
+    let ignored = why.is_some();
     let kit = kit.clone();
     let name = format!("{id}::{protocol}");
     Trial::test(name.clone(), move || {
-        if let Some(why) = why {
+        if let Some(why) = &why {
             println!("KNOWN {name}: {why}");
         }
         let k2 = kit.clone();
@@ -212,10 +311,10 @@ where
             None => e,
         })
     })
-    .with_ignored_flag(why.is_some())
+    .with_ignored_flag(ignored)
 }
 
-const PSQL_CASES: [&str; 13] = [
+const LEGACY_PSQL_CASES: [&str; 13] = [
     "\\d customers",
     "\\dt",
     "\\d+ orders",
@@ -241,21 +340,49 @@ fn main() {
     // One at a time, in the old loop's order: the queries share one cluster, and `solutions`
     // writes (in rolled-back transactions) to the tables the others read.
     args.test_threads = Some(1);
+    let Corpus {
+        case,
+        psql: commands,
+    } = support::cases::or_exit(corpus());
+    let legacy = legacy_corpus();
+    let corpus: Vec<Arc<Q>> = case.into_iter().map(Arc::new).collect();
+    let commands: Vec<Arc<Psql>> = commands.into_iter().map(Arc::new).collect();
     let kit = Arc::new(Kit::new());
-    let corpus: Vec<Arc<Q>> = corpus().into_iter().map(Arc::new).collect();
-    let mut trials = vec![Trial::test("suite::corpus", {
-        let ids: Vec<String> = corpus.iter().map(|q| q.id.clone()).collect();
-        move || {
-            assert!(ids.len() >= 50, "at least 50 ordinary queries");
-            for (id, _, _) in KNOWN_FAILING {
-                assert!(
-                    ids.iter().any(|i| i == id),
-                    "known query {id} is not in the corpus"
-                );
+    let mut trials = vec![
+        Trial::test("suite::corpus", {
+            let n = corpus.len();
+            move || {
+                assert!(n >= 50, "at least 50 ordinary queries");
+                Ok(())
             }
-            Ok(())
-        }
-    })];
+        }),
+        Trial::test("suite::legacy-table", {
+            let (corpus, commands) = (corpus.clone(), commands.clone());
+            move || {
+                // One-off: the case file gives exactly the queries of the old Rust tables.
+                assert_eq!(corpus.len(), legacy.len(), "number of queries");
+                for (new, old) in corpus.iter().zip(&legacy) {
+                    assert_eq!(**new, *old, "query {}", old.id);
+                    assert_eq!(new.sql.as_bytes(), old.sql.as_bytes(), "{}", old.id);
+                }
+                assert_eq!(
+                    commands.len(),
+                    LEGACY_PSQL_CASES.len(),
+                    "number of psql commands"
+                );
+                for (i, (new, old)) in commands.iter().zip(LEGACY_PSQL_CASES).enumerate() {
+                    assert_eq!(new.id, format!("usability-psql-{i:02}"));
+                    assert_eq!(new.command.as_bytes(), old.as_bytes(), "{}", new.id);
+                }
+                println!(
+                    "{} queries and {} psql commands identical to the old tables",
+                    corpus.len(),
+                    commands.len()
+                );
+                Ok(())
+            }
+        }),
+    ];
     for q in &corpus {
         for extended in [false, true] {
             if extended && q.simple_only {
@@ -263,22 +390,22 @@ fn main() {
             }
             let proto = if extended { "extended" } else { "simple" };
             let q2 = q.clone();
-            trials.push(trial(&kit, &q.id, proto, move |kit, fx| {
+            let why = support::cases::known_reason(&q.known, proto);
+            trials.push(trial(&kit, &q.id, proto, why, move |kit, fx| {
                 query(kit, fx, q2, proto, extended)
             }));
         }
     }
-    trials.push(trial(&kit, "usability-params", "extended", params));
-    for (i, sql) in PSQL_CASES.iter().enumerate() {
-        let id = format!("usability-psql-{i:02}");
-        let id2 = id.clone();
-        trials.push(trial(&kit, &id, "psql", move |kit, fx| {
-            psql(kit, fx, id2, sql)
+    trials.push(trial(&kit, "usability-params", "extended", None, params));
+    for p in &commands {
+        let p2 = p.clone();
+        trials.push(trial(&kit, &p.id, "psql", None, move |kit, fx| {
+            psql(kit, fx, p2)
         }));
     }
     trials.push(Trial::test("suite::totals", {
         let kit = kit.clone();
-        let queries = corpus.len() + 1 + PSQL_CASES.len();
+        let queries = corpus.len() + 1 + commands.len();
         move || {
             let t = kit.totals();
             println!(
@@ -302,27 +429,27 @@ async fn query(
     extended: bool,
 ) -> Vec<Problem> {
     let mut problems = Vec::new();
-    let tx = q.user == "solutions";
+    let tx = q.user == User::Solutions;
     kit.totals().runs += 1;
-    let (c, cap) = fx.proxy(q.user).await.expect("connect");
+    let (c, cap) = fx.proxy(q.user.name()).await.expect("connect");
     if tx {
         c.batch_execute("BEGIN").await.unwrap();
     }
     let a = if extended {
-        run_extended(&c, &cap, q.sql).await
+        run_extended(&c, &cap, &q.sql).await
     } else {
-        run_simple(&c, &cap, q.sql).await
+        run_simple(&c, &cap, &q.sql).await
     };
     if tx {
         let _ = c.batch_execute("ROLLBACK").await;
     }
-    let hits = fx.canaries.hits(q.sql, &a.visible);
+    let hits = fx.canaries.hits(&q.sql, &a.visible);
     if !hits.is_empty() {
         problems.push((
             q.id.clone(),
             proto.into(),
             format!("LEAK {hits:?}"),
-            q.sql.into(),
+            q.sql.clone(),
         ));
     }
     match &a.outcome {
@@ -334,7 +461,7 @@ async fn query(
                 q.id.clone(),
                 proto.into(),
                 format!("FAILED {code}: {message}"),
-                q.sql.into(),
+                q.sql.clone(),
             ));
             return problems;
         }
@@ -343,14 +470,14 @@ async fn query(
     if q.kind == K::Succeed {
         return problems;
     }
-    let (t, tcap) = fx.twin_for(q.user).await;
+    let (t, tcap) = fx.twin_for(q.user.name()).await;
     if tx {
         t.batch_execute("BEGIN").await.unwrap();
     }
     let ta = if extended {
-        run_extended(&t, &tcap, q.sql).await
+        run_extended(&t, &tcap, &q.sql).await
     } else {
-        run_simple(&t, &tcap, q.sql).await
+        run_simple(&t, &tcap, &q.sql).await
     };
     if tx {
         let _ = t.batch_execute("ROLLBACK").await;
@@ -365,7 +492,7 @@ async fn query(
                 a.outcome.short(),
                 ta.outcome.short()
             ),
-            q.sql.into(),
+            q.sql.clone(),
         ));
     }
     problems
@@ -417,8 +544,9 @@ async fn params(kit: Arc<Kit>, fx: Arc<Fixture>) -> Vec<Problem> {
 }
 
 /// psql: a meta-command or an export.
-async fn psql(kit: Arc<Kit>, fx: Arc<Fixture>, id: String, sql: &str) -> Vec<Problem> {
+async fn psql(kit: Arc<Kit>, fx: Arc<Fixture>, p: Arc<Psql>) -> Vec<Problem> {
     let mut problems = Vec::new();
+    let (id, sql) = (p.id.clone(), p.command.as_str());
     kit.totals().runs += 1;
     let (ok, out, err) = tokio::task::block_in_place(|| fx.env.psql("support", sql));
     let hits = fx.canaries.hits(sql, &[out.clone(), err.clone()]);
