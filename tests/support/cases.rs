@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 /// A known failure of a case: its trials over `protocols` are ignored trials, and `reason`
 /// (whether anything leaks, and why it fails) is printed when they run.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Known {
     pub protocols: Vec<String>,
