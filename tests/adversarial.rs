@@ -1,10 +1,13 @@
-//! Adversarial suite (issue 3): attacks on the masking through the real proxy in front of a real
+//! Adversarial suite: attacks on the masking through the real proxy in front of a real
 //! PostgreSQL, with canary PII rows. Oracle 1: no canary reaches the client in any form, in any
 //! byte (rows, errors, notices, notifications, COPY data). Oracle 2: for oracle-style queries the
 //! answer equals the answer on a statically masked twin database, or is a 42501 refusal.
 //! Every case runs over the simple and the extended protocol (tokio-postgres) and again over a raw
 //! wire client that keeps every byte. Poison controls prove that both oracles fire without the
 //! proxy.
+//!
+//! The cases, and their known failures with the reasons, are data: `tests/cases/adversarial.toml`
+//! (its header describes the fields). The special sections below are code.
 //!
 //! A custom harness (libtest-mimic): one named trial per case and protocol, so
 //! `cargo test --test adversarial relations-036` runs one case, and known failures are ignored
@@ -15,19 +18,24 @@
 mod support;
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use std::collections::BTreeMap;
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 use support::adv::*;
+use support::cases::Known;
 use support::wire;
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Deserialize)]
 enum Role {
     /// support (read-only, masked)
+    #[serde(rename = "support")]
     S,
     /// solutions (writes non-PII, masked)
+    #[serde(rename = "solutions")]
     L,
     /// legacy: masked, with `standard_conforming_strings = off` as its role default
+    #[serde(rename = "legacy")]
     G,
 }
 
@@ -41,435 +49,135 @@ impl Role {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Deserialize)]
 enum Or {
     /// canary oracle only
+    #[serde(rename = "canary")]
     C,
     /// canary + twin, rows compared as sets
+    #[serde(rename = "twin")]
     T,
     /// canary + twin, rows compared in order
+    #[serde(rename = "ordered")]
     O,
     /// canary + twin on the first `rows=N` of an EXPLAIN ANALYZE
+    #[serde(rename = "explain")]
     E,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Deserialize)]
 enum Poison {
+    #[serde(rename = "none")]
     No,
     /// run directly (bypassing the proxy): the canary oracle must fire
+    #[serde(rename = "canary")]
     Canary,
     /// run directly: the twin oracle must fire (answer differs from the twin)
+    #[serde(rename = "twin")]
     Twin,
 }
 
+#[derive(Debug)]
 struct Case {
     id: String,
-    class: &'static str,
+    class: String,
     role: Role,
     or: Or,
     poison: Poison,
     sql: String,
+    /// Known failures: the trials over their protocols are ignored.
+    known: Vec<Known>,
 }
 
-/// The protocols a known failure fails over: the twin oracle (tokio-postgres through the
-/// proxy), or the canary oracle straight against PostgreSQL.
-const TWIN: &[&str] = &["simple", "extended"];
-const DIRECT: &[&str] = &["direct-simple", "direct-extended"];
-
-/// Known failures: (case id, the protocols it fails over, what happens).
-type Known = &'static [(&'static str, &'static [&'static str], &'static str)];
-
-/// Cases that still leak or disagree with the twin on main: their trials over these protocols are
-/// ignored (`cargo test --test adversarial -- --ignored` runs them).
-const KNOWN_FAILING: Known = &[
-    // dynamic SQL and indirection
-    // relations that hide a policy table
-    ("relations-036", &["simple"], "BY DESIGN, no leak: after CREATE TEMP TABLE customers, PostgreSQL would read pg_temp.customers but the proxy always substitutes the masked public.customers (over-masking, never under-masking)"),
-    // error and notice channels
-    // write-side oracles
-    // lexical games
-    ("lexical-004", TWIN, "TEST ARTIFACT, no leak: app.public.customers names the current database on app (masked rows) but a foreign one on the twin, where PostgreSQL raises 0A000"),
-    ("lexical-005", TWIN, "TWIN MISMATCH (no leak): same with \"app\".\"public\".\"customers\""),
-    // oracle-style
-    // specials
-];
-
-/// Cases that show a canary when run straight against PostgreSQL as the masked role, because
-/// PostgreSQL has no privilege that could stop them: their direct trials are ignored.
-const DIRECT_KNOWN: Known = &[
-    ("errors-015", DIRECT, "PostgreSQL cannot stop it: the DBA's own trigger zq_audit runs for every writer and RAISEs a PII column in a NOTICE (pgredact scrubs that message; `pgredact check` warns about user triggers on protected tables)"),
-    ("errors-016", DIRECT, "PostgreSQL cannot stop it: the same trigger RAISEs PII in an ERROR's message, DETAIL and HINT"),
-    ("catalog-015", DIRECT, "TEST ARTIFACT, no leak: pg_stat_statements shows a role only the statements it ran itself; the canary literals are in earlier attack statements support sent"),
-    ("catalog-016", DIRECT, "TEST ARTIFACT, no leak: same view, schema-qualified"),
-    ("catalog-017", DIRECT, "TEST ARTIFACT, no leak: same, through the function"),
-];
-
-fn cases() -> Vec<Case> {
-    use Or::*;
-    use Poison::*;
-    use Role::*;
-    let lt = LONG_TABLE;
-    let lc = LONG_COLUMN;
-    let mut nested = "SELECT email FROM customers WHERE customer_id = 777777".to_string();
-    for _ in 0..60 {
-        nested = format!("SELECT * FROM ({nested}) AS q");
+impl Case {
+    /// Why the trial `<id>::<protocol>` is known to fail, if it is (an ignored trial).
+    fn known(&self, protocol: &str) -> Option<&str> {
+        support::cases::known_reason(&self.known, protocol)
     }
-    let raw: Vec<(&str, Role, Or, Poison, String)> = vec![
-        // ---------- dynamic SQL and indirection ----------
-        ("dynamic", S, C, Canary, "SELECT query_to_xml('select email from customers where customer_id = 777777', true, false, '')".into()),
-        ("dynamic", S, C, Canary, "SELECT pg_catalog.query_to_xml('select * from public.customers where customer_id=777777', true, false, '')".into()),
-        ("dynamic", S, C, Canary, "SELECT query_to_xml_and_xmlschema('select email from customers where customer_id = 777777', true, false, '')".into()),
-        ("dynamic", S, C, Canary, "SELECT table_to_xml('public.vip_customers'::regclass, true, false, '')".into()),
-        ("dynamic", S, C, No, "SELECT schema_to_xml('public', true, false, '')".into()),
-        ("dynamic", S, C, No, "SELECT database_to_xml(true, false, '')".into()),
-        ("dynamic", S, C, Canary, "SELECT * FROM ts_stat('select to_tsvector(''simple'', first_name) from customers where customer_id = 777777')".into()),
-        ("dynamic", S, C, Canary, "SELECT ts_rewrite('a'::tsquery, 'select ''a''::tsquery, plainto_tsquery(''simple'', first_name) from customers where customer_id = 777777')".into()),
-        ("dynamic", S, C, No, "SELECT * FROM dblink('dbname=app user=dba', 'select email from customers where customer_id = 777777') AS t(e text)".into()),
-        ("dynamic", S, C, No, "SELECT dblink_connect('zq', 'dbname=app user=dba')".into()),
-        ("dynamic", S, C, Canary, "SELECT dblink_build_sql_insert('customers', '1', 1, '{777777}', '{777777}')".into()),
-        ("dynamic", S, C, Canary, "SELECT public.dblink_build_sql_update('customers', '1', 1, '{777777}', '{777777}')".into()),
-        ("dynamic", S, C, Canary, "SELECT * FROM crosstab('select email::text, 1::text, 1::text from customers where customer_id = 777777') AS t(e text, v text)".into()),
-        ("dynamic", S, C, Canary, "SELECT * FROM xpath_table('customer_id', '''<a>''||email||''</a>''', 'customers', '/a', 'customer_id = 777777') AS t(id text, e text)".into()),
-        ("dynamic", S, C, Canary, "DO $$ BEGIN RAISE NOTICE '%', (SELECT email FROM customers WHERE customer_id = 777777); END $$".into()),
-        ("dynamic", S, C, Canary, "DO LANGUAGE plpgsql $x$ BEGIN RAISE NOTICE '%', (SELECT phone FROM customers WHERE customer_id = 777777); END $x$".into()),
-        ("dynamic", S, C, Canary, "CREATE FUNCTION pg_temp.zq_f() RETURNS text LANGUAGE sql AS $$ SELECT email FROM customers WHERE customer_id = 777777 $$; SELECT pg_temp.zq_f()".into()),
-        ("dynamic", S, C, Canary, "CREATE PROCEDURE pg_temp.zq_p() LANGUAGE plpgsql AS $$ BEGIN RAISE NOTICE '%', (SELECT email FROM customers WHERE customer_id = 777777); END $$; CALL pg_temp.zq_p()".into()),
-        ("dynamic", S, C, Canary, "CALL public.zq_proc()".into()),
-        ("dynamic", S, T, No, "PREPARE zq_p1 AS SELECT email FROM customers WHERE customer_id = 777777; EXECUTE zq_p1".into()),
-        ("dynamic", S, T, No, "PREPARE zq_p2(bigint) AS SELECT * FROM customers WHERE customer_id = $1; EXECUTE zq_p2(777777)".into()),
-        ("dynamic", S, T, Twin, "PREPARE zq_p3(text) AS SELECT count(*) FROM customers WHERE email = $1; EXECUTE zq_p3('zq.canary.77@leak-test.example')".into()),
-        ("dynamic", L, T, Twin, "PREPARE zq_p4 AS UPDATE customers SET tier = tier WHERE email LIKE 'zq.canary%'; EXECUTE zq_p4".into()),
-        ("dynamic", S, T, No, "BEGIN; DECLARE zq_c CURSOR FOR SELECT * FROM customers WHERE customer_id >= 777777; FETCH ALL FROM zq_c; COMMIT".into()),
-        ("dynamic", S, T, No, "BEGIN; DECLARE zq_c CURSOR WITH HOLD FOR SELECT email, phone FROM customers WHERE customer_id = 777777; COMMIT; FETCH ALL zq_c".into()),
-        ("dynamic", S, C, No, "BEGIN; DECLARE zq_c CURSOR FOR SELECT email FROM customers WHERE customer_id = 777777; SELECT cursor_to_xml('zq_c', 10, true, false, ''); COMMIT".into()),
-        ("dynamic", S, C, Canary, "SELECT public.zq_get_email(777777)".into()),
-        ("dynamic", S, C, Canary, "SELECT zq_get_email(777777)".into()),
-        ("dynamic", S, C, Canary, "SELECT * FROM zq_emails()".into()),
-        ("dynamic", S, C, Canary, "SELECT \"zq_get_email\"(777777)".into()),
-        ("dynamic", S, C, Canary, "SELECT zq_get_email(id => 777777)".into()),
-        ("dynamic", S, C, Canary, "SELECT zq_pc_email(777777)".into()),
-        ("dynamic", S, C, Canary, "SELECT pg_catalog.zq_pc_email(777777)".into()),
-        ("dynamic", S, C, Canary, "SELECT count(*) FROM customers WHERE zq_notice_email(customer_id) AND customer_id = 777777".into()),
-        ("dynamic", S, C, No, "SELECT customer_id FROM customers WHERE customer_id >= 777777 ORDER BY zq_get_email(customer_id) LIMIT 1".into()),
-        ("dynamic", S, C, No, "SELECT app.public.zq_get_email(777777)".into()),
-        ("dynamic", S, C, Canary, "SELECT 777777::bigint LIKE 'x'".into()),
-        ("dynamic", S, C, Canary, "SELECT (777777::bigint LIKE 'x') AS e FROM customers WHERE customer_id = 1".into()),
-        ("dynamic", S, C, Canary, "SELECT 777777::bigint ### 'x'".into()),
-        ("dynamic", S, C, Canary, "SELECT 777777::bigint OPERATOR(public.###) 'x'".into()),
-        ("dynamic", S, C, Canary, "SELECT (777777::bigint::zq_contact).email".into()),
-        ("dynamic", S, C, Canary, "SELECT CAST(777777::bigint AS zq_contact)".into()),
-        ("dynamic", S, C, Canary, "SELECT 777777::bigint::zq_checked".into()),
-        ("dynamic", S, T, No, "SELECT (NULL::customers).email".into()),
-        ("dynamic", S, C, Canary, "SELECT * FROM ROWS FROM (zq_emails())".into()),
-        // ---------- relations that hide a policy table ----------
-        ("relations", S, C, Canary, "SELECT * FROM zq_v_direct WHERE customer_id = 777777".into()),
-        ("relations", S, C, Canary, "SELECT * FROM zq_v_nested WHERE customer_id = 777777".into()),
-        ("relations", S, T, Canary, "SELECT * FROM zq_v_func".into()),
-        ("relations", S, T, Canary, "SELECT * FROM zq_v_xml".into()),
-        ("relations", S, T, Canary, "SELECT * FROM zq_v_secdef".into()),
-        ("relations", S, T, Canary, "SELECT * FROM zq_v_barrier WHERE customer_id = 777777".into()),
-        ("relations", S, T, Canary, "SELECT * FROM zq_mv_direct".into()),
-        ("relations", S, T, Canary, "SELECT * FROM zq_mv_func".into()),
-        ("relations", S, T, Canary, "SELECT * FROM public.zq_v_direct v JOIN orders o USING (customer_id) WHERE customer_id = 777777".into()),
-        ("relations", S, T, Canary, "SELECT * FROM vip_customers".into()),
-        ("relations", S, T, Canary, "SELECT * FROM vvip_customers".into()),
-        ("relations", S, O, Canary, "SELECT email FROM customers WHERE customer_id >= 777777 ORDER BY customer_id".into()),
-        ("relations", S, T, No, "SELECT count(*) FROM ONLY customers WHERE customer_id >= 777777".into()),
-        ("relations", S, T, Canary, "SELECT * FROM ONLY vip_customers".into()),
-        ("relations", S, T, Canary, "SELECT * FROM customers* WHERE customer_id >= 777777".into()),
-        ("relations", S, T, Canary, "SELECT * FROM ONLY (customers) WHERE customer_id >= 777777".into()),
-        ("relations", S, T, Canary, "SELECT * FROM zq_parted".into()),
-        ("relations", S, T, Canary, "SELECT * FROM zq_parted_a".into()),
-        ("relations", S, T, Canary, "SELECT * FROM zq_parted_b".into()),
-        ("relations", S, T, Canary, "SELECT * FROM zq_parted_b1".into()),
-        ("relations", S, T, Canary, "SELECT * FROM zq_parted_def".into()),
-        ("relations", S, T, No, "SELECT * FROM ONLY zq_parted".into()),
-        ("relations", S, T, Canary, "SELECT * FROM zq_contacts".into()),
-        ("relations", S, T, Canary, "SELECT contact FROM zq_contacts WHERE region = 'eu'".into()),
-        ("relations", S, T, Canary, "SELECT * FROM zq_contacts_eu".into()),
-        ("relations", S, T, Canary, "SELECT * FROM zq_base".into()),
-        ("relations", S, T, Canary, "SELECT secret FROM zq_base WHERE id = 1".into()),
-        ("relations", S, T, Canary, "SELECT * FROM zq_child".into()),
-        ("relations", S, C, Canary, "SELECT * FROM zq_ft_customers WHERE customer_id = 777777".into()),
-        ("relations", S, T, Canary, "SELECT * FROM zq_fbase WHERE customer_id = 777777".into()),
-        ("relations", S, T, Canary, format!("SELECT * FROM {lt}")),
-        ("relations", S, T, Canary, format!("SELECT * FROM {lt}_and_more")),
-        ("relations", S, T, Canary, format!("SELECT * FROM \"{lt}_quoted_extra\"")),
-        ("relations", S, T, Canary, format!("SELECT {lc}zz FROM {lt}")),
-        ("relations", S, C, No, "SELECT tableoid::regclass, * FROM customers WHERE customer_id >= 777790".into()),
-        ("relations", S, T, No, "CREATE TEMP TABLE customers AS SELECT 1::bigint AS customer_id, 'zq-temp'::text AS email; SELECT * FROM customers".into()),
-        ("relations", S, T, No, "CREATE TEMP TABLE zq_t AS SELECT * FROM customers WHERE customer_id >= 777777; SELECT * FROM zq_t".into()),
-        ("relations", S, T, No, "SELECT * INTO TEMP zq_t2 FROM customers WHERE customer_id >= 777777; SELECT * FROM zq_t2".into()),
-        ("relations", S, C, No, "CREATE TEMP TABLE zq_t3 (LIKE customers INCLUDING ALL)".into()),
-        ("relations", S, C, No, "CREATE TEMP TABLE zq_t4 () INHERITS (customers); SELECT * FROM zq_t4".into()),
-        ("relations", S, C, Canary, "CREATE TEMP TABLE zq_t5 (x text DEFAULT zq_get_email(777777)); INSERT INTO zq_t5 DEFAULT VALUES; SELECT * FROM zq_t5".into()),
-        ("relations", S, C, Canary, "CREATE TEMP TABLE zq_t6 (x bigint CHECK (zq_notice_email(x))); INSERT INTO zq_t6 VALUES (777777)".into()),
-        ("relations", S, C, Canary, "CREATE TEMP TABLE zq_t7 (x zq_checked); INSERT INTO zq_t7 VALUES (777777)".into()),
-        ("relations", S, C, No, "SET search_path = pg_temp, public".into()),
-        ("relations", S, C, No, "SET search_path TO DEFAULT".into()),
-        ("relations", S, C, No, "SET SCHEMA 'pg_catalog'".into()),
-        ("relations", S, C, No, "SELECT set_config('search_path', 'pg_temp', false)".into()),
-        ("relations", S, C, No, "BEGIN; SET LOCAL search_path = public; COMMIT".into()),
-        ("relations", S, C, No, "RESET search_path".into()),
-        // ---------- catalog and statistics ----------
-        ("catalog", S, C, Canary, "SELECT most_common_vals::text FROM pg_stats WHERE tablename = 'customer_history' AND attname = 'email'".into()),
-        ("catalog", S, C, No, "SELECT histogram_bounds::text FROM pg_catalog.pg_stats WHERE tablename = 'customers' AND attname = 'email'".into()),
-        ("catalog", S, C, Canary, "SELECT * FROM pg_stats WHERE tablename = 'customer_history'".into()),
-        ("catalog", S, C, Canary, "TABLE pg_stats".into()),
-        ("catalog", S, C, Canary, "SELECT s.* FROM (SELECT * FROM \"pg_stats\") s WHERE tablename = 'customer_history'".into()),
-        ("catalog", S, C, Canary, "WITH s AS (SELECT * FROM pg_catalog . pg_stats) SELECT * FROM s WHERE tablename = 'customer_history'".into()),
-        ("catalog", S, C, Canary, "SELECT * FROM PG_STATS WHERE tablename = 'customer_history'".into()),
-        ("catalog", S, C, Canary, "SELECT * FROM app.pg_catalog.pg_stats WHERE tablename = 'customer_history'".into()),
-        ("catalog", S, C, Canary, "SELECT most_common_vals FROM pg_stats WHERE tablename = 'customer_history' AND attname = 'address' UNION ALL SELECT NULL".into()),
-        ("catalog", S, C, No, "SELECT most_common_vals::text FROM pg_stats_ext WHERE tablename = 'customer_history'".into()),
-        ("catalog", S, C, No, "SELECT * FROM pg_stats_ext_exprs".into()),
-        ("catalog", S, C, No, "SELECT * FROM pg_statistic".into()),
-        ("catalog", S, C, No, "SELECT stavalues1::text FROM pg_catalog.pg_statistic".into()),
-        ("catalog", S, C, No, "SELECT * FROM pg_mcv_list_items((SELECT stxdmcv FROM pg_statistic_ext_data LIMIT 1))".into()),
-        ("catalog", S, C, No, "SELECT query FROM pg_stat_statements".into()),
-        ("catalog", S, C, No, "SELECT * FROM public.pg_stat_statements".into()),
-        ("catalog", S, C, No, "SELECT * FROM pg_stat_statements(true)".into()),
-        ("catalog", S, C, No, "SELECT query FROM pg_stat_activity".into()),
-        ("catalog", S, C, No, "SELECT pg_stat_get_backend_activity(s) FROM pg_stat_get_backend_idset() s".into()),
-        ("catalog", S, C, No, "SELECT * FROM pg_stat_get_activity(NULL)".into()),
-        ("catalog", S, C, No, "SELECT * FROM pgredact.hash_key".into()),
-        ("catalog", S, C, No, "SELECT encode(ipad, 'hex') FROM \"pgredact\".\"hash_key\"".into()),
-        ("catalog", S, C, No, "SELECT pgredact.mask_hash('Zqcanarylast')".into()),
-        ("catalog", S, C, No, "SELECT prosrc FROM pg_proc WHERE proname IN ('mask_hash', 'hmac_hex')".into()),
-        ("catalog", S, C, Canary, "SELECT convert_from(lo_get(77777), 'UTF8')".into()),
-        ("catalog", S, C, Canary, "SELECT lo_get(77777)".into()),
-        ("catalog", S, C, Canary, "SELECT loread(lo_open(77777, 262144), 1000)".into()),
-        ("catalog", S, C, No, "SELECT * FROM pg_largeobject".into()),
-        ("catalog", S, C, No, "SELECT pg_read_file('postgresql.conf')".into()),
-        ("catalog", S, T, No, "SELECT viewname, definition FROM pg_views WHERE viewname LIKE 'zq%'".into()),
-        ("catalog", S, C, No, "SELECT * FROM pg_prepared_statements".into()),
-        ("catalog", S, C, No, "SELECT * FROM pg_user_mappings".into()),
-        ("catalog", S, C, No, "SELECT umoptions FROM pg_user_mapping".into()),
-        // ---------- error and notice channels ----------
-        ("errors", S, T, No, "SELECT email::int FROM customers WHERE customer_id = 777777".into()),
-        ("errors", S, T, No, "SELECT phone::numeric FROM customers WHERE customer_id = 777777".into()),
-        ("errors", S, T, No, "SELECT address::int FROM customers WHERE customer_id = 777777".into()),
-        ("errors", S, T, No, "SELECT 1/0 FROM customers WHERE customer_id = 777777 AND email LIKE 'z***%'".into()),
-        ("errors", S, T, Twin, "SELECT CASE WHEN email LIKE 'zq.canary%' THEN 1/(customer_id - 777777) ELSE 0 END FROM customers WHERE customer_id = 777777".into()),
-        ("errors", S, T, No, "SELECT (SELECT email FROM customers WHERE customer_id >= 777777)".into()),
-        ("errors", S, T, No, "SELECT to_date(email, 'YYYY') FROM customers WHERE customer_id = 777777".into()),
-        ("errors", S, T, No, "SELECT user_agent::inet FROM customer_events WHERE customer_id = 777777".into()),
-        ("errors", S, T, No, "SELECT jsonb_build_object('e', email)::text::int FROM customers WHERE customer_id = 777777".into()),
-        ("errors", S, T, No, "SELECT xmlparse(document email) FROM customers WHERE customer_id = 777777".into()),
-        ("errors", S, T, No, "SELECT first_name::date FROM customers WHERE customer_id = 777777".into()),
-        ("errors", L, T, Canary, "UPDATE customers SET tier = 'zq-forbidden' WHERE customer_id = 777777".into()),
-        ("errors", L, T, Canary, "UPDATE customers SET segment = 'zqseg1' WHERE customer_id = 777778".into()),
-        ("errors", L, T, No, "INSERT INTO customers (customer_id, tier) VALUES (777777, 'x')".into()),
-        ("errors", L, T, Canary, "UPDATE customers SET tier = 'zq-notice' WHERE customer_id = 777777".into()),
-        ("errors", L, T, Canary, "UPDATE customers SET tier = 'zq-raise' WHERE customer_id = 777777".into()),
-        ("errors", L, T, Canary, "INSERT INTO zq_ruled (note) VALUES ('x')".into()),
-        ("errors", L, T, Canary, "INSERT INTO zq_defaults (id) VALUES (1) RETURNING e".into()),
-        ("errors", L, T, No, "INSERT INTO orders (customer_id, amount, status) VALUES (999999999, 1, 'x')".into()),
-        ("errors", L, T, Canary, "UPDATE customers SET tier = 'zq-forbidden' WHERE customer_id = 777790".into()),
-        // ---------- write-side oracles ----------
-        ("write", L, T, Twin, "UPDATE customers SET tier = tier WHERE email LIKE 'zq.canary%'".into()),
-        ("write", L, T, Twin, "UPDATE customers SET tier = tier WHERE customer_id IN (SELECT customer_id FROM customers WHERE email = 'zq.canary.77@leak-test.example')".into()),
-        ("write", L, T, Twin, "UPDATE customers c SET tier = c.tier WHERE c::text LIKE '%zq.canary%'".into()),
-        ("write", L, T, Twin, "UPDATE customers c SET tier = c.tier WHERE (c.*)::text LIKE '%zq.canary%'".into()),
-        ("write", L, T, Twin, "UPDATE customers c SET tier = c.tier WHERE row_to_json(c)::text LIKE '%zq.canary%'".into()),
-        ("write", L, T, Canary, "UPDATE customers SET tier = tier WHERE customer_id = 777777 RETURNING email".into()),
-        ("write", L, T, Canary, "UPDATE customers SET tier = tier WHERE customer_id = 777777 RETURNING *".into()),
-        ("write", L, T, Canary, "UPDATE customers c SET tier = c.tier WHERE customer_id = 777777 RETURNING c".into()),
-        ("write", L, T, Canary, "UPDATE customers c SET tier = c.tier WHERE customer_id = 777777 RETURNING to_jsonb(c)".into()),
-        ("write", L, T, Canary, "UPDATE customers SET tier = tier WHERE customer_id = 777777 RETURNING (SELECT email FROM customers WHERE customer_id = 777777)".into()),
-        ("write", L, T, Canary, "UPDATE customers SET tier = email WHERE customer_id = 777777 RETURNING tier".into()),
-        ("write", L, T, Canary, "UPDATE customers SET tier = c2.email FROM customers c2 WHERE c2.customer_id = customers.customer_id AND customers.customer_id = 777777 RETURNING customers.tier".into()),
-        ("write", L, T, Canary, "UPDATE customers AS c SET tier = customers.email FROM customers WHERE customers.customer_id = c.customer_id AND c.customer_id = 777777 RETURNING c.tier".into()),
-        ("write", L, T, Canary, "UPDATE customers SET (tier, segment) = (SELECT email, phone FROM customers c2 WHERE c2.customer_id = 777777) WHERE customer_id = 777777 RETURNING tier, segment".into()),
-        ("write", L, T, Twin, "UPDATE customers SET tier = tier WHERE customer_id = 777777 AND pg_catalog.texteq(email, 'zq.canary.77@leak-test.example')".into()),
-        ("write", L, T, Twin, "UPDATE customers c SET tier = tier WHERE EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.customer_id AND c.email LIKE 'zq%')".into()),
-        ("write", L, T, Twin, "UPDATE customers SET tier = tier WHERE \"email\" LIKE 'zq%'".into()),
-        ("write", L, T, Twin, "UPDATE ONLY customers SET tier = tier WHERE email LIKE 'zq%'".into()),
-        ("write", L, T, Twin, "UPDATE customers SET tier = tier WHERE (customers).email LIKE 'zq%'".into()),
-        ("write", L, T, Twin, "DELETE FROM customer_history WHERE email LIKE 'zq.oldcanary%'".into()),
-        ("write", L, T, Canary, "DELETE FROM customer_history h WHERE h.customer_id = 777777 AND h.history_id % 100 = 1 RETURNING *".into()),
-        ("write", L, T, Canary, "DELETE FROM customer_history WHERE customer_id = 777777 AND history_id % 100 = 2 RETURNING email, phone, address".into()),
-        ("write", L, T, Twin, "DELETE FROM orders o USING customers c WHERE c.customer_id = o.customer_id AND c.email = 'zq.canary.77@leak-test.example'".into()),
-        ("write", L, T, Twin, "WITH u AS (UPDATE customers SET tier = tier WHERE email LIKE 'zq.canary%' RETURNING customer_id) SELECT count(*) FROM u".into()),
-        ("write", L, T, Twin, "WITH d AS (DELETE FROM customer_history WHERE email LIKE 'zq.oldcanary%' RETURNING 1) SELECT count(*) FROM d".into()),
-        ("write", L, T, Canary, "WITH u AS (UPDATE customers SET tier = tier WHERE customer_id = 777777 RETURNING *) SELECT * FROM u".into()),
-        ("write", L, T, Canary, "INSERT INTO zq_scratch (note) SELECT email FROM customers WHERE customer_id >= 777777 RETURNING note".into()),
-        ("write", L, T, Canary, "INSERT INTO zq_scratch (note) VALUES ('x') RETURNING (SELECT email FROM customers WHERE customer_id = 777777)".into()),
-        ("write", L, T, Canary, "WITH i AS (INSERT INTO zq_scratch (note) SELECT phone FROM customers WHERE customer_id = 777777 RETURNING note) SELECT * FROM i".into()),
-        ("write", L, T, Twin, "INSERT INTO customers (customer_id, tier) VALUES (777777, 'gold') ON CONFLICT (customer_id) DO UPDATE SET tier = EXCLUDED.tier WHERE customers.email LIKE 'zq%' RETURNING tier".into()),
-        ("write", L, T, Canary, "INSERT INTO customers (customer_id, tier) VALUES (777777, 'gold') ON CONFLICT (customer_id) DO UPDATE SET tier = customers.email RETURNING tier".into()),
-        ("write", L, T, Canary, "INSERT INTO customers (customer_id, tier) VALUES (777777, 'gold') ON CONFLICT (customer_id) DO UPDATE SET tier = 'x' RETURNING *".into()),
-        ("write", L, T, Canary, "INSERT INTO customers (customer_id, tier) VALUES (777777, 'gold') ON CONFLICT (customer_id) DO UPDATE SET tier = (SELECT email FROM customers c2 WHERE c2.customer_id = 777777) RETURNING tier".into()),
-        ("write", L, T, No, "INSERT INTO customers (customer_id, tier) VALUES (777777, 'gold') ON CONFLICT (customer_id) DO UPDATE SET segment = EXCLUDED.email RETURNING segment".into()),
-        ("write", L, T, No, "INSERT INTO customers (customer_id, tier) VALUES (777777, 'gold') ON CONFLICT ON CONSTRAINT customers_pkey DO NOTHING".into()),
-        ("write", S, T, Canary, "CREATE TEMP TABLE zq_ctas AS SELECT email, phone, address, birth_date FROM customers WHERE customer_id >= 777777; SELECT * FROM zq_ctas".into()),
-        ("write", S, T, Canary, "SELECT email, phone INTO TEMP zq_into FROM customer_history WHERE customer_id = 777777 AND history_id % 200 = 0; SELECT * FROM zq_into".into()),
-        ("write", S, C, No, "CREATE TEMP TABLE zq_ctas2 AS TABLE customers".into()),
-        ("write", L, T, No, "MERGE INTO zq_scratch s USING customers c ON s.id = c.customer_id WHEN NOT MATCHED AND c.customer_id = 777777 THEN INSERT (note) VALUES (c.email)".into()),
-        ("write", L, T, Twin, "MERGE INTO customers c USING (SELECT 777777 AS id) s ON c.customer_id = s.id WHEN MATCHED AND c.email LIKE 'zq%' THEN UPDATE SET tier = 'x'".into()),
-        ("write", L, T, Twin, "UPDATE zq_parted SET note = note WHERE contact LIKE 'Zqpart%'".into()),
-        ("write", L, T, Twin, "UPDATE zq_contacts SET region = region WHERE contact LIKE 'Zqeu%'".into()),
-        ("write", L, T, Twin, "UPDATE zq_base SET id = id WHERE secret LIKE 'Zqchild%'".into()),
-        ("write", L, T, Twin, format!("UPDATE {lt} SET note = note WHERE {lc}x LIKE 'Zqlong%'")),
-        ("write", L, T, Twin, "UPDATE vip_customers SET tier = tier WHERE email LIKE 'zq.vip%'".into()),
-        // ---------- session and protocol games ----------
-        ("session", S, C, No, "SET ROLE dba".into()),
-        ("session", S, C, No, "SET SESSION AUTHORIZATION dba".into()),
-        ("session", S, C, No, "SELECT set_config('role', 'dba', false)".into()),
-        ("session", S, C, No, "RESET ALL".into()),
-        ("session", S, C, No, "DISCARD ALL".into()),
-        ("session", S, C, No, "SET row_security = off".into()),
-        ("session", S, C, No, "SET standard_conforming_strings = off".into()),
-        ("session", S, C, No, "SET SESSION standard_conforming_strings TO 'off'".into()),
-        ("session", S, C, No, "SET client_encoding = 'SJIS'".into()),
-        ("session", S, C, No, "SET NAMES 'LATIN1'".into()),
-        ("session", S, T, Canary, "SELECT 1; SELECT email FROM customers WHERE customer_id = 777777".into()),
-        ("session", S, C, No, "SELECT email FROM customers WHERE customer_id = 777777; SET ROLE dba".into()),
-        ("session", S, C, No, "BEGIN; SET LOCAL ROLE dba; COMMIT".into()),
-        ("session", S, C, No, "EXPLAIN SELECT * FROM customers WHERE customer_id = 777777".into()),
-        ("session", S, C, No, "EXPLAIN (VERBOSE, COSTS OFF) SELECT last_name, email FROM customers WHERE customer_id = 777777".into()),
-        ("session", S, E, Twin, "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) SELECT * FROM customer_history WHERE email = 'zq.oldcanary.77@leak-test.example'".into()),
-        ("session", S, E, Twin, "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) SELECT * FROM customers WHERE email LIKE 'zq.canary%'".into()),
-        ("session", L, C, No, "EXPLAIN ANALYZE UPDATE customers SET tier = tier WHERE email LIKE 'zq%'".into()),
-        ("session", S, C, No, "EXPLAIN ANALYZE SELECT count(DISTINCT email) FROM customers".into()),
-        ("session", S, C, No, "EXPLAIN (COSTS) SELECT DISTINCT first_name FROM customers".into()),
-        ("session", S, C, No, "SET enable_indexonlyscan = on".into()),
-        ("session", L, C, No, "UPDATE customers SET tier = tier WHERE customer_id = 777777 RETURNING ctid".into()),
-        ("session", S, C, No, "LISTEN zqchan".into()),
-        ("session", S, T, No, "UNLISTEN *".into()),
-        ("session", S, T, No, "NOTIFY zqchan, 'hello'".into()),
-        ("session", S, T, No, "SELECT pg_notify('zqchan', (SELECT email FROM customers WHERE customer_id = 777777))".into()),
-        ("session", S, T, No, "SHOW search_path".into()),
-        ("session", S, T, No, "SELECT current_setting('standard_conforming_strings')".into()),
-        // ---------- lexical games ----------
-        ("lexical", S, T, Canary, "SELECT email FROM \"customers\" WHERE customer_id = 777777".into()),
-        ("lexical", S, T, Canary, "SELECT email FROM \"public\".\"customers\" WHERE customer_id = 777777".into()),
-        ("lexical", S, T, Canary, "SELECT EMAIL FROM PUBLIC.CUSTOMERS WHERE CUSTOMER_ID = 777777".into()),
-        ("lexical", S, T, Canary, "SELECT email FROM app.public.customers WHERE customer_id = 777777".into()),
-        ("lexical", S, T, Canary, "SELECT email FROM \"app\".\"public\".\"customers\" WHERE customer_id = 777777".into()),
-        ("lexical", S, T, Canary, "SELECT email FROM public . customers WHERE customer_id = 777777".into()),
-        ("lexical", S, T, Canary, "SELECT email FROM public/**/./**/customers WHERE customer_id = 777777".into()),
-        ("lexical", S, T, Canary, "SELECT email FROM U&\"customers\" WHERE customer_id = 777777".into()),
-        ("lexical", S, T, Canary, "SELECT email FROM U&\"\\0063ustomers\" WHERE customer_id = 777777".into()),
-        ("lexical", S, T, Canary, "SELECT email FROM U&\"!0063ustomers\" UESCAPE '!' WHERE customer_id = 777777".into()),
-        ("lexical", S, T, Canary, "SELECT U&'\\0041', email FROM customers WHERE customer_id = 777777".into()),
-        ("lexical", S, T, Canary, "SELECT email FROM customers -- comment\nWHERE customer_id = 777777".into()),
-        ("lexical", S, T, Canary, "SELECT/**/email/**/FROM/**/customers/**/WHERE/**/customer_id=777777".into()),
-        ("lexical", S, T, Canary, "SELECT 1 /* /* */, ' */ , email FROM customers WHERE customer_id = 777777 --'".into()),
-        ("lexical", S, T, Canary, "SELECT /* nested /* inner */ still comment */ email FROM customers WHERE customer_id = 777777".into()),
-        ("lexical", S, T, Canary, "SELECT $$x$$, email FROM customers WHERE customer_id = 777777".into()),
-        ("lexical", S, T, Canary, "SELECT $a$ $$ ' $a$, email FROM customers WHERE customer_id = 777777".into()),
-        ("lexical", S, T, Canary, "SELECT 1 AS x$$, (SELECT email FROM customers WHERE customer_id = 777777) AS y --$$".into()),
-        ("lexical", S, T, Canary, "SELECT E'\\'', email FROM customers WHERE customer_id = 777777".into()),
-        ("lexical", S, T, No, "SELECT E'a\\' , (SELECT email FROM customers WHERE customer_id = 777777) --'".into()),
-        ("lexical", S, T, No, "SELECT 'a\\'' , email FROM customers WHERE customer_id = 777777 --'".into()),
-        ("lexical", S, T, Canary, "SELECT 'a'\n'b', email FROM customers WHERE customer_id = 777777".into()),
-        ("lexical", S, T, Canary, "SELECT \"email\" FROM customers WHERE customer_id = 777777".into()),
-        ("lexical", S, T, Canary, "SELECT c.\"email\" FROM customers c WHERE c.customer_id = 777777".into()),
-        ("lexical", S, T, Canary, "SELECT em FROM customers c(id, fn, ln, em) WHERE id = 777777".into()),
-        ("lexical", S, T, Canary, "SELECT * FROM customers AS \"select\" WHERE \"select\".customer_id = 777777".into()),
-        ("lexical", S, T, No, "SELECT email FROM customers WHERE customer_id = 777777 /* unterminated".into()),
-        ("lexical", S, T, Canary, "SELECT email FROM customers WHERE customer_id = 777777;;".into()),
-        ("lexical", S, T, Canary, ";SELECT email FROM customers WHERE customer_id = 777777".into()),
-        ("lexical", S, T, No, "SELECT email FROM customers WHERE customer_id = 0x0BDE31".into()),
-        ("lexical", S, T, No, "SELECT email FROM customers WHERE customer_id = 777_777".into()),
-        ("lexical", S, T, Canary, "SELECT\temail\nFROM\rcustomers\x0cWHERE customer_id = 777777".into()),
-        ("lexical", S, T, Canary, "SELECT email FROM customers WHERE customer_id = 777777 AND 'zq' = $$zq$$".into()),
-        ("lexical", S, T, Canary, nested),
-        ("lexical", S, T, Canary, "SELECT (customers).email FROM customers WHERE customer_id = 777777".into()),
-        ("lexical", S, T, Canary, "SELECT customers FROM customers WHERE customer_id = 777777".into()),
-        ("lexical", S, T, Canary, "SELECT c FROM customers c WHERE c.customer_id = 777777".into()),
-        ("lexical", S, T, Canary, "SELECT row_to_json(c) FROM customers c WHERE customer_id = 777777".into()),
-        ("lexical", S, T, Canary, "SELECT to_jsonb(c.*) FROM customers c WHERE customer_id = 777777".into()),
-        ("lexical", S, T, Canary, "SELECT json_agg(h) FROM customer_history h WHERE customer_id = 777777 AND history_id % 100 = 1".into()),
-        // ---------- parser differentials ----------
-        ("parser", S, T, Canary, "SELECT * FROM customers c, LATERAL (SELECT c.email, c.phone) x WHERE c.customer_id = 777777".into()),
-        ("parser", S, T, No, "SELECT * FROM customers NATURAL JOIN customer_history WHERE customer_id = 777777".into()),
-        ("parser", S, T, Canary, "SELECT * FROM (customers c JOIN orders o USING (customer_id)) WHERE customer_id = 777777".into()),
-        ("parser", S, T, Canary, "SELECT ARRAY(SELECT email FROM customers WHERE customer_id >= 777777 ORDER BY 1)".into()),
-        ("parser", S, T, Canary, "VALUES ((SELECT email FROM customers WHERE customer_id = 777777))".into()),
-        ("parser", S, T, Canary, "SELECT email FROM customers WHERE customer_id = 777777 UNION ALL SELECT email FROM customer_history WHERE customer_id = 777777 AND history_id % 250 = 0".into()),
-        ("parser", S, T, Canary, "WITH RECURSIVE r(n, e) AS (SELECT 1, (SELECT email FROM customers WHERE customer_id = 777777) UNION ALL SELECT n + 1, e FROM r WHERE n < 3) SELECT * FROM r".into()),
-        ("parser", S, C, No, "WITH customers AS (SELECT 1) SELECT * FROM customers".into()),
-        ("parser", S, T, Canary, "WITH x AS MATERIALIZED (SELECT * FROM customers WHERE customer_id >= 777777) SELECT email, phone FROM x".into()),
-        ("parser", S, T, No, "SELECT * FROM customers WHERE customer_id = 777777 FOR UPDATE".into()),
-        ("parser", S, T, No, "SELECT * FROM customers WHERE customer_id = 777777 FOR NO KEY UPDATE".into()),
-        ("parser", S, T, Canary, "SELECT * FROM customers TABLESAMPLE SYSTEM (100) WHERE customer_id = 777777".into()),
-        ("parser", S, T, Canary, "TABLE vip_customers".into()),
-        ("parser", S, T, Canary, "SELECT email FROM customers WHERE customer_id BETWEEN SYMMETRIC 777778 AND 777777".into()),
-        ("parser", S, T, No, "SELECT count(*) FROM customers WHERE customer_id >= 777777 GROUP BY DISTINCT email".into()),
-        ("parser", S, T, Canary, "SELECT xmlelement(name e, email) FROM customers WHERE customer_id = 777777".into()),
-        ("parser", S, T, Canary, "SELECT xmlforest(email, phone) FROM customers WHERE customer_id = 777777".into()),
-        ("parser", S, T, Canary, "SELECT format('%s %s', email, phone) FROM customers WHERE customer_id = 777777".into()),
-        ("parser", S, T, Canary, "SELECT string_agg(email, ',') FROM customers WHERE customer_id >= 777777".into()),
-        ("parser", S, T, Canary, "SELECT reverse(email), upper(phone), md5(email), encode(convert_to(email, 'UTF8'), 'base64'), encode(sha256(convert_to(first_name, 'UTF8')), 'hex') FROM customers WHERE customer_id = 777777".into()),
-        ("parser", S, T, Canary, "SELECT first_name, last_name FROM customers WHERE customer_id = 777777".into()),
-        ("parser", S, T, Canary, "SELECT birth_date, extract(epoch from birth_date), to_char(birth_date, 'DD/MM/YYYY J') FROM customers WHERE customer_id = 777777".into()),
-        ("parser", S, T, Canary, "SELECT host(ip_address), user_agent FROM customer_events WHERE customer_id = 777777".into()),
-        ("parser", S, T, Canary, "SELECT shipping_address FROM orders WHERE customer_id = 777777".into()),
-        ("parser", S, T, Canary, "SELECT * FROM customers WHERE customer_id = 777777 WINDOW w AS (ORDER BY email)".into()),
-        ("parser", S, T, Canary, "SELECT email COLLATE \"C\" FROM customers WHERE customer_id = 777777".into()),
-        // ---------- JSON documents masked per path ----------
-        ("json", S, T, Canary, "SELECT payload FROM customer_events WHERE customer_id = 777777".into()),
-        ("json", S, T, Canary, "SELECT payload->>'to', payload#>>'{billing,name}', payload->'billing'->>'address', payload->>'callback_phone' FROM customer_events WHERE customer_id = 777777 AND event_type = 'purchase'".into()),
-        ("json", S, T, Canary, "SELECT payload->>'username' FROM customer_events WHERE customer_id = 777777 AND payload ? 'username'".into()),
-        ("json", S, T, Twin, "SELECT count(*) FROM customer_events WHERE payload->>'to' LIKE 'zq.canary%'".into()),
-        ("json", S, T, Twin, "SELECT count(*) FROM customer_events WHERE payload @> '{\"username\": \"zq.canary.77@leak-test.example\"}'".into()),
-        ("json", S, T, Twin, "SELECT count(*) FROM customer_events WHERE payload::text LIKE '%5550 9876%'".into()),
-        ("json", S, T, Canary, "SELECT jsonb_path_query(payload, 'strict $.**') FROM customer_events WHERE customer_id = 777777".into()),
-        ("json", S, T, Canary, "SELECT e.key, e.value FROM customer_events, jsonb_each_text(payload) e WHERE customer_id = 777777".into()),
-        ("json", S, T, Canary, "SELECT payload->'items', payload->'a/b~c' FROM customer_events WHERE customer_id = 777777 AND event_type = 'purchase'".into()),
-        ("json", S, T, No, "SELECT count(*) FROM customer_events e JOIN customers c ON c.last_name = split_part(e.payload#>>'{billing,name}', ' ', 2)".into()),
-        ("json", S, T, No, "SELECT payload->>'path', count(*) FROM customer_events WHERE event_type = 'page_view' GROUP BY 1".into()),
-        ("json", L, C, No, "UPDATE customer_events SET payload = '{}' WHERE customer_id = 777777".into()),
-        // ---------- oracle-style (counts, existence, ordering) ----------
-        ("oracle", S, T, Twin, "SELECT count(*) FROM customers WHERE email = 'zq.canary.77@leak-test.example'".into()),
-        ("oracle", S, T, Twin, "SELECT count(*) FROM customers WHERE email LIKE 'zq.c%'".into()),
-        ("oracle", S, T, Twin, "SELECT EXISTS (SELECT 1 FROM customers WHERE phone LIKE '%5550 1234%')".into()),
-        ("oracle", S, T, Twin, "SELECT count(*) FROM customers WHERE first_name = 'Zqcanaryfirst'".into()),
-        ("oracle", S, T, Twin, "SELECT count(*) FROM customers WHERE birth_date = '1977-07-07' AND customer_id >= 777777".into()),
-        ("oracle", S, T, Twin, "SELECT count(*) FROM customer_events WHERE ip_address = '10.77.77.77'".into()),
-        ("oracle", S, T, Twin, "SELECT count(*) FROM customer_events WHERE user_agent LIKE 'Zqcanary%'".into()),
-        ("oracle", S, T, Twin, "SELECT count(*) FROM orders WHERE shipping_address LIKE '%Canaryweg%'".into()),
-        ("oracle", S, T, Twin, "SELECT count(*) FROM customer_history WHERE address = '77 Oldcanaryallee'".into()),
-        ("oracle", S, O, No, "SELECT customer_id FROM customers WHERE customer_id >= 777777 ORDER BY email DESC, customer_id".into()),
-        ("oracle", S, T, No, "SELECT customer_id, rank() OVER (ORDER BY phone, customer_id) FROM customers WHERE customer_id >= 777777".into()),
-        ("oracle", S, T, Canary, "SELECT min(email), max(address), min(birth_date) FROM customers WHERE customer_id >= 777777".into()),
-        ("oracle", S, T, Canary, "SELECT email, count(*) FROM customer_history WHERE customer_id = 777777 GROUP BY email HAVING count(*) > 1".into()),
-        ("oracle", S, O, Canary, "SELECT DISTINCT ON (email) email, customer_id FROM customers WHERE customer_id >= 777777 ORDER BY email, customer_id".into()),
-        ("oracle", S, T, No, "SELECT count(*) FROM customers a JOIN customer_history h ON a.email = h.email".into()),
-        ("oracle", S, T, No, "SELECT count(DISTINCT last_name) FROM customers".into()),
-        ("oracle", S, T, Twin, "SELECT count(*) FROM customers WHERE customer_id = 777777 AND length(email) = 30".into()),
-        ("oracle", S, T, Twin, "SELECT count(*) FROM customers WHERE customer_id = 777777 AND position('canary' in email) > 0".into()),
-        ("oracle", S, T, Twin, "SELECT count(*) FROM zq_parted_a WHERE contact LIKE 'Zqpart%'".into()),
-        ("oracle", S, T, Twin, "SELECT count(*) FROM zq_contacts WHERE contact LIKE 'Zqeu%'".into()),
-        ("oracle", S, T, Twin, "SELECT count(*) FROM zq_base WHERE secret IS NOT NULL".into()),
-        ("oracle", S, T, Twin, "SELECT count(*) FROM customers WHERE email ~ '^zq\\.canary'".into()),
-        ("oracle", S, T, Twin, "SELECT count(*) FROM customers WHERE email SIMILAR TO 'zq.canary%'".into()),
-        ("oracle", S, T, Twin, "SELECT count(*) FROM customers WHERE email ILIKE 'ZQ.CANARY%'".into()),
-        ("oracle", S, T, Twin, "SELECT count(*) FROM customers WHERE to_tsvector('simple', address) @@ to_tsquery('simple', 'canarystrasse')".into()),
-        ("oracle", S, T, Twin, "SELECT octet_length(email), octet_length(phone) FROM customers WHERE customer_id = 777777".into()),
-        ("oracle", S, T, Twin, "SELECT count(*) FROM customers WHERE email >= 'zq' AND email < 'zr'".into()),
-        // ---------- a masked role whose default is standard_conforming_strings = off ----------
-        ("session", G, C, Canary, "SELECT 'a\\'' , email FROM customers WHERE customer_id = 777777 --'".into()),
-        ("session", G, C, Canary, "SELECT 'x\\'' , (SELECT phone FROM public.customers WHERE customer_id = 777777) --'".into()),
-        ("session", G, C, Canary, "SELECT email FROM customers WHERE customer_id = 777777".into()),
-    ];
-    let mut n: BTreeMap<&str, usize> = BTreeMap::new();
-    raw.into_iter()
-        .map(|(class, role, or, poison, sql)| {
-            let k = n.entry(class).or_default();
-            *k += 1;
-            Case {
-                id: format!("{class}-{:03}", *k),
-                class,
-                role,
-                or,
-                poison,
-                sql,
-            }
-        })
-        .collect()
+}
+
+const CASES_PATH: &str = "tests/cases/adversarial.toml";
+const CASES_TOML: &str = include_str!("cases/adversarial.toml");
+
+/// The trial protocols of a case (the suffixes of its trial names).
+const PROTOCOLS: [&str; 7] = [
+    "simple",
+    "extended",
+    "raw-simple",
+    "raw-extended",
+    "direct-simple",
+    "direct-extended",
+    "poison",
+];
+
+/// One `[[case]]` of the case file, as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseEntry {
+    id: String,
+    role: Role,
+    oracle: Or,
+    poison: Poison,
+    sql: String,
+    /// Wrapped this many times in `SELECT * FROM (...) AS q`.
+    #[serde(default)]
+    nest: usize,
+    #[serde(default)]
+    known: Vec<Known>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseFile {
+    case: Vec<CaseEntry>,
+}
+
+/// The cases of `tests/cases/adversarial.toml`, in file order, checked: ids `<class>-NNN` and
+/// unique, known failures over the suite's protocols, SQL sendable; the placeholders
+/// `{LONG_TABLE}` and `{LONG_COLUMN}` replaced and `nest` applied.
+fn cases() -> Result<Vec<Case>, String> {
+    let file: CaseFile = support::cases::parse(CASES_PATH, CASES_TOML)?;
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::with_capacity(file.case.len());
+    for e in file.case {
+        let class = support::cases::check_id(CASES_PATH, &e.id, 3, &mut seen)?.to_string();
+        support::cases::check_known(CASES_PATH, &e.id, &e.known, &PROTOCOLS)?;
+        let poison_known = e
+            .known
+            .iter()
+            .flat_map(|k| &k.protocols)
+            .any(|p| p == "poison");
+        if poison_known && e.poison == Poison::No {
+            return Err(format!(
+                "{CASES_PATH}: case {}: a known failure over \"poison\", but the case is no poison control",
+                e.id
+            ));
+        }
+        let mut sql = e
+            .sql
+            .replace("{LONG_TABLE}", LONG_TABLE)
+            .replace("{LONG_COLUMN}", LONG_COLUMN);
+        if sql.contains("{LONG_") {
+            return Err(format!(
+                "{CASES_PATH}: case {}: a placeholder other than {{LONG_TABLE}} and {{LONG_COLUMN}}",
+                e.id
+            ));
+        }
+        for _ in 0..e.nest {
+            sql = format!("SELECT * FROM ({sql}) AS q");
+        }
+        support::cases::check_sql(CASES_PATH, &e.id, &sql)?;
+        out.push(Case {
+            id: e.id,
+            class,
+            role: e.role,
+            or: e.oracle,
+            poison: e.poison,
+            sql,
+            known: e.known,
+        });
+    }
+    Ok(out)
 }
 
 #[derive(Debug)]
@@ -589,15 +297,6 @@ fn verdict(failures: &[Failure]) -> Result<(), Failed> {
     Err(msg.into())
 }
 
-/// Why the trial `id::protocol` is known to fail, if it is (an ignored trial).
-fn known(id: &str, protocol: &str) -> Option<&'static str> {
-    KNOWN_FAILING
-        .iter()
-        .chain(DIRECT_KNOWN)
-        .find(|(k, protocols, _)| *k == id && protocols.contains(&protocol))
-        .map(|(_, _, why)| *why)
-}
-
 const PROXY_PROTOCOLS: [(&str, bool); 2] = [("simple", false), ("extended", true)];
 const RAW_PROTOCOLS: [(&str, bool); 2] = [("raw-simple", false), ("raw-extended", true)];
 const DIRECT_PROTOCOLS: [(&str, bool); 2] = [("direct-simple", false), ("direct-extended", true)];
@@ -609,8 +308,11 @@ fn main() {
     // writes in rolled-back transactions, `special::stale-catalog-and-roles` alters the catalog
     // and role memberships), so concurrent trials would change what the oracles see.
     args.test_threads = Some(1);
+    let cases: Vec<Arc<Case>> = support::cases::or_exit(cases())
+        .into_iter()
+        .map(Arc::new)
+        .collect();
     let kit = Arc::new(Kit::new());
-    let cases: Vec<Arc<Case>> = cases().into_iter().map(Arc::new).collect();
     let mut trials = vec![Trial::test("suite::cases", {
         let cases = cases.clone();
         move || case_table(&cases)
@@ -658,7 +360,7 @@ fn main() {
 fn case_table(cases: &[Arc<Case>]) -> Result<(), Failed> {
     let mut per_class: BTreeMap<&str, usize> = BTreeMap::new();
     for c in cases {
-        *per_class.entry(c.class).or_default() += 1;
+        *per_class.entry(&c.class).or_default() += 1;
     }
     println!("adversarial cases: {} {per_class:?}", cases.len());
     assert!(cases.len() >= 150, "at least 150 cases");
@@ -668,17 +370,6 @@ fn case_table(cases: &[Arc<Case>]) -> Result<(), Failed> {
         canary >= 20 && twin >= 10,
         "poison controls: {canary} canary, {twin} twin"
     );
-    for (table, direct) in [(KNOWN_FAILING, false), (DIRECT_KNOWN, true)] {
-        for (id, protocols, _) in table {
-            assert!(
-                cases.iter().any(|c| c.id == *id),
-                "known case {id} is not in the table"
-            );
-            for p in *protocols {
-                assert_eq!(p.starts_with("direct-"), direct, "{id}: protocol {p}");
-            }
-        }
-    }
     Ok(())
 }
 
@@ -689,11 +380,12 @@ where
     F: FnOnce(Arc<Kit>, Arc<Fixture>, Arc<Case>) -> Fut + Send + 'static,
     Fut: Future<Output = Vec<Failure>>,
 {
-    let why = known(&case.id, protocol);
+    let why = case.known(protocol).map(str::to_string);
+    let ignored = why.is_some();
     let (kit, case2) = (kit.clone(), case.clone());
     let name = format!("{}::{protocol}", case.id);
     let trial = Trial::test(name.clone(), move || {
-        if let Some(why) = why {
+        if let Some(why) = &why {
             println!("KNOWN FAILING {name}: {why}");
         }
         let k2 = kit.clone();
@@ -702,7 +394,7 @@ where
             None => e,
         })
     });
-    trial.with_ignored_flag(why.is_some())
+    trial.with_ignored_flag(ignored)
 }
 
 /// Over tokio-postgres through the proxy; against the twin too for oracle-style cases.
@@ -809,7 +501,7 @@ async fn direct_run(
     let a = run_tokio(&d, &dcap, &case.sql, extended, is_tx(&case)).await;
     let hits = fx.canaries.hits(&case.sql, &a.visible);
     if !hits.is_empty() {
-        if known(&case.id, protocol).is_some() {
+        if case.known(protocol).is_some() {
             kit.totals().direct_known += 1;
         }
         let what = format!(

@@ -2,7 +2,8 @@
 //! in front of it (in-process, on a free port), and helpers to talk to both with real clients.
 //! Also the test kit of the other suites: bare demo clusters (`cluster`), the admin API's HTTP
 //! client (`http`), certificates and TLS on the cluster (`tls`), `pgredact serve` as a process
-//! (`serve`), the adversarial fixture (`adv`).
+//! (`serve`), the adversarial fixture (`adv`), the case tables of the data-driven suites
+//! (`cases`), a raw wire client (`wire`).
 //! Every test binary includes this with `mod support;`; not every binary uses every helper.
 #![allow(dead_code)]
 
@@ -300,6 +301,7 @@ pub async fn rows(c: &Client, sql: &str) -> Result<Vec<String>, tokio_postgres::
         .collect())
 }
 pub mod adv;
+pub mod cases;
 pub mod cluster;
 pub mod http;
 pub mod masks;

@@ -1,7 +1,18 @@
 //! A tiny raw PostgreSQL wire-protocol client for the adversarial suites: every byte the
 //! server (or the proxy) sends is kept, so an oracle can search all of it (rows, errors,
 //! notices, notifications, COPY data, parameter statuses). Only `trust` logins are supported.
+//!
+//! Written on the `postgres-protocol` crate (rust-postgres' codec), not on pgredact's own
+//! `wire` module, so that a bug in the proxy's codec cannot hide in the test's: frontend messages
+//! are encoded by `postgres_protocol::message::frontend`, backend messages framed by
+//! `postgres_protocol::message::backend::Header`. Two things the crate has no encoder for are
+//! framed here: `FunctionCall`, and `raw_frame` (any tag and body, for malformed-message games).
+//! Backend bodies stay raw bytes ([`Msg`]), decoded only lossily ([`Msg::fields`],
+//! [`Msg::cells`]): the oracles search every byte, whatever arrives.
 
+use bytes::BytesMut;
+use postgres_protocol::message::{backend, frontend};
+use postgres_protocol::IsNull;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -14,7 +25,9 @@ pub struct Msg {
 }
 
 impl Msg {
-    /// Error/notice fields ('E'/'N'), as (field type, value).
+    /// Error/notice fields ('E'/'N'), as (field type, value), read lossily up to the first
+    /// malformed field. (The crate's typed `ErrorFields` stops with an error at a malformed
+    /// field, and iterating it takes the `fallible-iterator` crate as one more dependency.)
     pub fn fields(&self) -> Vec<(u8, String)> {
         let mut out = Vec::new();
         let mut b = &self.body[..];
@@ -36,7 +49,7 @@ impl Msg {
             .map(|x| x.1)
     }
 
-    /// DataRow cells as text (lossy), NULL as None.
+    /// DataRow cells as text (lossy, up to the first malformed cell), NULL as None.
     pub fn cells(&self) -> Vec<Option<String>> {
         let b = &self.body;
         if b.len() < 2 {
@@ -69,62 +82,65 @@ pub struct Wire {
     pub closed: bool,
 }
 
-fn cstr(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(s.as_bytes());
-    out.push(0);
-}
-
-fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + 5);
-    out.push(tag);
-    out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-    out.extend_from_slice(body);
-    out
+/// One message encoded by `f` (a `postgres_protocol::message::frontend` function). They fail
+/// only on a string with a NUL, which these helpers cannot send: `raw_frame` can.
+fn encode(what: &str, f: impl FnOnce(&mut BytesMut) -> std::io::Result<()>) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    if let Err(e) = f(&mut buf) {
+        panic!("wire::{what}: {e} (a string with a NUL: build the message with raw_frame)");
+    }
+    buf.to_vec()
 }
 
 pub fn query(sql: &str) -> Vec<u8> {
-    let mut b = Vec::new();
-    cstr(&mut b, sql);
-    frame(b'Q', &b)
+    encode("query", |buf| frontend::query(sql, buf))
 }
 
+/// Parse with no parameter types.
 pub fn parse(name: &str, sql: &str) -> Vec<u8> {
-    let mut b = Vec::new();
-    cstr(&mut b, name);
-    cstr(&mut b, sql);
-    b.extend_from_slice(&0i16.to_be_bytes());
-    frame(b'P', &b)
+    encode("parse", |buf| {
+        frontend::parse(name, sql, std::iter::empty(), buf)
+    })
 }
 
 /// Bind with no parameters; all results in text format.
 pub fn bind(portal: &str, stmt: &str) -> Vec<u8> {
-    let mut b = Vec::new();
-    cstr(&mut b, portal);
-    cstr(&mut b, stmt);
-    b.extend_from_slice(&0i16.to_be_bytes());
-    b.extend_from_slice(&0i16.to_be_bytes());
-    b.extend_from_slice(&0i16.to_be_bytes());
-    frame(b'B', &b)
+    encode("bind", |buf| {
+        let no_values = std::iter::empty::<()>();
+        frontend::bind(
+            portal,
+            stmt,
+            std::iter::empty(),
+            no_values,
+            |(), _| Ok(IsNull::No),
+            std::iter::empty(),
+            buf,
+        )
+        .map_err(|e| match e {
+            frontend::BindError::Serialization(e) => e,
+            frontend::BindError::Conversion(e) => std::io::Error::other(e),
+        })
+    })
 }
 
 pub fn describe_portal(portal: &str) -> Vec<u8> {
-    let mut b = vec![b'P'];
-    cstr(&mut b, portal);
-    frame(b'D', &b)
+    encode("describe_portal", |buf| {
+        frontend::describe(b'P', portal, buf)
+    })
 }
 
 pub fn execute(portal: &str, max_rows: i32) -> Vec<u8> {
-    let mut b = Vec::new();
-    cstr(&mut b, portal);
-    b.extend_from_slice(&max_rows.to_be_bytes());
-    frame(b'E', &b)
+    encode("execute", |buf| frontend::execute(portal, max_rows, buf))
 }
 
 pub fn sync() -> Vec<u8> {
-    frame(b'S', &[])
+    let mut buf = BytesMut::new();
+    frontend::sync(&mut buf);
+    buf.to_vec()
 }
 
-/// FunctionCall ('F') with text-format arguments and a text result.
+/// FunctionCall ('F') with text-format arguments and a text result (postgres-protocol has no
+/// encoder for it: the body is built here).
 pub fn function_call(oid: u32, args: &[Option<&str>]) -> Vec<u8> {
     let mut b = Vec::new();
     b.extend_from_slice(&oid.to_be_bytes());
@@ -141,7 +157,7 @@ pub fn function_call(oid: u32, args: &[Option<&str>]) -> Vec<u8> {
         }
     }
     b.extend_from_slice(&0i16.to_be_bytes());
-    frame(b'F', &b)
+    raw_frame(b'F', &b)
 }
 
 /// Parse/Bind/Describe/Execute/Sync of one statement (unnamed).
@@ -154,9 +170,14 @@ pub fn extended(sql: &str) -> Vec<u8> {
     v
 }
 
-/// Any raw frame (for malformed-message games).
+/// Any raw frame: `tag`, the length, `body` as given (for malformed-message games; postgres-protocol
+/// encodes only well-formed messages).
 pub fn raw_frame(tag: u8, body: &[u8]) -> Vec<u8> {
-    frame(tag, body)
+    let mut out = Vec::with_capacity(body.len() + 5);
+    out.push(tag);
+    out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    out.extend_from_slice(body);
+    out
 }
 
 const READ_WAIT: Duration = Duration::from_secs(60);
@@ -177,29 +198,22 @@ impl Wire {
             buf: Vec::new(),
             closed: false,
         };
-        let mut body = Vec::new();
-        body.extend_from_slice(&196608i32.to_be_bytes());
-        cstr(&mut body, "user");
-        cstr(&mut body, user);
-        cstr(&mut body, "database");
-        cstr(&mut body, db);
+        let mut params = vec![("user", user), ("database", db)];
         if !extra.iter().any(|(k, _)| *k == "client_encoding") {
-            cstr(&mut body, "client_encoding");
-            cstr(&mut body, "UTF8");
+            params.push(("client_encoding", "UTF8"));
         }
-        for (k, v) in extra {
-            cstr(&mut body, k);
-            cstr(&mut body, v);
-        }
-        body.push(0);
-        let mut pkt = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-        pkt.extend(body);
+        params.extend(extra.iter().copied());
+        let mut pkt = BytesMut::new();
+        frontend::startup_message(params, &mut pkt).map_err(|e| format!("startup message: {e}"))?;
         w.send(&pkt).await;
         let msgs = w.until_ready(1).await;
-        if msgs.iter().any(|m| m.tag == b'E') || !msgs.iter().any(|m| m.tag == b'Z') {
+        let is_error = |m: &&Msg| m.tag == backend::ERROR_RESPONSE_TAG;
+        if msgs.iter().any(|m| is_error(&m))
+            || !msgs.iter().any(|m| m.tag == backend::READY_FOR_QUERY_TAG)
+        {
             let err = msgs
                 .iter()
-                .find(|m| m.tag == b'E')
+                .find(is_error)
                 .map(|m| format!("{:?}", m.fields()))
                 .unwrap_or_else(|| "no ReadyForQuery".into());
             return Err(err);
@@ -214,19 +228,33 @@ impl Wire {
         let _ = self.s.flush().await;
     }
 
-    /// Reads one message; None on EOF, error or a long silence.
+    /// Reads one message; None on EOF, error or a long silence. Bytes that cannot be framed (a
+    /// length below 4, or a message cut short) come back as one last `?` message: everything
+    /// received stays visible.
     pub async fn next(&mut self) -> Option<Msg> {
         loop {
-            if self.buf.len() >= 5 {
-                let len = i32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
-                let total = 1 + len.max(4) as usize;
-                if self.buf.len() >= total {
-                    let m = Msg {
-                        tag: self.buf[0],
-                        body: self.buf[5..total].to_vec(),
-                    };
-                    self.buf.drain(..total);
-                    return Some(m);
+            match backend::Header::parse(&self.buf) {
+                Ok(Some(header)) => {
+                    // The length counts itself, not the tag; `Header::parse` checked it is >= 4.
+                    let total = 1 + header.len() as usize;
+                    if self.buf.len() >= total {
+                        let m = Msg {
+                            tag: header.tag(),
+                            body: self.buf[5..total].to_vec(),
+                        };
+                        self.buf.drain(..total);
+                        return Some(m);
+                    }
+                }
+                Ok(None) => {}
+                Err(_) => {
+                    // No frame boundary can be trusted after this: the rest is one raw message,
+                    // and this client reads no further.
+                    self.closed = true;
+                    return Some(Msg {
+                        tag: b'?',
+                        body: std::mem::take(&mut self.buf),
+                    });
                 }
             }
             if self.closed {
@@ -258,7 +286,7 @@ impl Wire {
         while seen < n {
             match self.next().await {
                 Some(m) => {
-                    if m.tag == b'Z' {
+                    if m.tag == backend::READY_FOR_QUERY_TAG {
                         seen += 1;
                     }
                     out.push(m);
@@ -288,10 +316,12 @@ pub fn visible(msgs: &[Msg]) -> String {
 
 /// The first error of an answer: (SQLSTATE, message).
 pub fn first_error(msgs: &[Msg]) -> Option<(String, String)> {
-    msgs.iter().find(|m| m.tag == b'E').map(|m| {
-        (
-            m.field(b'C').unwrap_or_default(),
-            m.field(b'M').unwrap_or_default(),
-        )
-    })
+    msgs.iter()
+        .find(|m| m.tag == backend::ERROR_RESPONSE_TAG)
+        .map(|m| {
+            (
+                m.field(b'C').unwrap_or_default(),
+                m.field(b'M').unwrap_or_default(),
+            )
+        })
 }
