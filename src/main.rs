@@ -151,7 +151,7 @@ fn main() -> ExitCode {
         match cli.cmd {
             Cmd::Serve { config } => {
                 let cfg = pgredact::config::Config::load(&config)?;
-                pgredact::proxy::serve(cfg).await
+                Ok(pgredact::proxy::serve(cfg).await?)
             }
             Cmd::Forget { config, args } => {
                 let cfg = pgredact::config::Config::load(&config)?;

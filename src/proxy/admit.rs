@@ -3,7 +3,7 @@
 //! read of the search path names resolve with.
 
 use super::database::DbState;
-use super::handshake::Fatal;
+use super::error::ClientError;
 use super::shared::Shared;
 use crate::rewrite::REFUSAL_SQLSTATE;
 use crate::tls::ServerStream;
@@ -24,44 +24,33 @@ pub(crate) async fn admit(
     user: &str,
     params: &[(String, String)],
     server: &mut FrameReader<ServerStream>,
-) -> Result<(Arc<DbState>, bool, Vec<String>), Fatal> {
+) -> Result<(Arc<DbState>, bool, Vec<String>), ClientError> {
     let db = shared
         .db(database)
         .await
-        .map_err(|e| Fatal::new("08006", format!("pgredact: {e}")))?;
+        .map_err(|e| ClientError::authenticated("08006", e))?;
     let unmasked = db
         .is_unmasked(shared, user)
         .await
-        .map_err(|e| Fatal::new("08006", format!("pgredact: {e}")))?;
+        .map_err(|e| ClientError::authenticated("08006", e))?;
     if unmasked {
         return Ok((db, true, Vec::new()));
     }
     let snap = db.snapshot();
     if snap.policy.is_none() {
-        return Err(Fatal {
-            code: REFUSAL_SQLSTATE,
-            message: format!(
-                "pgredact: database {database:?} has no masking policy, so masked roles such as {user:?} may not connect"
-            ),
-            hint: Some("a DBA must add a policy file for this database"),
-        });
+        let why = format!("database {database:?} has no masking policy, so masked roles such as {user:?} may not connect");
+        return Err(ClientError::authenticated(REFUSAL_SQLSTATE, why)
+            .with_hint("a DBA must add a policy file for this database"));
     }
-    check_masked_startup(params)
-        .map_err(|m| Fatal::new(REFUSAL_SQLSTATE, format!("pgredact: {m}")))?;
+    check_masked_startup(params).map_err(|m| ClientError::authenticated(REFUSAL_SQLSTATE, m))?;
     // Refused after authentication, so only a role of the database learns why (it could read
     // the same grants in pg_catalog).
     if let Some(why) = &snap.wall_refusal {
-        return Err(Fatal {
-            code: REFUSAL_SQLSTATE,
-            message: format!("pgredact: masked sessions are refused: {why}"),
-            hint: Some("`pgredact check` lists every violation; a policy may opt out with enforcement = \"proxy\", which is weaker (direct connections read raw data)"),
-        });
+        let why = format!("masked sessions are refused: {why}");
+        return Err(ClientError::authenticated(REFUSAL_SQLSTATE, why).with_hint("`pgredact check` lists every violation; a policy may opt out with enforcement = \"proxy\", which is weaker (direct connections read raw data)"));
     }
     let path = session_setup(server).await.map_err(|e| {
-        Fatal::new(
-            "08006",
-            format!("pgredact: could not set up the masked session: {e}"),
-        )
+        ClientError::authenticated("08006", format!("could not set up the masked session: {e}"))
     })?;
     Ok((db, false, path))
 }

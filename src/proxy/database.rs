@@ -1,6 +1,7 @@
 //! The state of one database: its control-plane connection, catalog snapshot, protections and
 //! rewrite cache, the freshness gate, and the DDL watch that keeps them current.
 
+use super::error::Error;
 use super::shared::{lock, read, write, Shared};
 use crate::catalog::Catalog;
 use crate::control::{Freshness, FRESHNESS_SQL};
@@ -100,7 +101,7 @@ impl DbState {
     /// Connects to database `db` and reads it for the first time (installing the control schema
     /// and publishing the policy, as a refresh after a policy change does), then starts its DDL
     /// watch and registers this instance there.
-    pub(super) async fn load(shared: &Arc<Shared>, db: &str) -> Result<Arc<DbState>, String> {
+    pub(super) async fn load(shared: &Arc<Shared>, db: &str) -> Result<Arc<DbState>, Error> {
         let client = shared.control_connect(db).await?;
         let set = shared.policy_set();
         let policy = set.get(db);
@@ -180,7 +181,7 @@ impl DbState {
 
     /// The periodic refresh: skipped while the DDL watch shows no DDL committed since the
     /// snapshot was read (so rewrite caches stay warm), a full re-read otherwise.
-    pub async fn periodic_refresh(&self, shared: &Shared) -> Result<(), String> {
+    pub async fn periodic_refresh(&self, shared: &Shared) -> Result<(), Error> {
         let now = Instant::now();
         if let Ok(f) = self.freshness_since(shared, now).await {
             if f.ddl_generation.is_some() && f.ddl_generation == self.snapshot().ddl_generation {
@@ -194,7 +195,7 @@ impl DbState {
 
     /// Runs the privilege check again (under database enforcement) and rebuilds the snapshot
     /// when its verdict changed.
-    async fn recheck_wall(&self, shared: &Shared) -> Result<(), String> {
+    async fn recheck_wall(&self, shared: &Shared) -> Result<(), Error> {
         let set = shared.policy_set();
         let Some(policy) = set.get(&self.name) else {
             return Ok(());
@@ -231,12 +232,12 @@ impl DbState {
 
     /// Makes sure the snapshot reflects the database as of `t0` or later: refreshes unless a
     /// refresh that started after `t0` already completed (concurrent callers share one load).
-    pub async fn refresh_since(&self, shared: &Shared, t0: Instant) -> Result<(), String> {
+    pub async fn refresh_since(&self, shared: &Shared, t0: Instant) -> Result<(), Error> {
         self.refresh(shared, t0, false).await
     }
 
     /// `refresh_since`, publishing the policy to the database first (after a policy change).
-    pub async fn refresh_with_publish(&self, shared: &Shared, t0: Instant) -> Result<(), String> {
+    pub async fn refresh_with_publish(&self, shared: &Shared, t0: Instant) -> Result<(), Error> {
         self.refresh(shared, t0, true).await
     }
 
@@ -245,7 +246,7 @@ impl DbState {
         shared: &Shared,
         t0: Instant,
         publish_first: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         let guard = self.control.lock().await;
         let fresh = *lock(&self.last_refresh) >= t0;
         if fresh {
@@ -262,14 +263,9 @@ impl DbState {
         mut guard: tokio::sync::MutexGuard<'_, Option<Client>>,
         shared: &Shared,
         publish_first: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         let started = Instant::now();
-        if guard.as_ref().is_none_or(|c| c.is_closed()) {
-            *guard = Some(shared.control_connect(&self.name).await?);
-        }
-        let Some(client) = guard.as_ref() else {
-            return Err("no control connection".into());
-        };
+        let client = connected(&mut guard, shared, &self.name).await?;
         let set = shared.policy_set();
         let policy = set.get(&self.name);
         if let Err(e) = super::peers::register(client, &shared.identity, policy.as_deref()).await {
@@ -285,7 +281,10 @@ impl DbState {
         let mut generation = read_generation(client).await;
         let mut cat = Catalog::load(client)
             .await
-            .map_err(|e| format!("catalog refresh of {:?} failed: {e}", self.name))?;
+            .map_err(|source| Error::Catalog {
+                db: self.name.clone(),
+                source,
+            })?;
         if let (Some(p), false) = (&policy, publish_first) {
             // A relation became protected, or its columns changed, and the DDL trigger did not
             // (yet) build its view: have the database build it now, then read the catalog again.
@@ -299,7 +298,10 @@ impl DbState {
                 generation = read_generation(client).await;
                 cat = Catalog::load(client)
                     .await
-                    .map_err(|e| format!("catalog refresh of {:?} failed: {e}", self.name))?;
+                    .map_err(|source| Error::Catalog {
+                        db: self.name.clone(),
+                        source,
+                    })?;
             }
         }
         let wall = match &policy {
@@ -331,7 +333,7 @@ impl DbState {
         &self,
         shared: &Shared,
         t0: Instant,
-    ) -> Result<Arc<Freshness>, String> {
+    ) -> Result<Arc<Freshness>, Error> {
         if let Some(f) = self.reading_after(t0) {
             return Ok(f);
         }
@@ -340,16 +342,13 @@ impl DbState {
             return Ok(f);
         }
         let started = Instant::now();
-        if gate.as_ref().is_none_or(|(c, _)| c.is_closed()) {
-            let c = shared.control_connect(&self.name).await?;
-            let st = c
-                .prepare(FRESHNESS_SQL)
-                .await
-                .map_err(|e| format!("preparing the freshness check failed: {e}"))?;
-            *gate = Some((c, st));
-        }
-        let Some((client, st)) = gate.as_ref() else {
-            return Err("no freshness connection".into());
+        let (client, st) = match gate.take() {
+            Some((c, st)) if !c.is_closed() => gate.insert((c, st)),
+            _ => {
+                let c = shared.control_connect(&self.name).await?;
+                let st = c.prepare(FRESHNESS_SQL).await.map_err(Error::Freshness)?;
+                gate.insert((c, st))
+            }
         };
         let asked: Vec<String> = lock(&self.unmasked_users).keys().cloned().collect();
         let exempt_roles: Vec<String> = self
@@ -358,11 +357,11 @@ impl DbState {
             .as_ref()
             .map(|p| p.unmasked_roles.clone())
             .unwrap_or_default();
-        let row = match client.query_one(st, &[&asked, &exempt_roles]).await {
+        let row = match client.query_one(&*st, &[&asked, &exempt_roles]).await {
             Ok(r) => r,
             Err(e) => {
                 *gate = None;
-                return Err(format!("freshness check failed: {e}"));
+                return Err(Error::Freshness(e));
             }
         };
         let f = Arc::new(Freshness {
@@ -398,7 +397,7 @@ impl DbState {
         &self,
         shared: &Shared,
         t0: Instant,
-    ) -> Result<Arc<Snapshot>, String> {
+    ) -> Result<Arc<Snapshot>, Error> {
         let snap = self.snapshot();
         let proxy_enforced = snap
             .policy
@@ -412,11 +411,10 @@ impl DbState {
         }
         let f = self.freshness_since(shared, t0).await?;
         let Some(generation) = f.ddl_generation else {
-            return Err(format!(
-                "the DDL watch (event trigger {}) is not installed or is disabled in database {:?}, so pgredact cannot show that its catalog is current; a superuser must run the output of `pgredact setup-sql`",
-                crate::control::DDL_TRIGGER,
-                self.name
-            ));
+            return Err(Error::NoDdlWatch {
+                trigger: crate::control::DDL_TRIGGER,
+                db: self.name.clone(),
+            });
         };
         let snap = self.snapshot();
         if snap.ddl_generation == Some(generation) {
@@ -539,24 +537,19 @@ impl DbState {
         &self,
         shared: &Shared,
         user: &str,
-    ) -> Result<Option<String>, String> {
+    ) -> Result<Option<String>, Error> {
         let mut guard = self.control.lock().await;
-        if guard.as_ref().is_none_or(|c| c.is_closed()) {
-            *guard = Some(shared.control_connect(&self.name).await?);
-        }
-        let Some(client) = guard.as_ref() else {
-            return Err("no control connection".into());
-        };
+        let client = connected(&mut guard, shared, &self.name).await?;
         let row = client
             .query_one("SELECT pgredact_admin.auth_verifier($1::name)", &[&user])
             .await
-            .map_err(|e| crate::tls::error_chain(&e))?;
+            .map_err(|e| Error::Verifier(crate::tls::error_chain(&e)))?;
         row.try_get::<_, Option<String>>(0)
-            .map_err(|e| e.to_string())
+            .map_err(|e| Error::Verifier(e.to_string()))
     }
 
     /// Whether `user` is a member (direct or inherited) of an unmasked role, or a superuser.
-    pub async fn is_unmasked(&self, shared: &Shared, user: &str) -> Result<bool, String> {
+    pub async fn is_unmasked(&self, shared: &Shared, user: &str) -> Result<bool, Error> {
         let roles: Vec<String> = self
             .snapshot()
             .policy
@@ -564,12 +557,7 @@ impl DbState {
             .map(|p| p.unmasked_roles.clone())
             .unwrap_or_default();
         let mut guard = self.control.lock().await;
-        if guard.as_ref().is_none_or(|c| c.is_closed()) {
-            *guard = Some(shared.control_connect(&self.name).await?);
-        }
-        let Some(client) = guard.as_ref() else {
-            return Err("no control connection".into());
-        };
+        let client = connected(&mut guard, shared, &self.name).await?;
         let row = client
             .query_opt(
                 "SELECT r.rolsuper OR EXISTS (SELECT 1 FROM pg_catalog.pg_roles u \
@@ -578,7 +566,7 @@ impl DbState {
                 &[&user, &roles],
             )
             .await
-            .map_err(|e| format!("role lookup failed: {e}"))?;
+            .map_err(Error::RoleLookup)?;
         Ok(row.map(|r| r.get::<_, bool>(0)).unwrap_or(false))
     }
 }
@@ -799,5 +787,17 @@ async fn listen_ddl(shared: Arc<Shared>, db: Arc<DbState>) {
             shared.cfg.catalog_refresh_secs.max(1),
         ))
         .await;
+    }
+}
+
+/// The control connection in `slot`, opened again when it is missing or closed.
+async fn connected<'g>(
+    slot: &'g mut Option<Client>,
+    shared: &Shared,
+    db: &str,
+) -> Result<&'g Client, Error> {
+    match slot.take() {
+        Some(c) if !c.is_closed() => Ok(slot.insert(c)),
+        _ => Ok(slot.insert(shared.control_connect(db).await?)),
     }
 }

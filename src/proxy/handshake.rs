@@ -58,27 +58,6 @@ pub(crate) async fn bounded<F: std::future::Future>(
     }
 }
 
-/// A session refused during startup: the FATAL error the client gets.
-pub(crate) struct Fatal {
-    pub(crate) code: &'static str,
-    pub(crate) message: String,
-    pub(crate) hint: Option<&'static str>,
-}
-
-impl Fatal {
-    pub(crate) fn new(code: &'static str, message: String) -> Fatal {
-        Fatal {
-            code,
-            message,
-            hint: None,
-        }
-    }
-
-    pub(crate) async fn send<W: AsyncWrite + Unpin>(&self, w: &mut W) {
-        send_fatal(w, self.code, &self.message, self.hint).await
-    }
-}
-
 /// How the handshake ended.
 pub(crate) enum Handshake {
     /// A StartupMessage: the client's stream (TLS when negotiated), the packet as sent, and its

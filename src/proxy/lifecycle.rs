@@ -301,10 +301,10 @@ pub fn reload_config(shared: &Shared) {
 /// SIGTERM and SIGINT start the drain (a second one closes every session at once); SIGHUP
 /// reloads the configuration's reloadable settings and the policies.
 #[cfg(unix)]
-pub fn listen_for_signals(shared: Arc<Shared>) -> Result<(), String> {
+pub fn listen_for_signals(shared: Arc<Shared>) -> Result<(), super::Error> {
     use tokio::signal::unix::{signal, SignalKind};
-    let install = |k: SignalKind, name: &str| {
-        signal(k).map_err(|e| format!("cannot install the {name} handler: {e}"))
+    let install = |k: SignalKind, name: &'static str| {
+        signal(k).map_err(|source| super::Error::Signal { name, source })
     };
     let mut term = install(SignalKind::terminate(), "SIGTERM")?;
     let mut int = install(SignalKind::interrupt(), "SIGINT")?;
@@ -326,7 +326,7 @@ pub fn listen_for_signals(shared: Arc<Shared>) -> Result<(), String> {
 
 /// Ctrl-C starts the drain (a second one closes every session at once).
 #[cfg(not(unix))]
-pub fn listen_for_signals(shared: Arc<Shared>) -> Result<(), String> {
+pub fn listen_for_signals(shared: Arc<Shared>) -> Result<(), super::Error> {
     tokio::spawn(async move {
         while tokio::signal::ctrl_c().await.is_ok() {
             shared.life.shutdown("Ctrl-C");

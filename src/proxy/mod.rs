@@ -5,6 +5,7 @@ mod admit;
 mod auth;
 mod cancel;
 pub mod database;
+pub mod error;
 mod handshake;
 pub mod lifecycle;
 mod masked;
@@ -16,6 +17,7 @@ mod unmasked;
 
 use crate::config::Config;
 use crate::policy;
+pub use error::Error;
 pub use shared::Shared;
 use std::path::Path;
 use std::sync::Arc;
@@ -44,18 +46,24 @@ fn dir_fingerprint(dir: &Path) -> Vec<(String, u64, SystemTime)> {
 
 /// Binds the listener and returns it with the shared state (so callers, like tests and the demo,
 /// learn the bound address before serving).
-pub async fn bind(cfg: Config) -> Result<(TcpListener, Arc<Shared>), String> {
+pub async fn bind(cfg: Config) -> Result<(TcpListener, Arc<Shared>), Error> {
+    let setup = |e: String| Error::Setup(e);
     let dir = cfg.policies_dir();
-    let set = policy::load_dir(&dir, 1)?;
+    let set = policy::load_dir(&dir, 1).map_err(setup)?;
     let tls = match &cfg.tls {
-        Some(t) => Some(crate::tls::acceptor(t, &cfg.base_dir)?),
+        Some(t) => Some(crate::tls::acceptor(t, &cfg.base_dir).map_err(setup)?),
         None => None,
     };
     let listener = TcpListener::bind(&cfg.listen)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+        .map_err(|source| Error::Bind {
+            addr: cfg.listen.clone(),
+            source,
+        })?;
     let audit = match &cfg.audit {
-        Some(a) => Some(crate::audit::start(a, &cfg.base_dir)?),
+        Some(a) => {
+            Some(crate::audit::start(a, &cfg.base_dir).map_err(|e| Error::Setup(e.to_string()))?)
+        }
         None => None,
     };
     let shared = Shared::with_tls(cfg, set, tls);
@@ -109,10 +117,15 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
 
 /// Serves until SIGTERM or SIGINT and the drain that follows; SIGHUP reloads. With `[admin]`,
 /// the admin server runs beside the proxy (with its metrics and readiness) until the proxy ends.
-pub async fn serve(cfg: Config) -> Result<(), String> {
+pub async fn serve(cfg: Config) -> Result<(), Error> {
     let (l, shared) = bind(cfg).await?;
+    let admin_failed = |e: &dyn std::fmt::Display| Error::Setup(e.to_string());
     let admin = match &shared.cfg.admin {
-        Some(_) => Some(crate::admin::bind(&shared.cfg, Some(shared.clone())).await?),
+        Some(_) => Some(
+            crate::admin::bind(&shared.cfg, Some(shared.clone()))
+                .await
+                .map_err(|e| admin_failed(&e))?,
+        ),
         None => None,
     };
     lifecycle::listen_for_signals(shared.clone())?;
@@ -120,7 +133,7 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
     match admin {
         Some((listener, state)) => tokio::select! {
             _ = run(l, shared) => Ok(()),
-            r = crate::admin::serve_bound(listener, state) => r,
+            r = crate::admin::serve_bound(listener, state) => r.map_err(|e| admin_failed(&e)),
         },
         None => {
             run(l, shared).await;

@@ -42,7 +42,7 @@ pub fn peer_of(pid: i32) -> u8 {
 }
 
 /// Sends `packet` to `addr` and closes; errors are the caller's to log (a cancel has no answer).
-pub async fn send_packet(addr: &str, packet: &[u8], timeout: Duration) -> Result<(), String> {
+pub async fn send_packet(addr: &str, packet: &[u8], timeout: Duration) -> Result<(), super::Error> {
     let send = async {
         let mut s = TcpStream::connect(addr)
             .await
@@ -55,7 +55,9 @@ pub async fn send_packet(addr: &str, packet: &[u8], timeout: Duration) -> Result
     };
     tokio::time::timeout(timeout, send)
         .await
-        .map_err(|_| format!("{addr} did not accept the connection within {timeout:?}"))?
+        .map_err(|_| format!("{addr} did not accept the connection within {timeout:?}"))
+        .and_then(|r| r)
+        .map_err(super::Error::Peer)
 }
 
 /// Who this process is, as the registry records it.

@@ -593,7 +593,7 @@ async fn lookup(shared: &Arc<Shared>, database: &str, user: &str) -> Lookup {
         let db = match shared.db(&name).await {
             Ok(d) => d,
             Err(e) => {
-                why.push(e);
+                why.push(e.to_string());
                 continue;
             }
         };

@@ -6,7 +6,8 @@ use super::admit::admit;
 use super::auth::{authenticate, write_raw, Keys};
 use super::cancel::{cancel, CancelGuard};
 use super::database::DbState;
-use super::handshake::{bounded, handshake, Fatal, Handshake};
+use super::error::ClientError;
+use super::handshake::{bounded, handshake, Handshake};
 use super::lifecycle::within;
 use super::masked;
 use super::shared::Shared;
@@ -180,7 +181,7 @@ async fn connect_and_authenticate(
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::warn!("{e}");
-            send_fatal(&mut client, "08006", &format!("pgredact: {e}"), None).await;
+            ClientError::new("08006", e).send(&mut client).await;
             return None;
         }
         Err(i) => {
@@ -198,7 +199,7 @@ async fn connect_and_authenticate(
             let e = shared.no_answer();
             crate::metrics::upstream_error("session");
             tracing::warn!("{e}");
-            return Err(Some(Fatal::new("08006", format!("pgredact: {e}"))));
+            return Err(Some(ClientError::new("08006", e)));
         }
         match authenticate(shared, database, user, &mut creader, &mut sreader).await {
             Ok(Some(k)) => Ok(k),

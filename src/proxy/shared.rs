@@ -3,6 +3,7 @@
 //! first use, each on its own: no lock is held while one database connects or loads).
 
 use super::database::DbState;
+use super::error::Error;
 use super::lifecycle::within;
 use crate::config::Config;
 use crate::policy::PolicySet;
@@ -90,29 +91,23 @@ impl Shared {
     }
 
     /// Opens a control-plane connection to `db`, within `[upstream] connect_timeout_secs`.
-    pub async fn control_connect(&self, db: &str) -> Result<Client, String> {
+    pub async fn control_connect(&self, db: &str) -> Result<Client, Error> {
         let c = self.control_config(db, "pgredact-control");
-        let by = self.connect_deadline();
         let connected = within(
-            by,
+            self.connect_deadline(),
             crate::tls::pg_connect(c, self.cfg.upstream_tls.as_ref()),
         )
-        .await
-        .map_err(|_| {
-            crate::metrics::upstream_error("control");
-            format!(
-                "control-plane connection to database {db:?} failed: {}",
-                self.no_answer()
-            )
-        })?;
-        let client = connected.map_err(|e| {
-            crate::metrics::upstream_error("control");
-            format!(
-                "control-plane connection to database {db:?} failed: {}",
-                crate::tls::error_chain(&e)
-            )
-        })?;
-        Ok(client)
+        .await;
+        let reason = match connected {
+            Ok(Ok(client)) => return Ok(client),
+            Ok(Err(e)) => crate::tls::error_chain(&e),
+            Err(_) => self.no_answer().to_string(),
+        };
+        crate::metrics::upstream_error("control");
+        Err(Error::Control {
+            db: db.to_string(),
+            reason,
+        })
     }
 
     /// When a connection to PostgreSQL started now must be open, by `connect_timeout_secs`.
@@ -128,16 +123,16 @@ impl Shared {
         format!("{}:{}", self.cfg.upstream.host, self.cfg.upstream.port)
     }
 
-    /// Why a connection to PostgreSQL timed out.
-    pub fn no_answer(&self) -> String {
-        format!(
-            "PostgreSQL at {} did not answer within {} s (connect_timeout_secs)",
-            self.upstream_addr(),
-            self.life
+    /// A connection to PostgreSQL timed out.
+    pub fn no_answer(&self) -> Error {
+        Error::NoAnswer {
+            addr: self.upstream_addr(),
+            secs: self
+                .life
                 .settings
                 .connect_timeout()
-                .map_or(0, |d| d.as_secs())
-        )
+                .map_or(0, |d| d.as_secs()),
+        }
     }
 
     /// A control connection that LISTENs on `channel`: the receiver gets one message per
@@ -146,20 +141,35 @@ impl Shared {
         &self,
         db: &str,
         channel: &str,
-    ) -> Result<(Client, tokio::sync::mpsc::UnboundedReceiver<()>), String> {
+    ) -> Result<(Client, tokio::sync::mpsc::UnboundedReceiver<()>), Error> {
         let c = self.control_config(db, "pgredact-listen");
-        let (client, rx) = within(
+        let connected = within(
             self.connect_deadline(),
             crate::tls::pg_connect_notified(c, self.cfg.upstream_tls.as_ref()),
         )
-        .await
-        .map_err(|_| self.no_answer())
-        .and_then(|r| r.map_err(|e| crate::tls::error_chain(&e)))
-        .inspect_err(|_| crate::metrics::upstream_error("control"))?;
+        .await;
+        let (client, rx) = match connected {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                crate::metrics::upstream_error("control");
+                let reason = crate::tls::error_chain(&e);
+                return Err(Error::Control {
+                    db: db.to_string(),
+                    reason,
+                });
+            }
+            Err(_) => {
+                crate::metrics::upstream_error("control");
+                return Err(self.no_answer());
+            }
+        };
         client
             .batch_execute(&format!("LISTEN {}", crate::policy::quote_ident(channel)))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|source| Error::Listen {
+                channel: channel.to_string(),
+                source,
+            })?;
         Ok((client, rx))
     }
 
@@ -168,18 +178,22 @@ impl Shared {
     pub async fn upstream_connect(
         &self,
         by: Option<tokio::time::Instant>,
-    ) -> Result<crate::tls::ServerStream, String> {
+    ) -> Result<crate::tls::ServerStream, Error> {
         let addr = self.upstream_addr();
         let connect = async {
+            let failed = |reason: String| Error::Connect {
+                addr: addr.clone(),
+                reason,
+            };
             let tcp = tokio::net::TcpStream::connect(&addr)
                 .await
-                .map_err(|e| format!("cannot connect to PostgreSQL at {addr}: {e}"))?;
+                .map_err(|e| failed(e.to_string()))?;
             let _ = tcp.set_nodelay(true);
             match &self.cfg.upstream_tls {
-                Some(t) => t.start(tcp).await.map_err(|e| {
-                    let first = e.lines().next().unwrap_or_default();
-                    format!("cannot connect to PostgreSQL at {addr}: {first}")
-                }),
+                Some(t) => t
+                    .start(tcp)
+                    .await
+                    .map_err(|e| failed(e.lines().next().unwrap_or_default().to_string())),
                 None => Ok(crate::tls::ServerStream::Plain(tcp)),
             }
         };
@@ -193,7 +207,7 @@ impl Shared {
     /// The state of database `db`, connecting and loading its catalog on first use. Sessions of
     /// one database wait for its first load together; other databases are not held up by it.
     /// A load that fails leaves nothing behind: the next session tries again.
-    pub async fn db(self: &Arc<Self>, db: &str) -> Result<Arc<DbState>, String> {
+    pub async fn db(self: &Arc<Self>, db: &str) -> Result<Arc<DbState>, Error> {
         let cell = lock(&self.dbs).entry(db.to_string()).or_default().clone();
         cell.get_or_try_init(|| DbState::load(self, db))
             .await

@@ -395,7 +395,7 @@ pub(crate) fn server_message(a: &mut Activity, tag: u8, first: Option<u8>) {
 pub(crate) enum Ended {
     Normally,
     Revoked,
-    Unverifiable(String),
+    Unverifiable(super::error::Error),
     /// pgredact ends the session (true: at a message boundary of the server's stream).
     Stopped(Stop, bool),
 }
