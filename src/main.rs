@@ -204,9 +204,7 @@ fn main() -> ExitCode {
                 );
                 Ok(())
             }
-            Cmd::Demo { listen } => pgredact::demo::run(&listen)
-                .await
-                .map_err(anyhow::Error::msg),
+            Cmd::Demo { listen } => Ok(pgredact::demo::run(&listen).await?),
             Cmd::Audit { .. } | Cmd::Scan { .. } => Ok(()),
         }
     });

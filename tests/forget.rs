@@ -824,7 +824,8 @@ UPDATE customers SET phone = '+44 20 7946 0000' WHERE customer_id = 77;
                 &format!("SELECT count(*) FROM {table}"),
             );
             assert!(
-                r.as_ref().is_err_and(|e| e.contains("permission denied")),
+                r.as_ref()
+                    .is_err_and(|e| e.to_string().contains("permission denied")),
                 "{role} reads {table}: {r:?}"
             );
         }
@@ -1494,7 +1495,7 @@ async fn wait_sql(env: &ConfigEnv, q: &str, want: &str) {
             .cluster
             .superuser_psql(DEMO_DB, q)
             .map(|s| s.trim().to_string())
-            .unwrap_or_else(|e| e);
+            .unwrap_or_else(|e| e.to_string());
         if got == want {
             return;
         }
@@ -2313,7 +2314,8 @@ fn compiled_suppression_sees_every_change_of_the_list_in_long_lived_sessions() {
              CREATE TRIGGER t BEFORE INSERT ON public.m FOR EACH ROW EXECUTE FUNCTION \
                pgredact_suppress.suppress('forget_suppress_x', 'customer_id', 'raw', 'exact', '');",
         )
-        .expect_err("another role used the compiled trigger function");
+        .expect_err("another role used the compiled trigger function")
+        .to_string();
     assert!(
         refused.contains("permission denied for schema pgredact_suppress"),
         "{refused}"
