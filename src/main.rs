@@ -164,22 +164,12 @@ fn main() -> ExitCode {
             }
             Cmd::Forget { config, args } => {
                 let cfg = load(&config)?;
-                print!(
-                    "{}",
-                    pgredact::forget::run_cli(&cfg, args)
-                        .await
-                        .map_err(anyhow::Error::msg)?
-                );
+                print!("{}", pgredact::forget::run_cli(&cfg, args).await?);
                 Ok(())
             }
             Cmd::Unforget { config, args } => {
                 let cfg = load(&config)?;
-                print!(
-                    "{}",
-                    pgredact::forget::run_unforget_cli(&cfg, args)
-                        .await
-                        .map_err(anyhow::Error::msg)?
-                );
+                print!("{}", pgredact::forget::run_unforget_cli(&cfg, args).await?);
                 Ok(())
             }
             Cmd::Check { config } => {
