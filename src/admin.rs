@@ -68,6 +68,70 @@ pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 /// How often the worker looks for unfinished jobs when not woken up.
 const POLL: Duration = Duration::from_secs(5);
 
+/// Why the admin server could not start or serve, or read what `/metrics` reports.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "the admin API needs a bearer token: set the environment variable {0} ([admin] token_env)"
+    )]
+    NoToken(String),
+    /// The policy files do not load (their own `file:line: reason` message).
+    #[error("{0}")]
+    Policy(String),
+    /// The `[tls]` certificate or key does not load.
+    #[error("admin API: {0}")]
+    Tls(String),
+    #[error("admin API: cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("admin API: {0}")]
+    Serve(#[source] std::io::Error),
+    /// The connection pool was closed.
+    #[error("admin connection pool: {0}")]
+    Pool(#[source] tokio::sync::AcquireError),
+    /// Opening or refreshing a forget session failed.
+    #[error(transparent)]
+    Forget(#[from] forget::Error),
+    #[error("connecting timed out")]
+    ConnectTimeout,
+    #[error("no connection")]
+    NoConnection,
+    #[error("the query timed out")]
+    QueryTimeout,
+    #[error("{}", crate::tls::error_chain(.0))]
+    Query(#[source] tokio_postgres::Error),
+    #[error("{0}")]
+    Row(#[source] tokio_postgres::Error),
+}
+
+/// Why `/readyz` answers 503: the line after `not ready: `.
+#[derive(Debug, thiserror::Error)]
+pub enum NotReady {
+    #[error("the proxy does not run in this process")]
+    NoProxy,
+    #[error("shutting down")]
+    ShuttingDown,
+    #[error("no policy is loaded")]
+    NoPolicy,
+    /// Opening the control connection failed (the proxy's own message).
+    #[error("{0}")]
+    Connect(crate::proxy::Error),
+    #[error("no control connection")]
+    NoControlConnection,
+    #[error(
+        "PostgreSQL at {addr} did not answer: {}",
+        crate::tls::error_chain(source)
+    )]
+    NoAnswer {
+        addr: String,
+        source: tokio_postgres::Error,
+    },
+    #[error("PostgreSQL at {addr} did not answer SELECT 1 within {secs} s")]
+    Timeout { addr: String, secs: u64 },
+}
+
 /// Shared state of the admin server.
 #[derive(Clone)]
 pub struct AdminState {
@@ -116,7 +180,7 @@ struct ForgetCounts {
 
 impl AdminState {
     /// State from a config: token and hash key from the environment, policies from disk.
-    pub fn from_config(cfg: &Config) -> Result<AdminState, String> {
+    pub fn from_config(cfg: &Config) -> Result<AdminState, Error> {
         let token_env = cfg
             .admin
             .as_ref()
@@ -124,11 +188,9 @@ impl AdminState {
             .unwrap_or_else(|| "PGREDACT_ADMIN_TOKEN".to_string());
         let token = std::env::var(&token_env).unwrap_or_default();
         if token.trim().is_empty() {
-            return Err(format!(
-                "the admin API needs a bearer token: set the environment variable {token_env} ([admin] token_env)"
-            ));
+            return Err(Error::NoToken(token_env));
         }
-        let policies = load_dir(&cfg.policies_dir(), 1)?;
+        let policies = load_dir(&cfg.policies_dir(), 1).map_err(Error::Policy)?;
         let admin = cfg.admin.clone().unwrap_or_default();
         let env_key = |var: &str| {
             std::env::var(var)
@@ -223,7 +285,7 @@ impl AdminState {
         let target = Target::from_config(&self.cfg, &policy.database);
         Session::open(&target, policy, self.hash_key.as_deref().map(Vec::as_slice))
             .await
-            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
     }
 
     /// A pooled session with the policy resolved against the catalog as it is now (for
@@ -251,7 +313,7 @@ impl AdminState {
                 refresh,
             )
             .await
-            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
     }
 }
 
@@ -370,46 +432,49 @@ async fn metrics(State(state): State<AdminState>) -> Response {
 impl AdminState {
     /// Ok when the proxy can serve: it runs, is not draining, has policies, and PostgreSQL
     /// answers on a control connection (kept open between probes, reopened when it closed).
-    async fn readiness(&self) -> Result<(), String> {
+    async fn readiness(&self) -> Result<(), NotReady> {
         let Some(shared) = &self.proxy else {
-            return Err("the proxy does not run in this process".into());
+            return Err(NotReady::NoProxy);
         };
         if shared.life.is_draining() {
-            return Err("shutting down".into());
+            return Err(NotReady::ShuttingDown);
         }
         let set = shared.policy_set();
         let mut dbs: Vec<&String> = set.by_database.keys().collect();
         dbs.sort();
         let Some(first) = dbs.first() else {
-            return Err("no policy is loaded".into());
+            return Err(NotReady::NoPolicy);
         };
         let db = shared.cfg.upstream.database.as_deref().unwrap_or(first);
         let mut ready = self.probes.ready.lock().await;
         if ready.as_ref().is_none_or(|c| c.is_closed()) {
             *ready = None;
-            *ready = Some(shared.control_connect(db).await?);
+            *ready = Some(
+                shared
+                    .control_connect(db)
+                    .await
+                    .map_err(NotReady::Connect)?,
+            );
         }
         let Some(client) = ready.as_ref() else {
-            return Err("no control connection".into());
+            return Err(NotReady::NoControlConnection);
         };
         let ping = tokio::time::timeout(PROBE_TIMEOUT, client.simple_query("SELECT 1")).await;
         match ping {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => {
+            Ok(Err(source)) => {
                 *ready = None;
-                Err(format!(
-                    "PostgreSQL at {} did not answer: {}",
-                    shared.upstream_addr(),
-                    crate::tls::error_chain(&e)
-                ))
+                Err(NotReady::NoAnswer {
+                    addr: shared.upstream_addr(),
+                    source,
+                })
             }
             Err(_) => {
                 *ready = None;
-                Err(format!(
-                    "PostgreSQL at {} did not answer SELECT 1 within {} s",
-                    shared.upstream_addr(),
-                    PROBE_TIMEOUT.as_secs()
-                ))
+                Err(NotReady::Timeout {
+                    addr: shared.upstream_addr(),
+                    secs: PROBE_TIMEOUT.as_secs(),
+                })
             }
         }
     }
@@ -471,15 +536,15 @@ impl AdminState {
         &self,
         clients: &mut HashMap<String, tokio_postgres::Client>,
         db: &str,
-    ) -> Result<Vec<(&'static str, i64)>, String> {
+    ) -> Result<Vec<(&'static str, i64)>, Error> {
         if clients.get(db).is_none_or(|c| c.is_closed()) {
             let target = Target::from_config(&self.cfg, db);
             let c = tokio::time::timeout(PROBE_TIMEOUT, target.connect())
                 .await
-                .map_err(|_| "connecting timed out".to_string())??;
+                .map_err(|_| Error::ConnectTimeout)??;
             clients.insert(db.to_string(), c);
         }
-        let client = clients.get(db).ok_or("no connection")?;
+        let client = clients.get(db).ok_or(Error::NoConnection)?;
         let rows = tokio::time::timeout(
             PROBE_TIMEOUT,
             client.query(
@@ -489,20 +554,20 @@ impl AdminState {
             ),
         )
         .await
-        .map_err(|_| "the query timed out".to_string())?;
+        .map_err(|_| Error::QueryTimeout)?;
         let rows = match rows {
             Ok(r) => r,
             // No job was ever submitted in this database: no table yet.
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
                 Vec::new()
             }
-            Err(e) => return Err(crate::tls::error_chain(&e)),
+            Err(e) => return Err(Error::Query(e)),
         };
         let mut out: Vec<(&'static str, i64)> =
             forget::jobs::STATES.iter().map(|s| (*s, 0)).collect();
         for r in rows {
-            let state: String = r.try_get(0).map_err(|e| e.to_string())?;
-            let n: i64 = r.try_get(1).map_err(|e| e.to_string())?;
+            let state: String = r.try_get(0).map_err(Error::Row)?;
+            let n: i64 = r.try_get(1).map_err(Error::Row)?;
             if let Some(slot) = out.iter_mut().find(|(s, _)| *s == state) {
                 slot.1 = n;
             }
@@ -657,7 +722,7 @@ async fn remove_pii(
     };
     let mut info = requests::request_info(&fields)?;
     if let Some(url) = callback_url {
-        callback::parse_url(&url).map_err(ApiError::bad)?;
+        callback::parse_url(&url).map_err(|e| ApiError::bad(e.to_string()))?;
         if state.callback.is_none() {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -673,12 +738,12 @@ async fn remove_pii(
     let policy = state.policy(database.as_deref())?;
     let mut session = state.session(policy).await?;
     let list = match raw {
-        RawIds::Json(ids) => csv::from_raw(&ids, session.spec.id_kind),
+        RawIds::Json(ids) => csv::from_raw(&ids, session.spec.id_kind)
+            .map_err(|e| ApiError::bad(format!("{e}; nothing was changed")))?,
         RawIds::Csv(bytes) => session
             .parse_csv(&bytes)
-            .map_err(|e| format!("CSV body: {e}")),
-    }
-    .map_err(|e| ApiError::bad(format!("{e}; nothing was changed")))?;
+            .map_err(|e| ApiError::bad(format!("CSV body: {e}; nothing was changed")))?,
+    };
     let total = list.ids.len() + list.duplicates;
     if total > MAX_IDS {
         return Err(too_many(total));
@@ -692,7 +757,8 @@ async fn remove_pii(
             .unwrap_or_else(|| "api".to_string()),
         source: "api".to_string(),
     };
-    let internal = |e: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e);
+    let internal =
+        |e: forget::Error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     if let Some(d) = &info.deadline {
         if let Err(e) = session
             .client
@@ -715,7 +781,7 @@ async fn remove_pii(
                 &[&list.ids],
             )
             .await
-            .map_err(|e| internal(forget::db_error(&e)))?
+            .map_err(|e| internal(e.into()))?
             .get(0);
         info.request_hash = Some(hash);
         let existing = session
@@ -725,7 +791,7 @@ async fn remove_pii(
                 &[ext],
             )
             .await
-            .map_err(|e| internal(forget::db_error(&e)))?;
+            .map_err(|e| internal(e.into()))?;
         if let Some(row) = existing {
             return existing_job(&session, &info, row.get(0), row.get(1)).await;
         }
@@ -734,7 +800,7 @@ async fn remove_pii(
     let plan = session
         .plan(&list.ids)
         .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     if plan.has_blockers() {
         return Ok(blocked(&plan));
     }
@@ -790,7 +856,7 @@ async fn existing_job(
     let st = session
         .status(id)
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("job {id} vanished")))?;
     let db = session.spec.database.clone();
     Ok((
@@ -842,7 +908,9 @@ fn job_action_error(e: forget::RetryError, id: i64, db: &str) -> ApiError {
             format!("no job {id} in database {db:?}"),
         ),
         forget::RetryError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
-        forget::RetryError::Other(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m),
+        e @ forget::RetryError::Db(_) => {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
     }
 }
 
@@ -931,7 +999,7 @@ async fn cancel_job(
     let st = session
         .status(id)
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job {id}")))?;
     let mut out = serde_json::to_value(&st)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
@@ -952,7 +1020,7 @@ async fn job_status(
     let session = state.connection(Arc::clone(&policy)).await?;
     let st = forget::jobs::status(&session.client, id)
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -1305,7 +1373,7 @@ impl AdminState {
 async fn job_receipt_doc(client: &tokio_postgres::Client, id: i64) -> Result<Value, ApiError> {
     let st = forget::jobs::status(client, id)
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job {id}")))?;
     if st.kind != "forget" || st.state != forget::jobs::DONE {
         return Err(ApiError::new(
@@ -1367,7 +1435,7 @@ async fn job_receipt_doc(client: &tokio_postgres::Client, id: i64) -> Result<Val
 
 fn signed_response(key: &[u8], receipt: Value) -> Result<Response, ApiError> {
     let (doc, sig) = receipt::signed(key, receipt)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let mut r = Json(doc).into_response();
     if let Ok(v) = header::HeaderValue::from_str(&sig) {
         r.headers_mut().insert("x-pgredact-signature", v);
@@ -1452,7 +1520,7 @@ pub fn spawn_worker(state: AdminState) -> tokio::task::JoinHandle<()> {
 pub async fn bind(
     cfg: &Config,
     proxy: Option<Arc<Shared>>,
-) -> Result<(tokio::net::TcpListener, AdminState), String> {
+) -> Result<(tokio::net::TcpListener, AdminState), Error> {
     let mut state = AdminState::from_config(cfg)?;
     state.proxy = proxy;
     let listen = cfg
@@ -1464,41 +1532,44 @@ pub async fn bind(
     tls_acceptor(cfg)?;
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
-        .map_err(|e| format!("admin API: cannot listen on {listen}: {e}"))?;
+        .map_err(|source| Error::Listen {
+            addr: listen.clone(),
+            source,
+        })?;
     Ok((listener, state))
 }
 
 /// The acceptor of the `[tls]` certificate, when `[tls]` is configured (the admin API then
 /// speaks HTTPS only).
-fn tls_acceptor(cfg: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>, String> {
+fn tls_acceptor(cfg: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>, Error> {
     match &cfg.tls {
         Some(tls) => crate::tls::acceptor(tls, &cfg.base_dir)
             .map(Some)
-            .map_err(|e| format!("admin API: {e}")),
+            .map_err(Error::Tls),
         None => Ok(None),
     }
 }
 
 /// Serves the router on a bound listener (no job worker): HTTPS with the `[tls]` certificate
 /// when `[tls]` is configured, plain HTTP otherwise.
-pub async fn serve(listener: tokio::net::TcpListener, state: AdminState) -> Result<(), String> {
+pub async fn serve(listener: tokio::net::TcpListener, state: AdminState) -> Result<(), Error> {
     let app = router(state.clone());
     match tls_acceptor(&state.cfg)? {
         Some(acceptor) => {
-            let tls = tls_listener::TlsListener::new(listener, acceptor)
-                .map_err(|e| format!("admin API: {e}"))?;
+            let tls = tls_listener::TlsListener::new(listener, acceptor).map_err(Error::Serve)?;
             axum::serve(tls, app).await
         }
         None => axum::serve(listener, app).await,
     }
-    .map_err(|e| format!("admin API: {e}"))
+    .map_err(Error::Serve)
 }
 
-/// Serves the admin API on a bound listener with its job worker, until the process ends.
+/// Serves the admin API on a bound listener with its job worker, until the process ends. Returns
+/// the error's message: `crate::proxy::serve` selects over this and its own string errors.
 pub async fn serve_bound(
     listener: tokio::net::TcpListener,
     state: AdminState,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     if let Ok(a) = listener.local_addr() {
         let scheme = if state.cfg.tls.is_some() {
             "https"
@@ -1515,7 +1586,7 @@ pub async fn serve_bound(
 
 /// Serves the admin API on `[admin] listen` with its job worker (without a proxy), until the
 /// process ends.
-pub async fn serve_admin(cfg: &Config) -> Result<(), String> {
+pub async fn serve_admin(cfg: &Config) -> Result<(), Error> {
     let (listener, state) = bind(cfg, None).await?;
     serve_bound(listener, state).await
 }

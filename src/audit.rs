@@ -31,6 +31,70 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot};
 
+/// Why the audit log could not be opened (to continue its chain), or a chain does not verify.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("audit log {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Reading the end of an existing file failed.
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{}: the last line is incomplete (a write was cut short); move the file aside and check it with `pgredact audit verify`",
+        .0.display()
+    )]
+    IncompleteLastLine(PathBuf),
+    #[error("{}: the last record does not parse: {source}", path.display())]
+    LastRecord {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("no files given")]
+    NoFiles,
+    #[error("{}: cannot read: {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The chain breaks first at this line (1-based) of this file.
+    #[error("{}:{line}: {why}", file.display())]
+    Broken {
+        file: PathBuf,
+        line: usize,
+        why: Break,
+    },
+}
+
+/// How a chain of audit records breaks at one line.
+#[derive(Debug, thiserror::Error)]
+pub enum Break {
+    #[error("incomplete line (no newline at the end)")]
+    IncompleteLine,
+    #[error("not a valid audit record: {0}")]
+    NotARecord(#[source] serde_json::Error),
+    #[error("the first record (seq 0) must have prev {GENESIS}")]
+    FirstPrev,
+    #[error(
+        "seq {seq} follows seq {prev} (expected {}): a record is missing, repeated or out of order",
+        prev + 1
+    )]
+    Seq { seq: u64, prev: u64 },
+    #[error(
+        "prev does not match the SHA-256 of the previous line: that line or this one was changed"
+    )]
+    PrevMismatch,
+    #[error("the first record of a file after the first has no rotated_from")]
+    NoRotatedFrom,
+    #[error("rotated_from on a record that does not start a file")]
+    StrayRotatedFrom,
+}
+
 /// `[audit]` in pgredact.toml.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -593,12 +657,13 @@ pub fn rotated_name(path: &Path, first_seq: u64) -> PathBuf {
 
 /// The last line of a file (without its newline), or None for an empty file. A file that does
 /// not end with a newline ends with a damaged record: an error.
-fn last_line(path: &Path) -> Result<Option<Vec<u8>>, String> {
-    let mut f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let len = f
-        .metadata()
-        .map_err(|e| format!("{}: {e}", path.display()))?
-        .len();
+fn last_line(path: &Path) -> Result<Option<Vec<u8>>, Error> {
+    let read = |source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = File::open(path).map_err(read)?;
+    let len = f.metadata().map_err(read)?.len();
     if len == 0 {
         return Ok(None);
     }
@@ -610,14 +675,11 @@ fn last_line(path: &Path) -> Result<Option<Vec<u8>>, String> {
         let mut chunk = vec![0u8; step as usize];
         f.seek(SeekFrom::Start(pos))
             .and_then(|_| f.read_exact(&mut chunk))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(read)?;
         chunk.extend_from_slice(&tail);
         tail = chunk;
         if tail.last() != Some(&b'\n') {
-            return Err(format!(
-                "{}: the last line is incomplete (a write was cut short); move the file aside and check it with `pgredact audit verify`",
-                path.display()
-            ));
+            return Err(Error::IncompleteLastLine(path.to_path_buf()));
         }
         let body = &tail[..tail.len() - 1];
         if let Some(i) = body.iter().rposition(|&b| b == b'\n') {
@@ -646,9 +708,11 @@ struct Head {
     time: Option<String>,
 }
 
-fn head(line: &[u8], path: &Path) -> Result<Head, String> {
-    serde_json::from_slice(line)
-        .map_err(|e| format!("{}: the last record does not parse: {e}", path.display()))
+fn head(line: &[u8], path: &Path) -> Result<Head, Error> {
+    serde_json::from_slice(line).map_err(|source| Error::LastRecord {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// The rotated files of `path`, oldest first.
@@ -680,16 +744,17 @@ pub fn rotated_files(path: &Path) -> Vec<PathBuf> {
 impl Writer {
     /// Opens the current file, continuing the chain of what is already there (the current file,
     /// else the newest rotated file).
-    fn open(cfg: &AuditConfig, path: PathBuf) -> Result<Writer, String> {
+    fn open(cfg: &AuditConfig, path: PathBuf) -> Result<Writer, Error> {
+        let open = |source| Error::Open {
+            path: path.clone(),
+            source,
+        };
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
-            .map_err(|e| format!("audit log {}: {e}", path.display()))?;
-        let committed = file
-            .metadata()
-            .map_err(|e| format!("audit log {}: {e}", path.display()))?
-            .len();
+            .map_err(open)?;
+        let committed = file.metadata().map_err(open)?.len();
         let mut w = Writer {
             path: path.clone(),
             file,
@@ -937,7 +1002,7 @@ fn now_secs() -> u64 {
 }
 
 /// Opens the log (continuing its chain) and starts the writer. Must run inside a tokio runtime.
-pub fn start(cfg: &AuditConfig, base_dir: &Path) -> Result<Audit, String> {
+pub fn start(cfg: &AuditConfig, base_dir: &Path) -> Result<Audit, Error> {
     let path = base_dir.join(&cfg.path);
     let mut w = Writer::open(cfg, path)?;
     let (tx, mut rx) = mpsc::channel::<Cmd>(cfg.queue.max(1));
@@ -1004,9 +1069,9 @@ struct Checked {
 /// Checks the chain across `files` (oldest first): every line parses, `seq` goes up by one,
 /// `prev` is the SHA-256 of the line before, the first record of every file after the first says
 /// `rotated_from`. Returns a summary, or where and why the chain breaks first.
-pub fn verify(files: &[PathBuf]) -> Result<String, String> {
+pub fn verify(files: &[PathBuf]) -> Result<String, Error> {
     if files.is_empty() {
-        return Err("no files given".into());
+        return Err(Error::NoFiles);
     }
     let mut last: Option<(u64, String)> = None;
     let mut start: Option<(u64, String)> = None;
@@ -1015,7 +1080,10 @@ pub fn verify(files: &[PathBuf]) -> Result<String, String> {
         let mut bytes = Vec::new();
         File::open(path)
             .and_then(|mut f| f.read_to_end(&mut bytes))
-            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+            .map_err(|source| Error::Unreadable {
+                path: path.clone(),
+                source,
+            })?;
         if bytes.is_empty() {
             continue;
         }
@@ -1027,45 +1095,40 @@ pub fn verify(files: &[PathBuf]) -> Result<String, String> {
         };
         let lines: Vec<&[u8]> = body.split(|&b| b == b'\n').collect();
         for (li, line) in lines.iter().enumerate() {
-            let at = format!("{}:{}", path.display(), li + 1);
+            let broken = |why| Error::Broken {
+                file: path.clone(),
+                line: li + 1,
+                why,
+            };
             if !whole && li + 1 == lines.len() {
-                return Err(format!("{at}: incomplete line (no newline at the end)"));
+                return Err(broken(Break::IncompleteLine));
             }
-            let rec: Checked = serde_json::from_slice(line)
-                .map_err(|e| format!("{at}: not a valid audit record: {e}"))?;
+            let rec: Checked =
+                serde_json::from_slice(line).map_err(|e| broken(Break::NotARecord(e)))?;
             match &last {
                 None => {
                     if rec.seq == 0 && rec.prev != GENESIS {
-                        return Err(format!(
-                            "{at}: the first record (seq 0) must have prev {GENESIS}"
-                        ));
+                        return Err(broken(Break::FirstPrev));
                     }
                     start = Some((rec.seq, rec.prev.clone()));
                 }
                 Some((seq, hash)) => {
                     if rec.seq != seq + 1 {
-                        return Err(format!(
-                            "{at}: seq {} follows seq {seq} (expected {}): a record is missing, repeated or out of order",
-                            rec.seq,
-                            seq + 1
-                        ));
+                        return Err(broken(Break::Seq {
+                            seq: rec.seq,
+                            prev: *seq,
+                        }));
                     }
                     if &rec.prev != hash {
-                        return Err(format!(
-                            "{at}: prev does not match the SHA-256 of the previous line: that line or this one was changed"
-                        ));
+                        return Err(broken(Break::PrevMismatch));
                     }
                 }
             }
             if li == 0 && fi > 0 && last.is_some() && rec.rotated_from.is_none() {
-                return Err(format!(
-                    "{at}: the first record of a file after the first has no rotated_from"
-                ));
+                return Err(broken(Break::NoRotatedFrom));
             }
             if li > 0 && rec.rotated_from.is_some() {
-                return Err(format!(
-                    "{at}: rotated_from on a record that does not start a file"
-                ));
+                return Err(broken(Break::StrayRotatedFrom));
             }
             last = Some((rec.seq, sha256_hex(line)));
             count += 1;
@@ -1236,22 +1299,34 @@ mod tests {
         ed[2] = ed[2].replace("\"rows\":1", "\"rows\":7");
         put(&ed);
         let e = verify(&files).unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                Error::Broken {
+                    line: 4,
+                    why: Break::PrevMismatch,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = e.to_string();
         assert!(e.contains("audit.jsonl:4") && e.contains("prev"), "{e}");
         // Deleted line.
         let mut del = orig.clone();
         del.remove(1);
         put(&del);
-        let e = verify(&files).unwrap_err();
+        let e = verify(&files).unwrap_err().to_string();
         assert!(e.contains("audit.jsonl:2") && e.contains("seq"), "{e}");
         // Reordered lines.
         let mut re = orig.clone();
         re.swap(2, 3);
         put(&re);
-        let e = verify(&files).unwrap_err();
+        let e = verify(&files).unwrap_err().to_string();
         assert!(e.contains("audit.jsonl:3"), "{e}");
         // A cut-off last line.
         std::fs::write(&path, orig.join("\n")).expect("write");
-        let e = verify(&files).unwrap_err();
+        let e = verify(&files).unwrap_err().to_string();
         assert!(e.contains("incomplete"), "{e}");
         // Restored, then continued by a new writer (a restart): still one chain.
         put(&orig);

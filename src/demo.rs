@@ -8,9 +8,38 @@ use std::path::PathBuf;
 /// The example policy shipped in `policies/app.toml`.
 pub const EXAMPLE_POLICY: &str = include_str!("../policies/app.toml");
 
-pub async fn run(listen: &str) -> Result<(), String> {
+/// Why the demo could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Cluster(#[from] crate::pgcluster::Error),
+    /// A blocking step (starting or loading the cluster) panicked or was cancelled.
+    #[error("{0}")]
+    Join(#[from] tokio::task::JoinError),
+    /// Writing the demo's files, or reading the listener's address.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{}: {source}", path.display())]
+    TempDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The generated configuration does not load (its own message).
+    #[error("{0}")]
+    Config(String),
+    /// `setup-sql` could not be built (its own message).
+    #[error("{0}")]
+    SetupSql(String),
+    /// The proxy could not start (its own message).
+    #[error("{0}")]
+    Proxy(crate::proxy::Error),
+    #[error("cannot watch SIGTERM: {0}")]
+    Signal(#[source] std::io::Error),
+}
+
+pub async fn run(listen: &str) -> Result<(), Error> {
     println!("pgredact demo: starting a throwaway PostgreSQL...");
-    let cluster = tokio::task::spawn_blocking(|| -> Result<Cluster, String> {
+    let cluster = tokio::task::spawn_blocking(|| -> Result<Cluster, Error> {
         let c = Cluster::start(ClusterOptions {
             auth: Auth::Scram,
             ..Default::default()
@@ -20,12 +49,11 @@ pub async fn run(listen: &str) -> Result<(), String> {
         c.superuser_psql("app", &demo_schema_sql())?;
         Ok(c)
     })
-    .await
-    .map_err(|e| e.to_string())??;
+    .await??;
     let dir = tempfile_dir()?;
     let pol_dir = dir.join("policies");
-    std::fs::create_dir_all(&pol_dir).map_err(|e| e.to_string())?;
-    std::fs::write(pol_dir.join("app.toml"), EXAMPLE_POLICY).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&pol_dir)?;
+    std::fs::write(pol_dir.join("app.toml"), EXAMPLE_POLICY)?;
     let key: String = (0..32)
         .map(|_| format!("{:02x}", rand::random::<u8>()))
         .collect();
@@ -34,23 +62,24 @@ pub async fn run(listen: &str) -> Result<(), String> {
         cluster.port
     );
     let cfg_path = dir.join("pgredact.toml");
-    std::fs::write(&cfg_path, &cfg_text).map_err(|e| e.to_string())?;
+    std::fs::write(&cfg_path, &cfg_text)?;
     // SAFETY of set_var: done before any other thread reads the environment in this process's
     // demo path (the runtime threads only read it later through Config).
     unsafe {
         std::env::set_var("PGREDACT_DEMO_UPSTREAM_PASSWORD", "pgredact");
         std::env::set_var("PGREDACT_DEMO_HASH_KEY", &key);
     }
-    let cfg = Config::load(&cfg_path)?;
+    let cfg = Config::load(&cfg_path).map_err(Error::Config)?;
     // What a DBA does once: let PostgreSQL itself enforce the masks.
     println!("pgredact demo: applying `pgredact setup-sql` (masking views, column privileges)...");
-    let setup = crate::wall::setup_sql(&cfg, Some("app")).await?;
+    let setup = crate::wall::setup_sql(&cfg, Some("app"))
+        .await
+        .map_err(Error::SetupSql)?;
     let cluster =
         tokio::task::spawn_blocking(move || cluster.superuser_psql("app", &setup).map(|_| cluster))
-            .await
-            .map_err(|e| e.to_string())??;
-    let (listener, shared) = crate::proxy::bind(cfg).await?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            .await??;
+    let (listener, shared) = crate::proxy::bind(cfg).await.map_err(Error::Proxy)?;
+    let addr = listener.local_addr()?;
     let (host, port) = (addr.ip(), addr.port());
     println!();
     println!(
@@ -79,7 +108,7 @@ pub async fn run(listen: &str) -> Result<(), String> {
     println!("Policy in use: {}", dir.join("policies/app.toml").display());
     println!("Press Ctrl-C to stop and delete everything.");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
+        .map_err(Error::Signal)?;
     tokio::select! {
         _ = crate::proxy::run(listener, shared) => {}
         _ = tokio::signal::ctrl_c() => {}
@@ -91,8 +120,11 @@ pub async fn run(listen: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn tempfile_dir() -> Result<PathBuf, String> {
+fn tempfile_dir() -> Result<PathBuf, Error> {
     let d = std::env::temp_dir().join(format!("pgredact-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+    std::fs::create_dir_all(&d).map_err(|source| Error::TempDir {
+        path: d.clone(),
+        source,
+    })?;
     Ok(d)
 }

@@ -1,3 +1,4 @@
+use anyhow::anyhow;
 use clap::{Parser, Subcommand};
 use pgredact::config::LogFormat;
 use std::io::IsTerminal;
@@ -147,43 +148,51 @@ fn main() -> ExitCode {
     if let Cmd::Scan { config, args } = &cli.cmd {
         return rt.block_on(pgredact::scan::run_cli(config, args));
     }
-    let res: Result<(), String> = rt.block_on(async move {
+    // The CLI edge: every command's error, typed or (for the modules not typed yet) a message,
+    // as one anyhow::Error, printed with its own message only (`{e}`: no chain of causes, which
+    // the typed errors' messages already include).
+    let load = |config: &std::path::Path| {
+        pgredact::config::Config::load(config).map_err(anyhow::Error::msg)
+    };
+    let res: anyhow::Result<()> = rt.block_on(async move {
         match cli.cmd {
             Cmd::Serve { config } => {
-                let cfg = pgredact::config::Config::load(&config)?;
+                let cfg = load(&config)?;
                 Ok(pgredact::proxy::serve(cfg).await?)
             }
             Cmd::Forget { config, args } => {
-                let cfg = pgredact::config::Config::load(&config)?;
+                let cfg = load(&config)?;
                 print!("{}", pgredact::forget::run_cli(&cfg, args).await?);
                 Ok(())
             }
             Cmd::Unforget { config, args } => {
-                let cfg = pgredact::config::Config::load(&config)?;
+                let cfg = load(&config)?;
                 print!("{}", pgredact::forget::run_unforget_cli(&cfg, args).await?);
                 Ok(())
             }
             Cmd::Check { config } => {
-                let cfg = pgredact::config::Config::load(&config)?;
+                let cfg = load(&config)?;
                 let (lines, failed) = pgredact::check::run(&cfg).await;
                 for l in lines {
                     println!("{l}");
                 }
                 if failed {
-                    Err("policy check failed".into())
+                    Err(anyhow!("policy check failed"))
                 } else {
                     Ok(())
                 }
             }
             Cmd::SetupSql { config, database } => {
-                let cfg = pgredact::config::Config::load(&config)?;
+                let cfg = load(&config)?;
                 print!(
                     "{}",
-                    pgredact::wall::setup_sql(&cfg, database.as_deref()).await?
+                    pgredact::wall::setup_sql(&cfg, database.as_deref())
+                        .await
+                        .map_err(anyhow::Error::msg)?
                 );
                 Ok(())
             }
-            Cmd::Demo { listen } => pgredact::demo::run(&listen).await,
+            Cmd::Demo { listen } => Ok(pgredact::demo::run(&listen).await?),
             Cmd::Audit { .. } | Cmd::Scan { .. } => Ok(()),
         }
     });

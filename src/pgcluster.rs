@@ -41,6 +41,105 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+/// Why a throwaway cluster could not be found, started or used.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "PostgreSQL server binaries (initdb, pg_ctl) not found: looked in $PGREDACT_PG_BIN, \
+         /usr/lib/postgresql/{{17,16,15,14}}/bin and PATH. Install them with \
+         `apt-get install postgresql` (or set PGREDACT_PG_BIN to the directory holding initdb)"
+    )]
+    NoServerBinaries,
+    #[error("PGREDACT_PG_BIN={} does not contain executable initdb and pg_ctl", .0.display())]
+    BadBinDir(PathBuf),
+    #[error("psql not found in {} nor PATH; install it with `apt-get install postgresql-client`", .0.display())]
+    NoPsql(PathBuf),
+    #[error("extra_conf: invalid setting name {0:?}")]
+    InvalidSetting(String),
+    /// A file, directory or process operation failed; `what` says which (and on what path).
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("initdb failed ({status}): {output}")]
+    Initdb {
+        status: std::process::ExitStatus,
+        output: String,
+    },
+    #[error("pg_ctl start failed ({status}): {output}\n--- server log ---\n{log}")]
+    Start {
+        status: std::process::ExitStatus,
+        output: String,
+        /// What the server logged during this attempt.
+        log: String,
+    },
+    #[error(
+        "could not find a free port after {attempts} attempts; last error: {}",
+        last.as_ref().map(ToString::to_string).unwrap_or_default()
+    )]
+    PortsTaken {
+        attempts: usize,
+        last: Option<Box<Error>>,
+    },
+    #[error("port registry lock poisoned")]
+    PortRegistryPoisoned,
+    #[error("could not find a port not already used by this process")]
+    NoUnusedPort,
+    #[error(
+        "connecting to {host}:{port} as {user} (database {db}): {}",
+        describe_pg_error(source)
+    )]
+    Connect {
+        host: String,
+        port: u16,
+        user: String,
+        db: String,
+        source: tokio_postgres::Error,
+    },
+    #[error("psql: stdin was not piped")]
+    PsqlStdin,
+    #[error("psql stdin writer thread panicked")]
+    PsqlWriterPanicked,
+    #[error("psql as {user} on database {db} (port {port}) failed ({status}): {stderr}")]
+    Psql {
+        user: String,
+        db: String,
+        port: u16,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+    #[error("no effective uid in /proc/self/status")]
+    NoEffectiveUid,
+    #[error(
+        "running as root, and PostgreSQL refuses to run as root, but there is no `postgres` OS \
+         user to run it as (`apt-get install postgresql` creates one; or run as a non-root user)"
+    )]
+    NoPostgresUser,
+    #[error(
+        "the postgres OS user cannot enter {} (no o+x), so it cannot reach a cluster \
+         under {}; set PGREDACT_TMPDIR (or TMPDIR) to a directory such as /tmp",
+        dir.display(),
+        base.display()
+    )]
+    TmpUnreachable { dir: PathBuf, base: PathBuf },
+    #[error(
+        "temporary directory path {} is too long for a unix socket; set PGREDACT_TMPDIR \
+         to a shorter directory such as /tmp",
+        .0.display()
+    )]
+    TmpPathTooLong(PathBuf),
+    #[error("could not create a fresh directory under {}", .0.display())]
+    NoFreshDir(PathBuf),
+}
+
+impl Error {
+    fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+        let what = what.into();
+        move |source| Error::Io { what, source }
+    }
+}
+
 /// The demo customer-data-platform schema and data (deterministic), run by a superuser.
 pub const DEMO_SCHEMA_SQL: &str = include_str!("demo_schema.sql");
 
@@ -128,7 +227,7 @@ pub struct Cluster {
 impl Cluster {
     /// The directory holding `initdb` and `pg_ctl`: `$PGREDACT_PG_BIN`, else
     /// `/usr/lib/postgresql/{17,16,15,14}/bin`, else the first `PATH` entry that has both.
-    pub fn bin_dir() -> Result<PathBuf, String> {
+    pub fn bin_dir() -> Result<PathBuf, Error> {
         let has_tools =
             |dir: &Path| is_executable(&dir.join("initdb")) && is_executable(&dir.join("pg_ctl"));
         if let Some(dir) = std::env::var_os("PGREDACT_PG_BIN") {
@@ -136,10 +235,7 @@ impl Cluster {
             if has_tools(&dir) {
                 return Ok(dir);
             }
-            return Err(format!(
-                "PGREDACT_PG_BIN={} does not contain executable initdb and pg_ctl",
-                dir.display()
-            ));
+            return Err(Error::BadBinDir(dir));
         }
         for version in ["17", "16", "15", "14"] {
             let dir = PathBuf::from(format!("/usr/lib/postgresql/{version}/bin"));
@@ -154,24 +250,19 @@ impl Cluster {
                 }
             }
         }
-        Err(
-            "PostgreSQL server binaries (initdb, pg_ctl) not found: looked in $PGREDACT_PG_BIN, \
-             /usr/lib/postgresql/{17,16,15,14}/bin and PATH. Install them with \
-             `apt-get install postgresql` (or set PGREDACT_PG_BIN to the directory holding initdb)"
-                .to_string(),
-        )
+        Err(Error::NoServerBinaries)
     }
 
     /// Creates, configures and starts a new cluster; blocks until it accepts connections.
     /// Safe to call from many threads and processes at once.
-    pub fn start(opts: ClusterOptions) -> Result<Cluster, String> {
+    pub fn start(opts: ClusterOptions) -> Result<Cluster, Error> {
         for (name, _) in &opts.extra_conf {
             let valid = !name.is_empty()
                 && name
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
             if !valid {
-                return Err(format!("extra_conf: invalid setting name {name:?}"));
+                return Err(Error::InvalidSetting(name.clone()));
             }
         }
         let bin_dir = Self::bin_dir()?;
@@ -206,11 +297,11 @@ impl Cluster {
         )?;
         let conf_path = cluster.data_dir.join("postgresql.conf");
         let mut conf = fs::read_to_string(&conf_path)
-            .map_err(|e| format!("reading {}: {e}", conf_path.display()))?;
+            .map_err(Error::io(format!("reading {}", conf_path.display())))?;
         conf.push_str("\n# added by pgredact::pgcluster\ninclude 'pgredact_cluster.conf'\n");
         cluster.write_file(&conf_path, &conf)?;
 
-        let mut last_error = String::new();
+        let mut last_error = None;
         for _ in 0..MAX_PORT_ATTEMPTS {
             let port = reserve_port()?;
             cluster.write_file(
@@ -243,26 +334,30 @@ impl Cluster {
             }
             let log = cluster.read_log();
             let new_log = log.get(log_offset as usize..).unwrap_or(&log);
-            last_error = format!(
-                "pg_ctl start failed ({}): {}{}\n--- server log ---\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr),
-                new_log
-            );
+            let error = Error::Start {
+                status: out.status,
+                output: format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+                log: new_log.to_string(),
+            };
             // A server that failed to start may still hold its pid file (e.g. a -w timeout).
             cluster.stop();
             if !new_log.contains("Address already in use") {
-                return Err(last_error);
+                return Err(error);
             }
+            last_error = Some(Box::new(error));
             tracing::debug!(
                 port,
                 "port taken while starting a throwaway cluster; retrying"
             );
         }
-        Err(format!(
-            "could not find a free port after {MAX_PORT_ATTEMPTS} attempts; last error: {last_error}"
-        ))
+        Err(Error::PortsTaken {
+            attempts: MAX_PORT_ATTEMPTS,
+            last: last_error,
+        })
     }
 
     /// A tokio-postgres / libpq `key=value` connection string for a TCP login to this cluster.
@@ -287,21 +382,20 @@ impl Cluster {
         user: &str,
         password: Option<&str>,
         db: &str,
-    ) -> Result<tokio_postgres::Client, String> {
+    ) -> Result<tokio_postgres::Client, Error> {
         connect_str(&self.connstr(user, password, db))
             .await
-            .map_err(|e| {
-                format!(
-                    "connecting to {}:{} as {user} (database {db}): {}",
-                    self.host,
-                    self.port,
-                    describe_pg_error(&e)
-                )
+            .map_err(|source| Error::Connect {
+                host: self.host.clone(),
+                port: self.port,
+                user: user.to_string(),
+                db: db.to_string(),
+                source,
             })
     }
 
     /// Logs in as [`SUPERUSER`] over TCP (works with every [`Auth`]).
-    pub async fn superuser_connect(&self, db: &str) -> Result<tokio_postgres::Client, String> {
+    pub async fn superuser_connect(&self, db: &str) -> Result<tokio_postgres::Client, Error> {
         self.connect(SUPERUSER, Some(SUPERUSER_PASSWORD), db).await
     }
 
@@ -313,7 +407,7 @@ impl Cluster {
         password: Option<&str>,
         db: &str,
         sql: &str,
-    ) -> Result<String, String> {
+    ) -> Result<String, Error> {
         let psql = self.psql_path()?;
         let mut cmd = Command::new(&psql);
         clear_pg_env(&mut cmd);
@@ -343,40 +437,36 @@ impl Cluster {
         }
         let mut child = cmd
             .spawn()
-            .map_err(|e| format!("running {}: {e}", psql.display()))?;
-        let mut stdin = child
-            .stdin
-            .take()
-            .ok_or_else(|| "psql: stdin was not piped".to_string())?;
+            .map_err(Error::io(format!("running {}", psql.display())))?;
+        let mut stdin = child.stdin.take().ok_or(Error::PsqlStdin)?;
         let sql = sql.to_string();
         // Write from another thread: psql may fill stdout before reading all of stdin.
         let writer = std::thread::spawn(move || stdin.write_all(sql.as_bytes()));
         let out = child
             .wait_with_output()
-            .map_err(|e| format!("waiting for psql: {e}"))?;
-        let write_result = writer
-            .join()
-            .map_err(|_| "psql stdin writer thread panicked".to_string())?;
+            .map_err(Error::io("waiting for psql"))?;
+        let write_result = writer.join().map_err(|_| Error::PsqlWriterPanicked)?;
         if !out.status.success() {
-            return Err(format!(
-                "psql as {user} on database {db} (port {}) failed ({}): {}",
-                self.port,
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim_end()
-            ));
+            return Err(Error::Psql {
+                user: user.to_string(),
+                db: db.to_string(),
+                port: self.port,
+                status: out.status,
+                stderr: String::from_utf8_lossy(&out.stderr).trim_end().to_string(),
+            });
         }
         // psql may exit successfully before reading everything only if the input is broken.
-        write_result.map_err(|e| format!("writing SQL to psql: {e}"))?;
+        write_result.map_err(Error::io("writing SQL to psql"))?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// [`Cluster::psql`] as [`SUPERUSER`].
-    pub fn superuser_psql(&self, db: &str, sql: &str) -> Result<String, String> {
+    pub fn superuser_psql(&self, db: &str, sql: &str) -> Result<String, Error> {
         self.psql(SUPERUSER, Some(SUPERUSER_PASSWORD), db, sql)
     }
 
     /// Creates database `db` (owned by the superuser).
-    pub fn create_database(&self, db: &str) -> Result<(), String> {
+    pub fn create_database(&self, db: &str) -> Result<(), Error> {
         self.superuser_psql("postgres", &format!("CREATE DATABASE {}", quote_ident(db)))
             .map(|_| ())
     }
@@ -481,7 +571,7 @@ impl Cluster {
         }
     }
 
-    fn initdb(&self) -> Result<(), String> {
+    fn initdb(&self) -> Result<(), Error> {
         let pwfile = self.root_dir.join("initdb.pw");
         self.write_file(&pwfile, &format!("{SUPERUSER_PASSWORD}\n"))?;
         let mut args: Vec<&OsStr> = vec![
@@ -505,12 +595,14 @@ impl Cluster {
         let _ = fs::remove_file(&pwfile);
         let out = out?;
         if !out.status.success() {
-            return Err(format!(
-                "initdb failed ({}): {}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ));
+            return Err(Error::Initdb {
+                status: out.status,
+                output: format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            });
         }
         Ok(())
     }
@@ -557,20 +649,20 @@ impl Cluster {
 
     /// Writes a file into the data directory (mode 0600, owned by the server user), e.g. a TLS
     /// key for `ssl_key_file`. Returns its path.
-    pub fn write_data_file(&self, name: &str, contents: &str) -> Result<PathBuf, String> {
+    pub fn write_data_file(&self, name: &str, contents: &str) -> Result<PathBuf, Error> {
         let path = self.data_dir.join(name);
         self.write_file(&path, contents)?;
         Ok(path)
     }
 
     /// Writes `path` (mode 0600, owned by the server user).
-    fn write_file(&self, path: &Path, contents: &str) -> Result<(), String> {
-        fs::write(path, contents).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    fn write_file(&self, path: &Path, contents: &str) -> Result<(), Error> {
+        fs::write(path, contents).map_err(Error::io(format!("writing {}", path.display())))?;
         fs::set_permissions(path, fs::Permissions::from_mode(0o600))
-            .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+            .map_err(Error::io(format!("chmod {}", path.display())))?;
         if let Some((uid, gid)) = self.run_as {
             std::os::unix::fs::chown(path, Some(uid), Some(gid))
-                .map_err(|e| format!("chown {} to postgres: {e}", path.display()))?;
+                .map_err(Error::io(format!("chown {} to postgres", path.display())))?;
         }
         Ok(())
     }
@@ -581,7 +673,7 @@ impl Cluster {
         what: &str,
         program: PathBuf,
         args: I,
-    ) -> Result<Output, String>
+    ) -> Result<Output, Error>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
@@ -599,10 +691,10 @@ impl Cluster {
             cmd.uid(uid).gid(gid).env("HOME", &self.root_dir);
         }
         cmd.output()
-            .map_err(|e| format!("{what}: running {}: {e}", program.display()))
+            .map_err(Error::io(format!("{what}: running {}", program.display())))
     }
 
-    fn psql_path(&self) -> Result<PathBuf, String> {
+    fn psql_path(&self) -> Result<PathBuf, Error> {
         let candidate = self.bin_dir.join("psql");
         if is_executable(&candidate) {
             return Ok(candidate);
@@ -615,10 +707,7 @@ impl Cluster {
                 }
             }
         }
-        Err(format!(
-            "psql not found in {} nor PATH; install it with `apt-get install postgresql-client`",
-            self.bin_dir.display()
-        ))
+        Err(Error::NoPsql(self.bin_dir.clone()))
     }
 }
 
@@ -702,11 +791,9 @@ pub fn quote_conn_value(value: &str) -> String {
 
 /// A free port not handed out before by this process (ports of live clusters in this process
 /// never repeat; other processes are handled by retrying on "address in use").
-fn reserve_port() -> Result<u16, String> {
+fn reserve_port() -> Result<u16, Error> {
     static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-    let mut guard = HANDED_OUT
-        .lock()
-        .map_err(|_| "port registry lock poisoned".to_string())?;
+    let mut guard = HANDED_OUT.lock().map_err(|_| Error::PortRegistryPoisoned)?;
     let handed_out = guard.get_or_insert_with(HashSet::new);
     for _ in 0..100 {
         let port = free_port();
@@ -714,7 +801,7 @@ fn reserve_port() -> Result<u16, String> {
             return Ok(port);
         }
     }
-    Err("could not find a port not already used by this process".to_string())
+    Err(Error::NoUnusedPort)
 }
 
 /// Removes libpq's `PG*` environment variables (keeps `PGREDACT_*`), so the caller's
@@ -735,24 +822,20 @@ fn is_executable(path: &Path) -> bool {
 }
 
 /// The effective uid, from `/proc/self/status` (no libc dependency).
-fn effective_uid() -> Result<u32, String> {
-    let status = fs::read_to_string("/proc/self/status")
-        .map_err(|e| format!("reading /proc/self/status to find the effective uid: {e}"))?;
+fn effective_uid() -> Result<u32, Error> {
+    let status = fs::read_to_string("/proc/self/status").map_err(Error::io(
+        "reading /proc/self/status to find the effective uid",
+    ))?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("Uid:"))
         .and_then(|rest| rest.split_whitespace().nth(1))
         .and_then(|euid| euid.parse().ok())
-        .ok_or_else(|| "no effective uid in /proc/self/status".to_string())
+        .ok_or(Error::NoEffectiveUid)
 }
 
 /// `(uid, gid)` of the `postgres` OS user.
-fn postgres_os_user() -> Result<(u32, u32), String> {
-    let missing = || {
-        "running as root, and PostgreSQL refuses to run as root, but there is no `postgres` OS \
-         user to run it as (`apt-get install postgresql` creates one; or run as a non-root user)"
-            .to_string()
-    };
+fn postgres_os_user() -> Result<(u32, u32), Error> {
     if let Ok(passwd) = fs::read_to_string("/etc/passwd") {
         for line in passwd.lines() {
             let fields: Vec<&str> = line.split(':').collect();
@@ -773,30 +856,28 @@ fn postgres_os_user() -> Result<(u32, u32), String> {
     };
     match (id("-u"), id("-g")) {
         (Some(uid), Some(gid)) => Ok((uid, gid)),
-        _ => Err(missing()),
+        _ => Err(Error::NoPostgresUser),
     }
 }
 
 /// Creates a fresh, private `pgredact-pg-*` directory (owned by `postgres` when we are root).
-fn make_root_dir(run_as: Option<(u32, u32)>) -> Result<PathBuf, String> {
+fn make_root_dir(run_as: Option<(u32, u32)>) -> Result<PathBuf, Error> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let base = std::env::var_os("PGREDACT_TMPDIR")
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
     let base = base
         .canonicalize()
-        .map_err(|e| format!("temporary directory {}: {e}", base.display()))?;
+        .map_err(Error::io(format!("temporary directory {}", base.display())))?;
     if let Some((uid, _)) = run_as {
         // The postgres user must be able to reach the directory we create.
         for dir in base.ancestors() {
-            let meta = fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let meta = fs::metadata(dir).map_err(Error::io(dir.display().to_string()))?;
             if meta.mode() & 0o001 == 0 && meta.uid() != uid {
-                return Err(format!(
-                    "the postgres OS user cannot enter {} (no o+x), so it cannot reach a cluster \
-                     under {}; set PGREDACT_TMPDIR (or TMPDIR) to a directory such as /tmp",
-                    dir.display(),
-                    base.display()
-                ));
+                return Err(Error::TmpUnreachable {
+                    dir: dir.to_path_buf(),
+                    base: base.clone(),
+                });
             }
         }
     }
@@ -809,23 +890,24 @@ fn make_root_dir(run_as: Option<(u32, u32)>) -> Result<PathBuf, String> {
         );
         let dir = base.join(name);
         if dir.as_os_str().len() > MAX_SOCKET_DIR_LEN {
-            return Err(format!(
-                "temporary directory path {} is too long for a unix socket; set PGREDACT_TMPDIR \
-                 to a shorter directory such as /tmp",
-                dir.display()
-            ));
+            return Err(Error::TmpPathTooLong(dir));
         }
         match fs::create_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(format!("creating {}: {e}", dir.display())),
+            Err(e) => {
+                return Err(Error::Io {
+                    what: format!("creating {}", dir.display()),
+                    source: e,
+                })
+            }
         }
-        let setup = || -> Result<(), String> {
+        let setup = || -> Result<(), Error> {
             fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
-                .map_err(|e| format!("chmod {}: {e}", dir.display()))?;
+                .map_err(Error::io(format!("chmod {}", dir.display())))?;
             if let Some((uid, gid)) = run_as {
                 std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
-                    .map_err(|e| format!("chown {} to postgres: {e}", dir.display()))?;
+                    .map_err(Error::io(format!("chown {} to postgres", dir.display())))?;
             }
             Ok(())
         };
@@ -835,10 +917,7 @@ fn make_root_dir(run_as: Option<(u32, u32)>) -> Result<PathBuf, String> {
         }
         return Ok(dir);
     }
-    Err(format!(
-        "could not create a fresh directory under {}",
-        base.display()
-    ))
+    Err(Error::NoFreshDir(base))
 }
 
 #[cfg(test)]

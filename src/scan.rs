@@ -17,6 +17,45 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 use std::sync::LazyLock;
 
+/// Why a scan could not run, a table was not sampled, or `--propose` could not add to the policy.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The policy files do not load (their own `file:line: reason` message).
+    #[error("{0}")]
+    Policy(String),
+    #[error("no policy files: name the database to scan with --database")]
+    NoPolicyFiles,
+    #[error("policies for several databases ({}): name one with --database", .0.join(", "))]
+    SeveralDatabases(Vec<String>),
+    /// The control connection could not be opened (the proxy's own message).
+    #[error("{0}")]
+    Connect(crate::proxy::Error),
+    #[error("reading the catalog: {}", crate::tls::error_chain(.0))]
+    Catalog(#[source] tokio_postgres::Error),
+    #[error("listing tables: {}", crate::tls::error_chain(.0))]
+    ListTables(#[source] tokio_postgres::Error),
+    /// A table was not sampled (reported in the scan's `skipped`).
+    #[error("not in the catalog snapshot (dropped meanwhile?)")]
+    NotInCatalog,
+    #[error("{}", pg_reason(.0))]
+    Sample(#[source] tokio_postgres::Error),
+    #[error("the current policy does not parse: {0}")]
+    PolicyToml(#[source] toml_edit::TomlError),
+    #[error("`tables` in the current policy is not a table")]
+    TablesNotATable,
+    #[error("tables.{0:?} in the current policy is not a table")]
+    TableNotATable(String),
+    #[error("tables.{0:?}.columns is not a table")]
+    ColumnsNotATable(String),
+    #[error("tables.{table:?}.columns.{column} is not a json mask")]
+    NotAJsonMask { table: String, column: String },
+    #[error("tables.{table:?}.columns.{column}.paths is not a table")]
+    PathsNotATable { table: String, column: String },
+    /// The proposed file fails the policy parser: a bug.
+    #[error("pgredact produced an invalid policy (a bug; please report it): {reason}\n{text}")]
+    InvalidProposal { reason: String, text: String },
+}
+
 // ---------------------------------------------------------------------------------------------
 // Detectors
 // ---------------------------------------------------------------------------------------------
@@ -1743,9 +1782,9 @@ async fn scan_table(
     cat: &Catalog,
     t: &Target,
     args: &ScanArgs,
-) -> Result<Vec<Finding>, String> {
+) -> Result<Vec<Finding>, Error> {
     let Some(rel) = cat.relations.get(&t.oid) else {
-        return Err("not in the catalog snapshot (dropped meanwhile?)".into());
+        return Err(Error::NotInCatalog);
     };
     let table = format!("{}.{}", t.schema, t.name);
     let mut cols: Vec<(String, ColType, Option<Detector>, Option<ValueKind>)> = Vec::new();
@@ -1783,14 +1822,11 @@ async fn scan_table(
             args.table_timeout_secs.saturating_mul(1000),
             2000.min(args.table_timeout_secs.saturating_mul(1000).max(1))
         );
-        client
-            .batch_execute(&begin)
-            .await
-            .map_err(|e| pg_reason(&e))?;
+        client.batch_execute(&begin).await.map_err(Error::Sample)?;
         let res = client.simple_query(&sql).await;
         let end = if res.is_ok() { "COMMIT" } else { "ROLLBACK" };
         let _ = client.batch_execute(end).await;
-        let msgs = res.map_err(|e| pg_reason(&e))?;
+        let msgs = res.map_err(Error::Sample)?;
         for m in msgs {
             let tokio_postgres::SimpleQueryMessage::Row(r) = m else {
                 continue;
@@ -1865,7 +1901,7 @@ fn pg_reason(e: &tokio_postgres::Error) -> String {
 }
 
 /// The database a scan is for: `--database`, else the only one with a policy.
-fn pick_database(set: &policy::PolicySet, asked: Option<&str>) -> Result<String, String> {
+fn pick_database(set: &policy::PolicySet, asked: Option<&str>) -> Result<String, Error> {
     if let Some(d) = asked {
         return Ok(d.to_string());
     }
@@ -1873,13 +1909,9 @@ fn pick_database(set: &policy::PolicySet, asked: Option<&str>) -> Result<String,
     names.sort();
     match names.as_slice() {
         [one] => Ok((*one).clone()),
-        [] => Err("no policy files: name the database to scan with --database".into()),
-        many => Err(format!(
-            "policies for several databases ({}): name one with --database",
-            many.iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+        [] => Err(Error::NoPolicyFiles),
+        many => Err(Error::SeveralDatabases(
+            many.iter().map(|s| s.to_string()).collect(),
         )),
     }
 }
@@ -1888,19 +1920,20 @@ fn pick_database(set: &policy::PolicySet, asked: Option<&str>) -> Result<String,
 pub async fn scan(
     cfg: &Config,
     args: &ScanArgs,
-) -> Result<(Report, Option<Arc<DatabasePolicy>>), String> {
-    let set = policy::load_dir(&cfg.policies_dir(), 1)?;
+) -> Result<(Report, Option<Arc<DatabasePolicy>>), Error> {
+    let set = policy::load_dir(&cfg.policies_dir(), 1).map_err(Error::Policy)?;
     let database = pick_database(&set, args.database.as_deref())?;
     let pol = set.get(&database);
     let shared = crate::proxy::Shared::new(cfg.clone(), Default::default());
-    let client = shared.control_connect(&database).await?;
-    let cat = Catalog::load(&client)
+    let client = shared
+        .control_connect(&database)
         .await
-        .map_err(|e| format!("reading the catalog: {}", crate::tls::error_chain(&e)))?;
+        .map_err(Error::Connect)?;
+    let cat = Catalog::load(&client).await.map_err(Error::Catalog)?;
     let rows = client
         .query(TARGETS_SQL, &[])
         .await
-        .map_err(|e| format!("listing tables: {}", crate::tls::error_chain(&e)))?;
+        .map_err(Error::ListTables)?;
     let mut report = Report {
         database: database.clone(),
         policy: pol.as_ref().map(|p| p.file.display().to_string()),
@@ -1963,7 +1996,7 @@ pub async fn scan(
                 }
                 Err(e) => report.skipped.push(Skipped {
                     table: table.clone(),
-                    reason: e,
+                    reason: e.to_string(),
                 }),
             }
         }
@@ -2081,7 +2114,7 @@ pub fn propose(
     database: &str,
     findings: &[Finding],
     hash_ok: bool,
-) -> Result<String, String> {
+) -> Result<String, Error> {
     use toml_edit::{DocumentMut, Item, Table};
     let base = match original {
         Some(t) => t.to_string(),
@@ -2090,9 +2123,7 @@ pub fn propose(
             toml_edit::Value::from(database)
         ),
     };
-    let mut doc: DocumentMut = base
-        .parse()
-        .map_err(|e| format!("the current policy does not parse: {e}"))?;
+    let mut doc: DocumentMut = base.parse().map_err(Error::PolicyToml)?;
     // (schema, table) -> column -> findings
     let mut by_col: BTreeMap<(String, String), BTreeMap<String, Vec<&Finding>>> = BTreeMap::new();
     for f in findings.iter().filter(|f| f.covered_by.is_none()) {
@@ -2115,7 +2146,7 @@ pub fn propose(
     let tables = doc
         .get_mut("tables")
         .and_then(Item::as_table_like_mut)
-        .ok_or("`tables` in the current policy is not a table")?;
+        .ok_or(Error::TablesNotATable)?;
     for ((schema, name), cols) in by_col {
         let existing = tables
             .iter()
@@ -2154,7 +2185,7 @@ pub fn propose(
         let table = tables
             .get_mut(&key)
             .and_then(Item::as_table_like_mut)
-            .ok_or_else(|| format!("tables.{key:?} in the current policy is not a table"))?;
+            .ok_or_else(|| Error::TableNotATable(key.clone()))?;
         if !table.contains_key("columns") {
             table.insert("columns", Item::Table(Table::new()));
         }
@@ -2162,7 +2193,7 @@ pub fn propose(
         let columns = table
             .get_mut("columns")
             .and_then(Item::as_table_like_mut)
-            .ok_or_else(|| format!("tables.{key:?}.columns is not a table"))?;
+            .ok_or_else(|| Error::ColumnsNotATable(key.clone()))?;
         for (col, fs) in cols {
             let whole: Vec<&&Finding> = fs.iter().filter(|f| f.path.is_none()).collect();
             let json: Vec<&&Finding> = fs.iter().filter(|f| f.path.is_some()).collect();
@@ -2192,9 +2223,12 @@ pub fn propose(
                     Some(item) => {
                         // An existing json mask: add the paths it misses.
                         let entry_is_table = item.is_table();
-                        let entry = item.as_table_like_mut().ok_or_else(|| {
-                            format!("tables.{key:?}.columns.{col} is not a json mask")
-                        })?;
+                        let entry =
+                            item.as_table_like_mut()
+                                .ok_or_else(|| Error::NotAJsonMask {
+                                    table: key.clone(),
+                                    column: col.clone(),
+                                })?;
                         if !entry.contains_key("paths") {
                             entry.insert(
                                 "paths",
@@ -2204,8 +2238,9 @@ pub fn propose(
                         let p = entry
                             .get_mut("paths")
                             .and_then(Item::as_table_like_mut)
-                            .ok_or_else(|| {
-                                format!("tables.{key:?}.columns.{col}.paths is not a table")
+                            .ok_or_else(|| Error::PathsNotATable {
+                                table: key.clone(),
+                                column: col.clone(),
                             })?;
                         for (path, s) in &paths {
                             p.insert(path, Item::Value(s.value()));
@@ -2239,9 +2274,9 @@ pub fn propose(
         }
     }
     let out = doc.to_string();
-    policy::parse_policy(&out, std::path::Path::new("proposed policy")).map_err(|e| {
-        format!("pgredact produced an invalid policy (a bug; please report it): {e}\n{out}")
-    })?;
+    if let Err(reason) = policy::parse_policy(&out, std::path::Path::new("proposed policy")) {
+        return Err(Error::InvalidProposal { reason, text: out });
+    }
     Ok(out)
 }
 

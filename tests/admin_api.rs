@@ -558,6 +558,17 @@ fn receipts_are_signed_and_verified_per_job_and_per_customer() {
         std::fs::write(&file, &edited).expect("write receipt");
         let e = pgredact::forget::run_cli(&env.cfg, args).await.unwrap_err();
         assert!(
+            matches!(
+                e,
+                pgredact::forget::Error::InvalidReceipt {
+                    source: pgredact::admin::receipt::Error::Mismatch,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let e = e.to_string();
+        assert!(
             e.contains("INVALID") && e.contains("signature mismatch"),
             "{e}"
         );

@@ -296,6 +296,8 @@ fn dry_run_and_blocked_plans_change_nothing() {
     let err = rt()
         .block_on(forget::run_cli(&cfg, forget_args(&with_history)))
         .expect_err("blocked plan must fail");
+    assert!(matches!(err, forget::Error::Blocked(_)), "{err:?}");
+    let err = err.to_string();
     assert!(err.contains("BLOCKED"), "{err}");
     assert!(err.contains("public.customers.tier is NOT NULL"), "{err}");
     assert!(err.contains("public.customer_notes (policy line"), "{err}");
@@ -321,6 +323,17 @@ fn malformed_csv_is_rejected_whole_with_its_line_number() {
             .without_ids(),
         ))
         .expect_err("malformed CSV must be rejected");
+    assert!(
+        matches!(
+            err,
+            forget::Error::CsvFile {
+                source: forget::csv::Error::Line { line: 5, .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = err.to_string();
     assert!(err.contains("line 5"), "{err}");
     assert!(err.contains("nothing was changed"), "{err}");
     assert_eq!(fingerprint_all(&env), before);
@@ -617,7 +630,8 @@ fn crash_between_batches_then_resume_finishes_the_job() {
                 ..Faults::default()
             },
         ))
-        .expect_err("stopped run reports an interruption");
+        .expect_err("stopped run reports an interruption")
+        .to_string();
     assert!(
         err.contains("interrupted") && err.contains("--resume"),
         "{err}"
@@ -648,7 +662,8 @@ fn crash_between_batches_then_resume_finishes_the_job() {
                 ..Faults::default()
             },
         ))
-        .expect_err("failed batch interrupts");
+        .expect_err("failed batch interrupts")
+        .to_string();
     assert!(err.contains("fault injection inside batch"), "{err}");
     assert_eq!(env.sql("SELECT count(*) FROM customers WHERE customer_id IN (105, 106) AND first_name IS NOT NULL"), "2");
     assert_eq!(
@@ -714,7 +729,7 @@ fn two_concurrent_jobs_with_overlapping_ids_do_no_double_work() {
                 let list = s.parse_ids(&text.join(","))?;
                 let job = s.submit(&origin, &list, 25).await?;
                 s.run(job, Faults::default()).await?;
-                s.status(job).await?.ok_or_else(|| "no job".to_string())
+                s.status(job).await?.ok_or(forget::Error::JobVanished(job))
             })
         };
         let a = run((1..=300).collect());
@@ -824,7 +839,8 @@ UPDATE customers SET phone = '+44 20 7946 0000' WHERE customer_id = 77;
                 &format!("SELECT count(*) FROM {table}"),
             );
             assert!(
-                r.as_ref().is_err_and(|e| e.contains("permission denied")),
+                r.as_ref()
+                    .is_err_and(|e| e.to_string().contains("permission denied")),
                 "{role} reads {table}: {r:?}"
             );
         }
@@ -836,6 +852,7 @@ UPDATE customers SET phone = '+44 20 7946 0000' WHERE customer_id = 77;
     let err = rt()
         .block_on(Session::open(&target, policy, Some(b"another-key")))
         .err()
+        .map(|e| e.to_string())
         .unwrap_or_default();
     assert!(
         err.contains("differs from the one the forget list was built with"),
@@ -893,7 +910,8 @@ fn config_errors_are_clear() {
     let cfg = Config::load(Path::new(&path)).unwrap();
     let err = rt()
         .block_on(forget::run_cli(&cfg, forget_args("1")))
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("nothing to forget"), "{err}");
 }
 
@@ -1072,7 +1090,8 @@ fn partitioned_and_inherited_policy_tables_are_forgotten_and_suppressed() {
     let (cfg, _dir) = write_config(&env.cluster, &listed("columns.email = \"null\"\n"));
     let err = rt()
         .block_on(forget::run_cli(&cfg, forget_args("1234")))
-        .expect_err("a partition that forgets differently blocks");
+        .expect_err("a partition that forgets differently blocks")
+        .to_string();
     assert!(
         err.contains("public.customer_history_2023 is listed in the policy")
             && err
@@ -1334,7 +1353,8 @@ fn failed_jobs_keep_their_ids_and_can_be_retried_from_cli_and_api() {
     env.sql(REFUSE_UPDATES);
     let err = rt()
         .block_on(forget::run_cli(&env.cfg, forget_args("1234,77")))
-        .expect_err("the job fails");
+        .expect_err("the job fails")
+        .to_string();
     assert!(
         err.contains(": failed") && err.contains("orders are frozen"),
         "{err}"
@@ -1357,7 +1377,8 @@ fn failed_jobs_keep_their_ids_and_can_be_retried_from_cli_and_api() {
     };
     let err = rt()
         .block_on(forget::run_cli(&env.cfg, retry(1)))
-        .expect_err("still failing");
+        .expect_err("still failing")
+        .to_string();
     assert!(err.contains("orders are frozen"), "{err}");
     env.sql("UPDATE public.update_switch SET broken = false");
     let report = rt()
@@ -1378,7 +1399,8 @@ fn failed_jobs_keep_their_ids_and_can_be_retried_from_cli_and_api() {
     );
     let err = rt()
         .block_on(forget::run_cli(&env.cfg, retry(1)))
-        .expect_err("a done job is not retried");
+        .expect_err("a done job is not retried")
+        .to_string();
     assert!(err.contains("only failed or blocked"), "{err}");
 
     // The same through the API.
@@ -1494,7 +1516,7 @@ async fn wait_sql(env: &ConfigEnv, q: &str, want: &str) {
             .cluster
             .superuser_psql(DEMO_DB, q)
             .map(|s| s.trim().to_string())
-            .unwrap_or_else(|e| e);
+            .unwrap_or_else(|e| e.to_string());
         if got == want {
             return;
         }
@@ -1528,7 +1550,7 @@ fn finalize_waits_for_older_transactions_and_for_jobs_that_own_its_ids() {
             let list = s.parse_ids(&ids)?;
             let job = s.submit(&origin, &list, batch).await?;
             s.run(job, faults).await?;
-            s.status(job).await?.ok_or_else(|| "no job".to_string())
+            s.status(job).await?.ok_or(forget::Error::JobVanished(job))
         }
     };
     rt().block_on(async {
@@ -1808,7 +1830,8 @@ fn code_of_other_roles_that_forget_would_run_is_a_blocker() {
     );
     let err = rt()
         .block_on(forget::run_cli(&env.cfg, forget_args("21")))
-        .expect_err("blocked");
+        .expect_err("blocked")
+        .to_string();
     for want in [
         "trigger touch on public.customers calls function public.touch(), owned by role app_owner and not SECURITY DEFINER",
         "constraint status_short on public.orders calls function public.short_status(text), owned by role app_owner",
@@ -1876,13 +1899,13 @@ fn the_forget_audit_trail_is_hash_chained_and_edits_are_found() {
     assert!(ok.contains("6 record(s), chain intact; head "), "{ok}");
     // An edit, a deletion: each is named.
     env.sql("UPDATE pgredact.forget_audit SET record = record || '{\"requester\": \"someone else\"}' WHERE seq = 2");
-    let e = verify().expect_err("edited");
+    let e = verify().expect_err("edited").to_string();
     assert!(
         e.contains("BROKEN: record 2 was changed after it was written"),
         "{e}"
     );
     env.sql("DELETE FROM pgredact.forget_audit WHERE seq IN (1, 2)");
-    let e = verify().expect_err("deleted");
+    let e = verify().expect_err("deleted").to_string();
     assert!(e.contains("BROKEN: record 1 is missing"), "{e}");
 }
 
@@ -1923,7 +1946,8 @@ fn a_table_the_control_role_does_not_own_is_a_blocker_before_any_job() {
     let want = "public.orders: the control role does not own the table";
     let err = rt()
         .block_on(forget::run_cli(&env.cfg, forget_args("1234,77")))
-        .expect_err("a table the control role does not own blocks the CLI");
+        .expect_err("a table the control role does not own blocks the CLI")
+        .to_string();
     assert!(err.contains("BLOCKED"), "{err}");
     assert!(err.contains(want), "{err}");
     assert!(err.contains("ENABLE ALWAYS"), "{err}");
@@ -1993,7 +2017,7 @@ fn cancel_args(job: i64, reason: Option<&str>) -> ForgetArgs {
     }
 }
 
-fn verify_audit(env: &ConfigEnv) -> Result<String, String> {
+fn verify_audit(env: &ConfigEnv) -> Result<String, forget::Error> {
     rt().block_on(forget::run_cli(
         &env.cfg,
         ForgetArgs {
@@ -2099,11 +2123,13 @@ fn a_queued_job_is_cancelled_from_the_cli_and_never_runs() {
                 ..ForgetArgs::default()
             },
         ))
-        .expect_err("a cancelled job is not retried");
+        .expect_err("a cancelled job is not retried")
+        .to_string();
     assert!(err.contains("only failed or blocked"), "{err}");
     let err = rt()
         .block_on(forget::run_cli(&env.cfg, cancel_args(job, None)))
-        .expect_err("cancelled twice");
+        .expect_err("cancelled twice")
+        .to_string();
     assert!(err.contains("already cancelled"), "{err}");
     assert_eq!(
         env.sql(&format!(
@@ -2124,7 +2150,8 @@ fn done_jobs_and_failed_jobs_whose_customers_are_listed_are_not_cancelled() {
     forget_done(&env, "1,2");
     let err = rt()
         .block_on(forget::run_cli(&env.cfg, cancel_args(1, None)))
-        .expect_err("a done job is not cancelled");
+        .expect_err("a done job is not cancelled")
+        .to_string();
     assert!(
         err.contains("job 1 is done") && err.contains("unforget"),
         "{err}"
@@ -2138,14 +2165,16 @@ fn done_jobs_and_failed_jobs_whose_customers_are_listed_are_not_cancelled() {
     env.sql(REFUSE_UPDATES);
     let err = rt()
         .block_on(forget::run_cli(&env.cfg, forget_args("1234,77")))
-        .expect_err("the job fails");
+        .expect_err("the job fails")
+        .to_string();
     assert!(err.contains("job 2 ") && err.contains(": failed"), "{err}");
     let err = rt()
         .block_on(forget::run_cli(
             &env.cfg,
             cancel_args(2, Some("changed my mind")),
         ))
-        .expect_err("half-forgotten customers are not left behind silently");
+        .expect_err("half-forgotten customers are not left behind silently")
+        .to_string();
     assert!(
         err.contains("already put 2 customer(s) on the forget list")
             && err.contains("--retry 2")
@@ -2313,7 +2342,8 @@ fn compiled_suppression_sees_every_change_of_the_list_in_long_lived_sessions() {
              CREATE TRIGGER t BEFORE INSERT ON public.m FOR EACH ROW EXECUTE FUNCTION \
                pgredact_suppress.suppress('forget_suppress_x', 'customer_id', 'raw', 'exact', '');",
         )
-        .expect_err("another role used the compiled trigger function");
+        .expect_err("another role used the compiled trigger function")
+        .to_string();
     assert!(
         refused.contains("permission denied for schema pgredact_suppress"),
         "{refused}"

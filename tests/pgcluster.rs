@@ -2,7 +2,7 @@
 
 mod support;
 
-use pgredact::pgcluster::{Auth, Cluster, ClusterOptions, SUPERUSER, SUPERUSER_PASSWORD};
+use pgredact::pgcluster::{Auth, Cluster, ClusterOptions, Error, SUPERUSER, SUPERUSER_PASSWORD};
 use support::{demo_cluster, DEMO_DB, DEMO_ROW_COUNTS};
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -166,7 +166,8 @@ fn demo_roles_have_the_documented_privileges() {
         "support",
         "UPDATE orders SET status = 'paid' WHERE order_id = 1",
     )
-    .expect_err("support must not update");
+    .expect_err("support must not update")
+    .to_string();
     assert!(err.contains("permission denied"), "{err}");
 
     // solutions: insert and update (with the sequence), no delete.
@@ -176,7 +177,9 @@ fn demo_roles_have_the_documented_privileges() {
          UPDATE customers SET segment = 'smb' WHERE customer_id = 1;",
     )
     .expect("solutions writes");
-    let err = psql("solutions", "DELETE FROM orders WHERE order_id = 1").expect_err("no delete");
+    let err = psql("solutions", "DELETE FROM orders WHERE order_id = 1")
+        .expect_err("no delete")
+        .to_string();
     assert!(err.contains("permission denied"), "{err}");
 
     // dba: everything on the tables, and a member of pii_readers; pii_readers cannot log in.
@@ -189,7 +192,8 @@ fn demo_roles_have_the_documented_privileges() {
     );
     let err = cluster
         .psql("pii_readers", None, DEMO_DB, "SELECT 1")
-        .expect_err("pii_readers is NOLOGIN");
+        .expect_err("pii_readers is NOLOGIN")
+        .to_string();
     assert!(err.contains("not permitted to log in"), "{err}");
 
     // pgredact: reads the catalog and the tables, updates, creates its own schema; no pg_authid.
@@ -200,9 +204,13 @@ fn demo_roles_have_the_documented_privileges() {
          SELECT count(*) FROM pg_catalog.pg_attribute;",
     )
     .expect("pgredact control-plane privileges");
-    let err = psql("pgredact", "SELECT count(*) FROM pg_authid").expect_err("no pg_authid");
+    let err = psql("pgredact", "SELECT count(*) FROM pg_authid")
+        .expect_err("no pg_authid")
+        .to_string();
     assert!(err.contains("permission denied"), "{err}");
-    let err = psql("support", "CREATE TABLE public.t (x int)").expect_err("no CREATE in public");
+    let err = psql("support", "CREATE TABLE public.t (x int)")
+        .expect_err("no CREATE in public")
+        .to_string();
     assert!(err.contains("permission denied"), "{err}");
 
     // Re-running the script (roles already exist, tables rebuilt) works and restores the data.
@@ -259,11 +267,13 @@ fn check_password_auth(auth: Auth, stored_prefix: &str) {
     assert_eq!(out.trim(), "alice");
     let err = cluster
         .psql("alice", Some("wrong"), "postgres", "SELECT 1")
-        .expect_err("psql with a wrong password must fail");
+        .expect_err("psql with a wrong password must fail")
+        .to_string();
     assert!(err.contains("password authentication failed"), "{err}");
     let err = cluster
         .psql("alice", None, "postgres", "SELECT 1")
-        .expect_err("psql without a password must fail");
+        .expect_err("psql without a password must fail")
+        .to_string();
     assert!(err.contains("password"), "{err}");
 
     // tokio-postgres
@@ -280,7 +290,8 @@ fn check_password_auth(auth: Auth, stored_prefix: &str) {
         let err = cluster
             .connect("alice", Some("wrong"), "postgres")
             .await
-            .expect_err("wrong password must be refused");
+            .expect_err("wrong password must be refused")
+            .to_string();
         assert!(
             err.contains("password authentication failed"),
             "{auth:?}: {err}"
@@ -295,7 +306,8 @@ fn check_password_auth(auth: Auth, stored_prefix: &str) {
         let err = cluster
             .connect(SUPERUSER, Some("not-the-password"), "postgres")
             .await
-            .expect_err("superuser with a wrong password");
+            .expect_err("superuser with a wrong password")
+            .to_string();
         assert!(err.contains("password authentication failed"), "{err}");
     });
 }
@@ -326,11 +338,13 @@ fn trust_auth_needs_no_password() {
     // psql reports SQL errors (ON_ERROR_STOP) and stops at the first one.
     let err = cluster
         .psql("bob", None, "postgres", "SELECT 1/0; SELECT 'not reached'")
-        .expect_err("division by zero");
+        .expect_err("division by zero")
+        .to_string();
     assert!(err.contains("division by zero"), "{err}");
     let err = cluster
         .psql("nobody", None, "postgres", "SELECT 1")
-        .expect_err("unknown role");
+        .expect_err("unknown role")
+        .to_string();
     assert!(err.contains("does not exist"), "{err}");
 }
 
@@ -432,6 +446,8 @@ fn options_reach_postgresql_conf() {
         ..Default::default()
     })
     .expect_err("invalid setting names are refused");
+    assert!(matches!(err, Error::InvalidSetting(_)), "{err:?}");
+    let err = err.to_string();
     assert!(err.contains("invalid setting name"), "{err}");
 
     // Statements are not logged by default.
@@ -488,6 +504,8 @@ fn a_taken_port_is_detected() {
         ..Default::default()
     })
     .expect_err("the port is taken");
+    assert!(matches!(err, Error::PortsTaken { .. }), "{err:?}");
+    let err = err.to_string();
     assert!(err.contains("could not find a free port"), "{err}");
     assert!(err.contains("Address already in use"), "{err}");
     // The first cluster is unaffected.

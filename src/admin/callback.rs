@@ -38,6 +38,87 @@ const LEASE_SECS: f64 = 120.0;
 const FIRST_DELAY_SECS: f64 = 5.0;
 const MAX_DELAY_SECS: f64 = 6.0 * 3600.0;
 
+/// Why a callback could not be delivered, or a signature does not verify. The `Display` of a
+/// delivery error is what the job's `callback_last_error` records.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    /// The HMAC key was refused (HMAC takes keys of any length: not expected).
+    #[error("{0}")]
+    Key(hmac::digest::InvalidLength),
+    #[error("building the request: {0}")]
+    Request(#[source] axum::http::Error),
+    #[error("connecting to {authority}: {source}")]
+    Connect {
+        authority: String,
+        source: std::io::Error,
+    },
+    /// No CA certificates to check an https receiver with.
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    #[error("{host}: {source}")]
+    ServerName {
+        host: String,
+        source: rustls::pki_types::InvalidDnsNameError,
+    },
+    #[error("TLS with {authority}: {source}")]
+    Handshake {
+        authority: String,
+        source: std::io::Error,
+    },
+    #[error("no answer within {0} s")]
+    Timeout(u64),
+    /// The receiver answered, not with a 2xx status.
+    #[error("answered HTTP {0}")]
+    Status(u16),
+    #[error("HTTP: {0}")]
+    Http(#[source] hyper::Error),
+    #[error("the job vanished")]
+    JobVanished,
+    /// Claiming a delivery or recording its outcome failed.
+    #[error("{}", crate::forget::db_error(.0))]
+    Db(#[from] tokio_postgres::Error),
+    /// Reading the job failed.
+    #[error(transparent)]
+    Forget(#[from] crate::forget::Error),
+    #[error("no t= in the signature header")]
+    NoTimestamp,
+    #[error("timestamp {t} is more than {tolerance_secs} s away")]
+    Stale { t: i64, tolerance_secs: i64 },
+    #[error("signature mismatch")]
+    Mismatch,
+}
+
+/// Why a `callback_url` is refused (a 400 answer to the request that carries it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error("\"callback_url\": 1 to {MAX_URL} characters")]
+    Length,
+    #[error("\"callback_url\": no spaces or control characters")]
+    Whitespace,
+    #[error("\"callback_url\": not a valid URL")]
+    Invalid,
+    #[error("\"callback_url\": only http and https URLs are allowed")]
+    Scheme,
+    #[error("\"callback_url\": the URL has no host")]
+    NoHost,
+    #[error("\"callback_url\": credentials in the URL are not allowed")]
+    Credentials,
+}
+
+/// Why https callbacks cannot be checked (kept by the [`Deliverer`], reported by each https
+/// delivery).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CaError {
+    #[error("{}: no usable PEM CA certificate", .0.display())]
+    NoCertificate(std::path::PathBuf),
+    #[error("no system CA bundle found: set [admin] callback_ca")]
+    NoSystemBundle,
+    #[error("TLS: {0}")]
+    Rustls(#[source] rustls::Error),
+}
+
 /// A checked callback URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallbackUrl {
@@ -52,23 +133,22 @@ pub struct CallbackUrl {
 
 /// Parses and checks a callback URL: `http` or `https`, a host, no credentials, no whitespace
 /// or control characters, at most [`MAX_URL`] bytes.
-pub fn parse_url(s: &str) -> Result<CallbackUrl, String> {
-    let bad = |why: &str| format!("\"callback_url\": {why}");
+pub fn parse_url(s: &str) -> Result<CallbackUrl, UrlError> {
     if s.is_empty() || s.len() > MAX_URL {
-        return Err(bad(&format!("1 to {MAX_URL} characters")));
+        return Err(UrlError::Length);
     }
     if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(bad("no spaces or control characters"));
+        return Err(UrlError::Whitespace);
     }
-    let uri: Uri = s.parse().map_err(|_| bad("not a valid URL"))?;
+    let uri: Uri = s.parse().map_err(|_| UrlError::Invalid)?;
     let https = match uri.scheme_str() {
         Some(x) if x.eq_ignore_ascii_case("https") => true,
         Some(x) if x.eq_ignore_ascii_case("http") => false,
-        _ => return Err(bad("only http and https URLs are allowed")),
+        _ => return Err(UrlError::Scheme),
     };
-    let auth = uri.authority().ok_or_else(|| bad("the URL has no host"))?;
+    let auth = uri.authority().ok_or(UrlError::NoHost)?;
     if auth.as_str().contains('@') {
-        return Err(bad("credentials in the URL are not allowed"));
+        return Err(UrlError::Credentials);
     }
     let host = auth
         .host()
@@ -76,7 +156,7 @@ pub fn parse_url(s: &str) -> Result<CallbackUrl, String> {
         .trim_end_matches(']')
         .to_string();
     if host.is_empty() {
-        return Err(bad("the URL has no host"));
+        return Err(UrlError::NoHost);
     }
     Ok(CallbackUrl {
         https,
@@ -92,8 +172,8 @@ pub fn parse_url(s: &str) -> Result<CallbackUrl, String> {
 }
 
 /// The signature header's value for `body` sent at unix time `t`.
-pub fn signature(key: &[u8], t: i64, body: &[u8]) -> Result<String, String> {
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).map_err(|e| e.to_string())?;
+pub fn signature(key: &[u8], t: i64, body: &[u8]) -> Result<String, Error> {
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).map_err(Error::Key)?;
     mac.update(t.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
@@ -111,7 +191,7 @@ pub fn verify(
     body: &[u8],
     now: i64,
     tolerance_secs: i64,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let mut t: Option<i64> = None;
     let mut v1: Vec<Vec<u8>> = Vec::new();
     for part in header.split(',') {
@@ -125,14 +205,12 @@ pub fn verify(
             _ => {}
         }
     }
-    let t = t.ok_or("no t= in the signature header")?;
+    let t = t.ok_or(Error::NoTimestamp)?;
     if (now - t).abs() > tolerance_secs {
-        return Err(format!(
-            "timestamp {t} is more than {tolerance_secs} s away"
-        ));
+        return Err(Error::Stale { t, tolerance_secs });
     }
     for sig in v1 {
-        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).map_err(|e| e.to_string())?;
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).map_err(Error::Key)?;
         mac.update(t.to_string().as_bytes());
         mac.update(b".");
         mac.update(body);
@@ -140,7 +218,7 @@ pub fn verify(
             return Ok(());
         }
     }
-    Err("signature mismatch".to_string())
+    Err(Error::Mismatch)
 }
 
 /// The notice a callback carries.
@@ -183,7 +261,7 @@ pub struct Deliverer {
     key: Arc<Vec<u8>>,
     attempts: u32,
     /// None when no CA certificate could be read (https deliveries then fail, saying why).
-    tls: Result<tokio_rustls::TlsConnector, String>,
+    tls: Result<tokio_rustls::TlsConnector, CaError>,
 }
 
 impl Deliverer {
@@ -205,7 +283,7 @@ const SYSTEM_BUNDLES: [&str; 4] = [
     "/etc/ssl/ca-bundle.pem",
 ];
 
-fn tls_connector(ca: Option<&std::path::Path>) -> Result<tokio_rustls::TlsConnector, String> {
+fn tls_connector(ca: Option<&std::path::Path>) -> Result<tokio_rustls::TlsConnector, CaError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
     let paths: Vec<std::path::PathBuf> = match ca {
@@ -229,14 +307,14 @@ fn tls_connector(ca: Option<&std::path::Path>) -> Result<tokio_rustls::TlsConnec
     }
     if roots.is_empty() {
         return Err(match ca {
-            Some(p) => format!("{}: no usable PEM CA certificate", p.display()),
-            None => "no system CA bundle found: set [admin] callback_ca".to_string(),
+            Some(p) => CaError::NoCertificate(p.to_path_buf()),
+            None => CaError::NoSystemBundle,
         });
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))?
+        .map_err(CaError::Rustls)?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
@@ -255,8 +333,7 @@ fn delay_secs(attempts: u32) -> f64 {
 pub async fn deliver_due(
     client: &Client,
     d: &Deliverer,
-) -> Result<Vec<(i64, Result<u16, String>)>, String> {
-    let err = |e: tokio_postgres::Error| crate::forget::db_error(&e);
+) -> Result<Vec<(i64, Result<u16, Error>)>, Error> {
     let mut out = Vec::new();
     loop {
         let claimed = client
@@ -279,7 +356,7 @@ pub async fn deliver_due(
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_COLUMN) => {
                 return Ok(out)
             }
-            Err(e) => return Err(err(e)),
+            Err(e) => return Err(e.into()),
         };
         let Some(row) = row else {
             return Ok(out);
@@ -287,7 +364,7 @@ pub async fn deliver_due(
         let (id, url, attempt): (i64, String, i32) = (row.get(0), row.get(1), row.get(2));
         let result = match jobs::status(client, id).await? {
             Some(st) => attempt_once(d, &url, &notice(&st), attempt).await,
-            None => Err("the job vanished".to_string()),
+            None => Err(Error::JobVanished),
         };
         let attempt = u32::try_from(attempt).unwrap_or(u32::MAX);
         match &result {
@@ -298,8 +375,7 @@ pub async fn deliver_due(
                                 callback_last_error = NULL WHERE id = $1",
                         &[&id],
                     )
-                    .await
-                    .map_err(err)?;
+                    .await?;
                 tracing::info!(
                     job = id,
                     attempt,
@@ -312,7 +388,7 @@ pub async fn deliver_due(
                 let msg = if give_up {
                     format!("{e}; gave up after {attempt} attempt(s)")
                 } else {
-                    e.clone()
+                    e.to_string()
                 };
                 let next: Option<f64> = (!give_up).then(|| delay_secs(attempt));
                 client
@@ -321,8 +397,7 @@ pub async fn deliver_due(
                                 callback_next_at = now() + make_interval(secs => $3) WHERE id = $1",
                         &[&id, &msg, &next],
                     )
-                    .await
-                    .map_err(err)?;
+                    .await?;
                 tracing::warn!(
                     job = id,
                     attempt,
@@ -340,7 +415,7 @@ async fn attempt_once(
     url: &str,
     notice: &Value,
     attempt: i32,
-) -> Result<u16, String> {
+) -> Result<u16, Error> {
     let url = parse_url(url)?;
     let body = notice.to_string().into_bytes();
     let t = std::time::SystemTime::now()
@@ -361,19 +436,30 @@ async fn attempt_once(
         .header("x-pgredact-delivery-attempt", attempt.to_string())
         .header("connection", "close")
         .body(Full::new(Bytes::from(body)))
-        .map_err(|e| format!("building the request: {e}"))?;
+        .map_err(Error::Request)?;
     let post = async {
         let tcp = tokio::net::TcpStream::connect((url.host.as_str(), url.port))
             .await
-            .map_err(|e| format!("connecting to {}: {e}", url.authority))?;
+            .map_err(|source| Error::Connect {
+                authority: url.authority.clone(),
+                source,
+            })?;
         if url.https {
             let connector = d.tls.as_ref().map_err(Clone::clone)?;
-            let name = rustls::pki_types::ServerName::try_from(url.host.clone())
-                .map_err(|e| format!("{}: {e}", url.host))?;
+            let name =
+                rustls::pki_types::ServerName::try_from(url.host.clone()).map_err(|source| {
+                    Error::ServerName {
+                        host: url.host.clone(),
+                        source,
+                    }
+                })?;
             let tls = connector
                 .connect(name, tcp)
                 .await
-                .map_err(|e| format!("TLS with {}: {e}", url.authority))?;
+                .map_err(|source| Error::Handshake {
+                    authority: url.authority.clone(),
+                    source,
+                })?;
             send(tls, req).await
         } else {
             send(tcp, req).await
@@ -381,28 +467,26 @@ async fn attempt_once(
     };
     let code = tokio::time::timeout(ATTEMPT_TIMEOUT, post)
         .await
-        .map_err(|_| format!("no answer within {} s", ATTEMPT_TIMEOUT.as_secs()))??;
+        .map_err(|_| Error::Timeout(ATTEMPT_TIMEOUT.as_secs()))??;
     if (200..300).contains(&code) {
         Ok(code)
     } else {
-        Err(format!("answered HTTP {code}"))
+        Err(Error::Status(code))
     }
 }
 
-async fn send<S>(io: S, req: axum::http::Request<Full<Bytes>>) -> Result<u16, String>
+async fn send<S>(io: S, req: axum::http::Request<Full<Bytes>>) -> Result<u16, Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
             .await
-            .map_err(|e| format!("HTTP: {e}"))?;
+            .map_err(Error::Http)?;
     let task = tokio::spawn(conn);
     let answer = sender.send_request(req).await;
     task.abort();
-    answer
-        .map(|r| r.status().as_u16())
-        .map_err(|e| format!("HTTP: {e}"))
+    answer.map(|r| r.status().as_u16()).map_err(Error::Http)
 }
 
 #[cfg(test)]

@@ -93,14 +93,14 @@ impl Pool {
         policy: Arc<DatabasePolicy>,
         hash_key: Option<&[u8]>,
         refresh: bool,
-    ) -> Result<Pooled, String> {
+    ) -> Result<Pooled, super::Error> {
         let db = self.db(&target.database);
         let permit = db
             .permits
             .clone()
             .acquire_owned()
             .await
-            .map_err(|e| format!("admin connection pool: {e}"))?;
+            .map_err(super::Error::Pool)?;
         let cached = {
             let mut idle = match db.idle.lock() {
                 Ok(g) => g,

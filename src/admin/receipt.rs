@@ -14,6 +14,26 @@ use serde_json::Value;
 /// Prefix of the signature value.
 pub const SCHEME: &str = "hmac-sha256=";
 
+/// Why a receipt could not be signed, or a saved one does not verify.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The HMAC key was refused (HMAC takes keys of any length: not expected).
+    #[error("{0}")]
+    Key(hmac::digest::InvalidLength),
+    #[error("not a JSON receipt: {0}")]
+    NotJson(#[source] serde_json::Error),
+    #[error("no \"receipt\" object")]
+    NoReceipt,
+    #[error("no \"signature\" string")]
+    NoSignature,
+    #[error("the signature does not start with {SCHEME}")]
+    OtherScheme,
+    #[error("the signature is not hex")]
+    NotHex,
+    #[error("signature mismatch: the receipt was changed, or signed with another key")]
+    Mismatch,
+}
+
 /// `v` as canonical JSON (keys sorted at every level, no whitespace).
 pub fn canonical(v: &Value) -> String {
     let mut out = String::new();
@@ -54,8 +74,8 @@ fn write_canonical(v: &Value, out: &mut String) {
 }
 
 /// The signature of a receipt: `hmac-sha256=<hex>` over its canonical form.
-pub fn sign(key: &[u8], receipt: &Value) -> Result<String, String> {
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).map_err(|e| e.to_string())?;
+pub fn sign(key: &[u8], receipt: &Value) -> Result<String, Error> {
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).map_err(Error::Key)?;
     mac.update(canonical(receipt).as_bytes());
     Ok(format!(
         "{SCHEME}{}",
@@ -64,7 +84,7 @@ pub fn sign(key: &[u8], receipt: &Value) -> Result<String, String> {
 }
 
 /// The signed answer: `{"receipt": ..., "signature": ...}` and the signature.
-pub fn signed(key: &[u8], receipt: Value) -> Result<(Value, String), String> {
+pub fn signed(key: &[u8], receipt: Value) -> Result<(Value, String), Error> {
     let sig = sign(key, &receipt)?;
     Ok((
         serde_json::json!({ "receipt": receipt, "signature": sig }),
@@ -74,25 +94,21 @@ pub fn signed(key: &[u8], receipt: Value) -> Result<(Value, String), String> {
 
 /// Checks a saved answer (`{"receipt": ..., "signature": ...}`) against `key`. Returns the
 /// receipt when the signature matches (compared in constant time).
-pub fn verify(key: &[u8], text: &str) -> Result<Value, String> {
-    let doc: Value = serde_json::from_str(text).map_err(|e| format!("not a JSON receipt: {e}"))?;
+pub fn verify(key: &[u8], text: &str) -> Result<Value, Error> {
+    let doc: Value = serde_json::from_str(text).map_err(Error::NotJson)?;
     let receipt = doc
         .get("receipt")
         .filter(|r| r.is_object())
-        .ok_or("no \"receipt\" object")?;
+        .ok_or(Error::NoReceipt)?;
     let given = doc
         .get("signature")
         .and_then(Value::as_str)
-        .ok_or("no \"signature\" string")?;
-    let hex_sig = given
-        .strip_prefix(SCHEME)
-        .ok_or_else(|| format!("the signature does not start with {SCHEME}"))?;
-    let bytes = hex::decode(hex_sig).map_err(|_| "the signature is not hex".to_string())?;
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).map_err(|e| e.to_string())?;
+        .ok_or(Error::NoSignature)?;
+    let hex_sig = given.strip_prefix(SCHEME).ok_or(Error::OtherScheme)?;
+    let bytes = hex::decode(hex_sig).map_err(|_| Error::NotHex)?;
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).map_err(Error::Key)?;
     mac.update(canonical(receipt).as_bytes());
-    mac.verify_slice(&bytes).map_err(|_| {
-        "signature mismatch: the receipt was changed, or signed with another key".to_string()
-    })?;
+    mac.verify_slice(&bytes).map_err(|_| Error::Mismatch)?;
     Ok(receipt.clone())
 }
 
@@ -120,10 +136,16 @@ mod tests {
         assert!(verify(key, &reordered).is_ok());
         // Another value, another key, a broken signature: refused.
         let edited = text.replace("\"job_id\": 7", "\"job_id\": 8");
-        assert!(verify(key, &edited).unwrap_err().contains("mismatch"));
-        assert!(verify(b"other", &text).unwrap_err().contains("mismatch"));
-        assert!(verify(key, &text.replace(SCHEME, "md5=")).is_err());
-        assert!(verify(key, "{}").is_err());
-        assert!(verify(key, "not json").is_err());
+        assert!(matches!(verify(key, &edited), Err(Error::Mismatch)));
+        assert!(verify(b"other", &text)
+            .unwrap_err()
+            .to_string()
+            .contains("mismatch"));
+        assert!(matches!(
+            verify(key, &text.replace(SCHEME, "md5=")),
+            Err(Error::OtherScheme)
+        ));
+        assert!(matches!(verify(key, "{}"), Err(Error::NoReceipt)));
+        assert!(matches!(verify(key, "not json"), Err(Error::NotJson(_))));
     }
 }

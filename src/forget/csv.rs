@@ -13,6 +13,54 @@ use std::collections::HashSet;
 /// Longest ID accepted (bytes).
 pub const MAX_ID_LEN: usize = 512;
 
+/// Why IDs were rejected (the whole input: nothing of it is used). The position says where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// A line of a CSV body (1-based, blank lines counted).
+    #[error("line {line}: {reason}")]
+    Line { line: usize, reason: LineError },
+    /// An item of a `--ids` list (1-based).
+    #[error("--ids item {item}: {reason}")]
+    ListItem { item: usize, reason: IdError },
+    /// An element of a JSON `customer_ids` array (0-based).
+    #[error("customer_ids[{index}]: {reason}")]
+    JsonItem { index: usize, reason: IdError },
+}
+
+/// Why a CSV line does not hold one valid ID.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineError {
+    #[error("not valid UTF-8")]
+    NotUtf8,
+    #[error("unbalanced double quote")]
+    UnbalancedQuote,
+    #[error("stray double quote")]
+    StrayQuote,
+    #[error("more than one field (one ID a line)")]
+    SeveralFields,
+    #[error(transparent)]
+    Id(#[from] IdError),
+}
+
+/// Why one ID is not valid for the subject columns.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("empty ID")]
+    Empty,
+    #[error("ID longer than {MAX_ID_LEN} bytes")]
+    TooLong,
+    #[error("ID contains a control character")]
+    ControlCharacter,
+    /// `shown`: a short rendering of the value ([`show`]).
+    #[error("{shown} is not {}", kind.describe())]
+    NotOfKind { shown: String, kind: IdKind },
+}
+
+/// Subject columns that no one ID can satisfy.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("subject columns mix integer and uuid types")]
+pub struct KindConflict;
+
 /// What the subject columns can hold, from their types (the strictest wins).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdKind {
@@ -52,7 +100,7 @@ impl IdKind {
     }
 
     /// The kind that satisfies both (IDs must be valid for every subject column).
-    pub fn combine(self, other: IdKind) -> Result<IdKind, String> {
+    pub fn combine(self, other: IdKind) -> Result<IdKind, KindConflict> {
         use IdKind::*;
         match (self, other) {
             (Int { min: a, max: b }, Int { min: c, max: d }) => Ok(Int {
@@ -65,9 +113,7 @@ impl IdKind {
             (Uuid, Uuid) | (Uuid, Text | CiText) | (Text | CiText, Uuid) => Ok(Uuid),
             (Text, Text) => Ok(Text),
             (CiText, Text | CiText) | (Text, CiText) => Ok(CiText),
-            (Int { .. }, Uuid) | (Uuid, Int { .. }) => {
-                Err("subject columns mix integer and uuid types".to_string())
-            }
+            (Int { .. }, Uuid) | (Uuid, Int { .. }) => Err(KindConflict),
         }
     }
 
@@ -90,23 +136,27 @@ impl IdKind {
 }
 
 /// Validates one ID and returns its canonical text form.
-pub fn canonical_id(raw: &str, kind: IdKind) -> Result<String, String> {
+pub fn canonical_id(raw: &str, kind: IdKind) -> Result<String, IdError> {
     let s = raw.trim();
     if s.is_empty() {
-        return Err("empty ID".to_string());
+        return Err(IdError::Empty);
     }
     if s.len() > MAX_ID_LEN {
-        return Err(format!("ID longer than {MAX_ID_LEN} bytes"));
+        return Err(IdError::TooLong);
     }
     if s.chars().any(char::is_control) {
-        return Err("ID contains a control character".to_string());
+        return Err(IdError::ControlCharacter);
     }
+    let not_of_kind = || IdError::NotOfKind {
+        shown: show(s),
+        kind,
+    };
     match kind {
         IdKind::Int { min, max } => {
             let digits = s.strip_prefix('+').unwrap_or(s);
             match digits.parse::<i64>() {
                 Ok(v) if v >= min && v <= max => Ok(v.to_string()),
-                _ => Err(format!("{} is not {}", show(s), kind.describe())),
+                _ => Err(not_of_kind()),
             }
         }
         IdKind::Uuid => {
@@ -117,7 +167,7 @@ pub fn canonical_id(raw: &str, kind: IdKind) -> Result<String, String> {
                 .filter(|c| *c != '-')
                 .collect();
             if hex.len() != 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-                return Err(format!("{} is not {}", show(s), kind.describe()));
+                return Err(not_of_kind());
             }
             let h = hex.to_ascii_lowercase();
             Ok(format!(
@@ -196,14 +246,14 @@ fn looks_like_header(field: &str, kind: IdKind, subject_names: &[String]) -> boo
 }
 
 /// Splits one CSV line into its single field, unquoting it. Errors name what is wrong.
-fn single_field(line: &str) -> Result<String, String> {
+fn single_field(line: &str) -> Result<String, LineError> {
     let t = line.trim();
     if let Some(rest) = t.strip_prefix('"') {
         let mut out = String::new();
         let mut chars = rest.chars();
         loop {
             match chars.next() {
-                None => return Err("unbalanced double quote".to_string()),
+                None => return Err(LineError::UnbalancedQuote),
                 Some('"') => {
                     let mut peek = chars.clone();
                     if peek.next() == Some('"') {
@@ -218,15 +268,15 @@ fn single_field(line: &str) -> Result<String, String> {
         }
         let after: String = chars.collect();
         if !after.trim().is_empty() {
-            return Err("more than one field (one ID a line)".to_string());
+            return Err(LineError::SeveralFields);
         }
         Ok(out)
     } else {
         if t.contains('"') {
-            return Err("stray double quote".to_string());
+            return Err(LineError::StrayQuote);
         }
         if t.contains([',', ';', '\t']) {
-            return Err("more than one field (one ID a line)".to_string());
+            return Err(LineError::SeveralFields);
         }
         Ok(t.to_string())
     }
@@ -234,7 +284,7 @@ fn single_field(line: &str) -> Result<String, String> {
 
 /// Parses a CSV file of IDs. Any malformed line rejects the whole file:
 /// `line N: reason`.
-pub fn parse_csv(bytes: &[u8], kind: IdKind, subject_names: &[String]) -> Result<IdList, String> {
+pub fn parse_csv(bytes: &[u8], kind: IdKind, subject_names: &[String]) -> Result<IdList, Error> {
     let mut list = IdList::default();
     let mut seen = HashSet::new();
     let mut first = true;
@@ -246,7 +296,10 @@ pub fn parse_csv(bytes: &[u8], kind: IdKind, subject_names: &[String]) -> Result
                 continue;
             }
         }
-        let id = canonical_id(&field, kind).map_err(|e| format!("line {n}: {e}"))?;
+        let id = canonical_id(&field, kind).map_err(|e| Error::Line {
+            line: n,
+            reason: e.into(),
+        })?;
         list.push(&mut seen, id);
     }
     Ok(list)
@@ -254,7 +307,7 @@ pub fn parse_csv(bytes: &[u8], kind: IdKind, subject_names: &[String]) -> Result
 
 /// The non-blank lines of a CSV body as (line number, single field), in order; BOM and CRLF
 /// allowed. A line that is not UTF-8 or not one field is an error naming its line.
-fn csv_lines(bytes: &[u8]) -> impl Iterator<Item = Result<(usize, String), String>> + '_ {
+fn csv_lines(bytes: &[u8]) -> impl Iterator<Item = Result<(usize, String), Error>> + '_ {
     let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     body.split(|b| *b == b'\n')
         .enumerate()
@@ -263,7 +316,12 @@ fn csv_lines(bytes: &[u8]) -> impl Iterator<Item = Result<(usize, String), Strin
             let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
             let line = match std::str::from_utf8(raw) {
                 Ok(l) => l,
-                Err(_) => return Some(Err(format!("line {n}: not valid UTF-8"))),
+                Err(_) => {
+                    return Some(Err(Error::Line {
+                        line: n,
+                        reason: LineError::NotUtf8,
+                    }))
+                }
             };
             if line.trim().is_empty() {
                 return None;
@@ -271,20 +329,23 @@ fn csv_lines(bytes: &[u8]) -> impl Iterator<Item = Result<(usize, String), Strin
             Some(
                 single_field(line)
                     .map(|f| (n, f))
-                    .map_err(|e| format!("line {n}: {e}")),
+                    .map_err(|reason| Error::Line { line: n, reason }),
             )
         })
 }
 
 /// Parses a comma-separated `--ids` list.
-pub fn parse_id_list(text: &str, kind: IdKind) -> Result<IdList, String> {
+pub fn parse_id_list(text: &str, kind: IdKind) -> Result<IdList, Error> {
     let mut list = IdList::default();
     let mut seen = HashSet::new();
     for (i, part) in text.split(',').enumerate() {
         if part.trim().is_empty() {
             continue;
         }
-        let id = canonical_id(part, kind).map_err(|e| format!("--ids item {}: {e}", i + 1))?;
+        let id = canonical_id(part, kind).map_err(|reason| Error::ListItem {
+            item: i + 1,
+            reason,
+        })?;
         list.push(&mut seen, id);
     }
     Ok(list)
@@ -298,7 +359,7 @@ pub enum RawId {
 }
 
 /// Validates IDs from a JSON array.
-pub fn from_raw(raw: &[RawId], kind: IdKind) -> Result<IdList, String> {
+pub fn from_raw(raw: &[RawId], kind: IdKind) -> Result<IdList, Error> {
     let mut list = IdList::default();
     let mut seen = HashSet::new();
     for (i, r) in raw.iter().enumerate() {
@@ -306,7 +367,7 @@ pub fn from_raw(raw: &[RawId], kind: IdKind) -> Result<IdList, String> {
             RawId::Int(v) => v.to_string(),
             RawId::Text(s) => s.clone(),
         };
-        let id = canonical_id(&s, kind).map_err(|e| format!("customer_ids[{i}]: {e}"))?;
+        let id = canonical_id(&s, kind).map_err(|reason| Error::JsonItem { index: i, reason })?;
         list.push(&mut seen, id);
     }
     Ok(list)
@@ -314,7 +375,7 @@ pub fn from_raw(raw: &[RawId], kind: IdKind) -> Result<IdList, String> {
 
 /// Raw (unvalidated) fields of a CSV body, for counting before validation. Same line rules
 /// as [`parse_csv`] except that the header is dropped only when it is not a plausible ID.
-pub fn csv_fields(bytes: &[u8]) -> Result<Vec<(usize, String)>, String> {
+pub fn csv_fields(bytes: &[u8]) -> Result<Vec<(usize, String)>, Error> {
     csv_lines(bytes).collect()
 }
 
@@ -338,18 +399,32 @@ mod tests {
 
     #[test]
     fn malformed_lines_name_their_number() {
+        let csv_err = |bytes: &[u8]| parse_csv(bytes, INT, &[]).unwrap_err().to_string();
         let e = parse_csv(b"customer_id\n1\n2\nx3\n4\n", INT, &[]).unwrap_err();
-        assert!(e.starts_with("line 4:"), "{e}");
-        let e = parse_csv(b"1\n2,3\n", INT, &[]).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Line {
+                    line: 4,
+                    reason: LineError::Id(IdError::NotOfKind { .. })
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "line 4: \"x3\" is not an integer between -9223372036854775808 and 9223372036854775807"
+        );
+        let e = csv_err(b"1\n2,3\n");
         assert!(
             e.starts_with("line 2:") && e.contains("one ID a line"),
             "{e}"
         );
-        let e = parse_csv(b"1\n\"2\n", INT, &[]).unwrap_err();
+        let e = csv_err(b"1\n\"2\n");
         assert!(e.starts_with("line 2:") && e.contains("quote"), "{e}");
-        let e = parse_csv(b"1\n\xff\n", INT, &[]).unwrap_err();
+        let e = csv_err(b"1\n\xff\n");
         assert!(e.starts_with("line 2:") && e.contains("UTF-8"), "{e}");
-        let e = parse_csv(b"1\n99999999999999999999\n", INT, &[]).unwrap_err();
+        let e = csv_err(b"1\n99999999999999999999\n");
         assert!(e.starts_with("line 2:"), "{e}");
     }
 
@@ -391,11 +466,15 @@ mod tests {
             parse_id_list("1, 2,,3", INT).unwrap().ids,
             vec!["1", "2", "3"]
         );
-        assert!(parse_id_list("1,a", INT).unwrap_err().contains("item 2"));
+        assert!(parse_id_list("1,a", INT)
+            .unwrap_err()
+            .to_string()
+            .contains("item 2"));
         let l = from_raw(&[RawId::Int(5), RawId::Text("6".into())], INT).unwrap();
         assert_eq!(l.ids, vec!["5", "6"]);
         assert!(from_raw(&[RawId::Text("x".into())], INT)
             .unwrap_err()
+            .to_string()
             .contains("customer_ids[0]"));
     }
 }

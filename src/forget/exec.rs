@@ -17,6 +17,7 @@
 
 use super::jobs::{self, FAILED, FINALIZING, QUEUED, RUNNING};
 use super::plan::{self, Spec};
+use super::{db_error, Error};
 use serde_json::{json, Map, Value};
 use std::time::Instant;
 use tokio_postgres::{Client, GenericClient};
@@ -54,6 +55,7 @@ pub const TRANSIENT_SQLSTATES: &[&str] = &[
     "08001", "08004",
 ];
 
+/// What a job run does after an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     /// The job is marked failed (and keeps its IDs, for a retry).
@@ -64,23 +66,12 @@ enum Kind {
     Interrupted,
 }
 
-struct JobError {
-    msg: String,
-    kind: Kind,
-}
-
-/// An error from a message; transient when it ends with a transient SQLSTATE (as
-/// [`super::db_error`] writes them).
-fn failure(msg: String) -> JobError {
-    let transient = TRANSIENT_SQLSTATES
-        .iter()
-        .any(|c| msg.trim_end().ends_with(&format!("({c})")));
-    let kind = if transient {
-        Kind::Transient
-    } else {
-        Kind::Fatal
-    };
-    JobError { msg, kind }
+fn kind(e: &Error) -> Kind {
+    match e {
+        Error::FaultStop(_) | Error::FaultInBatch(_) => Kind::Interrupted,
+        e if e.is_transient() => Kind::Transient,
+        _ => Kind::Fatal,
+    }
 }
 
 /// True for errors a later attempt may well not meet again: see [`TRANSIENT_SQLSTATES`], plus a closed
@@ -94,34 +85,24 @@ pub fn is_transient(e: &tokio_postgres::Error) -> bool {
     }
 }
 
-fn pg(e: tokio_postgres::Error) -> JobError {
-    let kind = if is_transient(&e) {
-        Kind::Transient
-    } else {
-        Kind::Fatal
-    };
-    JobError {
-        msg: super::db_error(&e),
-        kind,
-    }
-}
-
 /// Drives a job as far as this worker can: start if queued, run pending batches, finalize.
 pub async fn run_job(
     client: &mut Client,
     spec: &Spec,
     job_id: i64,
     faults: Faults,
-) -> Result<RunEnd, String> {
+) -> Result<RunEnd, Error> {
     let started = Instant::now();
     match drive(client, spec, job_id, faults, started).await {
         Ok(end) => Ok(end),
-        Err(e) if e.kind == Kind::Interrupted => Ok(RunEnd::Interrupted(e.msg)),
+        Err(e) if kind(&e) == Kind::Interrupted => Ok(RunEnd::Interrupted(e.to_string())),
         // Whatever failed, a lost connection is worth another attempt.
-        Err(e) if e.kind == Kind::Transient || client.is_closed() => Ok(RunEnd::Transient(e.msg)),
+        Err(e) if kind(&e) == Kind::Transient || client.is_closed() => {
+            Ok(RunEnd::Transient(e.to_string()))
+        }
         Err(e) => {
-            mark_failed(client, job_id, &e.msg).await?;
-            Err(e.msg)
+            mark_failed(client, job_id, &e.to_string()).await?;
+            Err(e)
         }
     }
 }
@@ -132,7 +113,7 @@ async fn drive(
     job_id: i64,
     faults: Faults,
     started: Instant,
-) -> Result<RunEnd, JobError> {
+) -> Result<RunEnd, Error> {
     let state = job_state(client, job_id).await?;
     if state == QUEUED {
         start(client, spec, job_id).await?;
@@ -144,10 +125,7 @@ async fn drive(
     let mut done = 0usize;
     loop {
         if faults.stop_after_batches == Some(done) {
-            return Err(JobError {
-                msg: format!("stopped by fault injection after {done} batch(es)"),
-                kind: Kind::Interrupted,
-            });
+            return Err(Error::FaultStop(done));
         }
         let inject = faults.fail_inside_batch == Some(done + 1);
         match run_batch(client, spec, job_id, inject).await? {
@@ -159,48 +137,44 @@ async fn drive(
     Ok(RunEnd::Finished)
 }
 
-async fn job_state(client: &Client, job_id: i64) -> Result<String, JobError> {
+async fn job_state(client: &Client, job_id: i64) -> Result<String, Error> {
     client
         .query_opt(
             "SELECT state FROM pgredact.forget_jobs WHERE id = $1",
             &[&job_id],
         )
-        .await
-        .map_err(pg)?
+        .await?
         .map(|r| r.get(0))
-        .ok_or_else(|| failure(format!("job {job_id} does not exist")))
+        .ok_or(Error::NoSuchJob(job_id))
 }
 
-async fn try_job_lock(client: &Client, job_id: i64) -> Result<bool, JobError> {
+async fn try_job_lock(client: &Client, job_id: i64) -> Result<bool, Error> {
     Ok(client
         .query_one(
             "SELECT pg_catalog.pg_try_advisory_lock($1, CAST($2 AS int4))",
             &[&JOB_LOCK, &(job_id as i32)],
         )
-        .await
-        .map_err(pg)?
+        .await?
         .get(0))
 }
 
-async fn job_unlock(client: &Client, job_id: i64) -> Result<(), JobError> {
+async fn job_unlock(client: &Client, job_id: i64) -> Result<(), Error> {
     client
         .execute(
             "SELECT pg_catalog.pg_advisory_unlock($1, CAST($2 AS int4))",
             &[&JOB_LOCK, &(job_id as i32)],
         )
-        .await
-        .map_err(pg)?;
+        .await?;
     Ok(())
 }
 
-async fn all_ids(client: &Client, job_id: i64) -> Result<Vec<String>, JobError> {
+async fn all_ids(client: &Client, job_id: i64) -> Result<Vec<String>, Error> {
     let rows = client
         .query(
             "SELECT ids FROM pgredact.forget_batches WHERE job_id = $1 AND ids IS NOT NULL ORDER BY batch",
             &[&job_id],
         )
-        .await
-        .map_err(pg)?;
+        .await?;
     let mut ids = Vec::new();
     for r in rows {
         let v: Vec<String> = r.get(0);
@@ -210,7 +184,7 @@ async fn all_ids(client: &Client, job_id: i64) -> Result<Vec<String>, JobError> 
 }
 
 /// queued -> running (or blocked): plan, install suppression, fill the forget list.
-async fn start(client: &mut Client, spec: &Spec, job_id: i64) -> Result<(), JobError> {
+async fn start(client: &mut Client, spec: &Spec, job_id: i64) -> Result<(), Error> {
     if !try_job_lock(client, job_id).await? {
         return Ok(()); // another worker is starting it
     }
@@ -219,7 +193,7 @@ async fn start(client: &mut Client, spec: &Spec, job_id: i64) -> Result<(), JobE
     result
 }
 
-async fn start_locked(client: &mut Client, spec: &Spec, job_id: i64) -> Result<(), JobError> {
+async fn start_locked(client: &mut Client, spec: &Spec, job_id: i64) -> Result<(), Error> {
     if job_state(client, job_id).await? != QUEUED {
         return Ok(());
     }
@@ -231,14 +205,13 @@ async fn start_locked(client: &mut Client, spec: &Spec, job_id: i64) -> Result<(
             "SELECT plan::text FROM pgredact.forget_jobs WHERE id = $1",
             &[&job_id],
         )
-        .await
-        .map_err(pg)?
+        .await?
         .get(0);
     let plan = match stored.and_then(|s| serde_json::from_str::<plan::Plan>(&s).ok()) {
         Some(p) if !p.has_blockers() => p,
-        _ => plan::plan(client, spec, &ids).await.map_err(failure)?,
+        _ => plan::plan(client, spec, &ids).await?,
     };
-    let plan_json = serde_json::to_string(&plan).map_err(|e| failure(e.to_string()))?;
+    let plan_json = serde_json::to_string(&plan)?;
     if plan.has_blockers() {
         // The IDs stay (nothing was done for these customers yet): fix the blockers, then retry.
         client
@@ -255,14 +228,11 @@ async fn start_locked(client: &mut Client, spec: &Spec, job_id: i64) -> Result<(
                     ),
                 ],
             )
-            .await
-            .map_err(pg)?;
+            .await?;
         return Ok(());
     }
-    super::suppress::ensure(client, spec)
-        .await
-        .map_err(failure)?;
-    let tx = client.transaction().await.map_err(pg)?;
+    super::suppress::ensure(client, spec).await?;
+    let tx = client.transaction().await?;
     // Sorted, so concurrent jobs with overlapping IDs wait on each other in one order.
     let new: i64 = tx
         .query_one(
@@ -276,8 +246,7 @@ async fn start_locked(client: &mut Client, spec: &Spec, job_id: i64) -> Result<(
             ),
             &[&ids, &job_id],
         )
-        .await
-        .map_err(pg)?
+        .await?
         .get(0);
     if !spec.tokenize {
         // The ID is not PII in any table: keep it raw next to its hash (see suppress).
@@ -287,17 +256,15 @@ async fn start_locked(client: &mut Client, spec: &Spec, job_id: i64) -> Result<(
              WHERE f.subject_hash = pg_catalog.decode(pgredact.hmac_hex(x.v), 'hex') AND f.subject_id IS NULL",
             &[&ids],
         )
-        .await
-        .map_err(pg)?;
+        .await?;
     }
     tx.execute(
         "UPDATE pgredact.forget_jobs SET state = 'running', started_at = now(), \
          plan = CAST($2 AS text)::jsonb, ids_new = $3 WHERE id = $1",
         &[&job_id, &plan_json, &(new as i32)],
     )
-    .await
-    .map_err(pg)?;
-    tx.commit().await.map_err(pg)?;
+    .await?;
+    tx.commit().await?;
     // Transactions open now may have taken their snapshot before the list committed: their
     // writes do not see it (a REPEATABLE READ load, a statement already running), so the
     // suppression triggers let them through. Finalize waits for every one of them to end.
@@ -309,8 +276,7 @@ async fn start_locked(client: &mut Client, spec: &Spec, job_id: i64) -> Result<(
                  AND l.pid IS DISTINCT FROM pg_catalog.pg_backend_pid()) WHERE id = $1",
             &[&job_id],
         )
-        .await
-        .map_err(pg)?;
+        .await?;
     Ok(())
 }
 
@@ -318,12 +284,12 @@ async fn start_locked(client: &mut Client, spec: &Spec, job_id: i64) -> Result<(
 /// of its IDs, before it leaves the job for a later attempt (a transient outcome).
 const FINALIZE_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 
-/// Waits until `done` says so, polling every 200 ms; after [`FINALIZE_WAIT`], a transient
-/// error saying what it waited for.
-async fn wait_until<F, Fut>(what: impl Fn(i64) -> String, mut left: F) -> Result<(), JobError>
+/// Waits until `left` says none is left, polling every 200 ms; after [`FINALIZE_WAIT`], the
+/// (transient) error `what` makes of the count left.
+async fn wait_until<F, Fut>(what: impl Fn(i64) -> Error, mut left: F) -> Result<(), Error>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<i64, JobError>>,
+    Fut: std::future::Future<Output = Result<i64, Error>>,
 {
     let deadline = Instant::now() + FINALIZE_WAIT;
     loop {
@@ -332,10 +298,7 @@ where
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(JobError {
-                msg: what(n),
-                kind: Kind::Transient,
-            });
+            return Err(what(n));
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
@@ -345,29 +308,21 @@ where
 /// forget list committed has ended, so no write that could not see the list is still to come;
 /// (2) every other job that owns some of this job's IDs has finished its batches, so this job
 /// can verify every ID it reports (not only those it anonymized itself).
-async fn wait_before_verifying(
-    client: &Client,
-    job_id: i64,
-    ids: &[String],
-) -> Result<(), JobError> {
-    wait_until(
-        |n| format!("{n} transaction(s) older than the job's forget list are still open; finalize waits for them (see pg_stat_activity for long transactions)"),
-        || async {
-            Ok(client
-                .query_one(
-                    "SELECT pg_catalog.count(*) FROM pg_catalog.pg_locks l, pgredact.forget_jobs j \
+async fn wait_before_verifying(client: &Client, job_id: i64, ids: &[String]) -> Result<(), Error> {
+    wait_until(Error::OldTransactions, || async {
+        Ok(client
+            .query_one(
+                "SELECT pg_catalog.count(*) FROM pg_catalog.pg_locks l, pgredact.forget_jobs j \
                      WHERE j.id = $1 AND l.locktype = 'virtualxid' AND l.granted \
                        AND l.virtualxid = ANY (j.list_wait)",
-                    &[&job_id],
-                )
-                .await
-                .map_err(pg)?
-                .get::<_, i64>(0))
-        },
-    )
+                &[&job_id],
+            )
+            .await?
+            .get::<_, i64>(0))
+    })
     .await?;
     wait_until(
-        |n| format!("{n} of this job's IDs belong to other forget jobs still running; finalize verifies them once those jobs have anonymized them"),
+        Error::OtherJobsOwnIds,
         || async {
             Ok(client
                 .query_one(
@@ -377,8 +332,7 @@ async fn wait_before_verifying(
                      WHERE f.job_id <> $2 AND j.state IN ('queued', 'running')",
                     &[&ids, &job_id],
                 )
-                .await
-                .map_err(pg)?
+                .await?
                 .get::<_, i64>(0))
         },
     )
@@ -390,7 +344,7 @@ async fn owned_ids<C: GenericClient>(
     c: &C,
     job_id: i64,
     ids: &[String],
-) -> Result<(Vec<String>, Vec<String>, usize), JobError> {
+) -> Result<(Vec<String>, Vec<String>, usize), Error> {
     let rows = c
         .query(
             "SELECT v, f.job_id, j.state FROM pg_catalog.unnest(CAST($1 AS pg_catalog.text[])) WITH ORDINALITY AS x(v, n) \
@@ -398,8 +352,7 @@ async fn owned_ids<C: GenericClient>(
              LEFT JOIN pgredact.forget_jobs j ON j.id = f.job_id ORDER BY x.n",
             &[&ids],
         )
-        .await
-        .map_err(pg)?;
+        .await?;
     let mut process = Vec::new();
     let mut mine = Vec::new();
     let mut already = 0;
@@ -480,7 +433,7 @@ fn swept_rows_sql(t: &plan::TableSpec) -> String {
 /// taken before some customers were forgotten, or after a table or column joined the policy.
 /// One statement per table (each its own transaction, retried after transient errors), then a
 /// re-query. The IDs are never needed: rows are found by the keyed hash of their subject.
-pub async fn sweep(client: &mut Client, spec: &Spec) -> Result<Vec<SweepTable>, String> {
+pub async fn sweep(client: &mut Client, spec: &Spec) -> Result<Vec<SweepTable>, Error> {
     super::suppress::ensure(client, spec).await?;
     let mut out = Vec::new();
     for t in spec.changing_tables() {
@@ -497,14 +450,15 @@ pub async fn sweep(client: &mut Client, spec: &Spec) -> Result<Vec<SweepTable>, 
                 Ok(r) => break r.get(0),
                 Err(e) if is_transient(&e) && attempt < 4 && !client.is_closed() => {
                     attempt += 1;
-                    tracing::warn!(
-                        "sweep of {}: retrying after {}",
-                        t.display(),
-                        super::db_error(&e)
-                    );
+                    tracing::warn!("sweep of {}: retrying after {}", t.display(), db_error(&e));
                     tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
                 }
-                Err(e) => return Err(format!("sweep of {}: {}", t.display(), super::db_error(&e))),
+                Err(source) => {
+                    return Err(Error::DbDoing {
+                        what: format!("sweep of {}", t.display()),
+                        source,
+                    })
+                }
             }
         };
         let left: i64 = client
@@ -517,12 +471,9 @@ pub async fn sweep(client: &mut Client, spec: &Spec) -> Result<Vec<SweepTable>, 
                 &[],
             )
             .await
-            .map_err(|e| {
-                format!(
-                    "verifying the sweep of {}: {}",
-                    t.display(),
-                    super::db_error(&e)
-                )
+            .map_err(|source| Error::DbDoing {
+                what: format!("verifying the sweep of {}", t.display()),
+                source,
             })?
             .get(0);
         out.push(SweepTable {
@@ -563,19 +514,18 @@ async fn run_batch(
     spec: &Spec,
     job_id: i64,
     inject: bool,
-) -> Result<bool, JobError> {
+) -> Result<bool, Error> {
     let tables: Vec<String> = spec.changing_tables().map(|t| t.display()).collect();
-    let tx = client.transaction().await.map_err(pg)?;
+    let tx = client.transaction().await?;
     let Some(row) = tx
         .query_opt(
             "SELECT batch, ids FROM pgredact.forget_batches WHERE job_id = $1 AND state = 'pending' \
              ORDER BY batch LIMIT 1 FOR UPDATE SKIP LOCKED",
             &[&job_id],
         )
-        .await
-        .map_err(pg)?
+        .await?
     else {
-        tx.commit().await.map_err(pg)?;
+        tx.commit().await?;
         return Ok(false);
     };
     let batch: i32 = row.get(0);
@@ -584,30 +534,24 @@ async fn run_batch(
     let unknown: i64 = if mine.is_empty() {
         0
     } else {
-        tx.query_one(&unknown_sql(spec), &[&mine])
-            .await
-            .map_err(pg)?
-            .get(0)
+        tx.query_one(&unknown_sql(spec), &[&mine]).await?.get(0)
     };
     let mut changed = vec![0i64; tables.len()];
     if !process.is_empty() && !tables.is_empty() {
-        let upd = tx.prepare(&update_sql(spec)).await.map_err(pg)?;
-        let ver = tx.prepare(&verify_sql(spec)).await.map_err(pg)?;
+        let upd = tx.prepare(&update_sql(spec)).await?;
+        let ver = tx.prepare(&verify_sql(spec)).await?;
         let mut remaining = vec![0i64; tables.len()];
         // A second pass catches rows a concurrent writer committed during the first.
         for _attempt in 0..2 {
-            let r = tx.query_one(&upd, &[&process]).await.map_err(pg)?;
+            let r = tx.query_one(&upd, &[&process]).await?;
             for (c, n) in changed.iter_mut().zip(counts(&r, tables.len())) {
                 *c += n;
             }
             if inject {
                 // Dropping the transaction rolls the batch back, as a crash would.
-                return Err(JobError {
-                    msg: format!("failed by fault injection inside batch {batch}"),
-                    kind: Kind::Interrupted,
-                });
+                return Err(Error::FaultInBatch(batch));
             }
-            let v = tx.query_one(&ver, &[&process]).await.map_err(pg)?;
+            let v = tx.query_one(&ver, &[&process]).await?;
             remaining = counts(&v, tables.len());
             if remaining.iter().all(|n| *n == 0) {
                 break;
@@ -620,10 +564,7 @@ async fn run_batch(
                 .filter(|(_, n)| **n > 0)
                 .map(|(t, n)| format!("{t}: {n}"))
                 .collect();
-            return Err(failure(format!(
-                "batch {batch}: rows still hold PII after the update ({}); the batch was rolled back",
-                left.join(", ")
-            )));
+            return Err(Error::PiiLeft { batch, left });
         }
     }
     let rows: Map<String, Value> = tables
@@ -644,9 +585,8 @@ async fn run_batch(
             &Value::Object(rows).to_string(),
         ],
     )
-    .await
-    .map_err(pg)?;
-    tx.commit().await.map_err(pg)?;
+    .await?;
+    tx.commit().await?;
     Ok(true)
 }
 
@@ -656,7 +596,7 @@ async fn finalize(
     spec: &Spec,
     job_id: i64,
     started: Instant,
-) -> Result<(), JobError> {
+) -> Result<(), Error> {
     if !try_job_lock(client, job_id).await? {
         return Ok(()); // another worker finalizes
     }
@@ -670,7 +610,7 @@ async fn finalize_locked(
     spec: &Spec,
     job_id: i64,
     started: Instant,
-) -> Result<(), JobError> {
+) -> Result<(), Error> {
     let claimed = client
         .execute(
             "UPDATE pgredact.forget_jobs SET state = 'finalizing' WHERE id = $1 \
@@ -678,8 +618,7 @@ async fn finalize_locked(
              AND NOT EXISTS (SELECT 1 FROM pgredact.forget_batches WHERE job_id = $1 AND state = 'pending')",
             &[&job_id],
         )
-        .await
-        .map_err(pg)?;
+        .await?;
     if claimed == 0 {
         return Ok(()); // batches still running elsewhere, or already final
     }
@@ -694,18 +633,12 @@ async fn finalize_locked(
     let mut reapplied = 0i64;
     if !process.is_empty() && !tables.is_empty() {
         for attempt in 0..2 {
-            let v = client
-                .query_one(&verify_sql(spec), &[&process])
-                .await
-                .map_err(pg)?;
+            let v = client.query_one(&verify_sql(spec), &[&process]).await?;
             remaining = counts(&v, tables.len());
             if remaining.iter().all(|n| *n == 0) || attempt == 1 {
                 break;
             }
-            let r = client
-                .query_one(&update_sql(spec), &[&process])
-                .await
-                .map_err(pg)?;
+            let r = client.query_one(&update_sql(spec), &[&process]).await?;
             reapplied += counts(&r, tables.len()).iter().sum::<i64>();
         }
     }
@@ -727,8 +660,7 @@ async fn finalize_locked(
              WHERE b.job_id = $1 AND e.value::int8 > 0 ORDER BY 1",
             &[&job_id],
         )
-        .await
-        .map_err(pg)?
+        .await?
         .iter()
         .map(|r| r.get(0))
         .collect();
@@ -740,10 +672,7 @@ async fn finalize_locked(
     let mut refreshed = Vec::new();
     let mut warnings = Vec::new();
     let oids: Vec<u32> = changed_specs.iter().flat_map(|t| t.tree_oids()).collect();
-    for (mv, owned) in plan::dependent_matviews(client, &oids)
-        .await
-        .map_err(failure)?
-    {
+    for (mv, owned) in plan::dependent_matviews(client, &oids).await? {
         if !owned {
             warnings.push(format!(
                 "materialized view {mv} not refreshed: not owned by the control role"
@@ -755,11 +684,11 @@ async fn finalize_locked(
             .await
         {
             Ok(()) => refreshed.push(mv),
-            Err(e) if client.is_closed() => return Err(pg(e)),
+            Err(e) if client.is_closed() => return Err(e.into()),
             Err(e) => warnings.push(format!(
                 "materialized view {mv} still holds copies of the removed values: refreshing it failed: {}; \
                  run REFRESH MATERIALIZED VIEW {mv}",
-                super::db_error(&e)
+                db_error(&e)
             )),
         }
     }
@@ -773,10 +702,10 @@ async fn finalize_locked(
         }
         match client.batch_execute(&format!("ANALYZE {qname}")).await {
             Ok(()) => analyzed.push(shown),
-            Err(e) if client.is_closed() => return Err(pg(e)),
+            Err(e) if client.is_closed() => return Err(e.into()),
             Err(e) => warnings.push(format!(
                 "{shown}: ANALYZE failed, so pg_stats may still show removed values: {}; run ANALYZE {qname}",
-                super::db_error(&e)
+                db_error(&e)
             )),
         }
     }
@@ -800,8 +729,7 @@ async fn finalize_locked(
              verification = CAST($3 AS text)::jsonb, summary = CAST($4 AS text)::jsonb, error = $5 WHERE id = $1",
             &[&job_id, &state, &verification.to_string(), &summary.to_string(), &error],
         )
-        .await
-        .map_err(pg)?;
+        .await?;
     clear_ids(client, job_id).await?;
     Ok(())
 }
@@ -820,21 +748,20 @@ fn analyze_targets(tables: &[&plan::TableSpec]) -> Vec<(String, String, bool)> {
     out
 }
 
-async fn clear_ids(client: &Client, job_id: i64) -> Result<(), JobError> {
+async fn clear_ids(client: &Client, job_id: i64) -> Result<(), Error> {
     client
         .execute(
             "UPDATE pgredact.forget_batches SET ids = NULL, id_hashes = NULL, \
              state = CASE WHEN state = 'pending' THEN 'cancelled' ELSE state END WHERE job_id = $1",
             &[&job_id],
         )
-        .await
-        .map_err(pg)?;
+        .await?;
     Ok(())
 }
 
 /// Marks the job failed. Its IDs stay (the customers not forgotten yet must not be lost): a
 /// retry ([`retry`]) runs it on.
-async fn mark_failed(client: &Client, job_id: i64, msg: &str) -> Result<(), String> {
+async fn mark_failed(client: &Client, job_id: i64, msg: &str) -> Result<(), Error> {
     client
         .execute(
             "UPDATE pgredact.forget_jobs SET state = $2, finished_at = now(), \
@@ -842,8 +769,7 @@ async fn mark_failed(client: &Client, job_id: i64, msg: &str) -> Result<(), Stri
              WHERE id = $1 AND state IN ('queued', 'running', 'finalizing')",
             &[&job_id, &FAILED, &msg],
         )
-        .await
-        .map_err(|e| super::db_error(&e))?;
+        .await?;
     Ok(())
 }
 
@@ -851,8 +777,7 @@ async fn mark_failed(client: &Client, job_id: i64, msg: &str) -> Result<(), Stri
 /// again), running otherwise (its pending batches run, then finalize verifies every ID).
 /// Returns the new state.
 pub async fn retry(client: &mut Client, job_id: i64) -> Result<String, RetryError> {
-    let err = |e: tokio_postgres::Error| RetryError::Other(super::db_error(&e));
-    let tx = client.transaction().await.map_err(err)?;
+    let tx = client.transaction().await?;
     let row = tx
         .query_opt(
             "SELECT state, started_at IS NOT NULL, kind, \
@@ -860,8 +785,7 @@ pub async fn retry(client: &mut Client, job_id: i64) -> Result<String, RetryErro
              FROM pgredact.forget_jobs j WHERE id = $1 FOR UPDATE",
             &[&job_id],
         )
-        .await
-        .map_err(err)?
+        .await?
         .ok_or(RetryError::NotFound)?;
     let (state, started, kind, cleared): (String, bool, String, bool) =
         (row.get(0), row.get(1), row.get(2), row.get(3));
@@ -888,15 +812,13 @@ pub async fn retry(client: &mut Client, job_id: i64) -> Result<String, RetryErro
          WHERE id = $1",
         &[&job_id, &next],
     )
-    .await
-    .map_err(err)?;
+    .await?;
     tx.execute(
         "UPDATE pgredact.forget_batches SET state = 'pending' WHERE job_id = $1 AND state = 'cancelled'",
         &[&job_id],
     )
-    .await
-    .map_err(err)?;
-    tx.commit().await.map_err(err)?;
+    .await?;
+    tx.commit().await?;
     Ok(next.to_string())
 }
 
@@ -927,15 +849,13 @@ pub async fn cancel(
     by: &str,
     reason: Option<&str>,
 ) -> Result<Cancelled, RetryError> {
-    let err = |e: tokio_postgres::Error| RetryError::Other(super::db_error(&e));
-    let tx = client.transaction().await.map_err(err)?;
+    let tx = client.transaction().await?;
     let row = tx
         .query_opt(
             "SELECT state, kind FROM pgredact.forget_jobs WHERE id = $1 FOR UPDATE",
             &[&job_id],
         )
-        .await
-        .map_err(err)?
+        .await?
         .ok_or(RetryError::NotFound)?;
     let (state, kind): (String, String) = (row.get(0), row.get(1));
     if kind != "forget" {
@@ -969,8 +889,7 @@ pub async fn cancel(
             "SELECT pg_catalog.pg_try_advisory_xact_lock($1, CAST($2 AS int4))",
             &[&JOB_LOCK, &(job_id as i32)],
         )
-        .await
-        .map_err(err)?
+        .await?
         .get(0);
     if !free {
         return conflict("is being started by a worker right now: try again in a moment".into());
@@ -980,8 +899,7 @@ pub async fn cancel(
             "SELECT pg_catalog.count(*) FROM pgredact.forget_list WHERE job_id = $1",
             &[&job_id],
         )
-        .await
-        .map_err(err)?
+        .await?
         .get(0);
     if listed > 0 {
         return conflict(format!(
@@ -1000,24 +918,21 @@ pub async fn cancel(
          WHERE id = $1",
         &[&job_id, &by, &reason],
     )
-    .await
-    .map_err(err)?;
+    .await?;
     let ids_removed: i64 = tx
         .query_one(
             "SELECT coalesce(sum(ids_count) FILTER (WHERE ids IS NOT NULL OR id_hashes IS NOT NULL), 0)::int8 \
              FROM pgredact.forget_batches WHERE job_id = $1",
             &[&job_id],
         )
-        .await
-        .map_err(err)?
+        .await?
         .get(0);
     tx.execute(
         "UPDATE pgredact.forget_batches SET ids = NULL, id_hashes = NULL, \
          state = CASE WHEN state = 'pending' THEN 'cancelled' ELSE state END WHERE job_id = $1",
         &[&job_id],
     )
-    .await
-    .map_err(err)?;
+    .await?;
     let record = json!({
         "cancelled_by": by,
         "reason": reason,
@@ -1028,9 +943,8 @@ pub async fn cancel(
         "SELECT pgredact.forget_audit_append('cancel', $1, CAST($2 AS text)::jsonb)",
         &[&job_id, &record.to_string()],
     )
-    .await
-    .map_err(err)?;
-    tx.commit().await.map_err(err)?;
+    .await?;
+    tx.commit().await?;
     Ok(Cancelled {
         previous_state: state,
         ids_removed,
@@ -1038,20 +952,15 @@ pub async fn cancel(
 }
 
 /// Why a job cannot be retried or cancelled.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum RetryError {
+    #[error("no such job")]
     NotFound,
+    /// Its state does not allow it (the message says why and what to do instead).
+    #[error("{0}")]
     Conflict(String),
-    Other(String),
-}
-
-impl std::fmt::Display for RetryError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RetryError::NotFound => write!(f, "no such job"),
-            RetryError::Conflict(m) | RetryError::Other(m) => f.write_str(m),
-        }
-    }
+    #[error("{}", db_error(.0))]
+    Db(#[from] tokio_postgres::Error),
 }
 
 #[cfg(test)]
@@ -1059,20 +968,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn errors_ending_with_a_transient_sqlstate_are_retried() {
-        for code in ["40P01", "40001", "55P03", "57014"] {
-            let e = failure(format!(
-                "installing the trigger on public.t: canceling statement ({code})"
-            ));
-            assert_eq!(e.kind, Kind::Transient, "{code}");
+    fn errors_are_retried_by_cause_not_by_message() {
+        // PostgreSQL errors are judged by their SQLSTATE (is_transient); the others by what
+        // they are, never by how their message ends.
+        for e in [Error::OldTransactions(2), Error::OtherJobsOwnIds(1)] {
+            assert_eq!(kind(&e), Kind::Transient, "{e}");
         }
-        for msg in [
-            "duplicate key value violates unique constraint (23505)",
-            "orders are frozen (P0001)",
-            "batch 0: rows still hold PII after the update (public.t: 1); the batch was rolled back",
-            "deadlock mentioned (40P01) but not at the end",
+        for e in [Error::FaultStop(0), Error::FaultInBatch(3)] {
+            assert_eq!(kind(&e), Kind::Interrupted, "{e}");
+        }
+        let pii_left = Error::PiiLeft {
+            batch: 0,
+            left: vec!["public.t: 1".into()],
+        };
+        assert_eq!(
+            pii_left.to_string(),
+            "batch 0: rows still hold PII after the update (public.t: 1); the batch was rolled back"
+        );
+        for e in [
+            pii_left,
+            Error::NoSuchJob(7),
+            Error::ReservedTag("public.t".into()),
+            Error::JobNotDone {
+                report: "deadlock mentioned (40P01)".into(),
+            },
         ] {
-            assert_eq!(failure(msg.to_string()).kind, Kind::Fatal, "{msg}");
+            assert_eq!(kind(&e), Kind::Fatal, "{e}");
         }
     }
 }

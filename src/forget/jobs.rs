@@ -12,6 +12,7 @@
 //! servers) can share a job's batches without waiting on each other or doing a batch twice.
 //! All three tables are readable only by the control role (which owns the schema).
 
+use super::Error;
 use serde::Serialize;
 use serde_json::Value;
 use tokio_postgres::Client;
@@ -213,13 +214,14 @@ END $audit$;
 "#;
 
 /// Creates the control tables (idempotent; after `control::ensure`).
-pub async fn ensure_schema(client: &Client) -> Result<(), String> {
-    client.batch_execute(SCHEMA_SQL).await.map_err(|e| {
-        format!(
-            "creating the forget tables in schema pgredact: {}",
-            super::db_error(&e)
-        )
-    })
+pub async fn ensure_schema(client: &Client) -> Result<(), Error> {
+    client
+        .batch_execute(SCHEMA_SQL)
+        .await
+        .map_err(|source| Error::DbDoing {
+            what: "creating the forget tables in schema pgredact".to_string(),
+            source,
+        })
 }
 
 /// Appends a record to the forget audit trail (for operations that are not job state changes,
@@ -228,15 +230,14 @@ pub async fn audit_append(
     client: &Client,
     operation: &str,
     record: &Value,
-) -> Result<String, String> {
-    client
+) -> Result<String, Error> {
+    Ok(client
         .query_one(
             "SELECT pgredact.forget_audit_append($1, NULL, CAST($2 AS text)::jsonb)",
             &[&operation, &record.to_string()],
         )
-        .await
-        .map(|r| r.get(0))
-        .map_err(|e| super::db_error(&e))
+        .await?
+        .get(0))
 }
 
 /// What `pgredact forget --verify-audit` found.
@@ -252,7 +253,7 @@ pub struct AuditCheck {
 
 /// Recomputes every record's hash from its fields and checks each record names the previous
 /// one's: an edited, deleted, inserted or reordered record breaks the chain from there on.
-pub async fn audit_verify(client: &Client) -> Result<AuditCheck, String> {
+pub async fn audit_verify(client: &Client) -> Result<AuditCheck, Error> {
     let rows = client
         .query(
             "SELECT seq, prev_hash, hash, pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to( \
@@ -261,8 +262,7 @@ pub async fn audit_verify(client: &Client) -> Result<AuditCheck, String> {
              FROM pgredact.forget_audit ORDER BY seq",
             &[],
         )
-        .await
-        .map_err(|e| super::db_error(&e))?;
+        .await?;
     let mut prev = "genesis".to_string();
     let mut broken = None;
     for (expect_seq, r) in (1i64..).zip(rows.iter()) {
@@ -333,7 +333,7 @@ pub async fn create(
     duplicates: usize,
     batch_size: usize,
     plan: Option<&super::Plan>,
-) -> Result<i64, String> {
+) -> Result<i64, Error> {
     let req = RequestInfo::default();
     match create_with(
         client, database, origin, ids, duplicates, batch_size, plan, &req,
@@ -356,14 +356,13 @@ pub async fn create_with(
     batch_size: usize,
     plan: Option<&super::Plan>,
     req: &RequestInfo,
-) -> Result<Created, String> {
-    let err = |e: tokio_postgres::Error| super::db_error(&e);
+) -> Result<Created, Error> {
     let plan_json = match plan {
-        Some(p) => Some(serde_json::to_string(p).map_err(|e| e.to_string())?),
+        Some(p) => Some(serde_json::to_string(p)?),
         None => None,
     };
     let batch_size = batch_size.max(1);
-    let tx = client.transaction().await.map_err(err)?;
+    let tx = client.transaction().await?;
     let inserted = tx
         .query_opt(
             "INSERT INTO pgredact.forget_jobs (database, requester, source, state, ids_total, ids_duplicate, batch_size, plan, \
@@ -387,16 +386,14 @@ pub async fn create_with(
                 &req.callback_url,
             ],
         )
-        .await
-        .map_err(err)?;
+        .await?;
     let Some(inserted) = inserted else {
         let existing = tx
             .query_one(
                 "SELECT id, request_hash FROM pgredact.forget_jobs WHERE external_id = $1",
                 &[&req.external_id],
             )
-            .await
-            .map_err(err)?;
+            .await?;
         return Ok(Created::Existing(existing.get(0), existing.get(1)));
     };
     let id: i64 = inserted.get(0);
@@ -405,28 +402,25 @@ pub async fn create_with(
             "INSERT INTO pgredact.forget_batches (job_id, batch, ids, ids_count, id_hashes) VALUES ($1, $2, $3, $4, \
                ARRAY(SELECT pg_catalog.decode(pgredact.hmac_hex(v), 'hex') FROM pg_catalog.unnest(CAST($3 AS pg_catalog.text[])) v))",
         )
-        .await
-        .map_err(err)?;
+        .await?;
     for (n, chunk) in ids.chunks(batch_size).enumerate() {
         let chunk: Vec<String> = chunk.to_vec();
         tx.execute(&stmt, &[&id, &(n as i32), &chunk, &(chunk.len() as i32)])
-            .await
-            .map_err(err)?;
+            .await?;
     }
-    tx.commit().await.map_err(err)?;
+    tx.commit().await?;
     Ok(Created::New(id))
 }
 
 /// Unfinished forget jobs, oldest first.
-pub async fn active(client: &Client) -> Result<Vec<i64>, String> {
+pub async fn active(client: &Client) -> Result<Vec<i64>, Error> {
     Ok(client
         .query(
             "SELECT id FROM pgredact.forget_jobs WHERE kind = 'forget' \
              AND state IN ('queued', 'running', 'finalizing') ORDER BY id",
             &[],
         )
-        .await
-        .map_err(|e| super::db_error(&e))?
+        .await?
         .iter()
         .map(|r| r.get(0))
         .collect())
@@ -482,8 +476,7 @@ pub struct JobStatus {
 }
 
 /// Reads a job (None when there is no such job).
-pub async fn status(client: &Client, job_id: i64) -> Result<Option<JobStatus>, String> {
-    let err = |e: tokio_postgres::Error| super::db_error(&e);
+pub async fn status(client: &Client, job_id: i64) -> Result<Option<JobStatus>, Error> {
     let Some(j) = client
         .query_opt(
             "SELECT id, kind, database, requester, source, state, \
@@ -504,8 +497,7 @@ pub async fn status(client: &Client, job_id: i64) -> Result<Option<JobStatus>, S
              FROM pgredact.forget_jobs WHERE id = $1",
             &[&job_id],
         )
-        .await
-        .map_err(err)?
+        .await?
     else {
         return Ok(None);
     };
@@ -519,8 +511,7 @@ pub async fn status(client: &Client, job_id: i64) -> Result<Option<JobStatus>, S
              FROM pgredact.forget_batches WHERE job_id = $1",
             &[&job_id],
         )
-        .await
-        .map_err(err)?;
+        .await?;
     let parse = |s: Option<String>| s.and_then(|s| serde_json::from_str::<Value>(&s).ok());
     let rows_changed = match parse(Some(b.get(5))) {
         Some(Value::Object(m)) => m,

@@ -6,11 +6,13 @@
 //! - [`suppress`]: the BEFORE INSERT OR UPDATE triggers that keep forgotten PII out.
 //! - [`jobs`]: the control tables (forget list, jobs, batches) and job status.
 //! - [`exec`]: running a job in resumable, idempotent batches.
+//! - [`Error`]: what can go wrong, one variant per cause (transient ones: [`Error::is_transient`]).
 //!
 //! Entry points: [`run_cli`] (`pgredact forget`), [`run_unforget_cli`] (`pgredact unforget`),
 //! and [`Session`] (used by the admin API and the tests).
 
 pub mod csv;
+mod error;
 pub mod exec;
 pub mod jobs;
 pub mod plan;
@@ -22,6 +24,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio_postgres::Client;
 
+pub use error::{db_error, Error};
 pub use exec::{Cancelled, Faults, RetryError, RunEnd};
 pub use jobs::{JobStatus, Origin};
 pub use plan::{Plan, Spec};
@@ -98,15 +101,6 @@ pub struct UnforgetArgs {
     pub reason: Option<String>,
 }
 
-/// A PostgreSQL error as one line: SQLSTATE and message only. The DETAIL (which may quote row
-/// values, i.e. PII or raw IDs) is left out on purpose: these strings end up in job records.
-pub fn db_error(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(d) => format!("{} ({})", d.message(), d.code().code()),
-        None => e.to_string(),
-    }
-}
-
 /// How to reach one database as the control role.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -137,7 +131,7 @@ impl Target {
         }
     }
 
-    pub async fn connect(&self) -> Result<Client, String> {
+    pub async fn connect(&self) -> Result<Client, Error> {
         let mut c = tokio_postgres::Config::new();
         c.host(&self.host)
             .port(self.port)
@@ -157,15 +151,12 @@ impl Target {
         }
         let client = crate::tls::pg_connect(c, self.tls.as_ref())
             .await
-            .map_err(|e| {
-                format!(
-                    "connecting to {}:{} as {} (database {}): {}",
-                    self.host,
-                    self.port,
-                    self.user,
-                    self.database,
-                    db_error(&e)
-                )
+            .map_err(|source| Error::Connect {
+                host: self.host.clone(),
+                port: self.port,
+                user: self.user.clone(),
+                database: self.database.clone(),
+                source,
             })?;
         Ok(client)
     }
@@ -198,32 +189,25 @@ impl Session {
         target: &Target,
         policy: Arc<DatabasePolicy>,
         hash_key: Option<&[u8]>,
-    ) -> Result<Session, String> {
+    ) -> Result<Session, Error> {
         let client = target.connect().await?;
         // The forget list only works with the key it was built with: refuse a different one
         // before it is stored.
         if let Some(key) = hash_key {
             if let Some(stored) = stored_key_check(&client).await? {
                 if stored != key_check_hex(key) {
-                    return Err(KEY_CHANGED.to_string());
+                    return Err(Error::KeyChanged);
                 }
             }
         }
         // The schema is installed only when its DDL changed: every API request opens a session,
         // and each DDL makes every masked session re-read the catalog.
         let ddl = crate::control::ddl_fingerprint(jobs::SCHEMA_SQL);
-        let control_err = |e: crate::control::ControlError| {
-            let why = match &e {
-                crate::control::ControlError::Db(d) => db_error(d),
-                other => other.to_string(),
-            };
-            format!("creating the control schema pgredact: {why}")
-        };
         if crate::control::schema_state(&client).await.as_deref() == Some(ddl.as_str()) {
             if let Some(key) = hash_key {
                 crate::control::store_key(&client, key)
                     .await
-                    .map_err(control_err)?;
+                    .map_err(Error::ControlSchema)?;
             }
         } else {
             // One transaction holding an advisory lock until commit: two instances starting at
@@ -231,16 +215,14 @@ impl Session {
             // the creating transaction commits lets the second one in too early).
             client
                 .batch_execute("BEGIN; SELECT pg_catalog.pg_advisory_xact_lock(7320451)")
-                .await
-                .map_err(|e| db_error(&e))?;
+                .await?;
             let created = async {
                 crate::control::ensure(&client, hash_key)
                     .await
-                    .map_err(control_err)?;
+                    .map_err(Error::ControlSchema)?;
                 jobs::ensure_schema(&client).await?;
-                crate::control::set_schema_state(&client, &ddl)
-                    .await
-                    .map_err(|e| db_error(&e))
+                crate::control::set_schema_state(&client, &ddl).await?;
+                Ok::<(), Error>(())
             }
             .await;
             let end = if created.is_ok() {
@@ -248,29 +230,23 @@ impl Session {
             } else {
                 "ROLLBACK"
             };
-            client.batch_execute(end).await.map_err(|e| db_error(&e))?;
+            client.batch_execute(end).await?;
             created?;
         }
         let has_key: bool = client
             .query_one("SELECT EXISTS (SELECT 1 FROM pgredact.hash_key)", &[])
-            .await
-            .map_err(|e| db_error(&e))?
+            .await?
             .get(0);
         if !has_key {
-            return Err(
-                "no hash key: set the environment variable named by [secrets] hash_key_env \
-                        (the forget list is keyed by hashes of IDs)"
-                    .to_string(),
-            );
+            return Err(Error::NoHashKey);
         }
         // The key in the database (used by the triggers) must still be the forget list's key.
         let current: String = client
             .query_one("SELECT pgredact.hmac_hex($1)", &[&KEY_CHECK])
-            .await
-            .map_err(|e| db_error(&e))?
+            .await?
             .get(0);
         match stored_key_check(&client).await? {
-            Some(stored) if stored != current => return Err(KEY_CHANGED.to_string()),
+            Some(stored) if stored != current => return Err(Error::KeyChanged),
             Some(_) => {}
             None => {
                 client
@@ -278,8 +254,7 @@ impl Session {
                         "INSERT INTO pgredact.forget_meta (id, key_check) VALUES (true, $1) ON CONFLICT (id) DO NOTHING",
                         &[&current],
                     )
-                    .await
-                    .map_err(|e| db_error(&e))?;
+                    .await?;
             }
         }
         let mut spec = plan::resolve(&client, &policy).await?;
@@ -294,7 +269,7 @@ impl Session {
 
     /// Resolves `policy` against the catalog again, on the same connection: a session kept
     /// between requests (the admin API's pool) plans with the schema as it is now.
-    pub async fn refresh(&mut self, policy: Arc<DatabasePolicy>) -> Result<(), String> {
+    pub async fn refresh(&mut self, policy: Arc<DatabasePolicy>) -> Result<(), Error> {
         self.spec = plan::resolve(&self.client, &policy).await?;
         self.spec.compiled_trigger = self.target.settings.compiled_trigger;
         self.policy = policy;
@@ -302,18 +277,15 @@ impl Session {
     }
 
     /// Installs the suppression triggers (idempotent).
-    pub async fn ensure_suppression(&mut self) -> Result<Vec<String>, String> {
+    pub async fn ensure_suppression(&mut self) -> Result<Vec<String>, Error> {
         if !self.spec.static_blockers.is_empty() {
-            return Err(format!(
-                "cannot install suppression triggers: {}",
-                self.spec.static_blockers.join("; ")
-            ));
+            return Err(Error::SuppressionBlocked(self.spec.static_blockers.clone()));
         }
         suppress::ensure(&mut self.client, &self.spec).await
     }
 
     /// Plans without changing anything.
-    pub async fn plan(&self, ids: &[String]) -> Result<Plan, String> {
+    pub async fn plan(&self, ids: &[String]) -> Result<Plan, Error> {
         plan::plan(&self.client, &self.spec, ids).await
     }
 
@@ -323,7 +295,7 @@ impl Session {
         origin: &Origin,
         list: &csv::IdList,
         batch_size: usize,
-    ) -> Result<i64, String> {
+    ) -> Result<i64, Error> {
         self.submit_planned(origin, list, batch_size, None).await
     }
 
@@ -334,9 +306,9 @@ impl Session {
         list: &csv::IdList,
         batch_size: usize,
         plan: Option<&Plan>,
-    ) -> Result<i64, String> {
+    ) -> Result<i64, Error> {
         if list.ids.is_empty() {
-            return Err("no customer IDs given".to_string());
+            return Err(Error::NoIds);
         }
         jobs::create(
             &mut self.client,
@@ -359,9 +331,9 @@ impl Session {
         batch_size: usize,
         plan: Option<&Plan>,
         req: &jobs::RequestInfo,
-    ) -> Result<jobs::Created, String> {
+    ) -> Result<jobs::Created, Error> {
         if list.ids.is_empty() {
-            return Err("no customer IDs given".to_string());
+            return Err(Error::NoIds);
         }
         jobs::create_with(
             &mut self.client,
@@ -380,7 +352,7 @@ impl Session {
     /// serialization failure, lock or statement timeout, lost connection) are retried with
     /// backoff, up to `[forget] attempts` in all; then the run ends `Interrupted` and the job
     /// stays as it is (resumable, every ID kept). Never returns `RunEnd::Transient`.
-    pub async fn run(&mut self, job_id: i64, faults: Faults) -> Result<RunEnd, String> {
+    pub async fn run(&mut self, job_id: i64, faults: Faults) -> Result<RunEnd, Error> {
         let attempts = self.target.settings.attempts.max(1);
         let mut last: Option<String> = None;
         for attempt in 1..=attempts {
@@ -394,7 +366,7 @@ impl Session {
             }
             let msg = match self.attempt(job_id, faults, last.as_deref()).await {
                 Ok(RunEnd::Transient(m)) => m,
-                Err(e) if self.client.is_closed() => e,
+                Err(e) if self.client.is_closed() => e.to_string(),
                 other => return other,
             };
             last = Some(msg);
@@ -413,10 +385,10 @@ impl Session {
         job_id: i64,
         faults: Faults,
         previous_error: Option<&str>,
-    ) -> Result<RunEnd, String> {
+    ) -> Result<RunEnd, Error> {
         if self.client.is_closed() {
             if let Err(e) = self.reconnect().await {
-                return Ok(RunEnd::Transient(e));
+                return Ok(RunEnd::Transient(e.to_string()));
             }
         }
         if let Some(msg) = previous_error {
@@ -436,13 +408,13 @@ impl Session {
             .await;
     }
 
-    async fn reconnect(&mut self) -> Result<(), String> {
+    async fn reconnect(&mut self) -> Result<(), Error> {
         self.client = self.target.connect().await?;
         Ok(())
     }
 
     /// Resumes every unfinished job.
-    pub async fn resume_all(&mut self, faults: Faults) -> Result<Vec<(i64, RunEnd)>, String> {
+    pub async fn resume_all(&mut self, faults: Faults) -> Result<Vec<(i64, RunEnd)>, Error> {
         if self.client.is_closed() {
             self.reconnect().await?;
         }
@@ -471,7 +443,7 @@ impl Session {
         Ok(done)
     }
 
-    pub async fn status(&self, job_id: i64) -> Result<Option<JobStatus>, String> {
+    pub async fn status(&self, job_id: i64) -> Result<Option<JobStatus>, Error> {
         jobs::status(&self.client, job_id).await
     }
 
@@ -481,8 +453,8 @@ impl Session {
         origin: &Origin,
         list: &csv::IdList,
         reason: Option<&str>,
-    ) -> Result<(i64, i64), String> {
-        let tx = self.client.transaction().await.map_err(|e| db_error(&e))?;
+    ) -> Result<(i64, i64), Error> {
+        let tx = self.client.transaction().await?;
         let removed: i64 = tx
             .query_one(
                 "WITH d AS (DELETE FROM pgredact.forget_list WHERE subject_hash IN ( \
@@ -490,8 +462,7 @@ impl Session {
                    RETURNING 1) SELECT count(*) FROM d",
                 &[&list.ids],
             )
-            .await
-            .map_err(|e| db_error(&e))?
+            .await?
             .get(0);
         let summary = serde_json::json!({ "removed_from_forget_list": removed, "reason": reason });
         let id: i64 = tx
@@ -508,29 +479,25 @@ impl Session {
                     &summary.to_string(),
                 ],
             )
-            .await
-            .map_err(|e| db_error(&e))?
+            .await?
             .get(0);
-        tx.commit().await.map_err(|e| db_error(&e))?;
+        tx.commit().await?;
         tracing::info!(job = id, removed, requester = %origin.requester, "unforget");
         Ok((removed, id))
     }
 
     /// Parses IDs from a CSV file's bytes for this database's subject types.
-    pub fn parse_csv(&self, bytes: &[u8]) -> Result<csv::IdList, String> {
+    pub fn parse_csv(&self, bytes: &[u8]) -> Result<csv::IdList, csv::Error> {
         csv::parse_csv(bytes, self.spec.id_kind, &self.spec.subject_names)
     }
 
-    pub fn parse_ids(&self, text: &str) -> Result<csv::IdList, String> {
+    pub fn parse_ids(&self, text: &str) -> Result<csv::IdList, csv::Error> {
         csv::parse_id_list(text, self.spec.id_kind)
     }
 }
 
 /// Input of the key check (a keyed hash of a constant, stored once: never the key itself).
 const KEY_CHECK: &str = "pgredact forget key check";
-const KEY_CHANGED: &str = "the hash key differs from the one the forget list was built with: every \
-    forgotten customer's keyed hash would stop matching and suppression would silently stop. Restore \
-    the previous key ([secrets] hash_key_env)";
 
 fn key_check_hex(key: &[u8]) -> String {
     use hmac::{Hmac, Mac};
@@ -543,22 +510,20 @@ fn key_check_hex(key: &[u8]) -> String {
     }
 }
 
-async fn stored_key_check(client: &Client) -> Result<Option<String>, String> {
+async fn stored_key_check(client: &Client) -> Result<Option<String>, Error> {
     let exists: bool = client
         .query_one(
             "SELECT pg_catalog.to_regclass('pgredact.forget_meta') IS NOT NULL",
             &[],
         )
-        .await
-        .map_err(|e| db_error(&e))?
+        .await?
         .get(0);
     if !exists {
         return Ok(None);
     }
     Ok(client
         .query_opt("SELECT key_check FROM pgredact.forget_meta", &[])
-        .await
-        .map_err(|e| db_error(&e))?
+        .await?
         .map(|r| r.get(0)))
 }
 
@@ -581,14 +546,12 @@ pub async fn suppression_problems(cfg: &Config, policy: &DatabasePolicy) -> Opti
 }
 
 /// The policy for `database`, or the only one whose tables have a subject.
-pub fn pick_policy(cfg: &Config, database: Option<&str>) -> Result<Arc<DatabasePolicy>, String> {
-    let set = load_dir(&cfg.policies_dir(), 0)?;
+pub fn pick_policy(cfg: &Config, database: Option<&str>) -> Result<Arc<DatabasePolicy>, Error> {
+    let set = load_dir(&cfg.policies_dir(), 0).map_err(Error::Policy)?;
     match database {
-        Some(db) => set.get(db).ok_or_else(|| {
-            format!(
-                "no policy file for database {db:?} in {}",
-                cfg.policies_dir().display()
-            )
+        Some(db) => set.get(db).ok_or_else(|| Error::NoPolicyFor {
+            database: db.to_string(),
+            dir: cfg.policies_dir(),
         }),
         None => {
             let mut with_subject: Vec<Arc<DatabasePolicy>> = set
@@ -599,18 +562,12 @@ pub fn pick_policy(cfg: &Config, database: Option<&str>) -> Result<Arc<DatabaseP
                 .collect();
             match with_subject.len() {
                 1 => Ok(with_subject.remove(0)),
-                0 => Err(format!(
-                    "no policy in {} has a table with a `subject`: nothing to forget",
-                    cfg.policies_dir().display()
-                )),
+                0 => Err(Error::NoSubjectTable(cfg.policies_dir())),
                 _ => {
                     let mut names: Vec<String> =
                         with_subject.iter().map(|p| p.database.clone()).collect();
                     names.sort();
-                    Err(format!(
-                        "several databases have subject tables ({}): choose one with --database",
-                        names.join(", ")
-                    ))
+                    Err(Error::SeveralSubjectDatabases(names))
                 }
             }
         }
@@ -621,17 +578,20 @@ fn read_ids(
     session: &Session,
     csv_path: &Option<PathBuf>,
     ids: &Option<String>,
-) -> Result<csv::IdList, String> {
+) -> Result<csv::IdList, Error> {
     match (csv_path, ids) {
         (Some(p), _) => {
-            let bytes =
-                std::fs::read(p).map_err(|e| format!("{}: cannot read: {e}", p.display()))?;
-            session
-                .parse_csv(&bytes)
-                .map_err(|e| format!("{}: {e}; nothing was changed", p.display()))
+            let bytes = std::fs::read(p).map_err(|source| Error::ReadFile {
+                path: p.clone(),
+                source,
+            })?;
+            session.parse_csv(&bytes).map_err(|source| Error::CsvFile {
+                path: p.clone(),
+                source,
+            })
         }
-        (None, Some(list)) => session.parse_ids(list),
-        (None, None) => Err("give the customer IDs with --csv PATH or --ids 1,2,3".to_string()),
+        (None, Some(list)) => Ok(session.parse_ids(list)?),
+        (None, None) => Err(Error::IdsNotGiven),
     }
 }
 
@@ -641,16 +601,12 @@ fn default_requester() -> String {
 
 /// `pgredact forget`: plan, then (unless `--dry-run` or blocked) run the job to the end.
 /// Returns the report to print; an error when blocked or failed.
-pub async fn run_cli(cfg: &Config, args: ForgetArgs) -> Result<String, String> {
+pub async fn run_cli(cfg: &Config, args: ForgetArgs) -> Result<String, Error> {
     run_cli_with(cfg, args, Faults::default()).await
 }
 
 /// [`run_cli`] with fault injection (tests).
-pub async fn run_cli_with(
-    cfg: &Config,
-    args: ForgetArgs,
-    faults: Faults,
-) -> Result<String, String> {
+pub async fn run_cli_with(cfg: &Config, args: ForgetArgs, faults: Faults) -> Result<String, Error> {
     if let Some(path) = &args.verify_receipt {
         return verify_receipt_file(cfg, path);
     }
@@ -662,7 +618,7 @@ pub async fn run_cli_with(
         session
             .retry(job)
             .await
-            .map_err(|e| format!("cannot retry job {job}: {e}"))?;
+            .map_err(|source| Error::Retry { job, source })?;
         return run_to_end(&mut session, job, faults).await;
     }
     if let Some(job) = args.cancel {
@@ -671,11 +627,8 @@ pub async fn run_cli_with(
         let done = session
             .cancel(job, &by, reason)
             .await
-            .map_err(|e| format!("cannot cancel job {job}: {e}"))?;
-        let status = session
-            .status(job)
-            .await?
-            .ok_or_else(|| format!("job {job} vanished"))?;
+            .map_err(|source| Error::Cancel { job, source })?;
+        let status = session.status(job).await?.ok_or(Error::JobVanished(job))?;
         return Ok(format!(
             "{}  cancelled (was {}): {} customer ID(s) and their keyed hashes removed; none of them \
              is on the forget list through this job\n",
@@ -689,8 +642,7 @@ pub async fn run_cli_with(
         let listed: i64 = session
             .client
             .query_one("SELECT pg_catalog.count(*) FROM pgredact.forget_list", &[])
-            .await
-            .map_err(|e| db_error(&e))?
+            .await?
             .get(0);
         let mut out = format!(
             "sweep of database {:?}: the forget list ({listed} customer(s)) re-applied to every subject table\n",
@@ -705,10 +657,7 @@ pub async fn run_cli_with(
             .map(|t| format!("{}: {}", t.table, t.left))
             .collect();
         if !left.is_empty() {
-            return Err(format!(
-                "{out}  verification FAILED: rows of forgotten customers still hold PII ({})\n",
-                left.join(", ")
-            ));
+            return Err(Error::SweepUnverified { report: out, left });
         }
         out.push_str("  verification: no row of a forgotten customer holds PII\n");
         let record = serde_json::json!({
@@ -726,10 +675,11 @@ pub async fn run_cli_with(
                 "forget audit trail of database {:?}: {} record(s), chain intact; head {}\n",
                 session.spec.database, check.records, check.head
             )),
-            Some(why) => Err(format!(
-                "forget audit trail of database {:?}: BROKEN: {why} ({} record(s))",
-                session.spec.database, check.records
-            )),
+            Some(why) => Err(Error::AuditBroken {
+                database: session.spec.database.clone(),
+                why,
+                records: check.records,
+            }),
         };
     }
     if args.resume {
@@ -742,22 +692,25 @@ pub async fn run_cli_with(
             if let Some(st) = session.status(id).await? {
                 out.push_str(&st.render());
             }
-            if let RunEnd::Interrupted(m) = end {
-                return Err(format!("{out}interrupted: {m}"));
+            if let RunEnd::Interrupted(message) = end {
+                return Err(Error::Interrupted {
+                    report: out,
+                    message,
+                });
             }
         }
         return Ok(out);
     }
     let list = read_ids(&session, &args.csv, &args.ids)?;
     if list.ids.is_empty() {
-        return Err("no customer IDs given (the file or list is empty)".to_string());
+        return Err(Error::EmptyIds);
     }
     let plan = session.plan(&list.ids).await?;
     if args.dry_run {
         return Ok(format!("{}(dry run: nothing was changed)\n", plan.render()));
     }
     if plan.has_blockers() {
-        return Err(plan.render());
+        return Err(Error::Blocked(Box::new(plan)));
     }
     let origin = Origin {
         requester: args.requester.unwrap_or_else(default_requester),
@@ -770,20 +723,22 @@ pub async fn run_cli_with(
 }
 
 /// `pgredact forget --verify-receipt FILE`.
-fn verify_receipt_file(cfg: &Config, path: &std::path::Path) -> Result<String, String> {
+fn verify_receipt_file(cfg: &Config, path: &std::path::Path) -> Result<String, Error> {
     let var = cfg.admin.clone().unwrap_or_default().receipt_key_env;
-    let key = std::env::var(&var)
-        .ok()
-        .filter(|k| !k.is_empty())
-        .ok_or_else(|| {
-            format!(
-                "set the environment variable {var} ([admin] receipt_key_env) to the receipt key"
-            )
-        })?;
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    let r = crate::admin::receipt::verify(key.as_bytes(), &text)
-        .map_err(|e| format!("{}: INVALID: {e}", path.display()))?;
+    let key = match std::env::var(&var).ok().filter(|k| !k.is_empty()) {
+        Some(k) => k,
+        None => return Err(Error::NoReceiptKey(var)),
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| Error::ReadFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let r = crate::admin::receipt::verify(key.as_bytes(), &text).map_err(|source| {
+        Error::InvalidReceipt {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
     Ok(format!(
         "{}: valid receipt: job {} on database {}, PII removed at {}, verification ok: {}\n",
         path.display(),
@@ -795,29 +750,33 @@ fn verify_receipt_file(cfg: &Config, path: &std::path::Path) -> Result<String, S
 }
 
 /// Runs a job and renders its report; an error unless it ended done.
-async fn run_to_end(session: &mut Session, job: i64, faults: Faults) -> Result<String, String> {
+async fn run_to_end(session: &mut Session, job: i64, faults: Faults) -> Result<String, Error> {
     let end = session.run(job, faults).await;
-    let status = session
-        .status(job)
-        .await?
-        .ok_or_else(|| format!("job {job} vanished"))?;
+    let status = session.status(job).await?.ok_or(Error::JobVanished(job))?;
     let report = status.render();
     match end {
-        Err(e) => Err(format!("{report}forget failed: {e}")),
-        Ok(RunEnd::Interrupted(m)) | Ok(RunEnd::Transient(m)) => Err(format!(
-            "{report}interrupted: {m}; run `pgredact forget --resume` to finish job {job}"
-        )),
+        Err(e) => Err(Error::JobFailed {
+            report,
+            source: Box::new(e),
+        }),
+        Ok(RunEnd::Interrupted(message)) | Ok(RunEnd::Transient(message)) => {
+            Err(Error::JobInterrupted {
+                report,
+                message,
+                job,
+            })
+        }
         Ok(RunEnd::Finished) => match status.state.as_str() {
             jobs::DONE => Ok(report),
-            _ => Err(report),
+            _ => Err(Error::JobNotDone { report }),
         },
     }
 }
 
 /// `pgredact unforget`: lifts suppression for the IDs; audited in `pgredact.forget_jobs`.
-pub async fn run_unforget_cli(cfg: &Config, args: UnforgetArgs) -> Result<String, String> {
+pub async fn run_unforget_cli(cfg: &Config, args: UnforgetArgs) -> Result<String, Error> {
     if args.requester.trim().is_empty() {
-        return Err("--requester is required: unforget is audited".to_string());
+        return Err(Error::RequesterRequired);
     }
     let policy = pick_policy(cfg, args.database.as_deref())?;
     let target = Target::from_config(cfg, &policy.database);

@@ -7,6 +7,7 @@
 //! same [`TableSpec`], so the plan and the execution cannot disagree about columns or types.
 
 use super::csv::IdKind;
+use super::{db_error, Error};
 use crate::policy::{quote_ident, quote_literal, DatabasePolicy};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
@@ -380,11 +381,8 @@ async fn foreign_code_blockers(
     client: &Client,
     oid: u32,
     shown: &str,
-) -> Result<Vec<String>, String> {
-    let rows = client
-        .query(FOREIGN_CODE_SQL, &[&oid])
-        .await
-        .map_err(pg_err)?;
+) -> Result<Vec<String>, Error> {
+    let rows = client.query(FOREIGN_CODE_SQL, &[&oid]).await?;
     Ok(rows
         .iter()
         .map(|r| {
@@ -456,10 +454,6 @@ SELECT 'row security', c.oid::pg_catalog.regclass::text, NULL, NULL \
    AND (c.relforcerowsecurity OR NOT pg_catalog.pg_has_role(c.relowner, 'USAGE')) \
 ORDER BY 1, 2";
 
-fn pg_err(e: tokio_postgres::Error) -> String {
-    super::db_error(&e)
-}
-
 struct AttrRow {
     name: String,
     sql_type: String,
@@ -471,7 +465,7 @@ struct AttrRow {
 }
 
 /// Reads the catalog for every policy table with a subject.
-pub async fn resolve(client: &Client, policy: &DatabasePolicy) -> Result<Spec, String> {
+pub async fn resolve(client: &Client, policy: &DatabasePolicy) -> Result<Spec, Error> {
     let mut tables = Vec::new();
     let mut blockers = Vec::new();
     let mut warnings = Vec::new();
@@ -500,8 +494,7 @@ pub async fn resolve(client: &Client, policy: &DatabasePolicy) -> Result<Spec, S
                  WHERE n.nspname = $1 AND c.relname = $2",
                 &[&tp.schema, &tp.name],
             )
-            .await
-            .map_err(pg_err)?;
+            .await?;
         let Some(rel) = rel else {
             blockers.push(format!(
                 "table {shown} (policy line {}) does not exist",
@@ -537,8 +530,7 @@ pub async fn resolve(client: &Client, policy: &DatabasePolicy) -> Result<Spec, S
                  WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
                 &[&oid],
             )
-            .await
-            .map_err(pg_err)?
+            .await?
             .iter()
             .map(|r| AttrRow {
                 name: r.get(0),
@@ -566,7 +558,10 @@ pub async fn resolve(client: &Client, policy: &DatabasePolicy) -> Result<Spec, S
             Some(k) => {
                 kind = Some(match kind {
                     None => k,
-                    Some(prev) => prev.combine(k).map_err(|e| format!("{shown}: {e}"))?,
+                    Some(prev) => prev.combine(k).map_err(|source| Error::SubjectTypes {
+                        table: shown.clone(),
+                        source,
+                    })?,
                 })
             }
         }
@@ -606,7 +601,7 @@ pub async fn resolve(client: &Client, policy: &DatabasePolicy) -> Result<Spec, S
                         "{shown}.{cname}: forget value {v:?} (policy line {}) is not a valid {}: {}",
                         cp.line,
                         a.sql_type,
-                        pg_err(e)
+                        db_error(&e)
                     ));
                 }
             }
@@ -652,8 +647,7 @@ pub async fn resolve(client: &Client, policy: &DatabasePolicy) -> Result<Spec, S
                    AND i.indkey[0] = $2 AND i.indisvalid AND i.indpred IS NULL)",
                 &[&oid, &subj.attnum],
             )
-            .await
-            .map_err(pg_err)?
+            .await?
             .get(0);
         if !indexed && reltuples > LARGE_TABLE_ROWS {
             blockers.push(format!(
@@ -700,10 +694,7 @@ pub async fn resolve(client: &Client, policy: &DatabasePolicy) -> Result<Spec, S
     }
     fold_listed_descendants(policy, &mut tables, &mut blockers);
     if tables.is_empty() && blockers.is_empty() {
-        return Err(format!(
-            "database {:?}: no policy table has a `subject` column, so there is nothing to forget",
-            policy.database
-        ));
+        return Err(Error::NothingToForget(policy.database.clone()));
     }
     let id_kind = kind.unwrap_or(IdKind::Text);
     for t in &mut tables {
@@ -753,7 +744,7 @@ async fn descendants(
     changes: bool,
     blockers: &mut Vec<String>,
     warnings: &mut Vec<String>,
-) -> Result<Vec<Descendant>, String> {
+) -> Result<Vec<Descendant>, Error> {
     let rows = client
         .query(
             "WITH RECURSIVE tree(oid) AS ( \
@@ -769,8 +760,7 @@ async fn descendants(
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace ORDER BY 2, 3",
             &[&oid, &subject],
         )
-        .await
-        .map_err(pg_err)?;
+        .await?;
     let mut out = Vec::new();
     for r in rows {
         let d = Descendant {
@@ -865,7 +855,7 @@ fn fold_listed_descendants(
 /// With tokenized IDs, foreign keys on subject columns must stay satisfiable: between two
 /// policy tables the job updates both sides in one statement; from any other table only
 /// `ON UPDATE CASCADE` works.
-async fn fk_blockers(client: &Client, spec: &mut Spec) -> Result<(), String> {
+async fn fk_blockers(client: &Client, spec: &mut Spec) -> Result<(), Error> {
     let oids: Vec<u32> = spec.tables.iter().map(|t| t.oid).collect();
     let rows = client
         .query(
@@ -875,8 +865,7 @@ async fn fk_blockers(client: &Client, spec: &mut Spec) -> Result<(), String> {
              WHERE con.contype = 'f' AND (con.conrelid = ANY($1) OR con.confrelid = ANY($1))",
             &[&oids],
         )
-        .await
-        .map_err(pg_err)?;
+        .await?;
     let subject_of = |oid: u32| {
         spec.tables
             .iter()
@@ -906,7 +895,7 @@ async fn fk_blockers(client: &Client, spec: &mut Spec) -> Result<(), String> {
 }
 
 /// Plans a request for `ids` (canonical).
-pub async fn plan(client: &Client, spec: &Spec, ids: &[String]) -> Result<Plan, String> {
+pub async fn plan(client: &Client, spec: &Spec, ids: &[String]) -> Result<Plan, Error> {
     let mut plan = Plan {
         database: spec.database.clone(),
         ids: ids.len(),
@@ -926,8 +915,7 @@ pub async fn plan(client: &Client, spec: &Spec, ids: &[String]) -> Result<Plan, 
                 ),
                 &[&ids_vec],
             )
-            .await
-            .map_err(pg_err)?
+            .await?
             .get(0);
         let mut columns: Vec<(String, String)> = t
             .columns
@@ -968,7 +956,7 @@ async fn check_blockers(
     t: &TableSpec,
     ids: &Vec<String>,
     blockers: &mut Vec<String>,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     for (oid, schema, name, _) in t.relations() {
         let rows = client
             .query(
@@ -981,8 +969,7 @@ async fn check_blockers(
                  WHERE con.conrelid = $1 AND con.contype = 'c' AND ($1 = $2 OR con.conislocal)",
                 &[&oid, &t.oid],
             )
-            .await
-            .map_err(pg_err)?;
+            .await?;
         let rel = format!("{}.{}", quote_ident(&schema), quote_ident(&name));
         for r in rows {
             let (con, expr, keys, all): (String, String, Vec<String>, Vec<String>) =
@@ -1010,7 +997,7 @@ async fn check_violation(
     con: &str,
     expr: &str,
     ids: &Vec<String>,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, Error> {
     let projected: Vec<String> = all_columns
         .iter()
         .map(|n| {
@@ -1041,7 +1028,7 @@ async fn check_violation(
         }
         Err(e) => Some(format!(
             "cannot evaluate CHECK constraint {con} against the forgotten values: {}",
-            pg_err(e)
+            db_error(&e)
         )),
     })
 }
@@ -1054,7 +1041,7 @@ async fn unique_blockers(
     t: &TableSpec,
     ids: &Vec<String>,
     blockers: &mut Vec<String>,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     for (oid, schema, name, partitioned) in t.relations() {
         let rows = client
             .query(
@@ -1066,8 +1053,7 @@ async fn unique_blockers(
                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits h WHERE h.inhrelid = i.indexrelid)",
                 &[&oid],
             )
-            .await
-            .map_err(pg_err)?;
+            .await?;
         // A partitioned table's index spans its partitions; any other index one table only.
         let scan = format!(
             "{}{}.{}",
@@ -1093,7 +1079,7 @@ async fn unique_blockers(
                     quote_ident(&c.name),
                     c.value_sql("t")
                 );
-                let row = client.query_one(&q, &[ids]).await.map_err(pg_err)?;
+                let row = client.query_one(&q, &[ids]).await?;
                 let (matched, taken): (i64, bool) = (row.get(0), row.get(1));
                 if matched > 1 || (matched > 0 && taken) {
                     blockers.push(format!(
@@ -1114,7 +1100,7 @@ async fn unique_blockers(
 pub async fn dependent_matviews(
     client: &Client,
     oids: &[u32],
-) -> Result<Vec<(String, bool)>, String> {
+) -> Result<Vec<(String, bool)>, Error> {
     if oids.is_empty() {
         return Ok(Vec::new());
     }
@@ -1136,7 +1122,6 @@ pub async fn dependent_matviews(
              GROUP BY 1, 2 ORDER BY 3, 1",
             &[&oids],
         )
-        .await
-        .map_err(pg_err)?;
+        .await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }

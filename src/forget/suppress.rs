@@ -15,6 +15,7 @@
 //! `pgredact check` reports about these triggers.
 
 use super::plan::{Spec, TableSpec, TOKEN_HEX, TOKEN_PREFIX};
+use super::Error;
 use crate::policy::{quote_ident, quote_literal};
 use sha2::{Digest, Sha256};
 use tokio_postgres::Client;
@@ -38,7 +39,7 @@ const LIST_TRIGGER_NAME: &str = "~pgredact_list_changed";
 /// Former names of the trigger, replaced by [`TRIGGER_NAME`] at the next install.
 const LEGACY_TRIGGER_NAMES: &[&str] = &["zzz_pgredact_forget"];
 /// Dollar-quote tag of generated function bodies.
-const TAG: &str = "$pgredact_forget$";
+pub(super) const TAG: &str = "$pgredact_forget$";
 
 /// Name (in schema `pgredact`) of the trigger function of one table.
 pub fn function_name(t: &TableSpec) -> String {
@@ -165,13 +166,11 @@ async fn raw_id_mode(
 /// children (partitions get PostgreSQL's clones of their parent's trigger), and drops pgredact
 /// triggers left on tables that no longer take part. Skips triggers that are already current, so
 /// a restart does not take table locks. Serialized with an advisory lock.
-pub async fn ensure(client: &mut Client, spec: &Spec) -> Result<Vec<String>, String> {
-    let err = |e: tokio_postgres::Error| super::db_error(&e);
-    let tx = client.transaction().await.map_err(err)?;
+pub async fn ensure(client: &mut Client, spec: &Spec) -> Result<Vec<String>, Error> {
+    let tx = client.transaction().await?;
     tx.execute("SELECT pg_catalog.pg_advisory_xact_lock(7320453)", &[])
-        .await
-        .map_err(err)?;
-    let raw = raw_id_mode(&tx, spec).await.map_err(err)?;
+        .await?;
+    let raw = raw_id_mode(&tx, spec).await?;
     let mut changed = Vec::new();
     let compiled = compiled_front(&tx, spec, &mut changed).await?;
     let mut keep: Vec<u32> = Vec::new();
@@ -179,10 +178,7 @@ pub async fn ensure(client: &mut Client, spec: &Spec) -> Result<Vec<String>, Str
         let fname = function_name(t);
         let body = function_body(t, raw);
         if body.contains(TAG) {
-            return Err(format!(
-                "{}: a forget value contains {TAG}, which pgredact reserves",
-                t.display()
-            ));
+            return Err(Error::ReservedTag(t.display()));
         }
         let current: Option<String> = tx
             .query_opt(
@@ -190,8 +186,7 @@ pub async fn ensure(client: &mut Client, spec: &Spec) -> Result<Vec<String>, Str
                  WHERE n.nspname = 'pgredact' AND p.proname = $1",
                 &[&fname],
             )
-            .await
-            .map_err(err)?
+            .await?
             .map(|r| r.get(0));
         let fresh = current.as_deref() == Some(body.as_str());
         if !fresh {
@@ -202,12 +197,9 @@ pub async fn ensure(client: &mut Client, spec: &Spec) -> Result<Vec<String>, Str
                 f = quote_ident(&fname),
             ))
             .await
-            .map_err(|e| {
-                format!(
-                    "installing the suppression function of {}: {}",
-                    t.display(),
-                    super::db_error(&e)
-                )
+            .map_err(|source| Error::DbDoing {
+                what: format!("installing the suppression function of {}", t.display()),
+                source,
             })?;
         }
         let mut targets = vec![(t.oid, t.qname(), t.display())];
@@ -218,7 +210,7 @@ pub async fn ensure(client: &mut Client, spec: &Spec) -> Result<Vec<String>, Str
         let call = TriggerCall::new(t, &fname, raw, compiled);
         for (oid, qname, shown) in targets {
             keep.push(oid);
-            if fresh && call.is_current(&tx, oid).await.map_err(err)? {
+            if fresh && call.is_current(&tx, oid).await? {
                 continue;
             }
             // CREATE OR REPLACE resets the firing mode to ORIGIN: ALWAYS again in the same
@@ -231,12 +223,12 @@ pub async fn ensure(client: &mut Client, spec: &Spec) -> Result<Vec<String>, Str
                 trg = quote_ident(TRIGGER_NAME),
                 when = when_sql(t),
             );
-            tx.batch_execute(&ddl).await.map_err(|e| {
-                format!(
-                    "installing the suppression trigger on {shown}: {}",
-                    super::db_error(&e)
-                )
-            })?;
+            tx.batch_execute(&ddl)
+                .await
+                .map_err(|source| Error::DbDoing {
+                    what: format!("installing the suppression trigger on {shown}"),
+                    source,
+                })?;
             changed.push(shown);
         }
         changed.extend(enable_clones(&tx, t).await?);
@@ -251,8 +243,7 @@ pub async fn ensure(client: &mut Client, spec: &Spec) -> Result<Vec<String>, Str
                AND ((tg.tgname = $1 AND NOT (tg.tgrelid = ANY($2))) OR tg.tgname = ANY($3))",
             &[&TRIGGER_NAME, &keep, &LEGACY_TRIGGER_NAMES],
         )
-        .await
-        .map_err(err)?;
+        .await?;
     for r in stale {
         let (name, trigger): (String, String) = (r.get(0), r.get(1));
         tx.batch_execute(&format!(
@@ -260,15 +251,13 @@ pub async fn ensure(client: &mut Client, spec: &Spec) -> Result<Vec<String>, Str
             quote_ident(&trigger)
         ))
         .await
-        .map_err(|e| {
-            format!(
-                "dropping the stale suppression trigger on {name}: {}",
-                super::db_error(&e)
-            )
+        .map_err(|source| Error::DbDoing {
+            what: format!("dropping the stale suppression trigger on {name}"),
+            source,
         })?;
         changed.push(format!("{name} (trigger removed)"));
     }
-    tx.commit().await.map_err(err)?;
+    tx.commit().await?;
     Ok(changed)
 }
 
@@ -345,8 +334,7 @@ async fn compiled_front(
     tx: &tokio_postgres::Transaction<'_>,
     spec: &Spec,
     changed: &mut Vec<String>,
-) -> Result<bool, String> {
-    let err = |e: tokio_postgres::Error| super::db_error(&e);
+) -> Result<bool, Error> {
     if !spec.compiled_trigger {
         return Ok(false);
     }
@@ -356,24 +344,20 @@ async fn compiled_front(
                     EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = $1)",
             &[&EXTENSION],
         )
-        .await
-        .map_err(err)?;
+        .await?;
     let (available, installed): (bool, bool) = (row.get(0), row.get(1));
     if !available && !installed {
         return Ok(false);
     }
     if !installed {
-        tx.batch_execute("SAVEPOINT pgredact_extension")
-            .await
-            .map_err(err)?;
+        tx.batch_execute("SAVEPOINT pgredact_extension").await?;
         match tx
             .batch_execute(&format!("CREATE EXTENSION IF NOT EXISTS {EXTENSION}"))
             .await
         {
             Ok(()) => {
                 tx.batch_execute("RELEASE SAVEPOINT pgredact_extension")
-                    .await
-                    .map_err(err)?;
+                    .await?;
                 changed.push(format!("extension {EXTENSION} (installed)"));
             }
             Err(e) => {
@@ -383,8 +367,7 @@ async fn compiled_front(
                     super::db_error(&e)
                 );
                 tx.batch_execute("ROLLBACK TO SAVEPOINT pgredact_extension")
-                    .await
-                    .map_err(err)?;
+                    .await?;
                 return Ok(false);
             }
         }
@@ -400,8 +383,7 @@ async fn compiled_front(
              WHERE e.extname = $1",
             &[&EXTENSION, &COMPILED_FUNCTION, &LIST_CHANGED_FUNCTION],
         )
-        .await
-        .map_err(err)?
+        .await?
         .map(|r| r.get(0));
     if usable != Some(true) {
         tracing::warn!(
@@ -419,8 +401,7 @@ async fn compiled_front(
                    AND tg.tgfoid = pg_catalog.to_regprocedure($3) AND tg.tgtype = $4)",
                 &[&table, &LIST_TRIGGER_NAME, &LIST_CHANGED_FUNCTION, &LIST_TRIGGER_TYPE],
             )
-            .await
-            .map_err(err)?
+            .await?
             .get(0);
         if current {
             continue;
@@ -433,11 +414,9 @@ async fn compiled_front(
             f = LIST_CHANGED_FUNCTION,
         ))
         .await
-        .map_err(|e| {
-            format!(
-                "installing the cache invalidation trigger on {table}: {}",
-                super::db_error(&e)
-            )
+        .map_err(|source| Error::DbDoing {
+            what: format!("installing the cache invalidation trigger on {table}"),
+            source,
         })?;
         changed.push(format!("{table} (cache invalidation trigger)"));
     }
@@ -453,15 +432,14 @@ const LIST_TRIGGER_TYPE: i16 = 4 | 8 | 16 | 32;
 async fn enable_clones(
     tx: &tokio_postgres::Transaction<'_>,
     t: &TableSpec,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, Error> {
     let rows = tx
         .query(
             "SELECT tg.tgrelid::regclass::text FROM pg_catalog.pg_trigger tg \
              WHERE tg.tgname = $1 AND tg.tgparentid <> 0 AND tg.tgenabled <> 'A' AND tg.tgrelid = ANY($2)",
             &[&TRIGGER_NAME, &t.tree_oids()],
         )
-        .await
-        .map_err(|e| super::db_error(&e))?;
+        .await?;
     let mut out = Vec::new();
     for r in rows {
         let name: String = r.get(0);
@@ -470,11 +448,9 @@ async fn enable_clones(
             quote_ident(TRIGGER_NAME)
         ))
         .await
-        .map_err(|e| {
-            format!(
-                "enabling the suppression trigger on partition {name}: {}",
-                super::db_error(&e)
-            )
+        .map_err(|source| Error::DbDoing {
+            what: format!("enabling the suppression trigger on partition {name}"),
+            source,
         })?;
         out.push(format!("{name} (trigger enabled ALWAYS)"));
     }
@@ -484,21 +460,18 @@ async fn enable_clones(
 /// What is wrong with suppression on the policy tables, their partitions and children: each
 /// line is an error for `pgredact check`. A missing trigger counts only once the forget list
 /// has entries (before the first job there is nothing to suppress).
-pub async fn audit(client: &Client, spec: &Spec) -> Result<Vec<String>, String> {
-    let err = |e: tokio_postgres::Error| super::db_error(&e);
+pub async fn audit(client: &Client, spec: &Spec) -> Result<Vec<String>, Error> {
     let list_used: bool = client
         .query_one(
             "SELECT pg_catalog.to_regclass('pgredact.forget_list') IS NOT NULL",
             &[],
         )
-        .await
-        .map_err(err)?
+        .await?
         .get(0);
     let list_used = list_used
         && client
             .query_one("SELECT EXISTS (SELECT 1 FROM pgredact.forget_list)", &[])
-            .await
-            .map_err(err)?
+            .await?
             .get::<_, bool>(0);
     let mut out = Vec::new();
     let mut compiled = false;
@@ -514,8 +487,7 @@ pub async fn audit(client: &Client, spec: &Spec) -> Result<Vec<String>, String> 
                  WHERE c.oid = ANY($1) ORDER BY 2, 3",
                 &[&t.tree_oids()],
             )
-            .await
-            .map_err(err)?;
+            .await?;
         for oid in t.tree_oids() {
             let mine: Vec<TriggerRow> = rows
                 .iter()
@@ -541,8 +513,7 @@ pub async fn audit(client: &Client, spec: &Spec) -> Result<Vec<String>, String> 
                      AND tg.tgfoid = pg_catalog.to_regprocedure($2))",
                 &[&LIST_TRIGGER_NAME, &LIST_CHANGED_FUNCTION],
             )
-            .await
-            .map_err(err)?
+            .await?
             .iter()
             .map(|r| r.get(0))
             .collect();

@@ -61,12 +61,6 @@ pub enum Error {
     Setup(String),
 }
 
-impl From<Error> for String {
-    fn from(e: Error) -> String {
-        e.to_string()
-    }
-}
-
 /// What pgredact tells a client about a session it ends: a SQLSTATE, one line, and maybe a
 /// hint. Every FATAL error pgredact itself writes during startup is one of these.
 pub(crate) struct ClientError {
