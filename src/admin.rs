@@ -77,7 +77,7 @@ pub enum Error {
     NoToken(String),
     /// The policy files do not load (their own `file:line: reason` message).
     #[error("{0}")]
-    Policy(String),
+    Policy(crate::policy::Error),
     /// The `[tls]` certificate or key does not load.
     #[error("admin API: {0}")]
     Tls(String),

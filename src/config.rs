@@ -340,8 +340,8 @@ impl Config {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Config, String> {
-        let mut cfg: Config =
-            toml::from_str(text).map_err(|e| crate::policy::toml_error(path, text, &e))?;
+        let mut cfg: Config = toml::from_str(text)
+            .map_err(|e| crate::policy::toml_error(path, text, &e).to_string())?;
         if cfg.max_client_conn == 0 {
             return Err(format!(
                 "{}: max_client_conn must be at least 1",

@@ -811,9 +811,9 @@ pub fn line_of(text: &str, offset: usize) -> usize {
 }
 
 /// Formats a TOML error as `file:line: reason`.
-pub fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> String {
+pub fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> Error {
     let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(1);
-    format!("{}:{}: {}", path.display(), line, e.message())
+    Error::at(path, line, e.message())
 }
 
 /// Splits `schema.table` (either part may be double-quoted); unqualified means `public`.
@@ -1110,16 +1110,38 @@ fn table_offset(text: &str, key: &str) -> usize {
     0
 }
 
+/// Why a policy file (or the policy directory) was refused: the file, the line when there is
+/// one, and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The directory or a file could not be read.
+    #[error("{}: {reason}", path.display())]
+    Unreadable { path: PathBuf, reason: String },
+    /// A file's content is wrong at `line`.
+    #[error("{}:{line}: {reason}", path.display())]
+    At {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+}
+
+impl Error {
+    fn at(path: &Path, line: usize, reason: impl Into<String>) -> Error {
+        Error::At {
+            path: path.to_path_buf(),
+            line,
+            reason: reason.into(),
+        }
+    }
+}
+
 /// Parses one policy file's text.
-pub fn parse_policy(text: &str, path: &Path) -> Result<DatabasePolicy, String> {
+pub fn parse_policy(text: &str, path: &Path) -> Result<DatabasePolicy, Error> {
     let raw: RawFile = toml::from_str(text).map_err(|e| toml_error(path, text, &e))?;
-    let at =
-        |off: usize, msg: String| format!("{}:{}: {}", path.display(), line_of(text, off), msg);
+    let at = |off: usize, msg: String| Error::at(path, line_of(text, off), msg);
     if raw.database.is_empty() {
-        return Err(format!(
-            "{}:1: `database` must not be empty",
-            path.display()
-        ));
+        return Err(Error::at(path, 1, "`database` must not be empty"));
     }
     let mut tables = BTreeMap::new();
     for (tname, rt) in raw.tables {
@@ -1199,9 +1221,10 @@ pub fn parse_policy(text: &str, path: &Path) -> Result<DatabasePolicy, String> {
     role_masks(raw.roles, &raw.unmasked_roles, &mut tables, text, &at)?;
     for f in &raw.allowed_functions {
         if !f.contains('.') {
-            return Err(format!(
-                "{}: allowed_functions entry {f:?} must be schema-qualified",
-                path.display()
+            let off = text.find("allowed_functions").unwrap_or(0);
+            return Err(at(
+                off,
+                format!("allowed_functions entry {f:?} must be schema-qualified"),
             ));
         }
     }
@@ -1230,8 +1253,8 @@ fn role_masks(
     unmasked: &[String],
     tables: &mut BTreeMap<(String, String), TablePolicy>,
     text: &str,
-    at: &dyn Fn(usize, String) -> String,
-) -> Result<(), String> {
+    at: &dyn Fn(usize, String) -> Error,
+) -> Result<(), Error> {
     let mut ordered: Vec<(usize, String, Vec<RoleEntry>)> = Vec::new();
     for (role, by_table) in roles {
         let mut entries = Vec::new();
@@ -1289,9 +1312,13 @@ fn role_masks(
 }
 
 /// Loads every `*.toml` in `dir`. Any error fails the whole load (the caller keeps its last good set).
-pub fn load_dir(dir: &Path, version: u64) -> Result<PolicySet, String> {
+pub fn load_dir(dir: &Path, version: u64) -> Result<PolicySet, Error> {
+    let unreadable = |path: &Path, reason: String| Error::Unreadable {
+        path: path.to_path_buf(),
+        reason,
+    };
     let entries = std::fs::read_dir(dir)
-        .map_err(|e| format!("{}: cannot read policy directory: {e}", dir.display()))?;
+        .map_err(|e| unreadable(dir, format!("cannot read policy directory: {e}")))?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
@@ -1300,16 +1327,16 @@ pub fn load_dir(dir: &Path, version: u64) -> Result<PolicySet, String> {
     let mut by_database = HashMap::new();
     let mut seen: HashMap<String, PathBuf> = HashMap::new();
     for f in files {
-        let text = std::fs::read_to_string(&f)
-            .map_err(|e| format!("{}: cannot read: {e}", f.display()))?;
+        let text =
+            std::fs::read_to_string(&f).map_err(|e| unreadable(&f, format!("cannot read: {e}")))?;
         let p = parse_policy(&text, &f)?;
         if let Some(prev) = seen.get(&p.database) {
-            return Err(format!(
-                "{}:1: database {:?} already has a policy in {}",
-                f.display(),
+            let why = format!(
+                "database {:?} already has a policy in {}",
                 p.database,
                 prev.display()
-            ));
+            );
+            return Err(Error::at(&f, 1, why));
         }
         seen.insert(p.database.clone(), f.clone());
         by_database.insert(p.database.clone(), Arc::new(p));
@@ -1468,7 +1495,7 @@ mod tests {
     use super::*;
 
     fn p(text: &str) -> Result<DatabasePolicy, String> {
-        parse_policy(text, Path::new("policies/app.toml"))
+        parse_policy(text, Path::new("policies/app.toml")).map_err(|e| e.to_string())
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::sync::LazyLock;
 pub enum Error {
     /// The policy files do not load (their own `file:line: reason` message).
     #[error("{0}")]
-    Policy(String),
+    Policy(crate::policy::Error),
     #[error("no policy files: name the database to scan with --database")]
     NoPolicyFiles,
     #[error("policies for several databases ({}): name one with --database", .0.join(", "))]
@@ -2275,7 +2275,10 @@ pub fn propose(
     }
     let out = doc.to_string();
     if let Err(reason) = policy::parse_policy(&out, std::path::Path::new("proposed policy")) {
-        return Err(Error::InvalidProposal { reason, text: out });
+        return Err(Error::InvalidProposal {
+            reason: reason.to_string(),
+            text: out,
+        });
     }
     Ok(out)
 }

@@ -256,7 +256,7 @@ pub async fn setup_sql(
     cfg: &crate::config::Config,
     database: Option<&str>,
 ) -> Result<String, String> {
-    let set = crate::policy::load_dir(&cfg.policies_dir(), 1)?;
+    let set = crate::policy::load_dir(&cfg.policies_dir(), 1).map_err(|e| e.to_string())?;
     let policy = match database {
         Some(d) => set
             .get(d)

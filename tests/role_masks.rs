@@ -216,17 +216,25 @@ async fn each_role_reads_its_own_mask_through_pgredact_and_directly() {
 #[test]
 fn role_masks_are_checked_when_the_policy_loads() {
     let base = demo_policy_without_roles();
-    let load = |extra: &str| {
+    let parse = |extra: &str| {
         pgredact::policy::parse_policy(
             &format!("{base}\n{extra}"),
             std::path::Path::new("policies/app.toml"),
         )
     };
+    let load = |extra: &str| parse(extra).map_err(|e| e.to_string());
     // The line of the role entry: the base ends with a newline, then `format!` adds one and
     // the snippet starts with one, then the header, then the entry.
     let lines = base.matches('\n').count() + 4;
     // A column the table does not list as PII.
-    let e = load("\n[roles.solutions]\n\"public.customers\".tier = \"hash\"\n").unwrap_err();
+    let snippet = "\n[roles.solutions]\n\"public.customers\".tier = \"hash\"\n";
+    match parse(snippet).unwrap_err() {
+        pgredact::policy::Error::At { path, line, .. } => {
+            assert_eq!((path.to_str(), line), (Some("policies/app.toml"), lines))
+        }
+        other => panic!("not a file:line error: {other}"),
+    }
+    let e = load(snippet).unwrap_err();
     assert!(e.starts_with(&format!("policies/app.toml:{lines}:")), "{e}");
     assert!(e.contains("not a PII column"), "{e}");
     // A table without an entry.

@@ -55,7 +55,7 @@ pub enum Error {
     NoHashKey,
     /// The policy files do not load (their own `file:line: reason` message).
     #[error("{0}")]
-    Policy(String),
+    Policy(crate::policy::Error),
     #[error("no policy file for database {database:?} in {}", dir.display())]
     NoPolicyFor { database: String, dir: PathBuf },
     #[error("no policy in {} has a table with a `subject`: nothing to forget", .0.display())]

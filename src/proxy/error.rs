@@ -55,8 +55,11 @@ pub enum Error {
     /// A peer instance could not be reached (cancel forwarding).
     #[error("{0}")]
     Peer(String),
-    /// Setting up what the proxy serves with failed: policies, TLS, the audit log (their
-    /// modules' own messages, with file and line where they have one).
+    /// The policy files could not be loaded.
+    #[error("{0}")]
+    Policy(#[from] crate::policy::Error),
+    /// Setting up what the proxy serves with failed: TLS, the audit log, the admin API (their
+    /// modules' own messages).
     #[error("{0}")]
     Setup(String),
 }

@@ -49,7 +49,7 @@ fn dir_fingerprint(dir: &Path) -> Vec<(String, u64, SystemTime)> {
 pub async fn bind(cfg: Config) -> Result<(TcpListener, Arc<Shared>), Error> {
     let setup = |e: String| Error::Setup(e);
     let dir = cfg.policies_dir();
-    let set = policy::load_dir(&dir, 1).map_err(setup)?;
+    let set = policy::load_dir(&dir, 1)?;
     let tls = match &cfg.tls {
         Some(t) => Some(crate::tls::acceptor(t, &cfg.base_dir).map_err(setup)?),
         None => None,
