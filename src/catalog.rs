@@ -101,6 +101,17 @@ impl Catalog {
     /// prints them on a control connection (search_path = pg_catalog): qualified outside it.
     pub async fn load(client: &Client) -> Result<Catalog, tokio_postgres::Error> {
         let mut cat = Catalog::default();
+        cat.load_relations(client).await?;
+        cat.load_links(client).await?;
+        cat.load_user_code(client).await?;
+        cat.load_masking_views(client).await?;
+        cat.derive_risks();
+        Ok(cat)
+    }
+
+    /// Relations and their columns (types as `format_type` prints them).
+    async fn load_relations(&mut self, client: &Client) -> Result<(), tokio_postgres::Error> {
+        let cat = self;
         let rels = client
             .query(
                 "SELECT c.oid::int8, n.nspname::text, c.relname::text, c.relkind::text \
@@ -151,6 +162,12 @@ impl Catalog {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// Inheritance, the relations each view reads, and the functions by schema.
+    async fn load_links(&mut self, client: &Client) -> Result<(), tokio_postgres::Error> {
+        let cat = self;
         for r in client
             .query(
                 "SELECT inhrelid::int8, inhparent::int8 FROM pg_catalog.pg_inherits",
@@ -195,8 +212,15 @@ impl Catalog {
                 .extend(cats.unwrap_or_default().chars());
             cat.add_function_entry(&s, &f, b);
         }
-        // "User code": functions that are not built in and not written in C (C functions come
-        // from extensions; procedural-language functions can run any query).
+        Ok(())
+    }
+
+    /// "User code": functions that are not built in and not written in C (C functions come
+    /// from extensions; procedural-language functions can run any query), and what calls them:
+    /// casts, operators, views, column defaults.
+    // Long: four catalog queries, most of it their SQL text.
+    async fn load_user_code(&mut self, client: &Client) -> Result<(), tokio_postgres::Error> {
+        let cat = self;
         const USER_CODE: &str = "(SELECT p.oid FROM pg_catalog.pg_proc p \
              JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
              WHERE p.oid >= 16384 AND l.lanname NOT IN ('internal', 'c'))";
@@ -293,6 +317,12 @@ impl Catalog {
             let (rel, why): (i64, String) = (r.get(0), r.get(1));
             cat.risky_writes.insert(rel as u32, why);
         }
+        Ok(())
+    }
+
+    /// The masking views pgredact_admin built (when it is installed).
+    async fn load_masking_views(&mut self, client: &Client) -> Result<(), tokio_postgres::Error> {
+        let cat = self;
         let installed: bool = client
             .query_one(
                 "SELECT pg_catalog.to_regclass('pgredact_admin.masking_views') IS NOT NULL",
@@ -321,6 +351,13 @@ impl Catalog {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// What follows from the rest: the type categories seen under each column name, and the
+    /// relations with a column of a risky type (a domain whose CHECK runs user code).
+    fn derive_risks(&mut self) {
+        let cat = self;
         for rel in cat.relations.values() {
             for c in &rel.columns {
                 cat.column_categories
@@ -348,6 +385,5 @@ impl Catalog {
         for (oid, why) in risky_cols {
             cat.risky_writes.entry(oid).or_insert(why);
         }
-        Ok(cat)
     }
 }

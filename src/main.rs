@@ -117,6 +117,7 @@ fn log_format(cmd: &Cmd) -> LogFormat {
         .unwrap_or_default()
 }
 
+// Long: one arm per subcommand, each a line or two.
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Cmd::Audit {

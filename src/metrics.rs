@@ -100,6 +100,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    // Long: one registration per metric family, with its help text.
     fn new() -> Metrics {
         let m = Metrics {
             registry: Registry::with_prefix("pgredact"),

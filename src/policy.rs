@@ -864,6 +864,7 @@ pub fn split_qualified(name: &str) -> Result<(String, String), String> {
     }
 }
 
+// Long: one arm per mask kind, each checking its own options with its own message.
 fn parse_mask(raw: RawColumn) -> Result<(Mask, Option<String>), String> {
     let f = match raw {
         RawColumn::Kind(k) => RawColumnFull {
@@ -1137,6 +1138,7 @@ impl Error {
 }
 
 /// Parses one policy file's text.
+// Long: one check per field of the file, each with the line it reports.
 pub fn parse_policy(text: &str, path: &Path) -> Result<DatabasePolicy, Error> {
     let raw: RawFile = toml::from_str(text).map_err(|e| toml_error(path, text, &e))?;
     let at = |off: usize, msg: String| Error::at(path, line_of(text, off), msg);

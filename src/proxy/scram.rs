@@ -754,41 +754,9 @@ async fn terminate(
     mechanisms: &[String],
     v: &Verifier,
 ) -> Result<bool, FrameError> {
-    // Client leg: -PLUS bound to pgredact's certificate when the client came over TLS.
-    let own = own_offer(shared, client);
-    send(client, &sasl_offer(offer_for(own))).await?;
-    let Some(f) = client_response(client).await? else {
+    let Some((recovered, client_binding)) = client_leg(shared, client, v).await? else {
         return Ok(false);
     };
-    let (mechanism, data) = initial_response(&f)?;
-    let ex = match ServerExchange::start(&mechanism, &data, own, v) {
-        Ok(ex) => ex,
-        Err(e) => {
-            send_fatal(client.get_mut(), e.code, &e.message, None).await;
-            return Ok(false);
-        }
-    };
-    let client_binding = if mechanism == SCRAM_SHA_256_PLUS {
-        CB_TYPE
-    } else {
-        "none"
-    };
-    send(
-        client,
-        &auth_message(AUTH_SASL_CONTINUE, ex.server_first().as_bytes()),
-    )
-    .await?;
-    let Some(f) = client_response(client).await? else {
-        return Ok(false);
-    };
-    let recovered = match ex.finish(SaslResponse::decode(&f)?.data, v) {
-        Ok(r) => r,
-        Err(e) => {
-            send_fatal(client.get_mut(), e.code, &e.message, None).await;
-            return Ok(false);
-        }
-    };
-
     // Server leg: -PLUS bound to PostgreSQL's certificate when offered. A wrong password gives
     // a wrong key: PostgreSQL refuses the proof and its error goes to the client.
     let upstream = server.get_mut().peer_end_point();
@@ -841,6 +809,51 @@ async fn terminate(
     )
     .await?;
     Ok(true)
+}
+
+/// The client leg of [`terminate`]: pgredact as the SCRAM server, -PLUS bound to its own
+/// certificate when the client came over TLS. Returns what the client's proof recovered and the
+/// binding it used (None: refused or gone; the client was told).
+async fn client_leg(
+    shared: &Shared,
+    client: &mut FrameReader<ClientStream>,
+    v: &Verifier,
+) -> Result<Option<(Recovered, &'static str)>, FrameError> {
+    // Client leg: -PLUS bound to pgredact's certificate when the client came over TLS.
+    let own = own_offer(shared, client);
+    send(client, &sasl_offer(offer_for(own))).await?;
+    let Some(f) = client_response(client).await? else {
+        return Ok(None);
+    };
+    let (mechanism, data) = initial_response(&f)?;
+    let ex = match ServerExchange::start(&mechanism, &data, own, v) {
+        Ok(ex) => ex,
+        Err(e) => {
+            send_fatal(client.get_mut(), e.code, &e.message, None).await;
+            return Ok(None);
+        }
+    };
+    let client_binding = if mechanism == SCRAM_SHA_256_PLUS {
+        CB_TYPE
+    } else {
+        "none"
+    };
+    send(
+        client,
+        &auth_message(AUTH_SASL_CONTINUE, ex.server_first().as_bytes()),
+    )
+    .await?;
+    let Some(f) = client_response(client).await? else {
+        return Ok(None);
+    };
+    let recovered = match ex.finish(SaslResponse::decode(&f)?.data, v) {
+        Ok(r) => r,
+        Err(e) => {
+            send_fatal(client.get_mut(), e.code, &e.message, None).await;
+            return Ok(None);
+        }
+    };
+    Ok(Some((recovered, client_binding)))
 }
 
 /// PostgreSQL's next SASL message, which must be `want`: its data, or None after relaying its

@@ -88,8 +88,6 @@ pub(crate) async fn handle_in_span(shared: Arc<Shared>, tcp: TcpStream, admitted
     tracing::Span::current().record("masked", !unmasked);
     let _counted = crate::metrics::session_started(!unmasked);
     tracing::info!(user = %user, database = %database, masked = !unmasked, tls = creader.get_mut().is_tls(), "session started");
-    let (cstream, cbuf) = creader.into_parts();
-    let (sstream, sbuf) = sreader.into_parts();
     let s = Established {
         shared: shared.clone(),
         db,
@@ -98,21 +96,7 @@ pub(crate) async fn handle_in_span(shared: Arc<Shared>, tcp: TcpStream, admitted
         search_path,
         peer,
     };
-    let r = keys.ready;
-    match (cstream, sstream) {
-        (ClientStream::Plain(c), ServerStream::Plain(s2)) => {
-            relay(s, unmasked, c, cbuf, s2, sbuf, r).await
-        }
-        (ClientStream::Plain(c), ServerStream::Tls(s2)) => {
-            relay(s, unmasked, c, cbuf, *s2, sbuf, r).await
-        }
-        (ClientStream::Tls(c), ServerStream::Plain(s2)) => {
-            relay(s, unmasked, *c, cbuf, s2, sbuf, r).await
-        }
-        (ClientStream::Tls(c), ServerStream::Tls(s2)) => {
-            relay(s, unmasked, *c, cbuf, *s2, sbuf, r).await
-        }
-    }
+    relay_streams(s, unmasked, creader, sreader, keys.ready).await;
     drop(guard);
 }
 
@@ -217,6 +201,34 @@ async fn connect_and_authenticate(
         Err(i) => {
             i.tell(creader.get_mut()).await;
             None
+        }
+    }
+}
+
+/// The relay over the concrete streams (plain or TLS on each side), with what the startup
+/// readers had buffered.
+async fn relay_streams(
+    s: Established,
+    unmasked: bool,
+    creader: FrameReader<ClientStream>,
+    sreader: FrameReader<ServerStream>,
+    ready: Bytes,
+) {
+    let (cstream, cbuf) = creader.into_parts();
+    let (sstream, sbuf) = sreader.into_parts();
+    let r = ready;
+    match (cstream, sstream) {
+        (ClientStream::Plain(c), ServerStream::Plain(s2)) => {
+            relay(s, unmasked, c, cbuf, s2, sbuf, r).await
+        }
+        (ClientStream::Plain(c), ServerStream::Tls(s2)) => {
+            relay(s, unmasked, c, cbuf, *s2, sbuf, r).await
+        }
+        (ClientStream::Tls(c), ServerStream::Plain(s2)) => {
+            relay(s, unmasked, *c, cbuf, s2, sbuf, r).await
+        }
+        (ClientStream::Tls(c), ServerStream::Tls(s2)) => {
+            relay(s, unmasked, *c, cbuf, *s2, sbuf, r).await
         }
     }
 }

@@ -23,6 +23,8 @@ impl State<'_> {
         }
     }
 
+    // Long: the checks of one table reference, in order, share the fields destructured at
+    // the top (and the TABLESAMPLE rewrite replaces the factor they came from).
     pub(super) fn substitute_factor(&mut self, tf: &mut TableFactor) -> Result<(), Refusal> {
         let TableFactor::Table {
             name,
