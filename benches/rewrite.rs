@@ -1,4 +1,4 @@
-//! Criterion benchmarks of the masking rewriter (issue 2, section 13).
+//! Criterion benchmarks of the masking rewriter.
 //!
 //! Four statements a masked session typically sends, each measured
 //! - `cold`: `pgredact::rewrite::rewrite` (parse + rewrite + audit + display, every call), and

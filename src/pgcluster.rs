@@ -759,19 +759,7 @@ pub fn describe_pg_error(e: &tokio_postgres::Error) -> String {
             }
             s
         }
-        None => {
-            let mut s = e.to_string();
-            let mut source = std::error::Error::source(e);
-            while let Some(cause) = source {
-                let cause_text = cause.to_string();
-                if !s.contains(&cause_text) {
-                    s.push_str(": ");
-                    s.push_str(&cause_text);
-                }
-                source = cause.source();
-            }
-            s
-        }
+        None => crate::tls::error_chain(e),
     }
 }
 

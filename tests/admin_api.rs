@@ -1,4 +1,4 @@
-//! The admin API for privacy teams (issue 10, item 7): hardening (token before body, limits,
+//! The admin API for privacy teams: hardening (token before body, limits,
 //! HTTPS), request ids and deadlines, job lists and customer status, receipts, callbacks and
 //! the audit chain. Against real PostgreSQL clusters where the data matters.
 
