@@ -332,33 +332,48 @@ fn default_connect_timeout() -> u64 {
     10
 }
 
+/// Why a configuration file was refused: the file, the line when there is one, and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("{}: cannot read: {reason}", path.display())]
+    Unreadable { path: PathBuf, reason: String },
+    /// The file is not valid TOML, or a setting has the wrong type (with its line).
+    #[error("{0}")]
+    Syntax(crate::policy::Error),
+    /// A setting's value is not allowed.
+    #[error("{}: {reason}", path.display())]
+    Invalid { path: PathBuf, reason: String },
+}
+
 impl Config {
-    pub fn load(path: &Path) -> Result<Config, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    pub fn load(path: &Path) -> Result<Config, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Unreadable {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
         Self::parse(&text, path)
     }
 
-    pub fn parse(text: &str, path: &Path) -> Result<Config, String> {
+    pub fn parse(text: &str, path: &Path) -> Result<Config, Error> {
+        let invalid = |reason: String| Error::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        };
         let mut cfg: Config = toml::from_str(text)
-            .map_err(|e| crate::policy::toml_error(path, text, &e).to_string())?;
+            .map_err(|e| Error::Syntax(crate::policy::toml_error(path, text, &e)))?;
         if cfg.max_client_conn == 0 {
-            return Err(format!(
-                "{}: max_client_conn must be at least 1",
-                path.display()
-            ));
+            return Err(invalid("max_client_conn must be at least 1".into()));
         }
         if let Some(p) = &cfg.peering {
-            p.peer_addrs()
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+            p.peer_addrs().map_err(invalid)?;
         }
         cfg.base_dir = path
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
         cfg.file = path.to_path_buf();
-        cfg.upstream_tls =
-            crate::tls::upstream(&cfg).map_err(|e| format!("{}: {e}", path.display()))?;
+        cfg.upstream_tls = crate::tls::upstream(&cfg).map_err(invalid)?;
         Ok(cfg)
     }
 
@@ -459,9 +474,17 @@ mod tests {
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.restart_needed(&n), vec!["log_format"]);
         let e = Config::parse(&format!("log_format = \"xml\"\n{BASE}"), path).unwrap_err();
-        assert!(e.contains("expected `text` or `json`"), "{e}");
+        assert!(
+            matches!(&e, Error::Syntax(crate::policy::Error::At { line: 1, .. })),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("expected `text` or `json`"), "{e}");
         let e = Config::parse(&format!("max_client_conn = 0\n{BASE}"), path).unwrap_err();
-        assert!(e.contains("max_client_conn must be at least 1"), "{e}");
+        assert!(matches!(&e, Error::Invalid { .. }), "{e:?}");
+        assert!(
+            e.to_string().contains("max_client_conn must be at least 1"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -498,7 +521,7 @@ mod tests {
             ),
         ] {
             let e = Config::parse(&format!("{BASE}{bad}"), path).unwrap_err();
-            assert!(e.contains(why), "{bad}: {e}");
+            assert!(e.to_string().contains(why), "{bad}: {e}");
         }
         let n = Config::parse(&format!("{BASE}[peering]\npeer_id = 2\n"), path).unwrap();
         assert_eq!(c.restart_needed(&n), vec!["[peering]"]);

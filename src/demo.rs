@@ -26,7 +26,7 @@ pub enum Error {
     },
     /// The generated configuration does not load (its own message).
     #[error("{0}")]
-    Config(String),
+    Config(crate::config::Error),
     /// `setup-sql` could not be built (its own message).
     #[error("{0}")]
     SetupSql(String),

@@ -1180,9 +1180,11 @@ async fn tls_towards_postgresql_with_verify_full() {
     };
     assert!(with("sslmode = \"prefer\"")
         .unwrap_err()
+        .to_string()
         .contains("verify-full"));
     assert!(with("sslmode = \"verify-full\"")
         .unwrap_err()
+        .to_string()
         .contains("upstream.ca"));
 
     let cfg = with("sslmode = \"verify-full\"\nca = \"ca.crt\"").expect("config");
