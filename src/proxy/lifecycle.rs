@@ -139,6 +139,16 @@ impl Stop {
             ),
         }
     }
+
+    /// Whether this reason to end a session still holds now, for a session whose last event
+    /// (client message or ReadyForQuery) was at `last_event`, under idle timeout `limit`.
+    pub(crate) fn due(&self, limit: Option<std::time::Duration>, last_event: Instant) -> bool {
+        match (self, limit) {
+            (Stop::Idle { .. }, Some(d)) => Instant::now() >= last_event + d,
+            (Stop::Idle { .. }, None) => false,
+            (Stop::Shutdown, _) => true,
+        }
+    }
 }
 
 pub const SHUTTING_DOWN: &str = "pgredact is shutting down";

@@ -278,12 +278,7 @@ impl<'a> Relay<'a> {
             // Decided with the session's state as it is now: both halves run in this task, so
             // no client message can be forwarded between this check and the close.
             let a = lock(&self.act);
-            let due = match (stop, limit) {
-                (Stop::Idle { .. }, Some(d)) => Instant::now() >= a.last_event + d,
-                (Stop::Idle { .. }, None) => false,
-                (Stop::Shutdown, _) => true,
-            };
-            if a.idle() && due {
+            if a.idle() && stop.due(limit, a.last_event) {
                 return Down::Stop(stop, true);
             }
         }

@@ -101,12 +101,7 @@ impl ServerHalf {
                 _ = wake.notified() => continue,
             };
             let mut p = lock(&self.state);
-            let due = match (stop, limit) {
-                (Stop::Idle { .. }, Some(d)) => Instant::now() >= p.last_event + d,
-                (Stop::Idle { .. }, None) => false,
-                (Stop::Shutdown, _) => true,
-            };
-            if p.idle() && due {
+            if p.idle() && stop.due(limit, p.last_event) {
                 p.closing = true;
                 return Ok(Next::Stop(stop));
             }
