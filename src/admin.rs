@@ -616,185 +616,47 @@ enum RawIds {
     Csv(Bytes),
 }
 
+/// A request as parsed from its query, headers and body (JSON members win over the query).
+struct Submission {
+    database: Option<String>,
+    fields: requests::Fields,
+    callback_url: Option<String>,
+    requester: Option<String>,
+    raw: RawIds,
+}
+
 async fn remove_pii(
     State(state): State<AdminState>,
     Query(q): Query<SubmitQuery>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body larger than {MAX_BODY_BYTES} bytes; the limit is {MAX_IDS} customer IDs a request"),
-            )
-        } else {
-            ApiError::new(e.status(), format!("cannot read the request body: {e}"))
-        }
-    })?;
-    let ctype = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json")
-        .to_ascii_lowercase();
-    let mut database = q.database;
-    let mut fields = requests::Fields {
-        external_id: q.external_id,
-        regulation: q.regulation,
-        deadline: q.deadline,
-    };
-    let mut callback_url = q.callback_url;
-    let mut requester = headers
-        .get("x-requester")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let raw = if ctype.starts_with("text/csv") || ctype.starts_with("text/plain") {
-        let fields = csv::csv_fields(&body)
-            .map_err(|e| ApiError::bad(format!("CSV body: {e}; nothing was changed")))?;
-        // A header line may be among the fields: one more than the limit is decided after parsing.
-        if fields.len() > MAX_IDS + 1 {
-            return Err(too_many(fields.len()));
-        }
-        RawIds::Csv(body)
-    } else if ctype.starts_with("application/json") {
-        let v: Value = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))?;
-        let obj = v.as_object().ok_or_else(|| {
-            ApiError::bad("JSON body must be an object: {\"customer_ids\": [...]}".to_string())
-        })?;
-        if let Some(d) = obj.get("database") {
-            database = Some(
-                d.as_str()
-                    .ok_or_else(|| ApiError::bad("\"database\" must be a string".to_string()))?
-                    .to_string(),
-            );
-        }
-        for (key, slot) in [
-            ("external_id", &mut fields.external_id),
-            ("regulation", &mut fields.regulation),
-            ("deadline", &mut fields.deadline),
-        ] {
-            if let Some(v) = json_str(obj, key)? {
-                *slot = Some(v);
-            }
-        }
-        if let Some(u) = json_str(obj, "callback_url")? {
-            callback_url = Some(u);
-        }
-        if let Some(r) = obj.get("requester") {
-            requester = Some(
-                r.as_str()
-                    .ok_or_else(|| ApiError::bad("\"requester\" must be a string".to_string()))?
-                    .to_string(),
-            );
-        }
-        let arr = obj
-            .get("customer_ids")
-            .and_then(Value::as_array)
-            .ok_or_else(|| {
-                ApiError::bad(
-                    "missing \"customer_ids\": an array of integers or strings".to_string(),
-                )
-            })?;
-        if arr.len() > MAX_IDS {
-            return Err(too_many(arr.len()));
-        }
-        let mut ids = Vec::with_capacity(arr.len());
-        for (i, x) in arr.iter().enumerate() {
-            ids.push(match x {
-                Value::Number(n) => csv::RawId::Int(n.as_i64().ok_or_else(|| {
-                    ApiError::bad(format!("customer_ids[{i}]: {n} is not an integer ID"))
-                })?),
-                Value::String(s) => csv::RawId::Text(s.clone()),
-                other => {
-                    return Err(ApiError::bad(format!(
-                        "customer_ids[{i}]: expected an integer or a string, got {other}"
-                    )))
-                }
-            });
-        }
-        RawIds::Json(ids)
-    } else {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("unsupported content type {ctype:?}: use application/json or text/csv"),
-        ));
-    };
+    let body = body.map_err(body_error)?;
+    let Submission {
+        database,
+        fields,
+        callback_url,
+        requester,
+        raw,
+    } = parse_submission(q, &headers, body)?;
     let mut info = requests::request_info(&fields)?;
     if let Some(url) = callback_url {
-        callback::parse_url(&url).map_err(|e| ApiError::bad(e.to_string()))?;
-        if state.callback.is_none() {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "callbacks are signed with a key: set the environment variable {} ([admin] callback_key_env) \
-                     or the receipt key ({}); nothing was created",
-                    state.callback_key_env, state.receipt_key_env
-                ),
-            ));
-        }
+        check_callback_url(&state, &url)?;
         info.callback_url = Some(url);
     }
     let policy = state.policy(database.as_deref())?;
     let mut session = state.session(policy).await?;
-    let list = match raw {
-        RawIds::Json(ids) => csv::from_raw(&ids, session.spec.id_kind)
-            .map_err(|e| ApiError::bad(format!("{e}; nothing was changed")))?,
-        RawIds::Csv(bytes) => session
-            .parse_csv(&bytes)
-            .map_err(|e| ApiError::bad(format!("CSV body: {e}; nothing was changed")))?,
-    };
-    let total = list.ids.len() + list.duplicates;
-    if total > MAX_IDS {
-        return Err(too_many(total));
-    }
-    if list.ids.is_empty() {
-        return Err(ApiError::bad("no customer IDs in the request".to_string()));
-    }
+    let list = checked_ids(&session, raw)?;
     let origin = Origin {
         requester: requester
             .filter(|r| !r.trim().is_empty())
             .unwrap_or_else(|| "api".to_string()),
         source: "api".to_string(),
     };
-    let internal =
-        |e: forget::Error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-    if let Some(d) = &info.deadline {
-        if let Err(e) = session
-            .client
-            .query_one("SELECT CAST($1 AS text)::timestamptz", &[d])
-            .await
-        {
-            return Err(ApiError::bad(format!(
-                "\"deadline\" {d:?}: {}",
-                forget::db_error(&e)
-            )));
-        }
-    }
+    check_deadline(&session, &info).await?;
     // A repeated request id returns its job, before anything is planned.
-    if let Some(ext) = &info.external_id {
-        let hash: String = session
-            .client
-            .query_one(
-                "SELECT pgredact.hmac_hex(pg_catalog.string_agg(v, pg_catalog.chr(10) ORDER BY v COLLATE \"C\")) \
-                 FROM pg_catalog.unnest(CAST($1 AS pg_catalog.text[])) v",
-                &[&list.ids],
-            )
-            .await
-            .map_err(|e| internal(e.into()))?
-            .get(0);
-        info.request_hash = Some(hash);
-        let existing = session
-            .client
-            .query_opt(
-                "SELECT id, request_hash FROM pgredact.forget_jobs WHERE external_id = $1",
-                &[ext],
-            )
-            .await
-            .map_err(|e| internal(e.into()))?;
-        if let Some(row) = existing {
-            return existing_job(&session, &info, row.get(0), row.get(1)).await;
-        }
+    if let Some(answer) = repeated_request(&session, &mut info, &list.ids).await? {
+        return Ok(answer);
     }
     // Planned now: a blocked request is answered here, and no job holds its IDs.
     let plan = session
@@ -807,7 +669,7 @@ async fn remove_pii(
     let job = match session
         .submit_request(&origin, &list, state.batch_size, Some(&plan), &info)
         .await
-        .map_err(internal)?
+        .map_err(internal_error)?
     {
         forget::jobs::Created::New(id) => id,
         forget::jobs::Created::Existing(id, hash) => {
@@ -816,7 +678,7 @@ async fn remove_pii(
     };
     state.wake.notify_one();
     let db = session.spec.database.clone();
-    let st = session.status(job).await.map_err(internal)?;
+    let st = session.status(job).await.map_err(internal_error)?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({
@@ -833,6 +695,221 @@ async fn remove_pii(
         })),
     )
         .into_response())
+}
+
+/// A request's IDs, checked against the subject type: at most [`MAX_IDS`] (duplicates
+/// included), and at least one.
+fn checked_ids(session: &Session, raw: RawIds) -> Result<csv::IdList, ApiError> {
+    let list = match raw {
+        RawIds::Json(ids) => csv::from_raw(&ids, session.spec.id_kind)
+            .map_err(|e| ApiError::bad(format!("{e}; nothing was changed")))?,
+        RawIds::Csv(bytes) => session
+            .parse_csv(&bytes)
+            .map_err(|e| ApiError::bad(format!("CSV body: {e}; nothing was changed")))?,
+    };
+    let total = list.ids.len() + list.duplicates;
+    if total > MAX_IDS {
+        return Err(too_many(total));
+    }
+    if list.ids.is_empty() {
+        return Err(ApiError::bad("no customer IDs in the request".to_string()));
+    }
+    Ok(list)
+}
+
+/// A 500 for a failure of the control session.
+fn internal_error(e: forget::Error) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+/// The answer to a request body that could not be read.
+fn body_error(e: BytesRejection) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body larger than {MAX_BODY_BYTES} bytes; the limit is {MAX_IDS} customer IDs a request"),
+        )
+    } else {
+        ApiError::new(e.status(), format!("cannot read the request body: {e}"))
+    }
+}
+
+/// Reads a request's fields and IDs from its query, headers and body (CSV or JSON, by content
+/// type).
+fn parse_submission(
+    q: SubmitQuery,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Submission, ApiError> {
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_ascii_lowercase();
+    let mut sub = Submission {
+        database: q.database,
+        fields: requests::Fields {
+            external_id: q.external_id,
+            regulation: q.regulation,
+            deadline: q.deadline,
+        },
+        callback_url: q.callback_url,
+        requester: headers
+            .get("x-requester")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        raw: RawIds::Json(Vec::new()),
+    };
+    sub.raw = if ctype.starts_with("text/csv") || ctype.starts_with("text/plain") {
+        let fields = csv::csv_fields(&body)
+            .map_err(|e| ApiError::bad(format!("CSV body: {e}; nothing was changed")))?;
+        // A header line may be among the fields: one more than the limit is decided after parsing.
+        if fields.len() > MAX_IDS + 1 {
+            return Err(too_many(fields.len()));
+        }
+        RawIds::Csv(body)
+    } else if ctype.starts_with("application/json") {
+        RawIds::Json(parse_json_body(&body, &mut sub)?)
+    } else {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("unsupported content type {ctype:?}: use application/json or text/csv"),
+        ));
+    };
+    Ok(sub)
+}
+
+/// Reads a JSON request body: its members override the fields of `sub`; returns its
+/// `customer_ids`.
+fn parse_json_body(body: &[u8], sub: &mut Submission) -> Result<Vec<csv::RawId>, ApiError> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))?;
+    let obj = v.as_object().ok_or_else(|| {
+        ApiError::bad("JSON body must be an object: {\"customer_ids\": [...]}".to_string())
+    })?;
+    if let Some(d) = obj.get("database") {
+        sub.database = Some(
+            d.as_str()
+                .ok_or_else(|| ApiError::bad("\"database\" must be a string".to_string()))?
+                .to_string(),
+        );
+    }
+    for (key, slot) in [
+        ("external_id", &mut sub.fields.external_id),
+        ("regulation", &mut sub.fields.regulation),
+        ("deadline", &mut sub.fields.deadline),
+    ] {
+        if let Some(v) = json_str(obj, key)? {
+            *slot = Some(v);
+        }
+    }
+    if let Some(u) = json_str(obj, "callback_url")? {
+        sub.callback_url = Some(u);
+    }
+    if let Some(r) = obj.get("requester") {
+        sub.requester = Some(
+            r.as_str()
+                .ok_or_else(|| ApiError::bad("\"requester\" must be a string".to_string()))?
+                .to_string(),
+        );
+    }
+    let arr = obj
+        .get("customer_ids")
+        .and_then(Value::as_array)
+        .ok_or_else(|| {
+            ApiError::bad("missing \"customer_ids\": an array of integers or strings".to_string())
+        })?;
+    if arr.len() > MAX_IDS {
+        return Err(too_many(arr.len()));
+    }
+    let mut ids = Vec::with_capacity(arr.len());
+    for (i, x) in arr.iter().enumerate() {
+        ids.push(match x {
+            Value::Number(n) => csv::RawId::Int(n.as_i64().ok_or_else(|| {
+                ApiError::bad(format!("customer_ids[{i}]: {n} is not an integer ID"))
+            })?),
+            Value::String(s) => csv::RawId::Text(s.clone()),
+            other => {
+                return Err(ApiError::bad(format!(
+                    "customer_ids[{i}]: expected an integer or a string, got {other}"
+                )))
+            }
+        });
+    }
+    Ok(ids)
+}
+
+/// Checks a request's callback URL, and that callbacks can be signed.
+fn check_callback_url(state: &AdminState, url: &str) -> Result<(), ApiError> {
+    callback::parse_url(url).map_err(|e| ApiError::bad(e.to_string()))?;
+    if state.callback.is_none() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "callbacks are signed with a key: set the environment variable {} ([admin] callback_key_env) \
+                 or the receipt key ({}); nothing was created",
+                state.callback_key_env, state.receipt_key_env
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a request's deadline literal with PostgreSQL.
+async fn check_deadline(
+    session: &Session,
+    info: &forget::jobs::RequestInfo,
+) -> Result<(), ApiError> {
+    if let Some(d) = &info.deadline {
+        if let Err(e) = session
+            .client
+            .query_one("SELECT CAST($1 AS text)::timestamptz", &[d])
+            .await
+        {
+            return Err(ApiError::bad(format!(
+                "\"deadline\" {d:?}: {}",
+                forget::db_error(&e)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// For a request with an `external_id`: records the hash of its IDs in `info` and, when a job
+/// has that request id already, the answer for it.
+async fn repeated_request(
+    session: &Session,
+    info: &mut forget::jobs::RequestInfo,
+    ids: &[String],
+) -> Result<Option<Response>, ApiError> {
+    let Some(ext) = &info.external_id else {
+        return Ok(None);
+    };
+    let hash: String = session
+        .client
+        .query_one(
+            "SELECT pgredact.hmac_hex(pg_catalog.string_agg(v, pg_catalog.chr(10) ORDER BY v COLLATE \"C\")) \
+             FROM pg_catalog.unnest(CAST($1 AS pg_catalog.text[])) v",
+            &[&ids],
+        )
+        .await
+        .map_err(|e| internal_error(e.into()))?
+        .get(0);
+    let existing = session
+        .client
+        .query_opt(
+            "SELECT id, request_hash FROM pgredact.forget_jobs WHERE external_id = $1",
+            &[ext],
+        )
+        .await
+        .map_err(|e| internal_error(e.into()))?;
+    info.request_hash = Some(hash);
+    match existing {
+        Some(row) => Ok(Some(
+            existing_job(session, info, row.get(0), row.get(1)).await?,
+        )),
+        None => Ok(None),
+    }
 }
 
 /// The answer to a request whose `external_id` names a job already: 200 with that job when the
@@ -1052,26 +1129,7 @@ async fn list_jobs(
     State(state): State<AdminState>,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let states: Option<Vec<String>> = match &q.state {
-        None => None,
-        Some(s) => {
-            let v: Vec<String> = s
-                .split(',')
-                .map(|x| x.trim().to_string())
-                .filter(|x| !x.is_empty())
-                .collect();
-            if let Some(bad) = v
-                .iter()
-                .find(|x| !forget::jobs::STATES.contains(&x.as_str()))
-            {
-                return Err(ApiError::bad(format!(
-                    "unknown state {bad:?}: one of {}",
-                    forget::jobs::STATES.join(", ")
-                )));
-            }
-            Some(v)
-        }
-    };
+    let states = parse_states(q.state.as_deref())?;
     if let Some(k) = &q.kind {
         if k != "forget" && k != "unforget" {
             return Err(ApiError::bad(format!(
@@ -1098,6 +1156,55 @@ async fn list_jobs(
     let policy = state.policy(q.database.as_deref())?;
     let session = state.connection(Arc::clone(&policy)).await?;
     let client = &session.client;
+    let rows = query_jobs(client, &q, &states, &since, &until, limit).await?;
+    let more = rows.len() as i64 > limit;
+    let jobs: Vec<Value> = rows.iter().take(limit as usize).map(job_summary).collect();
+    let next = if more {
+        jobs.last().and_then(|j| j["job_id"].as_i64())
+    } else {
+        None
+    };
+    Ok(Json(json!({
+        "database": policy.database,
+        "jobs": jobs,
+        "next_cursor": next,
+    }))
+    .into_response())
+}
+
+/// The `state` filter of a job listing: comma-separated job states.
+fn parse_states(state: Option<&str>) -> Result<Option<Vec<String>>, ApiError> {
+    match state {
+        None => Ok(None),
+        Some(s) => {
+            let v: Vec<String> = s
+                .split(',')
+                .map(|x| x.trim().to_string())
+                .filter(|x| !x.is_empty())
+                .collect();
+            if let Some(bad) = v
+                .iter()
+                .find(|x| !forget::jobs::STATES.contains(&x.as_str()))
+            {
+                return Err(ApiError::bad(format!(
+                    "unknown state {bad:?}: one of {}",
+                    forget::jobs::STATES.join(", ")
+                )));
+            }
+            Ok(Some(v))
+        }
+    }
+}
+
+/// One page of jobs (one more than `limit`, to tell whether more follow), newest first.
+async fn query_jobs(
+    client: &tokio_postgres::Client,
+    q: &ListQuery,
+    states: &Option<Vec<String>>,
+    since: &Option<String>,
+    until: &Option<String>,
+    limit: i64,
+) -> Result<Vec<tokio_postgres::Row>, ApiError> {
     let ts =
         |c: &str| format!("to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')");
     let query = format!(
@@ -1114,14 +1221,14 @@ async fn list_jobs(
         ts("finished_at"),
         ts("deadline")
     );
-    let rows = match client
+    match client
         .query(
             &query,
             &[
-                &states,
+                states,
                 &q.kind,
-                &since,
-                &until,
+                since,
+                until,
                 &q.external_id,
                 &q.cursor,
                 &(limit + 1),
@@ -1129,55 +1236,38 @@ async fn list_jobs(
         )
         .await
     {
-        Ok(r) => r,
+        Ok(r) => Ok(r),
         // No job was ever submitted in this database.
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Vec::new(),
-        Err(e) if e.code().is_some_and(|c| c.code().starts_with("22")) => {
-            return Err(ApiError::bad(format!(
-                "since/until: {}",
-                forget::db_error(&e)
-            )))
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+            Ok(Vec::new())
         }
-        Err(e) => {
-            return Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                forget::db_error(&e),
-            ))
-        }
-    };
-    let more = rows.len() as i64 > limit;
-    let jobs: Vec<Value> = rows
-        .iter()
-        .take(limit as usize)
-        .map(|r| {
-            json!({
-                "job_id": r.get::<_, i64>(0),
-                "kind": r.get::<_, String>(1),
-                "state": r.get::<_, String>(2),
-                "external_id": r.get::<_, Option<String>>(3),
-                "regulation": r.get::<_, Option<String>>(4),
-                "requester": r.get::<_, String>(5),
-                "source": r.get::<_, String>(6),
-                "created_at": r.get::<_, String>(7),
-                "finished_at": r.get::<_, Option<String>>(8),
-                "deadline": r.get::<_, Option<String>>(9),
-                "deadline_met": r.get::<_, Option<bool>>(10),
-                "ids_total": r.get::<_, i64>(11),
-                "error": r.get::<_, Option<String>>(12),
-            })
-        })
-        .collect();
-    let next = if more {
-        jobs.last().and_then(|j| j["job_id"].as_i64())
-    } else {
-        None
-    };
-    Ok(Json(json!({
-        "database": policy.database,
-        "jobs": jobs,
-        "next_cursor": next,
-    }))
-    .into_response())
+        Err(e) if e.code().is_some_and(|c| c.code().starts_with("22")) => Err(ApiError::bad(
+            format!("since/until: {}", forget::db_error(&e)),
+        )),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            forget::db_error(&e),
+        )),
+    }
+}
+
+/// One job of a job listing.
+fn job_summary(r: &tokio_postgres::Row) -> Value {
+    json!({
+        "job_id": r.get::<_, i64>(0),
+        "kind": r.get::<_, String>(1),
+        "state": r.get::<_, String>(2),
+        "external_id": r.get::<_, Option<String>>(3),
+        "regulation": r.get::<_, Option<String>>(4),
+        "requester": r.get::<_, String>(5),
+        "source": r.get::<_, String>(6),
+        "created_at": r.get::<_, String>(7),
+        "finished_at": r.get::<_, Option<String>>(8),
+        "deadline": r.get::<_, Option<String>>(9),
+        "deadline_met": r.get::<_, Option<bool>>(10),
+        "ids_total": r.get::<_, i64>(11),
+        "error": r.get::<_, Option<String>>(12),
+    })
 }
 
 /// `GET /v1/customers/{id}/status`: whether the customer is forgotten, or waits in a job,
@@ -1197,9 +1287,6 @@ async fn customer_status(
     let policy = state.policy(q.database.as_deref())?;
     let session = state.session(policy).await?;
     let canonical = canonical_id(&session, &id)?;
-    let internal = |e: tokio_postgres::Error| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, forget::db_error(&e))
-    };
     let hash: Vec<u8> = session
         .client
         .query_one(
@@ -1207,8 +1294,21 @@ async fn customer_status(
             &[&canonical],
         )
         .await
-        .map_err(internal)?
+        .map_err(db_internal)?
         .get(0);
+    if let Some(listed) = listed_status(&session, &hash).await? {
+        return Ok(Json(listed).into_response());
+    }
+    Ok(Json(waiting_status(&session, &hash).await?).into_response())
+}
+
+/// A 500 for a failed query of the control session.
+fn db_internal(e: tokio_postgres::Error) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, forget::db_error(&e))
+}
+
+/// The status of a customer on the forget list (by keyed hash), or `None` when not on it.
+async fn listed_status(session: &Session, hash: &[u8]) -> Result<Option<Value>, ApiError> {
     let row = session
         .client
         .query_opt(
@@ -1219,26 +1319,29 @@ async fn customer_status(
             &[&hash],
         )
         .await
-        .map_err(internal)?;
-    if let Some(r) = row {
+        .map_err(db_internal)?;
+    Ok(row.map(|r| {
         let job_state: Option<String> = r.get(3);
         let st = match job_state.as_deref() {
             None | Some(forget::jobs::DONE) => "forgotten",
             Some(forget::jobs::FAILED) => "failed",
             Some(_) => "pending",
         };
-        return Ok(Json(json!({
+        json!({
             "forgotten": true,
             "state": st,
             "forgotten_at": r.get::<_, String>(0),
             "job_id": r.get::<_, Option<i64>>(1),
             "external_id": r.get::<_, Option<String>>(2),
             "job_state": job_state,
-        }))
-        .into_response());
-    }
-    // Not on the list: a job that holds the ID and has not put it there (queued, or blocked
-    // before its start), found by the keyed hashes kept next to its batches.
+        })
+    }))
+}
+
+/// The status of a customer not on the forget list: a job that holds the ID and has not put it
+/// there (queued, or blocked before its start), found by the keyed hashes kept next to its
+/// batches; else `not_forgotten`.
+async fn waiting_status(session: &Session, hash: &[u8]) -> Result<Value, ApiError> {
     let waiting = session
         .client
         .query_opt(
@@ -1251,8 +1354,8 @@ async fn customer_status(
             &[&hash],
         )
         .await
-        .map_err(internal)?;
-    Ok(Json(match waiting {
+        .map_err(db_internal)?;
+    Ok(match waiting {
         Some(r) => {
             let job_state: String = r.get(1);
             let st = match job_state.as_str() {
@@ -1271,7 +1374,6 @@ async fn customer_status(
         }
         None => json!({ "forgotten": false, "state": "not_forgotten" }),
     })
-    .into_response())
 }
 
 /// The canonical form of one customer ID from a path, for this database's subject type. Errors

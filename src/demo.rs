@@ -80,33 +80,7 @@ pub async fn run(listen: &str) -> Result<(), Error> {
             .await??;
     let (listener, shared) = crate::proxy::bind(cfg).await.map_err(Error::Proxy)?;
     let addr = listener.local_addr()?;
-    let (host, port) = (addr.ip(), addr.port());
-    println!();
-    println!(
-        "pgredact is listening on {addr}, in front of PostgreSQL on 127.0.0.1:{}.",
-        cluster.port
-    );
-    println!("Connect as a masked support user (password: support):");
-    println!("  psql \"host={host} port={port} dbname=app user=support password=support\"");
-    println!("As the masked data solutions team (password: solutions):");
-    println!("  psql \"host={host} port={port} dbname=app user=solutions password=solutions\"");
-    println!("As a DBA, who sees raw data (password: dba):");
-    println!("  psql \"host={host} port={port} dbname=app user=dba password=dba\"");
-    println!(
-        "Straight to PostgreSQL, bypassing pgredact: support reads the masking views and is denied raw PII:"
-    );
-    println!(
-        "  psql \"host=127.0.0.1 port={} dbname=app user=support password=support\" -c \"SELECT email FROM pgredact_masked.customers LIMIT 1\" -c \"SELECT email FROM customers LIMIT 1\"",
-        cluster.port
-    );
-    println!();
-    println!("Try:  SELECT * FROM customers ORDER BY customer_id LIMIT 5;");
-    println!(
-        "      UPDATE customers SET tier = 'gold' WHERE customer_id = 1;   -- as solutions: passes"
-    );
-    println!("      UPDATE customers SET email = 'x' WHERE customer_id = 1;     -- as solutions: refused");
-    println!("Policy in use: {}", dir.join("policies/app.toml").display());
-    println!("Press Ctrl-C to stop and delete everything.");
+    print_instructions(addr, cluster.port, &dir);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(Error::Signal)?;
     tokio::select! {
@@ -118,6 +92,33 @@ pub async fn run(listen: &str) -> Result<(), Error> {
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// What the demo prints once it listens: how to connect as each role, and what to try.
+fn print_instructions(addr: std::net::SocketAddr, pg_port: u16, dir: &std::path::Path) {
+    let (host, port) = (addr.ip(), addr.port());
+    println!();
+    println!("pgredact is listening on {addr}, in front of PostgreSQL on 127.0.0.1:{pg_port}.");
+    println!("Connect as a masked support user (password: support):");
+    println!("  psql \"host={host} port={port} dbname=app user=support password=support\"");
+    println!("As the masked data solutions team (password: solutions):");
+    println!("  psql \"host={host} port={port} dbname=app user=solutions password=solutions\"");
+    println!("As a DBA, who sees raw data (password: dba):");
+    println!("  psql \"host={host} port={port} dbname=app user=dba password=dba\"");
+    println!(
+        "Straight to PostgreSQL, bypassing pgredact: support reads the masking views and is denied raw PII:"
+    );
+    println!(
+        "  psql \"host=127.0.0.1 port={pg_port} dbname=app user=support password=support\" -c \"SELECT email FROM pgredact_masked.customers LIMIT 1\" -c \"SELECT email FROM customers LIMIT 1\""
+    );
+    println!();
+    println!("Try:  SELECT * FROM customers ORDER BY customer_id LIMIT 5;");
+    println!(
+        "      UPDATE customers SET tier = 'gold' WHERE customer_id = 1;   -- as solutions: passes"
+    );
+    println!("      UPDATE customers SET email = 'x' WHERE customer_id = 1;     -- as solutions: refused");
+    println!("Policy in use: {}", dir.join("policies/app.toml").display());
+    println!("Press Ctrl-C to stop and delete everything.");
 }
 
 fn tempfile_dir() -> Result<PathBuf, Error> {

@@ -224,6 +224,20 @@ pub struct Cluster {
     watchdog: Option<std::process::Child>,
 }
 
+/// Refuses `extra_conf` setting names that are not plain identifiers.
+fn validate_settings(opts: &ClusterOptions) -> Result<(), Error> {
+    for (name, _) in &opts.extra_conf {
+        let valid = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+        if !valid {
+            return Err(Error::InvalidSetting(name.clone()));
+        }
+    }
+    Ok(())
+}
+
 impl Cluster {
     /// The directory holding `initdb` and `pg_ctl`: `$PGREDACT_PG_BIN`, else
     /// `/usr/lib/postgresql/{17,16,15,14}/bin`, else the first `PATH` entry that has both.
@@ -256,15 +270,7 @@ impl Cluster {
     /// Creates, configures and starts a new cluster; blocks until it accepts connections.
     /// Safe to call from many threads and processes at once.
     pub fn start(opts: ClusterOptions) -> Result<Cluster, Error> {
-        for (name, _) in &opts.extra_conf {
-            let valid = !name.is_empty()
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
-            if !valid {
-                return Err(Error::InvalidSetting(name.clone()));
-            }
-        }
+        validate_settings(&opts)?;
         let bin_dir = Self::bin_dir()?;
         let run_as = if effective_uid()? == 0 {
             Some(postgres_os_user()?)
@@ -286,8 +292,16 @@ impl Cluster {
         };
         cluster.watchdog = cluster.spawn_watchdog();
         cluster.initdb()?;
-        cluster.write_file(
-            &cluster.data_dir.join("pg_hba.conf"),
+        cluster.write_conf(&opts)?;
+        cluster.start_server(&opts)?;
+        Ok(cluster)
+    }
+
+    /// Writes `pg_hba.conf` and makes `postgresql.conf` include the file [`Self::start_server`]
+    /// writes.
+    fn write_conf(&self, opts: &ClusterOptions) -> Result<(), Error> {
+        self.write_file(
+            &self.data_dir.join("pg_hba.conf"),
             &format!(
                 "# written by pgredact::pgcluster\n\
                  local all all trust\n\
@@ -295,27 +309,29 @@ impl Cluster {
                 opts.auth.hba_method()
             ),
         )?;
-        let conf_path = cluster.data_dir.join("postgresql.conf");
+        let conf_path = self.data_dir.join("postgresql.conf");
         let mut conf = fs::read_to_string(&conf_path)
             .map_err(Error::io(format!("reading {}", conf_path.display())))?;
         conf.push_str("\n# added by pgredact::pgcluster\ninclude 'pgredact_cluster.conf'\n");
-        cluster.write_file(&conf_path, &conf)?;
+        self.write_file(&conf_path, &conf)?;
+        Ok(())
+    }
 
+    /// Starts the server, on a fresh port after each "Address already in use".
+    fn start_server(&mut self, opts: &ClusterOptions) -> Result<(), Error> {
         let mut last_error = None;
         for _ in 0..MAX_PORT_ATTEMPTS {
             let port = reserve_port()?;
-            cluster.write_file(
-                &cluster.data_dir.join("pgredact_cluster.conf"),
-                &cluster.conf_text(&opts, port),
+            self.write_file(
+                &self.data_dir.join("pgredact_cluster.conf"),
+                &self.conf_text(opts, port),
             )?;
-            let log_offset = fs::metadata(cluster.log_path())
-                .map(|m| m.len())
-                .unwrap_or(0);
-            let data_dir = cluster.data_dir.clone();
-            let log_path = cluster.log_path();
-            let out = cluster.run_as_server_user(
+            let log_offset = fs::metadata(self.log_path()).map(|m| m.len()).unwrap_or(0);
+            let data_dir = self.data_dir.clone();
+            let log_path = self.log_path();
+            let out = self.run_as_server_user(
                 "pg_ctl start",
-                cluster.bin_dir.join("pg_ctl"),
+                self.bin_dir.join("pg_ctl"),
                 [
                     OsStr::new("start"),
                     OsStr::new("-w"),
@@ -328,11 +344,11 @@ impl Cluster {
                 ],
             )?;
             if out.status.success() {
-                cluster.port = port;
-                cluster.running = true;
-                return Ok(cluster);
+                self.port = port;
+                self.running = true;
+                return Ok(());
             }
-            let log = cluster.read_log();
+            let log = self.read_log();
             let new_log = log.get(log_offset as usize..).unwrap_or(&log);
             let error = Error::Start {
                 status: out.status,
@@ -344,7 +360,7 @@ impl Cluster {
                 log: new_log.to_string(),
             };
             // A server that failed to start may still hold its pid file (e.g. a -w timeout).
-            cluster.stop();
+            self.stop();
             if !new_log.contains("Address already in use") {
                 return Err(error);
             }

@@ -850,6 +850,8 @@ fn name_tokens(name: &str) -> Vec<String> {
 /// What a column's (or JSON key's) name says it holds. The PII word must end the name
 /// (`contact_email`, `mobile_phone`, `date_of_birth`), so `email_verified`, `phone_country_code`
 /// or `address_type` say nothing.
+// Long: one rule per detector, in priority order, each with its word lists inline (rustfmt puts
+// one word a line); the rules share the name's tokens and read best as one ordered list.
 pub fn name_hint(name: &str) -> Option<Detector> {
     let t = name_tokens(name);
     let joined = t.concat();
@@ -1776,6 +1778,10 @@ fn column_expr(col: &str, kind: ValueKind) -> String {
     }
 }
 
+/// A readable column of a sampled table: its name, type, what its name says it holds, and
+/// how its values are sampled (`None`: not sampled).
+type SampledCol = (String, ColType, Option<Detector>, Option<ValueKind>);
+
 /// Samples one table and returns its findings (coverage not yet filled in).
 async fn scan_table(
     client: &tokio_postgres::Client,
@@ -1787,7 +1793,7 @@ async fn scan_table(
         return Err(Error::NotInCatalog);
     };
     let table = format!("{}.{}", t.schema, t.name);
-    let mut cols: Vec<(String, ColType, Option<Detector>, Option<ValueKind>)> = Vec::new();
+    let mut cols: Vec<SampledCol> = Vec::new();
     for c in &rel.columns {
         if !t.readable.contains(&c.name) {
             continue;
@@ -1808,25 +1814,7 @@ async fn scan_table(
             .iter()
             .map(|(i, k)| column_expr(&cols[*i].0, *k))
             .collect();
-        let only = if t.kind == 'r' { "ONLY " } else { "" };
-        let sql = format!(
-            "SELECT {} FROM {only}{}.{}{} LIMIT {}",
-            exprs.join(", "),
-            policy::quote_ident(&t.schema),
-            policy::quote_ident(&t.name),
-            sampling_clause(t.estimate, args.sample),
-            args.sample
-        );
-        let begin = format!(
-            "BEGIN READ ONLY; SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}",
-            args.table_timeout_secs.saturating_mul(1000),
-            2000.min(args.table_timeout_secs.saturating_mul(1000).max(1))
-        );
-        client.batch_execute(&begin).await.map_err(Error::Sample)?;
-        let res = client.simple_query(&sql).await;
-        let end = if res.is_ok() { "COMMIT" } else { "ROLLBACK" };
-        let _ = client.batch_execute(end).await;
-        let msgs = res.map_err(Error::Sample)?;
+        let msgs = sample_rows(client, t, args, &exprs).await?;
         for m in msgs {
             let tokio_postgres::SimpleQueryMessage::Row(r) = m else {
                 continue;
@@ -1846,10 +1834,50 @@ async fn scan_table(
             }
         }
     }
+    Ok(column_findings(&table, &cols, &tallies, &paths))
+}
+
+/// Runs the sample query of table `t` (the expressions `exprs`) in a read-only transaction
+/// with the table's time limits.
+async fn sample_rows(
+    client: &tokio_postgres::Client,
+    t: &Target,
+    args: &ScanArgs,
+    exprs: &[String],
+) -> Result<Vec<tokio_postgres::SimpleQueryMessage>, Error> {
+    let only = if t.kind == 'r' { "ONLY " } else { "" };
+    let sql = format!(
+        "SELECT {} FROM {only}{}.{}{} LIMIT {}",
+        exprs.join(", "),
+        policy::quote_ident(&t.schema),
+        policy::quote_ident(&t.name),
+        sampling_clause(t.estimate, args.sample),
+        args.sample
+    );
+    let begin = format!(
+        "BEGIN READ ONLY; SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}",
+        args.table_timeout_secs.saturating_mul(1000),
+        2000.min(args.table_timeout_secs.saturating_mul(1000).max(1))
+    );
+    client.batch_execute(&begin).await.map_err(Error::Sample)?;
+    let res = client.simple_query(&sql).await;
+    let end = if res.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    let _ = client.batch_execute(end).await;
+    res.map_err(Error::Sample)
+}
+
+/// The findings of a sampled table's columns (whole values, then JSON paths), from their
+/// tallies.
+fn column_findings(
+    table: &str,
+    cols: &[SampledCol],
+    tallies: &[Tally],
+    paths: &[BTreeMap<Vec<PathKey>, Tally>],
+) -> Vec<Finding> {
     let mut out = Vec::new();
     for (i, (name, ty, hint, _)) in cols.iter().enumerate() {
         for f in tallies[i].findings(*hint) {
-            out.push(finding(&table, name, None, f, Some(ty.clone())));
+            out.push(finding(table, name, None, f, Some(ty.clone())));
         }
         for (keys, tally) in &paths[i] {
             let hint = match keys.last() {
@@ -1857,11 +1885,11 @@ async fn scan_table(
                 _ => None,
             };
             for f in tally.findings(hint) {
-                out.push(finding(&table, name, Some(keys), f, None));
+                out.push(finding(table, name, Some(keys), f, None));
             }
         }
     }
-    Ok(out)
+    out
 }
 
 fn finding(
@@ -1943,33 +1971,10 @@ pub async fn scan(
         skipped: Vec::new(),
     };
     for r in rows {
-        let kind: String = r.get(3);
-        let t = Target {
-            oid: r.get::<_, i64>(0) as u32,
-            schema: r.get(1),
-            name: r.get(2),
-            kind: kind.chars().next().unwrap_or('r'),
-            estimate: r.get(4),
-            readable: r.get(5),
-            all_columns: r.get::<_, i64>(6) as usize,
-        };
+        let t = target_from_row(&r);
         let table = format!("{}.{}", t.schema, t.name);
         // Columns it may not read are judged by their names alone.
-        let mut found: Vec<Finding> = cat
-            .relations
-            .get(&t.oid)
-            .map(|rel| {
-                rel.columns
-                    .iter()
-                    .filter(|c| !t.readable.contains(&c.name))
-                    .filter_map(|c| {
-                        let d = name_hint(&c.name).filter(|d| type_can_hold(*d, &c.ty))?;
-                        let f = Tally::default().findings(Some(d)).into_iter().next()?;
-                        Some(finding(&table, &c.name, None, f, Some(c.ty.clone())))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut found = unreadable_findings(&cat, &t, &table);
         if t.readable.is_empty() && t.all_columns > 0 {
             report.skipped.push(Skipped {
                 table: table.clone(),
@@ -2000,23 +2005,59 @@ pub async fn scan(
                 }),
             }
         }
-        let tp = table_policy(pol.as_deref(), &cat, t.oid);
-        for f in &mut found {
-            let keys = f.path.as_ref().and_then(|p| {
-                policy::parse_json_path(p).ok().map(|segs| {
-                    segs.into_iter()
-                        .map(|s| match s {
-                            PathSeg::Key(k) => PathKey::Key(k),
-                            _ => PathKey::Any,
-                        })
-                        .collect::<Vec<_>>()
-                })
-            });
-            f.covered_by = covered_by(tp, &f.column, keys.as_deref());
-        }
+        mark_covered(&mut found, table_policy(pol.as_deref(), &cat, t.oid));
         report.findings.extend(found);
     }
     Ok((report, pol))
+}
+
+/// A row of `TARGETS_SQL`.
+fn target_from_row(r: &tokio_postgres::Row) -> Target {
+    let kind: String = r.get(3);
+    Target {
+        oid: r.get::<_, i64>(0) as u32,
+        schema: r.get(1),
+        name: r.get(2),
+        kind: kind.chars().next().unwrap_or('r'),
+        estimate: r.get(4),
+        readable: r.get(5),
+        all_columns: r.get::<_, i64>(6) as usize,
+    }
+}
+
+/// The findings, by name alone, for the columns of `t` the control role may not read.
+fn unreadable_findings(cat: &Catalog, t: &Target, table: &str) -> Vec<Finding> {
+    cat.relations
+        .get(&t.oid)
+        .map(|rel| {
+            rel.columns
+                .iter()
+                .filter(|c| !t.readable.contains(&c.name))
+                .filter_map(|c| {
+                    let d = name_hint(&c.name).filter(|d| type_can_hold(*d, &c.ty))?;
+                    let f = Tally::default().findings(Some(d)).into_iter().next()?;
+                    Some(finding(table, &c.name, None, f, Some(c.ty.clone())))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Fills in which entry of the table's policy `tp` covers each finding.
+fn mark_covered(found: &mut [Finding], tp: Option<&policy::TablePolicy>) {
+    for f in found {
+        let keys = f.path.as_ref().and_then(|p| {
+            policy::parse_json_path(p).ok().map(|segs| {
+                segs.into_iter()
+                    .map(|s| match s {
+                        PathSeg::Key(k) => PathKey::Key(k),
+                        _ => PathKey::Any,
+                    })
+                    .collect::<Vec<_>>()
+            })
+        });
+        f.covered_by = covered_by(tp, &f.column, keys.as_deref());
+    }
 }
 
 use std::sync::Arc;
@@ -2124,17 +2165,7 @@ pub fn propose(
         ),
     };
     let mut doc: DocumentMut = base.parse().map_err(Error::PolicyToml)?;
-    // (schema, table) -> column -> findings
-    let mut by_col: BTreeMap<(String, String), BTreeMap<String, Vec<&Finding>>> = BTreeMap::new();
-    for f in findings.iter().filter(|f| f.covered_by.is_none()) {
-        let (schema, name) = f.table.split_once('.').unwrap_or(("public", &f.table));
-        by_col
-            .entry((schema.to_string(), name.to_string()))
-            .or_default()
-            .entry(f.column.clone())
-            .or_default()
-            .push(f);
-    }
+    let by_col = uncovered_by_column(findings);
     if by_col.is_empty() {
         return Ok(base);
     }
@@ -2148,40 +2179,7 @@ pub fn propose(
         .and_then(Item::as_table_like_mut)
         .ok_or(Error::TablesNotATable)?;
     for ((schema, name), cols) in by_col {
-        let existing = tables
-            .iter()
-            .map(|(k, _)| k.to_string())
-            .find(|k| policy::split_qualified(k).ok() == Some((schema.clone(), name.clone())));
-        let key = match existing {
-            Some(k) => k,
-            None => {
-                let simple = |s: &str| {
-                    !s.is_empty()
-                        && s.chars()
-                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-                        && !s.starts_with(|c: char| c.is_ascii_digit())
-                };
-                let part = |s: &str| {
-                    if simple(s) {
-                        s.to_string()
-                    } else {
-                        policy::quote_ident(s)
-                    }
-                };
-                let k = format!("{}.{}", part(&schema), part(&name));
-                let mut t = Table::new();
-                let mut columns = Table::new();
-                columns.set_dotted(true);
-                // An explicit [table] header: the policy parser needs one (toml's spans do not
-                // cover tables that exist only through their sub-tables).
-                t.decor_mut().set_prefix(format!(
-                    "\n# pgredact scan: {schema}.{name} had no policy entry\n"
-                ));
-                t.insert("columns", Item::Table(columns));
-                tables.insert(&k, Item::Table(t));
-                k
-            }
-        };
+        let key = proposed_table_key(tables, &schema, &name);
         let table = tables
             .get_mut(&key)
             .and_then(Item::as_table_like_mut)
@@ -2195,77 +2193,7 @@ pub fn propose(
             .and_then(Item::as_table_like_mut)
             .ok_or_else(|| Error::ColumnsNotATable(key.clone()))?;
         for (col, fs) in cols {
-            let whole: Vec<&&Finding> = fs.iter().filter(|f| f.path.is_none()).collect();
-            let json: Vec<&&Finding> = fs.iter().filter(|f| f.path.is_some()).collect();
-            let mut note = String::new();
-            if !whole.is_empty() {
-                let s = whole
-                    .iter()
-                    .map(|f| suggest(f, hash_ok))
-                    .max()
-                    .unwrap_or(Suggest::Null);
-                for f in &whole {
-                    note.push_str(&comment(f));
-                }
-                columns.insert(&col, Item::Value(s.value()));
-            } else if !json.is_empty() {
-                // path -> strictest suggestion
-                let mut paths: BTreeMap<String, Suggest> = BTreeMap::new();
-                for f in &json {
-                    note.push_str(&comment(f));
-                    if let Some(p) = &f.path {
-                        let s = suggest(f, hash_ok);
-                        let e = paths.entry(p.clone()).or_insert(s);
-                        *e = (*e).max(s);
-                    }
-                }
-                match columns.get_mut(&col) {
-                    Some(item) => {
-                        // An existing json mask: add the paths it misses.
-                        let entry_is_table = item.is_table();
-                        let entry =
-                            item.as_table_like_mut()
-                                .ok_or_else(|| Error::NotAJsonMask {
-                                    table: key.clone(),
-                                    column: col.clone(),
-                                })?;
-                        if !entry.contains_key("paths") {
-                            entry.insert(
-                                "paths",
-                                Item::Value(toml_edit::Value::InlineTable(Default::default())),
-                            );
-                        }
-                        let p = entry
-                            .get_mut("paths")
-                            .and_then(Item::as_table_like_mut)
-                            .ok_or_else(|| Error::PathsNotATable {
-                                table: key.clone(),
-                                column: col.clone(),
-                            })?;
-                        for (path, s) in &paths {
-                            p.insert(path, Item::Value(s.value()));
-                        }
-                        // Only a [table] may carry comments, not an inline one.
-                        if entry_is_table {
-                            if let Some(mut k) = entry.key_mut("paths") {
-                                add_comment(k.leaf_decor_mut(), &note);
-                                note.clear();
-                            }
-                        }
-                    }
-                    None => {
-                        let mut p = toml_edit::InlineTable::new();
-                        for (path, s) in &paths {
-                            p.insert(path, s.value());
-                        }
-                        let mut m = toml_edit::InlineTable::new();
-                        m.insert("mask", "json".into());
-                        m.insert("default", "keep".into());
-                        m.insert("paths", toml_edit::Value::InlineTable(p));
-                        columns.insert(&col, Item::Value(toml_edit::Value::InlineTable(m)));
-                    }
-                }
-            }
+            let note = propose_column(columns, &key, &col, &fs, hash_ok)?;
             if !note.is_empty() && !columns_inline {
                 if let Some(mut k) = columns.key_mut(&col) {
                     add_comment(k.leaf_decor_mut(), &note);
@@ -2281,6 +2209,157 @@ pub fn propose(
         });
     }
     Ok(out)
+}
+
+/// The findings no policy entry covers, by (schema, table), then column.
+#[allow(clippy::type_complexity)]
+fn uncovered_by_column(
+    findings: &[Finding],
+) -> BTreeMap<(String, String), BTreeMap<String, Vec<&Finding>>> {
+    let mut by_col: BTreeMap<(String, String), BTreeMap<String, Vec<&Finding>>> = BTreeMap::new();
+    for f in findings.iter().filter(|f| f.covered_by.is_none()) {
+        let (schema, name) = f.table.split_once('.').unwrap_or(("public", &f.table));
+        by_col
+            .entry((schema.to_string(), name.to_string()))
+            .or_default()
+            .entry(f.column.clone())
+            .or_default()
+            .push(f);
+    }
+    by_col
+}
+
+/// The key of table `schema.name` under `[tables]`: its existing entry's, else that of a new
+/// entry (with an empty `columns` table) added for it.
+fn proposed_table_key(tables: &mut dyn toml_edit::TableLike, schema: &str, name: &str) -> String {
+    use toml_edit::{Item, Table};
+    let existing = tables
+        .iter()
+        .map(|(k, _)| k.to_string())
+        .find(|k| policy::split_qualified(k).ok() == Some((schema.to_string(), name.to_string())));
+    if let Some(k) = existing {
+        return k;
+    }
+    let simple = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            && !s.starts_with(|c: char| c.is_ascii_digit())
+    };
+    let part = |s: &str| {
+        if simple(s) {
+            s.to_string()
+        } else {
+            policy::quote_ident(s)
+        }
+    };
+    let k = format!("{}.{}", part(schema), part(name));
+    let mut t = Table::new();
+    let mut columns = Table::new();
+    columns.set_dotted(true);
+    // An explicit [table] header: the policy parser needs one (toml's spans do not
+    // cover tables that exist only through their sub-tables).
+    t.decor_mut().set_prefix(format!(
+        "\n# pgredact scan: {schema}.{name} had no policy entry\n"
+    ));
+    t.insert("columns", Item::Table(columns));
+    tables.insert(&k, Item::Table(t));
+    k
+}
+
+/// Adds the mask suggested for column `col` of table `key` from its findings `fs`; returns
+/// the comment lines still to be put on the column's entry.
+fn propose_column(
+    columns: &mut dyn toml_edit::TableLike,
+    key: &str,
+    col: &str,
+    fs: &[&Finding],
+    hash_ok: bool,
+) -> Result<String, Error> {
+    use toml_edit::Item;
+    let whole: Vec<&&Finding> = fs.iter().filter(|f| f.path.is_none()).collect();
+    let json: Vec<&&Finding> = fs.iter().filter(|f| f.path.is_some()).collect();
+    let mut note = String::new();
+    if !whole.is_empty() {
+        let s = whole
+            .iter()
+            .map(|f| suggest(f, hash_ok))
+            .max()
+            .unwrap_or(Suggest::Null);
+        for f in &whole {
+            note.push_str(&comment(f));
+        }
+        columns.insert(col, Item::Value(s.value()));
+    } else if !json.is_empty() {
+        // path -> strictest suggestion
+        let mut paths: BTreeMap<String, Suggest> = BTreeMap::new();
+        for f in &json {
+            note.push_str(&comment(f));
+            if let Some(p) = &f.path {
+                let s = suggest(f, hash_ok);
+                let e = paths.entry(p.clone()).or_insert(s);
+                *e = (*e).max(s);
+            }
+        }
+        match columns.get_mut(col) {
+            Some(item) => add_json_paths(item, key, col, &paths, &mut note)?,
+            None => {
+                let mut p = toml_edit::InlineTable::new();
+                for (path, s) in &paths {
+                    p.insert(path, s.value());
+                }
+                let mut m = toml_edit::InlineTable::new();
+                m.insert("mask", "json".into());
+                m.insert("default", "keep".into());
+                m.insert("paths", toml_edit::Value::InlineTable(p));
+                columns.insert(col, Item::Value(toml_edit::Value::InlineTable(m)));
+            }
+        }
+    }
+    Ok(note)
+}
+
+/// Adds the `paths` an existing json mask `item` (column `col` of table `key`) misses; on a
+/// `[table]` entry, moves the comment lines `note` onto its `paths` key.
+fn add_json_paths(
+    item: &mut toml_edit::Item,
+    key: &str,
+    col: &str,
+    paths: &BTreeMap<String, Suggest>,
+    note: &mut String,
+) -> Result<(), Error> {
+    use toml_edit::Item;
+    let entry_is_table = item.is_table();
+    let entry = item
+        .as_table_like_mut()
+        .ok_or_else(|| Error::NotAJsonMask {
+            table: key.to_string(),
+            column: col.to_string(),
+        })?;
+    if !entry.contains_key("paths") {
+        entry.insert(
+            "paths",
+            Item::Value(toml_edit::Value::InlineTable(Default::default())),
+        );
+    }
+    let p = entry
+        .get_mut("paths")
+        .and_then(Item::as_table_like_mut)
+        .ok_or_else(|| Error::PathsNotATable {
+            table: key.to_string(),
+            column: col.to_string(),
+        })?;
+    for (path, s) in paths {
+        p.insert(path, Item::Value(s.value()));
+    }
+    // Only a [table] may carry comments, not an inline one.
+    if entry_is_table {
+        if let Some(mut k) = entry.key_mut("paths") {
+            add_comment(k.leaf_decor_mut(), note);
+            note.clear();
+        }
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

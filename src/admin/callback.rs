@@ -367,46 +367,59 @@ pub async fn deliver_due(
             None => Err(Error::JobVanished),
         };
         let attempt = u32::try_from(attempt).unwrap_or(u32::MAX);
-        match &result {
-            Ok(code) => {
-                client
-                    .execute(
-                        "UPDATE pgredact.forget_jobs SET callback_delivered_at = now(), callback_next_at = NULL, \
-                                callback_last_error = NULL WHERE id = $1",
-                        &[&id],
-                    )
-                    .await?;
-                tracing::info!(
-                    job = id,
-                    attempt,
-                    status = code,
-                    "forget job callback delivered"
-                );
-            }
-            Err(e) => {
-                let give_up = attempt >= d.attempts;
-                let msg = if give_up {
-                    format!("{e}; gave up after {attempt} attempt(s)")
-                } else {
-                    e.to_string()
-                };
-                let next: Option<f64> = (!give_up).then(|| delay_secs(attempt));
-                client
-                    .execute(
-                        "UPDATE pgredact.forget_jobs SET callback_last_error = $2, \
-                                callback_next_at = now() + make_interval(secs => $3) WHERE id = $1",
-                        &[&id, &msg, &next],
-                    )
-                    .await?;
-                tracing::warn!(
-                    job = id,
-                    attempt,
-                    "forget job callback not delivered: {msg}"
-                );
-            }
-        }
+        record_outcome(client, d, id, attempt, &result).await?;
         out.push((id, result));
     }
+}
+
+/// Records the outcome of delivery attempt `attempt` of job `id`'s callback: delivered, or
+/// the error and when to try again (never, after the last attempt).
+async fn record_outcome(
+    client: &Client,
+    d: &Deliverer,
+    id: i64,
+    attempt: u32,
+    result: &Result<u16, Error>,
+) -> Result<(), Error> {
+    match result {
+        Ok(code) => {
+            client
+                .execute(
+                    "UPDATE pgredact.forget_jobs SET callback_delivered_at = now(), callback_next_at = NULL, \
+                            callback_last_error = NULL WHERE id = $1",
+                    &[&id],
+                )
+                .await?;
+            tracing::info!(
+                job = id,
+                attempt,
+                status = code,
+                "forget job callback delivered"
+            );
+        }
+        Err(e) => {
+            let give_up = attempt >= d.attempts;
+            let msg = if give_up {
+                format!("{e}; gave up after {attempt} attempt(s)")
+            } else {
+                e.to_string()
+            };
+            let next: Option<f64> = (!give_up).then(|| delay_secs(attempt));
+            client
+                .execute(
+                    "UPDATE pgredact.forget_jobs SET callback_last_error = $2, \
+                            callback_next_at = now() + make_interval(secs => $3) WHERE id = $1",
+                    &[&id, &msg, &next],
+                )
+                .await?;
+            tracing::warn!(
+                job = id,
+                attempt,
+                "forget job callback not delivered: {msg}"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// One POST of `notice` to `url`: Ok(status) for a 2xx answer.

@@ -198,19 +198,7 @@ async fn start_locked(client: &mut Client, spec: &Spec, job_id: i64) -> Result<(
         return Ok(());
     }
     let ids = all_ids(client, job_id).await?;
-    // A plan made by the submitter a moment ago (the CLI plans before submitting) is reused;
-    // jobs from the API are planned here.
-    let stored: Option<String> = client
-        .query_one(
-            "SELECT plan::text FROM pgredact.forget_jobs WHERE id = $1",
-            &[&job_id],
-        )
-        .await?
-        .get(0);
-    let plan = match stored.and_then(|s| serde_json::from_str::<plan::Plan>(&s).ok()) {
-        Some(p) if !p.has_blockers() => p,
-        _ => plan::plan(client, spec, &ids).await?,
-    };
+    let plan = job_plan(client, spec, job_id, &ids).await?;
     let plan_json = serde_json::to_string(&plan)?;
     if plan.has_blockers() {
         // The IDs stay (nothing was done for these customers yet): fix the blockers, then retry.
@@ -232,6 +220,54 @@ async fn start_locked(client: &mut Client, spec: &Spec, job_id: i64) -> Result<(
         return Ok(());
     }
     super::suppress::ensure(client, spec).await?;
+    fill_forget_list(client, spec, job_id, &ids, &plan_json).await?;
+    // Transactions open now may have taken their snapshot before the list committed: their
+    // writes do not see it (a REPEATABLE READ load, a statement already running), so the
+    // suppression triggers let them through. Finalize waits for every one of them to end.
+    client
+        .execute(
+            "UPDATE pgredact.forget_jobs SET list_wait = ARRAY( \
+               SELECT l.virtualxid FROM pg_catalog.pg_locks l \
+               WHERE l.locktype = 'virtualxid' AND l.granted \
+                 AND l.pid IS DISTINCT FROM pg_catalog.pg_backend_pid()) WHERE id = $1",
+            &[&job_id],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The plan of a job starting with `ids`: a plan made by the submitter a moment ago (the CLI
+/// plans before submitting) is reused; jobs from the API are planned here.
+async fn job_plan(
+    client: &Client,
+    spec: &Spec,
+    job_id: i64,
+    ids: &[String],
+) -> Result<plan::Plan, Error> {
+    let stored: Option<String> = client
+        .query_one(
+            "SELECT plan::text FROM pgredact.forget_jobs WHERE id = $1",
+            &[&job_id],
+        )
+        .await?
+        .get(0);
+    Ok(
+        match stored.and_then(|s| serde_json::from_str::<plan::Plan>(&s).ok()) {
+            Some(p) if !p.has_blockers() => p,
+            _ => plan::plan(client, spec, ids).await?,
+        },
+    )
+}
+
+/// In one transaction: puts the job's customers on the forget list (those not on it yet) and
+/// marks the job `running` with its plan.
+async fn fill_forget_list(
+    client: &mut Client,
+    spec: &Spec,
+    job_id: i64,
+    ids: &[String],
+    plan_json: &str,
+) -> Result<(), Error> {
     let tx = client.transaction().await?;
     // Sorted, so concurrent jobs with overlapping IDs wait on each other in one order.
     let new: i64 = tx
@@ -265,18 +301,6 @@ async fn start_locked(client: &mut Client, spec: &Spec, job_id: i64) -> Result<(
     )
     .await?;
     tx.commit().await?;
-    // Transactions open now may have taken their snapshot before the list committed: their
-    // writes do not see it (a REPEATABLE READ load, a statement already running), so the
-    // suppression triggers let them through. Finalize waits for every one of them to end.
-    client
-        .execute(
-            "UPDATE pgredact.forget_jobs SET list_wait = ARRAY( \
-               SELECT l.virtualxid FROM pg_catalog.pg_locks l \
-               WHERE l.locktype = 'virtualxid' AND l.granted \
-                 AND l.pid IS DISTINCT FROM pg_catalog.pg_backend_pid()) WHERE id = $1",
-            &[&job_id],
-        )
-        .await?;
     Ok(())
 }
 
@@ -536,6 +560,41 @@ async fn run_batch(
     } else {
         tx.query_one(&unknown_sql(spec), &[&mine]).await?.get(0)
     };
+    let changed = apply_batch(&tx, spec, batch, &process, &tables, inject).await?;
+    let rows: Map<String, Value> = tables
+        .iter()
+        .zip(&changed)
+        .map(|(t, n)| (t.clone(), json!(n)))
+        .collect();
+    let forgotten = mine.len() as i64 - unknown;
+    tx.execute(
+        "UPDATE pgredact.forget_batches SET state = 'done', done_at = now(), forgotten = $3, already = $4, \
+         unknown = $5, rows = CAST($6 AS text)::jsonb WHERE job_id = $1 AND batch = $2",
+        &[
+            &job_id,
+            &batch,
+            &(forgotten as i32),
+            &(already as i32),
+            &(unknown as i32),
+            &Value::Object(rows).to_string(),
+        ],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Anonymizes the rows of the IDs `process` in batch `batch` and verifies none is left (a
+/// second pass catches rows a concurrent writer committed during the first); returns the rows
+/// changed per table. `inject`: fails inside the batch, as a crash would.
+async fn apply_batch(
+    tx: &tokio_postgres::Transaction<'_>,
+    spec: &Spec,
+    batch: i32,
+    process: &[String],
+    tables: &[String],
+    inject: bool,
+) -> Result<Vec<i64>, Error> {
     let mut changed = vec![0i64; tables.len()];
     if !process.is_empty() && !tables.is_empty() {
         let upd = tx.prepare(&update_sql(spec)).await?;
@@ -567,27 +626,7 @@ async fn run_batch(
             return Err(Error::PiiLeft { batch, left });
         }
     }
-    let rows: Map<String, Value> = tables
-        .iter()
-        .zip(&changed)
-        .map(|(t, n)| (t.clone(), json!(n)))
-        .collect();
-    let forgotten = mine.len() as i64 - unknown;
-    tx.execute(
-        "UPDATE pgredact.forget_batches SET state = 'done', done_at = now(), forgotten = $3, already = $4, \
-         unknown = $5, rows = CAST($6 AS text)::jsonb WHERE job_id = $1 AND batch = $2",
-        &[
-            &job_id,
-            &batch,
-            &(forgotten as i32),
-            &(already as i32),
-            &(unknown as i32),
-            &Value::Object(rows).to_string(),
-        ],
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(true)
+    Ok(changed)
 }
 
 /// running -> finalizing -> done (or failed): verify, refresh, analyze, clear raw IDs.
@@ -627,21 +666,7 @@ async fn finalize_locked(
     wait_before_verifying(client, job_id, &ids).await?;
     // Every ID the job reports, its own and those other jobs forgot.
     let process = ids;
-    // Verification: re-query every table for these IDs (a second pass fixes rows that a write
-    // started before the job committed after its batch).
-    let mut remaining = vec![0i64; tables.len()];
-    let mut reapplied = 0i64;
-    if !process.is_empty() && !tables.is_empty() {
-        for attempt in 0..2 {
-            let v = client.query_one(&verify_sql(spec), &[&process]).await?;
-            remaining = counts(&v, tables.len());
-            if remaining.iter().all(|n| *n == 0) || attempt == 1 {
-                break;
-            }
-            let r = client.query_one(&update_sql(spec), &[&process]).await?;
-            reapplied += counts(&r, tables.len()).iter().sum::<i64>();
-        }
-    }
+    let (remaining, reapplied) = verify_rows(client, spec, &process, tables.len()).await?;
     let ok = remaining.iter().all(|n| *n == 0);
     let mut per_table = Map::new();
     for (t, n) in tables.iter().zip(&remaining) {
@@ -653,62 +678,10 @@ async fn finalize_locked(
         "rows_with_pii_left": per_table,
         "rows_fixed_at_verification": reapplied,
     });
-    // Tables that changed, from the batch records.
-    let changed: Vec<String> = client
-        .query(
-            "SELECT DISTINCT e.key FROM pgredact.forget_batches b, jsonb_each_text(b.rows) e \
-             WHERE b.job_id = $1 AND e.value::int8 > 0 ORDER BY 1",
-            &[&job_id],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let changed_specs: Vec<&plan::TableSpec> = spec
-        .tables
-        .iter()
-        .filter(|t| changed.contains(&t.display()) || reapplied > 0 && t.changes_anything())
-        .collect();
-    let mut refreshed = Vec::new();
+    let changed_specs = changed_tables(client, spec, job_id, reapplied).await?;
     let mut warnings = Vec::new();
-    let oids: Vec<u32> = changed_specs.iter().flat_map(|t| t.tree_oids()).collect();
-    for (mv, owned) in plan::dependent_matviews(client, &oids).await? {
-        if !owned {
-            warnings.push(format!(
-                "materialized view {mv} not refreshed: not owned by the control role"
-            ));
-            continue;
-        }
-        match client
-            .batch_execute(&format!("REFRESH MATERIALIZED VIEW {mv}"))
-            .await
-        {
-            Ok(()) => refreshed.push(mv),
-            Err(e) if client.is_closed() => return Err(e.into()),
-            Err(e) => warnings.push(format!(
-                "materialized view {mv} still holds copies of the removed values: refreshing it failed: {}; \
-                 run REFRESH MATERIALIZED VIEW {mv}",
-                db_error(&e)
-            )),
-        }
-    }
-    let mut analyzed = Vec::new();
-    for (qname, shown, owned) in analyze_targets(&changed_specs) {
-        if !owned {
-            warnings.push(format!(
-                "{shown} not analyzed: not owned by the control role"
-            ));
-            continue;
-        }
-        match client.batch_execute(&format!("ANALYZE {qname}")).await {
-            Ok(()) => analyzed.push(shown),
-            Err(e) if client.is_closed() => return Err(e.into()),
-            Err(e) => warnings.push(format!(
-                "{shown}: ANALYZE failed, so pg_stats may still show removed values: {}; run ANALYZE {qname}",
-                db_error(&e)
-            )),
-        }
-    }
+    let refreshed = refresh_matviews(client, &changed_specs, &mut warnings).await?;
+    let analyzed = analyze_changed(client, &changed_specs, &mut warnings).await?;
     let summary = json!({
         "refreshed": refreshed,
         "analyzed": analyzed,
@@ -732,6 +705,115 @@ async fn finalize_locked(
         .await?;
     clear_ids(client, job_id).await?;
     Ok(())
+}
+
+/// Verification: re-queries every table for the IDs `process` (a second pass fixes rows that a
+/// write started before the job committed after its batch). Returns the rows still holding PII,
+/// per table, and how many rows the second pass fixed.
+async fn verify_rows(
+    client: &Client,
+    spec: &Spec,
+    process: &[String],
+    n_tables: usize,
+) -> Result<(Vec<i64>, i64), Error> {
+    let mut remaining = vec![0i64; n_tables];
+    let mut reapplied = 0i64;
+    if !process.is_empty() && n_tables > 0 {
+        for attempt in 0..2 {
+            let v = client.query_one(&verify_sql(spec), &[&process]).await?;
+            remaining = counts(&v, n_tables);
+            if remaining.iter().all(|n| *n == 0) || attempt == 1 {
+                break;
+            }
+            let r = client.query_one(&update_sql(spec), &[&process]).await?;
+            reapplied += counts(&r, n_tables).iter().sum::<i64>();
+        }
+    }
+    Ok((remaining, reapplied))
+}
+
+/// The tables of `spec` the job changed, from the batch records (all that change anything
+/// when verification fixed rows).
+async fn changed_tables<'a>(
+    client: &Client,
+    spec: &'a Spec,
+    job_id: i64,
+    reapplied: i64,
+) -> Result<Vec<&'a plan::TableSpec>, Error> {
+    let changed: Vec<String> = client
+        .query(
+            "SELECT DISTINCT e.key FROM pgredact.forget_batches b, jsonb_each_text(b.rows) e \
+             WHERE b.job_id = $1 AND e.value::int8 > 0 ORDER BY 1",
+            &[&job_id],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    Ok(spec
+        .tables
+        .iter()
+        .filter(|t| changed.contains(&t.display()) || reapplied > 0 && t.changes_anything())
+        .collect())
+}
+
+/// Refreshes the materialized views that depend on the changed tables; returns those
+/// refreshed, with a warning for each one it could not refresh.
+async fn refresh_matviews(
+    client: &Client,
+    changed_specs: &[&plan::TableSpec],
+    warnings: &mut Vec<String>,
+) -> Result<Vec<String>, Error> {
+    let mut refreshed = Vec::new();
+    let oids: Vec<u32> = changed_specs.iter().flat_map(|t| t.tree_oids()).collect();
+    for (mv, owned) in plan::dependent_matviews(client, &oids).await? {
+        if !owned {
+            warnings.push(format!(
+                "materialized view {mv} not refreshed: not owned by the control role"
+            ));
+            continue;
+        }
+        match client
+            .batch_execute(&format!("REFRESH MATERIALIZED VIEW {mv}"))
+            .await
+        {
+            Ok(()) => refreshed.push(mv),
+            Err(e) if client.is_closed() => return Err(e.into()),
+            Err(e) => warnings.push(format!(
+                "materialized view {mv} still holds copies of the removed values: refreshing it failed: {}; \
+                 run REFRESH MATERIALIZED VIEW {mv}",
+                db_error(&e)
+            )),
+        }
+    }
+    Ok(refreshed)
+}
+
+/// ANALYZEs the changed tables (so pg_stats forgets the removed values); returns those
+/// analyzed, with a warning for each one it could not analyze.
+async fn analyze_changed(
+    client: &Client,
+    changed_specs: &[&plan::TableSpec],
+    warnings: &mut Vec<String>,
+) -> Result<Vec<String>, Error> {
+    let mut analyzed = Vec::new();
+    for (qname, shown, owned) in analyze_targets(changed_specs) {
+        if !owned {
+            warnings.push(format!(
+                "{shown} not analyzed: not owned by the control role"
+            ));
+            continue;
+        }
+        match client.batch_execute(&format!("ANALYZE {qname}")).await {
+            Ok(()) => analyzed.push(shown),
+            Err(e) if client.is_closed() => return Err(e.into()),
+            Err(e) => warnings.push(format!(
+                "{shown}: ANALYZE failed, so pg_stats may still show removed values: {}; run ANALYZE {qname}",
+                db_error(&e)
+            )),
+        }
+    }
+    Ok(analyzed)
 }
 
 /// What to ANALYZE: each changed table (for a partitioned one, ANALYZE covers its partitions)
@@ -863,54 +945,8 @@ pub async fn cancel(
             "job {job_id} is an {kind} record, not a forget job: it cannot be cancelled"
         )));
     }
-    let conflict = |why: String| Err(RetryError::Conflict(format!("job {job_id} {why}")));
-    match state.as_str() {
-        QUEUED | jobs::BLOCKED | FAILED => {}
-        RUNNING | FINALIZING => {
-            return conflict(format!(
-            "is {state}: its customers are on the forget list (suppressed) and being anonymized; \
-                 a running job cannot be cancelled half-way. Wait until it ends, then lift \
-                 suppression with unforget if needed"
-        ))
-        }
-        jobs::DONE => {
-            return conflict(
-                "is done: its customers are forgotten; to lift suppression for some of them, use \
-                 unforget (pgredact unforget --ids ...); anonymized data stays anonymized"
-                    .to_string(),
-            )
-        }
-        jobs::CANCELLED => return conflict("is already cancelled".to_string()),
-        other => return conflict(format!("is {other}: it cannot be cancelled")),
-    }
-    // A worker starting or finalizing the job holds this lock for the whole step.
-    let free: bool = tx
-        .query_one(
-            "SELECT pg_catalog.pg_try_advisory_xact_lock($1, CAST($2 AS int4))",
-            &[&JOB_LOCK, &(job_id as i32)],
-        )
-        .await?
-        .get(0);
-    if !free {
-        return conflict("is being started by a worker right now: try again in a moment".into());
-    }
-    let listed: i64 = tx
-        .query_one(
-            "SELECT pg_catalog.count(*) FROM pgredact.forget_list WHERE job_id = $1",
-            &[&job_id],
-        )
-        .await?
-        .get(0);
-    if listed > 0 {
-        return conflict(format!(
-            "is {state}, but it had already put {listed} customer(s) on the forget list: they are \
-             suppressed (no new PII is written for them) and their existing rows may be partly \
-             anonymized. Cancelling would leave them half-forgotten, so it is refused: retry the \
-             job to finish forgetting them (pgredact forget --retry {job_id}, or POST \
-             /v1/jobs/{job_id}/retry), or lift their suppression with unforget (pgredact unforget \
-             --ids ...) and then cancel the job"
-        ));
-    }
+    cancellable_state(job_id, &state)?;
+    check_cancellable(&tx, job_id, &state).await?;
     tx.execute(
         "UPDATE pgredact.forget_jobs SET state = 'cancelled', finished_at = now(), \
          cancelled_at = now(), cancelled_by = $2, cancel_reason = $3, callback_attempts = 0, \
@@ -949,6 +985,65 @@ pub async fn cancel(
         previous_state: state,
         ids_removed,
     })
+}
+
+/// Refuses to cancel a forget job in `state` unless it is `queued`, `blocked` or `failed`.
+fn cancellable_state(job_id: i64, state: &str) -> Result<(), RetryError> {
+    let conflict = |why: String| Err(RetryError::Conflict(format!("job {job_id} {why}")));
+    match state {
+        QUEUED | jobs::BLOCKED | FAILED => Ok(()),
+        RUNNING | FINALIZING => conflict(format!(
+            "is {state}: its customers are on the forget list (suppressed) and being anonymized; \
+             a running job cannot be cancelled half-way. Wait until it ends, then lift \
+             suppression with unforget if needed"
+        )),
+        jobs::DONE => conflict(
+            "is done: its customers are forgotten; to lift suppression for some of them, use \
+             unforget (pgredact unforget --ids ...); anonymized data stays anonymized"
+                .to_string(),
+        ),
+        jobs::CANCELLED => conflict("is already cancelled".to_string()),
+        other => conflict(format!("is {other}: it cannot be cancelled")),
+    }
+}
+
+/// Within the cancelling transaction: refuses when a worker is starting or finalizing the job
+/// (taking its advisory lock otherwise), or when the job has put customers on the forget list.
+async fn check_cancellable(
+    tx: &tokio_postgres::Transaction<'_>,
+    job_id: i64,
+    state: &str,
+) -> Result<(), RetryError> {
+    let conflict = |why: String| Err(RetryError::Conflict(format!("job {job_id} {why}")));
+    // A worker starting or finalizing the job holds this lock for the whole step.
+    let free: bool = tx
+        .query_one(
+            "SELECT pg_catalog.pg_try_advisory_xact_lock($1, CAST($2 AS int4))",
+            &[&JOB_LOCK, &(job_id as i32)],
+        )
+        .await?
+        .get(0);
+    if !free {
+        return conflict("is being started by a worker right now: try again in a moment".into());
+    }
+    let listed: i64 = tx
+        .query_one(
+            "SELECT pg_catalog.count(*) FROM pgredact.forget_list WHERE job_id = $1",
+            &[&job_id],
+        )
+        .await?
+        .get(0);
+    if listed > 0 {
+        return conflict(format!(
+            "is {state}, but it had already put {listed} customer(s) on the forget list: they are \
+             suppressed (no new PII is written for them) and their existing rows may be partly \
+             anonymized. Cancelling would leave them half-forgotten, so it is refused: retry the \
+             job to finish forgetting them (pgredact forget --retry {job_id}, or POST \
+             /v1/jobs/{job_id}/retry), or lift their suppression with unforget (pgredact unforget \
+             --ids ...) and then cancel the job"
+        ));
+    }
+    Ok(())
 }
 
 /// Why a job cannot be retried or cancelled.

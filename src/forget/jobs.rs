@@ -501,7 +501,14 @@ pub async fn status(client: &Client, job_id: i64) -> Result<Option<JobStatus>, E
     else {
         return Ok(None);
     };
-    let b = client
+    let b = batch_totals(client, job_id).await?;
+    Ok(Some(job_status(&j, &b)))
+}
+
+/// The batch totals of job `job_id`: batches, batches done, IDs forgotten, already forgotten,
+/// unknown, and rows changed per table (JSON text).
+async fn batch_totals(client: &Client, job_id: i64) -> Result<tokio_postgres::Row, Error> {
+    Ok(client
         .query_one(
             "SELECT count(*), count(*) FILTER (WHERE state = 'done'), \
                     coalesce(sum(forgotten), 0)::int8, coalesce(sum(already), 0)::int8, coalesce(sum(unknown), 0)::int8, \
@@ -511,7 +518,12 @@ pub async fn status(client: &Client, job_id: i64) -> Result<Option<JobStatus>, E
              FROM pgredact.forget_batches WHERE job_id = $1",
             &[&job_id],
         )
-        .await?;
+        .await?)
+}
+
+/// A job's status from its `forget_jobs` row `j` (as [`status`] reads it) and its batch totals
+/// `b`.
+fn job_status(j: &tokio_postgres::Row, b: &tokio_postgres::Row) -> JobStatus {
     let parse = |s: Option<String>| s.and_then(|s| serde_json::from_str::<Value>(&s).ok());
     let rows_changed = match parse(Some(b.get(5))) {
         Some(Value::Object(m)) => m,
@@ -528,7 +540,7 @@ pub async fn status(client: &Client, job_id: i64) -> Result<Option<JobStatus>, E
                 .collect()
         })
         .unwrap_or_default();
-    Ok(Some(JobStatus {
+    JobStatus {
         job_id: j.get(0),
         kind: j.get(1),
         database: j.get(2),
@@ -573,7 +585,7 @@ pub async fn status(client: &Client, job_id: i64) -> Result<Option<JobStatus>, E
                 "reason": j.get::<_, Option<String>>(28),
             })
         }),
-    }))
+    }
 }
 
 impl JobStatus {
@@ -595,6 +607,16 @@ impl JobStatus {
             "  batches: {}/{} done\n",
             self.batches_done, self.batches_total
         ));
+        self.render_outcome(&mut s);
+        self.render_request(&mut s);
+        if let Some(e) = &self.error {
+            s.push_str(&format!("  error: {e}\n"));
+        }
+        s
+    }
+
+    /// The rows changed, verification, refreshes, analyzes, wall time and warnings.
+    fn render_outcome(&self, s: &mut String) {
         let changed: Vec<(&String, i64)> = self
             .rows_changed
             .iter()
@@ -637,6 +659,10 @@ impl JobStatus {
         for w in &self.warnings {
             s.push_str(&format!("  warning: {w}\n"));
         }
+    }
+
+    /// The request's id and deadline, retries, callback and cancellation.
+    fn render_request(&self, s: &mut String) {
         if let Some(e) = &self.external_id {
             s.push_str(&format!("  request id: {e}\n"));
         }
@@ -678,9 +704,5 @@ impl JobStatus {
                 field("reason")
             ));
         }
-        if let Some(e) = &self.error {
-            s.push_str(&format!("  error: {e}\n"));
-        }
-        s
     }
 }

@@ -200,63 +200,8 @@ impl Session {
                 }
             }
         }
-        // The schema is installed only when its DDL changed: every API request opens a session,
-        // and each DDL makes every masked session re-read the catalog.
-        let ddl = crate::control::ddl_fingerprint(jobs::SCHEMA_SQL);
-        if crate::control::schema_state(&client).await.as_deref() == Some(ddl.as_str()) {
-            if let Some(key) = hash_key {
-                crate::control::store_key(&client, key)
-                    .await
-                    .map_err(Error::ControlSchema)?;
-            }
-        } else {
-            // One transaction holding an advisory lock until commit: two instances starting at
-            // once must not both try to create the schema (a session-level lock released before
-            // the creating transaction commits lets the second one in too early).
-            client
-                .batch_execute("BEGIN; SELECT pg_catalog.pg_advisory_xact_lock(7320451)")
-                .await?;
-            let created = async {
-                crate::control::ensure(&client, hash_key)
-                    .await
-                    .map_err(Error::ControlSchema)?;
-                jobs::ensure_schema(&client).await?;
-                crate::control::set_schema_state(&client, &ddl).await?;
-                Ok::<(), Error>(())
-            }
-            .await;
-            let end = if created.is_ok() {
-                "COMMIT"
-            } else {
-                "ROLLBACK"
-            };
-            client.batch_execute(end).await?;
-            created?;
-        }
-        let has_key: bool = client
-            .query_one("SELECT EXISTS (SELECT 1 FROM pgredact.hash_key)", &[])
-            .await?
-            .get(0);
-        if !has_key {
-            return Err(Error::NoHashKey);
-        }
-        // The key in the database (used by the triggers) must still be the forget list's key.
-        let current: String = client
-            .query_one("SELECT pgredact.hmac_hex($1)", &[&KEY_CHECK])
-            .await?
-            .get(0);
-        match stored_key_check(&client).await? {
-            Some(stored) if stored != current => return Err(Error::KeyChanged),
-            Some(_) => {}
-            None => {
-                client
-                    .execute(
-                        "INSERT INTO pgredact.forget_meta (id, key_check) VALUES (true, $1) ON CONFLICT (id) DO NOTHING",
-                        &[&current],
-                    )
-                    .await?;
-            }
-        }
+        install_schema(&client, hash_key).await?;
+        check_stored_key(&client).await?;
         let mut spec = plan::resolve(&client, &policy).await?;
         spec.compiled_trigger = target.settings.compiled_trigger;
         Ok(Session {
@@ -510,6 +455,74 @@ fn key_check_hex(key: &[u8]) -> String {
     }
 }
 
+/// Installs the control schema when its DDL changed (storing the key, when given, either way).
+async fn install_schema(client: &Client, hash_key: Option<&[u8]>) -> Result<(), Error> {
+    // The schema is installed only when its DDL changed: every API request opens a session,
+    // and each DDL makes every masked session re-read the catalog.
+    let ddl = crate::control::ddl_fingerprint(jobs::SCHEMA_SQL);
+    if crate::control::schema_state(client).await.as_deref() == Some(ddl.as_str()) {
+        if let Some(key) = hash_key {
+            crate::control::store_key(client, key)
+                .await
+                .map_err(Error::ControlSchema)?;
+        }
+    } else {
+        // One transaction holding an advisory lock until commit: two instances starting at
+        // once must not both try to create the schema (a session-level lock released before
+        // the creating transaction commits lets the second one in too early).
+        client
+            .batch_execute("BEGIN; SELECT pg_catalog.pg_advisory_xact_lock(7320451)")
+            .await?;
+        let created = async {
+            crate::control::ensure(client, hash_key)
+                .await
+                .map_err(Error::ControlSchema)?;
+            jobs::ensure_schema(client).await?;
+            crate::control::set_schema_state(client, &ddl).await?;
+            Ok::<(), Error>(())
+        }
+        .await;
+        let end = if created.is_ok() {
+            "COMMIT"
+        } else {
+            "ROLLBACK"
+        };
+        client.batch_execute(end).await?;
+        created?;
+    }
+    Ok(())
+}
+
+/// Fails unless the database has a hash key and it is still the forget list's key (recording
+/// the key check on first use).
+async fn check_stored_key(client: &Client) -> Result<(), Error> {
+    let has_key: bool = client
+        .query_one("SELECT EXISTS (SELECT 1 FROM pgredact.hash_key)", &[])
+        .await?
+        .get(0);
+    if !has_key {
+        return Err(Error::NoHashKey);
+    }
+    // The key in the database (used by the triggers) must still be the forget list's key.
+    let current: String = client
+        .query_one("SELECT pgredact.hmac_hex($1)", &[&KEY_CHECK])
+        .await?
+        .get(0);
+    match stored_key_check(client).await? {
+        Some(stored) if stored != current => return Err(Error::KeyChanged),
+        Some(_) => {}
+        None => {
+            client
+                .execute(
+                    "INSERT INTO pgredact.forget_meta (id, key_check) VALUES (true, $1) ON CONFLICT (id) DO NOTHING",
+                    &[&current],
+                )
+                .await?;
+        }
+    }
+    Ok(())
+}
+
 async fn stored_key_check(client: &Client) -> Result<Option<String>, Error> {
     let exists: bool = client
         .query_one(
@@ -622,84 +635,16 @@ pub async fn run_cli_with(cfg: &Config, args: ForgetArgs, faults: Faults) -> Res
         return run_to_end(&mut session, job, faults).await;
     }
     if let Some(job) = args.cancel {
-        let by = args.requester.clone().unwrap_or_else(default_requester);
-        let reason = args.reason.as_deref().filter(|r| !r.trim().is_empty());
-        let done = session
-            .cancel(job, &by, reason)
-            .await
-            .map_err(|source| Error::Cancel { job, source })?;
-        let status = session.status(job).await?.ok_or(Error::JobVanished(job))?;
-        return Ok(format!(
-            "{}  cancelled (was {}): {} customer ID(s) and their keyed hashes removed; none of them \
-             is on the forget list through this job\n",
-            status.render(),
-            done.previous_state,
-            done.ids_removed
-        ));
+        return cancel_cli(&mut session, job, &args).await;
     }
     if args.sweep {
-        let tables = exec::sweep(&mut session.client, &session.spec).await?;
-        let listed: i64 = session
-            .client
-            .query_one("SELECT pg_catalog.count(*) FROM pgredact.forget_list", &[])
-            .await?
-            .get(0);
-        let mut out = format!(
-            "sweep of database {:?}: the forget list ({listed} customer(s)) re-applied to every subject table\n",
-            session.spec.database
-        );
-        for t in &tables {
-            out.push_str(&format!("  {}: {} row(s) changed\n", t.table, t.changed));
-        }
-        let left: Vec<String> = tables
-            .iter()
-            .filter(|t| t.left > 0)
-            .map(|t| format!("{}: {}", t.table, t.left))
-            .collect();
-        if !left.is_empty() {
-            return Err(Error::SweepUnverified { report: out, left });
-        }
-        out.push_str("  verification: no row of a forgotten customer holds PII\n");
-        let record = serde_json::json!({
-            "requester": args.requester.clone().unwrap_or_else(default_requester),
-            "forget_list": listed,
-            "rows_changed": tables.iter().map(|t| (t.table.clone(), t.changed)).collect::<std::collections::BTreeMap<_, _>>(),
-        });
-        jobs::audit_append(&session.client, "sweep", &record).await?;
-        return Ok(out);
+        return sweep_cli(&mut session, &args).await;
     }
     if args.verify_audit {
-        let check = jobs::audit_verify(&session.client).await?;
-        return match check.broken {
-            None => Ok(format!(
-                "forget audit trail of database {:?}: {} record(s), chain intact; head {}\n",
-                session.spec.database, check.records, check.head
-            )),
-            Some(why) => Err(Error::AuditBroken {
-                database: session.spec.database.clone(),
-                why,
-                records: check.records,
-            }),
-        };
+        return verify_audit_cli(&session).await;
     }
     if args.resume {
-        let ends = session.resume_all(faults).await?;
-        if ends.is_empty() {
-            return Ok("no unfinished forget jobs\n".to_string());
-        }
-        let mut out = String::new();
-        for (id, end) in ends {
-            if let Some(st) = session.status(id).await? {
-                out.push_str(&st.render());
-            }
-            if let RunEnd::Interrupted(message) = end {
-                return Err(Error::Interrupted {
-                    report: out,
-                    message,
-                });
-            }
-        }
-        return Ok(out);
+        return resume_cli(&mut session, faults).await;
     }
     let list = read_ids(&session, &args.csv, &args.ids)?;
     if list.ids.is_empty() {
@@ -720,6 +665,94 @@ pub async fn run_cli_with(cfg: &Config, args: ForgetArgs, faults: Faults) -> Res
         .submit_planned(&origin, &list, args.batch_size, Some(&plan))
         .await?;
     run_to_end(&mut session, job, faults).await
+}
+
+/// `pgredact forget --cancel JOB`.
+async fn cancel_cli(session: &mut Session, job: i64, args: &ForgetArgs) -> Result<String, Error> {
+    let by = args.requester.clone().unwrap_or_else(default_requester);
+    let reason = args.reason.as_deref().filter(|r| !r.trim().is_empty());
+    let done = session
+        .cancel(job, &by, reason)
+        .await
+        .map_err(|source| Error::Cancel { job, source })?;
+    let status = session.status(job).await?.ok_or(Error::JobVanished(job))?;
+    Ok(format!(
+        "{}  cancelled (was {}): {} customer ID(s) and their keyed hashes removed; none of them \
+         is on the forget list through this job\n",
+        status.render(),
+        done.previous_state,
+        done.ids_removed
+    ))
+}
+
+/// `pgredact forget --sweep`.
+async fn sweep_cli(session: &mut Session, args: &ForgetArgs) -> Result<String, Error> {
+    let tables = exec::sweep(&mut session.client, &session.spec).await?;
+    let listed: i64 = session
+        .client
+        .query_one("SELECT pg_catalog.count(*) FROM pgredact.forget_list", &[])
+        .await?
+        .get(0);
+    let mut out = format!(
+        "sweep of database {:?}: the forget list ({listed} customer(s)) re-applied to every subject table\n",
+        session.spec.database
+    );
+    for t in &tables {
+        out.push_str(&format!("  {}: {} row(s) changed\n", t.table, t.changed));
+    }
+    let left: Vec<String> = tables
+        .iter()
+        .filter(|t| t.left > 0)
+        .map(|t| format!("{}: {}", t.table, t.left))
+        .collect();
+    if !left.is_empty() {
+        return Err(Error::SweepUnverified { report: out, left });
+    }
+    out.push_str("  verification: no row of a forgotten customer holds PII\n");
+    let record = serde_json::json!({
+        "requester": args.requester.clone().unwrap_or_else(default_requester),
+        "forget_list": listed,
+        "rows_changed": tables.iter().map(|t| (t.table.clone(), t.changed)).collect::<std::collections::BTreeMap<_, _>>(),
+    });
+    jobs::audit_append(&session.client, "sweep", &record).await?;
+    Ok(out)
+}
+
+/// `pgredact forget --verify-audit`.
+async fn verify_audit_cli(session: &Session) -> Result<String, Error> {
+    let check = jobs::audit_verify(&session.client).await?;
+    match check.broken {
+        None => Ok(format!(
+            "forget audit trail of database {:?}: {} record(s), chain intact; head {}\n",
+            session.spec.database, check.records, check.head
+        )),
+        Some(why) => Err(Error::AuditBroken {
+            database: session.spec.database.clone(),
+            why,
+            records: check.records,
+        }),
+    }
+}
+
+/// `pgredact forget --resume`.
+async fn resume_cli(session: &mut Session, faults: Faults) -> Result<String, Error> {
+    let ends = session.resume_all(faults).await?;
+    if ends.is_empty() {
+        return Ok("no unfinished forget jobs\n".to_string());
+    }
+    let mut out = String::new();
+    for (id, end) in ends {
+        if let Some(st) = session.status(id).await? {
+            out.push_str(&st.render());
+        }
+        if let RunEnd::Interrupted(message) = end {
+            return Err(Error::Interrupted {
+                report: out,
+                message,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// `pgredact forget --verify-receipt FILE`.

@@ -8,7 +8,7 @@
 
 use super::csv::IdKind;
 use super::{db_error, Error};
-use crate::policy::{quote_ident, quote_literal, DatabasePolicy};
+use crate::policy::{quote_ident, quote_literal, DatabasePolicy, TablePolicy};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
@@ -467,9 +467,7 @@ struct AttrRow {
 /// Reads the catalog for every policy table with a subject.
 pub async fn resolve(client: &Client, policy: &DatabasePolicy) -> Result<Spec, Error> {
     let mut tables = Vec::new();
-    let mut blockers = Vec::new();
-    let mut warnings = Vec::new();
-    let mut kind: Option<IdKind> = None;
+    let mut found = Findings::default();
     let mut subject_names = Vec::new();
     // The ID is PII when any policy table lists its subject column as a PII column.
     let tokenize = policy.tables.values().any(|t| {
@@ -479,219 +477,18 @@ pub async fn resolve(client: &Client, policy: &DatabasePolicy) -> Result<Spec, E
     });
     for tp in policy.tables.values() {
         let Some(subject) = &tp.subject else { continue };
-        let shown = tp.qualified();
         if !subject_names.contains(subject) {
             subject_names.push(subject.clone());
         }
-        let rel = client
-            .query_opt(
-                "SELECT c.oid, c.relkind::text, c.reltuples::float8, \
-                        pg_catalog.pg_has_role(c.relowner, 'USAGE'), \
-                        pg_catalog.has_table_privilege(c.oid, 'SELECT'), \
-                        pg_catalog.has_table_privilege(c.oid, 'UPDATE'), \
-                        pg_catalog.has_table_privilege(c.oid, 'TRIGGER') \
-                 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = $1 AND c.relname = $2",
-                &[&tp.schema, &tp.name],
-            )
-            .await?;
-        let Some(rel) = rel else {
-            blockers.push(format!(
-                "table {shown} (policy line {}) does not exist",
-                tp.line
-            ));
-            continue;
-        };
-        let oid: u32 = rel.get(0);
-        let relkind: String = rel.get(1);
-        if relkind == "v" || relkind == "m" {
-            warnings.push(format!(
-                "{shown} is a view (relkind {relkind}): skipped; forget changes its base tables \
-                 (materialized views depending on changed tables are refreshed)"
-            ));
-            continue;
+        if let Some(t) = resolve_table(client, tp, subject, tokenize, &mut found).await? {
+            tables.push(t);
         }
-        if relkind != "r" && relkind != "p" {
-            blockers.push(format!(
-                "{shown} is not a table (relkind {relkind}): forget updates tables only"
-            ));
-            continue;
-        }
-        let (owned, can_select, can_update, can_trigger): (bool, bool, bool, bool) =
-            (rel.get(3), rel.get(4), rel.get(5), rel.get(6));
-        let attrs: Vec<AttrRow> = client
-            .query(
-                "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), \
-                        bt.typname::text, CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END, \
-                        bt.typcategory::text, a.attnotnull, a.attnum \
-                 FROM pg_catalog.pg_attribute a \
-                 JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
-                 JOIN pg_catalog.pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END \
-                 WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-                &[&oid],
-            )
-            .await?
-            .iter()
-            .map(|r| AttrRow {
-                name: r.get(0),
-                sql_type: r.get(1),
-                base: r.get(2),
-                typmod: r.get(3),
-                category: r.get(4),
-                not_null: r.get(5),
-                attnum: r.get(6),
-            })
-            .collect();
-        let find = |n: &str| attrs.iter().find(|a| a.name == n);
-        let Some(subj) = find(subject) else {
-            blockers.push(format!(
-                "{shown}: subject column {subject:?} (policy line {}) does not exist",
-                tp.line
-            ));
-            continue;
-        };
-        match IdKind::for_type(&subj.base) {
-            None => blockers.push(format!(
-                "{shown}: subject column {subject} has type {}; forget supports integer, text and uuid subjects",
-                subj.sql_type
-            )),
-            Some(k) => {
-                kind = Some(match kind {
-                    None => k,
-                    Some(prev) => prev.combine(k).map_err(|source| Error::SubjectTypes {
-                        table: shown.clone(),
-                        source,
-                    })?,
-                })
-            }
-        }
-        if !can_select || !can_update {
-            blockers.push(format!(
-                "{shown}: the control role lacks SELECT or UPDATE on the table (GRANT SELECT, UPDATE ON {} TO <control role>)",
-                quote_ident(&tp.schema) + "." + &quote_ident(&tp.name)
-            ));
-        }
-        let mut columns = Vec::new();
-        for (cname, cp) in &tp.effective_columns(attrs.iter().map(|a| a.name.as_str())) {
-            if cname == subject {
-                continue;
-            }
-            let Some(a) = find(cname) else {
-                blockers.push(format!(
-                    "{shown}: PII column {cname:?} (policy line {}) does not exist",
-                    cp.line
-                ));
-                continue;
-            };
-            let json_paths = match (&cp.mask, &cp.forget) {
-                (crate::policy::Mask::Json(j), None) => Some(json_forget_spec(j)),
-                _ => None,
-            };
-            if a.not_null && cp.forget.is_none() && json_paths.is_none() {
-                blockers.push(format!(
-                    "{shown}.{cname} is NOT NULL and has no `forget` value in the policy (line {}): \
-                     add e.g. columns.{cname} = {{ mask = \"...\", forget = \"...\" }}",
-                    cp.line
-                ));
-            }
-            if let Some(v) = &cp.forget {
-                let probe = format!("SELECT CAST({} AS {})", quote_literal(v), a.sql_type);
-                if let Err(e) = client.simple_query(&probe).await {
-                    blockers.push(format!(
-                        "{shown}.{cname}: forget value {v:?} (policy line {}) is not a valid {}: {}",
-                        cp.line,
-                        a.sql_type,
-                        db_error(&e)
-                    ));
-                }
-            }
-            columns.push(ColSpec {
-                name: cname.clone(),
-                sql_type: a.sql_type.clone(),
-                not_null: a.not_null,
-                forget: cp.forget.clone(),
-                attnum: a.attnum,
-                json_paths,
-            });
-        }
-        if tokenize {
-            let need = (TOKEN_PREFIX.len() + TOKEN_HEX) as i32;
-            if subj.category != "S" {
-                blockers.push(format!(
-                    "{shown}: the customer ID is PII (listed as a PII column) but {subject} has type {}: \
-                     the replacement token needs a text column",
-                    subj.sql_type
-                ));
-            } else if matches!(subj.base.as_str(), "varchar" | "bpchar")
-                && subj.typmod >= 4
-                && subj.typmod - 4 < need
-            {
-                blockers.push(format!(
-                    "{shown}: {subject} is {} but the replacement token has {need} characters",
-                    subj.sql_type
-                ));
-            }
-        }
-        if (changes(tokenize, &columns)) && !can_trigger {
-            blockers.push(format!(
-                "{shown}: the control role lacks the TRIGGER privilege, so re-ingestion cannot be suppressed \
-                 (GRANT TRIGGER ON {}.{} TO <control role>)",
-                quote_ident(&tp.schema),
-                quote_ident(&tp.name)
-            ));
-        }
-        let reltuples: f64 = rel.get(2);
-        let indexed: bool = client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = $1 \
-                   AND i.indkey[0] = $2 AND i.indisvalid AND i.indpred IS NULL)",
-                &[&oid, &subj.attnum],
-            )
-            .await?
-            .get(0);
-        if !indexed && reltuples > LARGE_TABLE_ROWS {
-            blockers.push(format!(
-                "{shown} has about {} rows and no index on its subject column {subject}: every batch would scan \
-                 the whole table. Create one first: CREATE INDEX CONCURRENTLY ON {} ({})",
-                reltuples as i64,
-                quote_ident(&tp.schema) + "." + &quote_ident(&tp.name),
-                quote_ident(subject)
-            ));
-        }
-        if changes(tokenize, &columns) {
-            blockers.extend(foreign_code_blockers(client, oid, &shown).await?);
-        }
-        if !owned && changes(tokenize, &columns) {
-            blockers.push(not_owner_blocker(
-                &shown,
-                &(quote_ident(&tp.schema) + "." + &quote_ident(&tp.name)),
-            ));
-        }
-        let descendants = descendants(
-            client,
-            oid,
-            subject,
-            changes(tokenize, &columns),
-            &mut blockers,
-            &mut warnings,
-        )
-        .await?;
-        tables.push(TableSpec {
-            schema: tp.schema.clone(),
-            name: tp.name.clone(),
-            oid,
-            subject: subject.clone(),
-            subject_type: subj.sql_type.clone(),
-            subject_attnum: subj.attnum,
-            columns,
-            tokenize,
-            fold_case: false,
-            reltuples,
-            owned,
-            partitioned: relkind == "p",
-            descendants,
-        });
     }
+    let Findings {
+        mut blockers,
+        warnings,
+        kind,
+    } = found;
     fold_listed_descendants(policy, &mut tables, &mut blockers);
     if tables.is_empty() && blockers.is_empty() {
         return Err(Error::NothingToForget(policy.database.clone()));
@@ -714,6 +511,313 @@ pub async fn resolve(client: &Client, policy: &DatabasePolicy) -> Result<Spec, E
         fk_blockers(client, &mut spec).await?;
     }
     Ok(spec)
+}
+
+/// What `resolve` gathers across the policy tables besides their specs.
+#[derive(Default)]
+struct Findings {
+    blockers: Vec<String>,
+    warnings: Vec<String>,
+    /// The ID kind the subject columns seen so far agree on.
+    kind: Option<IdKind>,
+}
+
+/// The `pg_class` facts `resolve_table` needs of a policy table.
+struct RelRow {
+    oid: u32,
+    relkind: String,
+    reltuples: f64,
+    owned: bool,
+    can_select: bool,
+    can_update: bool,
+    can_trigger: bool,
+}
+
+/// The spec of one policy table with subject column `subject`, or `None` (with a blocker or
+/// warning recorded) when it cannot take part.
+async fn resolve_table(
+    client: &Client,
+    tp: &TablePolicy,
+    subject: &str,
+    tokenize: bool,
+    found: &mut Findings,
+) -> Result<Option<TableSpec>, Error> {
+    let shown = tp.qualified();
+    let Some(rel) = table_relation(client, tp, &shown, found).await? else {
+        return Ok(None);
+    };
+    let attrs = table_attrs(client, rel.oid).await?;
+    let find = |n: &str| attrs.iter().find(|a| a.name == n);
+    let Some(subj) = find(subject) else {
+        found.blockers.push(format!(
+            "{shown}: subject column {subject:?} (policy line {}) does not exist",
+            tp.line
+        ));
+        return Ok(None);
+    };
+    note_subject_kind(&shown, subject, subj, found)?;
+    let qname = quote_ident(&tp.schema) + "." + &quote_ident(&tp.name);
+    if !rel.can_select || !rel.can_update {
+        found.blockers.push(format!(
+            "{shown}: the control role lacks SELECT or UPDATE on the table (GRANT SELECT, UPDATE ON {qname} TO <control role>)"
+        ));
+    }
+    let columns = resolve_columns(client, tp, &shown, subject, &attrs, &mut found.blockers).await?;
+    if tokenize {
+        found
+            .blockers
+            .extend(token_fit_blocker(&shown, subject, subj));
+    }
+    let changes = changes(tokenize, &columns);
+    if changes && !rel.can_trigger {
+        found.blockers.push(format!(
+            "{shown}: the control role lacks the TRIGGER privilege, so re-ingestion cannot be suppressed \
+             (GRANT TRIGGER ON {qname} TO <control role>)"
+        ));
+    }
+    if !subject_indexed(client, rel.oid, subj.attnum).await? && rel.reltuples > LARGE_TABLE_ROWS {
+        found
+            .blockers
+            .push(unindexed_blocker(&shown, &qname, subject, rel.reltuples));
+    }
+    if changes {
+        found
+            .blockers
+            .extend(foreign_code_blockers(client, rel.oid, &shown).await?);
+    }
+    if !rel.owned && changes {
+        found.blockers.push(not_owner_blocker(&shown, &qname));
+    }
+    let descendants = descendants(
+        client,
+        rel.oid,
+        subject,
+        changes,
+        &mut found.blockers,
+        &mut found.warnings,
+    )
+    .await?;
+    Ok(Some(TableSpec {
+        schema: tp.schema.clone(),
+        name: tp.name.clone(),
+        oid: rel.oid,
+        subject: subject.to_string(),
+        subject_type: subj.sql_type.clone(),
+        subject_attnum: subj.attnum,
+        columns,
+        tokenize,
+        fold_case: false,
+        reltuples: rel.reltuples,
+        owned: rel.owned,
+        partitioned: rel.relkind == "p",
+        descendants,
+    }))
+}
+
+/// The `pg_class` row of a policy table, or `None` (with a blocker or warning recorded) when it
+/// is missing or not a table.
+async fn table_relation(
+    client: &Client,
+    tp: &TablePolicy,
+    shown: &str,
+    found: &mut Findings,
+) -> Result<Option<RelRow>, Error> {
+    let rel = client
+        .query_opt(
+            "SELECT c.oid, c.relkind::text, c.reltuples::float8, \
+                    pg_catalog.pg_has_role(c.relowner, 'USAGE'), \
+                    pg_catalog.has_table_privilege(c.oid, 'SELECT'), \
+                    pg_catalog.has_table_privilege(c.oid, 'UPDATE'), \
+                    pg_catalog.has_table_privilege(c.oid, 'TRIGGER') \
+             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2",
+            &[&tp.schema, &tp.name],
+        )
+        .await?;
+    let Some(rel) = rel else {
+        found.blockers.push(format!(
+            "table {shown} (policy line {}) does not exist",
+            tp.line
+        ));
+        return Ok(None);
+    };
+    let relkind: String = rel.get(1);
+    if relkind == "v" || relkind == "m" {
+        found.warnings.push(format!(
+            "{shown} is a view (relkind {relkind}): skipped; forget changes its base tables \
+             (materialized views depending on changed tables are refreshed)"
+        ));
+        return Ok(None);
+    }
+    if relkind != "r" && relkind != "p" {
+        found.blockers.push(format!(
+            "{shown} is not a table (relkind {relkind}): forget updates tables only"
+        ));
+        return Ok(None);
+    }
+    Ok(Some(RelRow {
+        oid: rel.get(0),
+        relkind,
+        reltuples: rel.get(2),
+        owned: rel.get(3),
+        can_select: rel.get(4),
+        can_update: rel.get(5),
+        can_trigger: rel.get(6),
+    }))
+}
+
+/// The live columns of table `oid`, in column order.
+async fn table_attrs(client: &Client, oid: u32) -> Result<Vec<AttrRow>, Error> {
+    Ok(client
+        .query(
+            "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), \
+                    bt.typname::text, CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END, \
+                    bt.typcategory::text, a.attnotnull, a.attnum \
+             FROM pg_catalog.pg_attribute a \
+             JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
+             JOIN pg_catalog.pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END \
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            &[&oid],
+        )
+        .await?
+        .iter()
+        .map(|r| AttrRow {
+            name: r.get(0),
+            sql_type: r.get(1),
+            base: r.get(2),
+            typmod: r.get(3),
+            category: r.get(4),
+            not_null: r.get(5),
+            attnum: r.get(6),
+        })
+        .collect())
+}
+
+/// Records the ID kind of subject column `subj` (a blocker when forget cannot handle its type);
+/// fails when it does not combine with the kinds seen before.
+fn note_subject_kind(
+    shown: &str,
+    subject: &str,
+    subj: &AttrRow,
+    found: &mut Findings,
+) -> Result<(), Error> {
+    match IdKind::for_type(&subj.base) {
+        None => found.blockers.push(format!(
+            "{shown}: subject column {subject} has type {}; forget supports integer, text and uuid subjects",
+            subj.sql_type
+        )),
+        Some(k) => {
+            found.kind = Some(match found.kind {
+                None => k,
+                Some(prev) => prev.combine(k).map_err(|source| Error::SubjectTypes {
+                    table: shown.to_string(),
+                    source,
+                })?,
+            })
+        }
+    }
+    Ok(())
+}
+
+/// The specs of the PII columns of policy table `tp` other than its subject, with a blocker for
+/// each one that is missing, NOT NULL without a `forget` value, or has an invalid `forget` value.
+async fn resolve_columns(
+    client: &Client,
+    tp: &TablePolicy,
+    shown: &str,
+    subject: &str,
+    attrs: &[AttrRow],
+    blockers: &mut Vec<String>,
+) -> Result<Vec<ColSpec>, Error> {
+    let mut columns = Vec::new();
+    for (cname, cp) in &tp.effective_columns(attrs.iter().map(|a| a.name.as_str())) {
+        if cname == subject {
+            continue;
+        }
+        let Some(a) = attrs.iter().find(|a| &a.name == cname) else {
+            blockers.push(format!(
+                "{shown}: PII column {cname:?} (policy line {}) does not exist",
+                cp.line
+            ));
+            continue;
+        };
+        let json_paths = match (&cp.mask, &cp.forget) {
+            (crate::policy::Mask::Json(j), None) => Some(json_forget_spec(j)),
+            _ => None,
+        };
+        if a.not_null && cp.forget.is_none() && json_paths.is_none() {
+            blockers.push(format!(
+                "{shown}.{cname} is NOT NULL and has no `forget` value in the policy (line {}): \
+                 add e.g. columns.{cname} = {{ mask = \"...\", forget = \"...\" }}",
+                cp.line
+            ));
+        }
+        if let Some(v) = &cp.forget {
+            let probe = format!("SELECT CAST({} AS {})", quote_literal(v), a.sql_type);
+            if let Err(e) = client.simple_query(&probe).await {
+                blockers.push(format!(
+                    "{shown}.{cname}: forget value {v:?} (policy line {}) is not a valid {}: {}",
+                    cp.line,
+                    a.sql_type,
+                    db_error(&e)
+                ));
+            }
+        }
+        columns.push(ColSpec {
+            name: cname.clone(),
+            sql_type: a.sql_type.clone(),
+            not_null: a.not_null,
+            forget: cp.forget.clone(),
+            attnum: a.attnum,
+            json_paths,
+        });
+    }
+    Ok(columns)
+}
+
+/// With a tokenized (PII) customer ID, the blocker for a subject column the replacement token
+/// does not fit in.
+fn token_fit_blocker(shown: &str, subject: &str, subj: &AttrRow) -> Option<String> {
+    let need = (TOKEN_PREFIX.len() + TOKEN_HEX) as i32;
+    if subj.category != "S" {
+        Some(format!(
+            "{shown}: the customer ID is PII (listed as a PII column) but {subject} has type {}: \
+             the replacement token needs a text column",
+            subj.sql_type
+        ))
+    } else if matches!(subj.base.as_str(), "varchar" | "bpchar")
+        && subj.typmod >= 4
+        && subj.typmod - 4 < need
+    {
+        Some(format!(
+            "{shown}: {subject} is {} but the replacement token has {need} characters",
+            subj.sql_type
+        ))
+    } else {
+        None
+    }
+}
+
+/// The blocker for a large table without an index on its subject column.
+fn unindexed_blocker(shown: &str, qname: &str, subject: &str, reltuples: f64) -> String {
+    format!(
+        "{shown} has about {} rows and no index on its subject column {subject}: every batch would scan \
+         the whole table. Create one first: CREATE INDEX CONCURRENTLY ON {qname} ({})",
+        reltuples as i64,
+        quote_ident(subject)
+    )
+}
+
+/// Whether table `oid` has a valid, non-partial index led by its subject column `attnum`.
+async fn subject_indexed(client: &Client, oid: u32, attnum: i16) -> Result<bool, Error> {
+    Ok(client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = $1 \
+               AND i.indkey[0] = $2 AND i.indisvalid AND i.indpred IS NULL)",
+            &[&oid, &attnum],
+        )
+        .await?
+        .get(0))
 }
 
 /// The blocker for a table the control role does not own: the suppression trigger is made

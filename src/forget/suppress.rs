@@ -176,32 +176,7 @@ pub async fn ensure(client: &mut Client, spec: &Spec) -> Result<Vec<String>, Err
     let mut keep: Vec<u32> = Vec::new();
     for t in spec.changing_tables() {
         let fname = function_name(t);
-        let body = function_body(t, raw);
-        if body.contains(TAG) {
-            return Err(Error::ReservedTag(t.display()));
-        }
-        let current: Option<String> = tx
-            .query_opt(
-                "SELECT p.prosrc FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
-                 WHERE n.nspname = 'pgredact' AND p.proname = $1",
-                &[&fname],
-            )
-            .await?
-            .map(|r| r.get(0));
-        let fresh = current.as_deref() == Some(body.as_str());
-        if !fresh {
-            tx.batch_execute(&format!(
-                "CREATE OR REPLACE FUNCTION pgredact.{f}() RETURNS trigger LANGUAGE plpgsql \
-                 SECURITY DEFINER AS {TAG}{body}{TAG};\n\
-                 REVOKE ALL ON FUNCTION pgredact.{f}() FROM PUBLIC;",
-                f = quote_ident(&fname),
-            ))
-            .await
-            .map_err(|source| Error::DbDoing {
-                what: format!("installing the suppression function of {}", t.display()),
-                source,
-            })?;
-        }
+        let fresh = ensure_function(&tx, t, &fname, raw).await?;
         let mut targets = vec![(t.oid, t.qname(), t.display())];
         targets.extend(
             t.inheritance_children()
@@ -233,8 +208,56 @@ pub async fn ensure(client: &mut Client, spec: &Spec) -> Result<Vec<String>, Err
         }
         changed.extend(enable_clones(&tx, t).await?);
     }
-    // Triggers of ours on tables that left the policy. A partition's clone of its parent's
-    // trigger (tgparentid <> 0) goes with the parent's and cannot be dropped on its own.
+    changed.extend(drop_stale_triggers(&tx, &keep).await?);
+    tx.commit().await?;
+    Ok(changed)
+}
+
+/// Installs (or replaces) the suppression function `fname` of table `t` unless it is current
+/// already; returns whether it was.
+async fn ensure_function(
+    tx: &tokio_postgres::Transaction<'_>,
+    t: &TableSpec,
+    fname: &str,
+    raw: bool,
+) -> Result<bool, Error> {
+    let body = function_body(t, raw);
+    if body.contains(TAG) {
+        return Err(Error::ReservedTag(t.display()));
+    }
+    let current: Option<String> = tx
+        .query_opt(
+            "SELECT p.prosrc FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+             WHERE n.nspname = 'pgredact' AND p.proname = $1",
+            &[&fname],
+        )
+        .await?
+        .map(|r| r.get(0));
+    let fresh = current.as_deref() == Some(body.as_str());
+    if !fresh {
+        tx.batch_execute(&format!(
+            "CREATE OR REPLACE FUNCTION pgredact.{f}() RETURNS trigger LANGUAGE plpgsql \
+             SECURITY DEFINER AS {TAG}{body}{TAG};\n\
+             REVOKE ALL ON FUNCTION pgredact.{f}() FROM PUBLIC;",
+            f = quote_ident(fname),
+        ))
+        .await
+        .map_err(|source| Error::DbDoing {
+            what: format!("installing the suppression function of {}", t.display()),
+            source,
+        })?;
+    }
+    Ok(fresh)
+}
+
+/// Drops triggers of ours on tables that left the policy (not in `keep`) and legacy-named
+/// ones; returns what it removed. A partition's clone of its parent's trigger
+/// (tgparentid <> 0) goes with the parent's and cannot be dropped on its own.
+async fn drop_stale_triggers(
+    tx: &tokio_postgres::Transaction<'_>,
+    keep: &[u32],
+) -> Result<Vec<String>, Error> {
+    let mut changed = Vec::new();
     let stale = tx
         .query(
             "SELECT tg.tgrelid::regclass::text, tg.tgname::text FROM pg_catalog.pg_trigger tg \
@@ -257,7 +280,6 @@ pub async fn ensure(client: &mut Client, spec: &Spec) -> Result<Vec<String>, Err
         })?;
         changed.push(format!("{name} (trigger removed)"));
     }
-    tx.commit().await?;
     Ok(changed)
 }
 
@@ -349,28 +371,8 @@ async fn compiled_front(
     if !available && !installed {
         return Ok(false);
     }
-    if !installed {
-        tx.batch_execute("SAVEPOINT pgredact_extension").await?;
-        match tx
-            .batch_execute(&format!("CREATE EXTENSION IF NOT EXISTS {EXTENSION}"))
-            .await
-        {
-            Ok(()) => {
-                tx.batch_execute("RELEASE SAVEPOINT pgredact_extension")
-                    .await?;
-                changed.push(format!("extension {EXTENSION} (installed)"));
-            }
-            Err(e) => {
-                tracing::warn!(
-                    database = %spec.database,
-                    "the {EXTENSION} extension could not be installed, so the suppression triggers stay PL/pgSQL only: {}",
-                    super::db_error(&e)
-                );
-                tx.batch_execute("ROLLBACK TO SAVEPOINT pgredact_extension")
-                    .await?;
-                return Ok(false);
-            }
-        }
+    if !installed && !install_extension(tx, spec, changed).await? {
+        return Ok(false);
     }
     let usable: Option<bool> = tx
         .query_opt(
@@ -393,6 +395,46 @@ async fn compiled_front(
         );
         return Ok(false);
     }
+    ensure_list_triggers(tx, changed).await?;
+    Ok(true)
+}
+
+/// Installs the extension (in a savepoint); false, with a warning, when that fails.
+async fn install_extension(
+    tx: &tokio_postgres::Transaction<'_>,
+    spec: &Spec,
+    changed: &mut Vec<String>,
+) -> Result<bool, Error> {
+    tx.batch_execute("SAVEPOINT pgredact_extension").await?;
+    match tx
+        .batch_execute(&format!("CREATE EXTENSION IF NOT EXISTS {EXTENSION}"))
+        .await
+    {
+        Ok(()) => {
+            tx.batch_execute("RELEASE SAVEPOINT pgredact_extension")
+                .await?;
+            changed.push(format!("extension {EXTENSION} (installed)"));
+            Ok(true)
+        }
+        Err(e) => {
+            tracing::warn!(
+                database = %spec.database,
+                "the {EXTENSION} extension could not be installed, so the suppression triggers stay PL/pgSQL only: {}",
+                super::db_error(&e)
+            );
+            tx.batch_execute("ROLLBACK TO SAVEPOINT pgredact_extension")
+                .await?;
+            Ok(false)
+        }
+    }
+}
+
+/// Puts the statement triggers that invalidate the compiled front's caches on the forget list
+/// and the key, unless they are current.
+async fn ensure_list_triggers(
+    tx: &tokio_postgres::Transaction<'_>,
+    changed: &mut Vec<String>,
+) -> Result<(), Error> {
     for table in ["pgredact.forget_list", "pgredact.hash_key"] {
         let current: bool = tx
             .query_one(
@@ -420,7 +462,7 @@ async fn compiled_front(
         })?;
         changed.push(format!("{table} (cache invalidation trigger)"));
     }
-    Ok(true)
+    Ok(())
 }
 
 /// `pg_trigger.tgtype` of the invalidation triggers: AFTER, FOR EACH STATEMENT, INSERT (4),
