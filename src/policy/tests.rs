@@ -1,7 +1,7 @@
+use super::model::fingerprint;
 use super::*;
 use std::collections::BTreeMap;
 use std::path::Path;
-use super::model::fingerprint;
 fn p(text: &str) -> Result<DatabasePolicy, String> {
     parse_policy(text, Path::new("policies/app.toml")).map_err(|e| e.to_string())
 }
