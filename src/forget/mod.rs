@@ -16,6 +16,9 @@ mod error;
 pub mod exec;
 pub mod jobs;
 pub mod plan;
+mod resolve;
+mod retry;
+mod spec;
 pub mod suppress;
 
 use crate::config::Config;
