@@ -26,6 +26,7 @@ pub mod policy;
 pub mod proxy;
 pub mod rewrite;
 pub mod scan;
+pub(crate) mod sync;
 pub mod tls;
 pub mod wall;
 pub mod wire;

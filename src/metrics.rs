@@ -307,10 +307,7 @@ pub fn instances(database: &str, by_fingerprint: &[(String, i64)], disagreeing: 
     static SHOWN: LazyLock<std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>> =
         LazyLock::new(Default::default);
     let m = get();
-    let mut shown = match SHOWN.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    };
+    let mut shown = crate::sync::lock(&SHOWN);
     for fingerprint in shown.remove(database).unwrap_or_default() {
         m.instances.remove(&PolicyLabels {
             database: database.to_string(),

@@ -82,8 +82,6 @@ pub enum Error {
         attempts: usize,
         last: Option<Box<Error>>,
     },
-    #[error("port registry lock poisoned")]
-    PortRegistryPoisoned,
     #[error("could not find a port not already used by this process")]
     NoUnusedPort,
     #[error(
@@ -797,7 +795,7 @@ pub fn quote_conn_value(value: &str) -> String {
 /// never repeat; other processes are handled by retrying on "address in use").
 fn reserve_port() -> Result<u16, Error> {
     static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-    let mut guard = HANDED_OUT.lock().map_err(|_| Error::PortRegistryPoisoned)?;
+    let mut guard = crate::sync::lock(&HANDED_OUT);
     let handed_out = guard.get_or_insert_with(HashSet::new);
     for _ in 0..100 {
         let port = free_port();

@@ -52,10 +52,7 @@ impl Limits {
             return Ok(());
         }
         let now = Instant::now();
-        let mut buckets = match self.buckets.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut buckets = crate::sync::lock(&self.buckets);
         let b = buckets.entry(key.to_string()).or_insert(Bucket {
             tokens: self.burst,
             at: now,

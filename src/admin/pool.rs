@@ -58,10 +58,7 @@ impl Drop for Pooled {
     fn drop(&mut self) {
         if let Some(s) = self.session.take() {
             if !s.client.is_closed() {
-                let mut idle = match self.db.idle.lock() {
-                    Ok(g) => g,
-                    Err(p) => p.into_inner(),
-                };
+                let mut idle = crate::sync::lock(&self.db.idle);
                 idle.push(s);
             }
         }
@@ -70,10 +67,7 @@ impl Drop for Pooled {
 
 impl Pool {
     fn db(&self, database: &str) -> Arc<DbPool> {
-        let mut dbs = match self.dbs.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut dbs = crate::sync::lock(&self.dbs);
         dbs.entry(database.to_string())
             .or_insert_with(|| {
                 Arc::new(DbPool {
@@ -102,10 +96,7 @@ impl Pool {
             .await
             .map_err(super::Error::Pool)?;
         let cached = {
-            let mut idle = match db.idle.lock() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
+            let mut idle = crate::sync::lock(&db.idle);
             // Connections known to be closed are dropped on the way.
             idle.retain(|s| !s.client.is_closed());
             idle.pop()

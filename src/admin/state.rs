@@ -114,14 +114,14 @@ impl AdminState {
         match load_dir(&self.cfg.policies_dir(), 1) {
             Ok(set) => {
                 let set = Arc::new(set);
-                *crate::proxy::shared::write(&self.policies) = set.clone();
+                *crate::sync::write(&self.policies) = set.clone();
                 set
             }
             Err(e) => {
                 tracing::error!(
                     "admin API: policy reload failed, keeping the last good policies: {e}"
                 );
-                crate::proxy::shared::read(&self.policies).clone()
+                crate::sync::read(&self.policies).clone()
             }
         }
     }

@@ -4,6 +4,7 @@
 use super::lifecycle::within;
 use super::peers;
 use super::shared::Shared;
+use crate::sync::lock;
 use crate::wire::startup::Startup;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
@@ -16,9 +17,7 @@ pub(crate) struct CancelGuard {
 
 impl Drop for CancelGuard {
     fn drop(&mut self) {
-        if let Ok(mut m) = self.shared.cancels.lock() {
-            m.remove(&self.key);
-        }
+        lock(&self.shared.cancels).remove(&self.key);
     }
 }
 
@@ -64,11 +63,7 @@ pub(crate) async fn cancel_request(shared: &Shared, pid: i32, key: i32, from_pee
 /// Sends the cancel request for the session that holds client key (pid, key) to its backend;
 /// false when no session here holds that key.
 pub(crate) async fn cancel(shared: &Shared, pid: i32, key: i32) -> bool {
-    let target = shared
-        .cancels
-        .lock()
-        .ok()
-        .and_then(|m| m.get(&(pid, key)).copied());
+    let target = lock(&shared.cancels).get(&(pid, key)).copied();
     let Some((upid, ukey)) = target else {
         return false;
     };
@@ -87,9 +82,7 @@ pub(crate) async fn cancel(shared: &Shared, pid: i32, key: i32) -> bool {
 }
 
 pub(crate) fn new_cancel_key(shared: &Shared, upstream: (i32, i32)) -> (i32, i32) {
-    let Ok(mut m) = shared.cancels.lock() else {
-        return upstream;
-    };
+    let mut m = lock(&shared.cancels);
     loop {
         let k: (i32, i32) = (
             peers::encode_pid(shared.identity.peer_id, rand::random()),

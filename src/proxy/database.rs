@@ -2,11 +2,12 @@
 //! rewrite cache, the freshness gate, and the DDL watch that keeps them current.
 
 use super::error::Error;
-use super::shared::{lock, read, write, Shared};
+use super::shared::Shared;
 use crate::catalog::Catalog;
 use crate::control::{Freshness, FRESHNESS_SQL};
 use crate::policy::{DatabasePolicy, Enforcement, PolicySet};
 use crate::rewrite::{self, Decision, Protections, SessionCtx};
+use crate::sync::{lock, read, write};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};

@@ -7,6 +7,7 @@ use super::error::Error;
 use super::lifecycle::within;
 use crate::config::Config;
 use crate::policy::PolicySet;
+use crate::sync::{lock, read, write};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -236,23 +237,4 @@ impl Shared {
             }
         }
     }
-}
-
-// Poisoned locks: a panicked holder cannot leave these maps and snapshots half-written in a way
-// that matters more than losing them, so every lock in the proxy recovers the data (one way,
-// these three functions).
-
-/// Locks a mutex, recovering the data of a poisoned one.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Reads a RwLock, recovering the data of a poisoned one.
-pub(crate) fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    m.read().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Writes a RwLock, recovering the data of a poisoned one.
-pub(crate) fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    m.write().unwrap_or_else(|p| p.into_inner())
 }

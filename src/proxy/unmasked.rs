@@ -4,7 +4,7 @@
 
 use super::lifecycle::{until, Stop, HALT_GRACE};
 use super::session::Established;
-use super::shared::lock;
+use crate::sync::lock;
 use crate::tls::SplitStream;
 use crate::wire::backend::ErrorFields;
 use crate::wire::frame::MessageTracker;

@@ -5,9 +5,9 @@
 use super::decide::{path_change, Decide, SessionPath};
 use super::state::{Prep, SessionState, StmtEffect, Unit};
 use super::SENTINEL;
-use crate::proxy::shared::lock;
 use crate::rewrite::search_path::PathChange;
 use crate::rewrite::{Decision, PreparedEffect, Refusal, RefusalKind};
+use crate::sync::lock;
 use crate::wire::frontend::{Bind, Close, Parse, Query, Terminate};
 use crate::wire::{FrameError, FrameReader};
 use bytes::{Bytes, BytesMut};

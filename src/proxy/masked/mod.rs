@@ -20,7 +20,7 @@ mod tests;
 
 use crate::proxy::lifecycle::{Lifecycle, Stop, HALT_GRACE};
 use crate::proxy::session::Established;
-use crate::proxy::shared::lock;
+use crate::sync::lock;
 use crate::tls::SplitStream;
 use crate::wire::backend::ErrorFields;
 use crate::wire::FrameReader;

@@ -6,8 +6,8 @@
 use super::state::SessionState;
 use super::SENTINEL;
 use crate::proxy::lifecycle::{until, Lifecycle, Stop};
-use crate::proxy::shared::lock;
 use crate::rewrite::REFUSAL_SQLSTATE;
+use crate::sync::lock;
 use crate::wire::backend::{ErrorFields, ParameterStatus, ReadyForQuery};
 use crate::wire::{FrameError, FrameReader};
 use bytes::{Bytes, BytesMut};
