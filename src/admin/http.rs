@@ -178,10 +178,7 @@ impl AdminState {
             return;
         }
         counts.read_at = Some(std::time::Instant::now());
-        let policies = match &self.proxy {
-            Some(shared) => shared.policy_set(),
-            None => self.current_policies(),
-        };
+        let policies = self.current_policies();
         m.forget_jobs.clear();
         for policy in subject_databases(&policies) {
             let db = policy.database.clone();

@@ -196,8 +196,8 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AdminState) -> Resu
     .map_err(Error::Serve)
 }
 
-/// Serves the admin API on a bound listener with its job worker, until the process ends. Returns
-/// the error's message: `crate::proxy::serve` selects over this and its own string errors.
+/// Serves the admin API on a bound listener with its job worker, until the process ends
+/// (`crate::proxy::serve` runs it beside the proxy).
 pub async fn serve_bound(
     listener: tokio::net::TcpListener,
     state: AdminState,
@@ -214,11 +214,4 @@ pub async fn serve_bound(
     }
     spawn_worker(state.clone());
     serve(listener, state).await
-}
-
-/// Serves the admin API on `[admin] listen` with its job worker (without a proxy), until the
-/// process ends.
-pub async fn serve_admin(cfg: &Config) -> Result<(), Error> {
-    let (listener, state) = bind(cfg, None).await?;
-    serve_bound(listener, state).await
 }
