@@ -65,7 +65,8 @@ pub enum Error {
 }
 
 /// What pgredact tells a client about a session it ends: a SQLSTATE, one line, and maybe a
-/// hint. Every FATAL error pgredact itself writes during startup is one of these.
+/// hint. Every FATAL error pgredact itself writes during startup is one of these (the
+/// shutdown notice, a fixed text, aside; SCRAM's errors are PostgreSQL's own wording).
 pub(crate) struct ClientError {
     pub(crate) code: &'static str,
     pub(crate) message: String,

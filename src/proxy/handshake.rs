@@ -3,6 +3,7 @@
 //! bound every step until the session is established.
 
 use super::cancel::cancel_request;
+use super::error::ClientError;
 use super::lifecycle::{until, SHUTTING_DOWN};
 use super::shared::Shared;
 use crate::tls::ClientStream;
@@ -30,12 +31,11 @@ impl Interrupted {
                 tracing::info!(
                     "closing a client that did not complete startup and authentication within {secs} s"
                 );
-                send_fatal(
-                    w,
+                ClientError::new(
                     "08P01",
-                    &format!("pgredact: startup and authentication did not complete within {secs} s (login_timeout_secs)"),
-                    None,
+                    format!("startup and authentication did not complete within {secs} s (login_timeout_secs)"),
                 )
+                .send(w)
                 .await
             }
             Interrupted::Shutdown => send_fatal(w, "57P01", SHUTTING_DOWN, None).await,
@@ -89,7 +89,7 @@ pub(crate) async fn handshake(
             Ok(Ok(Some(p))) => p,
             Ok(Ok(None)) => return Handshake::Done,
             Ok(Err(e)) => {
-                send_fatal(&mut client, "08P01", &format!("pgredact: {e}"), None).await;
+                ClientError::new("08P01", e).send(&mut client).await;
                 return Handshake::Done;
             }
             Err(i) => {
@@ -126,21 +126,21 @@ pub(crate) async fn handshake(
             Ok(Startup::Startup { .. }) | Err(StartupError::Params(_))
                 if shared.cfg.tls.as_ref().is_some_and(|t| t.require) && !client.is_tls() =>
             {
-                let msg = "pgredact: this server requires TLS; connect with sslmode=require (or verify-full)";
-                send_fatal(&mut client, "28000", msg, None).await;
+                let msg = "this server requires TLS; connect with sslmode=require (or verify-full)";
+                ClientError::new("28000", msg).send(&mut client).await;
                 return Handshake::Done;
             }
             Ok(Startup::Startup { params }) => return startup(client, pkt, Ok(params)),
             Err(StartupError::Params(e)) => return startup(client, pkt, Err(e)),
             Err(StartupError::Malformed(e)) => {
-                send_fatal(&mut client, "08P01", &format!("pgredact: {e}"), None).await;
+                ClientError::new("08P01", e).send(&mut client).await;
                 return Handshake::Done;
             }
             Ok(other) => other.code(),
             Err(StartupError::Unsupported(code)) => code,
         };
-        let msg = format!("pgredact: unsupported frontend protocol or request code {code}");
-        send_fatal(&mut client, "08P01", &msg, None).await;
+        let msg = format!("unsupported frontend protocol or request code {code}");
+        ClientError::new("08P01", msg).send(&mut client).await;
         return Handshake::Done;
     }
 }

@@ -13,7 +13,7 @@ use super::masked;
 use super::shared::Shared;
 use super::unmasked::unmasked_relay;
 use crate::tls::{ClientStream, ServerStream, SplitStream};
-use crate::wire::backend::{send_fatal, ReadyForQuery};
+use crate::wire::backend::ReadyForQuery;
 use crate::wire::frontend::Terminate;
 use crate::wire::FrameReader;
 use bytes::{Bytes, BytesMut};
@@ -118,23 +118,24 @@ async fn identify(
 ) -> Option<Who> {
     if !admitted {
         let msg = format!(
-            "pgredact: too many connections to pgredact (max_client_conn = {})",
+            "too many connections to pgredact (max_client_conn = {})",
             shared.life.settings.max_client_conn()
         );
-        send_fatal(client, "53300", &msg, None).await;
+        ClientError::new("53300", msg).send(client).await;
         return None;
     }
     let params = match params {
         Ok(p) => p,
         Err(e) => {
-            send_fatal(client, "08P01", &format!("pgredact: {e}"), None).await;
+            ClientError::new("08P01", e).send(client).await;
             return None;
         }
     };
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let Some(user) = get("user") else {
-        let msg = "pgredact: no user name in the startup packet";
-        send_fatal(client, "28000", msg, None).await;
+        ClientError::new("28000", "no user name in the startup packet")
+            .send(client)
+            .await;
         return None;
     };
     let database = get("database")
