@@ -176,22 +176,7 @@ where
     let token = c.cancel_token();
     let sql = format!("SELECT pg_sleep(60) /* {tag} */");
     let run = tokio::spawn(async move { c.simple_query(&sql).await.map(|_| ()) });
-    let started = Instant::now();
-    loop {
-        let n: i64 = su
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE $1",
-                &[&format!("SELECT pg_sleep(60) /* {tag} */%")],
-            )
-            .await
-            .expect("pg_stat_activity")
-            .get(0);
-        if n == 1 {
-            break;
-        }
-        assert!(started.elapsed() < PATIENCE, "{tag} never started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_active(su, &format!("SELECT pg_sleep(60) /* {tag} */"), 1).await;
     cancel(token).await;
     match tokio::time::timeout(PATIENCE, run).await {
         Ok(Ok(Err(e))) => code(&e),

@@ -58,28 +58,6 @@ async fn ended_with(h: JoinHandle<Result<(), tokio_postgres::Error>>, what: &str
     }
 }
 
-/// Polls the superuser's `sql` (one integer) until it returns `want`.
-async fn wait_count(su: &Client, sql: &str, want: i64) {
-    let started = Instant::now();
-    loop {
-        let n: i64 = su.query_one(sql, &[]).await.expect(sql).get(0);
-        if n == want {
-            return;
-        }
-        assert!(
-            started.elapsed() < PATIENCE,
-            "{sql}: {n}, waiting for {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn active(query_prefix: &str) -> String {
-    format!(
-        "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE state = 'active' AND query LIKE '{query_prefix}%'"
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_sessions_and_the_deadline_closes_the_rest() {
     let env = start_default().await;
@@ -105,7 +83,7 @@ async fn sigterm_drains_sessions_and_the_deadline_closes_the_rest() {
     tx_u.batch_execute("BEGIN; SELECT 1").await.unwrap();
     let run_m = tokio::spawn(async move { rows(&busy_m, "SELECT pg_sleep(2), 'masked'").await });
     let run_u = tokio::spawn(async move { rows(&busy_u, "SELECT pg_sleep(2), 'unmasked'").await });
-    wait_count(&su, &active("SELECT pg_sleep(2)"), 2).await;
+    wait_active(&su, "SELECT pg_sleep(2)", 2).await;
 
     signal(&child, "TERM");
     wait_log(&log, "shutting down: no new connections").await;
@@ -150,7 +128,7 @@ async fn sigterm_drains_sessions_and_the_deadline_closes_the_rest() {
     let (u, _hu) = must_connect(port, "dba").await;
     let run_m = tokio::spawn(async move { m.simple_query("SELECT pg_sleep(600)").await });
     let run_u = tokio::spawn(async move { u.simple_query("SELECT pg_sleep(600)").await });
-    wait_count(&su, &active("SELECT pg_sleep(600)"), 2).await;
+    wait_active(&su, "SELECT pg_sleep(600)", 2).await;
     signal(&child, "TERM");
     for (what, r) in [("masked", run_m.await), ("unmasked", run_u.await)] {
         let e = r.unwrap().expect_err(what);
@@ -165,7 +143,7 @@ async fn sigterm_drains_sessions_and_the_deadline_closes_the_rest() {
         "{}",
         read(&log)
     );
-    wait_count(&su, &active("SELECT pg_sleep(600)"), 0).await;
+    wait_active(&su, "SELECT pg_sleep(600)", 0).await;
     // Each of the two backends (the masked session's and the unmasked one's) logged its
     // cancel. A backend may log it twice: when the client is already gone, PostgreSQL can
     // report the pending cancel again while it fails to send the first error.

@@ -676,7 +676,7 @@ async fn auth_methods_cancel_and_connect_time_refusals() {
     let c = env.proxy("support").await;
     let token = c.cancel_token();
     let h = tokio::spawn(async move { c.simple_query("SELECT pg_sleep(60)").await });
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    wait_active(&env.direct("postgres").await, "SELECT pg_sleep(60)", 1).await;
     token
         .cancel_query(tokio_postgres::NoTls)
         .await

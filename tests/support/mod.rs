@@ -310,3 +310,28 @@ pub mod tls;
 pub mod wire;
 
 pub use cluster::*;
+
+/// Waits until exactly `want` sessions are running a statement whose text starts with `prefix`
+/// (pg_stat_activity, read as `su`, which must see other roles' queries). A test that cancels or
+/// signals while a statement runs waits for this first, never for a fixed time.
+pub async fn wait_active(su: &Client, prefix: &str, want: i64) {
+    let started = std::time::Instant::now();
+    loop {
+        let n: i64 = su
+            .query_one(
+                "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE state = 'active' AND query LIKE $1",
+                &[&format!("{prefix}%")],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .get(0);
+        if n == want {
+            return;
+        }
+        assert!(
+            started.elapsed() < serve::PATIENCE,
+            "{n} sessions run {prefix:?}, waiting for {want}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
