@@ -79,6 +79,10 @@ pub async fn run(listen: &str) -> Result<(), Error> {
         tokio::task::spawn_blocking(move || cluster.superuser_psql("app", &setup).map(|_| cluster))
             .await??;
     let (listener, shared) = crate::proxy::bind(cfg).await.map_err(Error::Proxy)?;
+    // Published before the instructions are printed: the straight-to-PostgreSQL command they
+    // show reads keyed pseudonyms at once, not NULL.
+    shared.load_policy_databases();
+    shared.db("app").await.map_err(Error::Proxy)?;
     let addr = listener.local_addr()?;
     print_instructions(addr, cluster.port, &dir);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -1,7 +1,8 @@
 //! The proxy's lifecycle against real PostgreSQL: drain on SIGTERM (running statements and
 //! open transactions finish, idle sessions close, new connections are refused, exit 0), the
 //! drain deadline (57P01, and the running statement is cancelled), SIGHUP reloads, the client
-//! connection limit, the login, idle and upstream connect timeouts.
+//! connection limit, the login, idle and upstream connect timeouts, and the policy published
+//! at start (before any session).
 //!
 //! Signals go to the real `pgredact serve` binary; the limits and timeouts run in-process.
 //! Nothing here asserts that something took less than some time: waits are generous polls.
@@ -401,4 +402,78 @@ async fn connection_limit_and_login_idle_and_connect_timeouts() {
         "{msg}"
     );
     assert!(!msg.contains('\n'), "{msg}");
+}
+
+/// `pgredact serve` publishes its policy when it starts, not at the first session through it.
+/// Straight to PostgreSQL, with no one connected through pgredact: a column the new policy
+/// marks PII is closed to a masked role and masked in its masking view, and a hash mask reads
+/// the stored key (the view gives NULL for it until pgredact stores the key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_publishes_its_policy_at_start_before_any_session() {
+    // The suite's in-process proxy is never used here (it loads a database at its first
+    // session): `setup-sql` ran for the demo policy, and no pgredact has served `app` yet.
+    let env = start_default().await;
+    let su = env.direct("postgres").await;
+    let support = env.direct("support").await;
+    let (raw_last, raw_city) = {
+        let r = su
+            .query_one(
+                "SELECT last_name, city FROM customers WHERE customer_id = 1",
+                &[],
+            )
+            .await
+            .expect("raw row");
+        (r.get::<_, String>(0), r.get::<_, String>(1))
+    };
+    let view = "SELECT last_name, city FROM pgredact_masked.customers WHERE customer_id = 1";
+    let before = support.query_one(view, &[]).await.expect("view");
+    assert_eq!(
+        before.get::<_, Option<String>>(0),
+        None,
+        "no key stored yet"
+    );
+    assert_eq!(
+        before.get::<_, Option<String>>(1).as_deref(),
+        Some(raw_city.as_str())
+    );
+
+    // The new policy also redacts `city`. pgredact starts; nobody connects through it.
+    let dir = env.dir.join("publish");
+    let port = pgredact::pgcluster::free_port();
+    let cfg = write_config(&dir, &format!("127.0.0.1:{port}"), env.cluster.port, "", "");
+    let policy = pgredact::demo::EXAMPLE_POLICY.replacen(
+        "columns.address = \"redact\"\n",
+        "columns.address = \"redact\"\ncolumns.city = \"redact\"\n",
+        1,
+    );
+    assert_ne!(policy, pgredact::demo::EXAMPLE_POLICY);
+    write_policy(&dir, &policy);
+    let (_child, log) = spawn_serve(&cfg);
+
+    let want_last = pgredact::policy::hash_pseudonym(HASH_KEY.as_bytes(), &raw_last);
+    let started = Instant::now();
+    loop {
+        let r = support.query_one(view, &[]).await.expect("view");
+        let (last, city) = (r.get::<_, Option<String>>(0), r.get::<_, Option<String>>(1));
+        if last.as_deref() == Some(want_last.as_str()) && city.as_deref() == Some("****") {
+            break;
+        }
+        // Until it is published: the old view (NULL hash, raw city), never anything else.
+        assert!(
+            last.is_none() || last.as_deref() == Some(want_last.as_str()),
+            "{last:?}"
+        );
+        assert!(
+            started.elapsed() < PATIENCE,
+            "not published at start: last_name {last:?}, city {city:?}\n{}",
+            read(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The raw column is closed to support straight to PostgreSQL (the wall followed the policy).
+    let e = support
+        .query_one("SELECT city FROM customers WHERE customer_id = 1", &[])
+        .await
+        .expect_err("city is PII now");
+    assert_eq!(code(&e), "42501", "{e}");
 }

@@ -130,6 +130,7 @@ pub async fn serve(cfg: Config) -> Result<(), Error> {
     };
     lifecycle::listen_for_signals(shared.clone())?;
     tracing::info!("pgredact listening on {}", shared.cfg.listen);
+    shared.load_policy_databases();
     match admin {
         Some((listener, state)) => tokio::select! {
             _ = run(l, shared) => Ok(()),
@@ -161,6 +162,8 @@ pub async fn reload_policies(shared: &Arc<Shared>) {
         Ok(set) => {
             tracing::info!("policies reloaded (version {version})");
             shared.set_policies(set).await;
+            // A database the new policies name for the first time is loaded (and published) now.
+            shared.load_new_policy_databases();
         }
         Err(e) => tracing::error!("policy reload failed, keeping the last good policies: {e}"),
     }

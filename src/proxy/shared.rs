@@ -33,6 +33,9 @@ pub struct Shared {
     pub identity: super::peers::Identity,
     /// `[peering] peers`: peer id -> address (checked when the configuration was loaded).
     pub peer_addrs: std::collections::BTreeMap<u8, String>,
+    /// Whether every database the policies name is loaded at start and at each reload
+    /// ([`Shared::load_policy_databases`]), not only at its first session.
+    eager: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -67,6 +70,7 @@ impl Shared {
             audit: std::sync::OnceLock::new(),
             identity,
             peer_addrs,
+            eager: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -213,6 +217,43 @@ impl Shared {
         cell.get_or_try_init(|| DbState::load(self, db))
             .await
             .cloned()
+    }
+
+    /// Loads, each in the background, every database the policies name, now and after each
+    /// policy reload (what `pgredact serve` and the demo do; an embedding that calls
+    /// `proxy::run` alone loads each database at its first session). Loading publishes the
+    /// policy there: the control schema, the hash key, the masking views and the column
+    /// privileges then follow the policy from pgredact's start, not from the first session
+    /// through pgredact. Until then a client connected straight to PostgreSQL would read views
+    /// built for the previous policy, hash masks without a key (NULL), and columns newly marked
+    /// PII raw. A database already loaded returns at once; a load that fails is logged, and
+    /// the next session or reload tries again.
+    pub fn load_policy_databases(self: &Arc<Self>) {
+        self.eager.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.load_named_databases();
+    }
+
+    /// After a policy reload: loads the databases the policies name for the first time, when
+    /// [`Shared::load_policy_databases`] was called.
+    pub(super) fn load_new_policy_databases(self: &Arc<Self>) {
+        if self.eager.load(std::sync::atomic::Ordering::Relaxed) {
+            self.load_named_databases();
+        }
+    }
+
+    fn load_named_databases(self: &Arc<Self>) {
+        let mut names: Vec<String> = self.policy_set().by_database.keys().cloned().collect();
+        names.sort();
+        for db in names {
+            let shared = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = shared.db(&db).await {
+                    tracing::warn!(
+                        "database {db}: not loaded yet ({e}); the first session tries again"
+                    );
+                }
+            });
+        }
     }
 
     /// The databases loaded so far.

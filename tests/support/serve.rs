@@ -40,10 +40,10 @@ pub fn write_config(
     p
 }
 
-/// Starts `pgredact serve` on `port` and waits until it accepts a masked login.
-pub async fn serve(cfg: &Path, port: u16) -> (Proc, PathBuf) {
+/// Starts `pgredact serve` (its log in `serve.log` next to `cfg`) and returns at once.
+pub fn spawn_serve(cfg: &Path) -> (Proc, PathBuf) {
     let log = cfg.with_file_name("serve.log");
-    let mut child = Proc(
+    let child = Proc(
         Command::new(env!("CARGO_BIN_EXE_pgredact"))
             .args(["serve", "--config"])
             .arg(cfg)
@@ -53,6 +53,12 @@ pub async fn serve(cfg: &Path, port: u16) -> (Proc, PathBuf) {
             .spawn()
             .expect("spawn pgredact serve"),
     );
+    (child, log)
+}
+
+/// Starts `pgredact serve` on `port` and waits until it accepts a masked login.
+pub async fn serve(cfg: &Path, port: u16) -> (Proc, PathBuf) {
+    let (mut child, log) = spawn_serve(cfg);
     let started = Instant::now();
     loop {
         if let Some(st) = child.0.try_wait().expect("try_wait") {
