@@ -448,7 +448,7 @@ async fn serve_publishes_its_policy_at_start_before_any_session() {
     );
     assert_ne!(policy, pgredact::demo::EXAMPLE_POLICY);
     write_policy(&dir, &policy);
-    let (_child, log) = spawn_serve(&cfg);
+    let (child, log) = spawn_serve(&cfg);
 
     let want_last = pgredact::policy::hash_pseudonym(HASH_KEY.as_bytes(), &raw_last);
     let started = Instant::now();
@@ -476,4 +476,15 @@ async fn serve_publishes_its_policy_at_start_before_any_session() {
         .await
         .expect_err("city is PII now");
     assert_eq!(code(&e), "42501", "{e}");
+
+    // A reload that names a database for the first time loads it at once (here it does not
+    // exist: the attempt is logged, and its first session would try again).
+    std::fs::write(
+        dir.join("policies/elsewhere.toml"),
+        "database = \"app_elsewhere\"\n[tables.\"public.people\"]\ncolumns.email = \"email\"\n",
+    )
+    .expect("second policy");
+    signal(&child, "HUP");
+    let text = wait_log(&log, "database app_elsewhere: not loaded yet").await;
+    assert!(text.contains("policies reloaded"), "{text}");
 }
